@@ -1,0 +1,316 @@
+//! The one interface shared by the `ulp` tool and the runtime
+//! (`libpulp.so.0`) that lives inside patched processes.
+//!
+//! The runtime exports two symbols:
+//!
+//! * [`INTERFACE_SYMBOL`]: a static [`Interface`] block. The tool reads it
+//!   (and writes its request area) through process memory; it never needs to
+//!   stop the process to read the registry or the message ring.
+//! * [`ENTRY_SYMBOL`]: `extern "C" fn() -> i32`, the only function the tool
+//!   calls remotely. It performs the operation in `Interface::req_op` on the
+//!   request bytes and fills the result area.
+//!
+//! Ownership of each area, and when it may change:
+//!
+//! * request (`req_*`): written by the tool while it holds the thread that
+//!   will make the call (a second tool cannot seize that thread, which
+//!   serialises tools), read by the runtime during the call.
+//! * result (`res_*`): written by the runtime during a call, read by the tool
+//!   after the call returns.
+//! * registry (`reg_*`): rewritten by the runtime during a call, read by the
+//!   tool at any time under the seqlock `reg_generation` (odd while changing).
+//! * ring (`ring_*`): appended to by the runtime, read by the tool at any time.
+//!
+//! Bump [`PROTOCOL_VERSION`] whenever a layout or meaning here changes; the
+//! tool refuses a runtime whose version it does not know. Offsets are checked
+//! at compile time below so both sides agree without sharing a compiler run.
+
+#![no_std]
+
+/// `b"ULPRTIF1"` read as a little-endian `u64`.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
+pub const ENTRY_SYMBOL: &str = "__ulp_entry";
+
+/// Size of the request area.
+pub const REQUEST_MAX: usize = 64 * 1024;
+/// Most byte writes one operation may ask the tool to make.
+pub const MAX_WRITES: usize = 1024;
+/// Size of the result message (NUL-terminated).
+pub const RESULT_MSG_MAX: usize = 512;
+/// Size of the message ring.
+pub const RING_SIZE: usize = 16 * 1024;
+
+/// Operations, stored in `Interface::req_op`.
+pub mod op {
+    /// Request: [`crate::ApplyRequest`]. Loads the container, resolves its
+    /// functions and references, records the patch, returns the writes.
+    pub const APPLY: u32 = 1;
+    /// Request: 32-byte patch id. Removes the patch from the registry and
+    /// returns the writes that point each entry at the newest remaining
+    /// patch or restore it.
+    pub const REVERT: u32 = 2;
+    /// No request. Undoes the registry change of the last APPLY or REVERT,
+    /// for when the tool could not make the writes. Returns no writes.
+    pub const UNDO: u32 = 3;
+}
+
+/// Result codes of the entry point (also stored in `Interface::res_code`).
+pub mod code {
+    pub const OK: i32 = 0;
+    /// The patch id is already in the registry.
+    pub const ALREADY_APPLIED: i32 = 1;
+    /// REVERT of a patch id that is not in the registry.
+    pub const NOT_APPLIED: i32 = 2;
+    /// The target library is not loaded in this process.
+    pub const TARGET_NOT_LOADED: i32 = 3;
+    /// The loaded target's build-id differs from the patch's.
+    pub const BUILD_ID_MISMATCH: i32 = 4;
+    /// Live patching is disabled in this process.
+    pub const DISABLED: i32 = 5;
+    /// Any other failure; `res_msg` says what.
+    pub const FAILED: i32 = 6;
+    /// The request could not be decoded.
+    pub const BAD_REQUEST: i32 = 7;
+    /// UNDO with nothing to undo.
+    pub const NOTHING_TO_UNDO: i32 = 8;
+}
+
+/// Values of `Interface::state`.
+pub mod state {
+    pub const ENABLED: u32 = 0;
+    /// A `LIBPULP_DISABLE_ON_*` setting matched at start.
+    pub const DISABLED_BY_USER: u32 = 1;
+}
+
+/// `Write::kind`: the order the tool must follow. Every STUB write of an
+/// operation is made before any ENTRY write, so a thread that takes a new
+/// entry jump always finds a complete stub.
+pub mod write_kind {
+    pub const STUB: u32 = 0;
+    pub const ENTRY: u32 = 1;
+}
+
+/// One change of code bytes the tool makes while every thread is stopped.
+/// The tool checks that memory still holds `old` before writing `new`, and
+/// that no thread's instruction pointer lies strictly inside
+/// `(addr, addr + len)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub addr: u64,
+    pub len: u32,
+    pub kind: u32,
+    pub old: [u8; 16],
+    pub new: [u8; 16],
+}
+
+impl Write {
+    pub const ZERO: Write = Write {
+        addr: 0,
+        len: 0,
+        kind: 0,
+        old: [0; 16],
+        new: [0; 16],
+    };
+}
+
+/// One applied patch as published to the tool. Pointers are addresses in
+/// the patched process, each to a NUL-terminated string.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PatchRecord {
+    pub patch_id: [u8; 32],
+    /// Seconds since the Unix epoch (UTC) when the patch was applied.
+    pub applied_at: i64,
+    pub container_path: u64,
+    pub target_path: u64,
+    /// The container's `.ulp.comments` text (may be empty).
+    pub comments: u64,
+    pub nunits: u64,
+}
+
+#[repr(C)]
+pub struct Interface {
+    pub magic: u64,
+    pub version: u32,
+    pub state: u32,
+
+    pub req_op: u32,
+    pub req_len: u32,
+    pub req: [u8; REQUEST_MAX],
+
+    pub res_code: i32,
+    pub res_nwrites: u32,
+    pub res_msg: [u8; RESULT_MSG_MAX],
+    pub res_writes: [Write; MAX_WRITES],
+
+    /// Seqlock: odd while the runtime rewrites the registry.
+    pub reg_generation: u64,
+    pub reg_count: u64,
+    /// Address of `reg_count` consecutive [`PatchRecord`]s, oldest first.
+    pub reg_records: u64,
+
+    /// Total bytes ever appended to the ring; the ring holds the last
+    /// `min(ring_head, RING_SIZE)` of them, at `ring_head % RING_SIZE`.
+    pub ring_head: u64,
+    pub ring: [u8; RING_SIZE],
+}
+
+impl Interface {
+    pub const INIT: Interface = Interface {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        state: state::ENABLED,
+        req_op: 0,
+        req_len: 0,
+        req: [0; REQUEST_MAX],
+        res_code: 0,
+        res_nwrites: 0,
+        res_msg: [0; RESULT_MSG_MAX],
+        res_writes: [Write::ZERO; MAX_WRITES],
+        reg_generation: 0,
+        reg_count: 0,
+        reg_records: 0,
+        ring_head: 0,
+        ring: [0; RING_SIZE],
+    };
+}
+
+/// Byte offsets of the fields, for the tool's remote reads and writes.
+pub mod offset {
+    use super::*;
+    use core::mem::offset_of;
+    pub const MAGIC: usize = offset_of!(Interface, magic);
+    pub const VERSION: usize = offset_of!(Interface, version);
+    pub const STATE: usize = offset_of!(Interface, state);
+    pub const REQ_OP: usize = offset_of!(Interface, req_op);
+    pub const REQ_LEN: usize = offset_of!(Interface, req_len);
+    pub const REQ: usize = offset_of!(Interface, req);
+    pub const RES_CODE: usize = offset_of!(Interface, res_code);
+    pub const RES_NWRITES: usize = offset_of!(Interface, res_nwrites);
+    pub const RES_MSG: usize = offset_of!(Interface, res_msg);
+    pub const RES_WRITES: usize = offset_of!(Interface, res_writes);
+    pub const REG_GENERATION: usize = offset_of!(Interface, reg_generation);
+    pub const REG_COUNT: usize = offset_of!(Interface, reg_count);
+    pub const REG_RECORDS: usize = offset_of!(Interface, reg_records);
+    pub const RING_HEAD: usize = offset_of!(Interface, ring_head);
+    pub const RING: usize = offset_of!(Interface, ring);
+}
+
+// The layout is part of the protocol: a change here must bump
+// PROTOCOL_VERSION and these numbers together.
+const _: () = {
+    assert!(offset::MAGIC == 0);
+    assert!(offset::VERSION == 8);
+    assert!(offset::STATE == 12);
+    assert!(offset::REQ_OP == 16);
+    assert!(offset::REQ_LEN == 20);
+    assert!(offset::REQ == 24);
+    assert!(offset::RES_CODE == 24 + REQUEST_MAX);
+    assert!(core::mem::size_of::<Write>() == 48);
+    assert!(core::mem::size_of::<PatchRecord>() == 72);
+};
+
+/// The APPLY request, as laid out in the request area:
+/// three fields, each a little-endian `u32` length followed by its bytes:
+/// the container path (no NUL), the raw `.ulp` section, the raw
+/// `.ulp.comments` section (may be empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyRequest<'a> {
+    pub container_path: &'a [u8],
+    pub ulp: &'a [u8],
+    pub comments: &'a [u8],
+}
+
+impl<'a> ApplyRequest<'a> {
+    pub fn encoded_len(&self) -> usize {
+        12 + self.container_path.len() + self.ulp.len() + self.comments.len()
+    }
+
+    /// Encodes into `out`; returns the length used, or `None` when `out`
+    /// is too small.
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let mut pos = 0;
+        for field in [self.container_path, self.ulp, self.comments] {
+            let len = u32::try_from(field.len()).ok()?;
+            out.get_mut(pos..pos + 4)?
+                .copy_from_slice(&len.to_le_bytes());
+            pos += 4;
+            out.get_mut(pos..pos + field.len())?.copy_from_slice(field);
+            pos += field.len();
+        }
+        Some(pos)
+    }
+
+    /// Decodes a request; `None` on any inconsistency.
+    pub fn decode(mut input: &'a [u8]) -> Option<Self> {
+        let mut fields: [&'a [u8]; 3] = [&[]; 3];
+        for f in fields.iter_mut() {
+            let len = u32::from_le_bytes(input.get(..4)?.try_into().ok()?) as usize;
+            *f = input.get(4..4usize.checked_add(len)?)?;
+            input = &input[4 + len..];
+        }
+        if !input.is_empty() {
+            return None;
+        }
+        Some(ApplyRequest {
+            container_path: fields[0],
+            ulp: fields[1],
+            comments: fields[2],
+        })
+    }
+}
+
+/// The two-byte instruction at a patchable entry that is not redirected.
+pub const ENTRY_NOP: [u8; 2] = [0x66, 0x90];
+/// Bytes reserved before the entry for the stub.
+pub const STUB_LEN: usize = 14;
+
+/// The stub `jmp *0(%rip)` followed by the absolute address of `target`.
+pub fn stub_bytes(target: u64) -> [u8; 14] {
+    let mut b = [0u8; 14];
+    b[..6].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+    b[6..].copy_from_slice(&target.to_le_bytes());
+    b
+}
+
+/// The short jump at `entry` back to the stub starting at `stub`
+/// (`eb f0` without endbr64, `eb ec` after it).
+pub fn entry_jump(stub: u64, entry: u64) -> Option<[u8; 2]> {
+    let rel = (stub as i64).checked_sub(entry as i64 + 2)?;
+    let rel = i8::try_from(rel).ok()?;
+    Some([0xeb, rel as u8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let r = ApplyRequest {
+            container_path: b"/tmp/p.so",
+            ulp: &[1, 2, 3],
+            comments: b"",
+        };
+        let mut buf = [0u8; 64];
+        let n = r.encode(&mut buf).unwrap();
+        assert_eq!(n, r.encoded_len());
+        assert_eq!(ApplyRequest::decode(&buf[..n]), Some(r));
+        assert_eq!(ApplyRequest::decode(&buf[..n - 1]), None);
+        assert!(r.encode(&mut buf[..5]).is_none());
+    }
+
+    #[test]
+    fn jumps_match_compat() {
+        assert_eq!(entry_jump(0x1000 - 14, 0x1000), Some([0xeb, 0xf0]));
+        assert_eq!(entry_jump(0x1000 - 14, 0x1004), Some([0xeb, 0xec]));
+        assert_eq!(
+            &stub_bytes(0x1122)[..8],
+            &[0xff, 0x25, 0, 0, 0, 0, 0x22, 0x11]
+        );
+    }
+}
