@@ -131,12 +131,10 @@ impl<'a> Reader<'a> {
         let n = self.u32(what)? as usize;
         // Each item needs at least `per_item_min` bytes: refuse counts the
         // input cannot hold before reserving anything for them.
-        if n.checked_mul(per_item_min)
-            .map_or(true, |need| need > self.data.len())
-        {
-            return Err(DecodeError(what));
+        match n.checked_mul(per_item_min) {
+            Some(need) if need <= self.data.len() => Ok(n),
+            _ => Err(DecodeError(what)),
         }
-        Ok(n)
     }
 }
 

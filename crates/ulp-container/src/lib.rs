@@ -3,8 +3,27 @@
 //! A container is an ordinary shared object (the new functions) that carries
 //! three non-loaded sections: `.ulp` (how to apply), `.ulp.rev` (how to
 //! revert) and `.ulp.comments` (free text with bug labels). [`format`] encodes
-//! and decodes those sections and is all the runtime uses; the rest (the
-//! `.dsc` parser, the packer that writes sections into an ELF file, `dump`)
-//! sits behind the default `pack` feature.
+//! and decodes those sections and is all the runtime uses; the rest sits
+//! behind the default `pack` feature:
+//!
+//! - `dsc`: the description file parser;
+//! - `md4`: the digest libpulp puts in patch ids;
+//! - `pack`: `ulp packer`, writing the sections into the container ELF;
+//! - `container`: reading a packed container back;
+//! - `dump`: `ulp dump`'s text.
 
 pub mod format;
+
+#[cfg(feature = "pack")]
+pub mod container;
+#[cfg(feature = "pack")]
+pub mod dsc;
+#[cfg(feature = "pack")]
+pub mod dump;
+#[cfg(feature = "pack")]
+pub mod md4;
+#[cfg(feature = "pack")]
+pub mod pack;
+
+#[cfg(all(test, feature = "pack"))]
+mod tests;
