@@ -1,0 +1,256 @@
+//! The objects loaded in this process, as `dl_iterate_phdr` reports them:
+//! name, load bias, segments, TLS module id and GNU build-id.
+//!
+//! Every address the runtime reads or writes on behalf of a patch is first
+//! checked against these segments, so a wrong offset in a request becomes a
+//! refusal, not a fault inside someone else's process.
+
+use core::ffi::{c_int, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// One `PT_LOAD` segment, at its address in this process.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadedObject {
+    /// `dlpi_name`: empty for the main program.
+    pub name: Vec<u8>,
+    /// The file: `dlpi_name`, or `/proc/self/exe` for the main program.
+    pub path: Vec<u8>,
+    pub is_main: bool,
+    pub bias: u64,
+    pub loads: Vec<Segment>,
+    /// `PT_GNU_RELRO`: read-only once relocated.
+    pub relro: Option<(u64, u64)>,
+    /// The module id of its TLS block, 0 without `PT_TLS`.
+    pub tls_modid: u64,
+    pub build_id: Option<Vec<u8>>,
+}
+
+impl LoadedObject {
+    pub fn basename(&self) -> &[u8] {
+        basename(&self.path)
+    }
+
+    /// Is `[addr, addr + len)` inside one loaded segment that has all of
+    /// `flags` (`PF_X`, `PF_W`, `PF_R`)?
+    pub fn contains(&self, addr: u64, len: u64, flags: u32) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        self.loads
+            .iter()
+            .any(|s| s.flags & flags == flags && s.start <= addr && end <= s.end)
+    }
+
+    /// Is `[addr, addr + len)` writable now (in a writable segment and not
+    /// in the part made read-only after relocation)?
+    pub fn writable(&self, addr: u64, len: u64) -> bool {
+        if !self.contains(addr, len, PF_W) {
+            return false;
+        }
+        match self.relro {
+            Some((s, e)) => addr.saturating_add(len) <= s || addr >= e,
+            None => true,
+        }
+    }
+}
+
+pub const PF_X: u32 = 1;
+pub const PF_W: u32 = 2;
+
+const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+const PT_TLS: u32 = 7;
+const PT_GNU_RELRO: u32 = 0x6474_e552;
+const NT_GNU_BUILD_ID: u32 = 3;
+
+pub fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// The executable's path, from `/proc/self/exe` (empty when unreadable).
+pub fn exe_path() -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    std::fs::read_link("/proc/self/exe")
+        .map(|p| p.into_os_string().into_vec())
+        .unwrap_or_default()
+}
+
+struct Walk {
+    exe: Vec<u8>,
+    objects: Vec<LoadedObject>,
+    failed: bool,
+}
+
+/// Every loaded object, the main program first.
+pub fn loaded_objects() -> Option<Vec<LoadedObject>> {
+    let mut walk = Walk {
+        exe: exe_path(),
+        objects: Vec::new(),
+        failed: false,
+    };
+    // SAFETY: the callback only reads what the loader hands it and the
+    // `Walk` passed as `data`, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
+    if walk.failed {
+        None
+    } else {
+        Some(walk.objects)
+    }
+}
+
+unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+    // A panic must not unwind into the loader: catch it and stop the walk.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `data` is the `Walk` of `loaded_objects`; `info` is valid
+        // for `size` bytes during the callback.
+        let walk = unsafe { &mut *data.cast::<Walk>() };
+        let object = unsafe { describe(&*info, size, walk.objects.is_empty(), &walk.exe) };
+        walk.objects.push(object);
+    }));
+    match r {
+        Ok(()) => 0,
+        Err(_) => {
+            // SAFETY: as above.
+            unsafe { (*data.cast::<Walk>()).failed = true };
+            1
+        }
+    }
+}
+
+/// # Safety
+/// `info` must come from `dl_iterate_phdr`, valid for `size` bytes.
+unsafe fn describe(
+    info: &libc::dl_phdr_info,
+    size: usize,
+    first: bool,
+    exe: &[u8],
+) -> LoadedObject {
+    let name = if info.dlpi_name.is_null() {
+        Vec::new()
+    } else {
+        CStr::from_ptr(info.dlpi_name).to_bytes().to_vec()
+    };
+    // dl_iterate_phdr reports the main program first, with an empty name.
+    let is_main = first && name.is_empty();
+    let path = if is_main { exe.to_vec() } else { name.clone() };
+    let bias = info.dlpi_addr;
+    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+        &[]
+    } else {
+        core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize)
+    };
+    let mut object = LoadedObject {
+        name,
+        path,
+        is_main,
+        bias,
+        loads: Vec::new(),
+        relro: None,
+        tls_modid: 0,
+        build_id: None,
+    };
+    // `dlpi_tls_modid` exists only when the loader's struct is that long.
+    let modid_end =
+        core::mem::size_of::<libc::dl_phdr_info>() - core::mem::size_of::<*mut c_void>();
+    let has_tls = phdrs.iter().any(|p| p.p_type == PT_TLS);
+    if size >= modid_end && has_tls {
+        object.tls_modid = info.dlpi_tls_modid as u64;
+    }
+    for p in phdrs {
+        let start = bias.wrapping_add(p.p_vaddr);
+        match p.p_type {
+            PT_LOAD => object.loads.push(Segment {
+                start,
+                end: start.wrapping_add(p.p_memsz),
+                flags: p.p_flags,
+            }),
+            PT_GNU_RELRO => object.relro = Some((start, start.wrapping_add(p.p_memsz))),
+            _ => {}
+        }
+    }
+    for p in phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
+        let start = bias.wrapping_add(p.p_vaddr);
+        // Read notes only where a loaded segment maps them.
+        if object.build_id.is_none() && object.contains(start, p.p_filesz, 0) {
+            let notes = core::slice::from_raw_parts(start as *const u8, p.p_filesz as usize);
+            object.build_id = gnu_build_id(notes, p.p_align);
+        }
+    }
+    object
+}
+
+/// The descriptor of the `NT_GNU_BUILD_ID` note named "GNU" in `notes`.
+pub fn gnu_build_id(notes: &[u8], align: u64) -> Option<Vec<u8>> {
+    let align = if align == 8 { 8 } else { 4 };
+    let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
+    let word = |b: &[u8], at: usize| -> Option<usize> {
+        let w = b.get(at..at + 4)?;
+        Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+    };
+    let mut pos = 0usize;
+    while pos + 12 <= notes.len() {
+        let namesz = word(notes, pos)?;
+        let descsz = word(notes, pos + 4)?;
+        let ty = word(notes, pos + 8)? as u32;
+        let name_at = pos + 12;
+        let desc_at = name_at.checked_add(pad(namesz)?)?;
+        let next = desc_at.checked_add(pad(descsz)?)?;
+        let name = notes.get(name_at..name_at.checked_add(namesz)?)?;
+        let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
+        if ty == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc.to_vec());
+        }
+        pos = next;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_note_parsing() {
+        let mut notes = Vec::new();
+        // An unrelated note first (ABI tag), then the build-id.
+        notes.extend_from_slice(&4u32.to_le_bytes());
+        notes.extend_from_slice(&16u32.to_le_bytes());
+        notes.extend_from_slice(&1u32.to_le_bytes());
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0; 16]);
+        notes.extend_from_slice(&4u32.to_le_bytes());
+        notes.extend_from_slice(&3u32.to_le_bytes());
+        notes.extend_from_slice(&3u32.to_le_bytes());
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0]);
+        assert_eq!(gnu_build_id(&notes, 4), Some(vec![0xaa, 0xbb, 0xcc]));
+        for n in 0..notes.len() - 4 {
+            assert_eq!(gnu_build_id(&notes[..n], 4), None, "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_listed() {
+        let objects = loaded_objects().unwrap();
+        assert!(objects[0].is_main);
+        assert!(!objects[0].path.is_empty());
+        assert!(objects.iter().any(|o| o.basename().starts_with(b"libc.so")));
+    }
+
+    #[test]
+    fn basenames() {
+        assert_eq!(basename(b"/a/b/libx.so.1"), b"libx.so.1");
+        assert_eq!(basename(b"libx.so"), b"libx.so");
+        assert_eq!(basename(b""), b"");
+    }
+}

@@ -1,0 +1,802 @@
+//! Applying and reverting patches: the registry of applied patches, the
+//! checks made before anything changes, and the code writes handed back to
+//! the tool.
+//!
+//! Glossary: a *patch* is one applied container; a *unit* replaces one
+//! function of the *target* (the object the patch is for) by one function
+//! of the *container*; a *site* is a patchable function entry: 14 bytes of
+//! padding before the symbol (where the stub goes) and the two bytes at the
+//! *patch point* (the entry, or just after `endbr64`) that become the short
+//! jump to the stub.
+//!
+//! The runtime never changes code. It returns [`Write`]s; the tool makes
+//! them with every thread stopped, all stubs before any entry jump. The
+//! registry changes here as if the writes were made; when the tool cannot
+//! make them it calls UNDO, which puts the registry back.
+//!
+//! Every operation is all or nothing: all checks come before the first
+//! change (registry, container memory), so a refused patch leaves nothing.
+
+use core::cell::UnsafeCell;
+use core::ffi::{c_char, c_void, CStr};
+use core::fmt::Write as _;
+use std::ffi::CString;
+
+use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind, ApplyRequest, PatchRecord, Write};
+use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
+use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
+
+use crate::interface;
+use crate::objects::{self, LoadedObject, PF_X};
+use crate::ring::{self, Hex, SpacedHex, Text};
+
+/// What an operation hands back on success: the result message and the
+/// writes for the tool.
+#[derive(Debug)]
+pub struct Done {
+    pub msg: String,
+    pub writes: Vec<Write>,
+}
+
+/// A refusal: the result code and a message naming what failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub msg: String,
+}
+
+impl Failure {
+    fn new(code: i32, msg: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+fn failed(msg: impl Into<String>) -> Failure {
+    Failure::new(code::FAILED, msg)
+}
+
+/// One redirected function of an applied patch.
+#[derive(Debug)]
+struct AppliedUnit {
+    /// The symbol (the stub sits in the 14 bytes before it).
+    entry: u64,
+    /// Where the short jump sits: `entry`, or `entry + 4` after `endbr64`.
+    patch_point: u64,
+    /// The container's function the stub jumps to.
+    new_addr: u64,
+}
+
+/// An applied patch. The strings are what the published [`PatchRecord`]s
+/// point to: they live as long as the patch is in the registry, or is kept
+/// for UNDO after a revert.
+#[derive(Debug)]
+struct Patch {
+    id: [u8; PATCH_ID_LEN],
+    container_path: CString,
+    target_path: CString,
+    target_bias: u64,
+    comments: CString,
+    applied_at: i64,
+    units: Vec<AppliedUnit>,
+    /// From `dlopen`; closed only by UNDO of this patch's APPLY, never
+    /// after a revert (a thread may still run the container's code).
+    handle: *mut c_void,
+}
+
+impl Patch {
+    fn unit_at(&self, entry: u64) -> Option<&AppliedUnit> {
+        self.units.iter().find(|u| u.entry == entry)
+    }
+
+    fn record(&self) -> PatchRecord {
+        PatchRecord {
+            patch_id: self.id,
+            applied_at: self.applied_at,
+            container_path: self.container_path.as_ptr() as u64,
+            target_path: self.target_path.as_ptr() as u64,
+            comments: self.comments.as_ptr() as u64,
+            nunits: self.units.len() as u64,
+        }
+    }
+}
+
+/// The registry change UNDO can reverse.
+#[derive(Debug)]
+enum LastChange {
+    Applied { id: [u8; PATCH_ID_LEN] },
+    Reverted { patch: Patch, index: usize },
+}
+
+/// The applied patches, oldest first, and the records published for them.
+#[derive(Debug)]
+pub struct Registry {
+    patches: Vec<Patch>,
+    last: Option<LastChange>,
+    /// The array `reg_records` points to; replaced (and the old one freed)
+    /// only after the next one is published.
+    published: Vec<PatchRecord>,
+}
+
+impl Registry {
+    pub const fn new() -> Registry {
+        Registry {
+            patches: Vec::new(),
+            last: None,
+            published: Vec::new(),
+        }
+    }
+
+    fn position(&self, id: &[u8]) -> Option<usize> {
+        self.patches.iter().position(|p| p.id[..] == *id)
+    }
+
+    /// Publishes the current patches; the previous array is dropped only
+    /// once the new one is in place.
+    fn publish(&mut self) {
+        let records: Vec<PatchRecord> = self.patches.iter().map(Patch::record).collect();
+        interface::publish(&records);
+        self.published = records;
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Global(UnsafeCell<Registry>);
+
+// SAFETY: only `with_registry` touches the cell, and only `__ulp_entry`
+// calls it, one call at a time (the `BUSY` flag in lib.rs).
+unsafe impl Sync for Global {}
+
+static REGISTRY: Global = Global(UnsafeCell::new(Registry::new()));
+
+/// Runs `f` on the process's registry.
+///
+/// # Safety
+/// The caller must hold `BUSY` (no other access may be live).
+pub unsafe fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    f(&mut *REGISTRY.0.get())
+}
+
+/// A site's bytes, checked to be patchable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub entry: u64,
+    pub patch_point: u64,
+    /// The 14 bytes before the entry.
+    pub pad: [u8; STUB_LEN],
+    /// The 2 bytes at the patch point.
+    pub jump: [u8; 2],
+}
+
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+const STUB_HEAD: [u8; 6] = [0xff, 0x25, 0, 0, 0, 0];
+
+/// Checks the code around `entry`: `code` holds the bytes from `entry - 14`,
+/// 16 of them, or 20 when the 4 after the first 2 at the entry are mapped
+/// too (needed to see past `endbr64`). The padding must be 14 NOPs or our
+/// stub; the patch point must hold `90 90`, `66 90` or our short jump to
+/// the stub (and then the stub must be ours). On refusal, the bytes in a
+/// form for the message.
+pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
+    let describe = || {
+        let split = STUB_LEN.min(code.len());
+        format!(
+            "entry bytes {} | {}",
+            SpacedHex(&code[..split]),
+            SpacedHex(&code[split..])
+        )
+    };
+    if code.len() < STUB_LEN + 2 {
+        return Err(describe());
+    }
+    let mut pad = [0u8; STUB_LEN];
+    pad.copy_from_slice(&code[..STUB_LEN]);
+    let at_entry = &code[STUB_LEN..];
+    let off = if at_entry.len() >= 6 && at_entry[..4] == ENDBR64 {
+        4
+    } else {
+        0
+    };
+    let jump = [at_entry[off], at_entry[off + 1]];
+    let patch_point = entry.wrapping_add(off as u64);
+    let stub_addr = entry.wrapping_sub(STUB_LEN as u64);
+    let nop_pad = pad.iter().all(|&b| b == 0x90);
+    let our_stub = pad[..6] == STUB_HEAD;
+    let redirected = jump[0] == 0xeb && entry_jump(stub_addr, patch_point) == Some(jump);
+    let free = jump == [0x90, 0x90] || jump == ENTRY_NOP;
+    if (free && (nop_pad || our_stub)) || (redirected && our_stub) {
+        Ok(Site {
+            entry,
+            patch_point,
+            pad,
+            jump,
+        })
+    } else {
+        Err(describe())
+    }
+}
+
+fn make_write(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
+    let mut w = Write::ZERO;
+    w.addr = addr;
+    w.len = old.len() as u32;
+    w.kind = kind;
+    w.old[..old.len()].copy_from_slice(old);
+    w.new[..new.len()].copy_from_slice(new);
+    w
+}
+
+/// Reads `len` bytes of mapped memory.
+///
+/// # Safety
+/// `[addr, addr + len)` must be mapped and readable.
+unsafe fn read_mem(addr: u64, len: usize) -> Vec<u8> {
+    core::slice::from_raw_parts(addr as *const u8, len).to_vec()
+}
+
+/// Reads the site of `entry` in `target`, refusing what is not mapped code.
+fn read_site(target: &LoadedObject, entry: u64, name: &str) -> Result<Site, Failure> {
+    let start = entry.wrapping_sub(STUB_LEN as u64);
+    let len = if target.contains(start, 20, PF_X) {
+        20
+    } else if target.contains(start, 16, PF_X) {
+        16
+    } else {
+        return Err(failed(format!(
+            "function '{name}': address 0x{:x} (offset 0x{:x}) is not in the code of '{}'",
+            entry,
+            entry.wrapping_sub(target.bias),
+            Text(&target.path)
+        )));
+    };
+    // SAFETY: the range lies in a loaded executable segment of the target.
+    let code = unsafe { read_mem(start, len) };
+    inspect_site(entry, &code)
+        .map_err(|bytes| failed(format!("function '{name}' is not live-patchable: {bytes}")))
+}
+
+#[repr(C)]
+struct LinkMap {
+    l_addr: usize,
+    l_name: *const c_char,
+}
+
+fn dlerror_text() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated string.
+    unsafe {
+        let e = libc::dlerror();
+        if e.is_null() {
+            "unknown error".into()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// A container opened by this APPLY: closed again (balancing our
+/// `dlopen`) unless the apply succeeds.
+struct Opened {
+    handle: *mut c_void,
+}
+
+impl Opened {
+    fn keep(self) -> *mut c_void {
+        let h = self.handle;
+        core::mem::forget(self);
+        h
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // SAFETY: a handle from a successful dlopen, closed once. Nothing
+        // points into the container yet: no write was returned.
+        unsafe { libc::dlclose(self.handle) };
+    }
+}
+
+/// Opens the container and finds its segments.
+fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
+    let shown = path.to_string_lossy();
+    // SAFETY: `path` is NUL-terminated; dlerror is cleared first so that
+    // the text read after a failure is this call's.
+    let handle = unsafe {
+        libc::dlerror();
+        libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL)
+    };
+    if handle.is_null() {
+        return Err(failed(format!(
+            "cannot load container '{shown}': {}",
+            dlerror_text()
+        )));
+    }
+    let opened = Opened { handle };
+    let mut map: *mut LinkMap = core::ptr::null_mut();
+    // SAFETY: RTLD_DI_LINKMAP stores a `struct link_map *`, whose first two
+    // fields are `l_addr` and `l_name`.
+    let (bias, name) = unsafe {
+        let rc = libc::dlinfo(
+            handle,
+            libc::RTLD_DI_LINKMAP,
+            (&mut map as *mut *mut LinkMap).cast(),
+        );
+        if rc != 0 || map.is_null() {
+            return Err(failed(format!(
+                "cannot locate container '{shown}': {}",
+                dlerror_text()
+            )));
+        }
+        let name = if (*map).l_name.is_null() {
+            Vec::new()
+        } else {
+            CStr::from_ptr((*map).l_name).to_bytes().to_vec()
+        };
+        ((*map).l_addr as u64, name)
+    };
+    let object = objects::loaded_objects()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|o| o.bias == bias && o.name == name)
+        .ok_or_else(|| failed(format!("cannot find the segments of container '{shown}'")))?;
+    Ok((opened, object))
+}
+
+fn disabled_reason() -> &'static str {
+    match interface::state() {
+        state::DISABLED_BY_USER => "disabled by user (LIBPULP_DISABLE_ON_*)",
+        _ => "disabled",
+    }
+}
+
+/// op APPLY.
+pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
+    reg.last = None;
+    let Some(request) = ApplyRequest::decode(req) else {
+        let f = Failure::new(code::BAD_REQUEST, "malformed apply request");
+        ring::log(format_args!("apply failed: {}", f.msg));
+        return Err(f);
+    };
+    let result = apply_request(reg, &request);
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!(
+            "apply of '{}' failed: {}",
+            Text(request.container_path),
+            f.msg
+        )),
+    }
+    result
+}
+
+fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done, Failure> {
+    if interface::state() != state::ENABLED {
+        return Err(Failure::new(
+            code::DISABLED,
+            format!("live patching is {} in this process", disabled_reason()),
+        ));
+    }
+    let shown = Text(request.container_path);
+    let container_path = CString::new(request.container_path)
+        .ok()
+        .filter(|p| !p.as_bytes().is_empty())
+        .ok_or_else(|| Failure::new(code::BAD_REQUEST, "bad container path in apply request"))?;
+    let meta = Metadata::decode(request.ulp).map_err(|e| {
+        Failure::new(
+            code::BAD_REQUEST,
+            format!("bad .ulp section of '{shown}': {e}"),
+        )
+    })?;
+    if reg.position(&meta.patch_id).is_some() {
+        return Err(Failure::new(
+            code::ALREADY_APPLIED,
+            format!(
+                "patch '{shown}' (id {}) is already applied",
+                Hex(&meta.patch_id)
+            ),
+        ));
+    }
+
+    // The target: an object with the recorded basename and build-id.
+    let objects =
+        objects::loaded_objects().ok_or_else(|| failed("cannot list the loaded objects"))?;
+    let named: Vec<&LoadedObject> = objects
+        .iter()
+        .filter(|o| o.basename() == meta.target_name.as_bytes())
+        .collect();
+    let Some(first) = named.first() else {
+        return Err(Failure::new(
+            code::TARGET_NOT_LOADED,
+            format!(
+                "target '{}' of patch '{shown}' is not loaded in this process",
+                meta.target_name
+            ),
+        ));
+    };
+    let Some(target) = named
+        .iter()
+        .find(|o| o.build_id.as_deref() == Some(&meta.build_id[..]))
+    else {
+        let found = match &first.build_id {
+            Some(id) => format!("{}", Hex(id)),
+            None => "none".into(),
+        };
+        return Err(Failure::new(
+            code::BUILD_ID_MISMATCH,
+            format!(
+                "'{}' has build-id {found}, patch '{shown}' is for build-id {}",
+                Text(&first.path),
+                Hex(&meta.build_id)
+            ),
+        ));
+    };
+
+    if meta.units.len() * 2 > MAX_WRITES {
+        return Err(failed(format!(
+            "patch '{shown}' has {} functions, at most {} fit in one call",
+            meta.units.len(),
+            MAX_WRITES / 2
+        )));
+    }
+    // The sites, before anything is loaded: a refusal here costs nothing.
+    let mut sites: Vec<Site> = Vec::with_capacity(meta.units.len());
+    for unit in &meta.units {
+        let entry = target.bias.wrapping_add(unit.old_faddr);
+        let site = read_site(target, entry, &unit.old_fname)?;
+        if sites.iter().any(|s| s.entry == entry) {
+            return Err(failed(format!(
+                "function '{}' (offset 0x{:x}) is replaced twice by patch '{shown}'",
+                unit.old_fname, unit.old_faddr
+            )));
+        }
+        sites.push(site);
+    }
+
+    let (opened, container) = open_container(&container_path)?;
+
+    // The new functions: defined in the container itself (dlsym also
+    // searches its dependencies) and in its code.
+    let mut new_addrs = Vec::with_capacity(meta.units.len());
+    for unit in &meta.units {
+        let name = CString::new(unit.new_fname.as_bytes())
+            .map_err(|_| failed(format!("bad function name '{}'", unit.new_fname)))?;
+        // SAFETY: a live handle and a NUL-terminated name.
+        let addr = unsafe { libc::dlsym(opened.handle, name.as_ptr()) } as u64;
+        if addr == 0 {
+            return Err(failed(format!(
+                "function '{}' not found in container '{shown}'",
+                unit.new_fname
+            )));
+        }
+        if !container.contains(addr, 1, PF_X) {
+            return Err(failed(format!(
+                "function '{}' is not defined in the code of container '{shown}'",
+                unit.new_fname
+            )));
+        }
+        new_addrs.push(addr);
+    }
+
+    // The references: values computed and places checked before any is
+    // written.
+    let mut ref_writes: Vec<(u64, [u8; 16], usize)> = Vec::with_capacity(meta.refs.len());
+    for r in &meta.refs {
+        let place = container.bias.wrapping_add(r.patch_offset);
+        let mut value = [0u8; 16];
+        let len = if r.tls {
+            if target.tls_modid == 0 {
+                return Err(failed(format!(
+                    "reference '{}' -> '{}': target '{}' has no TLS",
+                    r.patch_name,
+                    r.target_name,
+                    Text(&target.path)
+                )));
+            }
+            value[..8].copy_from_slice(&target.tls_modid.to_le_bytes());
+            value[8..].copy_from_slice(&r.target_offset.to_le_bytes());
+            16
+        } else {
+            let addr = target.bias.wrapping_add(r.target_offset);
+            if !target.contains(addr, 1, 0) {
+                return Err(failed(format!(
+                    "reference '{}' -> '{}': offset 0x{:x} is outside '{}'",
+                    r.patch_name,
+                    r.target_name,
+                    r.target_offset,
+                    Text(&target.path)
+                )));
+            }
+            value[..8].copy_from_slice(&addr.to_le_bytes());
+            8
+        };
+        if !container.writable(place, len as u64) {
+            return Err(failed(format!(
+                "reference '{}': offset 0x{:x} is not a writable variable of container '{shown}'",
+                r.patch_name, r.patch_offset
+            )));
+        }
+        ref_writes.push((place, value, len));
+    }
+
+    // Every check passed: from here on nothing can refuse.
+    for (place, value, len) in &ref_writes {
+        // SAFETY: checked writable in the container, which no code of the
+        // target reaches yet.
+        unsafe {
+            core::ptr::copy_nonoverlapping(value.as_ptr(), *place as *mut u8, *len);
+        }
+    }
+    let mut writes = Vec::with_capacity(sites.len() * 2);
+    for (site, &new_addr) in sites.iter().zip(&new_addrs) {
+        let stub = site.entry - STUB_LEN as u64;
+        writes.push(make_write(
+            stub,
+            write_kind::STUB,
+            &site.pad,
+            &stub_bytes(new_addr),
+        ));
+    }
+    for site in &sites {
+        let stub = site.entry - STUB_LEN as u64;
+        // The stub is 14 bytes before the entry and the patch point at most
+        // 4 after it: the short jump always reaches.
+        let jump = entry_jump(stub, site.patch_point).unwrap_or(site.jump);
+        writes.push(make_write(
+            site.patch_point,
+            write_kind::ENTRY,
+            &site.jump,
+            &jump,
+        ));
+    }
+
+    let handle = opened.keep();
+    let comments = CString::new(decode_comments(request.comments)).unwrap_or_default();
+    let patch = Patch {
+        id: meta.patch_id,
+        container_path,
+        target_path: CString::new(target.path.clone()).unwrap_or_default(),
+        target_bias: target.bias,
+        comments,
+        applied_at: ring::now(),
+        units: sites
+            .iter()
+            .zip(&new_addrs)
+            .map(|(s, &new_addr)| AppliedUnit {
+                entry: s.entry,
+                patch_point: s.patch_point,
+                new_addr,
+            })
+            .collect(),
+        handle,
+    };
+    reg.patches.push(patch);
+    reg.last = Some(LastChange::Applied { id: meta.patch_id });
+    reg.publish();
+
+    let mut msg = format!(
+        "applied patch '{shown}' to '{}': {} function",
+        Text(&target.path),
+        meta.units.len()
+    );
+    if meta.units.len() != 1 {
+        msg.push('s');
+    }
+    let _ = write!(msg, ", {} reference", meta.refs.len());
+    if meta.refs.len() != 1 {
+        msg.push('s');
+    }
+    Ok(Done { msg, writes })
+}
+
+/// op REVERT.
+pub fn revert(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
+    reg.last = None;
+    let result = revert_request(reg, req);
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!("revert failed: {}", f.msg)),
+    }
+    result
+}
+
+fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
+    if req.len() != PATCH_ID_LEN {
+        return Err(Failure::new(
+            code::BAD_REQUEST,
+            format!(
+                "a revert request is a {PATCH_ID_LEN}-byte patch id, not {} bytes",
+                req.len()
+            ),
+        ));
+    }
+    let Some(index) = reg.position(req) else {
+        return Err(Failure::new(
+            code::NOT_APPLIED,
+            format!("patch {} is not applied", Hex(req)),
+        ));
+    };
+    let patch = &reg.patches[index];
+    // The target may have been unloaded since: then its code is gone and
+    // there is nothing to write.
+    let objects = objects::loaded_objects().unwrap_or_default();
+    let target = objects
+        .iter()
+        .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
+    let mut stubs = Vec::new();
+    let mut entries = Vec::new();
+    if let Some(target) = target {
+        for unit in &patch.units {
+            // A later patch still redirects this entry: it stays as it is.
+            if reg.patches[index + 1..]
+                .iter()
+                .any(|p| p.unit_at(unit.entry).is_some())
+            {
+                continue;
+            }
+            let stub = unit.entry - STUB_LEN as u64;
+            let span = unit.patch_point + 2 - stub;
+            if !target.contains(stub, span, PF_X) {
+                continue;
+            }
+            // The newest older patch of this function gets the entry back;
+            // without one, the entry becomes the 2-byte NOP again and the
+            // stub bytes stay (unreachable).
+            let older = reg.patches[..index]
+                .iter()
+                .rev()
+                .find_map(|p| p.unit_at(unit.entry));
+            match older {
+                Some(o) => {
+                    // SAFETY: inside the target's code (checked above).
+                    let cur = unsafe { read_mem(stub, STUB_LEN) };
+                    stubs.push(make_write(
+                        stub,
+                        write_kind::STUB,
+                        &cur,
+                        &stub_bytes(o.new_addr),
+                    ));
+                }
+                None => {
+                    // SAFETY: as above.
+                    let cur = unsafe { read_mem(unit.patch_point, 2) };
+                    entries.push(make_write(
+                        unit.patch_point,
+                        write_kind::ENTRY,
+                        &cur,
+                        &ENTRY_NOP,
+                    ));
+                }
+            }
+        }
+    }
+    let patch = reg.patches.remove(index);
+    reg.publish();
+    let mut msg = format!(
+        "reverted patch '{}' from '{}'",
+        patch.container_path.to_string_lossy(),
+        patch.target_path.to_string_lossy()
+    );
+    if target.is_none() {
+        msg.push_str(" (target no longer loaded)");
+    }
+    reg.last = Some(LastChange::Reverted { patch, index });
+    stubs.extend(entries);
+    Ok(Done { msg, writes: stubs })
+}
+
+/// op UNDO.
+pub fn undo(reg: &mut Registry) -> Result<Done, Failure> {
+    let result = undo_last(reg);
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!("undo failed: {}", f.msg)),
+    }
+    result
+}
+
+fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
+    match reg.last.take() {
+        None => Err(Failure::new(
+            code::NOTHING_TO_UNDO,
+            "nothing to undo: no APPLY or REVERT since the last UNDO or failure",
+        )),
+        Some(LastChange::Applied { id }) => {
+            let index = reg
+                .position(&id)
+                .ok_or_else(|| failed("the patch to undo is no longer applied"))?;
+            let patch = reg.patches.remove(index);
+            reg.publish();
+            // The tool made none of the writes: no code of the container
+            // can be running. Balances the apply's dlopen; the container is
+            // unloaded unless it was loaded before.
+            // SAFETY: the handle from that dlopen, closed once.
+            unsafe { libc::dlclose(patch.handle) };
+            Ok(Done {
+                msg: format!(
+                    "undid apply of patch '{}'",
+                    patch.container_path.to_string_lossy()
+                ),
+                writes: Vec::new(),
+            })
+        }
+        Some(LastChange::Reverted { patch, index }) => {
+            let msg = format!(
+                "undid revert of patch '{}' (applied again)",
+                patch.container_path.to_string_lossy()
+            );
+            let index = index.min(reg.patches.len());
+            reg.patches.insert(index, patch);
+            reg.publish();
+            Ok(Done {
+                msg,
+                writes: Vec::new(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(pad: u8, at: &[u8]) -> Vec<u8> {
+        let mut v = vec![pad; 14];
+        v.extend_from_slice(at);
+        v
+    }
+
+    #[test]
+    fn site_states() {
+        let e = 0x1000;
+        let nop2 = inspect_site(e, &code(0x90, &[0x90, 0x90, 0x55, 0x48, 0x89, 0xe5])).unwrap();
+        assert_eq!((nop2.patch_point, nop2.jump), (e, [0x90, 0x90]));
+        let posted = inspect_site(e, &code(0x90, &[0x66, 0x90, 0, 0, 0, 0])).unwrap();
+        assert_eq!(posted.jump, ENTRY_NOP);
+        let cet = inspect_site(e, &code(0x90, &[0xf3, 0x0f, 0x1e, 0xfa, 0x66, 0x90])).unwrap();
+        assert_eq!(cet.patch_point, e + 4);
+        // Already redirected: our stub and our jump.
+        let mut redirected = stub_bytes(0x5555).to_vec();
+        redirected.extend_from_slice(&[0xeb, 0xf0, 0, 0, 0, 0]);
+        assert!(inspect_site(e, &redirected).is_ok());
+        let mut cet_redirected = stub_bytes(0x5555).to_vec();
+        cet_redirected.extend_from_slice(&[0xf3, 0x0f, 0x1e, 0xfa, 0xeb, 0xec]);
+        assert_eq!(inspect_site(e, &cet_redirected).unwrap().patch_point, e + 4);
+        // Reverted earlier: stub left in place, entry NOP again.
+        let mut reverted = stub_bytes(0x5555).to_vec();
+        reverted.extend_from_slice(&[0x66, 0x90, 0, 0, 0, 0]);
+        assert!(inspect_site(e, &reverted).is_ok());
+        // Only 16 bytes mapped: still fine without endbr64.
+        assert!(inspect_site(e, &code(0x90, &[0x66, 0x90])).is_ok());
+    }
+
+    #[test]
+    fn unpatchable_sites() {
+        let e = 0x1000;
+        let table: [(&str, Vec<u8>); 6] = [
+            ("no padding", code(0xcc, &[0x90, 0x90, 0, 0, 0, 0])),
+            ("ordinary code", code(0x90, &[0x55, 0x48, 0x89, 0xe5, 0, 0])),
+            ("jump elsewhere", code(0x90, &[0xeb, 0x10, 0, 0, 0, 0])),
+            ("jump to NOPs", code(0x90, &[0xeb, 0xf0, 0, 0, 0, 0])),
+            (
+                "endbr64 then code",
+                code(0x90, &[0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48]),
+            ),
+            ("too short", code(0x90, &[0x90])),
+        ];
+        for (what, bytes) in table {
+            let err = inspect_site(e, &bytes).unwrap_err();
+            assert!(err.starts_with("entry bytes "), "{what}: {err}");
+        }
+        let err = inspect_site(e, &code(0xcc, &[0x90, 0x90])).unwrap_err();
+        assert_eq!(
+            err,
+            "entry bytes cc cc cc cc cc cc cc cc cc cc cc cc cc cc | 90 90"
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! The message log: one line per event in the ring of the shared block.
+//!
+//! Lines are formatted into a fixed buffer on the stack (no allocation, so
+//! the panic hook can log too), cut to [`LINE_MAX`] bytes, with any newline
+//! inside a message turned into a space so that one event is one line.
+//! Every line but the first ("loaded") starts with a UTC timestamp
+//! `[YYYY-MM-DD HH:MM:SS] ulp: `.
+
+use core::fmt::{self, Write as _};
+
+use crate::interface;
+
+/// Longest line kept (the newline included).
+pub const LINE_MAX: usize = 1024;
+
+/// A line being formatted: bytes past the capacity are dropped.
+pub struct LineBuf {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl LineBuf {
+    pub const fn new() -> LineBuf {
+        LineBuf {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Ends the line with a newline (replacing the last byte when full).
+    fn finish(&mut self) {
+        if self.len == LINE_MAX {
+            self.len -= 1;
+        }
+        self.buf[self.len] = b'\n';
+        self.len += 1;
+    }
+}
+
+impl Default for LineBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == LINE_MAX {
+                break;
+            }
+            self.buf[self.len] = if b == b'\n' || b == b'\r' { b' ' } else { b };
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, from `clock_gettime(CLOCK_REALTIME)`.
+pub fn now() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec
+}
+
+/// A UTC date and time split from epoch seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+/// Howard Hinnant's `civil_from_days`, proleptic Gregorian calendar.
+pub fn civil(secs: i64) -> Civil {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Civil {
+        year,
+        month,
+        day,
+        hour: (rem / 3600) as u32,
+        minute: (rem % 3600 / 60) as u32,
+        second: (rem % 60) as u32,
+    }
+}
+
+impl fmt::Display for Civil {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+/// Appends `ulp: MESSAGE` without a timestamp (only the "loaded" line).
+pub fn log_untimed(args: fmt::Arguments<'_>) {
+    let mut line = LineBuf::new();
+    let _ = line.write_str("ulp: ");
+    let _ = line.write_fmt(args);
+    line.finish();
+    interface::ring_append(line.as_bytes());
+}
+
+/// Appends `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE`.
+pub fn log(args: fmt::Arguments<'_>) {
+    let mut line = LineBuf::new();
+    let _ = write!(line, "[{}] ulp: ", civil(now()));
+    let _ = line.write_fmt(args);
+    line.finish();
+    interface::ring_append(line.as_bytes());
+}
+
+/// Lowercase hexadecimal of a byte string, for ids in messages.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as `xx xx xx`, for code bytes in messages.
+pub struct SpacedHex<'a>(pub &'a [u8]);
+
+impl fmt::Display for SpacedHex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte string shown as text (invalid UTF-8 replaced), without allocating.
+pub struct Text<'a>(pub &'a [u8]);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        loop {
+            match core::str::from_utf8(rest) {
+                Ok(s) => return f.write_str(s),
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    // SAFETY: `from_utf8` checked these bytes.
+                    f.write_str(unsafe { core::str::from_utf8_unchecked(valid) })?;
+                    f.write_str("\u{fffd}")?;
+                    let skip = e.error_len().unwrap_or(after.len());
+                    rest = &after[skip..];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let table = [
+            (0, "1970-01-01 00:00:00"),
+            (951_782_400, "2000-02-29 00:00:00"),
+            (1_709_251_199, "2024-02-29 23:59:59"),
+            (4_102_444_800, "2100-01-01 00:00:00"),
+            (-1, "1969-12-31 23:59:59"),
+        ];
+        for (secs, want) in table {
+            let mut b = LineBuf::new();
+            write!(b, "{}", civil(secs)).unwrap();
+            assert_eq!(std::str::from_utf8(b.as_bytes()).unwrap(), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn lines_are_cut_and_single() {
+        let mut b = LineBuf::new();
+        write!(b, "a\nb").unwrap();
+        b.finish();
+        assert_eq!(b.as_bytes(), b"a b\n");
+        let mut b = LineBuf::new();
+        for _ in 0..LINE_MAX {
+            b.write_str("xy").unwrap();
+        }
+        b.finish();
+        assert_eq!(b.as_bytes().len(), LINE_MAX);
+        assert_eq!(b.as_bytes()[LINE_MAX - 1], b'\n');
+    }
+
+    #[test]
+    fn hex_forms() {
+        let mut b = LineBuf::new();
+        write!(
+            b,
+            "{} {} {}",
+            Hex(&[0, 0xab]),
+            SpacedHex(&[0x90, 0x66]),
+            Text(b"a\xffb")
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(b.as_bytes()).unwrap(),
+            "00ab 90 66 a\u{fffd}b"
+        );
+    }
+}

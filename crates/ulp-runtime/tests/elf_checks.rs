@@ -1,0 +1,70 @@
+//! The built `libpulp.so` as the loader and the tool see it: SONAME, no
+//! text relocations, no GLIBC_PRIVATE reference, exactly two exports.
+
+mod support;
+
+use std::process::Command;
+
+fn readelf(args: &[&str]) -> String {
+    let out = Command::new("readelf")
+        .args(args)
+        .arg(support::runtime_so())
+        .output()
+        .expect("running readelf");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn soname_and_no_text_relocations() {
+    let dynamic = readelf(&["-d", "-W"]);
+    assert!(
+        dynamic.contains("Library soname: [libpulp.so.0]"),
+        "{dynamic}"
+    );
+    assert!(!dynamic.contains("TEXTREL"), "{dynamic}");
+}
+
+#[test]
+fn no_glibc_private_and_only_the_two_exports() {
+    let syms = readelf(&["--dyn-syms", "-W"]);
+    assert!(!syms.contains("GLIBC_PRIVATE"), "{syms}");
+    let mut exported: Vec<(String, String)> = syms
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Num: Value Size Type Bind Vis Ndx Name
+            (f.len() >= 8 && f[4] == "GLOBAL" && f[6] != "UND")
+                .then(|| (f[7].to_string(), f[3].to_string()))
+        })
+        .collect();
+    exported.sort();
+    assert_eq!(
+        exported,
+        [
+            ("__ulp_entry".to_string(), "FUNC".to_string()),
+            ("__ulp_interface".to_string(), "OBJECT".to_string()),
+        ]
+    );
+}
+
+/// Preloaded into an ordinary program, the runtime is invisible: same
+/// output, nothing on stderr, also when an opt-out needs NSS lookups.
+#[test]
+fn preloading_changes_nothing_visible() {
+    for env in [
+        None,
+        Some(("LIBPULP_DISABLE_ON_USERS", "*")),
+        Some(("LIBPULP_DISABLE_ON_GROUPS", "no-such-group")),
+    ] {
+        let mut cmd = Command::new("/bin/echo");
+        cmd.arg("hello").env("LD_PRELOAD", support::runtime_so());
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("running echo");
+        assert!(out.status.success(), "{env:?}");
+        assert_eq!(out.stdout, b"hello\n", "{env:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{env:?}");
+    }
+}
