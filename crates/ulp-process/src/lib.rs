@@ -1,1 +1,48 @@
-//! placeholder
+//! Everything `ulp` does to another process, and the only crate of the
+//! workspace that uses ptrace.
+//!
+//! * Looking without stopping: [`maps`], [`threads`], [`comm`], [`exe`],
+//!   [`all_pids`] read /proc; [`read_mem`] and [`write_mem`] use
+//!   `process_vm_readv`/`process_vm_writev` (writable data only).
+//! * Stopping: [`Stopped`] is a guard over threads of one process that the
+//!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
+//!   and interrupted. While it lives you can read registers, run a function
+//!   in the target ([`Stopped::remote_call`], which saves and restores every
+//!   register, xstate included, and keeps interrupted system calls
+//!   restartable), and read or write code bytes ([`Stopped::peek`],
+//!   [`Stopped::poke`], which work on read-only and W^X-locked pages).
+//!   [`Stopped::release`] (or, as a safety net, `Drop`) puts back registers,
+//!   re-delivers signals that arrived meanwhile, and detaches.
+//!
+//! Rules the caller must keep: only the OS thread that created a
+//! [`Stopped`] may use it (it is not `Send`), and since the kernel detaches
+//! a tracer's tracees when that OS thread exits, running the work on a
+//! short-lived thread per process bounds how long anything can stay stuck.
+//! Never call `std::process::Child::wait` on a traced child.
+//!
+//! Left out on purpose: what to call and why (`ulp-core`), ELF symbol lookup
+//! (`ulp-elf`), any architecture but x86-64, 32-bit (compat) tracees, and
+//! injecting code into processes that have not loaded the runtime. A remote
+//! call returns to address 0 and relies on the tracer being alive to catch
+//! the fault: if the tool dies in the middle of a call, that thread crashes
+//! (a sigreturn-based return path would remove this risk; not done yet).
+
+mod error;
+mod mem;
+mod procfs;
+mod regs;
+mod stopped;
+mod sys;
+
+pub use error::{Error, Tracer};
+pub use mem::{read_mem, write_mem};
+pub use procfs::{
+    all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,
+};
+pub use regs::Regs;
+pub use stopped::Stopped;
+
+/// A process id (thread-group id).
+pub type Pid = i32;
+/// A thread id (as in /proc/PID/task).
+pub type Tid = i32;

@@ -1,0 +1,121 @@
+//! Reading and writing another process's memory without stopping it.
+//!
+//! `process_vm_readv`/`process_vm_writev` honour page protections: they
+//! cannot write code (read-only or W^X-locked pages). Code is written with
+//! `Stopped::poke`, which goes through ptrace and the kernel's forced access.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::error::Error;
+use crate::Pid;
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn mem_error(pid: Pid, addr: u64, len: usize, write: bool, errno: i32) -> Error {
+    if errno == libc::ESRCH {
+        Error::Gone { pid, tid: None }
+    } else {
+        Error::Memory {
+            pid,
+            addr,
+            len,
+            write,
+            errno,
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `addr` of `pid`, or fails.
+///
+/// Uses `process_vm_readv`; if that cannot read everything (for example a
+/// page without read permission), falls back to `/proc/PID/mem`.
+pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+    let mut done = 0usize;
+    let mut last_errno = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let local = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: `local` describes `rest`, which is valid for writes of its
+        // length for the duration of the call; the remote iovec is only
+        // interpreted by the kernel in the target's address space.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        last_errno = if n == 0 { libc::EFAULT } else { errno() };
+        if last_errno == libc::EINTR {
+            continue;
+        }
+        break;
+    }
+    if done == buf.len() {
+        return Ok(());
+    }
+    if last_errno == libc::ESRCH {
+        return Err(Error::Gone { pid, tid: None });
+    }
+    // Fallback: /proc/PID/mem reads with the kernel's forced access.
+    let file = File::open(format!("/proc/{pid}/mem")).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::Gone { pid, tid: None }
+        } else {
+            mem_error(pid, addr, buf.len(), false, last_errno)
+        }
+    })?;
+    file.read_exact_at(&mut buf[done..], addr + done as u64)
+        .map_err(|e| {
+            mem_error(
+                pid,
+                addr,
+                buf.len(),
+                false,
+                e.raw_os_error().unwrap_or(last_errno),
+            )
+        })
+}
+
+/// Writes all of `data` at `addr` of `pid` with `process_vm_writev`.
+///
+/// Only for writable mappings (data, heap, stack); fails with EFAULT on
+/// code. Use `Stopped::poke` for code.
+pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Error> {
+    let mut done = 0usize;
+    while done < data.len() {
+        let rest = &data[done..];
+        let local = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: (addr + done as u64) as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: `local` describes `rest`, valid for reads of its length;
+        // process_vm_writev only reads from the local buffer.
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        if n > 0 {
+            done += n as usize;
+            continue;
+        }
+        let e = if n == 0 { libc::EFAULT } else { errno() };
+        if e == libc::EINTR {
+            continue;
+        }
+        return Err(mem_error(pid, addr, data.len(), true, e));
+    }
+    Ok(())
+}

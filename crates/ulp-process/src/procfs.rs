@@ -1,0 +1,294 @@
+//! Looking at a process through /proc without stopping it: memory map,
+//! threads, names, tracer and signal state. Nothing here uses ptrace.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Tracer};
+use crate::{Pid, Tid};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// Four characters, e.g. `r-xp`.
+    pub perms: String,
+    pub offset: u64,
+    /// `major:minor` as printed.
+    pub dev: String,
+    pub inode: u64,
+    /// The path as printed (may end with ` (deleted)`, or be `[heap]`,
+    /// `[stack]`, `[vdso]` ...); `None` for anonymous mappings.
+    pub path: Option<String>,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+    pub fn is_readable(&self) -> bool {
+        self.perms.as_bytes().first() == Some(&b'r')
+    }
+    pub fn is_writable(&self) -> bool {
+        self.perms.as_bytes().get(1) == Some(&b'w')
+    }
+    pub fn is_executable(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+}
+
+fn proc_path(pid: Pid, leaf: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{leaf}"))
+}
+
+/// Maps a failure to read a /proc file: a missing file means the process is gone.
+pub(crate) fn proc_error(pid: Pid, path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) {
+        Error::Gone { pid, tid: None }
+    } else {
+        Error::Proc {
+            pid,
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
+    let path = proc_path(pid, leaf);
+    fs::read(&path).map_err(|e| proc_error(pid, &path, e))
+}
+
+/// Parses one line of `/proc/PID/maps`. `None` if it is malformed.
+pub fn parse_maps_line(line: &str) -> Option<Mapping> {
+    fn field(rest: &mut &str) -> Option<String> {
+        let s = rest.trim_start_matches(' ');
+        let end = s.find(' ').unwrap_or(s.len());
+        if end == 0 {
+            return None;
+        }
+        let (tok, tail) = s.split_at(end);
+        *rest = tail;
+        Some(tok.to_string())
+    }
+    let mut rest = line;
+    let range = field(&mut rest)?;
+    let perms = field(&mut rest)?;
+    let offset = field(&mut rest)?;
+    let dev = field(&mut rest)?;
+    let inode = field(&mut rest)?;
+    let (start, end) = range.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    if end < start || perms.len() != 4 || !dev.contains(':') {
+        return None;
+    }
+    // The path starts after the padding that follows the inode; it may
+    // itself contain spaces.
+    let path = rest.trim_start_matches(' ');
+    Some(Mapping {
+        start,
+        end,
+        perms,
+        offset: u64::from_str_radix(&offset, 16).ok()?,
+        dev,
+        inode: inode.parse().ok()?,
+        path: if path.is_empty() {
+            None
+        } else {
+            Some(path.to_string())
+        },
+    })
+}
+
+/// The memory map of `pid`, in address order.
+pub fn maps(pid: Pid) -> Result<Vec<Mapping>, Error> {
+    let raw = read_proc(pid, "maps")?;
+    let text = String::from_utf8_lossy(&raw);
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            parse_maps_line(l).ok_or_else(|| Error::Parse {
+                pid,
+                path: proc_path(pid, "maps"),
+                line: l.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
+    let mut out: Vec<i32> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The thread ids listed in `/proc/PID/task`, sorted.
+pub fn threads(pid: Pid) -> Result<Vec<Tid>, Error> {
+    let path = proc_path(pid, "task");
+    let tids = numeric_entries(&path).map_err(|e| proc_error(pid, &path, e))?;
+    if tids.is_empty() {
+        return Err(Error::Gone { pid, tid: None });
+    }
+    Ok(tids)
+}
+
+/// `/proc/PID/comm` without its newline.
+pub fn comm(pid: Pid) -> Result<String, Error> {
+    let raw = read_proc(pid, "comm")?;
+    Ok(String::from_utf8_lossy(&raw)
+        .trim_end_matches('\n')
+        .to_string())
+}
+
+/// The target of `/proc/PID/exe`, if readable.
+pub fn exe(pid: Pid) -> Option<PathBuf> {
+    fs::read_link(proc_path(pid, "exe")).ok()
+}
+
+/// Every pid in /proc, sorted.
+pub fn all_pids() -> Vec<Pid> {
+    numeric_entries(Path::new("/proc")).unwrap_or_default()
+}
+
+/// The scheduler state letter of a thread (`R`, `S`, `D`, `T`, `t`, `Z`,
+/// `X` ...), from `/proc/PID/task/TID/stat`; `None` if the thread is gone.
+pub fn thread_state(pid: Pid, tid: Tid) -> Option<char> {
+    let raw = fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // The command name may contain ')' and spaces: the state follows the last ')'.
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    raw.get(close + 2).map(|&b| b as char)
+}
+
+/// True if the thread no longer exists or is a zombie (exited, not reaped).
+pub(crate) fn thread_gone_or_zombie(pid: Pid, tid: Tid) -> bool {
+    matches!(
+        thread_state(pid, tid),
+        None | Some('Z') | Some('X') | Some('x')
+    )
+}
+
+fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_string())
+}
+
+/// The tracer of a thread (`TracerPid`), if any.
+pub fn tracer_of(pid: Pid, tid: Tid) -> Option<Tracer> {
+    let t: Tid = status_field(pid, tid, "TracerPid")?.parse().ok()?;
+    if t == 0 {
+        return None;
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let is_self = t == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
+    let comm = fs::read_to_string(format!("/proc/{t}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string());
+    Some(Tracer {
+        tid: t,
+        comm,
+        is_self,
+    })
+}
+
+/// True if a signal is pending for the thread (or its process) and not
+/// blocked by the thread.
+pub(crate) fn unblocked_signal_pending(pid: Pid, tid: Tid) -> bool {
+    let hex = |name| status_field(pid, tid, name).and_then(|v| u64::from_str_radix(&v, 16).ok());
+    match (hex("SigPnd"), hex("ShdPnd"), hex("SigBlk")) {
+        (Some(p), Some(s), Some(b)) => (p | s) & !b != 0,
+        // Cannot tell: assume a signal is pending (the conservative answer).
+        _ => true,
+    }
+}
+
+pub(crate) fn ptrace_scope() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// True while /proc/PID exists and the process is not a zombie.
+pub(crate) fn process_alive(pid: Pid) -> bool {
+    !matches!(
+        thread_state(pid, pid),
+        None | Some('Z') | Some('X') | Some('x')
+    ) || threads(pid).map(|t| t.len() > 1).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let m = parse_maps_line(
+            "7f0c2a000000-7f0c2a022000 r-xp 00001000 fd:01 1234567                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .unwrap();
+        assert_eq!(m.start, 0x7f0c2a000000);
+        assert_eq!(m.end, 0x7f0c2a022000);
+        assert_eq!(m.perms, "r-xp");
+        assert_eq!(m.offset, 0x1000);
+        assert_eq!(m.dev, "fd:01");
+        assert_eq!(m.inode, 1234567);
+        assert_eq!(
+            m.path.as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        assert!(m.is_executable() && m.is_readable() && !m.is_writable());
+
+        let anon = parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 ").unwrap();
+        assert_eq!(anon.path, None);
+        let anon = parse_maps_line("7ffd1000-7ffd2000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(anon.path, None);
+
+        let spaced =
+            parse_maps_line("1000-2000 r--p 00000000 08:02 42      /tmp/a dir/lib x.so (deleted)")
+                .unwrap();
+        assert_eq!(
+            spaced.path.as_deref(),
+            Some("/tmp/a dir/lib x.so (deleted)")
+        );
+
+        let stack =
+            parse_maps_line("1000-2000 rw-p 00000000 00:00 0                          [stack]")
+                .unwrap();
+        assert_eq!(stack.path.as_deref(), Some("[stack]"));
+
+        for bad in [
+            "",
+            "zzzz-2000 r--p 0 08:02 1 /x",
+            "2000-1000 r--p 0 08:02 1 /x",
+            "1000-2000 r--p",
+            "1000 r--p 0 08:02 1",
+            "1000-2000 r--p 0 0802 1 /x",
+            "1000-2000 r--p 0 08:02 notanumber /x",
+            "1000-2000 rw 0 08:02 1 /x",
+        ] {
+            assert_eq!(parse_maps_line(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn own_process() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        assert!(threads(me).unwrap().contains(&me));
+        assert!(!comm(me).unwrap().is_empty());
+        assert!(exe(me).is_some());
+        assert!(all_pids().contains(&me));
+        let m = maps(me).unwrap();
+        let here = own_process as *const () as usize as u64;
+        assert!(m.iter().any(|m| m.contains(here) && m.is_executable()));
+        assert_eq!(thread_state(me, me).map(|c| c != 'Z'), Some(true));
+    }
+}

@@ -1,0 +1,836 @@
+//! The stopped-threads guard: seizing, interrupting, remote calls, code
+//! writes, and putting everything back.
+//!
+//! # Stops this module deals with
+//!
+//! A seized thread that we PTRACE_INTERRUPT reports one of:
+//! * an event stop (`status >> 16 == PTRACE_EVENT_STOP`, signal SIGTRAP),
+//!   the normal case;
+//! * an event stop with a stop signal (SIGSTOP, SIGTSTP, ...): the thread
+//!   is in a group-stop (the process was stopped by job control). We use it
+//!   like any other stop; at detach the kernel puts it back into the
+//!   group-stop, so a stopped process stays stopped;
+//! * a signal-delivery-stop: a signal was being delivered when we
+//!   arrived. We keep the thread in that stop (it is a full ptrace-stop),
+//!   remember the signal and its siginfo, and deliver it at detach, so the
+//!   program sees it once, with its original siginfo, after we are gone.
+//! * an exit: the thread vanished meanwhile; it is dropped from the guard.
+//!
+//! # System call restart
+//!
+//! A thread interrupted inside a restartable system call (read, futex,
+//! nanosleep...) stops with `orig_rax` = the call number and
+//! `rax = -ERESTARTSYS` (or -ERESTARTNOINTR, -ERESTARTNOHAND,
+//! -ERESTART_RESTARTBLOCK) and `rip` just after the `syscall` instruction.
+//! When it resumes without a signal to handle, the kernel (in
+//! `arch_do_signal_or_restart`) looks at exactly these registers: if
+//! `orig_rax >= 0` and `rax` is one of those codes, it rewinds `rip` by 2
+//! and reloads `rax` from `orig_rax`, so the call runs again (nanosleep
+//! resumes from its saved absolute expiry, so no sleep is shortened).
+//!
+//! A remote call must not be caught by that rule, so it sets
+//! `orig_rax = -1`. When the call has returned, writing the saved registers
+//! back restores `orig_rax`/`rax`/`rip`, and the restart happens when the
+//! thread finally resumes: the program never sees EINTR.
+//!
+//! A few calls (epoll_wait and relatives, see [`NON_RESTARTING`]) return
+//! EINTR outright when the thread is interrupted, even with no signal. When
+//! a thread stops on the way out of one of those with -EINTR, and no signal
+//! is pending for it, we rewind it ourselves to re-execute the `syscall`
+//! instruction (the arguments are still in their registers).
+
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::procfs;
+use crate::regs::Regs;
+use crate::sys::{self, Errno, WaitStatus};
+use crate::{Pid, Tid};
+
+/// Bytes below `rsp` that leaf functions may use without moving `rsp`
+/// (System V x86-64 ABI): a remote call's frame starts below them.
+const RED_ZONE: u64 = 128;
+
+/// How long `release`/`Drop` wait for a thread that is still running (a
+/// remote call that timed out, or an interrupt that never landed) to stop.
+const DETACH_GRACE: Duration = Duration::from_millis(100);
+
+/// System calls that fail with EINTR (instead of restarting) when their
+/// thread is interrupted by ptrace, even though no signal handler runs.
+const NON_RESTARTING: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_io_getevents,
+    // io_pgetevents (not in the libc crate's list).
+    333,
+];
+
+/// The x86-64 `syscall` instruction.
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+const EFLAGS_TF: u64 = 1 << 8;
+const EFLAGS_DF: u64 = 1 << 10;
+
+/// Where a held thread is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Seized but not (yet) stopped: the interrupt has not landed, or the
+    /// thread is running a remote call.
+    Running,
+    /// Event stop (PTRACE_INTERRUPT or group-stop).
+    Event,
+    /// Signal-delivery-stop for this signal: resuming with a signal number
+    /// delivers that signal instead.
+    Signal(i32),
+}
+
+/// The thread's own state while a remote call runs on it.
+struct Call {
+    regs: libc::user_regs_struct,
+    xstate: Vec<u8>,
+    /// `rsp` at the call's entry (it holds the return address 0).
+    sp: u64,
+}
+
+struct Held {
+    tid: Tid,
+    stop: Stop,
+    /// Signals that arrived while we held the thread, oldest first, to be
+    /// delivered when it is detached.
+    owed: Vec<libc::siginfo_t>,
+    call: Option<Call>,
+}
+
+/// Guard over threads of one process that the calling OS thread has seized
+/// and stopped. See the crate documentation for the rules.
+///
+/// Dropping it restores any thread left inside a remote call and detaches
+/// every thread, ignoring errors; call [`Stopped::release`] to see them.
+pub struct Stopped {
+    pid: Pid,
+    /// Sorted by tid.
+    held: Vec<Held>,
+    /// Threads that exited or became zombies while we attached: not retried.
+    skipped: HashSet<Tid>,
+    /// Only the seizing OS thread may issue ptrace requests: not Send.
+    _not_send: PhantomData<*mut ()>,
+}
+
+fn is_fault(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+    )
+}
+
+impl Stopped {
+    fn empty(pid: Pid) -> Stopped {
+        Stopped {
+            pid,
+            held: Vec::new(),
+            skipped: HashSet::new(),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Seizes and stops the given threads of `pid`. Threads that vanished
+    /// meanwhile (or are not threads of `pid`) are skipped; it is an error if
+    /// none is left or the process is gone.
+    pub fn seize_threads(pid: Pid, tids: &[Tid], deadline: Instant) -> Result<Stopped, Error> {
+        if !procfs::process_alive(pid) {
+            return Err(Error::Gone { pid, tid: None });
+        }
+        let mut s = Stopped::empty(pid);
+        s.attach_batch(tids, deadline)?;
+        if s.held.is_empty() {
+            let tid = if procfs::process_alive(pid) {
+                tids.first().copied()
+            } else {
+                None
+            };
+            return Err(Error::Gone { pid, tid });
+        }
+        Ok(s)
+    }
+
+    /// Seizes and stops every thread of `pid`, rescanning /proc/PID/task
+    /// until a pass finds no thread it has not seen. A stopped thread cannot
+    /// create threads, and a thread created by `clone` is listed before its
+    /// creator returns to user space, so a quiet pass means all are held.
+    pub fn seize_all(pid: Pid, deadline: Instant) -> Result<Stopped, Error> {
+        let mut s = Stopped::empty(pid);
+        s.seize_rest(deadline)?;
+        Ok(s)
+    }
+
+    /// Extends this guard to every thread of the process not yet held
+    /// (same rescan rule as [`Stopped::seize_all`]).
+    pub fn seize_rest(&mut self, deadline: Instant) -> Result<(), Error> {
+        loop {
+            let new: Vec<Tid> = procfs::threads(self.pid)?
+                .into_iter()
+                .filter(|t| !self.holds(*t) && !self.skipped.contains(t))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    pid: self.pid,
+                    tid: None,
+                    op: "seizing all threads (new threads kept appearing)".into(),
+                });
+            }
+            self.attach_batch(&new, deadline)?;
+        }
+        if self.held.is_empty() {
+            return Err(Error::Gone {
+                pid: self.pid,
+                tid: None,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The threads held, sorted.
+    pub fn tids(&self) -> Vec<Tid> {
+        self.held.iter().map(|h| h.tid).collect()
+    }
+
+    /// The general registers of a held, stopped thread.
+    pub fn regs(&self, tid: Tid) -> Result<Regs, Error> {
+        let i = self.stopped_index(tid)?;
+        sys::get_regs(self.held[i].tid)
+            .map(Regs)
+            .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))
+    }
+
+    /// `Some(system call number)` when the thread is stopped inside a system
+    /// call (`orig_rax >= 0`), else `None`.
+    pub fn syscall_of(&self, tid: Tid) -> Result<Option<i64>, Error> {
+        let nr = self.regs(tid)?.orig_rax();
+        Ok((nr >= 0).then_some(nr))
+    }
+
+    /// Signals that arrived for `tid` while it was held (delivered when it is
+    /// detached), by number.
+    pub fn owed_signals(&self, tid: Tid) -> Vec<i32> {
+        self.held
+            .iter()
+            .find(|h| h.tid == tid)
+            .map(|h| h.owed.iter().map(|i| i.si_signo).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs `func(args...)` (at most 6 integer arguments, System V ABI) on
+    /// thread `tid` and returns its `rax`.
+    ///
+    /// Saves all of the thread's registers first (general registers and the
+    /// whole XSAVE area: x87, SSE, AVX, AVX-512), sets `orig_rax = -1` so an
+    /// interrupted restartable system call is not rewound into the call,
+    /// builds the frame below the 128-byte red zone with `rsp` 16-byte
+    /// aligned at the call, and pushes return address 0: the return faults
+    /// (SIGSEGV with `rip == 0`) and that fault is suppressed. Then every
+    /// register is written back exactly, so an interrupted `read`,
+    /// `nanosleep`, `futex`... restarts transparently when the thread
+    /// resumes.
+    ///
+    /// A signal that stops the thread during the call is not delivered into
+    /// it: it is remembered and delivered when the thread is detached, after
+    /// its registers are restored. If the called function itself faults, the
+    /// registers are restored and [`Error::CallFaulted`] is returned. If the
+    /// thread dies, the error is [`Error::Gone`].
+    ///
+    /// On timeout ([`Error::is_timeout`]) the thread is STILL INSIDE the
+    /// call, running with the target's locks possibly held: call
+    /// [`Stopped::wait_call`] to keep waiting. If the guard is released
+    /// instead, the call is abandoned where it is (the thread is stopped and
+    /// its registers restored), which can leave the target's state half
+    /// changed, e.g. a lock taken by the function never released.
+    pub fn remote_call(
+        &mut self,
+        tid: Tid,
+        func: u64,
+        args: &[u64],
+        deadline: Instant,
+    ) -> Result<u64, Error> {
+        let pid = self.pid;
+        if args.len() > 6 {
+            return Err(Error::Invalid {
+                pid,
+                what: format!("remote_call takes at most 6 arguments, got {}", args.len()),
+            });
+        }
+        let i = self.stopped_index(tid)?;
+        let regs = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+        let xstate = sys::get_xstate(tid)
+            .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGSET(NT_X86_XSTATE)", e))?;
+
+        // Frame: skip the red zone, align down to 16, push the return
+        // address. At the callee's first instruction `rsp % 16 == 8`, as
+        // after a `call` from aligned code.
+        let sp = (regs.rsp.wrapping_sub(RED_ZONE) & !0xf).wrapping_sub(8);
+        sys::poke_word(tid, sp, 0).map_err(|e| self.mem_error(tid, sp, 8, true, e))?;
+
+        let mut r = regs;
+        r.rip = func;
+        r.rsp = sp;
+        // Not in a system call any more: the kernel must not apply its
+        // restart rule (rewind rip by 2) to our call.
+        r.orig_rax = u64::MAX;
+        // For variadic callees: no vector registers used for arguments.
+        r.rax = 0;
+        for (slot, &arg) in [
+            &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
+        ]
+        .into_iter()
+        .zip(args)
+        {
+            *slot = arg;
+        }
+        // The ABI wants DF clear at a call; never single-step our call.
+        r.eflags &= !(EFLAGS_DF | EFLAGS_TF);
+        sys::set_regs(tid, &r).map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS", e))?;
+        self.held[i].call = Some(Call { regs, xstate, sp });
+
+        // Resuming with signal 0 also suppresses the signal of a
+        // signal-delivery-stop we are in (it is in `owed` if it is not ours).
+        if let Err(e) = sys::cont(tid, 0) {
+            let err = self.ptrace_error(tid, "PTRACE_CONT", e);
+            let _ = self.restore_call(i);
+            return Err(err);
+        }
+        self.held[i].stop = Stop::Running;
+        self.finish_call(tid, deadline)
+    }
+
+    /// Keeps waiting for a remote call on `tid` that timed out earlier.
+    pub fn wait_call(&mut self, tid: Tid, deadline: Instant) -> Result<u64, Error> {
+        match self.held.iter().find(|h| h.tid == tid) {
+            Some(h) if h.call.is_some() && h.stop == Stop::Running => {
+                self.finish_call(tid, deadline)
+            }
+            _ => Err(Error::NotHeld {
+                pid: self.pid,
+                tid,
+                why: "no remote call is running on this thread",
+            }),
+        }
+    }
+
+    fn finish_call(&mut self, tid: Tid, deadline: Instant) -> Result<u64, Error> {
+        let pid = self.pid;
+        loop {
+            let status = match sys::wait_thread(tid, deadline) {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(Error::Timeout {
+                    pid,
+                    tid: Some(tid),
+                    op: "waiting for a remote call to return (the thread is still inside the call)"
+                        .into(),
+                }),
+                Err(_) => return Err(self.lost(tid)),
+            };
+            let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+            match status {
+                WaitStatus::Exited(_) | WaitStatus::Killed(_) => return Err(self.lost(tid)),
+                // A leftover interrupt, or a group-stop that began during
+                // the call: finish the call first (at detach the kernel puts
+                // the thread back into the group-stop if it is still on).
+                WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => {
+                    sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
+                }
+                WaitStatus::SignalStop { sig } => {
+                    let info = sys::get_siginfo(tid)
+                        .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGINFO", e))?;
+                    if sig == libc::SIGSEGV || (is_fault(sig) && info.si_code > 0) {
+                        let now = sys::get_regs(tid)
+                            .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+                        let sp = self.held[i].call.as_ref().map_or(0, |c| c.sp);
+                        let returned =
+                            sig == libc::SIGSEGV && now.rip == 0 && now.rsp == sp.wrapping_add(8);
+                        if returned || info.si_code > 0 {
+                            // Our return (or a crash of the callee): the
+                            // thread stays in this signal-delivery-stop and
+                            // the signal is dropped at detach.
+                            self.held[i].stop = Stop::Signal(sig);
+                            self.restore_call(i)?;
+                            if returned {
+                                return Ok(now.rax);
+                            }
+                            // SAFETY: si_addr is valid for the fault signals
+                            // filtered above (kernel-generated, si_code > 0).
+                            let addr = unsafe { info.si_addr() } as u64;
+                            return Err(Error::CallFaulted {
+                                pid,
+                                tid,
+                                signal: sig,
+                                rip: now.rip,
+                                addr,
+                            });
+                        }
+                    }
+                    // Someone else's signal: deliver it after the call, once
+                    // the registers are back.
+                    self.held[i].owed.push(info);
+                    sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
+                }
+            }
+        }
+    }
+
+    /// Writes back the registers saved by `remote_call` (thread must be stopped).
+    fn restore_call(&mut self, i: usize) -> Result<(), Error> {
+        let Some(h) = self.held.get(i) else {
+            return Ok(());
+        };
+        let tid = h.tid;
+        let Some(call) = &h.call else { return Ok(()) };
+        sys::set_regs(tid, &call.regs)
+            .map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS (restoring)", e))?;
+        sys::set_xstate(tid, &call.xstate).map_err(|e| {
+            self.ptrace_error(tid, "PTRACE_SETREGSET(NT_X86_XSTATE) (restoring)", e)
+        })?;
+        self.held[i].call = None;
+        Ok(())
+    }
+
+    /// Reads code or data bytes with PTRACE_PEEKDATA (works on pages without
+    /// read permission). Any stopped thread of the guard is used.
+    pub fn peek(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let tid = self.any_stopped()?;
+        let mut off = 0usize;
+        while off < buf.len() {
+            let a = self.offset_addr(addr, off, buf.len())?;
+            let base = a & !7;
+            let skip = (a - base) as usize;
+            let n = (8 - skip).min(buf.len() - off);
+            let word = sys::peek_word(tid, base)
+                .map_err(|e| self.mem_error(tid, addr, buf.len(), false, e))?;
+            buf[off..off + n].copy_from_slice(&word.to_le_bytes()[skip..skip + n]);
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Writes code bytes with PTRACE_POKEDATA (aligned word
+    /// read-modify-write), which works on read-only and W^X-locked pages
+    /// where `write_mem` fails. Any stopped thread of the guard is used;
+    /// threads not held by this guard keep running meanwhile.
+    pub fn poke(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        let tid = self.any_stopped()?;
+        let mut off = 0usize;
+        while off < data.len() {
+            let a = self.offset_addr(addr, off, data.len())?;
+            let base = a & !7;
+            let skip = (a - base) as usize;
+            let n = (8 - skip).min(data.len() - off);
+            let mut word = if n == 8 {
+                [0u8; 8]
+            } else {
+                sys::peek_word(tid, base)
+                    .map_err(|e| self.mem_error(tid, addr, data.len(), true, e))?
+                    .to_le_bytes()
+            };
+            word[skip..skip + n].copy_from_slice(&data[off..off + n]);
+            sys::poke_word(tid, base, u64::from_le_bytes(word))
+                .map_err(|e| self.mem_error(tid, addr, data.len(), true, e))?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Detaches every thread (each after its registers are restored and with
+    /// the signals it is owed re-delivered) and reports the first failure.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.detach_all()
+    }
+
+    fn detach_all(&mut self) -> Result<(), Error> {
+        let mut first = None;
+        while let Some(h) = self.held.pop() {
+            if let Err(e) = self.detach_one(h) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn detach_one(&mut self, mut h: Held) -> Result<(), Error> {
+        let pid = self.pid;
+        let tid = h.tid;
+        if h.stop == Stop::Running {
+            // A remote call that timed out, or an interrupt that never
+            // landed: stop the thread before anything else.
+            let _ = sys::interrupt(tid);
+            let deadline = Instant::now() + DETACH_GRACE;
+            match sys::wait_thread(tid, deadline) {
+                Ok(None) => {
+                    // Cannot detach a running tracee. It stays traced by
+                    // this OS thread (and stops once the interrupt lands)
+                    // until this OS thread exits.
+                    return Err(Error::Timeout {
+                        pid,
+                        tid: Some(tid),
+                        op: "stopping the thread to detach from it".into(),
+                    });
+                }
+                Err(_) | Ok(Some(WaitStatus::Exited(_) | WaitStatus::Killed(_))) => return Ok(()),
+                Ok(Some(WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. })) => {
+                    h.stop = Stop::Event;
+                }
+                Ok(Some(WaitStatus::SignalStop { sig })) => {
+                    h.stop = Stop::Signal(sig);
+                    let ours = match (&h.call, sys::get_regs(tid)) {
+                        (Some(c), Ok(r)) => {
+                            sig == libc::SIGSEGV && r.rip == 0 && r.rsp == c.sp.wrapping_add(8)
+                        }
+                        _ => false,
+                    };
+                    let fault = h.call.is_some()
+                        && is_fault(sig)
+                        && sys::get_siginfo(tid)
+                            .map(|i| i.si_code > 0)
+                            .unwrap_or(false);
+                    if !ours && !fault {
+                        if let Ok(info) = sys::get_siginfo(tid) {
+                            h.owed.push(info);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(call) = h.call.take() {
+            // Abandon the call: the thread gets its own state back.
+            let restored =
+                sys::set_regs(tid, &call.regs).and_then(|()| sys::set_xstate(tid, &call.xstate));
+            if let Err(e) = restored {
+                let err = self.ptrace_error(tid, "restoring registers before detaching", e);
+                if err.is_gone() {
+                    return Ok(());
+                }
+                // Detaching now would resume the thread inside our call.
+                // Leave it traced (stopped); the kernel detaches it when
+                // this OS thread exits.
+                return Err(err);
+            }
+        }
+        // Deliver owed signals: the oldest through PTRACE_DETACH when the
+        // thread is in a signal-delivery-stop (the kernel then delivers it
+        // with the siginfo we set), the rest queued again.
+        let mut sig = 0;
+        let mut rest: &[libc::siginfo_t] = &h.owed;
+        if let (Stop::Signal(_), Some(first)) = (h.stop, h.owed.first()) {
+            if sys::set_siginfo(tid, first).is_ok() {
+                sig = first.si_signo;
+                rest = &h.owed[1..];
+            }
+        }
+        let mut failure = None;
+        for info in rest {
+            if let Err(e) = sys::reraise(pid, tid, info) {
+                failure.get_or_insert(self.ptrace_error(
+                    tid,
+                    "re-raising a signal received while attached",
+                    e,
+                ));
+            }
+        }
+        match sys::detach(tid, sig) {
+            Ok(()) => {}
+            Err(e) => {
+                let err = self.ptrace_error(tid, "PTRACE_DETACH", e);
+                if !err.is_gone() {
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    // ---- attaching ----
+
+    fn holds(&self, tid: Tid) -> bool {
+        self.index(tid).is_some()
+    }
+
+    fn index(&self, tid: Tid) -> Option<usize> {
+        self.held.binary_search_by_key(&tid, |h| h.tid).ok()
+    }
+
+    fn stopped_index(&self, tid: Tid) -> Result<usize, Error> {
+        let pid = self.pid;
+        match self.index(tid) {
+            None => Err(Error::NotHeld {
+                pid,
+                tid,
+                why: "this guard does not hold that thread",
+            }),
+            Some(i) if self.held[i].stop == Stop::Running => Err(Error::NotHeld {
+                pid,
+                tid,
+                why: "the thread is running (a remote call timed out, or it never stopped)",
+            }),
+            Some(i) => Ok(i),
+        }
+    }
+
+    fn any_stopped(&self) -> Result<Tid, Error> {
+        self.held
+            .iter()
+            .find(|h| h.stop != Stop::Running)
+            .map(|h| h.tid)
+            .ok_or(Error::NotHeld {
+                pid: self.pid,
+                tid: self.pid,
+                why: "no thread of this guard is stopped",
+            })
+    }
+
+    fn offset_addr(&self, addr: u64, off: usize, len: usize) -> Result<u64, Error> {
+        addr.checked_add(off as u64).ok_or_else(|| Error::Invalid {
+            pid: self.pid,
+            what: format!("range {addr:#x}+{len} wraps around the address space"),
+        })
+    }
+
+    /// Seizes and interrupts all of `tids` first, then waits for each: the
+    /// interrupts land in parallel.
+    fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
+        let pid = self.pid;
+        let mut pending = Vec::new();
+        let mut failure = None;
+        for &tid in tids {
+            if self.holds(tid) || self.skipped.contains(&tid) {
+                continue;
+            }
+            if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+                self.skipped.insert(tid);
+                continue;
+            }
+            match sys::seize(tid) {
+                Ok(()) => {}
+                Err(Errno(libc::ESRCH)) => {
+                    self.skipped.insert(tid);
+                    continue;
+                }
+                // The kernel also refuses exiting threads with EPERM.
+                Err(Errno(libc::EPERM)) if procfs::thread_gone_or_zombie(pid, tid) => {
+                    self.skipped.insert(tid);
+                    continue;
+                }
+                Err(Errno(libc::EPERM)) => {
+                    failure = Some(Error::AttachDenied {
+                        pid,
+                        tid,
+                        tracer: procfs::tracer_of(pid, tid),
+                        ptrace_scope: procfs::ptrace_scope(),
+                    });
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(self.ptrace_error(tid, "PTRACE_SEIZE", e));
+                    break;
+                }
+            }
+            // Seized: from now on the thread is in `held`, so that release
+            // or Drop detaches it whatever happens next.
+            let at = self.held.partition_point(|h| h.tid < tid);
+            self.held.insert(
+                at,
+                Held {
+                    tid,
+                    stop: Stop::Running,
+                    owed: Vec::new(),
+                    call: None,
+                },
+            );
+            match sys::interrupt(tid) {
+                // ESRCH: the thread is exiting; the wait below reports it.
+                Ok(()) | Err(Errno(libc::ESRCH)) => pending.push(tid),
+                Err(e) => {
+                    failure = Some(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
+                    break;
+                }
+            }
+        }
+        for tid in pending {
+            if let Err(e) = self.wait_attach_stop(tid, deadline) {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn wait_attach_stop(&mut self, tid: Tid, deadline: Instant) -> Result<(), Error> {
+        let status = match sys::wait_thread(tid, deadline) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(Error::Timeout {
+                    pid: self.pid,
+                    tid: Some(tid),
+                    op: "waiting for the thread to stop after PTRACE_INTERRUPT".into(),
+                })
+            }
+            Err(_) => WaitStatus::Exited(0),
+        };
+        let Some(i) = self.index(tid) else {
+            return Ok(());
+        };
+        match status {
+            WaitStatus::Exited(_) | WaitStatus::Killed(_) => {
+                self.held.remove(i);
+                self.skipped.insert(tid);
+            }
+            WaitStatus::EventStop { sig } => {
+                self.held[i].stop = Stop::Event;
+                if sig == libc::SIGTRAP {
+                    self.rerun_non_restarting_syscall(tid);
+                }
+            }
+            WaitStatus::OtherEvent { .. } => self.held[i].stop = Stop::Event,
+            WaitStatus::SignalStop { sig } => {
+                // A signal was on its way in when we arrived: keep the
+                // thread in this stop and deliver the signal at detach.
+                let info = sys::get_siginfo(tid)
+                    .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGINFO", e))?;
+                self.held[i].stop = Stop::Signal(sig);
+                self.held[i].owed.push(info);
+            }
+        }
+        Ok(())
+    }
+
+    /// If `tid` stopped on its way out of a system call that failed with
+    /// EINTR only because we interrupted it (see [`NON_RESTARTING`]), point
+    /// it back at its `syscall` instruction so the call runs again when the
+    /// thread resumes. Best effort: on any doubt, leave the thread as is.
+    fn rerun_non_restarting_syscall(&self, tid: Tid) {
+        let Ok(mut r) = sys::get_regs(tid) else {
+            return;
+        };
+        let nr = r.orig_rax as i64;
+        if r.rax as i64 != -(libc::EINTR as i64) || !NON_RESTARTING.contains(&nr) {
+            return;
+        }
+        // A real signal is waiting: the program would see EINTR natively.
+        if procfs::unblocked_signal_pending(self.pid, tid) {
+            return;
+        }
+        let mut insn = [0u8; 2];
+        let Some(at) = r.rip.checked_sub(2) else {
+            return;
+        };
+        if self.peek_with(tid, at, &mut insn).is_err() || insn != SYSCALL_INSN {
+            return;
+        }
+        r.rip = at;
+        r.rax = r.orig_rax;
+        let _ = sys::set_regs(tid, &r);
+    }
+
+    fn peek_with(&self, tid: Tid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        for (k, b) in buf.iter_mut().enumerate() {
+            let a = addr + k as u64;
+            let word = sys::peek_word(tid, a & !7)?;
+            *b = word.to_le_bytes()[(a & 7) as usize];
+        }
+        Ok(())
+    }
+
+    // ---- errors ----
+
+    /// A thread is gone from under us: drop it and say who is gone.
+    fn lost(&mut self, tid: Tid) -> Error {
+        if let Some(i) = self.index(tid) {
+            self.held.remove(i);
+        }
+        let pid = self.pid;
+        if procfs::process_alive(pid) {
+            Error::Gone {
+                pid,
+                tid: Some(tid),
+            }
+        } else {
+            Error::Gone { pid, tid: None }
+        }
+    }
+
+    fn ptrace_error(&self, tid: Tid, op: &'static str, e: Errno) -> Error {
+        let pid = self.pid;
+        if e.0 == libc::ESRCH {
+            if !procfs::process_alive(pid) {
+                return Error::Gone { pid, tid: None };
+            }
+            if procfs::thread_gone_or_zombie(pid, tid) {
+                return Error::Gone {
+                    pid,
+                    tid: Some(tid),
+                };
+            }
+        }
+        Error::Ptrace {
+            pid,
+            tid,
+            op,
+            errno: e.0,
+        }
+    }
+
+    fn mem_error(&self, tid: Tid, addr: u64, len: usize, write: bool, e: Errno) -> Error {
+        if e.0 == libc::ESRCH {
+            return self.ptrace_error(
+                tid,
+                if write {
+                    "PTRACE_POKEDATA"
+                } else {
+                    "PTRACE_PEEKDATA"
+                },
+                e,
+            );
+        }
+        Error::Memory {
+            pid: self.pid,
+            addr,
+            len,
+            write,
+            errno: e.0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let threads: Vec<String> = self
+            .held
+            .iter()
+            .map(|h| {
+                let call = if h.call.is_some() { " in-call" } else { "" };
+                format!("{} {:?}{call}", h.tid, h.stop)
+            })
+            .collect();
+        f.debug_struct("Stopped")
+            .field("pid", &self.pid)
+            .field("threads", &threads)
+            .finish()
+    }
+}
+
+impl Drop for Stopped {
+    /// Best effort: restore and detach everything still held. Never panics;
+    /// errors are dropped (use `release` to see them).
+    fn drop(&mut self) {
+        let _ = self.detach_all();
+    }
+}

@@ -1,0 +1,252 @@
+//! Thin wrappers over the raw ptrace requests and waitpid. Every unsafe
+//! call of the crate's ptrace use lives here; callers get `Result<_, Errno>`
+//! and turn errno values into `Error`s that name the process.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::{Duration, Instant};
+
+use crate::Tid;
+
+/// A raw errno value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Errno(pub i32);
+
+fn last_errno() -> Errno {
+    Errno(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+/// `NT_X86_XSTATE` from <elf.h>: the XSAVE area (x87, SSE, AVX, AVX-512 ...).
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// `PTRACE_EVENT_STOP` from <sys/ptrace.h>.
+pub(crate) const PTRACE_EVENT_STOP: i32 = 128;
+
+fn request(req: libc::c_uint, tid: Tid, addr: usize, data: usize) -> Result<libc::c_long, Errno> {
+    // SAFETY: the callers below pass `addr`/`data` as the request expects:
+    // plain integers, or pointers to live buffers of the size the kernel
+    // writes or reads for that request.
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if r == -1 {
+        Err(last_errno())
+    } else {
+        Ok(r)
+    }
+}
+
+/// PTRACE_SEIZE without options: in particular never PTRACE_O_EXITKILL, so a
+/// dying tool detaches instead of killing the target.
+pub(crate) fn seize(tid: Tid) -> Result<(), Errno> {
+    request(libc::PTRACE_SEIZE, tid, 0, 0).map(drop)
+}
+
+pub(crate) fn interrupt(tid: Tid) -> Result<(), Errno> {
+    request(libc::PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+pub(crate) fn cont(tid: Tid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+pub(crate) fn detach(tid: Tid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+pub(crate) fn get_regs(tid: Tid) -> Result<libc::user_regs_struct, Errno> {
+    let mut regs = MaybeUninit::<libc::user_regs_struct>::uninit();
+    request(libc::PTRACE_GETREGS, tid, 0, regs.as_mut_ptr() as usize)?;
+    // SAFETY: PTRACE_GETREGS succeeded, so the kernel filled the whole struct.
+    Ok(unsafe { regs.assume_init() })
+}
+
+pub(crate) fn set_regs(tid: Tid, regs: &libc::user_regs_struct) -> Result<(), Errno> {
+    request(libc::PTRACE_SETREGS, tid, 0, regs as *const _ as usize).map(drop)
+}
+
+/// Reads the thread's XSAVE area. The size is whatever the kernel returns
+/// (about 2.7 KiB with AVX-512, ~11 KiB with AMX); the buffer grows until
+/// the kernel no longer fills it completely.
+pub(crate) fn get_xstate(tid: Tid) -> Result<Vec<u8>, Errno> {
+    let mut size = 16 * 1024;
+    loop {
+        let mut buf = vec![0u8; size];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        request(
+            libc::PTRACE_GETREGSET,
+            tid,
+            NT_X86_XSTATE as usize,
+            &mut iov as *mut _ as usize,
+        )?;
+        if iov.iov_len < size || size >= 1 << 20 {
+            buf.truncate(iov.iov_len);
+            return Ok(buf);
+        }
+        size *= 2;
+    }
+}
+
+/// Writes back an XSAVE area read by `get_xstate` (the kernel wants exactly
+/// the size it returned).
+pub(crate) fn set_xstate(tid: Tid, xstate: &[u8]) -> Result<(), Errno> {
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_ptr() as *mut libc::c_void,
+        iov_len: xstate.len(),
+    };
+    request(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
+}
+
+pub(crate) fn get_siginfo(tid: Tid) -> Result<libc::siginfo_t, Errno> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    request(libc::PTRACE_GETSIGINFO, tid, 0, info.as_mut_ptr() as usize)?;
+    // SAFETY: zero-initialised plain data, filled by the kernel on success.
+    Ok(unsafe { info.assume_init() })
+}
+
+pub(crate) fn set_siginfo(tid: Tid, info: &libc::siginfo_t) -> Result<(), Errno> {
+    request(libc::PTRACE_SETSIGINFO, tid, 0, info as *const _ as usize).map(drop)
+}
+
+/// One aligned word of the tracee's memory (forced access: works on
+/// read-only and non-readable pages).
+pub(crate) fn peek_word(tid: Tid, addr: u64) -> Result<u64, Errno> {
+    // PEEKDATA returns the word itself, so -1 is ambiguous: clear errno first.
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: PEEKDATA takes an address in the tracee and no local pointer.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_PEEKDATA,
+            tid,
+            addr as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if r == -1 {
+        let e = last_errno();
+        if e.0 != 0 {
+            return Err(e);
+        }
+    }
+    Ok(r as u64)
+}
+
+pub(crate) fn poke_word(tid: Tid, addr: u64, word: u64) -> Result<(), Errno> {
+    request(libc::PTRACE_POKEDATA, tid, addr as usize, word as usize).map(drop)
+}
+
+/// Sends `info`'s signal to one thread again. User-queued signals
+/// (`si_code < 0`, except tkill) keep their siginfo through
+/// rt_tgsigqueueinfo; the kernel forbids forging the others, which are
+/// re-raised with tgkill (the signal number is preserved, the sender is not).
+pub(crate) fn reraise(pid: i32, tid: Tid, info: &libc::siginfo_t) -> Result<(), Errno> {
+    let sig = info.si_signo;
+    let r = if info.si_code < 0 && info.si_code != libc::SI_TKILL {
+        // SAFETY: `info` is a valid siginfo_t for the duration of the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                pid,
+                tid,
+                sig,
+                info as *const libc::siginfo_t,
+            )
+        }
+    } else {
+        // SAFETY: tgkill takes plain integers.
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }
+    };
+    if r == -1 {
+        Err(last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// What `waitpid` reported for one traced thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    /// The thread exited with this status.
+    Exited(i32),
+    /// The thread was killed by this signal.
+    Killed(i32),
+    /// A PTRACE_EVENT_STOP: from PTRACE_INTERRUPT (`sig` = SIGTRAP) or a
+    /// group-stop (`sig` = SIGSTOP, SIGTSTP, SIGTTIN or SIGTTOU).
+    EventStop { sig: i32 },
+    /// Another ptrace event (none are enabled; handled like an event stop).
+    OtherEvent { sig: i32, event: i32 },
+    /// Signal-delivery-stop: `sig` is about to be delivered; the tracer
+    /// decides whether it is (by the signal passed when resuming).
+    SignalStop { sig: i32 },
+}
+
+impl WaitStatus {
+    fn decode(status: i32) -> WaitStatus {
+        if libc::WIFEXITED(status) {
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            WaitStatus::Killed(libc::WTERMSIG(status))
+        } else {
+            let sig = libc::WSTOPSIG(status);
+            match status >> 16 {
+                0 => WaitStatus::SignalStop { sig },
+                PTRACE_EVENT_STOP => WaitStatus::EventStop { sig },
+                event => WaitStatus::OtherEvent { sig, event },
+            }
+        }
+    }
+}
+
+/// Waits for the next report of one traced thread until `deadline`:
+/// `Ok(None)` on timeout, `Err(ECHILD)` if the thread is not (or no longer)
+/// ours to wait for.
+///
+/// Never blocks in the kernel: polls with WNOHANG, yielding the CPU for the
+/// first ~200 µs (a PTRACE_INTERRUPT usually lands within microseconds),
+/// then sleeping 20 µs, growing to 100 µs, between polls.
+pub(crate) fn wait_thread(tid: Tid, deadline: Instant) -> Result<Option<WaitStatus>, Errno> {
+    let start = Instant::now();
+    let mut nap = Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == tid {
+            return Ok(Some(WaitStatus::decode(status)));
+        }
+        if r == -1 {
+            let e = last_errno();
+            if e.0 != libc::EINTR {
+                return Err(e);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        if now - start < Duration::from_micros(200) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_micros(100));
+        }
+    }
+}
