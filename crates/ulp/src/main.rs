@@ -1,1 +1,105 @@
-fn main() {}
+//! The `ulp` command: parse the arguments, call the libraries, print.
+//! Results go to stdout; warnings and errors go to stderr. A usage error
+//! exits 64. Everything a daemon would also need lives in `ulp-core`,
+//! `ulp-container`, `ulp-elf` and `ulp-process`.
+
+mod args;
+mod commands;
+
+use std::process::ExitCode;
+
+use args::{flag, value, Spec, UsageError};
+
+/// Every command word.
+const COMMANDS: &[&str] = &[
+    "trigger",
+    "patches",
+    "messages",
+    "dump",
+    "packer",
+    "post",
+    "livepatchable",
+];
+
+/// Every option of every command (each command checks it got only its own).
+const SPECS: &[Spec] = &[
+    flag(Some('h'), "help"),
+    flag(Some('V'), "version"),
+    flag(Some('v'), "verbose"),
+    flag(Some('q'), "quiet"),
+    value(Some('p'), "process"),
+    flag(None, "revert"),
+    value(Some('r'), "retries"),
+    value(None, "timeout"),
+    flag(Some('b'), "buildid"),
+    value(Some('l'), "livepatch"),
+    value(Some('t'), "target"),
+];
+
+pub const EX_USAGE: u8 = 64;
+
+const USAGE: &str = "\
+ulp: userspace live patching (a drop-in replacement for libpulp's ulp)
+
+Usage: ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)
+
+Patching running processes (they must run with libpulp.so.0 preloaded):
+  trigger -p PID|NAME [--revert] [-r N] [--timeout S] FILE...
+                      apply (or revert) live-patch containers
+  patches [-p PID|NAME]
+                      list processes with the runtime and their patches
+  messages -p PID|NAME
+                      print a process's runtime message log
+
+Building live patches:
+  post FILE           merge the entry NOPs of a library built with
+                      -fpatchable-function-entry=16,14 (in place)
+  livepatchable FILE  tell whether FILE has patchable function entries
+  packer [-l FILE] [-t FILE] FILE.dsc
+                      write the patch metadata into the container
+  dump [--revert] [-b] FILE
+                      print a container's metadata
+
+Options for every command:
+  -v, --verbose       say more    -q, --quiet   say less
+  -h, --help          this help (or `ulp COMMAND --help`)
+  -V, --version       print the version
+
+Exit status: 0 success, 1 failure, 64 usage error (see `ulp COMMAND --help`).
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match args::parse(&argv, COMMANDS, SPECS) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    if parsed.has("version") {
+        println!("ulp {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = parsed.command.clone() else {
+        if parsed.has("help") {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        return usage_error(&UsageError(match parsed.operands.first() {
+            Some(w) => format!("unknown command '{w}'"),
+            None => "no command given".into(),
+        }));
+    };
+    if parsed.has("help") {
+        print!("{}", commands::help(&command));
+        return ExitCode::SUCCESS;
+    }
+    match commands::run(&command, &parsed) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => usage_error(&e),
+    }
+}
+
+fn usage_error(e: &UsageError) -> ExitCode {
+    eprintln!("ulp: {e}");
+    eprintln!("Try 'ulp --help' for more information.");
+    ExitCode::from(EX_USAGE)
+}

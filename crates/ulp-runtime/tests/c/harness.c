@@ -152,8 +152,8 @@ int main(int argc, char **argv)
   char line[4096];
   while (fgets(line, sizeof line, stdin)) {
     line[strcspn(line, "\n")] = 0;
-    char cmd[64] = "", arg[4000] = "", opt[64] = "";
-    if (sscanf(line, "%63s %3999s %63s", cmd, arg, opt) < 1)
+    char cmd[64] = "", arg[4000] = "", opt[4000] = "";
+    if (sscanf(line, "%63s %3999s %3999s", cmd, arg, opt) < 1)
       continue;
     int nw = !strcmp(opt, "nw");
     if (!strcmp(cmd, "apply")) {

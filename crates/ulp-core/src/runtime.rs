@@ -1,0 +1,285 @@
+//! The runtime (`libpulp.so.0`) as seen from outside a process: where its
+//! interface block and entry point are, and reading its state, registry and
+//! message ring through process memory, without stopping the process.
+
+use std::fmt;
+
+use ulp_abi::{offset, PatchRecord, Write, INTERFACE_SYMBOL, MAGIC, PROTOCOL_VERSION, RING_SIZE};
+use ulp_process::Pid;
+
+use crate::objects::{bias_for, mapped_objects, MappedObject};
+
+/// Why the runtime of a process cannot be used.
+#[derive(Debug)]
+pub enum RuntimeError {
+    /// No mapped object exports the interface symbol.
+    NotLoaded,
+    /// It is there but speaks another protocol version.
+    Incompatible {
+        path: String,
+        version: u32,
+    },
+    Process(ulp_process::Error),
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeError::NotLoaded => {
+                f.write_str("the live-patching runtime is not loaded in the target process")
+            }
+            RuntimeError::Incompatible { path, version } => write!(
+                f,
+                "the runtime '{path}' speaks protocol version {version}, this ulp speaks {PROTOCOL_VERSION}: use the ulp that matches it"
+            ),
+            RuntimeError::Process(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+impl From<ulp_process::Error> for RuntimeError {
+    fn from(e: ulp_process::Error) -> Self {
+        RuntimeError::Process(e)
+    }
+}
+
+/// The runtime found in one process.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub pid: Pid,
+    pub path: String,
+    /// Address of `__ulp_interface` in the process.
+    pub interface: u64,
+    /// Address of `__ulp_entry` in the process.
+    pub entry: u64,
+}
+
+/// Whether a mapped file is a candidate runtime by its name (cheap, no read).
+fn looks_like_runtime(obj: &MappedObject) -> bool {
+    obj.basename().starts_with("libpulp.so")
+}
+
+impl Runtime {
+    /// Finds the runtime in `pid` from its maps and the runtime file's
+    /// dynamic symbols; checks the magic and protocol version in memory.
+    pub fn find(pid: Pid) -> Result<Runtime, RuntimeError> {
+        let objects = mapped_objects(pid)?;
+        for obj in objects.iter().filter(|o| looks_like_runtime(o)) {
+            let Ok(elf) = obj.open(pid) else { continue };
+            let (Some(iface), Some(entry)) = (
+                elf.symbol(INTERFACE_SYMBOL),
+                elf.symbol(ulp_abi::ENTRY_SYMBOL),
+            ) else {
+                continue;
+            };
+            let bias = bias_for(obj, &elf);
+            let rt = Runtime {
+                pid,
+                path: obj.path.clone(),
+                interface: bias.wrapping_add(iface.value),
+                entry: bias.wrapping_add(entry.value),
+            };
+            let mut head = [0u8; 16];
+            ulp_process::read_mem(pid, rt.interface, &mut head)?;
+            let magic = u64::from_le_bytes(head[..8].try_into().unwrap());
+            let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
+            if magic != MAGIC || version != PROTOCOL_VERSION {
+                return Err(RuntimeError::Incompatible {
+                    path: rt.path,
+                    version,
+                });
+            }
+            return Ok(rt);
+        }
+        Err(RuntimeError::NotLoaded)
+    }
+
+    fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), ulp_process::Error> {
+        ulp_process::read_mem(self.pid, self.interface + off as u64, buf)
+    }
+
+    fn read_u32(&self, off: usize) -> Result<u32, ulp_process::Error> {
+        let mut b = [0u8; 4];
+        self.read(off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn read_u64(&self, off: usize) -> Result<u64, ulp_process::Error> {
+        let mut b = [0u8; 8];
+        self.read(off, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn state(&self) -> Result<u32, ulp_process::Error> {
+        self.read_u32(offset::STATE)
+    }
+
+    /// Writes the request area (the caller holds the thread that will run
+    /// the entry point, which keeps other tools out).
+    pub fn write_request(&self, op: u32, req: &[u8]) -> Result<(), ulp_process::Error> {
+        ulp_process::write_mem(self.pid, self.interface + offset::REQ as u64, req)?;
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&op.to_le_bytes());
+        head[4..].copy_from_slice(&(req.len() as u32).to_le_bytes());
+        ulp_process::write_mem(self.pid, self.interface + offset::REQ_OP as u64, &head)
+    }
+
+    /// The result area after a call: message and writes.
+    pub fn read_result(&self) -> Result<(String, Vec<Write>), ulp_process::Error> {
+        let mut msg = [0u8; ulp_abi::RESULT_MSG_MAX];
+        self.read(offset::RES_MSG, &mut msg)?;
+        let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
+        let msg = String::from_utf8_lossy(&msg[..end]).into_owned();
+        let n = (self.read_u32(offset::RES_NWRITES)? as usize).min(ulp_abi::MAX_WRITES);
+        let size = std::mem::size_of::<Write>();
+        let mut raw = vec![0u8; n * size];
+        self.read(offset::RES_WRITES, &mut raw)?;
+        let writes = raw.chunks_exact(size).map(decode_write).collect();
+        Ok((msg, writes))
+    }
+
+    /// The applied patches, oldest first, read under the registry seqlock.
+    pub fn patches(&self) -> Result<Vec<AppliedPatch>, ulp_process::Error> {
+        for _ in 0..100 {
+            let gen = self.read_u64(offset::REG_GENERATION)?;
+            if gen % 2 == 1 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            }
+            let count = self.read_u64(offset::REG_COUNT)?.min(4096) as usize;
+            let addr = self.read_u64(offset::REG_RECORDS)?;
+            let result = self.read_records(addr, count);
+            if self.read_u64(offset::REG_GENERATION)? == gen {
+                return result;
+            }
+        }
+        Err(ulp_process::Error::timeout(
+            self.pid,
+            "reading the patch registry (it kept changing)",
+        ))
+    }
+
+    fn read_records(
+        &self,
+        addr: u64,
+        count: usize,
+    ) -> Result<Vec<AppliedPatch>, ulp_process::Error> {
+        let size = std::mem::size_of::<PatchRecord>();
+        let mut raw = vec![0u8; count * size];
+        if count > 0 {
+            ulp_process::read_mem(self.pid, addr, &mut raw)?;
+        }
+        let mut out = Vec::with_capacity(count);
+        for r in raw.chunks_exact(size) {
+            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap());
+            let mut patch_id = [0u8; 32];
+            patch_id.copy_from_slice(&r[..32]);
+            out.push(AppliedPatch {
+                patch_id,
+                applied_at: u64_at(32) as i64,
+                container_path: self.read_cstr(u64_at(40))?,
+                target_path: self.read_cstr(u64_at(48))?,
+                comments: self.read_cstr(u64_at(56))?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn read_cstr(&self, addr: u64) -> Result<String, ulp_process::Error> {
+        if addr == 0 {
+            return Ok(String::new());
+        }
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 256];
+        while out.len() < 64 * 1024 {
+            // Read up to the end of the page only: the next one may be unmapped.
+            let at = addr + out.len() as u64;
+            let n = chunk.len().min((4096 - (at % 4096)) as usize);
+            ulp_process::read_mem(self.pid, at, &mut chunk[..n])?;
+            if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The message log as lines, oldest first.
+    pub fn messages(&self) -> Result<Vec<String>, ulp_process::Error> {
+        let head = self.read_u64(offset::RING_HEAD)?;
+        let mut ring = vec![0u8; RING_SIZE];
+        self.read(offset::RING, &mut ring)?;
+        let text: Vec<u8> = if head as usize <= RING_SIZE {
+            ring[..head as usize].to_vec()
+        } else {
+            let at = (head % RING_SIZE as u64) as usize;
+            let mut t = ring[at..].to_vec();
+            t.extend_from_slice(&ring[..at]);
+            // The oldest line was partly overwritten: drop it.
+            match t.iter().position(|&b| b == b'\n') {
+                Some(nl) => t[nl + 1..].to_vec(),
+                None => Vec::new(),
+            }
+        };
+        Ok(String::from_utf8_lossy(&text)
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.trim_end_matches('\0').to_string())
+            .collect())
+    }
+}
+
+fn decode_write(raw: &[u8]) -> Write {
+    let mut w = Write::ZERO;
+    w.addr = u64::from_le_bytes(raw[0..8].try_into().unwrap());
+    w.len = u32::from_le_bytes(raw[8..12].try_into().unwrap()).min(16);
+    w.kind = u32::from_le_bytes(raw[12..16].try_into().unwrap());
+    w.old.copy_from_slice(&raw[16..32]);
+    w.new.copy_from_slice(&raw[32..48]);
+    w
+}
+
+/// One patch in a process's registry.
+#[derive(Clone, Debug)]
+pub struct AppliedPatch {
+    pub patch_id: [u8; 32],
+    pub applied_at: i64,
+    pub container_path: String,
+    pub target_path: String,
+    pub comments: String,
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the epoch.
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::format_utc(1_795_865_400), "2026-11-28 11:30:00");
+    }
+}

@@ -1,0 +1,170 @@
+//! Test support shared by the workspace's tests.
+//!
+//! * [`fixtures_dir`]: the C fixtures compiled by this crate's build script
+//!   (target library `libulpdemo.so.1`, its variant with another build-id,
+//!   an unpadded build, `demo_prog`, the live patches `demo_livepatch*.so`).
+//! * [`Target`]: a process started for a test, talked to through its
+//!   stdin/stdout, waited for with a bounded "ready" line, killed on drop.
+//! * [`interop_dir`]: the containers packed by libpulp itself.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+/// How long any single wait for a target's answer may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("OUT_DIR"), "/fixtures"))
+}
+
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/libpulp-interop"
+    ))
+}
+
+/// The workspace's target directory for the current profile (where cargo
+/// put the `ulp` binary and `libpulp.so`), found from the test executable:
+/// `<target>/<profile>/deps/<test>`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a directory");
+    deps.parent().expect("deps has a parent").to_path_buf()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "ulp-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `names` from `from` into `to`, keeping the file names.
+pub fn copy_files(from: &Path, to: &Path, names: &[&str]) {
+    for n in names {
+        std::fs::copy(from.join(n), to.join(n)).unwrap_or_else(|e| {
+            panic!(
+                "copying {} into {}: {e}",
+                from.join(n).display(),
+                to.display()
+            )
+        });
+    }
+}
+
+/// A running target process. Lines it prints arrive on a channel read by a
+/// helper thread, so every wait is bounded. Dropping it kills the process.
+pub struct Target {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub pid: i32,
+}
+
+impl Target {
+    /// Starts `cmd` with piped stdin/stdout and waits for a line starting
+    /// with "ready".
+    pub fn spawn(mut cmd: Command) -> Target {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        let mut t = Target {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            pid,
+        };
+        let first = t.next_line();
+        assert!(
+            first.starts_with("ready"),
+            "target printed {first:?} instead of ready"
+        );
+        t
+    }
+
+    /// The next line the target prints (bounded by [`WAIT`]).
+    pub fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(l) => l,
+            Err(e) => panic!(
+                "target {} printed nothing within {WAIT:?} ({e}); alive: {}",
+                self.pid,
+                self.alive()
+            ),
+        }
+    }
+
+    /// Sends one command line and returns the one line it answers.
+    pub fn ask(&mut self, cmd: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        // One write for the whole line: the target reads with read(), and a
+        // line split across two writes could arrive as two commands.
+        stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .expect("writing to target");
+        stdin.flush().unwrap();
+        self.next_line()
+    }
+
+    /// True while the process has not exited (it is never waited for while
+    /// a tracer might hold it).
+    pub fn alive(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Field 3 is the state; Z (zombie) and X (dead) mean exited.
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        matches!(state, Some(c) if c != 'Z' && c != 'X')
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,300 @@
+//! End to end through the real `ulp` binary: a program with the runtime
+//! preloaded is patched and reverted while it runs, never restarted.
+
+mod common;
+
+use common::*;
+
+fn summary(patched: u32, skipped: u32, failed: u32) -> String {
+    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
+}
+
+#[test]
+fn apply_observe_revert_observe() {
+    let demo = Demo::new("apply");
+    let mut t = demo.start(&[]);
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+    let pid = t.pid.to_string();
+
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!((code, err.as_str()), (0, ""), "stdout: {out}");
+    assert_eq!(
+        out,
+        format!(
+            "demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
+            summary(1, 0, 0)
+        )
+    );
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+    assert_eq!(t.ask("pid"), pid, "same process throughout");
+
+    let (code, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert_eq!(code, 0);
+    let lib = demo.path("libulpdemo.so.1");
+    assert!(
+        out.starts_with(&format!(
+            "PID: {pid}, name: demo_prog\n  Livepatching status: enabled\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "    in {lib}:\n      livepatch: demo_livepatch.so loaded on "
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("        bug labels: CVE-2026-0001, bsc#42\n"),
+        "{out}"
+    );
+
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
+            summary(1, 0, 0)
+        )
+    );
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+
+    let (code, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains("livepatch:"),
+        "reverted patch still listed: {out}"
+    );
+
+    let (code, out, _) = demo.ulp(&["messages", "-p", &pid]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("libpulp.so.0 loaded"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .all(|l| l.starts_with('[') && l.contains("] ulp: ")),
+        "{out}"
+    );
+    assert!(lines.len() >= 3, "apply and revert are logged: {out}");
+    assert!(t.alive());
+}
+
+#[test]
+fn apply_twice_is_skipped_and_revert_of_unapplied_is_an_error() {
+    let demo = Demo::new("twice");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    let (code, _, _) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        format!(
+            "demo_prog (pid: {pid}): SKIPPED Patch already applied\n{}",
+            summary(0, 1, 0)
+        )
+    );
+    assert_eq!(t.ask("answer"), "2");
+    let (code, _, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with(&format!(
+            "demo_prog (pid: {pid}): ERROR demo_livepatch.so: "
+        )),
+        "{out}"
+    );
+    assert!(out.ends_with(&summary(0, 0, 1)), "{out}");
+    assert_eq!(t.ask("answer"), "1");
+}
+
+#[test]
+fn stacked_patches_revert_in_any_order() {
+    let demo = Demo::new("stack");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    let apply = |f: &str| assert_eq!(demo.ulp(&["trigger", "-p", &pid, f]).0, 0);
+    let revert = |f: &str| assert_eq!(demo.ulp(&["trigger", "-p", &pid, "--revert", f]).0, 0);
+    apply("demo_livepatch.so");
+    apply("demo_livepatch2.so");
+    assert_eq!(t.ask("answer"), "3");
+    revert("demo_livepatch.so");
+    assert_eq!(t.ask("answer"), "3", "the newest remaining patch stays");
+    assert_eq!(
+        t.ask("word"),
+        "old",
+        "the reverted patch's other function is restored"
+    );
+    revert("demo_livepatch2.so");
+    assert_eq!(t.ask("answer"), "1");
+    apply("demo_livepatch.so");
+    apply("demo_livepatch2.so");
+    revert("demo_livepatch2.so");
+    assert_eq!(t.ask("answer"), "2", "back to the older patch");
+    revert("demo_livepatch.so");
+    assert_eq!(t.ask("answer"), "1");
+}
+
+#[test]
+fn threads_busy_and_blocked_see_no_trace_of_patching() {
+    // Four threads call the patched function in a tight loop, one sleeps in
+    // nanosleep, the main thread is blocked in read().
+    let demo = Demo::new("threads");
+    let mut t = demo.start(&["-t", "4", "-s"]);
+    let pid = t.pid.to_string();
+    for i in 0..20 {
+        let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+        assert_eq!(code, 0, "cycle {i}: {out}{err}");
+        assert_eq!(t.ask("answer"), "2", "cycle {i}");
+        let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+        assert_eq!(code, 0, "cycle {i}: {out}{err}");
+        assert_eq!(t.ask("answer"), "1", "cycle {i}");
+    }
+    let stats = t.ask("stats");
+    assert!(
+        stats.ends_with(" bad=0") && !stats.starts_with("calls=0 "),
+        "{stats}"
+    );
+    let sleeps = t.ask("sleeps");
+    assert!(
+        sleeps.ends_with(" short=0 eintr=0") && !sleeps.starts_with("sleeps=0 "),
+        "{sleeps}"
+    );
+    assert!(t.alive());
+}
+
+#[test]
+fn bad_input_leaves_the_target_untouched() {
+    let demo = Demo::new("bad");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    std::fs::write(demo.dir.join("notelf.so"), "this is not an ELF file\n").unwrap();
+    // A container packed against another build of the library.
+    let variant = demo.dir.join("variant");
+    std::fs::create_dir(&variant).unwrap();
+    copy_files(
+        &fixtures_dir().join("variant"),
+        &variant,
+        &["libulpdemo.so.1"],
+    );
+    std::fs::copy(
+        fixtures_dir().join("demo_livepatch.so"),
+        demo.dir.join("unpacked.so"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures_dir().join("demo_livepatch.so"),
+        demo.dir.join("mismatch.so"),
+    )
+    .unwrap();
+    let (code, out, err) = demo.ulp(&[
+        "packer",
+        "-l",
+        "mismatch.so",
+        "-t",
+        "variant/libulpdemo.so.1",
+        "demo_livepatch.dsc",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "notelf.so"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with(&format!("demo_prog (pid: {pid}): ERROR notelf.so: ")),
+        "{out}"
+    );
+    assert!(out.contains("not an ELF"), "{out}");
+
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "unpacked.so"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("ERROR unpacked.so: ") && out.contains("no .ulp section"),
+        "{out}"
+    );
+
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "mismatch.so"]);
+    assert_eq!(code, 0, "a skip is not a failure: {out}");
+    assert!(
+        out.starts_with(&format!(
+            "demo_prog (pid: {pid}): SKIPPED build id mismatch"
+        )),
+        "{out}"
+    );
+    assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
+
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "missing.so"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("ERROR missing.so: "), "{out}");
+
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+    let (_, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert!(!out.contains("livepatch:"), "{out}");
+    assert!(t.alive());
+}
+
+#[test]
+fn process_without_runtime_gets_a_warning_and_no_change() {
+    let demo = Demo::new("noruntime");
+    let mut cmd = std::process::Command::new(demo.dir.join("demo_prog"));
+    cmd.current_dir(demo.dir.path());
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("the live-patching runtime is not loaded in the target process"),
+        "{err}"
+    );
+    assert_eq!(out, summary(0, 1, 0));
+    assert_eq!(t.ask("answer"), "1");
+}
+
+#[test]
+fn libpulp_packed_container_applies_with_the_readme_transcript() {
+    let dir = TempDir::new("interop");
+    copy_files(
+        &interop_dir(),
+        dir.path(),
+        &["greet_prog", "libgreet.so.0", "greet_livepatch1.so"],
+    );
+    let runtime = install_runtime(dir.path());
+    let mut cmd = std::process::Command::new(dir.join("greet_prog"));
+    cmd.current_dir(dir.path()).env("LD_PRELOAD", &runtime);
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("bob"), "hello, bob");
+    assert_eq!(t.ask("answer"), "41");
+    assert_eq!(t.ask("calls"), "1 1");
+    let (code, out, err) = ulp(dir.path(), &["trigger", "-p", &pid, "greet_livepatch1.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "greet_prog (pid: {pid}): SUCCESS greet_livepatch1.so\n{}",
+            summary(1, 0, 0)
+        )
+    );
+    assert_eq!(t.ask("bob"), "howdy, bob!");
+    assert_eq!(t.ask("answer"), "42");
+    assert_eq!(
+        t.ask("calls"),
+        "11 11",
+        "static and TLS references reach the library's own counters"
+    );
+    let (code, out, err) = ulp(
+        dir.path(),
+        &["trigger", "-p", &pid, "--revert", "greet_livepatch1.so"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("bob"), "hello, bob");
+    assert_eq!(t.ask("answer"), "41");
+    assert_eq!(t.ask("calls"), "12 12");
+}
