@@ -83,6 +83,9 @@ pub mod state {
     pub const ENABLED: u32 = 0;
     /// A `LIBPULP_DISABLE_ON_*` setting matched at start.
     pub const DISABLED_BY_USER: u32 = 1;
+    /// Switched off by `ulp set_patchable disable` (the tool writes this
+    /// field directly; the runtime only reads it).
+    pub const DISABLED_BY_TOOL: u32 = 2;
 }
 
 /// `Write::kind`: the order the tool must follow. Every STUB write of an

@@ -351,6 +351,7 @@ fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
 fn disabled_reason() -> &'static str {
     match interface::state() {
         state::DISABLED_BY_USER => "disabled by user (LIBPULP_DISABLE_ON_*)",
+        state::DISABLED_BY_TOOL => "disabled by `ulp set_patchable`",
         _ => "disabled",
     }
 }

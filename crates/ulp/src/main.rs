@@ -10,23 +10,13 @@ use std::process::ExitCode;
 
 use args::{flag, value, Spec, UsageError};
 
-/// Every command word.
-const COMMANDS: &[&str] = &[
-    "trigger",
-    "patches",
-    "messages",
-    "dump",
-    "packer",
-    "post",
-    "livepatchable",
-];
-
 /// Every option of every command (each command checks it got only its own).
 const SPECS: &[Spec] = &[
     flag(Some('h'), "help"),
     flag(Some('V'), "version"),
     flag(Some('v'), "verbose"),
     flag(Some('q'), "quiet"),
+    flag(None, "json"),
     value(Some('p'), "process"),
     flag(None, "revert"),
     value(Some('r'), "retries"),
@@ -50,6 +40,8 @@ Patching running processes (they must run with libpulp.so.0 preloaded):
                       list processes with the runtime and their patches
   messages -p PID|NAME
                       print a process's runtime message log
+  check -p PID|NAME FILE
+                      is the patch applied? (exit 1 yes, 0 no, 255 error)
 
 Building live patches:
   post FILE           merge the entry NOPs of a library built with
@@ -62,6 +54,7 @@ Building live patches:
 
 Options for every command:
   -v, --verbose       say more    -q, --quiet   say less
+      --json          print one JSON document on stdout (see README)
   -h, --help          this help (or `ulp COMMAND --help`)
   -V, --version       print the version
 
@@ -70,7 +63,7 @@ Exit status: 0 success, 1 failure, 64 usage error (see `ulp COMMAND --help`).
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = match args::parse(&argv, COMMANDS, SPECS) {
+    let parsed = match args::parse(&argv, &commands::names(), SPECS) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };

@@ -298,3 +298,36 @@ fn libpulp_packed_container_applies_with_the_readme_transcript() {
     assert_eq!(t.ask("answer"), "41");
     assert_eq!(t.ask("calls"), "12 12");
 }
+
+#[test]
+fn check_agrees_with_reality() {
+    let demo = Demo::new("check");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    let check = || demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]);
+    let (code, out, _) = check();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!("demo_prog (pid: {pid}): demo_livepatch.so: not applied\n")
+    );
+    assert_eq!(demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]).0, 0);
+    assert_eq!(t.ask("answer"), "2");
+    let (code, out, _) = check();
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out,
+        format!("demo_prog (pid: {pid}): demo_livepatch.so: applied\n")
+    );
+    // The command word may stand anywhere.
+    assert_eq!(demo.ulp(&["-p", &pid, "check", "demo_livepatch.so"]).0, 1);
+    assert_eq!(
+        demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"])
+            .0,
+        0
+    );
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(check().0, 0);
+    let (code, _, err) = demo.ulp(&["check", "-p", &pid, "no-such.so"]);
+    assert_eq!(code, 255, "{err}");
+}
