@@ -1,8 +1,17 @@
 # The two quick-start commands (README.md):
 #   make demo   build everything and live-patch a running program, end to end
 #   make test   the whole test suite (what CI runs)
+# Installing for real use (README.md, "Installing"):
+#   make install PREFIX=/usr/local   ulp, libpulp.so.0, man page, bash completion
+#   make uninstall PREFIX=/usr/local
+# Measuring (README.md, "Performance"):
+#   make bench                      release build + the benchmark suite (table, bench-results.json)
+#   make bench BENCH_ARGS=--quick   a smoke run of the same (under a minute)
 
-.PHONY: all demo test
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all demo test install uninstall bench
 all:
 	cargo build --release --workspace
 
@@ -11,3 +20,16 @@ demo:
 
 test:
 	bash scripts/test.sh
+
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" bash scripts/install.sh
+
+uninstall:
+	rm -f "$(DESTDIR)$(PREFIX)/bin/ulp" "$(DESTDIR)$(PREFIX)/lib/libpulp.so.0" \
+	  "$(DESTDIR)$(PREFIX)/share/man/man1/ulp.1" \
+	  "$(DESTDIR)$(PREFIX)/share/bash-completion/completions/ulp"
+
+BENCH_ARGS ?=
+bench:
+	cargo build --release --workspace
+	"$${CARGO_TARGET_DIR:-target}/release/ulp-bench" $(BENCH_ARGS)

@@ -62,11 +62,155 @@ fn main() {
         ],
         &out.join("demo_prog"),
     );
+    // The target of crates/ulp/tests/trigger_options.rs (seccomp, vfork).
+    gcc(
+        &[
+            "-O2",
+            &s("options_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("options_prog"),
+    );
     for patch in ["demo_livepatch", "demo_livepatch2"] {
         let c = s(&format!("{patch}.c"));
         gcc(
             &["-O2", "-fPIC", "-shared", "-Wl,--build-id", &c],
             &out.join(format!("{patch}.so")),
         );
+    }
+    build_semantics(&src.join("semantics"), &out.join("semantics"));
+}
+
+/// Runs `tool` (gcc or g++) with `args` and `-o out`.
+fn compile(tool: &str, args: &[&str], out: &Path) {
+    let status = Command::new(tool)
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("running {tool} (the fixtures need it on PATH): {e}"));
+    assert!(
+        status.success(),
+        "{tool} {args:?} -o {} failed",
+        out.display()
+    );
+}
+
+/// The fixtures of crates/ulp/tests/semantics.rs (fixtures/semantics), into
+/// `out` (OUT_DIR/fixtures/semantics); `variant/` holds a libsem.so.1 with
+/// another build-id. Targets are built with the padding and -fno-inline;
+/// the tests run `ulp post` on their copies.
+fn build_semantics(src: &Path, out: &Path) {
+    std::fs::create_dir_all(out.join("variant")).unwrap();
+    let s = |name: &str| src.join(name).to_str().unwrap().to_string();
+    let o = |name: &str| out.join(name).to_str().unwrap().to_string();
+    const PAD: &str = "-fpatchable-function-entry=16,14";
+    const LIB: [&str; 6] = [
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-fno-inline",
+        PAD,
+        "-Wl,--build-id",
+    ];
+    const PATCH: [&str; 4] = ["-O2", "-fPIC", "-shared", "-Wl,--build-id"];
+
+    // libsem.so.1: sem_nopad comes from an object compiled without padding.
+    let nopad_o = o("libsem_nopad.o");
+    compile(
+        "gcc",
+        &["-O2", "-fPIC", "-c", &s("libsem_nopad.c")],
+        Path::new(&nopad_o),
+    );
+    let libsem = s("libsem.c");
+    let mut args = LIB.to_vec();
+    args.extend(["-Wl,-soname,libsem.so.1", libsem.as_str(), nopad_o.as_str()]);
+    compile("gcc", &args, &out.join("libsem.so.1"));
+    args.push("-DSEM_VARIANT=7");
+    compile("gcc", &args, &out.join("variant/libsem.so.1"));
+
+    // The program, as a PIE and as a non-PIE, itself patchable.
+    let prog = s("sem_prog.c");
+    let ldir = format!("-L{}", out.display());
+    let common = [
+        "-O2",
+        "-fno-inline",
+        PAD,
+        "-pthread",
+        "-Wl,--build-id",
+        prog.as_str(),
+        ldir.as_str(),
+        "-l:libsem.so.1",
+        "-ldl",
+        "-Wl,-rpath,$ORIGIN",
+    ];
+    let mut pie = vec!["-fPIE", "-pie"];
+    pie.extend(common);
+    compile("gcc", &pie, &out.join("sem_prog"));
+    let mut nopie = vec!["-fno-pie", "-no-pie"];
+    nopie.extend(common);
+    compile("gcc", &nopie, &out.join("sem_prog_nopie"));
+
+    // libedge.so: endbr64 entries, no function alignment (for the padding
+    // across a page, see libedge.c), -Bsymbolic; dlopen-ed after start.
+    let edge = s("libedge.c");
+    let mut args = LIB.to_vec();
+    args.extend([
+        "-fcf-protection=full",
+        "-falign-functions=1",
+        "-fno-toplevel-reorder",
+        "-Wl,-Bsymbolic",
+        "-Wl,-soname,libedge.so",
+        edge.as_str(),
+    ]);
+    compile("gcc", &args, &out.join("libedge.so"));
+
+    // C++: library, program, live patch.
+    let cxx = s("libcxx.cpp");
+    let mut args = LIB.to_vec();
+    args.extend(["-Wl,-soname,libcxx.so.1", cxx.as_str()]);
+    compile("g++", &args, &out.join("libcxx.so.1"));
+    let cxx_prog = s("cxx_prog.cpp");
+    compile(
+        "g++",
+        &[
+            "-O2",
+            &cxx_prog,
+            &ldir,
+            "-l:libcxx.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("cxx_prog"),
+    );
+    let patch_cxx = s("patch_cxx.cpp");
+    let mut args = PATCH.to_vec();
+    args.push(&patch_cxx);
+    compile("g++", &args, &out.join("patch_cxx.so"));
+
+    // The C live patches.
+    for name in [
+        "patch_vars",
+        "patch_tls",
+        "patch_static",
+        "patch_prog",
+        "patch_multi",
+    ] {
+        let c = s(&format!("{name}.c"));
+        let mut args = PATCH.to_vec();
+        args.push(&c);
+        compile("gcc", &args, &out.join(format!("{name}.so")));
+    }
+    let edge_patch = s("patch_edge.c");
+    let mut args = PATCH.to_vec();
+    args.extend(["-fcf-protection=full", edge_patch.as_str()]);
+    compile("gcc", &args, &out.join("patch_edge.so"));
+    let stack = s("patch_stack.c");
+    for value in ["11", "12", "13"] {
+        let def = format!("-DVALUE={value}");
+        let mut args = PATCH.to_vec();
+        args.extend([def.as_str(), stack.as_str()]);
+        compile("gcc", &args, &out.join(format!("patch_stack{value}.so")));
     }
 }

@@ -52,9 +52,25 @@ pub mod op {
     /// returns the writes that point each entry at the newest remaining
     /// patch or restore it.
     pub const REVERT: u32 = 2;
-    /// No request. Undoes the registry change of the last APPLY or REVERT,
-    /// for when the tool could not make the writes. Returns no writes.
+    /// No request. Undoes the registry change of the last APPLY, REVERT,
+    /// REVERT_ALL or REPLACE, for when the tool could not make the writes.
+    /// Returns no writes.
     pub const UNDO: u32 = 3;
+    /// Request: a library, as a basename (`libfoo.so.1`) or as the path the
+    /// process loaded it from (it contains a `/`). Removes every applied
+    /// patch of that library and returns the writes that restore the
+    /// entries (or re-point them at a remaining patch of another library
+    /// that also redirects them). `NOT_APPLIED` when there is none.
+    pub const REVERT_ALL: u32 = 4;
+    /// Request: [`crate::ReplaceRequest`]. One plan: removes every patch of
+    /// the library (as in REVERT_ALL) and applies the new container (as in
+    /// APPLY), returning the writes that take each entry straight from its
+    /// old state to its new one, so the tool makes them in one stop and no
+    /// thread ever sees neither patch. All or nothing: a refusal of the new
+    /// patch removes nothing. If the new patch is already applied it stays
+    /// (the others are removed); `ALREADY_APPLIED` when it is applied and
+    /// nothing else is to be removed.
+    pub const REPLACE: u32 = 5;
 }
 
 /// Result codes of the entry point (also stored in `Interface::res_code`).
@@ -267,6 +283,40 @@ impl<'a> ApplyRequest<'a> {
     }
 }
 
+/// The REPLACE request: a little-endian `u32` length and the library (as
+/// in REVERT_ALL, no NUL), followed by an encoded [`ApplyRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplaceRequest<'a> {
+    pub library: &'a [u8],
+    pub apply: ApplyRequest<'a>,
+}
+
+impl<'a> ReplaceRequest<'a> {
+    pub fn encoded_len(&self) -> usize {
+        4 + self.library.len() + self.apply.encoded_len()
+    }
+
+    /// Encodes into `out`; returns the length used, or `None` when `out`
+    /// is too small.
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let len = u32::try_from(self.library.len()).ok()?;
+        out.get_mut(..4)?.copy_from_slice(&len.to_le_bytes());
+        let end = 4 + self.library.len();
+        out.get_mut(4..end)?.copy_from_slice(self.library);
+        Some(end + self.apply.encode(out.get_mut(end..)?)?)
+    }
+
+    /// Decodes a request; `None` on any inconsistency.
+    pub fn decode(input: &'a [u8]) -> Option<Self> {
+        let len = u32::from_le_bytes(input.get(..4)?.try_into().ok()?) as usize;
+        let end = 4usize.checked_add(len)?;
+        Some(ReplaceRequest {
+            library: input.get(4..end)?,
+            apply: ApplyRequest::decode(input.get(end..)?)?,
+        })
+    }
+}
+
 /// The two-byte instruction at a patchable entry that is not redirected.
 pub const ENTRY_NOP: [u8; 2] = [0x66, 0x90];
 /// Bytes reserved before the entry for the stub.
@@ -305,6 +355,25 @@ mod tests {
         assert_eq!(ApplyRequest::decode(&buf[..n]), Some(r));
         assert_eq!(ApplyRequest::decode(&buf[..n - 1]), None);
         assert!(r.encode(&mut buf[..5]).is_none());
+    }
+
+    #[test]
+    fn replace_request_round_trips() {
+        let r = ReplaceRequest {
+            library: b"libfoo.so.1",
+            apply: ApplyRequest {
+                container_path: b"/tmp/p.so",
+                ulp: &[1, 2, 3],
+                comments: b"x",
+            },
+        };
+        let mut buf = [0u8; 64];
+        let n = r.encode(&mut buf).unwrap();
+        assert_eq!(n, r.encoded_len());
+        assert_eq!(ReplaceRequest::decode(&buf[..n]), Some(r));
+        assert_eq!(ReplaceRequest::decode(&buf[..n - 1]), None);
+        assert_eq!(ReplaceRequest::decode(&buf[..3]), None);
+        assert!(r.encode(&mut buf[..20]).is_none());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - `md4`: the digest libpulp puts in patch ids;
 //! - `pack`: `ulp packer`, writing the sections into the container ELF;
 //! - `container`: reading a packed container back;
-//! - `dump`: `ulp dump`'s text.
+//! - `dump`: `ulp dump`'s text (and its JSON document);
+//! - `extract`: `ulp extract`'s JSON description of a target library,
+//!   which the packer also accepts as the target.
 
 pub mod format;
 
@@ -20,6 +22,8 @@ pub mod container;
 pub mod dsc;
 #[cfg(feature = "pack")]
 pub mod dump;
+#[cfg(feature = "pack")]
+pub mod extract;
 #[cfg(feature = "pack")]
 pub mod md4;
 #[cfg(feature = "pack")]

@@ -12,14 +12,21 @@
 //! first 16 bytes of the container's build-id then the MD4 of the .dsc
 //! bytes; references are stored in reverse .dsc order.
 //!
-//! Not supported yet: a JSON target written by `ulp extract`.
+//! The target may also be a JSON description written by `ulp extract`
+//! (`@libfoo.json` or `-t libfoo.json`): its name, build-id and symbols
+//! stand in for the library's.
+//!
+//! Errors point at the first problem in the file: items are checked in
+//! file order, and a syntax error is reported only when nothing before it
+//! is already wrong.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ulp_elf::{ElfFile, Symbol};
 
-use crate::dsc::{self, Located};
+use crate::dsc::{self, Dsc, DscError, DscRef, DscUnit, Located};
+use crate::extract::{looks_like_json, TargetDescription};
 use crate::format::{encode_comments, Metadata, Reference, Unit, PATCH_ID_LEN};
 use crate::md4::md4;
 
@@ -163,14 +170,29 @@ impl Ctx<'_> {
     /// Opens the file for an item (located errors) or an override (plain).
     fn open(&self, path: &Path, item: Option<&Located<String>>) -> Result<ElfFile, PackError> {
         ElfFile::open(path).map_err(|e| {
-            let mut message = e.to_string();
-            if e.kind() == ulp_elf::ErrorKind::NotElf && looks_like_json(path) {
-                message = format!(
-                    "'{}': JSON target descriptions (from `ulp extract`) are not supported \
-                     by the packer yet: give the target library itself",
-                    path.display()
-                );
+            let message = e.to_string();
+            match item {
+                Some(item) => self.at(PackErrorKind::Elf, item, message),
+                None => Ctx::plain(PackErrorKind::Elf, message),
             }
+        })
+    }
+
+    /// Opens the target: an ELF file, or a JSON description from `ulp
+    /// extract`.
+    fn open_target(
+        &self,
+        path: &Path,
+        item: Option<&Located<String>>,
+    ) -> Result<TargetFile, PackError> {
+        if !looks_like_json(path) {
+            return self.open(path, item).map(TargetFile::Elf);
+        }
+        let described = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| TargetDescription::from_json_text(&t).map_err(|e| e.to_string()));
+        described.map(TargetFile::Described).map_err(|why| {
+            let message = format!("'{}': {why}", path.display());
             match item {
                 Some(item) => self.at(PackErrorKind::Elf, item, message),
                 None => Ctx::plain(PackErrorKind::Elf, message),
@@ -179,11 +201,52 @@ impl Ctx<'_> {
     }
 }
 
-fn looks_like_json(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|d| d.iter().copied().find(|b| !b.is_ascii_whitespace()))
-        == Some(b'{')
+/// The target a .dsc names: the library itself or its description.
+enum TargetFile {
+    Elf(ElfFile),
+    Described(TargetDescription),
+}
+
+impl TargetFile {
+    fn symbol(&self, name: &str) -> Option<Symbol> {
+        match self {
+            TargetFile::Elf(e) => e.symbol(name),
+            TargetFile::Described(d) => d.symbol(name).cloned(),
+        }
+    }
+
+    fn build_id(&self) -> Option<Vec<u8>> {
+        match self {
+            TargetFile::Elf(e) => e.build_id(),
+            TargetFile::Described(d) => Some(d.build_id.clone()),
+        }
+    }
+
+    /// The name the patch records: the library's file name.
+    fn name(&self, path: &Path) -> String {
+        match self {
+            TargetFile::Elf(_) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            TargetFile::Described(d) => d.name.clone(),
+        }
+    }
+}
+
+/// A unit or reference line, for checking them in file order.
+enum Item<'a> {
+    Unit(&'a DscUnit),
+    Ref(&'a DscRef),
+}
+
+impl Item<'_> {
+    fn position(&self) -> (usize, usize) {
+        match self {
+            Item::Unit(u) => (u.old.line, u.old.col),
+            Item::Ref(r) => (r.line, r.col),
+        }
+    }
 }
 
 /// Symbol types a unit may name: functions, and untyped symbols (hand
@@ -240,12 +303,65 @@ pub fn pack(dsc_path: &Path, opts: &PackOptions) -> Result<PackReport, PackError
             message: "invalid UTF-8: a .dsc must be text".to_string(),
         }
     })?;
-    let dsc = dsc::parse(text).map_err(|e| PackError {
-        kind: PackErrorKind::Description,
-        location: Some((dsc_path.to_path_buf(), e.line, e.col)),
-        message: e.message,
+    let dsc = match dsc::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(earlier_problem(&ctx, text, &e, opts).unwrap_or(PackError {
+                kind: PackErrorKind::Description,
+                location: Some((dsc_path.to_path_buf(), e.line, e.col)),
+                message: e.message,
+            }))
+        }
+    };
+    let (container_path, metadata) = check(&ctx, &dsc, &dsc_bytes, opts)?;
+    let ulp = metadata.encode();
+    let rev = metadata.revert().encode();
+    let comments = encode_comments(&dsc.comments);
+    let mut sections: Vec<(&str, &[u8])> = vec![(".ulp", &ulp), (".ulp.rev", &rev)];
+    if let Some(c) = &comments {
+        sections.push((".ulp.comments", c));
+    }
+    write_sections(&container_path, &sections).map_err(|e| {
+        Ctx::plain(
+            PackErrorKind::Write,
+            format!("cannot write the live patch sections: {e}"),
+        )
     })?;
+    Ok(PackReport {
+        container: container_path,
+        metadata,
+        comments_written: comments.is_some(),
+    })
+}
 
+/// For a syntax error at some line: a problem in the items before that
+/// line (a missing file, an unknown function), which comes first.
+fn earlier_problem(
+    ctx: &Ctx<'_>,
+    text: &str,
+    syntax: &DscError,
+    opts: &PackOptions,
+) -> Option<PackError> {
+    let cut: usize = text
+        .split('\n')
+        .take(syntax.line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    let before = dsc::parse(text.get(..cut)?).ok()?;
+    let e = check(ctx, &before, &[], opts).err()?;
+    let (_, line, col) = e.location()?;
+    ((line, col) < (syntax.line, syntax.col)).then_some(e)
+}
+
+/// Every check of a parsed .dsc, in file order; writes nothing. Returns
+/// the container to write and the metadata for it.
+fn check(
+    ctx: &Ctx<'_>,
+    dsc: &Dsc,
+    dsc_bytes: &[u8],
+    opts: &PackOptions,
+) -> Result<(PathBuf, Metadata), PackError> {
+    let dsc_path = ctx.dsc_path;
     // The container.
     let (container_path, container_item) = match &opts.container_override {
         Some(p) => (p.clone(), None),
@@ -281,7 +397,7 @@ pub fn pack(dsc_path: &Path, opts: &PackOptions) -> Result<PackReport, PackError
             ))
         }
     };
-    let target = ctx.open(&target_path, target_item)?;
+    let target = ctx.open_target(&target_path, target_item)?;
     let build_id = target.build_id().ok_or_else(|| {
         let message = format!(
             "'{}': the target has no GNU build-id: ulp matches targets by build-id, \
@@ -293,127 +409,20 @@ pub fn pack(dsc_path: &Path, opts: &PackOptions) -> Result<PackReport, PackError
             None => Ctx::plain(PackErrorKind::BuildId, message),
         }
     })?;
-    let target_name = target_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let target_name = target.name(&target_path);
     let tp = target_path.display();
     let cp = container_path.display();
 
+    let mut items: Vec<Item<'_>> = dsc.units.iter().map(Item::Unit).collect();
+    items.extend(dsc.refs.iter().map(Item::Ref));
+    items.sort_by_key(Item::position);
     let mut units = Vec::with_capacity(dsc.units.len());
-    for u in &dsc.units {
-        let old = target.symbol(&u.old.value).ok_or_else(|| {
-            ctx.at(
-                PackErrorKind::Symbol,
-                &u.old,
-                format!(
-                    "function '{}' not found in the target '{tp}' \
-                     (neither in .symtab nor in .dynsym)",
-                    u.old.value
-                ),
-            )
-        })?;
-        if !callable(&old) {
-            return Err(ctx.at(
-                PackErrorKind::Symbol,
-                &u.old,
-                format!(
-                    "'{}' in the target '{tp}' is {}",
-                    u.old.value,
-                    describe(&old)
-                ),
-            ));
-        }
-        match container.dynamic_symbol(&u.new.value) {
-            Some(new) if callable(&new) => {}
-            Some(new) => {
-                return Err(ctx.at(
-                    PackErrorKind::Symbol,
-                    &u.new,
-                    format!(
-                        "'{}' in the live patch '{cp}' is {}",
-                        u.new.value,
-                        describe(&new)
-                    ),
-                ))
-            }
-            None => {
-                let why = if container.symbol(&u.new.value).is_some() {
-                    "is not exported (it is not in .dynsym, so the runtime cannot find it): \
-                     make it a global symbol with default visibility"
-                } else {
-                    "is not defined there"
-                };
-                return Err(ctx.at(
-                    PackErrorKind::Symbol,
-                    &u.new,
-                    format!("function '{}' of the live patch '{cp}' {why}", u.new.value),
-                ));
-            }
-        }
-        units.push(Unit {
-            old_fname: u.old.value.clone(),
-            new_fname: u.new.value.clone(),
-            old_faddr: old.value,
-        });
-    }
-
     let mut refs = Vec::with_capacity(dsc.refs.len());
-    for r in &dsc.refs {
-        let (target_offset, patch_offset) = match r.offsets {
-            Some(o) => (o.target, o.patch),
-            None => {
-                let tvar = target.symbol(&r.target.value).ok_or_else(|| {
-                    ctx.at(
-                        PackErrorKind::Symbol,
-                        &r.target,
-                        format!(
-                            "variable '{}' not found in the target '{tp}' \
-                             (neither in .symtab nor in .dynsym)",
-                            r.target.value
-                        ),
-                    )
-                })?;
-                if r.tls && !tvar.is_tls() {
-                    return Err(ctx.at(
-                        PackErrorKind::Symbol,
-                        &r.target,
-                        format!(
-                            "'{}' in the target '{tp}' is not thread-local: write `#{}:{}`",
-                            r.target.value, r.target.value, r.patch.value
-                        ),
-                    ));
-                }
-                if !r.tls && tvar.is_tls() {
-                    return Err(ctx.at(
-                        PackErrorKind::Symbol,
-                        &r.target,
-                        format!(
-                            "'{}' in the target '{tp}' is thread-local: write `#%{}:{}`",
-                            r.target.value, r.target.value, r.patch.value
-                        ),
-                    ));
-                }
-                let pvar = container.symbol(&r.patch.value).ok_or_else(|| {
-                    ctx.at(
-                        PackErrorKind::Symbol,
-                        &r.patch,
-                        format!(
-                            "variable '{}' not found in the live patch '{cp}'",
-                            r.patch.value
-                        ),
-                    )
-                })?;
-                (tvar.value, pvar.value)
-            }
-        };
-        refs.push(Reference {
-            target_name: r.target.value.clone(),
-            patch_name: r.patch.value.clone(),
-            target_offset,
-            patch_offset,
-            tls: r.tls,
-        });
+    for item in items {
+        match item {
+            Item::Unit(u) => units.push(check_unit(ctx, u, &target, &container, &tp, &cp)?),
+            Item::Ref(r) => refs.push(check_ref(ctx, r, &target, &container, &tp, &cp)?),
+        }
     }
     // libpulp stores references in reverse .dsc order.
     refs.reverse();
@@ -424,31 +433,143 @@ pub fn pack(dsc_path: &Path, opts: &PackOptions) -> Result<PackReport, PackError
     for (d, s) in patch_id.iter_mut().zip(container_id.iter().take(16)) {
         *d = *s;
     }
-    patch_id[16..].copy_from_slice(&md4(&dsc_bytes));
+    patch_id[16..].copy_from_slice(&md4(dsc_bytes));
+    Ok((
+        container_path,
+        Metadata {
+            patch_id,
+            build_id,
+            target_name,
+            units,
+            refs,
+        },
+    ))
+}
 
-    let metadata = Metadata {
-        patch_id,
-        build_id,
-        target_name,
-        units,
-        refs,
-    };
-    let ulp = metadata.encode();
-    let rev = metadata.revert().encode();
-    let comments = encode_comments(&dsc.comments);
-    let mut sections: Vec<(&str, &[u8])> = vec![(".ulp", &ulp), (".ulp.rev", &rev)];
-    if let Some(c) = &comments {
-        sections.push((".ulp.comments", c));
-    }
-    write_sections(&container_path, &sections).map_err(|e| {
-        Ctx::plain(
-            PackErrorKind::Write,
-            format!("cannot write the live patch sections: {e}"),
+fn check_unit(
+    ctx: &Ctx<'_>,
+    u: &DscUnit,
+    target: &TargetFile,
+    container: &ElfFile,
+    tp: &dyn fmt::Display,
+    cp: &dyn fmt::Display,
+) -> Result<Unit, PackError> {
+    let old = target.symbol(&u.old.value).ok_or_else(|| {
+        ctx.at(
+            PackErrorKind::Symbol,
+            &u.old,
+            format!(
+                "function '{}' not found in the target '{tp}' \
+                     (neither in .symtab nor in .dynsym)",
+                u.old.value
+            ),
         )
     })?;
-    Ok(PackReport {
-        container: container_path,
-        metadata,
-        comments_written: comments.is_some(),
+    if !callable(&old) {
+        return Err(ctx.at(
+            PackErrorKind::Symbol,
+            &u.old,
+            format!(
+                "'{}' in the target '{tp}' is {}",
+                u.old.value,
+                describe(&old)
+            ),
+        ));
+    }
+    match container.dynamic_symbol(&u.new.value) {
+        Some(new) if callable(&new) => {}
+        Some(new) => {
+            return Err(ctx.at(
+                PackErrorKind::Symbol,
+                &u.new,
+                format!(
+                    "'{}' in the live patch '{cp}' is {}",
+                    u.new.value,
+                    describe(&new)
+                ),
+            ))
+        }
+        None => {
+            let why = if container.symbol(&u.new.value).is_some() {
+                "is not exported (it is not in .dynsym, so the runtime cannot find it): \
+                     make it a global symbol with default visibility"
+            } else {
+                "is not defined there"
+            };
+            return Err(ctx.at(
+                PackErrorKind::Symbol,
+                &u.new,
+                format!("function '{}' of the live patch '{cp}' {why}", u.new.value),
+            ));
+        }
+    }
+    Ok(Unit {
+        old_fname: u.old.value.clone(),
+        new_fname: u.new.value.clone(),
+        old_faddr: old.value,
+    })
+}
+
+fn check_ref(
+    ctx: &Ctx<'_>,
+    r: &DscRef,
+    target: &TargetFile,
+    container: &ElfFile,
+    tp: &dyn fmt::Display,
+    cp: &dyn fmt::Display,
+) -> Result<Reference, PackError> {
+    let (target_offset, patch_offset) = match r.offsets {
+        Some(o) => (o.target, o.patch),
+        None => {
+            let tvar = target.symbol(&r.target.value).ok_or_else(|| {
+                ctx.at(
+                    PackErrorKind::Symbol,
+                    &r.target,
+                    format!(
+                        "variable '{}' not found in the target '{tp}' \
+                             (neither in .symtab nor in .dynsym)",
+                        r.target.value
+                    ),
+                )
+            })?;
+            if r.tls && !tvar.is_tls() {
+                return Err(ctx.at(
+                    PackErrorKind::Symbol,
+                    &r.target,
+                    format!(
+                        "'{}' in the target '{tp}' is not thread-local: write `#{}:{}`",
+                        r.target.value, r.target.value, r.patch.value
+                    ),
+                ));
+            }
+            if !r.tls && tvar.is_tls() {
+                return Err(ctx.at(
+                    PackErrorKind::Symbol,
+                    &r.target,
+                    format!(
+                        "'{}' in the target '{tp}' is thread-local: write `#%{}:{}`",
+                        r.target.value, r.target.value, r.patch.value
+                    ),
+                ));
+            }
+            let pvar = container.symbol(&r.patch.value).ok_or_else(|| {
+                ctx.at(
+                    PackErrorKind::Symbol,
+                    &r.patch,
+                    format!(
+                        "variable '{}' not found in the live patch '{cp}'",
+                        r.patch.value
+                    ),
+                )
+            })?;
+            (tvar.value, pvar.value)
+        }
+    };
+    Ok(Reference {
+        target_name: r.target.value.clone(),
+        patch_name: r.patch.value.clone(),
+        target_offset,
+        patch_offset,
+        tls: r.tls,
     })
 }

@@ -1,13 +1,17 @@
 //! What the `ulp` command does, as a library: applying and reverting live
 //! patches in running processes ([`trigger`]), and reading what a process's
-//! runtime knows ([`runtime`]: state, applied patches, message log).
+//! runtime knows ([`runtime`]: state, applied patches, message log;
+//! [`patchable`]: switching live patching off and on), and choosing the
+//! processes and files a command works on ([`select`]).
 //!
 //! This crate decides *what* to do; `ulp-process` is the only code that
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the
 //! `ulp` binary only parses arguments and prints. Nothing here prints.
 
 pub mod objects;
+pub mod patchable;
 pub mod runtime;
+pub mod select;
 pub mod trigger;
 
 pub use ulp_process::{Pid, Tid};

@@ -15,9 +15,24 @@ pub struct MappedObject {
     pub bias: u64,
 }
 
+/// What the kernel appends in `/proc/PID/maps` to the path of a file that
+/// was removed or replaced since it was mapped.
+const DELETED: &str = " (deleted)";
+
 impl MappedObject {
+    /// The file name, without the ` (deleted)` mark: a process that keeps
+    /// running an old build after a package upgrade renamed a new file over
+    /// it still has that library loaded, under that name.
     pub fn basename(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
+        let path = self.path.strip_suffix(DELETED).unwrap_or(&self.path);
+        path.rsplit('/').next().unwrap_or(path)
+    }
+
+    /// The GNU build-id of the copy the process has mapped, read from its
+    /// memory (not from the file at `path`, which may be another build by
+    /// now). `None` when it cannot be read or has no build-id note.
+    pub fn build_id_in_memory(&self, pid: Pid) -> Option<Vec<u8>> {
+        build_id_in_memory(pid, self.bias)
     }
 
     /// A path the tool can open: through `/proc/PID/root` first (which also
@@ -67,5 +82,114 @@ pub fn bias_for(obj: &MappedObject, elf: &ElfFile) -> u64 {
         obj.bias
     } else {
         0
+    }
+}
+
+/// The GNU build-id of the ELF object whose file offset 0 is mapped at
+/// `start` in `pid`: its program headers are read there (they lie in the
+/// first loaded segment), then its `PT_NOTE` segments at their load
+/// addresses. Every read goes through process memory; the process is not
+/// stopped.
+fn build_id_in_memory(pid: Pid, start: u64) -> Option<Vec<u8>> {
+    let read = |addr: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        ulp_process::read_mem(pid, addr, &mut buf).ok()?;
+        Some(buf)
+    };
+    let u16_at =
+        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    // Elf64_Ehdr: 64-bit, little-endian, program headers of 56 bytes.
+    let ehdr = read(start, 64)?;
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 || u16_at(&ehdr, 54)? != 56 {
+        return None;
+    }
+    let phoff = u64_at(&ehdr, 32)?;
+    let phnum = usize::from(u16_at(&ehdr, 56)?);
+    let phdrs = read(start.checked_add(phoff)?, phnum * 56)?;
+    let phdr = |i: usize| &phdrs[i * 56..(i + 1) * 56];
+    // The load bias: `start` maps file offset 0, which the first PT_LOAD
+    // places at p_vaddr - p_offset (congruent modulo the page size).
+    const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    let first = (0..phnum)
+        .map(phdr)
+        .find(|p| u32_at(p, 0) == Some(PT_LOAD))?;
+    let bias = start.wrapping_sub(u64_at(first, 16)?.wrapping_sub(u64_at(first, 8)?));
+    for p in (0..phnum)
+        .map(phdr)
+        .filter(|p| u32_at(p, 0) == Some(PT_NOTE))
+    {
+        let size = u64_at(p, 32)?.min(1 << 16) as usize;
+        let Some(notes) = read(bias.wrapping_add(u64_at(p, 16)?), size) else {
+            continue;
+        };
+        let align = if u64_at(p, 48)? == 8 { 8 } else { 4 };
+        if let Some(id) = gnu_build_id(&notes, align) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// The descriptor of the `NT_GNU_BUILD_ID` note named "GNU" in a note area
+/// whose entries are padded to `align` (4 or 8) bytes.
+fn gnu_build_id(notes: &[u8], align: usize) -> Option<Vec<u8>> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(notes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let mut pos = 0usize;
+    while pos + 12 <= notes.len() {
+        let (namesz, descsz, ty) = (word(pos)?, word(pos + 4)?, word(pos + 8)? as u32);
+        let name_at = pos + 12;
+        let desc_at = name_at.checked_add(pad(namesz)?)?;
+        let name = notes.get(name_at..name_at.checked_add(namesz)?)?;
+        let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
+        if ty == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc.to_vec());
+        }
+        pos = desc_at.checked_add(pad(descsz)?)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_of_this_process_from_its_memory() {
+        let pid = std::process::id() as Pid;
+        let objects = mapped_objects(pid).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let me = objects
+            .iter()
+            .find(|o| Path::new(&o.path) == exe)
+            .expect("the test executable is mapped");
+        let from_file = ElfFile::open(&exe).unwrap().build_id();
+        assert!(from_file.is_some(), "rustc links with a build-id");
+        assert_eq!(me.build_id_in_memory(pid), from_file);
+        let libc = objects
+            .iter()
+            .find(|o| o.basename().starts_with("libc.so"))
+            .expect("libc is mapped");
+        assert_eq!(
+            libc.build_id_in_memory(pid),
+            ElfFile::open(Path::new(&libc.path)).unwrap().build_id()
+        );
+    }
+
+    #[test]
+    fn deleted_files_keep_their_basename() {
+        let o = MappedObject {
+            path: "/usr/lib/libx.so.1 (deleted)".into(),
+            bias: 0,
+        };
+        assert_eq!(o.basename(), "libx.so.1");
     }
 }

@@ -1,4 +1,4 @@
-//! Applying and reverting a live patch in one process.
+//! Applying and reverting live patches in one process.
 //!
 //! The flow (ARCHITECTURE.md, "How a trigger flows"):
 //!
@@ -15,16 +15,29 @@
 //! 4. If the writes cannot be made (a thread is always in the way, an
 //!    error), ask the runtime to undo its registry change: the process keeps
 //!    its old code and a registry that says so.
+//!
+//! Four operations use this flow: [`apply`], [`revert`], [`revert_all`]
+//! (every patch of one library) and [`replace`] (every patch of one library
+//! swapped for a new one, as one set of writes made in one stop, so no
+//! thread ever runs with neither the old nor the new code). Each has a
+//! `*_report` form that also returns what happened in detail ([`Detail`]).
+//!
+//! Chrooted targets ([`Options::root`]): the tool reads files at
+//! `ROOT/PATH` while the runtime, which lives inside the chroot, is given
+//! `PATH`.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ulp_abi::{code, op, write_kind, ApplyRequest, Write, REQUEST_MAX};
+use ulp_abi::{code, op, write_kind, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX};
 use ulp_container::container::Container;
-use ulp_process::{Pid, Stopped};
+use ulp_container::format::Metadata;
+use ulp_elf::ElfFile;
+use ulp_process::{Pid, SeizeOptions, Stopped};
 
-use crate::objects::mapped_objects;
+use crate::objects::{mapped_objects, MappedObject};
 use crate::runtime::{Runtime, RuntimeError};
 
 /// How to run one trigger.
@@ -35,6 +48,14 @@ pub struct Options {
     /// How many more times to try when every thread cannot be caught
     /// outside the bytes to change.
     pub retries: u32,
+    /// The target runs chrooted at this directory (`-R PREFIX`): the tool
+    /// opens the target's files as `root/PATH`, and a container's
+    /// [`Container::path`] must lie under `root`; the runtime is given the
+    /// container's path with `root` taken off.
+    pub root: Option<PathBuf>,
+    /// Suspend the target's seccomp filters while it is attached
+    /// (PTRACE_O_SUSPEND_SECCOMP; needs CAP_SYS_ADMIN).
+    pub suspend_seccomp: bool,
 }
 
 impl Default for Options {
@@ -42,6 +63,16 @@ impl Default for Options {
         Options {
             timeout: Duration::from_secs(30),
             retries: 3,
+            root: None,
+            suspend_seccomp: false,
+        }
+    }
+}
+
+impl Options {
+    fn seize(&self) -> SeizeOptions {
+        SeizeOptions {
+            suspend_seccomp: self.suspend_seccomp,
         }
     }
 }
@@ -51,6 +82,8 @@ impl Default for Options {
 pub enum Outcome {
     Applied,
     Reverted,
+    /// The patch is applied already: nothing changed (a skip).
+    AlreadyApplied,
     /// Nothing changed, for a reason that is not a failure.
     Skipped(String),
     /// The runtime is not loaded: nothing changed (a warning, not an error).
@@ -58,11 +91,22 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The reason `ulp trigger` prints for an already applied patch.
+pub const ALREADY_APPLIED: &str = "Patch already applied";
+
+impl Outcome {
+    /// Whether the process changed.
+    pub fn is_change(&self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Reverted)
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Applied => f.write_str("applied"),
             Outcome::Reverted => f.write_str("reverted"),
+            Outcome::AlreadyApplied => write!(f, "skipped: {ALREADY_APPLIED}"),
             Outcome::Skipped(r) => write!(f, "skipped: {r}"),
             Outcome::NoRuntime => {
                 f.write_str("the live-patching runtime is not loaded in the target process")
@@ -72,91 +116,366 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Details of one operation in one process, for `-v` and `--json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detail {
+    /// The runtime's path in the process.
+    pub runtime: Option<String>,
+    /// The runtime's own words about the operation (its message log line).
+    pub message: Option<String>,
+    /// Code writes made (0 when nothing was written).
+    pub writes: usize,
+    /// Threads stopped for the writes.
+    pub threads: usize,
+    /// How long those threads were stopped (seize to release).
+    pub stopped: Option<Duration>,
+    /// Attempts at the writes (more than one when a thread was in the way).
+    pub attempts: u32,
+}
+
+/// An outcome and its details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub detail: Detail,
+}
+
+impl Report {
+    fn bare(outcome: Outcome) -> Report {
+        Report {
+            outcome,
+            detail: Detail::default(),
+        }
+    }
+}
+
 /// Apply `container` to process `pid`.
 pub fn apply(pid: Pid, container: &Container, opts: &Options) -> Outcome {
-    let deadline = Instant::now() + opts.timeout;
-    let rt = match precheck(pid, container) {
-        Ok(rt) => rt,
-        Err(o) => return o,
-    };
-    // The runtime dlopens this path from inside the target, whose current
-    // directory is not ours, and dlopen searches the library path for a
-    // name without a slash: always hand it the absolute, resolved path.
-    let path = match std::fs::canonicalize(&container.path) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Failed(format!("'{}': {e}", container.path.display())),
-    };
-    let path = path.to_string_lossy();
-    let ulp = container.metadata.encode();
-    let comments = container.comments.clone().unwrap_or_default();
-    let req = ApplyRequest {
-        container_path: path.as_bytes(),
-        ulp: &ulp,
-        comments: &comments,
-    };
-    let mut buf = vec![0u8; req.encoded_len()];
-    if buf.len() > REQUEST_MAX || req.encode(&mut buf).is_none() {
-        return Outcome::Failed(format!(
-            "the patch metadata is too large for the runtime's request area ({} > {REQUEST_MAX} bytes)",
-            buf.len()
-        ));
-    }
-    run(
-        &rt,
-        op::APPLY,
-        &buf,
-        deadline,
-        opts.retries,
-        Outcome::Applied,
-    )
+    apply_report(pid, container, opts).outcome
 }
 
 /// Revert `container` in process `pid`.
 pub fn revert(pid: Pid, container: &Container, opts: &Options) -> Outcome {
+    revert_report(pid, container, opts).outcome
+}
+
+/// Revert every patch of `lib` (a basename, or a path as the process sees
+/// it) in process `pid`.
+pub fn revert_all(pid: Pid, lib: &str, opts: &Options) -> Outcome {
+    revert_all_report(pid, lib, opts).outcome
+}
+
+/// Replace every patch of `lib` in process `pid` by `container`.
+pub fn replace(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Outcome {
+    replace_report(pid, lib, container, opts).outcome
+}
+
+/// [`apply`] with details.
+pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
-    let rt = match Runtime::find(pid) {
+    let rt = match precheck(pid, container, opts) {
         Ok(rt) => rt,
-        Err(RuntimeError::NotLoaded) => return Outcome::NoRuntime,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(o) => return Report::bare(o),
     };
+    let buf = match apply_request(pid, container, opts, None) {
+        Ok(b) => b,
+        Err(o) => return with_runtime(&rt, o),
+    };
+    run(&rt, op::APPLY, &buf, deadline, opts, Outcome::Applied)
+}
+
+/// [`revert`] with details.
+pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report {
+    let deadline = Instant::now() + opts.timeout;
+    let rt = match find_runtime(pid) {
+        Ok(rt) => rt,
+        Err(o) => return Report::bare(o),
+    };
+    // A patch that is not applied is an error only where it could be: in
+    // a process that does not load its target build it is a skip (so a
+    // revert in every process fails only where something is wrong).
+    // Applied means for the build this process has: the same patch id may
+    // be applied here from a container made for this build (see
+    // `is_applied`), and must not be reverted in its name.
+    let applied = is_applied(&rt, container, opts).unwrap_or(false);
+    if !applied {
+        if let Err(o) = precheck(pid, container, opts) {
+            return with_runtime(&rt, o);
+        }
+    }
     run(
         &rt,
         op::REVERT,
         &container.metadata.patch_id,
         deadline,
-        opts.retries,
+        opts,
         Outcome::Reverted,
     )
 }
 
-/// Step 1: everything that can be known without stopping the process.
-fn precheck(pid: Pid, container: &Container) -> Result<Runtime, Outcome> {
-    let rt = match Runtime::find(pid) {
+/// [`revert_all`] with details. A process that does not have `lib` loaded,
+/// or no patch of it applied, is skipped without being stopped.
+pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
+    let deadline = Instant::now() + opts.timeout;
+    let rt = match find_runtime(pid) {
         Ok(rt) => rt,
-        Err(RuntimeError::NotLoaded) => return Err(Outcome::NoRuntime),
-        Err(e) => return Err(Outcome::Failed(e.to_string())),
+        Err(o) => return Report::bare(o),
     };
-    let md = &container.metadata;
+    if lib.is_empty() {
+        return with_runtime(&rt, Outcome::Failed("empty library name".into()));
+    }
+    // From outside first: the registry is readable without stopping.
+    match mapped_objects(pid) {
+        Ok(objects)
+            if !objects
+                .iter()
+                .any(|o| library_is(&as_seen_by(pid, &o.path), lib)) =>
+        {
+            return with_runtime(
+                &rt,
+                Outcome::Skipped(format!("library '{lib}' is not loaded")),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return with_runtime(&rt, Outcome::Failed(e.to_string())),
+    }
+    match rt.patches() {
+        Ok(p) if !p.iter().any(|p| library_is(&p.target_path, lib)) => {
+            return with_runtime(
+                &rt,
+                Outcome::Skipped(format!("no patch of '{lib}' is applied")),
+            );
+        }
+        _ => {}
+    }
+    run(
+        &rt,
+        op::REVERT_ALL,
+        lib.as_bytes(),
+        deadline,
+        opts,
+        Outcome::Reverted,
+    )
+}
+
+/// [`replace`] with details: pre-checked like an apply (a process where
+/// the new patch does not apply is skipped, and keeps its old patches).
+pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Report {
+    let deadline = Instant::now() + opts.timeout;
+    let rt = match precheck(pid, container, opts) {
+        Ok(rt) => rt,
+        Err(o) => return Report::bare(o),
+    };
+    if lib.is_empty() {
+        return with_runtime(&rt, Outcome::Failed("empty library name".into()));
+    }
+    let buf = match apply_request(pid, container, opts, Some(lib)) {
+        Ok(b) => b,
+        Err(o) => return with_runtime(&rt, o),
+    };
+    run(&rt, op::REPLACE, &buf, deadline, opts, Outcome::Applied)
+}
+
+/// Whether a library loaded from `path` is the one `lib` names: its
+/// basename, or its whole path when `lib` contains a `/` (the same rule
+/// as the runtime's).
+pub fn library_is(path: &str, lib: &str) -> bool {
+    if lib.contains('/') {
+        path == lib
+    } else {
+        path.rsplit('/').next() == Some(lib)
+    }
+}
+
+fn with_runtime(rt: &Runtime, outcome: Outcome) -> Report {
+    Report {
+        outcome,
+        detail: Detail {
+            runtime: Some(rt.path.clone()),
+            ..Detail::default()
+        },
+    }
+}
+
+fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
+    match Runtime::find(pid) {
+        Ok(rt) => Ok(rt),
+        Err(RuntimeError::NotLoaded) => Err(Outcome::NoRuntime),
+        Err(e) => Err(Outcome::Failed(e.to_string())),
+    }
+}
+
+/// The path the runtime must `dlopen`, as the target process sees it.
+fn path_in_target(container: &Container, opts: &Options) -> Result<String, String> {
+    match &opts.root {
+        // Inside the chroot: the container was read at ROOT/PATH; the
+        // runtime gets /PATH (not canonicalised: symbolic links are the
+        // chroot's to resolve).
+        Some(root) => {
+            let inside = container.path.strip_prefix(root).map_err(|_| {
+                format!(
+                    "'{}' is not under the root '{}' given with -R",
+                    container.path.display(),
+                    root.display()
+                )
+            })?;
+            Ok(format!("/{}", inside.to_string_lossy()))
+        }
+        // The runtime dlopens this path from inside the target, whose
+        // current directory is not ours, and dlopen searches the library
+        // path for a name without a slash: hand it the absolute, resolved
+        // path.
+        None => std::fs::canonicalize(&container.path)
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| format!("'{}': {e}", container.path.display())),
+    }
+}
+
+/// The APPLY request (or REPLACE, with `replace_lib`) for `container`.
+fn apply_request(
+    pid: Pid,
+    container: &Container,
+    opts: &Options,
+    replace_lib: Option<&str>,
+) -> Result<Vec<u8>, Outcome> {
+    let path = path_in_target(container, opts).map_err(Outcome::Failed)?;
+    if opts.root.is_none() {
+        if let Some(root) = chroot_of(pid) {
+            // Our path means nothing in there.
+            return Err(Outcome::Failed(format!(
+                "process {pid} runs chrooted at '{}': the runtime cannot open '{path}' there; \
+                 put the patch inside that directory and name it with -R {}",
+                root.display(),
+                root.display()
+            )));
+        }
+    }
+    let ulp = container.metadata.encode();
+    let comments = container.comments.clone().unwrap_or_default();
+    let apply = ApplyRequest {
+        container_path: path.as_bytes(),
+        ulp: &ulp,
+        comments: &comments,
+    };
+    let (len, encoded) = match replace_lib {
+        None => {
+            let mut buf = vec![0u8; apply.encoded_len()];
+            let ok = buf.len() <= REQUEST_MAX && apply.encode(&mut buf).is_some();
+            (buf.len(), ok.then_some(buf))
+        }
+        Some(lib) => {
+            let req = ReplaceRequest {
+                library: lib.as_bytes(),
+                apply,
+            };
+            let mut buf = vec![0u8; req.encoded_len()];
+            let ok = buf.len() <= REQUEST_MAX && req.encode(&mut buf).is_some();
+            (buf.len(), ok.then_some(buf))
+        }
+    };
+    encoded.ok_or_else(|| {
+        Outcome::Failed(format!(
+            "the patch metadata is too large for the runtime's request area ({len} > {REQUEST_MAX} bytes)"
+        ))
+    })
+}
+
+/// The directory `pid` is chrooted at, when it is not `/` (as far as
+/// `/proc/PID/root` tells).
+fn chroot_of(pid: Pid) -> Option<PathBuf> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    (root != Path::new("/")).then_some(root)
+}
+
+/// Opens a mapped object as [`MappedObject::open`] does (through
+/// `/proc/PID/root`, then as is), then under the `-R` root (for when
+/// `/proc/PID/root` is not usable to us).
+fn open_object(obj: &MappedObject, pid: Pid, opts: &Options) -> Result<ElfFile, ulp_elf::Error> {
+    let first = obj.open(pid);
+    match (&first, &opts.root) {
+        (Err(_), Some(root)) => ElfFile::open(&root.join(obj.path.trim_start_matches('/'))),
+        _ => first,
+    }
+}
+
+/// A path from `/proc/PID/maps` as the process itself sees it: maps show
+/// paths from our root, so a chrooted process's paths carry its root.
+fn as_seen_by(pid: Pid, path: &str) -> String {
+    match chroot_of(pid) {
+        Some(root) => match Path::new(path).strip_prefix(&root) {
+            Ok(inside) => format!("/{}", inside.to_string_lossy()),
+            Err(_) => path.to_string(),
+        },
+        None => path.to_string(),
+    }
+}
+
+/// Step 1: everything that can be known without stopping the process.
+fn precheck(pid: Pid, container: &Container, opts: &Options) -> Result<Runtime, Outcome> {
+    let rt = find_runtime(pid)?;
+    match target_state(pid, &container.metadata, opts)? {
+        TargetState::Loaded => Ok(rt),
+        TargetState::NotLoaded(why) | TargetState::OtherBuild(why) => Err(Outcome::Skipped(why)),
+    }
+}
+
+/// A patch's target in a process, as seen from outside.
+enum TargetState {
+    /// An object with the target's name and build-id is loaded.
+    Loaded,
+    /// No object has the target's name (the reason to print).
+    NotLoaded(String),
+    /// Objects with that name are loaded, none of the patch's build.
+    OtherBuild(String),
+}
+
+/// Finds the target of `md` among the objects `pid` maps. The build-id is
+/// that of the copy in the process's memory: the file at the mapped path
+/// may be another build by now (a package upgrade renames a new file over
+/// the old one, which the running process keeps, shown ` (deleted)` in its
+/// maps). The file is read only when the memory cannot be. The runtime
+/// checks the loaded copy again before changing anything.
+fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, Outcome> {
     let objects = mapped_objects(pid).map_err(|e| Outcome::Failed(e.to_string()))?;
-    let Some(obj) = objects.iter().find(|o| o.basename() == md.target_name) else {
-        return Err(Outcome::Skipped(format!(
-            "library '{}' is not loaded",
-            md.target_name
-        )));
-    };
-    // The build-id is read from the file the process mapped; the runtime
-    // checks the loaded copy in memory again before changing anything.
-    let elf = obj.open(pid).map_err(|e| Outcome::Failed(e.to_string()))?;
-    let have = elf.build_id().unwrap_or_default();
-    if have != md.build_id {
-        return Err(Outcome::Skipped(format!(
-            "build id mismatch: '{}' has {}, the patch is for {}",
-            obj.path,
+    let mut other = None;
+    for obj in objects.iter().filter(|o| o.basename() == md.target_name) {
+        let have = obj
+            .build_id_in_memory(pid)
+            .or_else(|| open_object(obj, pid, opts).ok()?.build_id())
+            .unwrap_or_default();
+        if have == md.build_id {
+            return Ok(TargetState::Loaded);
+        }
+        other.get_or_insert((obj.path.clone(), have));
+    }
+    Ok(match other {
+        None => TargetState::NotLoaded(format!("library '{}' is not loaded", md.target_name)),
+        Some((path, have)) => TargetState::OtherBuild(format!(
+            "build id mismatch: '{path}' has {}, the patch is for {}",
             hex(&have),
             hex(&md.build_id)
-        )));
+        )),
+    })
+}
+
+/// Whether `container` is applied in the process of `rt`: its patch id is
+/// in the registry, for the build of the target the process has. The patch
+/// id does not say which build a patch is for (it is made of the
+/// container's own build-id and the .dsc's digest), so the same fix packed
+/// for two builds of a library has one id; in a process with the other
+/// build, that id belongs to the other container. When the target is no
+/// longer loaded at all, the registry's word stands.
+pub fn is_applied(rt: &Runtime, container: &Container, opts: &Options) -> Result<bool, String> {
+    let md = &container.metadata;
+    let patches = rt.patches().map_err(|e| e.to_string())?;
+    if !patches.iter().any(|p| p.patch_id == md.patch_id) {
+        return Ok(false);
     }
-    Ok(rt)
+    match target_state(rt.pid, md, opts) {
+        Ok(TargetState::OtherBuild(_)) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(o) => Err(o.to_string()),
+    }
 }
 
 /// Steps 2 to 4 for one operation.
@@ -165,25 +484,42 @@ fn run(
     opcode: u32,
     req: &[u8],
     deadline: Instant,
-    retries: u32,
+    opts: &Options,
     done: Outcome,
-) -> Outcome {
-    let writes = match call(rt, opcode, req, deadline) {
-        Ok(Ok(writes)) => writes,
-        Ok(Err(outcome)) => return outcome,
-        Err(e) => return Outcome::Failed(e),
+) -> Report {
+    let mut report = with_runtime(rt, done);
+    let detail = &mut report.detail;
+    let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            report.outcome = Outcome::Failed(e);
+            return report;
+        }
     };
+    if !msg.is_empty() {
+        detail.message = Some(msg.clone());
+    }
+    if let Some(o) = refusal(opcode, rc, msg) {
+        report.outcome = o;
+        return report;
+    }
     if writes.is_empty() {
-        return done;
+        return report;
     }
     let mut last_err = String::new();
-    for attempt in 0..=retries {
+    for attempt in 0..=opts.retries {
         if attempt > 0 {
             // Let the thread that was in the way move on.
             thread::sleep(Duration::from_millis(1 << attempt.min(6)));
         }
-        match write_all(rt.pid, &writes, deadline) {
-            Ok(()) => return done,
+        detail.attempts = attempt + 1;
+        match write_all(rt.pid, &writes, deadline, opts) {
+            Ok((threads, stopped)) => {
+                detail.writes = writes.len();
+                detail.threads = threads;
+                detail.stopped = Some(stopped);
+                return report;
+            }
             Err(WriteError::Busy(why)) => last_err = why,
             Err(WriteError::Fatal(why)) => {
                 last_err = why;
@@ -196,23 +532,39 @@ fn run(
     }
     // The registry says the operation happened but the code does not: take
     // the registry back so both agree on the old state.
-    let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5)) {
-        Ok(_) => String::new(),
+    let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5), opts) {
+        Ok((code::OK, _, _)) => String::new(),
+        Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
     };
-    Outcome::Failed(format!("{last_err}{undo}"))
+    report.outcome = Outcome::Failed(format!("{last_err}{undo}"));
+    report
+}
+
+/// What a non-OK result code of `opcode` means for the user; `None` for OK.
+fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
+    Some(match rc {
+        code::OK => return None,
+        code::ALREADY_APPLIED => Outcome::AlreadyApplied,
+        code::TARGET_NOT_LOADED | code::BUILD_ID_MISMATCH | code::DISABLED => Outcome::Skipped(msg),
+        // Nothing of that library to revert in this process: a skip.
+        code::NOT_APPLIED if opcode == op::REVERT_ALL => Outcome::Skipped(msg),
+        _ if msg.is_empty() => Outcome::Failed(format!("runtime returned code {rc}")),
+        _ => Outcome::Failed(msg),
+    })
 }
 
 /// Runs the entry point with `opcode` on one stopped thread; returns the
-/// writes the runtime asks for, or the outcome it reports instead.
+/// result code, the runtime's message and the writes it asks for.
 fn call(
     rt: &Runtime,
     opcode: u32,
     req: &[u8],
     deadline: Instant,
-) -> Result<Result<Vec<Write>, Outcome>, String> {
-    let mut stopped =
-        Stopped::seize_threads(rt.pid, &[rt.pid], deadline).map_err(|e| e.to_string())?;
+    opts: &Options,
+) -> Result<(i32, String, Vec<Write>), String> {
+    let mut stopped = Stopped::seize_threads_with(rt.pid, &[rt.pid], deadline, opts.seize())
+        .map_err(|e| e.to_string())?;
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
     let ret = stopped
         .remote_call(rt.pid, rt.entry, &[], deadline)
@@ -220,20 +572,7 @@ fn call(
     let result = rt.read_result();
     stopped.release().map_err(|e| e.to_string())?;
     let (msg, writes) = result.map_err(|e| e.to_string())?;
-    let rc = ret as i32;
-    Ok(match rc {
-        code::OK => Ok(writes),
-        code::ALREADY_APPLIED => Err(Outcome::Skipped("Patch already applied".into())),
-        code::TARGET_NOT_LOADED | code::BUILD_ID_MISMATCH | code::DISABLED => {
-            Err(Outcome::Skipped(msg))
-        }
-        code::NOTHING_TO_UNDO => Err(Outcome::Failed(msg)),
-        _ => Err(Outcome::Failed(if msg.is_empty() {
-            format!("runtime returned code {rc}")
-        } else {
-            msg
-        })),
-    })
+    Ok((ret as i32, msg, writes))
 }
 
 enum WriteError {
@@ -242,11 +581,19 @@ enum WriteError {
     Fatal(String),
 }
 
-/// Step 3: with every thread stopped, check and make the writes.
-fn write_all(pid: Pid, writes: &[Write], deadline: Instant) -> Result<(), WriteError> {
+/// Step 3: with every thread stopped, check and make the writes. Returns
+/// how many threads were stopped and for how long.
+fn write_all(
+    pid: Pid,
+    writes: &[Write],
+    deadline: Instant,
+    opts: &Options,
+) -> Result<(usize, Duration), WriteError> {
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
-    let mut stopped = Stopped::seize_all(pid, deadline).map_err(fatal)?;
-    for tid in stopped.tids() {
+    let start = Instant::now();
+    let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    let tids = stopped.tids();
+    for &tid in &tids {
         let rip = stopped.regs(tid).map_err(fatal)?.rip();
         if let Some(w) = writes
             .iter()
@@ -288,9 +635,44 @@ fn write_all(pid: Pid, writes: &[Write], deadline: Instant) -> Result<(), WriteE
         }
         done.push(w);
     }
-    stopped.release().map_err(fatal)
+    stopped.release().map_err(fatal)?;
+    Ok((tids.len(), start.elapsed()))
 }
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_names() {
+        assert!(library_is("/usr/lib/libfoo.so.1", "libfoo.so.1"));
+        assert!(!library_is("/usr/lib/libfoo.so.1", "libfoo.so"));
+        assert!(library_is("/usr/lib/libfoo.so.1", "/usr/lib/libfoo.so.1"));
+        assert!(!library_is("/opt/libfoo.so.1", "/usr/lib/libfoo.so.1"));
+    }
+
+    #[test]
+    fn refusals_by_operation() {
+        assert_eq!(refusal(op::APPLY, code::OK, String::new()), None);
+        assert_eq!(
+            refusal(op::APPLY, code::ALREADY_APPLIED, "x".into()),
+            Some(Outcome::AlreadyApplied)
+        );
+        assert_eq!(
+            refusal(op::REVERT, code::NOT_APPLIED, "not applied".into()),
+            Some(Outcome::Failed("not applied".into()))
+        );
+        assert_eq!(
+            refusal(op::REVERT_ALL, code::NOT_APPLIED, "none".into()),
+            Some(Outcome::Skipped("none".into()))
+        );
+        assert_eq!(
+            refusal(op::REPLACE, code::FAILED, String::new()),
+            Some(Outcome::Failed("runtime returned code 6".into()))
+        );
+    }
 }

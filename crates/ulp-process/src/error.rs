@@ -32,6 +32,9 @@ pub enum Error {
         /// Contents of /proc/sys/kernel/yama/ptrace_scope, when it exists.
         ptrace_scope: Option<String>,
     },
+    /// `PTRACE_SEIZE` with PTRACE_O_SUSPEND_SECCOMP was refused: `why` says
+    /// what is missing (CAP_SYS_ADMIN, kernel support).
+    SeccompSuspendDenied { pid: Pid, tid: Tid, why: String },
     /// A bounded wait ran out.
     Timeout {
         pid: Pid,
@@ -109,6 +112,7 @@ impl Error {
         match *self {
             Error::Gone { pid, .. }
             | Error::AttachDenied { pid, .. }
+            | Error::SeccompSuspendDenied { pid, .. }
             | Error::Timeout { pid, .. }
             | Error::Ptrace { pid, .. }
             | Error::Memory { pid, .. }
@@ -205,6 +209,16 @@ impl fmt::Display for Error {
                         }
                     }
                 }
+            }
+            Error::SeccompSuspendDenied { pid, tid, why } => {
+                write!(f, "cannot suspend seccomp in ")?;
+                who(f, *pid, Some(*tid))?;
+                write!(
+                    f,
+                    ": {why}; PTRACE_O_SUSPEND_SECCOMP (--disable-seccomp) needs CAP_SYS_ADMIN \
+                     and a tracer not itself under seccomp: run as root with CAP_SYS_ADMIN \
+                     (in a container: --cap-add=SYS_ADMIN), or leave --disable-seccomp out"
+                )
             }
             Error::Timeout { pid, tid, op } => {
                 write!(f, "timed out {op} (")?;

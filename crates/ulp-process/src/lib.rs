@@ -40,7 +40,7 @@ pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,
 };
 pub use regs::Regs;
-pub use stopped::Stopped;
+pub use stopped::{SeizeOptions, Stopped};
 
 /// A process id (thread-group id).
 pub type Pid = i32;

@@ -210,6 +210,29 @@ pub(crate) fn unblocked_signal_pending(pid: Pid, tid: Tid) -> bool {
     }
 }
 
+/// Why this process cannot use PTRACE_O_SUSPEND_SECCOMP, if it cannot:
+/// the kernel wants CAP_SYS_ADMIN and a tracer not itself under seccomp.
+pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    const CAP_SYS_ADMIN: u32 = 21;
+    let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
+    if cap_eff.is_some_and(|c| c & (1 << CAP_SYS_ADMIN) == 0) {
+        return Some("ulp lacks CAP_SYS_ADMIN".into());
+    }
+    match field("Seccomp:") {
+        Some(mode) if mode != "0" => Some(format!(
+            "ulp itself runs under seccomp (Seccomp: {mode} in /proc/self/status)"
+        )),
+        _ => None,
+    }
+}
+
 pub(crate) fn ptrace_scope() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()

@@ -108,6 +108,17 @@ struct Held {
     call: Option<Call>,
 }
 
+/// How threads are seized.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeizeOptions {
+    /// PTRACE_O_SUSPEND_SECCOMP: the threads' seccomp filters do not apply
+    /// while they are traced (a remote call may then make system calls the
+    /// filter forbids). The kernel allows it only to a tracer with
+    /// CAP_SYS_ADMIN that is not itself under seccomp; otherwise seizing
+    /// fails with [`Error::SeccompSuspendDenied`].
+    pub suspend_seccomp: bool,
+}
+
 /// Guard over threads of one process that the calling OS thread has seized
 /// and stopped. See the crate documentation for the rules.
 ///
@@ -119,6 +130,7 @@ pub struct Stopped {
     held: Vec<Held>,
     /// Threads that exited or became zombies while we attached: not retried.
     skipped: HashSet<Tid>,
+    options: SeizeOptions,
     /// Only the seizing OS thread may issue ptrace requests: not Send.
     _not_send: PhantomData<*mut ()>,
 }
@@ -131,11 +143,12 @@ fn is_fault(sig: i32) -> bool {
 }
 
 impl Stopped {
-    fn empty(pid: Pid) -> Stopped {
+    fn empty(pid: Pid, options: SeizeOptions) -> Stopped {
         Stopped {
             pid,
             held: Vec::new(),
             skipped: HashSet::new(),
+            options,
             _not_send: PhantomData,
         }
     }
@@ -144,10 +157,20 @@ impl Stopped {
     /// meanwhile (or are not threads of `pid`) are skipped; it is an error if
     /// none is left or the process is gone.
     pub fn seize_threads(pid: Pid, tids: &[Tid], deadline: Instant) -> Result<Stopped, Error> {
+        Stopped::seize_threads_with(pid, tids, deadline, SeizeOptions::default())
+    }
+
+    /// [`Stopped::seize_threads`] with `options`.
+    pub fn seize_threads_with(
+        pid: Pid,
+        tids: &[Tid],
+        deadline: Instant,
+        options: SeizeOptions,
+    ) -> Result<Stopped, Error> {
         if !procfs::process_alive(pid) {
             return Err(Error::Gone { pid, tid: None });
         }
-        let mut s = Stopped::empty(pid);
+        let mut s = Stopped::empty(pid, options);
         s.attach_batch(tids, deadline)?;
         if s.held.is_empty() {
             let tid = if procfs::process_alive(pid) {
@@ -165,7 +188,17 @@ impl Stopped {
     /// create threads, and a thread created by `clone` is listed before its
     /// creator returns to user space, so a quiet pass means all are held.
     pub fn seize_all(pid: Pid, deadline: Instant) -> Result<Stopped, Error> {
-        let mut s = Stopped::empty(pid);
+        Stopped::seize_all_with(pid, deadline, SeizeOptions::default())
+    }
+
+    /// [`Stopped::seize_all`] with `options` (also used by later
+    /// [`Stopped::seize_rest`] calls on this guard).
+    pub fn seize_all_with(
+        pid: Pid,
+        deadline: Instant,
+        options: SeizeOptions,
+    ) -> Result<Stopped, Error> {
+        let mut s = Stopped::empty(pid, options);
         s.seize_rest(deadline)?;
         Ok(s)
     }
@@ -619,7 +652,12 @@ impl Stopped {
                 self.skipped.insert(tid);
                 continue;
             }
-            match sys::seize(tid) {
+            let flags = if self.options.suspend_seccomp {
+                sys::PTRACE_O_SUSPEND_SECCOMP
+            } else {
+                0
+            };
+            match sys::seize_with(tid, flags) {
                 Ok(()) => {}
                 Err(Errno(libc::ESRCH)) => {
                     self.skipped.insert(tid);
@@ -629,6 +667,27 @@ impl Stopped {
                 Err(Errno(libc::EPERM)) if procfs::thread_gone_or_zombie(pid, tid) => {
                     self.skipped.insert(tid);
                     continue;
+                }
+                Err(Errno(libc::EPERM))
+                    if self.options.suspend_seccomp
+                        && procfs::self_cannot_suspend_seccomp().is_some() =>
+                {
+                    failure = Some(Error::SeccompSuspendDenied {
+                        pid,
+                        tid,
+                        why: procfs::self_cannot_suspend_seccomp().unwrap_or_default(),
+                    });
+                    break;
+                }
+                Err(Errno(libc::EINVAL)) if self.options.suspend_seccomp => {
+                    failure = Some(Error::SeccompSuspendDenied {
+                        pid,
+                        tid,
+                        why: "the kernel does not support it (it needs CONFIG_CHECKPOINT_RESTORE \
+                              and CONFIG_SECCOMP)"
+                            .into(),
+                    });
+                    break;
                 }
                 Err(Errno(libc::EPERM)) => {
                     failure = Some(Error::AttachDenied {

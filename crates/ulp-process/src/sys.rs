@@ -44,10 +44,14 @@ fn request(req: libc::c_uint, tid: Tid, addr: usize, data: usize) -> Result<libc
     }
 }
 
-/// PTRACE_SEIZE without options: in particular never PTRACE_O_EXITKILL, so a
-/// dying tool detaches instead of killing the target.
-pub(crate) fn seize(tid: Tid) -> Result<(), Errno> {
-    request(libc::PTRACE_SEIZE, tid, 0, 0).map(drop)
+/// `PTRACE_O_SUSPEND_SECCOMP` from <linux/ptrace.h>.
+pub(crate) const PTRACE_O_SUSPEND_SECCOMP: usize = 1 << 21;
+
+/// PTRACE_SEIZE with `options` (0, or PTRACE_O_SUSPEND_SECCOMP); in
+/// particular never PTRACE_O_EXITKILL, so a dying tool detaches instead of
+/// killing the target.
+pub(crate) fn seize_with(tid: Tid, options: usize) -> Result<(), Errno> {
+    request(libc::PTRACE_SEIZE, tid, 0, options).map(drop)
 }
 
 pub(crate) fn interrupt(tid: Tid) -> Result<(), Errno> {

@@ -84,6 +84,8 @@ fn dispatch() -> i32 {
             op::APPLY => patch::apply(reg, &request),
             op::REVERT => patch::revert(reg, &request),
             op::UNDO => patch::undo(reg),
+            op::REVERT_ALL => patch::revert_all(reg, &request),
+            op::REPLACE => patch::replace(reg, &request),
             other => {
                 ring::log(format_args!("call refused: unknown operation {other}"));
                 Err(patch::Failure {

@@ -22,6 +22,7 @@ use core::ffi::{c_char, c_void, CStr};
 use core::fmt::Write as _;
 use std::ffi::CString;
 
+use ulp_abi::ReplaceRequest;
 use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind, ApplyRequest, PatchRecord, Write};
 use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
 use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
@@ -106,8 +107,20 @@ impl Patch {
 /// The registry change UNDO can reverse.
 #[derive(Debug)]
 enum LastChange {
-    Applied { id: [u8; PATCH_ID_LEN] },
-    Reverted { patch: Patch, index: usize },
+    Applied {
+        id: [u8; PATCH_ID_LEN],
+    },
+    Reverted {
+        patch: Patch,
+        index: usize,
+    },
+    /// REVERT_ALL or REPLACE: the patch added (REPLACE only, unless it was
+    /// applied already) and the patches removed with their former indices,
+    /// ascending.
+    Many {
+        added: Option<[u8; PATCH_ID_LEN]>,
+        removed: Vec<(usize, Patch)>,
+    },
 }
 
 /// The applied patches, oldest first, and the records published for them.
@@ -739,7 +752,266 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                 writes: Vec::new(),
             })
         }
+        Some(LastChange::Many { added, removed }) => {
+            let mut msg = String::from("undid ");
+            if let Some(id) = added {
+                if let Some(index) = reg.position(&id) {
+                    let patch = reg.patches.remove(index);
+                    // As for an APPLY: none of the writes was made.
+                    // SAFETY: the handle from that dlopen, closed once.
+                    unsafe { libc::dlclose(patch.handle) };
+                    let _ = write!(
+                        msg,
+                        "apply of patch '{}' and ",
+                        patch.container_path.to_string_lossy()
+                    );
+                }
+            }
+            let _ = write!(msg, "revert of {} patch", removed.len());
+            if removed.len() != 1 {
+                msg.push_str("es");
+            }
+            msg.push_str(" (applied again)");
+            // Ascending former indices: each lands where it was.
+            for (index, patch) in removed {
+                let index = index.min(reg.patches.len());
+                reg.patches.insert(index, patch);
+            }
+            reg.publish();
+            Ok(Done {
+                msg,
+                writes: Vec::new(),
+            })
+        }
     }
+}
+
+/// Whether `patch` is for `lib`: a basename, or the loaded path when it
+/// contains a `/`.
+fn is_for_library(patch: &Patch, lib: &[u8]) -> bool {
+    let path = patch.target_path.as_bytes();
+    if lib.contains(&b'/') {
+        path == lib
+    } else {
+        objects::basename(path) == lib
+    }
+}
+
+/// op REVERT_ALL: the request is the library.
+pub fn revert_all(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
+    reg.last = None;
+    let result = change_library(reg, req, None);
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!(
+            "revert of all patches from '{}' failed: {}",
+            Text(req),
+            f.msg
+        )),
+    }
+    result
+}
+
+/// op REPLACE: see [`ulp_abi::op::REPLACE`].
+pub fn replace(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
+    reg.last = None;
+    let Some(request) = ReplaceRequest::decode(req) else {
+        let f = Failure::new(code::BAD_REQUEST, "malformed replace request");
+        ring::log(format_args!("replace failed: {}", f.msg));
+        return Err(f);
+    };
+    let result = change_library(reg, request.library, Some(&request.apply));
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!(
+            "replace of the patches from '{}' by '{}' failed: {}",
+            Text(request.library),
+            Text(request.apply.container_path),
+            f.msg
+        )),
+    }
+    result
+}
+
+/// REVERT_ALL (`new` is `None`) and REPLACE, as one plan: every check of
+/// the new patch comes first (a refusal changes nothing), then the old
+/// patches leave the registry, then the writes are computed from what the
+/// code holds now to what the resulting registry says.
+fn change_library(
+    reg: &mut Registry,
+    lib: &[u8],
+    new: Option<&ApplyRequest<'_>>,
+) -> Result<Done, Failure> {
+    if lib.is_empty() || lib.contains(&0) {
+        return Err(Failure::new(
+            code::BAD_REQUEST,
+            "bad library name in request",
+        ));
+    }
+    let new_meta = match new {
+        Some(a) => Some(Metadata::decode(a.ulp).map_err(|e| {
+            Failure::new(
+                code::BAD_REQUEST,
+                format!("bad .ulp section of '{}': {e}", Text(a.container_path)),
+            )
+        })?),
+        None => None,
+    };
+    let new_id = new_meta.as_ref().map(|m| m.patch_id);
+    let remove: Vec<usize> = reg
+        .patches
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| is_for_library(p, lib) && Some(p.id) != new_id)
+        .map(|(i, _)| i)
+        .collect();
+    let already = new_id.is_some_and(|id| reg.position(&id).is_some());
+    if let (Some(a), Some(id)) = (new, new_id) {
+        if already && remove.is_empty() {
+            return Err(Failure::new(
+                code::ALREADY_APPLIED,
+                format!(
+                    "patch '{}' (id {}) is already applied and no other patch of '{}' is",
+                    Text(a.container_path),
+                    Hex(&id),
+                    Text(lib)
+                ),
+            ));
+        }
+    } else if remove.is_empty() {
+        return Err(Failure::new(
+            code::NOT_APPLIED,
+            format!("no patch of '{}' is applied", Text(lib)),
+        ));
+    }
+    let new_units = match &new_meta {
+        Some(m) if !already => m.units.len(),
+        _ => 0,
+    };
+    let units = new_units
+        + remove
+            .iter()
+            .map(|&i| reg.patches[i].units.len())
+            .sum::<usize>();
+    if units * 2 > MAX_WRITES {
+        return Err(failed(format!(
+            "the change touches {units} functions, at most {} fit in one call",
+            MAX_WRITES / 2
+        )));
+    }
+
+    // The new patch: every check, then recorded (and published). Its own
+    // writes are superseded by the plan below, made from the final state.
+    let mut added = None;
+    if let (Some(a), Some(id), false) = (new, new_id, already) {
+        apply_request(reg, a)?;
+        added = Some(id);
+    }
+
+    // From here on nothing can refuse.
+    let objects = objects::loaded_objects().unwrap_or_default();
+    let mut sites: Vec<(u64, u64)> = Vec::new();
+    let mut removed: Vec<(usize, Patch)> = Vec::with_capacity(remove.len());
+    for &index in remove.iter().rev() {
+        let patch = reg.patches.remove(index);
+        // A target unloaded since: its code is gone, nothing to write.
+        let target = objects
+            .iter()
+            .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
+        if let Some(target) = target {
+            for unit in &patch.units {
+                let stub = unit.entry - STUB_LEN as u64;
+                if target.contains(stub, unit.patch_point + 2 - stub, PF_X) {
+                    sites.push((unit.entry, unit.patch_point));
+                }
+            }
+        }
+        removed.push((index, patch));
+    }
+    removed.reverse();
+    if let Some(id) = added {
+        if let Some(p) = reg.position(&id).map(|i| &reg.patches[i]) {
+            sites.extend(p.units.iter().map(|u| (u.entry, u.patch_point)));
+        }
+    }
+    reg.publish();
+    // SAFETY: every site is in the loaded code of its target (checked
+    // above for the removed patches, by `apply_request` for the new one).
+    let writes = unsafe { plan_writes(reg, &mut sites) };
+
+    let names: Vec<String> = removed
+        .iter()
+        .map(|(_, p)| {
+            let path = p.container_path.as_bytes();
+            String::from_utf8_lossy(objects::basename(path)).into_owned()
+        })
+        .collect();
+    let mut msg = match (new, added) {
+        (None, _) => format!("reverted all patches from '{}'", Text(lib)),
+        (Some(a), Some(_)) => format!(
+            "replaced the patches from '{}' by '{}'",
+            Text(lib),
+            Text(a.container_path)
+        ),
+        (Some(a), None) => format!(
+            "reverted the other patches from '{}', kept '{}'",
+            Text(lib),
+            Text(a.container_path)
+        ),
+    };
+    let _ = write!(msg, ": {} removed", removed.len());
+    if !names.is_empty() {
+        let _ = write!(msg, " ({})", names.join(", "));
+    }
+    reg.last = Some(LastChange::Many { added, removed });
+    Ok(Done { msg, writes })
+}
+
+/// The writes that take each site from the bytes it holds now to what the
+/// registry says: the entry jumps to the stub of the newest applied patch
+/// of that function, or is the 2-byte NOP when there is none (the stub
+/// bytes then stay, unreachable). Every stub write comes before any entry
+/// write. Sites are `(entry, patch point)`; duplicates are merged.
+///
+/// # Safety
+/// Every site's stub and patch point must be mapped code.
+unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) -> Vec<Write> {
+    sites.sort_unstable();
+    sites.dedup_by_key(|s| s.0);
+    let mut stubs = Vec::new();
+    let mut entries = Vec::new();
+    for &(entry, patch_point) in sites.iter() {
+        let stub = entry - STUB_LEN as u64;
+        let cur_jump = read_mem(patch_point, 2);
+        let newest = reg.patches.iter().rev().find_map(|p| p.unit_at(entry));
+        match newest {
+            Some(unit) => {
+                let cur_stub = read_mem(stub, STUB_LEN);
+                let want_stub = stub_bytes(unit.new_addr);
+                if cur_stub[..] != want_stub[..] {
+                    stubs.push(make_write(stub, write_kind::STUB, &cur_stub, &want_stub));
+                }
+                // The stub is 14 bytes before the entry and the patch point
+                // at most 4 after it: the short jump always reaches.
+                if let Some(jump) = entry_jump(stub, patch_point) {
+                    if cur_jump[..] != jump[..] {
+                        entries.push(make_write(patch_point, write_kind::ENTRY, &cur_jump, &jump));
+                    }
+                }
+            }
+            None if cur_jump[0] == 0xeb => {
+                entries.push(make_write(
+                    patch_point,
+                    write_kind::ENTRY,
+                    &cur_jump,
+                    &ENTRY_NOP,
+                ));
+            }
+            None => {}
+        }
+    }
+    stubs.extend(entries);
+    stubs
 }
 
 #[cfg(test)]

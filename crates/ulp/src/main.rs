@@ -24,6 +24,11 @@ const SPECS: &[Spec] = &[
     flag(Some('b'), "buildid"),
     value(Some('l'), "livepatch"),
     value(Some('t'), "target"),
+    value(None, "revert-all"),
+    value(Some('R'), "root"),
+    flag(None, "disable-seccomp"),
+    flag(None, "only-livepatched"),
+    value(Some('o'), "output"),
 ];
 
 pub const EX_USAGE: u8 = 64;
@@ -34,14 +39,18 @@ ulp: userspace live patching (a drop-in replacement for libpulp's ulp)
 Usage: ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)
 
 Patching running processes (they must run with libpulp.so.0 preloaded):
-  trigger -p PID|NAME [--revert] [-r N] [--timeout S] FILE...
-                      apply (or revert) live-patch containers
-  patches [-p PID|NAME]
+  trigger [-p PID|NAME] [--revert] [--revert-all=LIB] [-r N] [--timeout S]
+          [-R PREFIX] [--disable-seccomp] [FILE|'GLOB']...
+                      apply (or revert) live-patch containers (without -p:
+                      in every process that has the runtime loaded)
+  patches [-p PID|NAME] [-b] [--only-livepatched]
                       list processes with the runtime and their patches
   messages -p PID|NAME
                       print a process's runtime message log
   check -p PID|NAME FILE
                       is the patch applied? (exit 1 yes, 0 no, 255 error)
+  set_patchable -p PID|NAME enable|disable
+                      switch live patching on or off in running processes
 
 Building live patches:
   post FILE           merge the entry NOPs of a library built with
@@ -51,6 +60,9 @@ Building live patches:
                       write the patch metadata into the container
   dump [--revert] [-b] FILE
                       print a container's metadata
+  extract [-o FILE] LIB
+                      describe LIB (name, build id, symbols) as JSON, for
+                      packing without the library (`@LIB.json` in a .dsc)
 
 Options for every command:
   -v, --verbose       say more    -q, --quiet   say less
@@ -67,8 +79,16 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    if parsed.has("version") {
-        println!("ulp {}", env!("CARGO_PKG_VERSION"));
+    if parsed.has("version") && !parsed.has("help") {
+        if parsed.has("json") {
+            commands::print_json(&serde_json::json!({
+                "name": "ulp",
+                "version": env!("CARGO_PKG_VERSION"),
+                "protocol_version": ulp_abi::PROTOCOL_VERSION,
+            }));
+        } else {
+            println!("ulp {}", env!("CARGO_PKG_VERSION"));
+        }
         return ExitCode::SUCCESS;
     }
     let Some(command) = parsed.command.clone() else {

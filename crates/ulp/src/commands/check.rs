@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use serde_json::json;
 use ulp_container::container;
 use ulp_core::runtime::Runtime;
 
-use super::{process_name, resolve_processes};
+use super::{print_json, process_name, resolve_processes};
 use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &["process"];
@@ -15,7 +16,13 @@ pub const OPTIONS: &[&str] = &["process"];
 pub const HELP: &str = "\
 Usage: ulp check -p PID|NAME FILE
 
-Tell whether the live patch FILE is applied in the process.
+Tell whether the live patch FILE is applied in the process:
+  NAME (pid: PID): FILE: applied | not applied
+
+Options:
+  -p, --process PID|NAME  the process (a NAME must match exactly one)
+      --json              {\"file\", \"pid\", \"name\", \"runtime\", \"applied\"}
+                          or {\"error\"} (see README.md)
 
 Exit status (libpulp's): 1 applied, 0 not applied (also when the patch is
 not meant for that process, or the process has no runtime), 255 error.
@@ -32,47 +39,56 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let [file] = p.operands.as_slice() else {
         return Err(UsageError("'check' takes one FILE".into()));
     };
+    let json = p.has("json");
+    let error = |msg: String| {
+        eprintln!("ulp: {msg}");
+        if json {
+            print_json(&json!({ "file": file, "error": msg }));
+        }
+        Ok(ERROR)
+    };
     let c = match container::read(Path::new(file)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ulp: {e}");
-            return Ok(ERROR);
-        }
+        Err(e) => return error(e.to_string()),
     };
     let pids = resolve_processes(spec);
     let [pid] = pids.as_slice() else {
-        eprintln!(
-            "ulp: '{spec}' names {} processes; check takes exactly one",
+        return error(format!(
+            "'{spec}' names {} processes; check takes exactly one",
             pids.len()
-        );
-        return Ok(ERROR);
+        ));
     };
     let name = process_name(*pid);
+    let answer = |runtime: bool, applied: bool| {
+        if json {
+            print_json(&json!({
+                "file": file,
+                "pid": pid,
+                "name": name,
+                "runtime": runtime,
+                "applied": applied,
+            }));
+        } else if !p.has("quiet") {
+            let what = if applied { "applied" } else { "not applied" };
+            let why = if runtime {
+                ""
+            } else {
+                " (no live-patching runtime)"
+            };
+            println!("{name} (pid: {pid}): {file}: {what}{why}");
+        }
+        Ok(if applied { APPLIED } else { NOT_APPLIED })
+    };
     let rt = match Runtime::find(*pid) {
         Ok(rt) => rt,
-        Err(ulp_core::runtime::RuntimeError::NotLoaded) => {
-            if !p.has("quiet") {
-                println!("{name} (pid: {pid}): {file}: not applied (no live-patching runtime)");
-            }
-            return Ok(NOT_APPLIED);
-        }
-        Err(e) => {
-            eprintln!("ulp: {name} (pid: {pid}): {e}");
-            return Ok(ERROR);
-        }
+        Err(ulp_core::runtime::RuntimeError::NotLoaded) => return answer(false, false),
+        Err(e) => return error(format!("{name} (pid: {pid}): {e}")),
     };
-    match rt.patches() {
-        Ok(list) => {
-            let applied = list.iter().any(|a| a.patch_id == c.metadata.patch_id);
-            if !p.has("quiet") {
-                let what = if applied { "applied" } else { "not applied" };
-                println!("{name} (pid: {pid}): {file}: {what}");
-            }
-            Ok(if applied { APPLIED } else { NOT_APPLIED })
-        }
-        Err(e) => {
-            eprintln!("ulp: {name} (pid: {pid}): {e}");
-            Ok(ERROR)
-        }
+    // Not just the patch id: the same fix packed for another build of the
+    // target has the same id (see `ulp_core::trigger::is_applied`).
+    let opts = ulp_core::trigger::Options::default();
+    match ulp_core::trigger::is_applied(&rt, &c, &opts) {
+        Ok(applied) => answer(true, applied),
+        Err(e) => error(format!("{name} (pid: {pid}): {e}")),
     }
 }

@@ -1,8 +1,10 @@
 //! `ulp messages`: a process's runtime message log.
 
-use ulp_core::runtime::Runtime;
+use serde_json::json;
+use ulp_core::runtime::{Runtime, RuntimeError};
+use ulp_core::Pid;
 
-use super::{process_name, resolve_processes};
+use super::{no_operands, print_json, process_name, resolve_processes, vanished};
 use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &["process"];
@@ -10,33 +12,65 @@ pub const OPTIONS: &[&str] = &["process"];
 pub const HELP: &str = "\
 Usage: ulp messages -p PID|NAME
 
-Print the runtime's message log of the process: one line per message, the
-first saying the runtime was loaded, later ones timestamped (UTC).
+Print the runtime's message log of the process (or of every process named
+NAME): one line per message, the first saying the runtime was loaded, later
+ones timestamped (UTC): [YYYY-MM-DD HH:MM:SS] ulp: ...
+The process is only read, never stopped.
 
-Exit status: 0; 1 when the log cannot be read.
+Options:
+  -p, --process PID|NAME  the process(es)
+      --json              {\"processes\": [{\"pid\", \"name\", \"messages\"}],
+                          \"warnings\": [...], \"errors\": [...]} (see README.md)
+
+A process without the runtime gets a warning.
+
+Exit status: 0; 1 when no process matches, a log cannot be read, or no
+matching process has the runtime.
 ";
 
 pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let Some(spec) = p.value("process") else {
         return Err(UsageError("'messages' needs -p PID|NAME".into()));
     };
+    no_operands("messages", p)?;
+    let json = p.has("json");
     let pids = resolve_processes(spec);
+    let by_name = spec.parse::<Pid>().is_err();
+    let (mut logs, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     if pids.is_empty() {
-        eprintln!("ulp: no process matches '{spec}'");
-        return Ok(1);
+        let msg = format!("no process matches '{spec}'");
+        eprintln!("ulp: {msg}");
+        errors.push(json!({ "error": msg }));
     }
-    let mut status = 0;
     for pid in pids {
-        match Runtime::find(pid)
-            .map_err(|e| e.to_string())
-            .and_then(|rt| rt.messages().map_err(|e| e.to_string()))
-        {
-            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        let name = process_name(pid);
+        let read = Runtime::find(pid).and_then(|rt| rt.messages().map_err(RuntimeError::from));
+        match read {
+            Ok(lines) => {
+                if !json {
+                    lines.iter().for_each(|l| println!("{l}"));
+                }
+                logs.push(json!({ "pid": pid, "name": name, "messages": lines }));
+            }
+            Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => {}
+            Err(e @ RuntimeError::NotLoaded) => {
+                eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
+                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+            }
             Err(e) => {
-                eprintln!("ulp: {} (pid: {pid}): {e}", process_name(pid));
-                status = 1;
+                eprintln!("ulp: {name} (pid: {pid}): {e}");
+                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
             }
         }
     }
-    Ok(status)
+    if json {
+        print_json(&json!({ "processes": logs, "warnings": warnings, "errors": errors }));
+    }
+    // A process without the runtime is a warning, unless it leaves nothing
+    // to show.
+    Ok(if errors.is_empty() && !logs.is_empty() {
+        0
+    } else {
+        1
+    })
 }

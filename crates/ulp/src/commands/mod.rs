@@ -4,11 +4,13 @@
 
 mod check;
 mod dump;
+mod extract;
 mod livepatchable;
 mod messages;
 mod packer;
 mod patches;
 mod post;
+mod set_patchable;
 mod trigger;
 
 use std::path::Path;
@@ -77,6 +79,18 @@ const TABLE: &[Command] = &[
         help: livepatchable::HELP,
         run: livepatchable::run,
     },
+    Command {
+        name: "extract",
+        options: extract::OPTIONS,
+        help: extract::HELP,
+        run: extract::run,
+    },
+    Command {
+        name: "set_patchable",
+        options: set_patchable::OPTIONS,
+        help: set_patchable::HELP,
+        run: set_patchable::run,
+    },
 ];
 
 /// Every command word, for the argument parser.
@@ -120,28 +134,48 @@ pub(crate) fn fail(e: &dyn std::fmt::Display) -> u8 {
     eprintln!("ulp: {e}");
     1
 }
-/// `-p PID` or `-p NAME` to process ids (a name matches comm or exe name).
+/// `-p PID` or `-p NAME-PATTERN` to process ids, ascending (a pattern is a
+/// shell glob matched against comm and the exe's file name; see
+/// `ulp_core::select::resolve`).
 pub(crate) fn resolve_processes(spec: &str) -> Vec<Pid> {
-    if let Ok(pid) = spec.parse::<Pid>() {
-        return vec![pid];
-    }
-    ulp_process::all_pids()
-        .into_iter()
-        .filter(|&pid| {
-            ulp_process::comm(pid).is_ok_and(|c| c == spec)
-                || ulp_process::exe(pid).is_some_and(|e| e.file_name().is_some_and(|n| n == spec))
-        })
-        .collect()
+    ulp_core::select::resolve(spec)
+}
+/// Whether `pid` exited while it was being read (a process listed by name
+/// or as one of all that is gone by the time it is read is skipped).
+pub(crate) fn vanished(pid: Pid, e: &ulp_process::Error) -> bool {
+    e.is_gone() || !Path::new(&format!("/proc/{pid}")).exists()
 }
 pub(crate) fn process_name(pid: Pid) -> String {
     ulp_process::comm(pid).unwrap_or_else(|_| "?".into())
 }
 
-/// Prints `value` as the one JSON document of a `--json` run.
-#[allow(dead_code)] // used as the commands gain --json
+/// Prints `value` as the one JSON document of a `--json` run. A closed
+/// stdout (`ulp ... --json | head`) is not worth a panic.
 pub(crate) fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
-    );
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into());
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// A failure under `--json`: the message on stderr (as without `--json`)
+/// and `{"error": MESSAGE}` as the document on stdout. Returns 1.
+pub(crate) fn fail_json(e: &dyn std::fmt::Display) -> u8 {
+    eprintln!("ulp: {e}");
+    print_json(&serde_json::json!({ "error": e.to_string() }));
+    1
+}
+
+/// Refuses operands for a command that takes none.
+pub(crate) fn no_operands(command: &str, p: &Parsed) -> Result<(), UsageError> {
+    match p.operands.first() {
+        None => Ok(()),
+        Some(o) => Err(UsageError(format!(
+            "'{command}' takes no operand, got '{o}'"
+        ))),
+    }
+}
+
+/// Lower-case hex without separators.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
+use ulp_container::container;
 use ulp_container::pack::{self, PackOptions};
 
-use super::{fail, one_operand};
+use super::dump::container_json;
+use super::{fail_json, one_operand, print_json};
 use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &["livepatch", "target"];
@@ -14,12 +17,19 @@ Usage: ulp packer [-l FILE] [-t FILE] FILE.dsc
 
 Read the description FILE.dsc and write the live-patch metadata (.ulp,
 .ulp.rev and, with comment lines, .ulp.comments sections) into the container
-it names. Nothing is written when the description has an error; errors are
-reported as FILE.dsc:LINE:COL: error: MESSAGE.
+it names. The target (the .dsc's @ line, or -t) is the library itself, or
+the JSON description of it written by `ulp extract`.
+
+Nothing is written when the description has a mistake. The first one is
+reported as a compiler does:
+  FILE.dsc:LINE:COL: error: MESSAGE
 
 Options:
   -l, --livepatch FILE   the container to write (instead of the .dsc's first line)
-  -t, --target FILE      the target library (instead of the .dsc's @ line)
+  -t, --target FILE      the target library or its `ulp extract` JSON
+                         (instead of the .dsc's @ line)
+      --json             print the packed container's metadata as `ulp dump
+                         --json` does, or {\"error\", \"location\", ...}
 
 Exit status: 0 on success, 1 on failure.
 ";
@@ -34,7 +44,15 @@ fn packer(dsc: &Path, p: &Parsed) -> u8 {
         container_override: p.value("livepatch").map(PathBuf::from),
         target_override: p.value("target").map(PathBuf::from),
     };
+    let json = p.has("json");
     match pack::pack(dsc, &opts) {
+        Ok(report) if json => match container::read(&report.container) {
+            Ok(c) => {
+                print_json(&container_json(&c));
+                0
+            }
+            Err(e) => fail_json(&e),
+        },
         Ok(report) => {
             if !p.has("quiet") {
                 println!(
@@ -47,6 +65,32 @@ fn packer(dsc: &Path, p: &Parsed) -> u8 {
             }
             0
         }
-        Err(e) => fail(&e),
+        Err(e) if json => {
+            report_error(&e);
+            let location = e.location().map(|(file, line, col)| {
+                json!({ "file": file.display().to_string(), "line": line, "col": col })
+            });
+            print_json(&json!({
+                "error": e.to_string(),
+                "message": e.message(),
+                "location": location,
+            }));
+            1
+        }
+        Err(e) => {
+            report_error(&e);
+            1
+        }
+    }
+}
+
+/// A mistake in the .dsc goes out as a compiler writes it, at the start of
+/// the line (`FILE.dsc:LINE:COL: error: ...`) so editors can jump to it;
+/// any other failure as `ulp: MESSAGE`.
+fn report_error(e: &pack::PackError) {
+    if e.location().is_some() {
+        eprintln!("{e}");
+    } else {
+        eprintln!("ulp: {e}");
     }
 }

@@ -1,26 +1,63 @@
 //! `ulp patches`: processes with the runtime, their live-patchable
 //! libraries and applied patches.
 
+use std::fmt::Write;
 use std::path::Path;
 
+use serde_json::{json, Value};
 use ulp_container::format::bug_labels;
-use ulp_core::runtime::{format_utc, Runtime, RuntimeError};
+use ulp_core::patchable::{self, Patchable};
+use ulp_core::runtime::{format_utc, AppliedPatch, Runtime, RuntimeError};
 use ulp_core::Pid;
 
-use super::{process_name, resolve_processes};
+use super::{hex, no_operands, print_json, process_name, resolve_processes, vanished};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["process"];
+pub const OPTIONS: &[&str] = &["process", "buildid", "only-livepatched"];
 
 pub const HELP: &str = "\
-Usage: ulp patches [-p PID|NAME]
+Usage: ulp patches [-p PID|NAME] [-b] [--only-livepatched]
 
 List the processes that have the live-patching runtime loaded (all of them,
-or those named by -p), their live-patchable libraries and the patches applied
-to each, with the bug labels found in the patches' comments.
+or those named by -p), their live-patching status, their live-patchable
+libraries and the patches applied to each, with the bug labels found in the
+patches' comments:
 
-Exit status: 0; 1 when -p names no readable process.
+  PID: <pid>, name: <name>
+    Livepatching status: enabled | disabled by user | disabled (set_patchable)
+    Livepatchable libraries:
+      in <library path>:
+        livepatch: <container file name> loaded on <date, UTC>
+          bug labels: <labels>
+
+The processes are only read, never stopped.
+
+Options:
+  -p, --process PID|NAME  only this process (or every process named NAME)
+  -b, --buildid           show each library's build id: in <path> (<build id>):
+      --only-livepatched  show only libraries with applied patches, and only
+                          processes that have some
+      --json              one JSON document instead (see README.md)
+
+Exit status: 0; 1 when -p names no readable process, or a process's
+runtime cannot be read.
 ";
+
+/// One library of a process, with the patches applied to it.
+struct Library {
+    path: String,
+    build_id: Option<Vec<u8>>,
+    livepatchable: bool,
+    patches: Vec<AppliedPatch>,
+}
+
+/// What `patches` tells about one process.
+struct Report {
+    pid: Pid,
+    name: String,
+    state: Patchable,
+    libraries: Vec<Library>,
+}
 
 fn runtime_processes(p: &Parsed) -> Vec<Pid> {
     match p.value("process") {
@@ -33,79 +70,141 @@ fn runtime_processes(p: &Parsed) -> Vec<Pid> {
 }
 
 pub fn run(p: &Parsed) -> Result<u8, UsageError> {
+    no_operands("patches", p)?;
+    let json = p.has("json");
+    let only_patched = p.has("only-livepatched");
+    // Listing every process (or every one of a name): one that exits
+    // meanwhile is simply gone.
+    let all = !matches!(p.value("process"), Some(s) if s.parse::<Pid>().is_ok());
     let pids = runtime_processes(p);
-    if pids.is_empty() && p.value("process").is_some() {
-        eprintln!(
-            "ulp: no readable process matches '{}'",
-            p.value("process").unwrap_or_default()
-        );
-        return Ok(1);
+    if pids.is_empty() {
+        if let Some(spec) = p.value("process") {
+            let msg = format!("no readable process matches '{spec}'");
+            eprintln!("ulp: {msg}");
+            if json {
+                print_json(
+                    &json!({ "processes": [], "warnings": [], "errors": [{ "error": msg }] }),
+                );
+            }
+            return Ok(1);
+        }
     }
     let mut status = 0;
+    let (mut reports, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for pid in pids {
+        let name = process_name(pid);
         let rt = match Runtime::find(pid) {
             Ok(rt) => rt,
             Err(RuntimeError::NotLoaded) if p.value("process").is_some() => {
-                eprintln!(
-                    "ulp: warning: {} (pid: {pid}): {}",
-                    process_name(pid),
-                    RuntimeError::NotLoaded
-                );
+                let e = RuntimeError::NotLoaded;
+                eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
+                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
                 continue;
             }
             Err(RuntimeError::NotLoaded) => continue,
+            Err(RuntimeError::Process(e)) if all && vanished(pid, &e) => continue,
             Err(e) => {
-                eprintln!("ulp: {} (pid: {pid}): {e}", process_name(pid));
+                eprintln!("ulp: {name} (pid: {pid}): {e}");
+                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
                 status = 1;
                 continue;
             }
         };
-        match describe(pid, &rt) {
-            Ok(text) => print!("{text}"),
+        match report(pid, &rt) {
+            Ok(mut r) => {
+                if only_patched {
+                    r.libraries.retain(|l| !l.patches.is_empty());
+                    if r.libraries.is_empty() {
+                        continue;
+                    }
+                }
+                if !json {
+                    print!("{}", text(&r, p.has("buildid")));
+                }
+                reports.push(r);
+            }
+            Err(e) if all && vanished(pid, &e) => continue,
             Err(e) => {
-                eprintln!("ulp: {} (pid: {pid}): {e}", process_name(pid));
+                eprintln!("ulp: {name} (pid: {pid}): {e}");
+                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
                 status = 1;
             }
         }
     }
+    if json {
+        let processes: Vec<Value> = reports.iter().map(to_json).collect();
+        print_json(&json!({
+            "processes": processes,
+            "warnings": warnings,
+            "errors": errors,
+        }));
+    }
     Ok(status)
 }
 
-/// The `patches` block of one process (COMPAT.md, "Output of patches").
-fn describe(pid: Pid, rt: &Runtime) -> Result<String, ulp_process::Error> {
-    use std::fmt::Write;
-    let state = rt.state()?;
+/// Reads everything `patches` shows about one process.
+fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
+    let state = patchable::get(rt)?;
     let applied = rt.patches()?;
-    let mut s = String::new();
-    let _ = writeln!(s, "PID: {pid}, name: {}", process_name(pid));
-    let status = if state == ulp_abi::state::DISABLED_BY_USER {
-        "disabled by user"
-    } else {
-        "enabled"
-    };
-    let _ = writeln!(s, "  Livepatching status: {status}");
-    let _ = writeln!(s, "  Livepatchable libraries:");
+    let mut libraries = Vec::new();
     for obj in ulp_core::objects::mapped_objects(pid)? {
         if obj.path == rt.path {
             continue;
         }
-        let patchable = obj.open(pid).is_ok_and(|e| e.livepatchable().is_ok());
-        let mine: Vec<_> = applied
+        let elf = obj.open(pid).ok();
+        let livepatchable = elf.as_ref().is_some_and(|e| e.livepatchable().is_ok());
+        let patches: Vec<AppliedPatch> = applied
             .iter()
             .filter(|a| a.target_path == obj.path)
+            .cloned()
             .collect();
-        if !patchable && mine.is_empty() {
+        if !livepatchable && patches.is_empty() {
             continue;
         }
-        let _ = writeln!(s, "    in {}:", obj.path);
-        for a in mine {
-            let file = Path::new(&a.container_path)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned());
+        libraries.push(Library {
+            path: obj.path.clone(),
+            // The copy the process runs, which may differ from the file
+            // now at that path (an upgrade renamed a new build over it).
+            build_id: obj
+                .build_id_in_memory(pid)
+                .or_else(|| elf.and_then(|e| e.build_id())),
+            livepatchable,
+            patches,
+        });
+    }
+    Ok(Report {
+        pid,
+        name: process_name(pid),
+        state,
+        libraries,
+    })
+}
+
+fn container_file(a: &AppliedPatch) -> String {
+    Path::new(&a.container_path).file_name().map_or_else(
+        || a.container_path.clone(),
+        |f| f.to_string_lossy().into_owned(),
+    )
+}
+
+/// The `patches` block of one process (COMPAT.md, "Output of patches").
+fn text(r: &Report, build_ids: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "PID: {}, name: {}", r.pid, r.name);
+    let _ = writeln!(s, "  Livepatching status: {}", r.state);
+    let _ = writeln!(s, "  Livepatchable libraries:");
+    for lib in &r.libraries {
+        if build_ids {
+            let id = lib.build_id.as_deref().map_or("no build id".into(), hex);
+            let _ = writeln!(s, "    in {} ({id}):", lib.path);
+        } else {
+            let _ = writeln!(s, "    in {}:", lib.path);
+        }
+        for a in &lib.patches {
             let _ = writeln!(
                 s,
                 "      livepatch: {} loaded on {}",
-                file.unwrap_or_else(|| a.container_path.clone()),
+                container_file(a),
                 format_utc(a.applied_at)
             );
             let labels = bug_labels(&a.comments);
@@ -114,5 +213,42 @@ fn describe(pid: Pid, rt: &Runtime) -> Result<String, ulp_process::Error> {
             }
         }
     }
-    Ok(s)
+    s
+}
+
+fn to_json(r: &Report) -> Value {
+    let libraries: Vec<Value> = r
+        .libraries
+        .iter()
+        .map(|lib| {
+            let patches: Vec<Value> = lib
+                .patches
+                .iter()
+                .map(|a| {
+                    json!({
+                        "container": container_file(a),
+                        "container_path": a.container_path,
+                        "patch_id": hex(&a.patch_id),
+                        "applied_at": a.applied_at,
+                        "applied_at_utc": format_utc(a.applied_at),
+                        "bug_labels": bug_labels(&a.comments),
+                        "comments": a.comments,
+                    })
+                })
+                .collect();
+            json!({
+                "path": lib.path,
+                "build_id": lib.build_id.as_deref().map(hex),
+                "livepatchable": lib.livepatchable,
+                "patches": patches,
+            })
+        })
+        .collect();
+    json!({
+        "pid": r.pid,
+        "name": r.name,
+        "status": r.state.to_string(),
+        "state": r.state.key(),
+        "libraries": libraries,
+    })
 }

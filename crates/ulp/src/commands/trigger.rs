@@ -1,51 +1,135 @@
 //! `ulp trigger`: apply or revert live patches in running processes.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use ulp_container::container::{self, Container};
-use ulp_core::trigger::{self, Outcome};
+use ulp_core::runtime::{Runtime, RuntimeError};
+use ulp_core::select;
+use ulp_core::trigger::{self, Outcome, Report, ALREADY_APPLIED};
+use ulp_core::Pid;
 
-use super::{process_name, resolve_processes};
+use super::{print_json, process_name, resolve_processes};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["process", "revert", "retries", "timeout"];
+pub const OPTIONS: &[&str] = &[
+    "process",
+    "revert",
+    "revert-all",
+    "retries",
+    "timeout",
+    "root",
+    "disable-seccomp",
+];
 
 pub const HELP: &str = "\
-Usage: ulp trigger -p PID|NAME [--revert] [-r N] [--timeout S] FILE...
+Usage: ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
+                   [--disable-seccomp] FILE|'GLOB'...
+       ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]
 
-Apply the live-patch containers FILE... to the process PID (or every process
-named NAME: its /proc/PID/comm or its executable's file name). With --revert,
-remove them instead. The process must run with libpulp.so.0 preloaded.
+Apply the live-patch containers FILE... to running processes; with
+--revert, remove them instead. The processes must run with libpulp.so.0
+preloaded.
+
+Which processes: -p PID; -p NAME, a shell pattern (quote it: -p 'demo_*')
+matched against the process name (/proc/PID/comm, cut at 15 characters by
+the kernel) and the executable's file name; without -p, every process that
+has the runtime loaded (others are not targets at all).
+
+Which files: each FILE, in the order given. A quoted glob ('*.so',
+'/usr/lib/pulp/*/*.so') is expanded by ulp itself, in byte order of the
+resulting paths (as with LC_ALL=C: 'B.so' before 'a.so', 'a10.so' before
+'a2.so'); a leading '.' of a file name is matched only explicitly. A glob
+that matches no file is an error (exit status 1); the other files go on.
 
 A patch applies only to a process that has loaded the exact build of the
 library it was made for (same file name and build id); anything else is
 SKIPPED and left untouched. A patch applies all or nothing.
 
-Output: one line per process and patch, then a summary line:
+--revert-all=LIB removes every patch of library LIB (its file name, or the
+path the process loaded it from) and reports `reverted all patches from
+'LIB'`. With FILE..., each FILE instead replaces the patches of LIB: the old
+patches go and the new one comes in one set of writes, made while the
+process is stopped once, so no thread ever runs with neither; if FILE does
+not apply there, the old patches stay. The word `target` stands for each
+FILE's own target library (--revert-all=target needs FILE).
+
+-R PREFIX is for processes chrooted at PREFIX: FILE (and GLOB) are paths as
+the process sees them; ulp reads them at PREFIX/FILE and the runtime opens
+FILE inside the chroot. Without -R, a chrooted process gets an ERROR that
+names -R.
+
+--disable-seccomp suspends the processes' seccomp filters while ulp is
+attached (PTRACE_O_SUSPEND_SECCOMP), for targets whose filter forbids what
+loading a patch needs (opening the file, mapping it). The kernel allows it
+only when ulp has CAP_SYS_ADMIN and runs without seccomp itself; otherwise
+each process gets an ERROR saying so.
+
+Output: one line per process (with several FILEs, the name line alone, then
+one indented line per FILE), then a summary line, also with -q:
   NAME (pid: PID): SUCCESS FILE | SKIPPED REASON | ERROR FILE: REASON
   ulp: Processes patched: N, Skipped: N, Failed: N.
+A process counts once: failed if any of its patches failed, else patched if
+any changed it, else skipped. An already applied patch is SKIPPED (`Patch
+already applied`); reverting one that is not applied is an ERROR.
 
 Options:
-  -p, --process PID|NAME  the target process(es)
+  -p, --process PID|NAME  the target process(es) (default: all with the runtime)
       --revert            revert the patches instead of applying them
+      --revert-all=LIB    revert every patch of LIB (or replace them by FILE)
   -r, --retries N         retry a busy process N more times (default 3)
       --timeout S         give up on a process after S seconds (default 30)
-  -q, --quiet             print only the summary line
-  -v, --verbose           say more
+  -R, --root PREFIX       the processes are chrooted at PREFIX
+      --disable-seccomp   suspend seccomp while attached (needs CAP_SYS_ADMIN)
+  -q, --quiet             print only ERROR lines and the summary line
+  -v, --verbose           also print, under each result, the runtime's path,
+                          its message, the number of code writes and how
+                          long the threads were stopped
+      --json              print one JSON document instead (see README)
 
-Exit status: 0 when nothing failed (skips are not failures), 1 otherwise.
+Exit status: 0 when nothing failed (skips are not failures), 1 otherwise,
+64 on a usage error.
 ";
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let Some(spec) = p.value("process") else {
-        return Err(UsageError(
-            "'trigger' needs -p PID|NAME (patching every process comes later)".into(),
-        ));
-    };
-    if p.operands.is_empty() {
-        return Err(UsageError("'trigger' needs at least one FILE".into()));
+/// What the run does.
+enum Mode {
+    Apply,
+    Revert,
+    /// `--revert-all=LIB` without files.
+    RevertAll(String),
+    /// `--revert-all=LIB FILE...` (`None`: `target`, each file's own).
+    Replace(Option<String>),
+}
+
+impl Mode {
+    fn json_name(&self) -> &'static str {
+        match self {
+            Mode::Apply => "apply",
+            Mode::Revert => "revert",
+            Mode::RevertAll(_) => "revert_all",
+            Mode::Replace(_) => "replace",
+        }
     }
+}
+
+/// One FILE after glob expansion: the name printed and the container read.
+struct File {
+    shown: String,
+    container: Result<Container, String>,
+}
+
+/// One result line of a process.
+struct Line {
+    /// The FILE shown, or `reverted all patches from 'LIB'`.
+    label: String,
+    patch: Option<String>,
+    library: Option<String>,
+    report: Report,
+}
+
+pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let mut opts = trigger::Options::default();
     if let Some(r) = p.value("retries") {
         opts.retries = r
@@ -64,73 +148,312 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             })?;
         opts.timeout = Duration::from_secs_f64(secs);
     }
-    let quiet = p.has("quiet");
-    let revert = p.has("revert");
-
-    // Read every container once, before touching any process.
-    let mut containers: Vec<(&str, Result<Container, String>)> = Vec::new();
-    for f in &p.operands {
-        containers.push((f, container::read(Path::new(f)).map_err(|e| e.to_string())));
-    }
-
-    let pids = resolve_processes(spec);
-    let (mut patched, mut skipped, mut failed) = (0, 0, 0);
-    if pids.is_empty() {
-        eprintln!("ulp: no process matches '{spec}'");
-    }
-    for pid in pids {
-        let name = process_name(pid);
-        let several = containers.len() > 1;
-        if several && !quiet {
-            println!("{name} (pid: {pid}):");
+    if let Some(r) = p.value("root") {
+        if r.is_empty() || !Path::new(r).is_dir() {
+            return Err(UsageError(format!("-R needs a directory, got '{r}'")));
         }
-        let (mut ok, mut bad, mut skip) = (0, 0, 0);
-        for (file, c) in &containers {
-            let outcome = match c {
-                Ok(c) if revert => trigger::revert(pid, c, &opts),
-                Ok(c) => trigger::apply(pid, c, &opts),
-                Err(e) => Outcome::Failed(e.clone()),
+        opts.root = Some(PathBuf::from(r));
+    }
+    opts.suspend_seccomp = p.has("disable-seccomp");
+    let quiet = p.has("quiet");
+    let verbose = p.has("verbose") && !quiet;
+    let as_json = p.has("json");
+
+    let mode = match (p.value("revert-all"), p.has("revert")) {
+        (Some(_), true) => {
+            return Err(UsageError(
+                "--revert-all and --revert do not go together (--revert-all=LIB alone reverts)"
+                    .into(),
+            ))
+        }
+        (Some(""), _) => return Err(UsageError("--revert-all needs a library name".into())),
+        (Some("target"), _) if p.operands.is_empty() => {
+            return Err(UsageError(
+                "--revert-all=target needs FILE (its target is the library)".into(),
+            ))
+        }
+        (Some(lib), _) if p.operands.is_empty() => Mode::RevertAll(lib.to_string()),
+        (Some("target"), _) => Mode::Replace(None),
+        (Some(lib), _) => Mode::Replace(Some(lib.to_string())),
+        (None, _) if p.operands.is_empty() => {
+            return Err(UsageError("'trigger' needs at least one FILE".into()))
+        }
+        (None, true) => Mode::Revert,
+        (None, false) => Mode::Apply,
+    };
+
+    // Expand globs and read every container once, before touching any
+    // process.
+    // For --json: about arguments (no pid) or processes (README).
+    let mut errors: Vec<Value> = Vec::new();
+    let mut warnings: Vec<Value> = Vec::new();
+    let mut files: Vec<File> = Vec::new();
+    let root = opts.root.as_deref();
+    for operand in &p.operands {
+        let names = if select::is_glob(operand) {
+            let found = select::expand_glob(operand, root);
+            if found.is_empty() {
+                let msg = match root {
+                    Some(r) => format!("no file matches '{operand}' under '{}'", r.display()),
+                    None => format!("no file matches '{operand}'"),
+                };
+                eprintln!("ulp: {msg}");
+                errors.push(json!({ "error": msg }));
+            }
+            found
+        } else {
+            vec![operand.clone()]
+        };
+        for shown in names {
+            let path = select::host_path(root, &shown);
+            let container = container::read(&path).map_err(|e| e.to_string());
+            files.push(File { shown, container });
+        }
+    }
+
+    let explicit = p.value("process");
+    let pids = match explicit {
+        Some(spec) => {
+            let pids = resolve_processes(spec);
+            if pids.is_empty() {
+                let msg = format!("no process matches '{spec}'");
+                eprintln!("ulp: {msg}");
+                warnings.push(json!({ "warning": msg }));
+            }
+            pids
+        }
+        None => select::with_runtime(),
+    };
+    let nothing_to_do = files.is_empty() && !matches!(mode, Mode::RevertAll(_));
+
+    let (mut patched, mut skipped, mut failed) = (0u32, 0u32, 0u32);
+    let mut json_procs: Vec<Value> = Vec::new();
+    for pid in pids {
+        if nothing_to_do {
+            break;
+        }
+        let name = process_name(pid);
+        let lines = match Runtime::find(pid) {
+            // Without -p such a process is not a target at all.
+            Err(RuntimeError::NotLoaded) if explicit.is_none() => continue,
+            Err(RuntimeError::NotLoaded) => {
+                eprintln!(
+                    "ulp: warning: {name} (pid: {pid}): {}; start it with LD_PRELOAD=.../libpulp.so.0",
+                    Outcome::NoRuntime
+                );
+                warnings.push(json!({
+                    "pid": pid,
+                    "name": name,
+                    "warning": Outcome::NoRuntime.to_string(),
+                }));
+                labels(&mode, &files)
+                    .into_iter()
+                    .map(|(label, patch, library)| Line {
+                        label,
+                        patch,
+                        library,
+                        report: Report {
+                            outcome: Outcome::NoRuntime,
+                            detail: Default::default(),
+                        },
+                    })
+                    .collect()
+            }
+            // Anything else (gone, incompatible) is reported per patch.
+            _ => process_one(pid, &mode, &files, &opts),
+        };
+        let status = process_status(&lines);
+        match status {
+            "failed" => failed += 1,
+            "patched" => patched += 1,
+            _ => skipped += 1,
+        }
+        if as_json {
+            json_procs.push(json!({
+                "pid": pid,
+                "name": name,
+                "status": status,
+                "results": lines.iter().map(line_json).collect::<Vec<_>>(),
+            }));
+        } else {
+            print_process(pid, &name, &lines, quiet, verbose);
+        }
+    }
+
+    if as_json {
+        let library = match &mode {
+            Mode::RevertAll(l) | Mode::Replace(Some(l)) => json!(l),
+            Mode::Replace(None) => json!("target"),
+            _ => Value::Null,
+        };
+        print_json(&json!({
+            "operation": mode.json_name(),
+            "library": library,
+            "files": files.iter().map(|f| f.shown.clone()).collect::<Vec<_>>(),
+            "processes": json_procs,
+            "warnings": warnings,
+            "errors": errors,
+            "summary": {"patched": patched, "skipped": skipped, "failed": failed},
+        }));
+    } else {
+        println!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.");
+    }
+    Ok(if failed > 0 || !errors.is_empty() {
+        1
+    } else {
+        0
+    })
+}
+
+/// The result labels of one process: (label, patch file, library).
+fn labels(mode: &Mode, files: &[File]) -> Vec<(String, Option<String>, Option<String>)> {
+    match mode {
+        Mode::RevertAll(lib) => vec![(
+            format!("reverted all patches from '{lib}'"),
+            None,
+            Some(lib.clone()),
+        )],
+        _ => files
+            .iter()
+            .map(|f| {
+                let library = match (mode, &f.container) {
+                    (Mode::Replace(Some(l)), _) => Some(l.clone()),
+                    (Mode::Replace(None), Ok(c)) => Some(c.metadata.target_name.clone()),
+                    _ => None,
+                };
+                (f.shown.clone(), Some(f.shown.clone()), library)
+            })
+            .collect(),
+    }
+}
+
+/// Every operation of the run in one process, in FILE order.
+fn process_one(pid: Pid, mode: &Mode, files: &[File], opts: &trigger::Options) -> Vec<Line> {
+    let labels = labels(mode, files);
+    if let Mode::RevertAll(lib) = mode {
+        let (label, patch, library) = labels.into_iter().next().unwrap_or_default();
+        return vec![Line {
+            label,
+            patch,
+            library,
+            report: trigger::revert_all_report(pid, lib, opts),
+        }];
+    }
+    files
+        .iter()
+        .zip(labels)
+        .map(|(f, (label, patch, library))| {
+            let report = match (&f.container, mode) {
+                (Err(e), _) => Report {
+                    outcome: Outcome::Failed(e.clone()),
+                    detail: Default::default(),
+                },
+                (Ok(c), Mode::Revert) => trigger::revert_report(pid, c, opts),
+                (Ok(c), Mode::Replace(_)) => {
+                    let lib = library.as_deref().unwrap_or(&c.metadata.target_name);
+                    trigger::replace_report(pid, lib, c, opts)
+                }
+                (Ok(c), _) => trigger::apply_report(pid, c, opts),
             };
-            let prefix = if several {
-                "  ".to_string()
-            } else {
-                format!("{name} (pid: {pid}): ")
-            };
-            match outcome {
-                Outcome::Applied | Outcome::Reverted => {
-                    ok += 1;
-                    if !quiet {
-                        println!("{prefix}SUCCESS {file}");
-                    }
-                }
-                Outcome::Skipped(reason) => {
-                    skip += 1;
-                    if !quiet {
-                        println!("{prefix}SKIPPED {reason}");
-                    }
-                }
-                Outcome::NoRuntime => {
-                    skip += 1;
-                    eprintln!(
-                        "ulp: warning: {name} (pid: {pid}): the live-patching runtime is not loaded in the target process; start it with LD_PRELOAD=.../libpulp.so.0"
-                    );
-                }
-                Outcome::Failed(reason) => {
-                    bad += 1;
-                    println!("{prefix}ERROR {file}: {reason}");
-                }
+            Line {
+                label,
+                patch,
+                library,
+                report,
+            }
+        })
+        .collect()
+}
+
+/// A process counts once: failed if any line failed, else patched if any
+/// changed it, else skipped.
+fn process_status(lines: &[Line]) -> &'static str {
+    if lines
+        .iter()
+        .any(|l| matches!(l.report.outcome, Outcome::Failed(_)))
+    {
+        "failed"
+    } else if lines.iter().any(|l| l.report.outcome.is_change()) {
+        "patched"
+    } else {
+        "skipped"
+    }
+}
+
+fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: bool) {
+    let head = format!("{name} (pid: {pid}): ");
+    let several = lines.len() > 1;
+    if lines.iter().all(|l| l.report.outcome == Outcome::NoRuntime) {
+        // The warning on stderr said it all.
+        return;
+    }
+    let mut out = String::new();
+    if several && !quiet {
+        let _ = writeln!(out, "{name} (pid: {pid}):");
+    }
+    for l in lines {
+        let text = match &l.report.outcome {
+            Outcome::Applied | Outcome::Reverted => format!("SUCCESS {}", l.label),
+            Outcome::AlreadyApplied => format!("SKIPPED {ALREADY_APPLIED}"),
+            Outcome::Skipped(r) => format!("SKIPPED {r}"),
+            Outcome::NoRuntime => format!("SKIPPED {}", Outcome::NoRuntime),
+            Outcome::Failed(r) => format!("ERROR {}: {r}", l.label),
+        };
+        let is_error = matches!(l.report.outcome, Outcome::Failed(_));
+        if quiet && !is_error {
+            continue;
+        }
+        let (prefix, indent) = if several && !quiet {
+            ("  ", "    ")
+        } else {
+            (head.as_str(), "  ")
+        };
+        let _ = writeln!(out, "{prefix}{text}");
+        if verbose {
+            let d = &l.report.detail;
+            if let Some(rt) = &d.runtime {
+                let _ = writeln!(out, "{indent}runtime: {rt}");
+            }
+            if let Some(m) = &d.message {
+                let _ = writeln!(out, "{indent}runtime says: {m}");
+            }
+            if let Some(t) = d.stopped {
+                let _ = writeln!(
+                    out,
+                    "{indent}code writes: {}, threads stopped: {} for {:.3} ms, attempts: {}",
+                    d.writes,
+                    d.threads,
+                    t.as_secs_f64() * 1000.0,
+                    d.attempts
+                );
+            } else if l.report.outcome.is_change() {
+                let _ = writeln!(out, "{indent}code writes: 0 (no thread stopped)");
             }
         }
-        // A process counts once: failed if any patch failed, patched if any
-        // patch went in, skipped otherwise.
-        if bad > 0 {
-            failed += 1;
-        } else if ok > 0 {
-            patched += 1;
-        } else if skip > 0 {
-            skipped += 1;
-        }
     }
-    println!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.");
-    Ok(if failed > 0 { 1 } else { 0 })
+    print!("{out}");
+}
+
+fn line_json(l: &Line) -> Value {
+    let (status, reason) = match &l.report.outcome {
+        Outcome::Applied => ("applied", None),
+        Outcome::Reverted => ("reverted", None),
+        Outcome::AlreadyApplied => ("already_applied", Some(ALREADY_APPLIED.to_string())),
+        Outcome::Skipped(r) => ("not_applicable", Some(r.clone())),
+        Outcome::NoRuntime => ("not_applicable", Some(Outcome::NoRuntime.to_string())),
+        Outcome::Failed(r) => ("failed", Some(r.clone())),
+    };
+    let d = &l.report.detail;
+    json!({
+        "patch": l.patch,
+        "library": l.library,
+        "status": status,
+        "reason": reason,
+        "runtime": d.runtime,
+        "message": d.message,
+        "writes": d.writes,
+        "threads_stopped": d.threads,
+        "stopped_us": d.stopped.map(|t| t.as_micros() as u64),
+        "attempts": d.attempts,
+    })
 }

@@ -2,7 +2,7 @@
 //! prepared copy of the fixtures, the runtime as `libpulp.so.0`, and the
 //! real `ulp` binary to run.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

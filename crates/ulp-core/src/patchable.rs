@@ -1,0 +1,160 @@
+//! Whether a process accepts live patches, and `ulp set_patchable`.
+//!
+//! The runtime keeps one word, `Interface::state`, in writable memory:
+//! `ENABLED`, `DISABLED_BY_USER` (a `LIBPULP_DISABLE_ON_*` pattern matched
+//! at start; set by the runtime itself) or `DISABLED_BY_TOOL` (set by `ulp
+//! set_patchable disable`). The tool changes it with one aligned 4-byte
+//! write through process memory, without stopping the process; the runtime
+//! reads it at the start of every APPLY.
+//!
+//! Policy: `enable` never overrides the user's opt-out. A process disabled
+//! by `LIBPULP_DISABLE_ON_*` stays disabled, and `enable` reports it as a
+//! failure. `disable` of such a process changes nothing and succeeds (it
+//! already refuses patches).
+
+use std::fmt;
+
+use ulp_abi::{offset, state};
+
+use crate::runtime::Runtime;
+
+/// The live-patching state of a process, as its runtime publishes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patchable {
+    Enabled,
+    /// `LIBPULP_DISABLE_ON_*` matched when the process started.
+    DisabledByUser,
+    /// Switched off by `ulp set_patchable disable`.
+    DisabledByTool,
+    /// A value this ulp does not know.
+    Unknown(u32),
+}
+
+impl Patchable {
+    pub fn from_raw(raw: u32) -> Patchable {
+        match raw {
+            state::ENABLED => Patchable::Enabled,
+            state::DISABLED_BY_USER => Patchable::DisabledByUser,
+            state::DISABLED_BY_TOOL => Patchable::DisabledByTool,
+            other => Patchable::Unknown(other),
+        }
+    }
+
+    /// A stable identifier for JSON output: `enabled`, `disabled_by_user`,
+    /// `disabled_by_tool` or `unknown`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Patchable::Enabled => "enabled",
+            Patchable::DisabledByUser => "disabled_by_user",
+            Patchable::DisabledByTool => "disabled_by_tool",
+            Patchable::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// The `Livepatching status:` text of `ulp patches` (COMPAT.md:
+/// `enabled | disabled by user | disabled (<reason>)`).
+impl fmt::Display for Patchable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Patchable::Enabled => f.write_str("enabled"),
+            Patchable::DisabledByUser => f.write_str("disabled by user"),
+            Patchable::DisabledByTool => f.write_str("disabled (set_patchable)"),
+            Patchable::Unknown(v) => write!(f, "disabled (unknown state {v})"),
+        }
+    }
+}
+
+/// What `set_patchable` did in one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub before: Patchable,
+    pub after: Patchable,
+}
+
+impl Change {
+    pub fn changed(&self) -> bool {
+        self.before != self.after
+    }
+}
+
+/// Why `set_patchable` did not change a process.
+#[derive(Debug)]
+pub enum SetError {
+    /// `enable` of a process whose user opted out at start.
+    DisabledByUser,
+    /// The state word holds a value this ulp does not know.
+    UnknownState(u32),
+    Process(ulp_process::Error),
+}
+
+impl fmt::Display for SetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetError::DisabledByUser => f.write_str(
+                "live patching was disabled by user (LIBPULP_DISABLE_ON_PATH/USERS/GROUPS \
+                 matched when the process started); ulp does not override that",
+            ),
+            SetError::UnknownState(v) => write!(
+                f,
+                "the runtime's state is {v}, which this ulp does not know; left unchanged"
+            ),
+            SetError::Process(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SetError {}
+
+impl From<ulp_process::Error> for SetError {
+    fn from(e: ulp_process::Error) -> Self {
+        SetError::Process(e)
+    }
+}
+
+/// The state of the runtime `rt`.
+pub fn get(rt: &Runtime) -> Result<Patchable, ulp_process::Error> {
+    Ok(Patchable::from_raw(rt.state()?))
+}
+
+/// Switches live patching on (`enable`) or off in the process of `rt`
+/// (see the module comment for the policy).
+pub fn set(rt: &Runtime, enable: bool) -> Result<Change, SetError> {
+    let before = get(rt)?;
+    let after = match (before, enable) {
+        (Patchable::Unknown(v), _) => return Err(SetError::UnknownState(v)),
+        (Patchable::DisabledByUser, true) => return Err(SetError::DisabledByUser),
+        (Patchable::DisabledByUser, false) => Patchable::DisabledByUser,
+        (_, true) => Patchable::Enabled,
+        (_, false) => Patchable::DisabledByTool,
+    };
+    if after != before {
+        let raw = match after {
+            Patchable::Enabled => state::ENABLED,
+            _ => state::DISABLED_BY_TOOL,
+        };
+        ulp_process::write_mem(
+            rt.pid,
+            rt.interface + offset::STATE as u64,
+            &raw.to_le_bytes(),
+        )?;
+    }
+    Ok(Change { before, after })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(Patchable::from_raw(0).to_string(), "enabled");
+        assert_eq!(Patchable::from_raw(1).to_string(), "disabled by user");
+        assert_eq!(
+            Patchable::from_raw(2).to_string(),
+            "disabled (set_patchable)"
+        );
+        assert_eq!(Patchable::from_raw(9), Patchable::Unknown(9));
+        assert_eq!(Patchable::from_raw(2).key(), "disabled_by_tool");
+    }
+}

@@ -1,0 +1,344 @@
+//! Choosing what a command works on: processes (`-p PID`, `-p
+//! NAME-PATTERN`, or every process with the runtime loaded) and files
+//! (a shell-style glob that ulp expands itself, for `ulp trigger '*.so'`).
+//!
+//! Patterns are shell patterns: `*` any run of characters, `?` one
+//! character, `[abc]`, `[a-z]`, `[!a-z]` (or `[^a-z]`) one character of a
+//! set, `\` makes the next character literal.
+
+use std::path::{Path, PathBuf};
+
+use ulp_process::Pid;
+
+use crate::objects::objects_from_maps;
+
+/// Does `text` match the shell pattern `pattern` (the whole of it)?
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    match_bytes(pattern.as_bytes(), text.as_bytes())
+}
+
+/// Does `s` contain a glob character (`*`, `?`, `[`)?
+pub fn is_glob(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'*' | b'?' | b'[' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+fn match_bytes(p: &[u8], t: &[u8]) -> bool {
+    // Iterative matching with one backtrack point (the last `*`): linear
+    // in practice, never exponential.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() {
+            match p[pi] {
+                b'*' => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                    continue;
+                }
+                b'?' => {
+                    pi += 1;
+                    ti += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((ok, next)) = class(&p[pi..], t[ti]) {
+                        if ok {
+                            pi += next;
+                            ti += 1;
+                            continue;
+                        }
+                    } else if t[ti] == b'[' {
+                        // An unclosed `[` is a literal.
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                b'\\' if pi + 1 < p.len() => {
+                    if p[pi + 1] == t[ti] {
+                        pi += 2;
+                        ti += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if c == t[ti] {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the bracket expression at the start of `p`;
+/// returns (matched, length of the expression), or `None` when it is not
+/// closed.
+fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(i), Some(b'!' | b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    loop {
+        let mut lo = *p.get(i)?;
+        if lo == b']' && !first {
+            return Some((found != negate, i + 1));
+        }
+        first = false;
+        if lo == b'\\' {
+            i += 1;
+            lo = *p.get(i)?;
+        }
+        let mut hi = lo;
+        if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&b| b != b']') {
+            hi = p[i + 2];
+            if hi == b'\\' {
+                hi = *p.get(i + 3)?;
+                i += 1;
+            }
+            i += 2;
+        }
+        if lo <= c && c <= hi {
+            found = true;
+        }
+        i += 1;
+    }
+}
+
+/// `-p SPEC` to process ids, ascending: a number is that pid (whether or
+/// not it exists: the caller reports it); anything else is a shell pattern
+/// matched against each process's name (`/proc/PID/comm`, which the kernel
+/// cuts at 15 characters) and its executable's file name. Kernel threads
+/// and the calling process are never matched by a pattern.
+pub fn resolve(spec: &str) -> Vec<Pid> {
+    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(pid) = spec.parse::<Pid>() {
+            return vec![pid];
+        }
+    }
+    let me = std::process::id() as Pid;
+    let mut pids: Vec<Pid> = ulp_process::all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me && !is_kernel_thread(pid))
+        .filter(|&pid| {
+            ulp_process::comm(pid).is_ok_and(|c| glob_match(spec, &c))
+                || ulp_process::exe(pid).is_some_and(|e| {
+                    e.file_name()
+                        .is_some_and(|n| glob_match(spec, &n.to_string_lossy()))
+                })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Every process (but the calling one) that has the runtime
+/// (`libpulp.so*`) mapped, ascending. Processes whose maps cannot be read
+/// (another user's, without privileges) are left out.
+pub fn with_runtime() -> Vec<Pid> {
+    let me = std::process::id() as Pid;
+    let mut pids: Vec<Pid> = ulp_process::all_pids()
+        .into_iter()
+        .filter(|&pid| pid != me && has_runtime(pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Whether `pid` maps a file named like the runtime (cheap: its maps only).
+pub fn has_runtime(pid: Pid) -> bool {
+    ulp_process::maps(pid).is_ok_and(|maps| {
+        objects_from_maps(&maps)
+            .iter()
+            .any(|o| o.basename().starts_with("libpulp.so"))
+    })
+}
+
+fn is_kernel_thread(pid: Pid) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command (which may hold spaces), from field 3 on;
+    // the flags are field 9.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split(' ').nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The file a path names on this host: `path` itself, or under `root`
+/// (`-R PREFIX`) where `path` is as the chrooted process sees it (a
+/// relative path counts from the chroot's top).
+pub fn host_path(root: Option<&Path>, path: &str) -> PathBuf {
+    match root {
+        None => PathBuf::from(path),
+        Some(r) => r.join(path.trim_start_matches('/')),
+    }
+}
+
+/// Expands the shell pattern `pattern` to the regular files it matches,
+/// sorted by the bytes of their paths (so `a10.so` comes before `a2.so`,
+/// and `B.so` before `a.so`). Globs may stand in any component; `*`, `?`
+/// and `[` never match a `/`, nor a leading `.` of a file name (as in the
+/// shell). Results are spelt as the pattern is (relative stays relative).
+/// With `root`, names are looked up under it (see [`host_path`]) but
+/// returned without it.
+pub fn expand_glob(pattern: &str, root: Option<&Path>) -> Vec<String> {
+    let absolute = pattern.starts_with('/');
+    let mut found: Vec<String> = vec![if absolute { "/".into() } else { String::new() }];
+    let parts: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+    for (k, part) in parts.iter().enumerate() {
+        let last = k + 1 == parts.len();
+        let mut next = Vec::new();
+        for base in &found {
+            if !is_glob(part) {
+                next.push(format!("{base}{}", unescape(part)));
+                continue;
+            }
+            let dir = if base.is_empty() {
+                host_path(root, ".")
+            } else {
+                host_path(root, base)
+            };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && !part.starts_with('.') {
+                    continue;
+                }
+                if glob_match(part, &name) {
+                    next.push(format!("{base}{name}"));
+                }
+            }
+        }
+        found = next
+            .into_iter()
+            .map(|p| if last { p } else { format!("{p}/") })
+            .collect();
+    }
+    let mut files: Vec<String> = found
+        .into_iter()
+        .filter(|p| !p.is_empty() && host_path(root, p).is_file())
+        .collect();
+    files.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    files.dedup();
+    files
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        for (p, t, want) in [
+            ("*", "anything", true),
+            ("*", "", true),
+            ("demo_*", "demo_prog", true),
+            ("demo_*", "xdemo_prog", false),
+            ("d?mo", "demo", true),
+            ("d?mo", "dmo", false),
+            ("*prog", "demo_prog", true),
+            ("*o*o*", "demo_prog", true),
+            ("*x*", "demo_prog", false),
+            ("[a-d]emo", "demo", true),
+            ("[!a-d]emo", "demo", false),
+            ("[^a-d]emo", "xemo", true),
+            ("[]]x", "]x", true),
+            ("[a-]", "-", true),
+            ("\\*", "*", true),
+            ("\\*", "a", false),
+            ("[abc", "[abc", true),
+            ("lib*.so.[0-9]", "libulpdemo.so.1", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p:?} vs {t:?}");
+        }
+        assert!(is_glob("*.so") && is_glob("a?") && is_glob("x[12]"));
+        assert!(!is_glob("plain.so") && !is_glob("a\\*b"));
+    }
+
+    #[test]
+    fn expansion_is_sorted_by_bytes_and_skips_dot_files() {
+        let dir = std::env::temp_dir().join(format!("ulp-select-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in [
+            "b.so",
+            "a10.so",
+            "a2.so",
+            "B.so",
+            ".hidden.so",
+            "sub/c.so",
+            "x.txt",
+        ] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        std::fs::create_dir(dir.join("d.so")).unwrap();
+        let d = dir.to_string_lossy().into_owned();
+        let got = expand_glob(&format!("{d}/*.so"), None);
+        let want: Vec<String> = ["B.so", "a10.so", "a2.so", "b.so"]
+            .iter()
+            .map(|f| format!("{d}/{f}"))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            expand_glob(&format!("{d}/*/*.so"), None),
+            [format!("{d}/sub/c.so")]
+        );
+        // Under a root: looked up there, returned without it.
+        assert_eq!(
+            expand_glob("/sub/?.so", Some(&dir)),
+            ["/sub/c.so".to_string()]
+        );
+        assert_eq!(
+            expand_glob("sub/*.so", Some(&dir)),
+            ["sub/c.so".to_string()]
+        );
+        assert!(expand_glob(&format!("{d}/*.none"), None).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,129 @@
+//! `ulp set_patchable`: switch live patching off or on in running
+//! processes (the runtime's state word, written through process memory).
+
+use serde_json::json;
+use ulp_core::patchable;
+use ulp_core::runtime::{Runtime, RuntimeError};
+use ulp_core::Pid;
+
+use super::{print_json, process_name, resolve_processes, vanished};
+use crate::args::{Parsed, UsageError};
+
+pub const OPTIONS: &[&str] = &["process"];
+
+pub const HELP: &str = "\
+Usage: ulp set_patchable -p PID|NAME enable|disable
+
+Switch live patching off (disable) or back on (enable) in the process PID,
+or in every process named NAME. A disabled process refuses every patch
+(`ulp trigger` reports it SKIPPED) until it is enabled again; patches
+already applied stay applied. `ulp patches` shows the process as
+`disabled (set_patchable)`. The process is not stopped.
+
+`enable` does not override the user's opt-out: a process started with a
+matching LIBPULP_DISABLE_ON_PATH, _USERS or _GROUPS stays `disabled by
+user`, and enabling it is reported as a failure. Disabling it changes
+nothing.
+
+Output: one line per process:
+  NAME (pid: PID): live patching enabled | disabled | already enabled | ...
+
+A process without the runtime gets a warning (it cannot be patched
+anyway).
+
+Exit status: 0 when every process with the runtime is in the asked state;
+1 otherwise (no such process, enabling a process disabled by user, an
+error), or when no matching process has the runtime.
+";
+
+pub fn run(p: &Parsed) -> Result<u8, UsageError> {
+    let Some(spec) = p.value("process") else {
+        return Err(UsageError("'set_patchable' needs -p PID|NAME".into()));
+    };
+    let enable = match p.operands.as_slice() {
+        [w] if w == "enable" => true,
+        [w] if w == "disable" => false,
+        [] => {
+            return Err(UsageError(
+                "'set_patchable' needs 'enable' or 'disable'".into(),
+            ))
+        }
+        [w] => {
+            return Err(UsageError(format!(
+                "'set_patchable' takes 'enable' or 'disable', got '{w}'"
+            )))
+        }
+        _ => {
+            return Err(UsageError(
+                "'set_patchable' takes one word: 'enable' or 'disable'".into(),
+            ))
+        }
+    };
+    let action = if enable { "enable" } else { "disable" };
+    let json = p.has("json");
+    let quiet = p.has("quiet");
+    let pids = resolve_processes(spec);
+    let by_name = spec.parse::<Pid>().is_err();
+    let (mut done, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    if pids.is_empty() {
+        let msg = format!("no process matches '{spec}'");
+        eprintln!("ulp: {msg}");
+        errors.push(json!({ "error": msg }));
+    }
+    for pid in pids {
+        let name = process_name(pid);
+        let rt = match Runtime::find(pid) {
+            Ok(rt) => rt,
+            Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => continue,
+            Err(e @ RuntimeError::NotLoaded) => {
+                eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
+                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("ulp: {name} (pid: {pid}): cannot {action} live patching: {e}");
+                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                continue;
+            }
+        };
+        match patchable::set(&rt, enable) {
+            Ok(change) => {
+                if !quiet && !json {
+                    let what = if change.changed() {
+                        format!("live patching {action}d")
+                    } else {
+                        format!("already {}", change.after)
+                    };
+                    println!("{name} (pid: {pid}): {what}");
+                }
+                done.push(json!({
+                    "pid": pid,
+                    "name": name,
+                    "changed": change.changed(),
+                    "before": change.before.key(),
+                    "after": change.after.key(),
+                    "status": change.after.to_string(),
+                }));
+            }
+            Err(e) => {
+                eprintln!("ulp: {name} (pid: {pid}): cannot {action} live patching: {e}");
+                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+            }
+        }
+    }
+    if json {
+        print_json(&json!({
+            "action": action,
+            "processes": done,
+            "warnings": warnings,
+            "errors": errors,
+        }));
+    }
+    // A process without the runtime is a warning, unless no process at all
+    // was switched.
+    Ok(if errors.is_empty() && !done.is_empty() {
+        0
+    } else {
+        1
+    })
+}
