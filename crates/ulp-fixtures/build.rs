@@ -73,7 +73,7 @@ fn main() {
         ],
         &out.join("options_prog"),
     );
-    for patch in ["demo_livepatch", "demo_livepatch2"] {
+    for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
         let c = s(&format!("{patch}.c"));
         gcc(
             &["-O2", "-fPIC", "-shared", "-Wl,--build-id", &c],

@@ -8,6 +8,7 @@
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the
 //! `ulp` binary only parses arguments and prints. Nothing here prints.
 
+mod caller;
 pub mod objects;
 pub mod patchable;
 pub mod runtime;

@@ -37,6 +37,7 @@ use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
 use ulp_process::{Pid, SeizeOptions, Stopped};
 
+use crate::caller;
 use crate::objects::{mapped_objects, MappedObject};
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -563,11 +564,22 @@ fn call(
     deadline: Instant,
     opts: &Options,
 ) -> Result<(i32, String, Vec<Write>), String> {
-    let mut stopped = Stopped::seize_threads_with(rt.pid, &[rt.pid], deadline, opts.seize())
-        .map_err(|e| e.to_string())?;
+    // A thread that is not inside the allocator or the loader (see
+    // caller.rs); when every thread is, wait a little for one to leave.
+    let mut attempt = 0;
+    let (mut stopped, tid) = loop {
+        match caller::seize_caller(rt.pid, deadline, opts.seize()) {
+            Ok(found) => break found,
+            Err(e) if attempt >= opts.retries || Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                thread::sleep(Duration::from_millis(1 << attempt.min(6)));
+            }
+        }
+    };
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
     let ret = stopped
-        .remote_call(rt.pid, rt.entry, &[], deadline)
+        .remote_call(tid, rt.entry, &[], deadline)
         .map_err(|e| e.to_string())?;
     let result = rt.read_result();
     stopped.release().map_err(|e| e.to_string())?;

@@ -30,9 +30,91 @@ pub struct LoadedObject {
     /// The module id of its TLS block, 0 without `PT_TLS`.
     pub tls_modid: u64,
     pub build_id: Option<Vec<u8>>,
+    /// `PT_DYNAMIC`: address of its dynamic section, if it has one.
+    pub dynamic: Option<u64>,
 }
 
 impl LoadedObject {
+    /// The address this object's own code uses for the exported data
+    /// symbol `name`, when it reaches it through its GOT: the value of the
+    /// GOT slot of an `R_X86_64_GLOB_DAT` (or `R_X86_64_64`) relocation
+    /// against `name`. The dynamic linker may have bound that slot to
+    /// another object's definition, typically the executable's copy made by
+    /// an `R_X86_64_COPY` relocation: then the object's own definition is
+    /// dead and writing it changes nothing the program sees.
+    ///
+    /// `None` when the object has no such relocation (static, hidden or
+    /// `-Bsymbolic` data is reached directly) or when anything it would
+    /// read lies outside its loaded segments.
+    pub fn got_binding(&self, name: &[u8]) -> Option<u64> {
+        const DT_NULL: u64 = 0;
+        const DT_STRTAB: u64 = 5;
+        const DT_SYMTAB: u64 = 6;
+        const DT_RELA: u64 = 7;
+        const DT_RELASZ: u64 = 8;
+        const DT_RELAENT: u64 = 9;
+        const R_X86_64_64: u64 = 1;
+        const R_X86_64_GLOB_DAT: u64 = 6;
+        const SYM_SIZE: u64 = 24;
+
+        let read_u64 = |addr: u64| -> Option<u64> {
+            if !self.contains(addr, 8, 0) {
+                return None;
+            }
+            // SAFETY: inside one of this object's loaded segments (checked).
+            Some(unsafe { core::ptr::read_unaligned(addr as *const u64) })
+        };
+        // glibc relocates these d_ptr values in place when the dynamic
+        // section is writable; an unrelocated one is below the bias.
+        let absolute = |v: u64| {
+            if v < self.bias {
+                v.wrapping_add(self.bias)
+            } else {
+                v
+            }
+        };
+        let (mut strtab, mut symtab, mut rela, mut relasz, mut relaent) = (0, 0, 0, 0, 24);
+        let mut at = self.dynamic?;
+        for _ in 0..4096 {
+            let tag = read_u64(at)?;
+            let val = read_u64(at.wrapping_add(8))?;
+            match tag {
+                DT_NULL => break,
+                DT_STRTAB => strtab = absolute(val),
+                DT_SYMTAB => symtab = absolute(val),
+                DT_RELA => rela = absolute(val),
+                DT_RELASZ => relasz = val,
+                DT_RELAENT => relaent = val,
+                _ => {}
+            }
+            at = at.wrapping_add(16);
+        }
+        if strtab == 0 || symtab == 0 || rela == 0 || relaent < 24 {
+            return None;
+        }
+        let want_len = name.len() as u64 + 1;
+        for i in 0..relasz / relaent {
+            let r = rela.wrapping_add(i * relaent);
+            let (offset, info) = (read_u64(r)?, read_u64(r.wrapping_add(8))?);
+            let (sym, kind) = (info >> 32, info & 0xffff_ffff);
+            if sym == 0 || (kind != R_X86_64_GLOB_DAT && kind != R_X86_64_64) {
+                continue;
+            }
+            let st_name = read_u64(symtab.wrapping_add(sym * SYM_SIZE))? & 0xffff_ffff;
+            let s = strtab.wrapping_add(st_name);
+            if !self.contains(s, want_len, 0) {
+                continue;
+            }
+            // SAFETY: `want_len` bytes at `s` are inside a loaded segment.
+            let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, want_len as usize) };
+            if bytes[..name.len()] == *name && bytes[name.len()] == 0 {
+                let slot = self.bias.wrapping_add(offset);
+                return read_u64(slot).filter(|&v| v != 0);
+            }
+        }
+        None
+    }
+
     pub fn basename(&self) -> &[u8] {
         basename(&self.path)
     }
@@ -65,6 +147,7 @@ pub const PF_X: u32 = 1;
 pub const PF_W: u32 = 2;
 
 const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
 const PT_NOTE: u32 = 4;
 const PT_TLS: u32 = 7;
 const PT_GNU_RELRO: u32 = 0x6474_e552;
@@ -158,6 +241,7 @@ unsafe fn describe(
         relro: None,
         tls_modid: 0,
         build_id: None,
+        dynamic: None,
     };
     // `dlpi_tls_modid` exists only when the loader's struct is that long.
     let modid_end =
@@ -175,6 +259,7 @@ unsafe fn describe(
                 flags: p.p_flags,
             }),
             PT_GNU_RELRO => object.relro = Some((start, start.wrapping_add(p.p_memsz))),
+            PT_DYNAMIC => object.dynamic = Some(start),
             _ => {}
         }
     }

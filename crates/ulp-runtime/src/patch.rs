@@ -516,8 +516,12 @@ fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done,
             value[8..].copy_from_slice(&r.target_offset.to_le_bytes());
             16
         } else {
-            let addr = target.bias.wrapping_add(r.target_offset);
-            if !target.contains(addr, 1, 0) {
+            let own = target.bias.wrapping_add(r.target_offset);
+            // Exported data the target reaches through its GOT may live in
+            // another object (the executable's copy): point the patch where
+            // the target's own code points.
+            let addr = target.got_binding(r.target_name.as_bytes()).unwrap_or(own);
+            if addr == own && !target.contains(addr, 1, 0) {
                 return Err(failed(format!(
                     "reference '{}' -> '{}': offset 0x{:x} is outside '{}'",
                     r.patch_name,

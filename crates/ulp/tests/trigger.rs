@@ -331,3 +331,81 @@ fn check_agrees_with_reality() {
     let (code, _, err) = demo.ulp(&["check", "-p", &pid, "no-such.so"]);
     assert_eq!(code, 255, "{err}");
 }
+
+#[test]
+fn reference_to_exported_data_reaches_the_copy_the_program_uses() {
+    // demo_prog (a PIE) reads the library's exported `demo_counter`
+    // directly, so it owns the live copy (R_X86_64_COPY) and the library
+    // reaches it through its GOT. A reference must land on that copy, not
+    // on the library's dead definition.
+    let demo = Demo::new("copyreloc");
+    std::fs::copy(
+        fixtures_dir().join("demo_livepatch3.so"),
+        demo.dir.join("demo_livepatch3.so"),
+    )
+    .unwrap();
+    std::fs::write(
+        demo.dir.join("demo_livepatch3.dsc"),
+        "demo_livepatch3.so\n@libulpdemo.so.1\ndemo_bump:new_demo_bump\n#demo_counter:ulpr_demo_counter\n",
+    )
+    .unwrap();
+    let (code, out, err) = demo.ulp(&["packer", "demo_livepatch3.dsc"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("bump"), "1");
+    assert_eq!(t.ask("counter"), "1");
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch3.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        t.ask("bump"),
+        "101",
+        "the patch continues from the live counter"
+    );
+    assert_eq!(
+        t.ask("counter"),
+        "101",
+        "the program sees what the patch wrote"
+    );
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch3.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("bump"), "102");
+    assert_eq!(t.ask("counter"), "102");
+}
+
+#[test]
+fn the_runtime_never_runs_on_a_thread_inside_malloc() {
+    // The main thread spends its life in malloc/free holding the arena
+    // lock; running the runtime (dlopen, malloc) on it would deadlock on
+    // that very lock. ulp must pick the thread waiting in read() instead.
+    let demo = Demo::new("malloc");
+    let mut t = demo.start(&["-m"]);
+    let pid = t.pid.to_string();
+    for i in 0..30 {
+        let (code, out, err) = demo.ulp(&[
+            "trigger",
+            "--timeout",
+            "10",
+            "-p",
+            &pid,
+            "demo_livepatch.so",
+        ]);
+        assert_eq!(code, 0, "cycle {i}: {out}{err}");
+        assert_eq!(t.ask("answer"), "2", "cycle {i}");
+        let (code, out, err) = demo.ulp(&[
+            "trigger",
+            "--timeout",
+            "10",
+            "-p",
+            &pid,
+            "--revert",
+            "demo_livepatch.so",
+        ]);
+        assert_eq!(code, 0, "cycle {i}: {out}{err}");
+        assert_eq!(t.ask("answer"), "1", "cycle {i}");
+    }
+    let first = t.ask("mallocs");
+    let second = t.ask("mallocs");
+    assert_ne!(first, second, "the main thread still allocates");
+    assert!(t.alive());
+}

@@ -1,0 +1,192 @@
+//! Choosing the thread that runs the runtime's entry point.
+//!
+//! The runtime's APPLY calls `dlopen` and `malloc`, which take the dynamic
+//! loader's and the allocator's locks. The other threads keep running
+//! during the call, so a lock one of *them* holds is released normally.
+//! The one danger is the calling thread itself: stopped in the middle of
+//! `malloc` or `dlopen`, it holds a lock that the call would then wait for
+//! forever (or re-enter a structure half updated). So the caller must be a
+//! thread that provably is not inside the C library's allocator or the
+//! loader at the moment it is stopped:
+//!
+//! * blocked in a plain waiting system call (read, poll, nanosleep, accept,
+//!   epoll_wait, ...) issued from anywhere but the dynamic loader (the
+//!   loader reads files with `read`; the allocator never waits in these), or
+//! * executing code outside the C library and the dynamic loader (the
+//!   program's own code, another library's, the vDSO).
+//!
+//! A thread in `futex`, `mmap`, `brk` or stopped inside libc code is not
+//! chosen. When no thread qualifies the process is busy: the caller tries
+//! again a little later and reports it with the advice to retry.
+
+use std::time::Instant;
+
+use ulp_process::{Mapping, Pid, SeizeOptions, Stopped, Tid};
+
+/// System calls in which a thread waits for something outside the process
+/// and that the allocator never makes (x86-64 numbers).
+const WAITING_SYSCALLS: &[i64] = &[
+    0,   // read
+    1,   // write
+    7,   // poll
+    17,  // pread64
+    18,  // pwrite64
+    19,  // readv
+    20,  // writev
+    23,  // select
+    34,  // pause
+    35,  // nanosleep
+    42,  // connect
+    43,  // accept
+    44,  // sendto
+    45,  // recvfrom
+    46,  // sendmsg
+    47,  // recvmsg
+    61,  // wait4
+    70,  // msgrcv
+    128, // rt_sigtimedwait
+    130, // rt_sigsuspend
+    208, // io_getevents
+    230, // clock_nanosleep
+    232, // epoll_wait
+    247, // waitid
+    270, // pselect6
+    271, // ppoll
+    281, // epoll_pwait
+    288, // accept4
+    299, // recvmmsg
+    307, // sendmmsg
+    441, // epoll_pwait2
+];
+
+/// Code ranges of the C library and of the dynamic loader in a process.
+struct Forbidden {
+    libc: Vec<(u64, u64)>,
+    loader: Vec<(u64, u64)>,
+}
+
+impl Forbidden {
+    fn of(maps: &[Mapping]) -> Forbidden {
+        let mut f = Forbidden {
+            libc: Vec::new(),
+            loader: Vec::new(),
+        };
+        for m in maps.iter().filter(|m| m.is_executable()) {
+            let Some(path) = m.path.as_deref() else {
+                continue;
+            };
+            let base = path.rsplit('/').next().unwrap_or(path);
+            if base.starts_with("ld-linux") || base.starts_with("ld64.so") {
+                f.loader.push((m.start, m.end));
+            } else if base.starts_with("libc.so")
+                || base.starts_with("libc-")
+                || base.starts_with("libpthread")
+                || base.starts_with("libdl")
+            {
+                f.libc.push((m.start, m.end));
+            }
+        }
+        f
+    }
+
+    fn in_loader(&self, rip: u64) -> bool {
+        self.loader.iter().any(|&(s, e)| s <= rip && rip < e)
+    }
+
+    fn in_libc(&self, rip: u64) -> bool {
+        self.libc.iter().any(|&(s, e)| s <= rip && rip < e)
+    }
+}
+
+/// Why a stopped thread may or may not run the runtime's code.
+fn verdict(f: &Forbidden, rip: u64, syscall: Option<i64>) -> Result<(), &'static str> {
+    if f.in_loader(rip) {
+        return Err("inside the dynamic loader");
+    }
+    if let Some(nr) = syscall {
+        if WAITING_SYSCALLS.contains(&nr) {
+            return Ok(());
+        }
+    }
+    if f.in_libc(rip) {
+        return Err("inside the C library");
+    }
+    Ok(())
+}
+
+/// Stops threads of `pid` one at a time, main thread first, until one is
+/// safe to run the runtime's code on; returns it still stopped. `Err` says
+/// why none was (busy, or an error of the process).
+pub fn seize_caller(
+    pid: Pid,
+    deadline: Instant,
+    options: SeizeOptions,
+) -> Result<(Stopped, Tid), String> {
+    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    let forbidden = Forbidden::of(&maps);
+    let mut tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;
+    // The main thread first: in most programs it waits for input.
+    tids.sort_by_key(|&t| (t != pid, t));
+    let mut first_error = None;
+    for tid in tids {
+        let stopped = match Stopped::seize_threads_with(pid, &[tid], deadline, options) {
+            Ok(s) => s,
+            Err(e) if e.is_gone() && ulp_process::comm(pid).is_ok() => continue, // the thread exited
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+                // Permission and seccomp refusals are the same for every thread.
+                break;
+            }
+        };
+        let Ok(regs) = stopped.regs(tid) else {
+            continue;
+        };
+        let syscall = stopped.syscall_of(tid).ok().flatten();
+        if verdict(&forbidden, regs.rip(), syscall).is_ok() {
+            return Ok((stopped, tid));
+        }
+        // Not this one: let it go (dropping releases it) and try the next.
+        drop(stopped);
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err(first_error.unwrap_or_else(|| {
+        format!(
+            "process {pid} is busy: every thread is inside the C library or the dynamic loader, \
+             where the runtime's code cannot safely run now; retry later or with a higher -r"
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forbidden() -> Forbidden {
+        Forbidden {
+            libc: vec![(0x1000, 0x2000)],
+            loader: vec![(0x5000, 0x6000)],
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let f = forbidden();
+        // Application code, running or in any system call: fine.
+        assert!(verdict(&f, 0x9000, None).is_ok());
+        assert!(verdict(&f, 0x9000, Some(202)).is_ok());
+        // libc waiting in read or epoll_wait: fine; in futex, mmap or
+        // running: maybe inside malloc.
+        assert!(verdict(&f, 0x1800, Some(0)).is_ok());
+        assert!(verdict(&f, 0x1800, Some(232)).is_ok());
+        assert_eq!(verdict(&f, 0x1800, Some(202)), Err("inside the C library"));
+        assert_eq!(verdict(&f, 0x1800, Some(9)), Err("inside the C library"));
+        assert_eq!(verdict(&f, 0x1800, None), Err("inside the C library"));
+        // The loader, even in read (it reads libraries while holding its lock).
+        assert_eq!(
+            verdict(&f, 0x5800, Some(0)),
+            Err("inside the dynamic loader")
+        );
+    }
+}
