@@ -84,6 +84,23 @@ pub fn copy_files(from: &Path, to: &Path, names: &[&str]) {
     }
 }
 
+/// Starts `cmd`, retrying for a while on ETXTBSY: tests copy executables
+/// into their own directories, and while one test writes such a copy,
+/// another test's fork can inherit the open file and make exec of it fail
+/// with "Text file busy" until that child has exec'd in turn.
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(26) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("starting {cmd:?}: {e}"),
+        }
+    }
+}
+
 /// A running target process. Lines it prints arrive on a channel read by a
 /// helper thread, so every wait is bounded. Dropping it kills the process.
 pub struct Target {
@@ -100,9 +117,7 @@ impl Target {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut child = spawn_retrying(&mut cmd);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
         std::thread::spawn(move || {

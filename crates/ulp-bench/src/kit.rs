@@ -1,0 +1,246 @@
+//! The benchmark kit: the C fixtures of `fixtures/bench/` (embedded in the
+//! binary) compiled with gcc into a scratch directory, the target library
+//! posted and the live patch packed with the `ulp` under test, and the
+//! runtime installed there as `libpulp.so.0`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::procs::{self, Proc, Ran};
+
+const SOURCES: &[(&str, &str)] = &[
+    (
+        "libbench.c",
+        include_str!("../../../fixtures/bench/libbench.c"),
+    ),
+    (
+        "bench_livepatch.c",
+        include_str!("../../../fixtures/bench/bench_livepatch.c"),
+    ),
+    (
+        "bench_target.c",
+        include_str!("../../../fixtures/bench/bench_target.c"),
+    ),
+    (
+        "callcost.c",
+        include_str!("../../../fixtures/bench/callcost.c"),
+    ),
+    (
+        "mallocbench.c",
+        include_str!("../../../fixtures/bench/mallocbench.c"),
+    ),
+    ("hello.c", include_str!("../../../fixtures/bench/hello.c")),
+];
+
+/// The name the fleet's copies of the target run under (its comm), so
+/// `ulp trigger -p NAME` finds exactly them.
+pub const FLEET_NAME: &str = "ulpb_fleet";
+
+const LIB_FLAGS: &[&str] = &[
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-fno-inline",
+    "-Wl,--build-id",
+    "-Wl,-soname,libbench.so.1",
+];
+
+/// How long any one tool run (gcc, ulp, valgrind) may take, fleet runs
+/// excepted.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Kit {
+    pub dir: PathBuf,
+    pub ulp: PathBuf,
+    /// `dir/libpulp.so.0`.
+    pub runtime: PathBuf,
+    /// The packed live patch, `dir/bench_livepatch.so`.
+    pub patch: PathBuf,
+    /// `ulp --version`, for the report.
+    pub ulp_version: String,
+    keep: bool,
+}
+
+impl Kit {
+    /// Builds everything into a fresh `dir`.
+    pub fn build(dir: &Path, ulp: &Path, runtime: &Path, keep: bool) -> Result<Kit, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("src"))
+            .and_then(|_| std::fs::create_dir_all(dir.join("nopad")))
+            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for (name, text) in SOURCES {
+            std::fs::write(dir.join("src").join(name), text)
+                .map_err(|e| format!("writing {name}: {e}"))?;
+        }
+        for (what, p) in [("ulp", ulp), ("runtime", runtime)] {
+            if !p.exists() {
+                return Err(format!(
+                    "the {what} {} does not exist: run `cargo build --release --workspace` first (as `make bench` does), or pass --ulp/--runtime",
+                    p.display()
+                ));
+            }
+        }
+        let installed = dir.join("libpulp.so.0");
+        std::fs::copy(runtime, &installed)
+            .map_err(|e| format!("copying {}: {e}", runtime.display()))?;
+        let ulp_version = {
+            let r = procs::run(Command::new(ulp).arg("--version"), TOOL_TIMEOUT, Some(dir))?;
+            r.stdout.lines().next().unwrap_or("").trim().to_string()
+        };
+        let kit = Kit {
+            dir: dir.to_path_buf(),
+            ulp: ulp.to_path_buf(),
+            runtime: installed,
+            patch: dir.join("bench_livepatch.so"),
+            ulp_version,
+            keep,
+        };
+        let src = |n: &str| format!("src/{n}");
+        let padded: Vec<&str> = [LIB_FLAGS, &["-fpatchable-function-entry=16,14"]].concat();
+        kit.gcc(&padded, &src("libbench.c"), "libbench.so.1")?;
+        kit.gcc(LIB_FLAGS, &src("libbench.c"), "nopad/libbench.so.1")?;
+        let post = kit.ulp(&["post", "libbench.so.1"])?;
+        if post.code != 0 {
+            return Err(format!("ulp post libbench.so.1 failed: {}", post.both()));
+        }
+        kit.gcc(
+            &["-O2", "-fPIC", "-shared", "-Wl,--build-id"],
+            &src("bench_livepatch.c"),
+            "bench_livepatch.so",
+        )?;
+        std::fs::write(
+            dir.join("bench_livepatch.dsc"),
+            "! The benchmark's live patch.\nbench_livepatch.so\n@libbench.so.1\nbench_fn:new_bench_fn\n",
+        )
+        .map_err(|e| format!("writing the .dsc: {e}"))?;
+        let pack = kit.ulp(&["packer", "bench_livepatch.dsc"])?;
+        if pack.code != 0 {
+            return Err(format!("ulp packer failed: {}", pack.both()));
+        }
+        let with_lib = [
+            "-O2",
+            "-pthread",
+            "-L.",
+            "-l:libbench.so.1",
+            "-ldl",
+            "-Wl,-rpath,$ORIGIN",
+        ];
+        kit.gcc(&with_lib, &src("bench_target.c"), "bench_target")?;
+        kit.gcc(&with_lib, &src("bench_target.c"), FLEET_NAME)?;
+        kit.gcc(&with_lib, &src("callcost.c"), "callcost")?;
+        kit.gcc(
+            &[
+                "-O2",
+                "-Lnopad",
+                "-l:libbench.so.1",
+                "-ldl",
+                "-Wl,-rpath,$ORIGIN/nopad",
+            ],
+            &src("callcost.c"),
+            "callcost_nopad",
+        )?;
+        kit.gcc(&["-O2", "-pthread"], &src("mallocbench.c"), "mallocbench")?;
+        kit.gcc(&["-O2"], &src("hello.c"), "hello")?;
+        // Write the fresh files back now: a page cache page not yet
+        // written counts as dirty in /proc/PID/smaps, which would make the
+        // runtime's shared code look like private memory of each target.
+        for name in [
+            "libpulp.so.0",
+            "libbench.so.1",
+            "nopad/libbench.so.1",
+            "bench_livepatch.so",
+            "bench_target",
+            FLEET_NAME,
+            "callcost",
+            "callcost_nopad",
+            "mallocbench",
+            "hello",
+        ] {
+            let p = dir.join(name);
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("syncing {}: {e}", p.display()))?;
+        }
+        Ok(kit)
+    }
+
+    /// gcc SOURCE FLAGS -o OUT, in the kit directory (libraries after the
+    /// source, so -l resolves its symbols).
+    fn gcc(&self, flags: &[&str], source: &str, out: &str) -> Result<(), String> {
+        let mut cmd = Command::new("gcc");
+        cmd.current_dir(&self.dir)
+            .arg(source)
+            .args(flags)
+            .arg("-o")
+            .arg(out);
+        let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&self.dir))
+            .map_err(|e| format!("{e} (the suite needs gcc on PATH)"))?;
+        if r.code != 0 {
+            return Err(format!("gcc {source} -o {out} failed: {}", r.both()));
+        }
+        Ok(())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Runs `ulp ARGS` in the kit directory, timed end to end.
+    pub fn ulp(&self, args: &[&str]) -> Result<Ran, String> {
+        self.ulp_for(args, TOOL_TIMEOUT)
+    }
+
+    pub fn ulp_for(&self, args: &[&str], timeout: Duration) -> Result<Ran, String> {
+        let mut cmd = Command::new(&self.ulp);
+        cmd.current_dir(&self.dir).args(args);
+        procs::run(&mut cmd, timeout, Some(&self.dir))
+    }
+
+    /// `ulp trigger -p PID [--revert] bench_livepatch.so`, which must
+    /// succeed.
+    pub fn trigger(&self, pid: i32, revert: bool) -> Result<Ran, String> {
+        let p = pid.to_string();
+        let mut args = vec!["trigger", "-p", &p, "--timeout", "10"];
+        if revert {
+            args.push("--revert");
+        }
+        args.push("bench_livepatch.so");
+        let r = self.ulp(&args)?;
+        if r.code != 0 || !r.stdout.contains("SUCCESS") {
+            return Err(format!(
+                "ulp {} exited {}: {}",
+                args.join(" "),
+                r.code,
+                r.both().trim()
+            ));
+        }
+        Ok(r)
+    }
+
+    /// A command for `program` in the kit directory, with the runtime
+    /// preloaded or not (never inheriting the caller's LD_PRELOAD).
+    pub fn command(&self, program: &str, preload: bool) -> Command {
+        let mut cmd = Command::new(self.path(program));
+        cmd.current_dir(&self.dir).env_remove("LD_PRELOAD");
+        if preload {
+            cmd.env("LD_PRELOAD", &self.runtime);
+        }
+        cmd
+    }
+
+    /// Starts bench_target (or its fleet copy) with the runtime preloaded.
+    pub fn start_target(&self, program: &str, args: &[&str]) -> Result<Proc, String> {
+        let mut cmd = self.command(program, true);
+        cmd.args(args);
+        Proc::start(cmd, program != FLEET_NAME)
+    }
+}
+
+impl Drop for Kit {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

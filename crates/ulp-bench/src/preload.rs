@@ -1,0 +1,172 @@
+//! Measure 5: what merely preloading the runtime costs a process that is
+//! never patched: process start, malloc-heavy code in 1 and 2 threads,
+//! resident memory. Runs with and without LD_PRELOAD are interleaved, so
+//! machine noise falls on both sides alike; ratios are within this run.
+
+use std::process::Command;
+
+use crate::callcost::{collected, have_valgrind};
+use crate::kit::{Kit, TOOL_TIMEOUT};
+use crate::procs::{self, Proc};
+use crate::report::{median, Row, Target, Unit};
+use crate::Config;
+
+/// Callgrind's instruction total for `program ARGS`, preloaded or not.
+fn instructions(kit: &Kit, program: &str, args: &[&str], preload: bool) -> Result<f64, String> {
+    let mut cmd = Command::new("valgrind");
+    cmd.current_dir(&kit.dir).env_remove("LD_PRELOAD");
+    if preload {
+        cmd.env("LD_PRELOAD", &kit.runtime);
+    }
+    cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(kit.path(program))
+        .args(args);
+    let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&kit.dir))?;
+    if r.code != 0 {
+        return Err(format!(
+            "valgrind {program} exited {}: {}",
+            r.code,
+            r.stderr.trim()
+        ));
+    }
+    collected(&r.stderr)
+        .map(|(ir, _)| ir)
+        .ok_or_else(|| format!("no callgrind totals in: {}", r.stderr.trim()))
+}
+
+/// The kB value of `key` in a /proc/PID file of "Key: N kB" lines.
+fn proc_kib(pid: i32, file: &str, key: &str) -> Result<f64, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no {key} in /proc/{pid}/{file}"))
+}
+
+/// Which side goes first alternates, so neither always runs right after
+/// the other.
+fn order(i: usize) -> [bool; 2] {
+    if i % 2 == 0 {
+        [false, true]
+    } else {
+        [true, false]
+    }
+}
+
+pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
+    let valgrind = have_valgrind(kit);
+
+    // Process start.
+    let reps = cfg.reps(500, 40);
+    let mut start: [Vec<f64>; 2] = Default::default();
+    for i in 0..reps {
+        for pre in order(i) {
+            let r = procs::run(&mut kit.command("hello", pre), TOOL_TIMEOUT, None)?;
+            if r.code != 0 {
+                return Err(format!("hello exited {}", r.code));
+            }
+            start[pre as usize].push(r.elapsed.as_secs_f64());
+        }
+    }
+    rows.push(
+        Row::new("process start, preloaded: median", Unit::Secs, median(&start[1]))
+            .baseline(median(&start[0]))
+            .target(Target::RatioAtMost(1.05))
+            .samples(&start[1])
+            .extra("baseline_samples_median", median(&start[0]))
+            .note(format!(
+                "spawn + exit + wait of an empty dynamically linked program, {reps} runs each, interleaved; libpulp: 1.09×"
+            )),
+    );
+    if valgrind {
+        let with = instructions(kit, "hello", &[], true)?;
+        let without = instructions(kit, "hello", &[], false)?;
+        rows.push(
+            Row::new("process start, preloaded: instructions", Unit::Instr, with)
+                .baseline(without)
+                .note("callgrind, user-space instructions from the first one of ld.so to exit"),
+        );
+    }
+
+    // Malloc-heavy code.
+    let pairs: u64 = if cfg.quick { 300_000 } else { 2_000_000 };
+    let reps = cfg.reps(21, 3);
+    for threads in [1, 2] {
+        let mut t: [Vec<f64>; 2] = Default::default();
+        for i in 0..reps {
+            for pre in order(i) {
+                let mut cmd = kit.command("mallocbench", pre);
+                cmd.arg(threads.to_string()).arg(pairs.to_string());
+                let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&kit.dir))?;
+                let ns: f64 = r
+                    .stdout
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|_| r.code == 0)
+                    .ok_or_else(|| format!("mallocbench failed: {}", r.both().trim()))?;
+                t[pre as usize].push(ns * 1e-9);
+            }
+        }
+        let libpulp = if threads == 1 { "3.7×" } else { "~40×" };
+        rows.push(
+            Row::new(
+                format!("malloc-heavy, {threads} thread(s), preloaded: median"),
+                Unit::Secs,
+                median(&t[1]),
+            )
+            .baseline(median(&t[0]))
+            .target(Target::RatioAtMost(1.02))
+            .samples(&t[1])
+            .note(format!(
+                "{pairs} malloc/free pairs per thread, 16 B..4 kB, median of {reps} runs each, interleaved; libpulp: {libpulp}"
+            )),
+        );
+        if valgrind {
+            let small = (pairs / 10).to_string();
+            let th = threads.to_string();
+            let with = instructions(kit, "mallocbench", &[&th, &small], true)?;
+            let without = instructions(kit, "mallocbench", &[&th, &small], false)?;
+            rows.push(
+                Row::new(
+                    format!("malloc-heavy, {threads} thread(s), preloaded: instructions"),
+                    Unit::Instr,
+                    with,
+                )
+                .baseline(without)
+                .note(format!(
+                    "callgrind, whole process, {small} pairs per thread"
+                )),
+            );
+        }
+    }
+
+    // Resident memory of an idle process.
+    let reps = cfg.reps(7, 3);
+    let mut rss: [Vec<f64>; 2] = Default::default();
+    let mut private: [Vec<f64>; 2] = Default::default();
+    for i in 0..reps {
+        for pre in order(i) {
+            let p = Proc::start(kit.command("bench_target", pre), true)?;
+            rss[pre as usize].push(proc_kib(p.pid, "status", "VmRSS:")?);
+            private[pre as usize].push(proc_kib(p.pid, "smaps_rollup", "Private_Dirty:")?);
+        }
+    }
+    rows.push(
+        Row::new("resident memory, idle target, preloaded", Unit::KiB, median(&rss[1]))
+            .baseline(median(&rss[0]))
+            .target(Target::DeltaAtMost(200.0))
+            .samples(&rss[1])
+            .note(format!(
+                "VmRSS of bench_target blocked in read(), median of {reps} processes each; libpulp: +370 kB"
+            )),
+    );
+    rows.push(
+        Row::new("private dirty memory, idle target, preloaded", Unit::KiB, median(&private[1]))
+            .baseline(median(&private[0]))
+            .samples(&private[1])
+            .note("Private_Dirty of /proc/PID/smaps_rollup: the memory each process pays for itself (file pages of the runtime are shared between processes)"),
+    );
+    Ok(())
+}
