@@ -13,6 +13,10 @@ pub struct MappedObject {
     pub path: String,
     /// Load bias: the address that file vaddr 0 maps to.
     pub bias: u64,
+    /// The file's device and inode as the maps line gives them: two
+    /// processes mapping the same file have the same pair.
+    pub dev: String,
+    pub inode: u64,
 }
 
 /// What the kernel appends in `/proc/PID/maps` to the path of a file that
@@ -70,6 +74,8 @@ pub fn objects_from_maps(maps: &[Mapping]) -> Vec<MappedObject> {
         out.push(MappedObject {
             path: path.to_string(),
             bias: m.start,
+            dev: m.dev.clone(),
+            inode: m.inode,
         });
     }
     out
@@ -189,6 +195,8 @@ mod tests {
         let o = MappedObject {
             path: "/usr/lib/libx.so.1 (deleted)".into(),
             bias: 0,
+            dev: "fe:00".into(),
+            inode: 1,
         };
         assert_eq!(o.basename(), "libx.so.1");
     }

@@ -2,12 +2,14 @@
 //! interface block and entry point are, and reading its state, registry and
 //! message ring through process memory, without stopping the process.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
 use ulp_abi::{offset, PatchRecord, Write, INTERFACE_SYMBOL, MAGIC, PROTOCOL_VERSION, RING_SIZE};
 use ulp_process::Pid;
 
-use crate::objects::{bias_for, mapped_objects, MappedObject};
+use crate::objects::{mapped_objects, MappedObject};
 
 /// Why the runtime of a process cannot be used.
 #[derive(Debug)]
@@ -56,6 +58,54 @@ pub struct Runtime {
     pub entry: u64,
 }
 
+/// Where a runtime file's two symbols are, for one process.
+struct RuntimeSymbols {
+    bias: u64,
+    interface: u64,
+    entry: u64,
+}
+
+/// The symbol values of each runtime file read so far, by (device, inode,
+/// path): one `ulp` run over a thousand processes reads and parses the
+/// runtime file once, not a thousand times. `None` records a file that is
+/// not a runtime after all.
+type SymbolCache = HashMap<(String, u64, String), Option<(u64, u64, bool)>>;
+
+fn symbol_cache() -> &'static Mutex<SymbolCache> {
+    static CACHE: OnceLock<Mutex<SymbolCache>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn runtime_symbols(pid: Pid, obj: &MappedObject) -> Option<RuntimeSymbols> {
+    let key = (obj.dev.clone(), obj.inode, obj.path.clone());
+    let cached = symbol_cache()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned());
+    let values = match cached {
+        Some(v) => v,
+        None => {
+            // The exports are in .dynsym, which is small; .symtab of a Rust
+            // cdylib has thousands of entries.
+            let v = obj.open(pid).ok().and_then(|elf| {
+                let iface = elf.dynamic_symbol(INTERFACE_SYMBOL)?;
+                let entry = elf.dynamic_symbol(ulp_abi::ENTRY_SYMBOL)?;
+                Some((iface.value, entry.value, elf.is_shared_object()))
+            });
+            if let Ok(mut c) = symbol_cache().lock() {
+                c.insert(key, v);
+            }
+            v
+        }
+    };
+    let (interface, entry, shared) = values?;
+    Some(RuntimeSymbols {
+        bias: if shared { obj.bias } else { 0 },
+        interface,
+        entry,
+    })
+}
+
 /// Whether a mapped file is a candidate runtime by its name (cheap, no read).
 fn looks_like_runtime(obj: &MappedObject) -> bool {
     obj.basename().starts_with("libpulp.so")
@@ -67,19 +117,14 @@ impl Runtime {
     pub fn find(pid: Pid) -> Result<Runtime, RuntimeError> {
         let objects = mapped_objects(pid)?;
         for obj in objects.iter().filter(|o| looks_like_runtime(o)) {
-            let Ok(elf) = obj.open(pid) else { continue };
-            let (Some(iface), Some(entry)) = (
-                elf.symbol(INTERFACE_SYMBOL),
-                elf.symbol(ulp_abi::ENTRY_SYMBOL),
-            ) else {
+            let Some(symbols) = runtime_symbols(pid, obj) else {
                 continue;
             };
-            let bias = bias_for(obj, &elf);
             let rt = Runtime {
                 pid,
                 path: obj.path.clone(),
-                interface: bias.wrapping_add(iface.value),
-                entry: bias.wrapping_add(entry.value),
+                interface: symbols.bias.wrapping_add(symbols.interface),
+                entry: symbols.bias.wrapping_add(symbols.entry),
             };
             let mut head = [0u8; 16];
             ulp_process::read_mem(pid, rt.interface, &mut head)?;

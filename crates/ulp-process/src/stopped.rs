@@ -41,7 +41,6 @@
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -106,6 +105,10 @@ struct Held {
     /// delivered when it is detached.
     owed: Vec<libc::siginfo_t>,
     call: Option<Call>,
+    /// The general registers as read when the thread stopped, while they
+    /// are known to be unchanged (cleared by anything that changes them):
+    /// saves a PTRACE_GETREGS per thread on the path that stops them all.
+    regs: Option<libc::user_regs_struct>,
 }
 
 /// How threads are seized.
@@ -244,6 +247,9 @@ impl Stopped {
     /// The general registers of a held, stopped thread.
     pub fn regs(&self, tid: Tid) -> Result<Regs, Error> {
         let i = self.stopped_index(tid)?;
+        if let Some(r) = self.held[i].regs {
+            return Ok(Regs(r));
+        }
         sys::get_regs(self.held[i].tid)
             .map(Regs)
             .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))
@@ -306,6 +312,7 @@ impl Stopped {
             });
         }
         let i = self.stopped_index(tid)?;
+        self.held[i].regs = None;
         let regs = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
         let xstate = sys::get_xstate(tid)
             .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGSET(NT_X86_XSTATE)", e))?;
@@ -491,8 +498,11 @@ impl Stopped {
     }
 
     fn detach_all(&mut self) -> Result<(), Error> {
+        // In the order the threads were stopped: each thread's pause then
+        // lasts about as long as every other's, instead of the first one
+        // stopped also being the last one released.
         let mut first = None;
-        while let Some(h) = self.held.pop() {
+        for h in std::mem::take(&mut self.held) {
             if let Err(e) = self.detach_one(h) {
                 first.get_or_insert(e);
             }
@@ -642,14 +652,11 @@ impl Stopped {
     /// interrupts land in parallel.
     fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
         let pid = self.pid;
+        let mut seized = Vec::new();
         let mut pending = Vec::new();
         let mut failure = None;
         for &tid in tids {
             if self.holds(tid) || self.skipped.contains(&tid) {
-                continue;
-            }
-            if !Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
-                self.skipped.insert(tid);
                 continue;
             }
             let flags = if self.options.suspend_seccomp {
@@ -713,14 +720,22 @@ impl Stopped {
                     stop: Stop::Running,
                     owed: Vec::new(),
                     call: None,
+                    regs: None,
                 },
             );
+            seized.push(tid);
+        }
+        // Stop them all in one quick pass only now that all are seized: the
+        // pause each thread feels starts at its interrupt, so the seizing
+        // (the slower part) stays out of it.
+        for tid in seized {
             match sys::interrupt(tid) {
                 // ESRCH: the thread is exiting; the wait below reports it.
                 Ok(()) | Err(Errno(libc::ESRCH)) => pending.push(tid),
                 Err(e) => {
-                    failure = Some(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
-                    break;
+                    // Still held (Running): release or Drop stops and
+                    // detaches it.
+                    failure.get_or_insert(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
                 }
             }
         }
@@ -755,7 +770,7 @@ impl Stopped {
             WaitStatus::EventStop { sig } => {
                 self.held[i].stop = Stop::Event;
                 if sig == libc::SIGTRAP {
-                    self.rerun_non_restarting_syscall(tid);
+                    self.held[i].regs = self.rerun_non_restarting_syscall(tid);
                 }
             }
             WaitStatus::OtherEvent { .. } => self.held[i].stop = Stop::Event,
@@ -775,28 +790,27 @@ impl Stopped {
     /// EINTR only because we interrupted it (see [`NON_RESTARTING`]), point
     /// it back at its `syscall` instruction so the call runs again when the
     /// thread resumes. Best effort: on any doubt, leave the thread as is.
-    fn rerun_non_restarting_syscall(&self, tid: Tid) {
-        let Ok(mut r) = sys::get_regs(tid) else {
-            return;
-        };
+    ///
+    /// Returns the thread's registers as they are now (for the cache), or
+    /// `None` when they could not be read or set.
+    fn rerun_non_restarting_syscall(&self, tid: Tid) -> Option<libc::user_regs_struct> {
+        let mut r = sys::get_regs(tid).ok()?;
         let nr = r.orig_rax as i64;
         if r.rax as i64 != -(libc::EINTR as i64) || !NON_RESTARTING.contains(&nr) {
-            return;
+            return Some(r);
         }
         // A real signal is waiting: the program would see EINTR natively.
         if procfs::unblocked_signal_pending(self.pid, tid) {
-            return;
+            return Some(r);
         }
         let mut insn = [0u8; 2];
-        let Some(at) = r.rip.checked_sub(2) else {
-            return;
-        };
+        let at = r.rip.checked_sub(2)?;
         if self.peek_with(tid, at, &mut insn).is_err() || insn != SYSCALL_INSN {
-            return;
+            return Some(r);
         }
         r.rip = at;
         r.rax = r.orig_rax;
-        let _ = sys::set_regs(tid, &r);
+        sys::set_regs(tid, &r).ok().map(|()| r)
     }
 
     fn peek_with(&self, tid: Tid, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
