@@ -42,13 +42,13 @@ _ulp() {
         -t|--target|-o|--output|--revert-all|-R)
             COMPREPLY=($(compgen -f -- "$cur"))
             return 0 ;;
-        -r|--retries|--timeout)
+        -r|--retries|--timeout|-j|--jobs)
             return 0 ;;
     esac
 
     local opts=""
     case "$cmd" in
-        trigger) opts="-p --process --revert --revert-all -r --retries --timeout -R --disable-seccomp" ;;
+        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp" ;;
         patches) opts="-p --process -b --buildid --only-livepatched" ;;
         check|messages) opts="-p --process" ;;
         set_patchable) opts="-p --process" ;;

@@ -184,6 +184,15 @@ fn fleet_rows(
             &format!("fleet {n} {what} (-p NAME)"),
         )
         .map_err(|e| format!("{e}; ulp said: {}", r.both().trim()))?;
+        // -p NAME names exactly the fleet: the counts must be exact too.
+        let want = format!("ulp: Processes patched: {n}, Skipped: 0, Failed: 0.");
+        if summary(&r.stdout) != want || r.code != 0 {
+            return Err(format!(
+                "fleet {n} {what} (-p NAME): ulp exited {} with '{}', expected '{want}'",
+                r.code,
+                summary(&r.stdout)
+            ));
+        }
         rows.push(
             Row::new(
                 format!("fleet {n}: {what} (one run, -p NAME)"),

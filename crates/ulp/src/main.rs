@@ -18,6 +18,7 @@ const SPECS: &[Spec] = &[
     flag(Some('q'), "quiet"),
     flag(None, "json"),
     value(Some('p'), "process"),
+    value(Some('j'), "jobs"),
     flag(None, "revert"),
     value(Some('r'), "retries"),
     value(None, "timeout"),
@@ -39,7 +40,7 @@ ulp: userspace live patching (a drop-in replacement for libpulp's ulp)
 Usage: ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)
 
 Patching running processes (they must run with libpulp.so.0 preloaded):
-  trigger [-p PID|NAME] [--revert] [--revert-all=LIB] [-r N] [--timeout S]
+  trigger [-p PID|NAME] [-j N] [--revert] [--revert-all=LIB] [-r N] [--timeout S]
           [-R PREFIX] [--disable-seccomp] [FILE|'GLOB']...
                       apply (or revert) live-patch containers (without -p:
                       in every process that has the runtime loaded)

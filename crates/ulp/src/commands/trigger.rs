@@ -16,6 +16,7 @@ use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &[
     "process",
+    "jobs",
     "revert",
     "revert-all",
     "retries",
@@ -67,6 +68,9 @@ loading a patch needs (opening the file, mapping it). The kernel allows it
 only when ulp has CAP_SYS_ADMIN and runs without seccomp itself; otherwise
 each process gets an ERROR saying so.
 
+Several processes are patched in parallel (-j), each stopped only for its
+own patch; on a terminal a progress bar shows on stderr meanwhile.
+
 Output: one line per process (with several FILEs, the name line alone, then
 one indented line per FILE), then a summary line, also with -q:
   NAME (pid: PID): SUCCESS FILE | SKIPPED REASON | ERROR FILE: REASON
@@ -79,6 +83,8 @@ Options:
   -p, --process PID|NAME  the target process(es) (default: all with the runtime)
       --revert            revert the patches instead of applying them
       --revert-all=LIB    revert every patch of LIB (or replace them by FILE)
+  -j, --jobs N            work on N processes at once (default: the number
+                          of CPUs); output stays in pid order
   -r, --retries N         retry a busy process N more times (default 3)
       --timeout S         give up on a process after S seconds (default 30)
   -R, --root PREFIX       the processes are chrooted at PREFIX
@@ -155,6 +161,14 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         opts.root = Some(PathBuf::from(r));
     }
     opts.suspend_seccomp = p.has("disable-seccomp");
+    let jobs = match p.value("jobs") {
+        None => default_jobs(),
+        Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            UsageError(format!(
+                "-j needs a number of processes at once (1 or more), got '{j}'"
+            ))
+        })?,
+    };
     let quiet = p.has("quiet");
     let verbose = p.has("verbose") && !quiet;
     let as_json = p.has("json");
@@ -222,63 +236,63 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             }
             pids
         }
-        None => select::with_runtime(),
+        // Every process: the workers tell the ones with the runtime (from
+        // their maps, nothing attached) in parallel with the patching.
+        None => {
+            let me = std::process::id() as Pid;
+            let mut all: Vec<Pid> = ulp_process::all_pids()
+                .into_iter()
+                .filter(|&p| p != me)
+                .collect();
+            all.sort_unstable();
+            all
+        }
     };
     let nothing_to_do = files.is_empty() && !matches!(mode, Mode::RevertAll(_));
 
     let (mut patched, mut skipped, mut failed) = (0u32, 0u32, 0u32);
     let mut json_procs: Vec<Value> = Vec::new();
-    for pid in pids {
-        if nothing_to_do {
-            break;
-        }
-        let name = process_name(pid);
-        let lines = match Runtime::find(pid) {
-            // Without -p such a process is not a target at all.
-            Err(RuntimeError::NotLoaded) if explicit.is_none() => continue,
-            Err(RuntimeError::NotLoaded) => {
+    let pids = if nothing_to_do { Vec::new() } else { pids };
+    let mut progress = Progress::new(pids.len(), as_json);
+    for_each_process(
+        &pids,
+        jobs,
+        |pid| examine(pid, explicit.is_some(), &mode, &files, &opts),
+        |r| {
+            progress.step();
+            let Some(lines) = r.lines else {
+                progress.draw();
+                return;
+            };
+            if let Some(w) = r.warning {
+                progress.clear();
                 eprintln!(
-                    "ulp: warning: {name} (pid: {pid}): {}; start it with LD_PRELOAD=.../libpulp.so.0",
-                    Outcome::NoRuntime
+                    "ulp: warning: {} (pid: {}): {w}; start it with LD_PRELOAD=.../libpulp.so.0",
+                    r.name, r.pid
                 );
-                warnings.push(json!({
-                    "pid": pid,
-                    "name": name,
-                    "warning": Outcome::NoRuntime.to_string(),
-                }));
-                labels(&mode, &files)
-                    .into_iter()
-                    .map(|(label, patch, library)| Line {
-                        label,
-                        patch,
-                        library,
-                        report: Report {
-                            outcome: Outcome::NoRuntime,
-                            detail: Default::default(),
-                        },
-                    })
-                    .collect()
+                warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
             }
-            // Anything else (gone, incompatible) is reported per patch.
-            _ => process_one(pid, &mode, &files, &opts),
-        };
-        let status = process_status(&lines);
-        match status {
-            "failed" => failed += 1,
-            "patched" => patched += 1,
-            _ => skipped += 1,
-        }
-        if as_json {
-            json_procs.push(json!({
-                "pid": pid,
-                "name": name,
-                "status": status,
-                "results": lines.iter().map(line_json).collect::<Vec<_>>(),
-            }));
-        } else {
-            print_process(pid, &name, &lines, quiet, verbose);
-        }
-    }
+            let status = process_status(&lines);
+            match status {
+                "failed" => failed += 1,
+                "patched" => patched += 1,
+                _ => skipped += 1,
+            }
+            if as_json {
+                json_procs.push(json!({
+                    "pid": r.pid,
+                    "name": r.name,
+                    "status": status,
+                    "results": lines.iter().map(line_json).collect::<Vec<_>>(),
+                }));
+            } else {
+                progress.clear();
+                print_process(r.pid, &r.name, &lines, quiet, verbose);
+            }
+            progress.draw();
+        },
+    );
+    progress.clear();
 
     if as_json {
         let library = match &mode {
@@ -303,6 +317,154 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     } else {
         0
     })
+}
+
+/// What one process gave: `lines` is `None` when it is not a target at all
+/// (no runtime, and no -p named it).
+struct Examined {
+    pid: Pid,
+    name: String,
+    lines: Option<Vec<Line>>,
+    warning: Option<String>,
+}
+
+/// Everything ulp does with one process, on the worker thread that handles
+/// it (the ptrace rule: one thread speaks to a tracee).
+fn examine(
+    pid: Pid,
+    explicit: bool,
+    mode: &Mode,
+    files: &[File],
+    opts: &trigger::Options,
+) -> Examined {
+    let found = Runtime::find(pid);
+    if !explicit
+        && matches!(
+            found,
+            Err(RuntimeError::NotLoaded | RuntimeError::Process(_))
+        )
+    {
+        // Without -p, a process without the runtime (or whose maps we may
+        // not read, so that we cannot tell) is not a target at all.
+        return Examined {
+            pid,
+            name: String::new(),
+            lines: None,
+            warning: None,
+        };
+    }
+    let name = process_name(pid);
+    let (lines, warning) = match found {
+        Err(RuntimeError::NotLoaded) => {
+            let lines = labels(mode, files)
+                .into_iter()
+                .map(|(label, patch, library)| Line {
+                    label,
+                    patch,
+                    library,
+                    report: Report {
+                        outcome: Outcome::NoRuntime,
+                        detail: Default::default(),
+                    },
+                })
+                .collect();
+            (Some(lines), Some(Outcome::NoRuntime.to_string()))
+        }
+        // Anything else (gone, incompatible) is reported per patch.
+        _ => (Some(process_one(pid, mode, files, opts)), None),
+    };
+    Examined {
+        pid,
+        name,
+        lines,
+        warning,
+    }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `work` on every pid with at most `jobs` at once, and hands each
+/// result to `emit` on this thread in the order of `pids`, as soon as it
+/// and all before it are done.
+fn for_each_process<R: Send>(
+    pids: &[Pid],
+    jobs: usize,
+    work: impl Fn(Pid) -> R + Sync,
+    mut emit: impl FnMut(R),
+) {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, R)>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(pids.len()) {
+            let tx = tx.clone();
+            let (next, work) = (&next, &work);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&pid) = pids.get(i) else { break };
+                if tx.send((i, work(pid))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut waiting = BTreeMap::new();
+        let mut due = 0;
+        for (i, r) in rx {
+            waiting.insert(i, r);
+            while let Some(r) = waiting.remove(&due) {
+                emit(r);
+                due += 1;
+            }
+        }
+    });
+}
+
+/// A progress bar on stderr, only when stderr is a terminal and there is
+/// more than one process; plain output (pipes, files, --json) never gets it.
+struct Progress {
+    total: usize,
+    done: usize,
+    on: bool,
+}
+
+impl Progress {
+    fn new(total: usize, json: bool) -> Progress {
+        use std::io::IsTerminal;
+        let on = total > 1 && !json && std::io::stderr().is_terminal();
+        Progress { total, done: 0, on }
+    }
+
+    fn step(&mut self) {
+        self.done += 1;
+    }
+
+    fn draw(&self) {
+        if !self.on || self.done >= self.total {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = WIDTH * self.done / self.total.max(1);
+        eprint!(
+            "\r[{}{}] {}/{} processes",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            self.done,
+            self.total
+        );
+    }
+
+    /// Erases the bar, so a result line can be printed.
+    fn clear(&self) {
+        if self.on {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// The result labels of one process: (label, patch file, library).
