@@ -130,6 +130,11 @@ impl Runtime {
             ulp_process::read_mem(pid, rt.interface, &mut head)?;
             let magic = u64::from_le_bytes(head[..8].try_into().unwrap());
             let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
+            if magic == 0 {
+                // Mapped, but its constructor has not run yet: the process
+                // is still starting. Not patchable (yet).
+                return Err(RuntimeError::NotLoaded);
+            }
             if magic != MAGIC || version != PROTOCOL_VERSION {
                 return Err(RuntimeError::Incompatible {
                     path: rt.path,

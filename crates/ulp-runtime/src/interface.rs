@@ -27,7 +27,7 @@ unsafe impl Sync for SharedInterface {}
 
 impl SharedInterface {
     pub const fn new() -> SharedInterface {
-        SharedInterface(UnsafeCell::new(Interface::INIT))
+        SharedInterface(UnsafeCell::new(Interface::ZEROED))
     }
 
     fn get(&self) -> *mut Interface {
@@ -43,6 +43,18 @@ impl Default for SharedInterface {
 
 fn block() -> *mut Interface {
     crate::__ulp_interface.get()
+}
+
+/// Marks the block valid for the tool: `version`, then `magic` (the tool
+/// checks the magic first). Called first thing by the constructor.
+pub fn publish_header() {
+    // SAFETY: aligned fields of a static, written before any call can be
+    // made; volatile because the tool reads them from outside.
+    unsafe {
+        addr_of_mut!((*block()).version).write_volatile(ulp_abi::PROTOCOL_VERSION);
+        fence(Ordering::Release);
+        addr_of_mut!((*block()).magic).write_volatile(ulp_abi::MAGIC);
+    }
 }
 
 /// `Interface::state`; the tool may change it between calls.

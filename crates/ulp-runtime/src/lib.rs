@@ -113,6 +113,7 @@ fn dispatch() -> i32 {
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn constructor() {
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        interface::publish_header();
         ring::log_untimed(format_args!(
             "libpulp.so.0 loaded (ulp {}, protocol {})",
             env!("CARGO_PKG_VERSION"),

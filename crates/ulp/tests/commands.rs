@@ -178,8 +178,8 @@ fn patches_of_all_processes_by_pid_name_with_build_ids_and_only_livepatched() {
         );
     }
     // By name: the same two among possibly others of that name.
-    let (code, named, _) = demo.ulp(&["patches", "-p", "demo_prog"]);
-    assert_eq!(code, 0);
+    let (code, named, err) = demo.ulp(&["patches", "-p", "demo_prog"]);
+    assert_eq!(code, 0, "{err}");
     assert!(named.contains(&format!("PID: {pp},")) && named.contains(&format!("PID: {pl},")));
 
     // -b: each library with its build id (the one the patch records).
@@ -340,8 +340,8 @@ fn messages_show_the_runtime_log() {
     assert_eq!(logged, out.lines().collect::<Vec<_>>());
     assert_eq!(v["processes"][0]["pid"], t.pid);
     // By name.
-    let (code, out, _) = demo.ulp(&["messages", "-p", "demo_prog"]);
-    assert_eq!(code, 0);
+    let (code, out, err) = demo.ulp(&["messages", "-p", "demo_prog"]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("libpulp.so.0 loaded"));
     let (code, _, err) = demo.ulp(&["messages", "-p", "no-such-process-name"]);
     assert_eq!(code, 1, "{err}");
