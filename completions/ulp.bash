@@ -48,11 +48,11 @@ _ulp() {
 
     local opts=""
     case "$cmd" in
-        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp" ;;
+        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force" ;;
         patches) opts="-p --process -b --buildid --only-livepatched" ;;
         check|messages) opts="-p --process" ;;
         set_patchable) opts="-p --process" ;;
-        packer) opts="-l --livepatch -t --target" ;;
+        packer) opts="-l --livepatch -t --target --force" ;;
         dump) opts="--revert -b --buildid" ;;
         extract) opts="-o --output" ;;
     esac

@@ -73,6 +73,24 @@ fn main() {
         ],
         &out.join("options_prog"),
     );
+    // The target of crates/ulp/tests/stress.rs and the library it opens
+    // and closes over and over.
+    gcc(
+        &[
+            "-O2",
+            "-pthread",
+            &s("stress_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-ldl",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("stress_prog"),
+    );
+    gcc(
+        &["-O2", "-fPIC", "-shared", &s("stress_plugin.c")],
+        &out.join("stress_plugin.so"),
+    );
     for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
         let c = s(&format!("{patch}.c"));
         gcc(

@@ -68,7 +68,8 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 == 1 || !s.is_ascii() {
+    // Digits only: from_str_radix alone would also take a sign ("+f").
+    if s.len() % 2 == 1 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -170,7 +171,7 @@ impl TargetDescription {
         let name = obj
             .get("name")
             .and_then(Value::as_str)
-            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .filter(|n| !n.is_empty() && !n.contains(['/', '\0']))
             .ok_or_else(|| bad("\"name\" must be the library's file name"))?
             .to_string();
         let build_id = obj
@@ -288,6 +289,16 @@ mod tests {
             (
                 r#"{"name":"l","build_id":"xyz","symbols":[]}"#,
                 "\"build_id\"",
+            ),
+            // A sign is not a hex digit (u8::from_str_radix takes "+f").
+            (
+                r#"{"name":"l","build_id":"+f+f","symbols":[]}"#,
+                "\"build_id\"",
+            ),
+            // A file name has no NUL (the container stores it as a C string).
+            (
+                r#"{"name":"l\u0000x","build_id":"ab","symbols":[]}"#,
+                "\"name\"",
             ),
             (r#"{"name":"l","build_id":"ab"}"#, "\"symbols\""),
             (

@@ -40,7 +40,14 @@ pub struct PackOptions {
     pub container_override: Option<PathBuf>,
     /// `-t`: use this target instead of the .dsc's `@` line.
     pub target_override: Option<PathBuf>,
+    /// Called on the .dsc before it is read and on the container before it
+    /// is opened; an `Err(message)` stops the packer with that message
+    /// (`ulp packer` passes `ulp_core::trust::check` when run as root).
+    pub trust: Option<TrustCheck>,
 }
+
+/// See [`PackOptions::trust`]: `Err(message)` refuses the file.
+pub type TrustCheck = fn(&Path) -> Result<(), String>;
 
 /// What [`pack`] wrote.
 #[derive(Clone, Debug)]
@@ -69,6 +76,8 @@ pub enum PackErrorKind {
     BuildId,
     /// Writing the sections into the container failed.
     Write,
+    /// [`PackOptions::trust`] refused the .dsc or the container.
+    Untrusted,
 }
 
 /// Why packing failed. About a .dsc item it displays compiler-style,
@@ -276,6 +285,9 @@ pub fn write_sections(elf_path: &Path, sections: &[(&str, &[u8])]) -> Result<(),
 
 /// Packs the live patch described by `dsc_path` (see the module comment).
 pub fn pack(dsc_path: &Path, opts: &PackOptions) -> Result<PackReport, PackError> {
+    if let Some(trust) = opts.trust {
+        trust(dsc_path).map_err(|why| Ctx::plain(PackErrorKind::Untrusted, why))?;
+    }
     let dsc_bytes = std::fs::read(dsc_path).map_err(|e| {
         Ctx::plain(
             PackErrorKind::Description,
@@ -370,6 +382,12 @@ fn check(
             Some(&dsc.container),
         ),
     };
+    if let Some(trust) = opts.trust {
+        trust(&container_path).map_err(|why| match container_item {
+            Some(item) => ctx.at(PackErrorKind::Untrusted, item, why),
+            None => Ctx::plain(PackErrorKind::Untrusted, why),
+        })?;
+    }
     let container = ctx.open(&container_path, container_item)?;
     let container_id = container.build_id().ok_or_else(|| {
         let message = format!(

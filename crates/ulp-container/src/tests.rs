@@ -173,6 +173,7 @@ fn packing_matches_libpulp_byte_for_byte() {
     let opts = PackOptions {
         container_override: Some(theirs.clone()),
         target_override: None,
+        ..Default::default()
     };
     let r = pack(&dsc, &opts).unwrap();
     assert_eq!(r.container, theirs);
@@ -413,6 +414,7 @@ fn pack_with_overrides_offsets_and_no_comments() {
     let opts = PackOptions {
         container_override: Some(lp.clone()),
         target_override: Some(d.join("libgreet.so.0")),
+        ..Default::default()
     };
     let r = pack(&dsc, &opts).unwrap();
     assert!(!r.comments_written);

@@ -1,5 +1,6 @@
 //! Hostile input: the parsers that read files a user hands to ulp (the
-//! container ELF and its sections, the .dsc) must answer every input with a
+//! container ELF and its sections, the .dsc, the `ulp extract` JSON the
+//! packer takes as a target) must answer every input with a
 //! value or an error: never a panic, never a hang, never a huge allocation.
 //!
 //! A small mutation fuzzer, deterministic (fixed seeds, its own xorshift
@@ -13,6 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ulp_container::extract::TargetDescription;
 use ulp_container::format::{Metadata, RevertMetadata};
 
 fn interop(name: &str) -> Vec<u8> {
@@ -161,4 +163,143 @@ fn container_reader_survives_mutations() {
             let _ = elf.build_id();
         }
     });
+}
+
+/// The `ulp extract` description of the interop target, as `ulp extract`
+/// writes it: the seed of the JSON fuzzers.
+fn extract_seed() -> String {
+    let lib =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/libpulp-interop/libgreet.so.0");
+    TargetDescription::extract(&lib)
+        .expect("describing libgreet.so.0")
+        .to_json_text()
+}
+
+/// What the packer does with a target JSON: parse it, then use it as
+/// `pack` does (look symbols up).
+fn read_description(b: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(b) {
+        if let Ok(d) = TargetDescription::from_json_text(text) {
+            let _ = d.symbol("greet");
+            let _ = d.to_json_text();
+        }
+    }
+}
+
+#[test]
+fn extract_json_reader_survives_byte_mutations() {
+    let seed = extract_seed();
+    fuzz(
+        "extract",
+        seed.as_bytes(),
+        20_000,
+        Duration::from_secs(10),
+        read_description,
+    );
+    // The lenient form: symbols keyed by name, numbers as strings.
+    let keyed = r#"{"name":"libgreet.so.0","build_id":"0b12723e714c785b321e9af5c995dc14ca869484",
+        "symbols":{"greet":{"offset":"0x1140","size":"12","st_info":18,"st_other":"0"}}}"#;
+    fuzz(
+        "extract-keyed",
+        keyed.as_bytes(),
+        20_000,
+        Duration::from_secs(5),
+        read_description,
+    );
+}
+
+/// Values that stress a JSON reader's assumptions about types and ranges.
+fn odd_value(rng: &mut Rng) -> serde_json::Value {
+    use serde_json::json;
+    match rng.below(16) {
+        0 => json!(null),
+        1 => json!(-1),
+        2 => json!(u64::MAX),
+        3 => json!(i64::MIN),
+        4 => json!(1e300),
+        5 => json!(0.5),
+        6 => json!(""),
+        7 => json!("0x"),
+        8 => json!("0xffffffffffffffffff"),
+        9 => json!("+f"),
+        10 => json!("é".repeat(3)),
+        11 => json!([]),
+        12 => json!({}),
+        13 => json!(true),
+        14 => json!("a".repeat(rng.below(5000))),
+        _ => {
+            // Deep nesting, but within what serde_json accepts (128).
+            let mut v = json!(1);
+            for _ in 0..rng.below(100) {
+                v = json!([v]);
+            }
+            v
+        }
+    }
+}
+
+/// Replaces, removes or adds one node somewhere in `v`.
+fn mutate_value(rng: &mut Rng, v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) if !map.is_empty() && rng.below(4) != 0 => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            let k = keys[rng.below(keys.len())].clone();
+            match rng.below(6) {
+                0 => {
+                    map.remove(&k);
+                }
+                1 => {
+                    map.insert(k, odd_value(rng));
+                }
+                2 => {
+                    let moved = map.remove(&k).unwrap();
+                    map.insert(format!("{k}{}", rng.below(3)), moved);
+                }
+                _ => mutate_value(rng, map.get_mut(&k).unwrap()),
+            }
+        }
+        Value::Array(list) if !list.is_empty() && rng.below(4) != 0 => {
+            let i = rng.below(list.len());
+            match rng.below(5) {
+                0 => {
+                    list.remove(i);
+                }
+                1 => list.push(odd_value(rng)),
+                2 => {
+                    let copy = list[i].clone();
+                    list.insert(i, copy);
+                }
+                _ => mutate_value(rng, &mut list[i]),
+            }
+        }
+        _ => *v = odd_value(rng),
+    }
+}
+
+#[test]
+fn extract_json_reader_survives_structural_mutations() {
+    let seed: serde_json::Value = serde_json::from_str(&extract_seed()).unwrap();
+    let start = Instant::now();
+    let budget = Duration::from_secs(10);
+    let mut rng = Rng(0x5eed_0fe7_a7c7_1234);
+    for case in 0..20_000 {
+        if start.elapsed() > budget {
+            break;
+        }
+        let mut v = seed.clone();
+        for _ in 0..1 + rng.below(3) {
+            mutate_value(&mut rng, &mut v);
+        }
+        let text = v.to_string();
+        if catch_unwind(AssertUnwindSafe(|| read_description(text.as_bytes()))).is_err() {
+            let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("hostile-extract-structural-{case}.json"));
+            let _ = std::fs::write(&keep, &text);
+            panic!(
+                "extract (structural): case {case} panicked; input saved to {}",
+                keep.display()
+            );
+        }
+    }
 }

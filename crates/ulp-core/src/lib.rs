@@ -2,7 +2,8 @@
 //! patches in running processes ([`trigger`]), and reading what a process's
 //! runtime knows ([`runtime`]: state, applied patches, message log;
 //! [`patchable`]: switching live patching off and on), and choosing the
-//! processes and files a command works on ([`select`]).
+//! processes and files a command works on ([`select`]), and whether root
+//! may load a file another user could change ([`trust`]).
 //!
 //! This crate decides *what* to do; `ulp-process` is the only code that
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the
@@ -14,5 +15,6 @@ pub mod patchable;
 pub mod runtime;
 pub mod select;
 pub mod trigger;
+pub mod trust;
 
 pub use ulp_process::{Pid, Tid};

@@ -164,6 +164,26 @@ fn who(f: &mut fmt::Formatter<'_>, pid: Pid, tid: Option<Tid>) -> fmt::Result {
     }
 }
 
+/// Why reading another process's /proc files was refused (they need
+/// ptrace access): who owns the process, who we are, and what to do.
+fn permission_hint(f: &mut fmt::Formatter<'_>, pid: Pid) -> fmt::Result {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) {
+        Ok(owner) if owner != me => write!(
+            f,
+            "; the process belongs to uid {owner} and ulp runs as uid {me}: only the \
+             process's owner, or root with CAP_SYS_PTRACE, may patch it"
+        ),
+        _ => write!(
+            f,
+            "; reading it needs ptrace access: run as the process's owner (a process \
+             that changed its credentials is not dumpable) or as root with CAP_SYS_PTRACE"
+        ),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -267,7 +287,11 @@ impl fmt::Display for Error {
                     f,
                     "cannot read {} for process {pid}: {source}",
                     path.display()
-                )
+                )?;
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    permission_hint(f, *pid)?;
+                }
+                Ok(())
             }
             Error::Parse { pid, path, line } => {
                 write!(

@@ -28,6 +28,7 @@ const SPECS: &[Spec] = &[
     value(None, "revert-all"),
     value(Some('R'), "root"),
     flag(None, "disable-seccomp"),
+    flag(None, "force"),
     flag(None, "only-livepatched"),
     value(Some('o'), "output"),
 ];
@@ -41,7 +42,7 @@ Usage: ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)
 
 Patching running processes (they must run with libpulp.so.0 preloaded):
   trigger [-p PID|NAME] [-j N] [--revert] [--revert-all=LIB] [-r N] [--timeout S]
-          [-R PREFIX] [--disable-seccomp] [FILE|'GLOB']...
+          [-R PREFIX] [--disable-seccomp] [--force] [FILE|'GLOB']...
                       apply (or revert) live-patch containers (without -p:
                       in every process that has the runtime loaded)
   patches [-p PID|NAME] [-b] [--only-livepatched]
@@ -57,7 +58,7 @@ Building live patches:
   post FILE           merge the entry NOPs of a library built with
                       -fpatchable-function-entry=16,14 (in place)
   livepatchable FILE  tell whether FILE has patchable function entries
-  packer [-l FILE] [-t FILE] FILE.dsc
+  packer [-l FILE] [-t FILE] [--force] FILE.dsc
                       write the patch metadata into the container
   dump [--revert] [-b] FILE
                       print a container's metadata

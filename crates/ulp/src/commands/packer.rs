@@ -10,10 +10,10 @@ use super::dump::container_json;
 use super::{fail_json, one_operand, print_json};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["livepatch", "target"];
+pub const OPTIONS: &[&str] = &["livepatch", "target", "force"];
 
 pub const HELP: &str = "\
-Usage: ulp packer [-l FILE] [-t FILE] FILE.dsc
+Usage: ulp packer [-l FILE] [-t FILE] [--force] FILE.dsc
 
 Read the description FILE.dsc and write the live-patch metadata (.ulp,
 .ulp.rev and, with comment lines, .ulp.comments sections) into the container
@@ -24,10 +24,18 @@ Nothing is written when the description has a mistake. The first one is
 reported as a compiler does:
   FILE.dsc:LINE:COL: error: MESSAGE
 
+As root, the packer refuses a .dsc or a container that another user could
+change (the .dsc decides what root writes into which file, and the
+container's code is what `trigger` loads): the file, a directory on its
+path or a symbolic link followed is owned by someone other than root, or
+the file or such a directory is writable by group or others (a sticky
+directory such as /tmp is fine). --force packs anyway.
+
 Options:
   -l, --livepatch FILE   the container to write (instead of the .dsc's first line)
   -t, --target FILE      the target library or its `ulp extract` JSON
                          (instead of the .dsc's @ line)
+      --force            as root, use a .dsc or container other users could change
       --json             print the packed container's metadata as `ulp dump
                          --json` does, or {\"error\", \"location\", ...}
 
@@ -43,6 +51,7 @@ fn packer(dsc: &Path, p: &Parsed) -> u8 {
     let opts = PackOptions {
         container_override: p.value("livepatch").map(PathBuf::from),
         target_override: p.value("target").map(PathBuf::from),
+        trust: (!p.has("force") && ulp_core::trust::running_as_root()).then_some(trusted),
     };
     let json = p.has("json");
     match pack::pack(dsc, &opts) {
@@ -82,6 +91,11 @@ fn packer(dsc: &Path, p: &Parsed) -> u8 {
             1
         }
     }
+}
+
+/// [`ulp_core::trust::check`] with its message as the error.
+fn trusted(path: &Path) -> Result<(), String> {
+    ulp_core::trust::check(path).map_err(|e| e.to_string())
 }
 
 /// A mistake in the .dsc goes out as a compiler writes it, at the start of

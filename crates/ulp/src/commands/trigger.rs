@@ -23,11 +23,12 @@ pub const OPTIONS: &[&str] = &[
     "timeout",
     "root",
     "disable-seccomp",
+    "force",
 ];
 
 pub const HELP: &str = "\
 Usage: ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
-                   [--disable-seccomp] FILE|'GLOB'...
+                   [--disable-seccomp] [--force] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]
 
 Apply the live-patch containers FILE... to running processes; with
@@ -68,6 +69,14 @@ loading a patch needs (opening the file, mapping it). The kernel allows it
 only when ulp has CAP_SYS_ADMIN and runs without seccomp itself; otherwise
 each process gets an ERROR saying so.
 
+As root, ulp refuses to load a FILE that another user could change (it
+would run that user's code as root): FILE, a directory on its path or a
+symbolic link followed is owned by someone other than root, or FILE or such
+a directory is writable by group or others (a sticky directory such as /tmp
+is fine: others cannot replace root's entries in it). The ERROR names the
+path and the fix (`chown root`, `chmod go-w`); --force loads it anyway.
+Reverting loads nothing and is not checked.
+
 Several processes are patched in parallel (-j), each stopped only for its
 own patch; on a terminal a progress bar shows on stderr meanwhile.
 
@@ -89,6 +98,7 @@ Options:
       --timeout S         give up on a process after S seconds (default 30)
   -R, --root PREFIX       the processes are chrooted at PREFIX
       --disable-seccomp   suspend seccomp while attached (needs CAP_SYS_ADMIN)
+      --force             as root, load FILEs that other users could change
   -q, --quiet             print only ERROR lines and the summary line
   -v, --verbose           also print, under each result, the runtime's path,
                           its message, the number of code writes and how
@@ -203,6 +213,10 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let mut warnings: Vec<Value> = Vec::new();
     let mut files: Vec<File> = Vec::new();
     let root = opts.root.as_deref();
+    // As root, refuse containers another user could change (see
+    // ulp_core::trust); a revert loads nothing.
+    let check_trust =
+        !p.has("force") && !matches!(mode, Mode::Revert) && ulp_core::trust::running_as_root();
     for operand in &p.operands {
         let names = if select::is_glob(operand) {
             let found = select::expand_glob(operand, root);
@@ -220,7 +234,13 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         };
         for shown in names {
             let path = select::host_path(root, &shown);
-            let container = container::read(&path).map_err(|e| e.to_string());
+            let trusted = if check_trust {
+                ulp_core::trust::check(&path).map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            };
+            let container =
+                trusted.and_then(|()| container::read(&path).map_err(|e| e.to_string()));
             files.push(File { shown, container });
         }
     }
