@@ -20,6 +20,10 @@
 //! * registry (`reg_*`): rewritten by the runtime during a call, read by the
 //!   tool at any time under the seqlock `reg_generation` (odd while changing).
 //! * ring (`ring_*`): appended to by the runtime, read by the tool at any time.
+//! * return path (`resume`, `resume_end`): written once by the constructor
+//!   (before `magic`), read by the tool.
+//! * `call_done`: written by the resume routine at the end of a remote call
+//!   (see [`Interface::call_done`]), polled by the tool.
 //!
 //! Bump [`PROTOCOL_VERSION`] whenever a layout or meaning here changes; the
 //! tool refuses a runtime whose version it does not know. Offsets are checked
@@ -29,7 +33,7 @@
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -176,6 +180,18 @@ pub struct Interface {
     /// `min(ring_head, RING_SIZE)` of them, at `ring_head % RING_SIZE`.
     pub ring_head: u64,
     pub ring: [u8; RING_SIZE],
+
+    /// Address of the runtime's resume routine and of the byte after it.
+    /// The tool runs `__ulp_entry` with this routine as its return address
+    /// and an `rt_sigframe` of the thread's own state above it, so the
+    /// call returns to the thread's code by itself (`rt_sigreturn`) even if
+    /// the tool died meanwhile. The frame's contract is
+    /// `ulp_process::ReturnPath`.
+    pub resume: u64,
+    pub resume_end: u64,
+    /// Where the resume routine reports a finished call: the call's cookie
+    /// (from its frame) in `[0]`, written after its return value in `[1]`.
+    pub call_done: [u64; 2],
 }
 
 impl Interface {
@@ -206,6 +222,9 @@ impl Interface {
         reg_records: 0,
         ring_head: 0,
         ring: [0; RING_SIZE],
+        resume: 0,
+        resume_end: 0,
+        call_done: [0; 2],
     };
 }
 
@@ -228,6 +247,9 @@ pub mod offset {
     pub const REG_RECORDS: usize = offset_of!(Interface, reg_records);
     pub const RING_HEAD: usize = offset_of!(Interface, ring_head);
     pub const RING: usize = offset_of!(Interface, ring);
+    pub const RESUME: usize = offset_of!(Interface, resume);
+    pub const RESUME_END: usize = offset_of!(Interface, resume_end);
+    pub const CALL_DONE: usize = offset_of!(Interface, call_done);
 }
 
 // The layout is part of the protocol: a change here must bump
@@ -240,9 +262,28 @@ const _: () = {
     assert!(offset::REQ_LEN == 20);
     assert!(offset::REQ == 24);
     assert!(offset::RES_CODE == 24 + REQUEST_MAX);
+    assert!(offset::RESUME == offset::RING + RING_SIZE);
+    assert!(offset::RESUME_END == offset::RESUME + 8);
+    assert!(offset::CALL_DONE == offset::RESUME + 16);
     assert!(core::mem::size_of::<Write>() == 48);
     assert!(core::mem::size_of::<PatchRecord>() == 72);
 };
+
+/// The frame a remote call returns through (the tool's side is
+/// `ulp_process::frame`, which documents it): offsets from the ucontext,
+/// which is where `rsp` points in the resume routine.
+pub mod frame {
+    /// `uc_stack`, filled by the routine with `sigaltstack(NULL, ...)`.
+    pub const UC_STACK: usize = 16;
+    /// `uc_sigmask`, filled by the routine with `rt_sigprocmask`.
+    pub const UC_SIGMASK: usize = 296;
+    /// The call's cookie.
+    pub const COOKIE: usize = 304;
+    /// The address of the done word (`Interface::call_done` for the runtime).
+    pub const DONE_PTR: usize = 312;
+    /// How many `pause` instructions to spin waiting for the tool.
+    pub const SPINS: usize = 320;
+}
 
 /// The APPLY request, as laid out in the request area:
 /// three fields, each a little-endian `u32` length followed by its bytes:

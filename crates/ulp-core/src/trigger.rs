@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ulp_abi::{code, op, write_kind, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX};
+use ulp_abi::{code, offset, op, write_kind, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX};
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
-use ulp_process::{Pid, SeizeOptions, Stopped};
+use ulp_process::{Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
 use crate::objects::{mapped_objects, MappedObject};
@@ -578,13 +578,47 @@ fn call(
         }
     };
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
+    // The call returns to the thread's code by itself, through the
+    // runtime's resume routine, even if this tool dies meanwhile.
+    let path = return_path(rt).map_err(|e| e.to_string())?;
     let ret = stopped
-        .remote_call(tid, rt.entry, &[], deadline)
+        .remote_call_returning(tid, rt.entry, &[], &path, deadline)
         .map_err(|e| e.to_string())?;
     let result = rt.read_result();
     stopped.release().map_err(|e| e.to_string())?;
     let (msg, writes) = result.map_err(|e| e.to_string())?;
     Ok((ret as i32, msg, writes))
+}
+
+// The frame's layout is shared by the tool (ulp-process) and the runtime's
+// resume routine (ulp-abi).
+const _: () = {
+    use ulp_abi::frame as rt;
+    use ulp_process::frame as tool;
+    assert!(rt::UC_STACK as u64 == tool::UC_STACK);
+    assert!(rt::UC_SIGMASK as u64 == tool::UC_SIGMASK);
+    assert!(rt::COOKIE as u64 == tool::COOKIE);
+    assert!(rt::DONE_PTR as u64 == tool::DONE_PTR);
+    assert!(rt::SPINS as u64 == tool::SPINS);
+};
+
+/// The runtime's resume routine and done word, from its interface block.
+fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error> {
+    let mut b = [0u8; 16];
+    ulp_process::read_mem(rt.pid, rt.interface + offset::RESUME as u64, &mut b)?;
+    let routine = u64::from_le_bytes(b[..8].try_into().unwrap());
+    let routine_end = u64::from_le_bytes(b[8..].try_into().unwrap());
+    if routine == 0 || routine_end <= routine {
+        return Err(ulp_process::Error::Invalid {
+            pid: rt.pid,
+            what: "the runtime did not publish its resume routine".into(),
+        });
+    }
+    Ok(ReturnPath {
+        routine,
+        routine_end,
+        done: rt.interface + offset::CALL_DONE as u64,
+    })
 }
 
 enum WriteError {

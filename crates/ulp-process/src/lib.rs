@@ -22,12 +22,17 @@
 //!
 //! Left out on purpose: what to call and why (`ulp-core`), ELF symbol lookup
 //! (`ulp-elf`), any architecture but x86-64, 32-bit (compat) tracees, and
-//! injecting code into processes that have not loaded the runtime. A remote
-//! call returns to address 0 and relies on the tracer being alive to catch
-//! the fault: if the tool dies in the middle of a call, that thread crashes
-//! (a sigreturn-based return path would remove this risk; not done yet).
+//! injecting code into processes that have not loaded the runtime.
+//!
+//! [`Stopped::remote_call`] returns to address 0 and relies on the tracer
+//! being alive to catch the fault: if the tool dies in the middle of such a
+//! call, that thread crashes. [`Stopped::remote_call_returning`] does not:
+//! given a resume routine in the target ([`ReturnPath`]), the call returns
+//! to the thread's own code by itself through an `rt_sigframe` written on
+//! its stack, whenever the tool dies.
 
 mod error;
+pub mod frame;
 mod mem;
 mod procfs;
 mod regs;
@@ -35,6 +40,7 @@ mod stopped;
 mod sys;
 
 pub use error::{Error, Tracer};
+pub use frame::ReturnPath;
 pub use mem::{read_mem, write_mem};
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,

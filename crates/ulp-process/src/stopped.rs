@@ -44,6 +44,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::frame::{self, ReturnPath};
 use crate::procfs;
 use crate::regs::Regs;
 use crate::sys::{self, Errno, WaitStatus};
@@ -94,8 +95,55 @@ enum Stop {
 struct Call {
     regs: libc::user_regs_struct,
     xstate: Vec<u8>,
-    /// `rsp` at the call's entry (it holds the return address 0).
+    /// `rsp` at the call's entry (it holds the return address: 0, or the
+    /// resume routine).
     sp: u64,
+    /// The function called.
+    func: u64,
+    /// Set when the call returns by itself through a resume routine.
+    ret: Option<SelfReturn>,
+}
+
+/// A call that returns through a [`ReturnPath`].
+#[derive(Clone, Copy)]
+struct SelfReturn {
+    path: ReturnPath,
+    /// The frame's ucontext: `rsp` in the resume routine.
+    uc: u64,
+    /// What the routine stores in the done word when this call returned.
+    cookie: u64,
+}
+
+impl SelfReturn {
+    /// Whether a thread with these registers is waiting in the resume
+    /// routine of this call (not yet returned to its own code).
+    fn holds(&self, r: &libc::user_regs_struct) -> bool {
+        self.path.routine <= r.rip && r.rip < self.path.routine_end && r.rsp == self.uc
+    }
+}
+
+/// A value no done word holds by chance: a per-process counter mixed with
+/// the clock, never zero.
+fn next_cookie() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let c = (t ^ (n << 40) ^ (u64::from(std::process::id()) << 20)).rotate_left(17);
+    c | 1
+}
+
+/// Whether a call that returns by itself should get its registers back
+/// from the tool now that it is stopped with `now`: waiting in the resume
+/// routine, or not started yet. Elsewhere it is either inside the callee
+/// (it finishes and returns by itself) or back in its own code already.
+fn restore_on_detach(call: &Call, now: &libc::user_regs_struct) -> bool {
+    match &call.ret {
+        None => true,
+        Some(ret) => ret.holds(now) || (now.rip == call.func && now.rsp == call.sp),
+    }
 }
 
 struct Held {
@@ -304,6 +352,45 @@ impl Stopped {
         args: &[u64],
         deadline: Instant,
     ) -> Result<u64, Error> {
+        self.start_call(tid, func, args, None, deadline)
+    }
+
+    /// [`Stopped::remote_call`], but the call returns to the thread's own
+    /// code by itself, through the resume routine of `path`, even if this
+    /// tool dies at any moment (see [`ReturnPath`] and the `frame` module):
+    /// an `rt_sigframe` with the thread's whole state (general registers
+    /// with the system call restart rule applied, XSAVE area) is written
+    /// below the red zone before the registers are changed, and the call
+    /// returns into the routine, which reports completion in `path.done`,
+    /// waits a little for the tool, then executes `rt_sigreturn`.
+    ///
+    /// While the tool is alive the result is the same as
+    /// [`Stopped::remote_call`]: the tool polls the done word, stops the
+    /// thread in the routine and writes every register back (XSAVE area
+    /// first, then the general registers, so a restartable system call
+    /// resumes transparently). If the tool was too slow and the thread had
+    /// already returned by itself, it is left as it is. On timeout, releasing
+    /// the guard no longer abandons the call: the thread finishes it and
+    /// returns by itself.
+    pub fn remote_call_returning(
+        &mut self,
+        tid: Tid,
+        func: u64,
+        args: &[u64],
+        path: &ReturnPath,
+        deadline: Instant,
+    ) -> Result<u64, Error> {
+        self.start_call(tid, func, args, Some(path), deadline)
+    }
+
+    fn start_call(
+        &mut self,
+        tid: Tid,
+        func: u64,
+        args: &[u64],
+        path: Option<&ReturnPath>,
+        deadline: Instant,
+    ) -> Result<u64, Error> {
         let pid = self.pid;
         if args.len() > 6 {
             return Err(Error::Invalid {
@@ -319,9 +406,29 @@ impl Stopped {
 
         // Frame: skip the red zone, align down to 16, push the return
         // address. At the callee's first instruction `rsp % 16 == 8`, as
-        // after a `call` from aligned code.
-        let sp = (regs.rsp.wrapping_sub(RED_ZONE) & !0xf).wrapping_sub(8);
-        sys::poke_word(tid, sp, 0).map_err(|e| self.mem_error(tid, sp, 8, true, e))?;
+        // after a `call` from aligned code. With a return path the frame
+        // also holds the rt_sigframe, written before any register changes:
+        // a tool that dies from here on leaves a thread that runs the call
+        // and returns by itself.
+        let (sp, ret) = match path {
+            None => {
+                let sp = (regs.rsp.wrapping_sub(RED_ZONE) & !0xf).wrapping_sub(8);
+                sys::poke_word(tid, sp, 0).map_err(|e| self.mem_error(tid, sp, 8, true, e))?;
+                (sp, None)
+            }
+            Some(p) => {
+                let cookie = next_cookie();
+                let spins = frame::spins_for(frame::WAIT);
+                let f = frame::build(&regs, &xstate, p, cookie, spins);
+                self.write_frame(tid, f.addr, &f.bytes)?;
+                let ret = SelfReturn {
+                    path: *p,
+                    uc: f.uc,
+                    cookie,
+                };
+                (f.addr, Some(ret))
+            }
+        };
 
         let mut r = regs;
         r.rip = func;
@@ -342,7 +449,13 @@ impl Stopped {
         // The ABI wants DF clear at a call; never single-step our call.
         r.eflags &= !(EFLAGS_DF | EFLAGS_TF);
         sys::set_regs(tid, &r).map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS", e))?;
-        self.held[i].call = Some(Call { regs, xstate, sp });
+        self.held[i].call = Some(Call {
+            regs,
+            xstate,
+            sp,
+            func,
+            ret,
+        });
 
         // Resuming with signal 0 also suppresses the signal of a
         // signal-delivery-stop we are in (it is in `owed` if it is not ours).
@@ -369,7 +482,30 @@ impl Stopped {
         }
     }
 
+    /// Writes a call frame into the thread's stack: process_vm_writev, or
+    /// word by word with PTRACE_POKEDATA when that is refused.
+    fn write_frame(&self, tid: Tid, addr: u64, bytes: &[u8]) -> Result<(), Error> {
+        if crate::mem::write_mem(self.pid, addr, bytes).is_ok() {
+            return Ok(());
+        }
+        for (k, w) in bytes.chunks(8).enumerate() {
+            let mut word = [0u8; 8];
+            word[..w.len()].copy_from_slice(w);
+            let a = addr + 8 * k as u64;
+            sys::poke_word(tid, a, u64::from_le_bytes(word))
+                .map_err(|e| self.mem_error(tid, a, bytes.len(), true, e))?;
+        }
+        Ok(())
+    }
+
     fn finish_call(&mut self, tid: Tid, deadline: Instant) -> Result<u64, Error> {
+        let ret = self
+            .index(tid)
+            .and_then(|i| self.held[i].call.as_ref())
+            .and_then(|c| c.ret);
+        if let Some(ret) = ret {
+            return self.finish_returning(tid, ret, deadline);
+        }
         let pid = self.pid;
         loop {
             let status = match sys::wait_thread(tid, deadline) {
@@ -430,18 +566,145 @@ impl Stopped {
         }
     }
 
-    /// Writes back the registers saved by `remote_call` (thread must be stopped).
+    /// [`Stopped::finish_call`] for a call that returns by itself: polls the
+    /// done word (and the thread's stops) until the call has returned into
+    /// the resume routine, then stops the thread and takes it from there.
+    fn finish_returning(
+        &mut self,
+        tid: Tid,
+        ret: SelfReturn,
+        deadline: Instant,
+    ) -> Result<u64, Error> {
+        let pid = self.pid;
+        let start = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        let mut interrupted = false;
+        loop {
+            match sys::wait_thread(tid, Instant::now()) {
+                Err(_) => return Err(self.lost(tid)),
+                Ok(Some(status)) => {
+                    if let Some(v) = self.returning_stop(tid, ret, status)? {
+                        return Ok(v);
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            if !interrupted && self.call_result(ret)?.is_some() {
+                // Returned: stop the thread (in the routine, normally).
+                if let Err(e) = sys::interrupt(tid) {
+                    return Err(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
+                }
+                interrupted = true;
+            }
+            let now = Instant::now();
+            // Once interrupted, the stop comes in microseconds; give it a
+            // little more than the deadline if need be.
+            let limit = if interrupted {
+                deadline.max(start + DETACH_GRACE)
+            } else {
+                deadline
+            };
+            if now >= limit {
+                return Err(Error::Timeout {
+                    pid,
+                    tid: Some(tid),
+                    op: "waiting for a remote call to return (the thread is still inside the call)"
+                        .into(),
+                });
+            }
+            if now - start < Duration::from_micros(200) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap.min(limit - now));
+                nap = (nap * 2).min(Duration::from_micros(100));
+            }
+        }
+    }
+
+    /// The call's return value once the resume routine has reported it.
+    fn call_result(&self, ret: SelfReturn) -> Result<Option<u64>, Error> {
+        let mut b = [0u8; 16];
+        crate::mem::read_mem(self.pid, ret.path.done, &mut b)?;
+        let cookie = u64::from_le_bytes(b[..8].try_into().unwrap());
+        Ok((cookie == ret.cookie).then(|| u64::from_le_bytes(b[8..].try_into().unwrap())))
+    }
+
+    /// One stop of a thread running a call that returns by itself. Returns
+    /// the call's value when the call is over (the thread then stays
+    /// stopped), `None` when the thread was resumed to go on.
+    fn returning_stop(
+        &mut self,
+        tid: Tid,
+        ret: SelfReturn,
+        status: WaitStatus,
+    ) -> Result<Option<u64>, Error> {
+        let pid = self.pid;
+        let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+        let sig = match status {
+            WaitStatus::Exited(_) | WaitStatus::Killed(_) => return Err(self.lost(tid)),
+            WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => None,
+            WaitStatus::SignalStop { sig } => Some(sig),
+        };
+        if let Some(sig) = sig {
+            let info = sys::get_siginfo(tid)
+                .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGINFO", e))?;
+            if is_fault(sig) && info.si_code > 0 {
+                // The callee crashed: take the thread back to its own state.
+                let now =
+                    sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+                self.held[i].stop = Stop::Signal(sig);
+                self.restore_call(i)?;
+                // SAFETY: si_addr is valid for the fault signals filtered
+                // above (kernel-generated, si_code > 0).
+                let addr = unsafe { info.si_addr() } as u64;
+                return Err(Error::CallFaulted {
+                    pid,
+                    tid,
+                    signal: sig,
+                    rip: now.rip,
+                    addr,
+                });
+            }
+            // Someone else's signal: delivered at detach, once the thread
+            // has its registers back.
+            self.held[i].owed.push(info);
+        }
+        let Some(value) = self.call_result(ret)? else {
+            // Still inside the call (a leftover interrupt, a group-stop
+            // that began during the call, a signal): let it go on.
+            sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
+            return Ok(None);
+        };
+        self.held[i].stop = sig.map_or(Stop::Event, Stop::Signal);
+        let now = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+        if ret.holds(&now) {
+            self.restore_call(i)?;
+        } else {
+            // Too slow: the routine timed out and the thread returned to its
+            // own code by rt_sigreturn, with its own state.
+            self.held[i].call = None;
+        }
+        self.held[i].regs = None;
+        Ok(Some(value))
+    }
+
+    /// Writes back the registers saved by `remote_call` (thread must be
+    /// stopped). The XSAVE area first: a tool killed between the two writes
+    /// leaves a thread whose general registers still point into the call
+    /// (for a call that returns by itself, at its resume routine, whose
+    /// rt_sigreturn restores everything again).
     fn restore_call(&mut self, i: usize) -> Result<(), Error> {
         let Some(h) = self.held.get(i) else {
             return Ok(());
         };
         let tid = h.tid;
         let Some(call) = &h.call else { return Ok(()) };
-        sys::set_regs(tid, &call.regs)
-            .map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS (restoring)", e))?;
         sys::set_xstate(tid, &call.xstate).map_err(|e| {
             self.ptrace_error(tid, "PTRACE_SETREGSET(NT_X86_XSTATE) (restoring)", e)
         })?;
+        sys::set_regs(tid, &call.regs)
+            .map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS (restoring)", e))?;
         self.held[i].call = None;
         Ok(())
     }
@@ -537,7 +800,10 @@ impl Stopped {
                     h.stop = Stop::Signal(sig);
                     let ours = match (&h.call, sys::get_regs(tid)) {
                         (Some(c), Ok(r)) => {
-                            sig == libc::SIGSEGV && r.rip == 0 && r.rsp == c.sp.wrapping_add(8)
+                            c.ret.is_none()
+                                && sig == libc::SIGSEGV
+                                && r.rip == 0
+                                && r.rsp == c.sp.wrapping_add(8)
                         }
                         _ => false,
                     };
@@ -546,6 +812,13 @@ impl Stopped {
                         && sys::get_siginfo(tid)
                             .map(|i| i.si_code > 0)
                             .unwrap_or(false);
+                    if fault {
+                        // The callee crashed: whatever the kind of call, the
+                        // thread must get its own state back.
+                        if let Some(c) = h.call.as_mut() {
+                            c.ret = None;
+                        }
+                    }
                     if !ours && !fault {
                         if let Ok(info) = sys::get_siginfo(tid) {
                             h.owed.push(info);
@@ -555,9 +828,18 @@ impl Stopped {
             }
         }
         if let Some(call) = h.call.take() {
+            // A call that returns by itself and is not waiting in its resume
+            // routine is left to finish (or has returned already).
+            let restore = match sys::get_regs(tid) {
+                Ok(now) => restore_on_detach(&call, &now),
+                Err(_) => true,
+            };
             // Abandon the call: the thread gets its own state back.
-            let restored =
-                sys::set_regs(tid, &call.regs).and_then(|()| sys::set_xstate(tid, &call.xstate));
+            let restored = if restore {
+                sys::set_xstate(tid, &call.xstate).and_then(|()| sys::set_regs(tid, &call.regs))
+            } else {
+                Ok(())
+            };
             if let Err(e) = restored {
                 let err = self.ptrace_error(tid, "restoring registers before detaching", e);
                 if err.is_gone() {

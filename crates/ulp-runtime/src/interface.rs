@@ -45,12 +45,16 @@ fn block() -> *mut Interface {
     crate::__ulp_interface.get()
 }
 
-/// Marks the block valid for the tool: `version`, then `magic` (the tool
-/// checks the magic first). Called first thing by the constructor.
+/// Marks the block valid for the tool: `version` and the resume routine's
+/// range, then `magic` (the tool checks the magic first). Called first thing
+/// by the constructor.
 pub fn publish_header() {
+    let (resume, resume_end) = crate::resume::range();
     // SAFETY: aligned fields of a static, written before any call can be
     // made; volatile because the tool reads them from outside.
     unsafe {
+        addr_of_mut!((*block()).resume).write_volatile(resume);
+        addr_of_mut!((*block()).resume_end).write_volatile(resume_end);
         addr_of_mut!((*block()).version).write_volatile(ulp_abi::PROTOCOL_VERSION);
         fence(Ordering::Release);
         addr_of_mut!((*block()).magic).write_volatile(ulp_abi::MAGIC);

@@ -4,7 +4,9 @@
 //! It exports exactly two symbols, described in `ulp_abi`: the block
 //! `__ulp_interface` (request, result, registry of applied patches, message
 //! ring) and the function `__ulp_entry`, which the tool runs on one thread
-//! of the process while the other threads keep running. The runtime loads
+//! of the process while the other threads keep running. The call returns
+//! through the resume routine (`resume.rs`, published in the block), which
+//! brings the thread back to its own code by itself if the tool is gone. The runtime loads
 //! containers, resolves their functions and references, keeps the registry
 //! and answers with the code writes the tool then makes itself, with every
 //! thread stopped. It never writes code.
@@ -38,6 +40,7 @@ pub mod interface;
 pub mod objects;
 pub mod optout;
 pub mod patch;
+pub mod resume;
 pub mod ring;
 
 use interface::SharedInterface;
@@ -51,7 +54,8 @@ pub static __ulp_interface: SharedInterface = SharedInterface::new();
 static BUSY: AtomicBool = AtomicBool::new(false);
 
 /// Performs `Interface::req_op` on the request and fills the result area;
-/// returns the result code (also stored in `res_code`).
+/// returns the result code (also stored in `res_code`). The tool runs it
+/// with the resume routine (`resume.rs`) as its return address.
 #[no_mangle]
 pub extern "C" fn __ulp_entry() -> i32 {
     if BUSY.swap(true, Ordering::Acquire) {

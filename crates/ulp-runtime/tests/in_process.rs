@@ -467,7 +467,13 @@ fn the_ring_has_the_loaded_line_and_timestamped_events() {
         .iter()
         .map(|l| &l["ring: ".len()..])
         .collect();
-    assert_eq!(ring[0], "ulp: libpulp.so.0 loaded (ulp 0.1.0, protocol 1)");
+    assert_eq!(
+        ring[0],
+        format!(
+            "ulp: libpulp.so.0 loaded (ulp 0.1.0, protocol {})",
+            ulp_abi::PROTOCOL_VERSION
+        )
+    );
     assert_eq!(ring.len(), 3, "{ring:#?}");
     for line in &ring[1..] {
         let b = line.as_bytes();

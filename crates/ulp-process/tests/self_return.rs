@@ -1,0 +1,391 @@
+//! remote_call_returning: a call that gets back to the thread's own code by
+//! itself through a resume routine and an rt_sigframe, whether the tracer
+//! stays to collect it or vanishes in the middle (its OS thread exits
+//! without releasing the guard, as when `ulp` is SIGKILLed).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{compile, cpu_has, deadline, Target, TempDir};
+use ulp_process::{ReturnPath, Stopped};
+
+/// Modes (argv[1]): "vector" runs a loop that checks known values in
+/// vector, general registers and MXCSR on the main thread; "sleep" sleeps
+/// 200 ms in a loop and reports each sleep (slept / SHORT / EINTR); "read"
+/// echoes stdin lines (EINTR reported). `slow` changes registers, spins
+/// 50 ms and returns 7. The resume routine follows ulp_process::frame.
+const PROG_C: &str = r#"
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+volatile int stop_flag;
+volatile unsigned long counter;
+uint64_t call_done[2] __attribute__((aligned(16)));
+static uint64_t vals[16][4] __attribute__((aligned(64)));
+static uint32_t mxcsr_want = 0x7f80;
+static uint32_t mxcsr_now;
+
+extern char resume_start[], resume_end[];
+__asm__(
+    ".text\n"
+    "resume_start:\n"
+    "mov 312(%rsp), %rdx\n"
+    "mov %rax, 8(%rdx)\n"
+    "mov 304(%rsp), %rcx\n"
+    "mov %rcx, (%rdx)\n"
+    "mov 320(%rsp), %rcx\n"
+    "test %rcx, %rcx\n"
+    "jz 2f\n"
+    "1: pause\n"
+    "sub $1, %rcx\n"
+    "jnz 1b\n"
+    "2:\n"
+    "xor %edi, %edi\n"
+    "lea 16(%rsp), %rsi\n"
+    "mov $131, %eax\n"
+    "syscall\n"
+    "xor %edi, %edi\n"
+    "xor %esi, %esi\n"
+    "lea 296(%rsp), %rdx\n"
+    "mov $8, %r10d\n"
+    "mov $14, %eax\n"
+    "syscall\n"
+    "mov $15, %eax\n"
+    "syscall\n"
+    "ud2\n"
+    "resume_end:\n");
+
+#define S_(x) #x
+#define S(x) S_(x)
+#define LD(n) "vmovdqu " S(n) "*32(%%rbx), %%ymm" S(n) "\n\t"
+#define CK(n) "vpxor " S(n) "*32(%%rbx), %%ymm" S(n) ", %%ymm0\n\t" \
+              "vptest %%ymm0, %%ymm0\n\tjnz 9f\n\t"
+#define ALL15(M) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13) M(14) M(15)
+
+__attribute__((noinline)) int check_loop(void) {
+    int bad;
+    __asm__ volatile(
+        "ldmxcsr %[mxw]\n\t"
+        ALL15(LD)
+        "movabs $0x1111222233334444, %%r8\n\t"
+        "movabs $0x5555666677778888, %%r9\n\t"
+        "movabs $0x9999aaaabbbbcccc, %%r10\n\t"
+        "movabs $0xddddeeeeffff0000, %%r11\n\t"
+        "movabs $0x0123456789abcdef, %%rsi\n\t"
+        "movabs $0xfedcba9876543210, %%rdi\n\t"
+        "1:\n\t"
+        "incq %[cnt]\n\t"
+        "cmpl $0, %[stop]\n\t"
+        "jne 8f\n\t"
+        ALL15(CK)
+        "movabs $0x1111222233334444, %%rax\n\tcmpq %%rax, %%r8\n\tjne 9f\n\t"
+        "movabs $0x5555666677778888, %%rax\n\tcmpq %%rax, %%r9\n\tjne 9f\n\t"
+        "movabs $0x9999aaaabbbbcccc, %%rax\n\tcmpq %%rax, %%r10\n\tjne 9f\n\t"
+        "movabs $0xddddeeeeffff0000, %%rax\n\tcmpq %%rax, %%r11\n\tjne 9f\n\t"
+        "movabs $0x0123456789abcdef, %%rax\n\tcmpq %%rax, %%rsi\n\tjne 9f\n\t"
+        "movabs $0xfedcba9876543210, %%rax\n\tcmpq %%rax, %%rdi\n\tjne 9f\n\t"
+        "stmxcsr %[mxn]\n\t"
+        "movl %[mxn], %%eax\n\tcmpl %[mxw], %%eax\n\tjne 9f\n\t"
+        "jmp 1b\n\t"
+        "8:\n\tmovl $0, %[bad]\n\tjmp 7f\n\t"
+        "9:\n\tmovl $1, %[bad]\n\t"
+        "7:\n\t"
+        : [bad] "=m"(bad), [cnt] "+m"(counter), [mxn] "=m"(mxcsr_now)
+        : "b"(vals), [stop] "m"(stop_flag), [mxw] "m"(mxcsr_want)
+        : "rax", "rsi", "rdi", "r8", "r9", "r10", "r11", "cc", "memory",
+          "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+          "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    return bad;
+}
+
+/* Changes registers the loop checks, waits 50 ms, returns 7. */
+__attribute__((noinline)) long slow(void) {
+    __asm__ volatile(
+        "vpcmpeqd %%ymm1, %%ymm1, %%ymm1\n\t"
+        "vpcmpeqd %%ymm8, %%ymm8, %%ymm8\n\t"
+        "vpcmpeqd %%ymm15, %%ymm15, %%ymm15\n\t"
+        "movq $-1, %%r8\n\tmovq $-1, %%r9\n\tmovq $-1, %%r10\n\tmovq $-1, %%r11\n\t"
+        "movq $-1, %%rsi\n\tmovq $-1, %%rdi\n\t"
+        "movl $0x1f80, -4(%%rsp)\n\tldmxcsr -4(%%rsp)\n\t"
+        : : : "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "xmm1", "xmm8", "xmm15");
+    /* Not nanosleep: its every call resets the thread's restart block,
+       which the interrupted nanosleep of the "sleep" mode still needs. */
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do clock_gettime(CLOCK_MONOTONIC, &b);
+    while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < 50000000L);
+    return 7;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 4; j++)
+            vals[i][j] = 0x0101010101010101ULL * (uint64_t)(i + 1) ^ ((uint64_t)j << 56);
+    printf("ready %lx %lx %lx %lx %lx %lx\n", (unsigned long)(uintptr_t)&slow,
+           (unsigned long)(uintptr_t)resume_start, (unsigned long)(uintptr_t)resume_end,
+           (unsigned long)(uintptr_t)call_done, (unsigned long)(uintptr_t)&stop_flag,
+           (unsigned long)(uintptr_t)&counter);
+    fflush(stdout);
+    if (!strcmp(argv[1], "vector")) {
+        int bad = check_loop();
+        printf(bad ? "CORRUPT %lu\n" : "INTACT %lu\n", counter);
+    } else if (!strcmp(argv[1], "sleep")) {
+        for (;;) {
+            struct timespec a, b, req = { 0, 200000000 };
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            int r = nanosleep(&req, NULL);
+            int e = errno;
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+            if (r != 0) printf("EINTR %d\n", e);
+            else if (ns < 200000000L) printf("SHORT %ld\n", ns);
+            else printf("slept %ld\n", ns);
+            fflush(stdout);
+        }
+    } else {
+        char buf[256];
+        for (;;) {
+            ssize_t n = read(0, buf, sizeof buf - 1);
+            if (n < 0) {
+                printf(errno == EINTR ? "EINTR\n" : "ERROR %d\n", errno);
+                fflush(stdout);
+                continue;
+            }
+            if (n == 0) return 0;
+            buf[n] = 0;
+            printf("got %s", buf);
+            fflush(stdout);
+        }
+    }
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+struct Prog {
+    t: Target,
+    slow: u64,
+    path: ReturnPath,
+    stop_flag: u64,
+    counter: u64,
+    _dir: TempDir,
+}
+
+fn start(mode: &str) -> Option<Prog> {
+    if !cpu_has("avx2") {
+        eprintln!("skipped: no AVX2");
+        return None;
+    }
+    let dir = TempDir::new("selfret");
+    let exe = compile(&dir, "selfret", PROG_C, &["-mavx2"]);
+    let mut t = Target::spawn(&exe, &[mode]);
+    let a = t.ready();
+    Some(Prog {
+        t,
+        slow: a[0],
+        path: ReturnPath {
+            routine: a[1],
+            routine_end: a[2],
+            done: a[3],
+        },
+        stop_flag: a[4],
+        counter: a[5],
+        _dir: dir,
+    })
+}
+
+impl Prog {
+    fn pid(&self) -> i32 {
+        self.t.pid()
+    }
+
+    fn counter(&self) -> u64 {
+        let mut b = [0u8; 8];
+        ulp_process::read_mem(self.pid(), self.counter, &mut b).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    /// The check loop keeps counting (bounded wait).
+    fn assert_running(&self, what: &str) {
+        let before = self.counter();
+        let end = Instant::now() + Duration::from_secs(5);
+        while self.counter() == before {
+            assert!(Instant::now() < end, "check loop stopped running ({what})");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn finish_vector(mut self) {
+        ulp_process::write_mem(self.pid(), self.stop_flag, &1i32.to_le_bytes()).unwrap();
+        let l = self.t.expect("", Duration::from_secs(5));
+        assert!(l.starts_with("INTACT"), "target reported {l:?}");
+    }
+
+    /// Starts a call of `slow` on the main thread from a tracer OS thread
+    /// that gives up after `after` and exits without releasing anything.
+    fn vanishing_tracer(&self, after: Duration) {
+        let (pid, slow, path) = (self.pid(), self.slow, self.path);
+        std::thread::spawn(move || {
+            let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+            let r = s.remote_call_returning(pid, slow, &[], &path, Instant::now() + after);
+            // The tracer dies here: no release, no Drop; the kernel detaches
+            // the thread when this OS thread exits.
+            std::mem::forget(s);
+            r.map(|_| ()).map_err(|e| e.is_timeout())
+        })
+        .join()
+        .unwrap()
+        .expect_err("the call must still be running when the tracer vanishes");
+    }
+}
+
+fn wait_in_syscall(pid: i32, nr: i64) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) {
+            if s.split_whitespace().next() == Some(&nr.to_string()) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("process {pid} never blocked in system call {nr}");
+}
+
+#[test]
+fn collected_calls_restore_every_register() {
+    let Some(p) = start("vector") else { return };
+    let pid = p.pid();
+    for round in 0..10 {
+        let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+        let v = s
+            .remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+            .unwrap();
+        assert_eq!(v, 7, "round {round}");
+        s.release().unwrap();
+        p.assert_running(&format!("round {round}"));
+    }
+    p.finish_vector();
+}
+
+#[test]
+fn vanished_tracer_leaves_registers_intact() {
+    let Some(p) = start("vector") else { return };
+    for round in 0..3 {
+        p.vanishing_tracer(Duration::from_millis(10));
+        // 50 ms in `slow`, 50 ms waiting in the routine, then rt_sigreturn.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(ulp_process::comm(p.pid()).is_ok(), "target died");
+        assert_eq!(ulp_process::tracer_of(p.pid(), p.pid()), None);
+        p.assert_running(&format!("round {round}"));
+    }
+    p.finish_vector();
+}
+
+#[test]
+fn slow_tracer_finds_the_call_returned() {
+    let Some(p) = start("vector") else { return };
+    let pid = p.pid();
+    let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+    let err = s
+        .remote_call_returning(pid, p.slow, &[], &p.path, deadline(10))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    // The thread returns by itself meanwhile.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.wait_call(pid, deadline(2000)).unwrap(), 7);
+    s.release().unwrap();
+    p.assert_running("after a slow collection");
+    // Timed out and released: the call finishes and returns by itself.
+    let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+    assert!(s
+        .remote_call_returning(pid, p.slow, &[], &p.path, deadline(10))
+        .unwrap_err()
+        .is_timeout());
+    s.release().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    p.assert_running("after a released call");
+    p.finish_vector();
+}
+
+#[test]
+fn vanished_tracer_restarts_sleep_and_read() {
+    // nanosleep: -ERESTART_RESTARTBLOCK, restarted whole (never short).
+    let Some(mut p) = start("sleep") else { return };
+    p.t.expect("slept", Duration::from_secs(5));
+    for round in 0..3u64 {
+        std::thread::sleep(Duration::from_millis(40 * round + 20));
+        p.vanishing_tracer(Duration::from_millis(10));
+    }
+    for _ in 0..4 {
+        let l = p.t.line(Duration::from_secs(5)).expect("sleeper stopped");
+        assert!(
+            l.starts_with("slept"),
+            "sleeper reported {l:?}: {:?}",
+            p.t.seen
+        );
+    }
+    // read: -ERESTARTSYS, restarted without EINTR.
+    let Some(mut p) = start("read") else { return };
+    let pid = p.pid();
+    for round in 0..3 {
+        wait_in_syscall(pid, libc::SYS_read);
+        p.vanishing_tracer(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(150));
+        p.t.send(&format!("line {round}\n"));
+        assert_eq!(
+            p.t.expect("", Duration::from_secs(5)),
+            format!("got line {round}")
+        );
+    }
+    // And collected by a live tracer.
+    for round in 0..3 {
+        wait_in_syscall(pid, libc::SYS_read);
+        let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+        assert_eq!(
+            s.remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+                .unwrap(),
+            7
+        );
+        s.release().unwrap();
+        p.t.send(&format!("again {round}\n"));
+        assert_eq!(
+            p.t.expect("", Duration::from_secs(5)),
+            format!("got again {round}")
+        );
+    }
+}
+
+#[test]
+fn collected_calls_keep_sleeps_whole() {
+    // The thread is stopped in nanosleep (-ERESTART_RESTARTBLOCK): when the
+    // tool collects the call and writes the registers back, the kernel's
+    // restart must still be nanosleep's own (the resume routine must not
+    // leave a restart of its own behind).
+    let Some(mut p) = start("sleep") else { return };
+    let pid = p.pid();
+    p.t.expect("slept", Duration::from_secs(5));
+    for round in 0..4u64 {
+        std::thread::sleep(Duration::from_millis(30 * round + 20));
+        let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+        assert_eq!(
+            s.remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+                .unwrap(),
+            7
+        );
+        s.release().unwrap();
+    }
+    for _ in 0..4 {
+        let l = p.t.line(Duration::from_secs(5)).expect("sleeper stopped");
+        assert!(
+            l.starts_with("slept"),
+            "sleeper reported {l:?}: {:?}",
+            p.t.seen
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! A `ulp` killed at any moment of a trigger never harms the target: every
+//! trigger below runs as a child `ulp` process that is SIGKILLed after a
+//! random delay, and after each kill the target must be alive, answer with
+//! the old or the new code, and show no trace in its threads (no worker
+//! saw a bad result, no sleep was cut short or interrupted, no read saw
+//! EINTR, no thread is left traced or stopped).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ulp_bin, Demo};
+
+/// xorshift64*: deterministic, seeded per iteration.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn status_field(pid: i32, tid: &str, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+fn tids(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether any thread of `pid` is traced right now.
+fn traced(pid: i32) -> bool {
+    tids(pid)
+        .iter()
+        .any(|t| status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0"))
+}
+
+/// Whether the main thread of `pid` is traced right now.
+fn main_traced(pid: i32) -> bool {
+    status_field(pid, &pid.to_string(), "TracerPid:").is_some_and(|v| v != "0")
+}
+
+/// Waits (bounded) until no thread of `pid` is traced or in a stop.
+fn settled(pid: i32) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bad: Vec<String> = tids(pid)
+            .into_iter()
+            .filter(|t| {
+                let traced = status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0");
+                let state = status_field(pid, t, "State:").unwrap_or_default();
+                traced || state.starts_with('t') || state.starts_with('T')
+            })
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(format!("threads {bad:?} still traced or stopped"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn trigger_cmd(demo: &Demo, pid: &str, revert: bool) -> Command {
+    let mut cmd = Command::new(ulp_bin());
+    cmd.arg("trigger").arg("-p").arg(pid);
+    if revert {
+        cmd.arg("--revert");
+    }
+    cmd.arg("demo_livepatch.so")
+        .current_dir(demo.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The runtime's message log, as `ulp messages` prints it.
+fn messages(demo: &Demo, pid: &str) -> usize {
+    demo.ulp(&["messages", "-p", pid]).1.lines().count()
+}
+
+#[test]
+fn killing_ulp_at_any_moment_leaves_the_target_running() {
+    let demo = Demo::new("faults");
+    let mut t = demo.start(&["-t", "4", "-s"]);
+    let pid = t.pid.to_string();
+
+    // How long `ulp` holds threads of the target during one trigger: most
+    // kills land at a random point of that window, counted from the moment
+    // the main thread (the first one tried for the runtime call) is seized.
+    let (mut before, mut windows, mut calls_t) = (Duration::ZERO, Vec::new(), Vec::new());
+    for revert in [false, true, false, true, false, true] {
+        let start = Instant::now();
+        let mut child = trigger_cmd(&demo, &pid, revert).spawn().unwrap();
+        let mut seen: Option<(Duration, Duration)> = None;
+        let mut call_end = None;
+        loop {
+            if main_traced(t.pid) {
+                let now = start.elapsed();
+                seen = Some((seen.map_or(now, |s| s.0), now));
+            } else if let (Some((a, _)), None) = (seen, call_end) {
+                // The first release: the runtime call is over.
+                call_end = Some(start.elapsed() - a);
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "a plain trigger failed");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "trigger hangs");
+        }
+        if let Some((a, d)) = seen {
+            before = before.max(a);
+            windows.push(d - a);
+            calls_t.extend(call_end);
+        }
+    }
+    windows.sort();
+    let window = windows.get(windows.len() / 2).copied().unwrap_or_default();
+    let window_us = (window.as_micros() as u64 * 3 / 2).max(1000);
+    calls_t.sort();
+    let call = calls_t.get(calls_t.len() / 2).copied().unwrap_or_default();
+    let call_us = (call.as_micros() as u64 * 3 / 2).max(500);
+    let before_us = (before.as_micros() as u64).max(1000);
+    eprintln!(
+        "ulp seizes after up to {before:?}, calls the runtime for {call:?} and holds the target \
+         for {window:?} (medians)"
+    );
+
+    let (mut attached, mut calls, mut ran) = (0, 0, 0);
+    for i in 0..60u64 {
+        let seed = 0x5eed_0000 + i;
+        let mut rng = Rng::new(seed);
+        // One kill in four at any time from the start, the others at a
+        // random point after the seize: half of all within the runtime
+        // call, a quarter anywhere up to the final release.
+        let kind = rng.next() % 4;
+        let blind = kind == 0;
+        let span = match kind {
+            0 => before_us,
+            1 => window_us,
+            _ => call_us,
+        };
+        let delay = Duration::from_micros(rng.next() % span);
+        let revert = i % 2 == 1;
+        let logged = messages(&demo, &pid);
+        let mut child = trigger_cmd(&demo, &pid, revert).spawn().unwrap();
+        if !blind {
+            let end = Instant::now() + Duration::from_secs(5);
+            while !main_traced(t.pid) && child.try_wait().unwrap().is_none() && Instant::now() < end
+            {
+                std::hint::spin_loop();
+            }
+        }
+        std::thread::sleep(delay);
+        let was_traced = traced(t.pid);
+        // Traced but not stopped: the main thread is running the call.
+        let in_call = main_traced(t.pid)
+            && !status_field(t.pid, &pid, "State:").is_some_and(|s| s.starts_with('t'));
+        let _ = child.kill();
+        let _ = child.wait();
+        let ctx = format!(
+            "iteration {i} (seed {seed:#x}, kill after {delay:?}{}, revert {revert})",
+            if blind { "" } else { " from the seize" }
+        );
+        if let Err(e) = settled(t.pid) {
+            panic!("{ctx}: {e}");
+        }
+        assert!(t.alive(), "{ctx}: the target died");
+        let answer = t.ask("answer");
+        assert!(answer == "1" || answer == "2", "{ctx}: answer {answer:?}");
+        let stats = t.ask("stats");
+        assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+        let sleeps = t.ask("sleeps");
+        assert!(
+            sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
+            "{ctx}: {sleeps}"
+        );
+        attached += usize::from(was_traced);
+        calls += usize::from(in_call);
+        ran += usize::from(messages(&demo, &pid) > logged);
+    }
+    eprintln!(
+        "60 kills: {attached} while a thread was traced ({calls} of them with the main thread \
+         inside the runtime call), {ran} after the runtime call had run"
+    );
+
+    // A kill between the runtime's record and the code writes can leave the
+    // registry and the code disagreeing (see ARCHITECTURE.md); a revert then
+    // an apply always ends applied, with the new code.
+    let _ = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+    assert_eq!(demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0, 1);
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0, 0);
+    assert!(t.ask("stats").ends_with(" bad=0"));
+}
