@@ -670,19 +670,77 @@ fn write_all(
         .iter()
         .filter(|w| w.kind == write_kind::STUB)
         .chain(writes.iter().filter(|w| w.kind != write_kind::STUB));
-    let mut done: Vec<&Write> = Vec::new();
+    let mut done: Vec<Write> = Vec::new();
+    let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
+        let r = stopped.poke(w.addr, &w.new[..w.len as usize]);
+        if r.is_ok() {
+            done.push(w);
+        }
+        r
+    };
     for w in ordered {
-        if let Err(e) = stopped.poke(w.addr, &w.new[..w.len as usize]) {
+        // A stub that a live entry jump already points at (stacked patches,
+        // a revert to an older patch, a replace) spans two words, and a
+        // tool killed between its two pokes would leave a reachable, torn
+        // jump. So lift that entry jump first (one aligned 2-byte write),
+        // re-point the stub, then put the jump back: at every moment the
+        // function runs a whole version.
+        let live = match w.kind {
+            write_kind::STUB => live_entry_jump(&stopped, w.addr),
+            _ => None,
+        };
+        let result = match live {
+            Some((at, jump)) => step(
+                &mut stopped,
+                two_bytes(at, jump, ulp_abi::ENTRY_NOP),
+                &mut done,
+            )
+            .and_then(|()| step(&mut stopped, *w, &mut done))
+            .and_then(|()| {
+                step(
+                    &mut stopped,
+                    two_bytes(at, ulp_abi::ENTRY_NOP, jump),
+                    &mut done,
+                )
+            }),
+            None => step(&mut stopped, *w, &mut done),
+        };
+        if let Err(e) = result {
             // Put back what was written so the process runs one version.
             for d in done.iter().rev() {
                 let _ = stopped.poke(d.addr, &d.old[..d.len as usize]);
             }
             return Err(fatal(e));
         }
-        done.push(w);
     }
     stopped.release().map_err(fatal)?;
     Ok((tids.len(), start.elapsed()))
+}
+
+/// If the function whose stub starts at `stub` has an entry jump to that
+/// stub right now: where the jump is and its two bytes.
+fn live_entry_jump(stopped: &Stopped, stub: u64) -> Option<(u64, [u8; 2])> {
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    let entry = stub + ulp_abi::STUB_LEN as u64;
+    let mut head = [0u8; 6];
+    stopped.peek(entry, &mut head).ok()?;
+    let (at, jump) = if head[..4] == ENDBR64 {
+        (entry + 4, [head[4], head[5]])
+    } else {
+        (entry, [head[0], head[1]])
+    };
+    (ulp_abi::entry_jump(stub, at) == Some(jump)).then_some((at, jump))
+}
+
+/// A 2-byte write record (for the entry jump).
+fn two_bytes(addr: u64, old: [u8; 2], new: [u8; 2]) -> Write {
+    let mut w = Write::ZERO;
+    w.addr = addr;
+    w.len = 2;
+    w.kind = write_kind::ENTRY;
+    w.old[..2].copy_from_slice(&old);
+    w.new[..2].copy_from_slice(&new);
+    w
 }
 
 pub fn hex(b: &[u8]) -> String {
