@@ -62,6 +62,9 @@ fn main() {
         ],
         &out.join("demo_prog"),
     );
+    // Runs a program under PR_SET_MDWE (W^X locked, as systemd's
+    // MemoryDenyWriteExecute=).
+    gcc(&["-O2", &s("mdwe_exec.c")], &out.join("mdwe_exec"));
     // The target of crates/ulp/tests/trigger_options.rs (seccomp, vfork).
     gcc(
         &[

@@ -422,3 +422,28 @@ fn the_runtime_never_runs_on_a_thread_inside_malloc() {
     }
     assert!(t.alive());
 }
+
+#[test]
+fn a_w_x_locked_process_is_patched_without_changing_page_protections() {
+    // Under PR_SET_MDWE no page may gain execute permission after being
+    // writable (systemd's MemoryDenyWriteExecute= enforces the same): ulp
+    // writes code through ptrace and never changes a page's protections.
+    let demo = Demo::new("mdwe");
+    copy_files(&fixtures_dir(), demo.dir.path(), &["mdwe_exec"]);
+    let mut cmd = std::process::Command::new(demo.dir.join("mdwe_exec"));
+    cmd.arg(demo.dir.join("demo_prog"))
+        .current_dir(demo.dir.path())
+        .env("LD_PRELOAD", &demo.runtime);
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("wx"), "denied", "the process is W^X locked");
+    assert_eq!(t.ask("answer"), "1");
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("wx"), "denied", "still locked");
+}
