@@ -42,10 +42,24 @@ impl MappedObject {
     /// A path the tool can open: through `/proc/PID/root` first (which also
     /// works for chrooted and containerised targets), then as is.
     pub fn open(&self, pid: Pid) -> Result<ElfFile, ulp_elf::Error> {
+        self.open_with(pid, ElfFile::open)
+    }
+
+    /// Like [`MappedObject::open`], reading only the named sections (and
+    /// the headers): see [`ElfFile::open_sections`].
+    pub fn open_sections(&self, pid: Pid, names: &[&str]) -> Result<ElfFile, ulp_elf::Error> {
+        self.open_with(pid, |p| ElfFile::open_sections(p, names))
+    }
+
+    fn open_with(
+        &self,
+        pid: Pid,
+        open: impl Fn(&Path) -> Result<ElfFile, ulp_elf::Error>,
+    ) -> Result<ElfFile, ulp_elf::Error> {
         let via_root = PathBuf::from(format!("/proc/{pid}/root{}", self.path));
-        match ElfFile::open(&via_root) {
+        match open(&via_root) {
             Ok(f) => Ok(f),
-            Err(_) => ElfFile::open(Path::new(&self.path)),
+            Err(_) => open(Path::new(&self.path)),
         }
     }
 }

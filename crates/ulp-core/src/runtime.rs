@@ -87,11 +87,14 @@ fn runtime_symbols(pid: Pid, obj: &MappedObject) -> Option<RuntimeSymbols> {
         None => {
             // The exports are in .dynsym, which is small; .symtab of a Rust
             // cdylib has thousands of entries.
-            let v = obj.open(pid).ok().and_then(|elf| {
-                let iface = elf.dynamic_symbol(INTERFACE_SYMBOL)?;
-                let entry = elf.dynamic_symbol(ulp_abi::ENTRY_SYMBOL)?;
-                Some((iface.value, entry.value, elf.is_shared_object()))
-            });
+            let v = obj
+                .open_sections(pid, &[".dynsym", ".dynstr"])
+                .ok()
+                .and_then(|elf| {
+                    let iface = elf.dynamic_symbol(INTERFACE_SYMBOL)?;
+                    let entry = elf.dynamic_symbol(ulp_abi::ENTRY_SYMBOL)?;
+                    Some((iface.value, entry.value, elf.is_shared_object()))
+                });
             if let Ok(mut c) = symbol_cache().lock() {
                 c.insert(key, v);
             }

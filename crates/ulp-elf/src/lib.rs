@@ -276,6 +276,80 @@ impl fmt::Debug for ElfFile {
 }
 
 impl ElfFile {
+    /// Reads only what a lookup in the sections `names` needs: the ELF
+    /// header, the program and section headers, the section-name table and
+    /// those sections; everything else of the file reads as zeros. For a
+    /// quick symbol lookup (`.dynsym`, `.dynstr`) in a large library, where
+    /// reading it all would cost more than the rest of the work.
+    pub fn open_sections(path: &Path, names: &[&str]) -> Result<ElfFile, Error> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "cannot stat", e))?
+            .len();
+        let size = usize::try_from(len).map_err(|_| Error::malformed(path, "file too large"))?;
+        let mut data = vec![0u8; size];
+        let read = |data: &mut [u8], off: u64, n: u64| -> Result<(), Error> {
+            let (Ok(start), Ok(n)) = (usize::try_from(off), usize::try_from(n)) else {
+                return Err(Error::malformed(path, "section outside the file"));
+            };
+            let end = start
+                .checked_add(n)
+                .filter(|&e| e <= data.len())
+                .ok_or_else(|| Error::malformed(path, "section outside the file"))?;
+            file.read_exact_at(&mut data[start..end], off)
+                .map_err(|e| Error::io(path, "cannot read", e))
+        };
+        let head = len.min(4096);
+        read(&mut data, 0, head)?;
+        let u16_at = |d: &[u8], o: usize| d.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u32_at = |d: &[u8], o: usize| {
+            d.get(o..o + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        };
+        let u64_at = |d: &[u8], o: usize| {
+            d.get(o..o + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        };
+        let bad = || Error::malformed(path, "bad ELF header");
+        let shoff = u64_at(&data, 0x28).ok_or_else(bad)?;
+        let shentsize = u64::from(u16_at(&data, 0x3a).ok_or_else(bad)?);
+        let shnum = u64::from(u16_at(&data, 0x3c).ok_or_else(bad)?);
+        let shstrndx = u64::from(u16_at(&data, 0x3e).ok_or_else(bad)?);
+        if shentsize < 64 || shnum == 0 {
+            // Nothing sparse to do: let the full parser say what is wrong.
+            return ElfFile::open(path);
+        }
+        read(&mut data, shoff, shentsize * shnum)?;
+        let header = |d: &[u8], i: u64| -> Option<(u32, u64, u64, u32)> {
+            let at = usize::try_from(shoff.checked_add(i.checked_mul(shentsize)?)?).ok()?;
+            Some((
+                u32_at(d, at)?,
+                u64_at(d, at + 0x18)?,
+                u64_at(d, at + 0x20)?,
+                u32_at(d, at + 0x28)?,
+            ))
+        };
+        let (_, str_off, str_size, _) = header(&data, shstrndx).ok_or_else(bad)?;
+        read(&mut data, str_off, str_size)?;
+        for i in 0..shnum {
+            let Some((name_off, off, size, _)) = header(&data, i) else {
+                continue;
+            };
+            let start =
+                usize::try_from(str_off.saturating_add(u64::from(name_off))).unwrap_or(usize::MAX);
+            let name = data
+                .get(start..)
+                .and_then(|d| d.split(|&b| b == 0).next())
+                .unwrap_or_default();
+            if names.iter().any(|n| n.as_bytes() == name) {
+                read(&mut data, off, size)?;
+            }
+        }
+        ElfFile::parse(path, data)
+    }
+
     /// Reads and parses `path`.
     pub fn open(path: &Path) -> Result<ElfFile, Error> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, "cannot read", e))?;

@@ -438,3 +438,31 @@ fn replace_sections_renumbers_after_a_dropped_middle_section() {
     readelf_clean(&lib);
     dlopen_ok(&lib);
 }
+
+#[test]
+fn open_sections_reads_enough_for_dynamic_symbols() {
+    let path = interop("libgreet.so.0");
+    let full = ElfFile::open(&path).unwrap();
+    let sparse = ElfFile::open_sections(&path, &[".dynsym", ".dynstr"]).unwrap();
+    for name in ["greet", "greet_answer", "greet_word", "greet_calls"] {
+        let want = full.dynamic_symbol(name).map(|s| (s.value, s.size));
+        assert!(want.is_some(), "{name} is exported");
+        assert_eq!(
+            sparse.dynamic_symbol(name).map(|s| (s.value, s.size)),
+            want,
+            "{name}"
+        );
+    }
+    // What was not asked for reads as zeros (here: the code).
+    let text = sparse.section(".text").unwrap();
+    assert!(text.iter().all(|&b| b == 0));
+    // A file that is not an ELF is still an error, not a panic.
+    let junk = std::env::temp_dir().join(format!("ulp-elf-junk-{}", std::process::id()));
+    std::fs::write(
+        &junk,
+        b"not an ELF file at all, but long enough to have a header....",
+    )
+    .unwrap();
+    assert!(ElfFile::open_sections(&junk, &[".dynsym"]).is_err());
+    let _ = std::fs::remove_file(&junk);
+}

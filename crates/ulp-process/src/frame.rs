@@ -131,11 +131,14 @@ pub(crate) fn spins_for(wait: std::time::Duration) -> u64 {
     use std::sync::OnceLock;
     static NS_PER_1K: OnceLock<u64> = OnceLock::new();
     let per_1k = *NS_PER_1K.get_or_init(|| {
+        // 2000 pauses: tens of µs (on AMD Zen a `pause` is ~60 cycles, so
+        // 20000 cost half a millisecond of every `ulp` run). A rough
+        // figure is enough: it bounds a wait that only matters if ulp died.
         let start = std::time::Instant::now();
-        for _ in 0..20_000 {
+        for _ in 0..2_000 {
             std::hint::spin_loop();
         }
-        (start.elapsed().as_nanos() as u64 / 20).max(1)
+        (start.elapsed().as_nanos() as u64 / 2).max(1)
     });
     (wait.as_nanos() as u64 * 1000 / per_1k).clamp(100_000, 100_000_000)
 }
