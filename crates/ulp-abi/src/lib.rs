@@ -374,12 +374,51 @@ pub const ENTRY_NOP: [u8; 2] = [0x66, 0x90];
 /// Bytes reserved before the entry for the stub.
 pub const STUB_LEN: usize = 14;
 
-/// The stub `jmp *0(%rip)` followed by the absolute address of `target`.
-pub fn stub_bytes(target: u64) -> [u8; 14] {
-    let mut b = [0u8; 14];
-    b[..6].copy_from_slice(&[0xff, 0x25, 0, 0, 0, 0]);
+/// The first bytes of the absolute stub: `jmp *0(%rip)`.
+pub const ABSOLUTE_STUB_HEAD: [u8; 6] = [0xff, 0x25, 0, 0, 0, 0];
+
+/// The stub to place at `stub` (the 14 bytes before the entry) so that it
+/// jumps to `target`: the direct form when `target` is within reach of a
+/// `jmp rel32`, the absolute form otherwise.
+pub fn stub_bytes(stub: u64, target: u64) -> [u8; STUB_LEN] {
+    direct_stub(stub, target).unwrap_or_else(|| absolute_stub(target))
+}
+
+/// The absolute stub: `jmp *0(%rip)` (`ff 25 00 00 00 00`) followed by the
+/// absolute address of `target`. An indirect jump; reaches anywhere.
+pub fn absolute_stub(target: u64) -> [u8; STUB_LEN] {
+    let mut b = [0u8; STUB_LEN];
+    b[..6].copy_from_slice(&ABSOLUTE_STUB_HEAD);
     b[6..].copy_from_slice(&target.to_le_bytes());
     b
+}
+
+/// The direct stub at `stub`: `jmp rel32` (`e9 <rel32>`, relative to
+/// `stub + 5`) to `target`, then 9 one-byte NOPs that fill the 14 bytes and
+/// are never executed. `None` when `target` is not within ±2 GiB of
+/// `stub + 5`.
+pub fn direct_stub(stub: u64, target: u64) -> Option<[u8; STUB_LEN]> {
+    let rel = i128::from(target) - (i128::from(stub) + 5);
+    let rel = i32::try_from(rel).ok()?;
+    let mut b = [0x90u8; STUB_LEN];
+    b[0] = 0xe9;
+    b[1..5].copy_from_slice(&rel.to_le_bytes());
+    Some(b)
+}
+
+/// Where the stub at `stub` holding `bytes` (its 14 bytes) jumps, when
+/// they are one of our two forms ([`direct_stub`], [`absolute_stub`]);
+/// `None` for anything else (padding NOPs included).
+pub fn stub_target(stub: u64, bytes: &[u8]) -> Option<u64> {
+    let b: &[u8; STUB_LEN] = bytes.get(..STUB_LEN)?.try_into().ok()?;
+    if b[..6] == ABSOLUTE_STUB_HEAD {
+        return Some(u64::from_le_bytes(b[6..].try_into().ok()?));
+    }
+    if b[0] == 0xe9 && b[5..].iter().all(|&x| x == 0x90) {
+        let rel = i32::from_le_bytes(b[1..5].try_into().ok()?);
+        return Some(stub.wrapping_add(5).wrapping_add(rel as i64 as u64));
+    }
+    None
 }
 
 /// The short jump at `entry` back to the stub starting at `stub`
@@ -433,8 +472,40 @@ mod tests {
         assert_eq!(entry_jump(0x1000 - 14, 0x1000), Some([0xeb, 0xf0]));
         assert_eq!(entry_jump(0x1000 - 14, 0x1004), Some([0xeb, 0xec]));
         assert_eq!(
-            &stub_bytes(0x1122)[..8],
+            &absolute_stub(0x1122)[..8],
             &[0xff, 0x25, 0, 0, 0, 0, 0x22, 0x11]
         );
+    }
+
+    #[test]
+    fn stub_form_follows_reach() {
+        let stub = 0x7f00_0000_1000u64;
+        let near = stub_bytes(stub, stub + 0x105);
+        assert_eq!(near[..5], [0xe9, 0x00, 0x01, 0, 0]);
+        assert_eq!(near[5..], [0x90; 9]);
+        assert_eq!(stub_target(stub, &near), Some(stub + 0x105));
+        // Backwards, and the two ends of the reach of rel32 from stub + 5.
+        let back = stub_bytes(stub, stub - 0x1000);
+        assert_eq!(back[0], 0xe9);
+        assert_eq!(stub_target(stub, &back), Some(stub - 0x1000));
+        let top = stub + 5 + i32::MAX as u64;
+        let bottom = stub + 5 - (1u64 << 31);
+        for t in [top, bottom] {
+            assert_eq!(stub_bytes(stub, t)[0], 0xe9, "{t:#x}");
+            assert_eq!(stub_target(stub, &stub_bytes(stub, t)), Some(t));
+        }
+        // One byte further, and an executable far from its libraries.
+        for t in [top + 1, bottom - 1, 0x5555_5555_4000, u64::MAX, 0] {
+            let far = stub_bytes(stub, t);
+            assert_eq!(far, absolute_stub(t), "{t:#x}");
+            assert_eq!(stub_target(stub, &far), Some(t));
+        }
+        assert_eq!(direct_stub(stub, top + 1), None);
+        // Not ours: padding, a rel32 jump followed by other bytes.
+        assert_eq!(stub_target(stub, &[0x90; 14]), None);
+        let mut odd = near;
+        odd[13] = 0xcc;
+        assert_eq!(stub_target(stub, &odd), None);
+        assert_eq!(stub_target(stub, &near[..13]), None);
     }
 }

@@ -7,9 +7,11 @@
 //! times through the PLT, and the per-call count is the difference between
 //! two values of N divided by their difference, so start-up cancels out.
 //! The patched state is reproduced in-process: the program writes the very
-//! bytes ulp writes (checked here first on a live process patched by the
-//! real ulp). `--branch-sim=yes` also counts indirect branches; the PLT's
-//! `jmp *GOT` is one per call in every state.
+//! bytes ulp writes, in the stub form ulp wrote (read here first from a
+//! live process patched by the real ulp: the direct `e9 <rel32>` when the
+//! new function is within ±2 GiB, else `ff 25 00 00 00 00 <abs64>`).
+//! `--branch-sim=yes` also counts indirect branches; the PLT's `jmp *GOT`
+//! is one per call in every state.
 //!
 //! Times are measured natively (no valgrind), the three states interleaved.
 
@@ -25,10 +27,32 @@ use crate::Config;
 /// What ulp wrote over bench_fn in a live process.
 struct LiveForm {
     hex: String,
-    /// `ff 25 00 00 00 00 <abs64>` then `eb f0`: the form callcost.c writes.
-    libpulp_form: bool,
-    /// The abs64 points into the mapped live patch.
+    /// The stub's form, as callcost.c names it (`direct`, `absolute`), when
+    /// the bytes are one of ulp's stubs followed by the `eb f0` entry jump.
+    form: Option<&'static str>,
+    /// The stub jumps into the mapped live patch.
     into_patch: bool,
+}
+
+/// The form and destination of the stub at `stub` followed by the entry
+/// jump, in the 16 bytes `b` from `stub`: `e9 <rel32>` and 9 NOPs, or
+/// `ff 25 00 00 00 00 <abs64>`; then `eb f0`.
+pub fn decode_stub(stub: u64, b: &[u8; 16]) -> Option<(&'static str, u64)> {
+    if b[14..] != [0xeb, 0xf0] {
+        return None;
+    }
+    if b[..6] == [0xff, 0x25, 0, 0, 0, 0] {
+        let to = u64::from_le_bytes(b[6..14].try_into().ok()?);
+        return Some(("absolute", to));
+    }
+    if b[0] == 0xe9 && b[5..14].iter().all(|&x| x == 0x90) {
+        let rel = i32::from_le_bytes(b[1..5].try_into().ok()?);
+        return Some((
+            "direct",
+            stub.wrapping_add(5).wrapping_add(rel as i64 as u64),
+        ));
+    }
+    None
 }
 
 fn live_form(kit: &Kit) -> Result<LiveForm, String> {
@@ -44,25 +68,27 @@ fn live_form(kit: &Kit) -> Result<LiveForm, String> {
         .map_err(|e| format!("reading pid {} at {:#x}: {e}", t.pid, addr - 14))?;
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid)).unwrap_or_default();
     kit.trigger(t.pid, true)?;
-    let to = u64::from_le_bytes(b[6..14].try_into().expect("8 bytes"));
-    let into_patch = maps.lines().any(|l| {
-        let Some((range, rest)) = l.split_once(' ') else {
-            return false;
-        };
-        let Some((lo, hi)) = range.split_once('-') else {
-            return false;
-        };
-        let lo = u64::from_str_radix(lo, 16).unwrap_or(u64::MAX);
-        let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
-        rest.ends_with("bench_livepatch.so") && lo <= to && to < hi
-    });
+    let decoded = decode_stub(addr - 14, &b);
+    let to = decoded.map_or(0, |(_, to)| to);
+    let into_patch = decoded.is_some()
+        && maps.lines().any(|l| {
+            let Some((range, rest)) = l.split_once(' ') else {
+                return false;
+            };
+            let Some((lo, hi)) = range.split_once('-') else {
+                return false;
+            };
+            let lo = u64::from_str_radix(lo, 16).unwrap_or(u64::MAX);
+            let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
+            rest.ends_with("bench_livepatch.so") && lo <= to && to < hi
+        });
     Ok(LiveForm {
         hex: b
             .iter()
             .map(|x| format!("{x:02x}"))
             .collect::<Vec<_>>()
             .join(" "),
-        libpulp_form: b[..6] == [0xff, 0x25, 0, 0, 0, 0] && b[14..] == [0xeb, 0xf0],
+        form: decoded.map(|(form, _)| form),
         into_patch,
     })
 }
@@ -115,23 +141,40 @@ pub fn have_valgrind(kit: &Kit) -> bool {
 
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let patch = kit.patch.to_string_lossy().into_owned();
+    let live = live_form(kit);
+    // The form ulp wrote; callcost.c applies ulp's rule itself otherwise.
+    let (form, live_note) = match &live {
+        Ok(LiveForm {
+            hex,
+            form: Some(form),
+            into_patch: true,
+        }) => (
+            *form,
+            format!(
+                "ulp wrote [{hex}] ({form} stub) over bench_fn-14..+2 in a live process; callcost.c writes the same form in-process"
+            ),
+        ),
+        Ok(f) => (
+            "auto",
+            format!(
+                "ulp wrote [{}] (not a stub of ulp's then eb f0, or not into the patch): callcost.c writes ulp's choice of form, which may not match",
+                f.hex
+            ),
+        ),
+        Err(e) => (
+            "auto",
+            format!("could not read ulp's bytes in a live process: {e}"),
+        ),
+    };
     let states: [(&str, &str, Vec<String>); 3] = [
         ("built without padding", "callcost_nopad", vec![]),
         ("padded, unpatched", "callcost", vec![]),
-        ("patched", "callcost", vec!["patch".into(), patch]),
+        (
+            "patched",
+            "callcost",
+            vec!["patch".into(), patch, form.into()],
+        ),
     ];
-    let live = live_form(kit);
-    let live_note = match &live {
-        Ok(f) if f.libpulp_form && f.into_patch => format!(
-            "ulp wrote [{}] over bench_fn-14..+2 in a live process; callcost.c writes the same form in-process",
-            f.hex
-        ),
-        Ok(f) => format!(
-            "ulp wrote [{}] (another form than callcost.c's ff 25 .. eb f0, or not into the patch): the static reproduction may not match",
-            f.hex
-        ),
-        Err(e) => format!("could not read ulp's bytes in a live process: {e}"),
-    };
 
     // Instructions.
     if have_valgrind(kit) {
@@ -219,4 +262,34 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         rows.push(row);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_stub;
+
+    #[test]
+    fn stubs_decode() {
+        let stub = 0x7f00_0000_1000u64;
+        let mut direct = [0x90u8; 16];
+        direct[0] = 0xe9;
+        direct[1..5].copy_from_slice(&(-0x20i32).to_le_bytes());
+        direct[14..].copy_from_slice(&[0xeb, 0xf0]);
+        assert_eq!(
+            decode_stub(stub, &direct),
+            Some(("direct", stub + 5 - 0x20))
+        );
+        let mut absolute = [0u8; 16];
+        absolute[..2].copy_from_slice(&[0xff, 0x25]);
+        absolute[6..14].copy_from_slice(&0x1234_5678u64.to_le_bytes());
+        absolute[14..].copy_from_slice(&[0xeb, 0xf0]);
+        assert_eq!(
+            decode_stub(stub, &absolute),
+            Some(("absolute", 0x1234_5678))
+        );
+        absolute[15] = 0xec;
+        assert_eq!(decode_stub(stub, &absolute), None);
+        direct[13] = 0xcc;
+        assert_eq!(decode_stub(stub, &direct), None);
+    }
 }

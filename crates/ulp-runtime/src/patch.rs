@@ -7,7 +7,11 @@
 //! of the *container*; a *site* is a patchable function entry: 14 bytes of
 //! padding before the symbol (where the stub goes) and the two bytes at the
 //! *patch point* (the entry, or just after `endbr64`) that become the short
-//! jump to the stub.
+//! jump to the stub. The *stub* jumps to the new function: a direct
+//! `jmp rel32` (`e9 <rel32>` and 9 NOPs) when the new function is within
+//! ±2 GiB, else `jmp *0(%rip)` and the absolute address (`ff 25 00 00 00
+//! 00 <abs64>`); see [`ulp_abi::stub_bytes`]. Both forms are "our stub"
+//! wherever a site is checked.
 //!
 //! The runtime never changes code. It returns [`Write`]s; the tool makes
 //! them with every thread stopped, all stubs before any entry jump. The
@@ -23,7 +27,8 @@ use core::fmt::Write as _;
 use std::ffi::CString;
 
 use ulp_abi::ReplaceRequest;
-use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind, ApplyRequest, PatchRecord, Write};
+use ulp_abi::{code, entry_jump, state, stub_bytes, stub_target, write_kind};
+use ulp_abi::{ApplyRequest, PatchRecord, Write};
 use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
 use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
 
@@ -189,14 +194,13 @@ pub struct Site {
 }
 
 const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
-const STUB_HEAD: [u8; 6] = [0xff, 0x25, 0, 0, 0, 0];
 
 /// Checks the code around `entry`: `code` holds the bytes from `entry - 14`,
 /// 16 of them, or 20 when the 4 after the first 2 at the entry are mapped
 /// too (needed to see past `endbr64`). The padding must be 14 NOPs or our
-/// stub; the patch point must hold `90 90`, `66 90` or our short jump to
-/// the stub (and then the stub must be ours). On refusal, the bytes in a
-/// form for the message.
+/// stub (either form); the patch point must hold `90 90`, `66 90` or our
+/// short jump to the stub (and then the stub must be ours). On refusal,
+/// the bytes in a form for the message.
 pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
     let describe = || {
         let split = STUB_LEN.min(code.len());
@@ -221,7 +225,7 @@ pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
     let patch_point = entry.wrapping_add(off as u64);
     let stub_addr = entry.wrapping_sub(STUB_LEN as u64);
     let nop_pad = pad.iter().all(|&b| b == 0x90);
-    let our_stub = pad[..6] == STUB_HEAD;
+    let our_stub = stub_target(stub_addr, &pad).is_some();
     let redirected = jump[0] == 0xeb && entry_jump(stub_addr, patch_point) == Some(jump);
     let free = jump == [0x90, 0x90] || jump == ENTRY_NOP;
     if (free && (nop_pad || our_stub)) || (redirected && our_stub) {
@@ -557,7 +561,7 @@ fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done,
             stub,
             write_kind::STUB,
             &site.pad,
-            &stub_bytes(new_addr),
+            &stub_bytes(stub, new_addr),
         ));
     }
     for site in &sites {
@@ -677,7 +681,7 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
                         stub,
                         write_kind::STUB,
                         &cur,
-                        &stub_bytes(o.new_addr),
+                        &stub_bytes(stub, o.new_addr),
                     ));
                 }
                 None => {
@@ -991,7 +995,7 @@ unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) -> Vec<Write>
         match newest {
             Some(unit) => {
                 let cur_stub = read_mem(stub, STUB_LEN);
-                let want_stub = stub_bytes(unit.new_addr);
+                let want_stub = stub_bytes(stub, unit.new_addr);
                 if cur_stub[..] != want_stub[..] {
                     stubs.push(make_write(stub, write_kind::STUB, &cur_stub, &want_stub));
                 }
@@ -1021,6 +1025,7 @@ unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) -> Vec<Write>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ulp_abi::absolute_stub;
 
     fn code(pad: u8, at: &[u8]) -> Vec<u8> {
         let mut v = vec![pad; 14];
@@ -1037,19 +1042,65 @@ mod tests {
         assert_eq!(posted.jump, ENTRY_NOP);
         let cet = inspect_site(e, &code(0x90, &[0xf3, 0x0f, 0x1e, 0xfa, 0x66, 0x90])).unwrap();
         assert_eq!(cet.patch_point, e + 4);
-        // Already redirected: our stub and our jump.
-        let mut redirected = stub_bytes(0x5555).to_vec();
-        redirected.extend_from_slice(&[0xeb, 0xf0, 0, 0, 0, 0]);
-        assert!(inspect_site(e, &redirected).is_ok());
-        let mut cet_redirected = stub_bytes(0x5555).to_vec();
-        cet_redirected.extend_from_slice(&[0xf3, 0x0f, 0x1e, 0xfa, 0xeb, 0xec]);
-        assert_eq!(inspect_site(e, &cet_redirected).unwrap().patch_point, e + 4);
-        // Reverted earlier: stub left in place, entry NOP again.
-        let mut reverted = stub_bytes(0x5555).to_vec();
-        reverted.extend_from_slice(&[0x66, 0x90, 0, 0, 0, 0]);
-        assert!(inspect_site(e, &reverted).is_ok());
+        // Already redirected: our stub (either form) and our jump; reverted
+        // earlier: the stub left in place, the entry NOP again.
+        for stub in [stub_bytes(e - 14, 0x5555), absolute_stub(0x5555)] {
+            let mut redirected = stub.to_vec();
+            redirected.extend_from_slice(&[0xeb, 0xf0, 0, 0, 0, 0]);
+            assert!(inspect_site(e, &redirected).is_ok());
+            let mut cet_redirected = stub.to_vec();
+            cet_redirected.extend_from_slice(&[0xf3, 0x0f, 0x1e, 0xfa, 0xeb, 0xec]);
+            assert_eq!(inspect_site(e, &cet_redirected).unwrap().patch_point, e + 4);
+            let mut reverted = stub.to_vec();
+            reverted.extend_from_slice(&[0x66, 0x90, 0, 0, 0, 0]);
+            assert!(inspect_site(e, &reverted).is_ok());
+        }
         // Only 16 bytes mapped: still fine without endbr64.
         assert!(inspect_site(e, &code(0x90, &[0x66, 0x90])).is_ok());
+    }
+
+    /// The stub planned for a site: a direct jump when the new function is
+    /// near, the absolute form when it is not; a site holding NOPs or
+    /// either form takes a new apply, whose stub write covers all 14 bytes.
+    #[test]
+    fn stub_forms() {
+        let entry = 0x7f12_3456_7010u64;
+        let stub = entry - 14;
+        let near = entry + 0x20_0000;
+        let far = stub + 5 + (1u64 << 31);
+        let direct = stub_bytes(stub, near);
+        assert_eq!(direct[0], 0xe9);
+        assert_eq!(direct[1..5], ((near - (stub + 5)) as i32).to_le_bytes()[..]);
+        assert_eq!(direct[5..], [0x90; 9]);
+        let absolute = stub_bytes(stub, far);
+        assert_eq!(absolute[..6], [0xff, 0x25, 0, 0, 0, 0]);
+        assert_eq!(absolute[6..], far.to_le_bytes());
+        // The executable of a PIE far below its libraries' patches.
+        assert_eq!(stub_bytes(0x5555_5555_5000, near)[..2], [0xff, 0x25]);
+
+        for (what, pad, at) in [
+            ("NOPs", [0x90; 14], ENTRY_NOP),
+            ("direct, reverted", direct, ENTRY_NOP),
+            ("absolute, reverted", absolute, ENTRY_NOP),
+            ("direct, redirected", direct, [0xeb, 0xf0]),
+            ("absolute, redirected", absolute, [0xeb, 0xf0]),
+        ] {
+            let mut bytes = pad.to_vec();
+            bytes.extend_from_slice(&at);
+            let site = inspect_site(entry, &bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!((site.pad, site.jump), (pad, at), "{what}");
+            for want in [direct, absolute] {
+                let w = make_write(stub, write_kind::STUB, &site.pad, &want);
+                assert_eq!((w.addr, w.len), (stub, 14), "{what}");
+                assert_eq!(w.new[..14], want, "{what}");
+            }
+        }
+        // A rel32 jump not followed by our NOPs is not our stub.
+        let mut other = direct;
+        other[13] = 0xcc;
+        let mut bytes = other.to_vec();
+        bytes.extend_from_slice(&ENTRY_NOP);
+        assert!(inspect_site(entry, &bytes).is_err());
     }
 
     #[test]

@@ -190,6 +190,16 @@ fn site(pid: i32, entry: u64, after: usize) -> Vec<u8> {
 
 const NOPS14: [u8; 14] = [0x90; 14];
 
+/// Checks that `bytes` (from `stub`) are our stub in the form its reach
+/// calls for: the direct `e9 <rel32>` and 9 NOPs when the new function is
+/// within ±2 GiB, else `ff 25 00 00 00 00 <abs64>`.
+fn our_stub(stub: u64, bytes: &[u8], what: &str) {
+    let to = ulp_abi::stub_target(stub, bytes)
+        .unwrap_or_else(|| panic!("{what}: not our stub: {:02x?}", &bytes[..14]));
+    let want = ulp_abi::stub_bytes(stub, to);
+    assert_eq!(bytes[..14], want, "{what}: stub form for {to:#x}");
+}
+
 // ---------------------------------------------------------------------
 // Variables: static, hidden, by name and by explicit offsets.
 // ---------------------------------------------------------------------
@@ -577,7 +587,7 @@ fn stacked_patches_on_one_function_in_any_order() {
             assert_eq!(now[14..], [0x66, 0x90], "{what}: entry restored");
         } else {
             assert_eq!(now[14..], [0xeb, 0xf0], "{what}: entry redirected");
-            assert_eq!(now[..6], [0xff, 0x25, 0, 0, 0, 0], "{what}: stub");
+            our_stub(entry - 14, &now, &format!("{what}: stub"));
         }
     };
     for apply_order in permutations(&[0, 1, 2]) {
@@ -781,7 +791,7 @@ fn cet_page_crossing_hidden_dlopened_and_bsymbolic_functions() {
     sem.expect_check(&t, &file, true);
     observe(&mut t, true);
     let now = site(t.pid, entry, 6);
-    assert_eq!(now[..6], [0xff, 0x25, 0, 0, 0, 0], "stub across the page");
+    our_stub(entry - 14, &now, "stub across the page");
     assert_eq!(
         now[14..],
         [0xf3, 0x0f, 0x1e, 0xfa, 0xeb, 0xec],
