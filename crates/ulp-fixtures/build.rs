@@ -94,6 +94,24 @@ fn main() {
         &["-O2", "-fPIC", "-shared", &s("stress_plugin.c")],
         &out.join("stress_plugin.so"),
     );
+    // The target of crates/ulp/tests/syscalls.rs (threads blocked in
+    // system calls, a signal receiver) and the parent that waits for it.
+    gcc(
+        &[
+            "-O2",
+            "-Wall",
+            "-pthread",
+            &s("syscall_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("syscall_prog"),
+    );
+    gcc(
+        &["-O2", "-Wall", &s("parent_waiter.c")],
+        &out.join("parent_waiter"),
+    );
     for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
         let c = s(&format!("{patch}.c"));
         gcc(
