@@ -281,8 +281,8 @@ pub mod frame {
     pub const COOKIE: usize = 304;
     /// The address of the done word (`Interface::call_done` for the runtime).
     pub const DONE_PTR: usize = 312;
-    /// How many `pause` instructions to spin waiting for the tool.
-    pub const SPINS: usize = 320;
+    /// How long (µs) the resume routine waits, asleep, for the tool.
+    pub const WAIT_US: usize = 320;
 }
 
 /// The APPLY request, as laid out in the request area:

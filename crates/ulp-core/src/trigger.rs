@@ -599,7 +599,7 @@ const _: () = {
     assert!(rt::UC_SIGMASK as u64 == tool::UC_SIGMASK);
     assert!(rt::COOKIE as u64 == tool::COOKIE);
     assert!(rt::DONE_PTR as u64 == tool::DONE_PTR);
-    assert!(rt::SPINS as u64 == tool::SPINS);
+    assert!(rt::WAIT_US as u64 == tool::WAIT_US);
 };
 
 /// The runtime's resume routine and done word, from its interface block.

@@ -12,7 +12,7 @@
 //!                 uc_stack, uc_mcontext (struct sigcontext), uc_sigmask
 //! uc + 304        scratch (the rt_sigframe's siginfo area, 128 bytes):
 //!                   +0 cookie, +8 address of the 16-byte done word,
-//!                   +16 how many `pause` instructions to wait for the tool
+//!                   +16 how long (µs) to wait for the tool
 //! fpstate         64-byte aligned copy of the NT_X86_XSTATE area with
 //!                 FP_XSTATE_MAGIC1 software bytes, FP_XSTATE_MAGIC2 after
 //!                 `xstate_size` bytes
@@ -20,8 +20,8 @@
 //!
 //! The resume routine, entered by the callee's `ret` (so `rsp == uc`, which
 //! is where `rt_sigreturn` looks for `frame + 8`), must: store `rax` at
-//! `done + 8`, then the cookie at `done`; spin (that many `pause`
-//! instructions, about [`WAIT`]) for the tool to stop it there; then fill
+//! `done + 8`, then the cookie at `done`; wait asleep (`select` with that
+//! timeout, about [`WAIT`]) for the tool to stop it there; then fill
 //! `uc_stack`
 //! with `sigaltstack(NULL, uc + 16)` and `uc_sigmask` with
 //! `rt_sigprocmask(SIG_BLOCK, NULL, uc + 296, 8)` (rt_sigreturn re-applies
@@ -54,8 +54,8 @@ pub const UC_SIGMASK: u64 = 296;
 pub const COOKIE: u64 = UC_SIZE;
 /// Offset, from `uc`, of the address of the done word.
 pub const DONE_PTR: u64 = UC_SIZE + 8;
-/// Offset, from `uc`, of the number of `pause` instructions to spin.
-pub const SPINS: u64 = UC_SIZE + 16;
+/// Offset, from `uc`, of how long (µs) the routine waits for the tool.
+pub const WAIT_US: u64 = UC_SIZE + 16;
 /// About how long the resume routine waits for the tool.
 pub const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// The scratch area: the rt_sigframe's siginfo, which rt_sigreturn does
@@ -123,35 +123,15 @@ pub(crate) fn resumed_regs(regs: &libc::user_regs_struct) -> libc::user_regs_str
     r
 }
 
-/// How many `pause` instructions last about `wait` on this machine
-/// (measured once; the target runs on the same CPUs). A measure taken
-/// while this process was descheduled gives fewer: the thread then
-/// returns by itself sooner, which is correct, only less often collected.
-pub(crate) fn spins_for(wait: std::time::Duration) -> u64 {
-    use std::sync::OnceLock;
-    static NS_PER_1K: OnceLock<u64> = OnceLock::new();
-    let per_1k = *NS_PER_1K.get_or_init(|| {
-        // 2000 pauses: tens of µs (on AMD Zen a `pause` is ~60 cycles, so
-        // 20000 cost half a millisecond of every `ulp` run). A rough
-        // figure is enough: it bounds a wait that only matters if ulp died.
-        let start = std::time::Instant::now();
-        for _ in 0..2_000 {
-            std::hint::spin_loop();
-        }
-        (start.elapsed().as_nanos() as u64 / 2).max(1)
-    });
-    (wait.as_nanos() as u64 * 1000 / per_1k).clamp(100_000, 100_000_000)
-}
-
 /// Builds the frame for a call on a thread whose state is `regs`/`xstate`.
-/// `spins`: how many `pause` instructions the routine waits for the tool
-/// before returning by itself.
+/// `wait_us`: how long the routine waits (asleep) for the tool before
+/// returning by itself.
 pub(crate) fn build(
     regs: &libc::user_regs_struct,
     xstate: &[u8],
     path: &ReturnPath,
     cookie: u64,
-    spins: u64,
+    wait_us: u64,
 ) -> Frame {
     let top = regs.rsp.wrapping_sub(128);
     // The XSAVE copy, and how much of it the kernel's sigreturn reads.
@@ -208,7 +188,7 @@ pub(crate) fn build(
     // uc_sigmask: filled by the routine.
     put(&mut b, u + COOKIE, cookie);
     put(&mut b, u + DONE_PTR, path.done);
-    put(&mut b, u + SPINS, spins);
+    put(&mut b, u + WAIT_US, wait_us);
     let f = at(fpstate) as usize;
     b[f..f + xs.len()].copy_from_slice(&xs);
     b[f + xstate_size..f + xstate_size + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
@@ -270,6 +250,6 @@ mod tests {
         assert_eq!(word(8 + UC_MCONTEXT + 128), 0x40_1002);
         assert_eq!(word(8 + COOKIE), 0xabcd);
         assert_eq!(word(8 + DONE_PTR), 0x2000);
-        assert_eq!(word(8 + SPINS), 12345);
+        assert_eq!(word(8 + WAIT_US), 12345);
     }
 }

@@ -418,8 +418,8 @@ impl Stopped {
             }
             Some(p) => {
                 let cookie = next_cookie();
-                let spins = frame::spins_for(frame::WAIT);
-                let f = frame::build(&regs, &xstate, p, cookie, spins);
+                let wait_us = frame::WAIT.as_micros() as u64;
+                let f = frame::build(&regs, &xstate, p, cookie, wait_us);
                 self.write_frame(tid, f.addr, &f.bytes)?;
                 let ret = SelfReturn {
                     path: *p,

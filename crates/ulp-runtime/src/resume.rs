@@ -10,11 +10,12 @@
 //! 1. stores the call's return value (`rax`) and then the call's cookie in
 //!    the done word named by the frame (`Interface::call_done`): the tool,
 //!    which polls that word, now knows the call is over;
-//! 2. waits there (spins: the frame says how many `pause` instructions,
-//!    about 50 ms) for the tool to stop the thread and write its registers
-//!    back itself, the normal path. Not a timed system call: the tool's
-//!    interrupt would leave that call's restart block in place of the one
-//!    of the system call the thread was stopped in;
+//! 2. waits there, asleep in `select` for as long as the frame says
+//!    (about 50 ms), for the tool to stop the thread and write its
+//!    registers back itself, the normal path. `select`, because an
+//!    interrupted `select` restarts through -ERESTARTNOHAND: a timed
+//!    futex, poll or nanosleep would replace the thread's restart block,
+//!    that of the system call the thread was stopped in;
 //! 3. if nobody did (the tool was killed, or is very slow), fills the
 //!    frame's `uc_stack` and `uc_sigmask` with the thread's current ones
 //!    (`rt_sigreturn` applies both) and executes `rt_sigreturn`, which
@@ -37,14 +38,26 @@ core::arch::global_asm!(
     "mov %rax, 8(%rdx)",
     "mov {cookie}(%rsp), %rcx",
     "mov %rcx, (%rdx)",
-    // Wait for the tool.
-    "mov {spins}(%rsp), %rcx",
-    "test %rcx, %rcx",
+    // Wait for the tool, asleep: select(0, NULL, NULL, NULL, &timeout),
+    // the timeout (µs, from the frame) built in the red zone below rsp.
+    // select is interrupted with -ERESTARTNOHAND and never touches the
+    // thread's restart block (a timed futex, poll or nanosleep would
+    // replace that of the system call the thread was stopped in).
+    "mov {wait_us}(%rsp), %rax",
+    "test %rax, %rax",
     "jz 2f",
-    "1:",
-    "pause",
-    "sub $1, %rcx",
-    "jnz 1b",
+    "xor %edx, %edx",
+    "mov $1000000, %ecx",
+    "div %rcx",
+    "mov %rax, -16(%rsp)",
+    "mov %rdx, -8(%rsp)",
+    "xor %edi, %edi",
+    "xor %esi, %esi",
+    "xor %edx, %edx",
+    "xor %r10d, %r10d",
+    "lea -16(%rsp), %r8",
+    "mov $23, %eax",
+    "syscall",
     "2:",
     // sigaltstack(NULL, &uc->uc_stack)
     "xor %edi, %edi",
@@ -68,7 +81,7 @@ core::arch::global_asm!(
     ".size __ulp_resume, __ulp_resume_end - __ulp_resume",
     done_ptr = const frame::DONE_PTR,
     cookie = const frame::COOKIE,
-    spins = const frame::SPINS,
+    wait_us = const frame::WAIT_US,
     uc_stack = const frame::UC_STACK,
     uc_sigmask = const frame::UC_SIGMASK,
     options(att_syntax)
