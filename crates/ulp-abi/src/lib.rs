@@ -33,7 +33,7 @@
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -192,6 +192,14 @@ pub struct Interface {
     /// Where the resume routine reports a finished call: the call's cookie
     /// (from its frame) in `[0]`, written after its return value in `[1]`.
     pub call_done: [u64; 2],
+    /// The write journal: 1 when the writes in `res_writes` were handed to
+    /// a tool and not (yet) all made. The runtime sets it with every result
+    /// that carries writes (0 otherwise); the tool clears it once it has
+    /// made them all. A tool that finds it set before its own call knows an
+    /// earlier tool was killed between the runtime's record and the end of
+    /// its writes, and completes them (each write whose bytes are still
+    /// `old` gets `new`) so the code matches the registry again.
+    pub writes_pending: u64,
 }
 
 impl Interface {
@@ -225,6 +233,7 @@ impl Interface {
         resume: 0,
         resume_end: 0,
         call_done: [0; 2],
+        writes_pending: 0,
     };
 }
 
@@ -250,6 +259,7 @@ pub mod offset {
     pub const RESUME: usize = offset_of!(Interface, resume);
     pub const RESUME_END: usize = offset_of!(Interface, resume_end);
     pub const CALL_DONE: usize = offset_of!(Interface, call_done);
+    pub const WRITES_PENDING: usize = offset_of!(Interface, writes_pending);
 }
 
 // The layout is part of the protocol: a change here must bump

@@ -179,6 +179,21 @@ impl Runtime {
         ulp_process::write_mem(self.pid, self.interface + offset::REQ_OP as u64, &head)
     }
 
+    /// Whether the runtime's write journal holds writes a tool was handed
+    /// and did not finish (see `Interface::writes_pending`).
+    pub fn writes_pending(&self) -> Result<bool, ulp_process::Error> {
+        Ok(self.read_u64(offset::WRITES_PENDING)? != 0)
+    }
+
+    /// Marks the journal done: every write of the last result is made.
+    pub fn clear_pending_writes(&self) -> Result<(), ulp_process::Error> {
+        ulp_process::write_mem(
+            self.pid,
+            self.interface + offset::WRITES_PENDING as u64,
+            &0u64.to_le_bytes(),
+        )
+    }
+
     /// The result area after a call: message and writes.
     pub fn read_result(&self) -> Result<(String, Vec<Write>), ulp_process::Error> {
         let mut msg = [0u8; ulp_abi::RESULT_MSG_MAX];

@@ -489,6 +489,13 @@ fn run(
     done: Outcome,
 ) -> Report {
     let mut report = with_runtime(rt, done);
+    // An earlier ulp killed after the runtime's record but before the end
+    // of its writes left them pending: make them first, so that the code
+    // matches the registry this call starts from.
+    if let Err(e) = complete_pending_writes(rt, deadline, opts) {
+        report.outcome = Outcome::Failed(e);
+        return report;
+    }
     let detail = &mut report.detail;
     let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
         Ok(r) => r,
@@ -507,30 +514,26 @@ fn run(
     if writes.is_empty() {
         return report;
     }
-    let mut last_err = String::new();
-    for attempt in 0..=opts.retries {
-        if attempt > 0 {
-            // Let the thread that was in the way move on.
-            thread::sleep(Duration::from_millis(1 << attempt.min(6)));
-        }
-        detail.attempts = attempt + 1;
-        match write_all(rt.pid, &writes, deadline, opts) {
-            Ok((threads, stopped)) => {
-                detail.writes = writes.len();
-                detail.threads = threads;
-                detail.stopped = Some(stopped);
-                return report;
-            }
-            Err(WriteError::Busy(why)) => last_err = why,
-            Err(WriteError::Fatal(why)) => {
-                last_err = why;
-                break;
-            }
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
+    // Fault injection for the tests (tests/faults.rs): die like a killed
+    // tool at the worst moment, between the runtime's record and the
+    // writes. Never set outside a test.
+    if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
+    let last_err = match write_with_retries(rt, &writes, deadline, opts) {
+        Ok((attempts, threads, stopped)) => {
+            detail.attempts = attempts;
+            detail.writes = writes.len();
+            detail.threads = threads;
+            detail.stopped = Some(stopped);
+            return report;
+        }
+        Err((attempts, why)) => {
+            detail.attempts = attempts;
+            why
+        }
+    };
     // The registry says the operation happened but the code does not: take
     // the registry back so both agree on the old state.
     let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5), opts) {
@@ -540,6 +543,53 @@ fn run(
     };
     report.outcome = Outcome::Failed(format!("{last_err}{undo}"));
     report
+}
+
+/// Makes `writes` with every thread stopped, retrying while a thread is in
+/// the way; then clears the runtime's write journal. Ok: (attempts,
+/// threads stopped, how long); Err: (attempts, why).
+fn write_with_retries(
+    rt: &Runtime,
+    writes: &[Write],
+    deadline: Instant,
+    opts: &Options,
+) -> Result<(u32, usize, Duration), (u32, String)> {
+    let mut last_err = String::new();
+    let mut attempts = 0;
+    for attempt in 0..=opts.retries {
+        if attempt > 0 {
+            // Let the thread that was in the way move on.
+            thread::sleep(Duration::from_millis(1 << attempt.min(6)));
+        }
+        attempts = attempt + 1;
+        match write_all(rt.pid, writes, deadline, opts) {
+            Ok((threads, stopped)) => {
+                // Every write is made: nothing is pending any more.
+                if let Err(e) = rt.clear_pending_writes() {
+                    return Err((attempts, e.to_string()));
+                }
+                return Ok((attempts, threads, stopped));
+            }
+            Err(WriteError::Busy(why)) => last_err = why,
+            Err(WriteError::Fatal(why)) => return Err((attempts, why)),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err((attempts, last_err))
+}
+
+/// If the runtime's write journal says an earlier tool did not finish its
+/// writes, finish them (writes already made are skipped).
+fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> Result<(), String> {
+    if !rt.writes_pending().map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
+    write_with_retries(rt, &writes, deadline, opts)
+        .map(|_| ())
+        .map_err(|(_, why)| format!("completing the writes an interrupted ulp left pending: {why}"))
 }
 
 /// What a non-OK result code of `opcode` means for the user; `None` for OK.
@@ -651,11 +701,18 @@ fn write_all(
             )));
         }
     }
+    // Writes whose bytes are already the new ones are done (the same bytes,
+    // or an interrupted earlier tool made them): skip them.
+    let mut todo: Vec<Write> = Vec::with_capacity(writes.len());
     for w in writes {
         let mut now = [0u8; 16];
         stopped
             .peek(w.addr, &mut now[..w.len as usize])
             .map_err(fatal)?;
+        if now[..w.len as usize] == w.new[..w.len as usize] {
+            continue;
+        }
+        todo.push(*w);
         if now[..w.len as usize] != w.old[..w.len as usize] {
             return Err(WriteError::Fatal(format!(
                 "code at {:#x} in process {pid} changed since the runtime checked it (another tool?); nothing was written",
@@ -666,10 +723,10 @@ fn write_all(
     // Every stub before any entry jump: a thread that takes a new jump must
     // find a complete stub. All threads are stopped, so this order matters
     // only if we die in the middle; then the process still runs old code.
-    let ordered = writes
+    let ordered = todo
         .iter()
         .filter(|w| w.kind == write_kind::STUB)
-        .chain(writes.iter().filter(|w| w.kind != write_kind::STUB));
+        .chain(todo.iter().filter(|w| w.kind != write_kind::STUB));
     let mut done: Vec<Write> = Vec::new();
     let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
         let r = stopped.poke(w.addr, &w.new[..w.len as usize]);

@@ -109,6 +109,9 @@ pub fn set_result(code: i32, msg: &str, writes: &[Write]) {
         ptr::copy_nonoverlapping(writes.as_ptr(), w, writes.len());
         addr_of_mut!((*b).res_nwrites).write_volatile(writes.len() as u32);
         addr_of_mut!((*b).res_code).write_volatile(code);
+        // The journal: these writes are now the tool's to make (it clears
+        // the mark when done); a result without writes has nothing pending.
+        addr_of_mut!((*b).writes_pending).write_volatile(u64::from(!writes.is_empty()));
     }
 }
 

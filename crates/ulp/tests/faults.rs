@@ -216,3 +216,47 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
     assert_eq!(demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0, 0);
     assert!(t.ask("stats").ends_with(" bad=0"));
 }
+
+#[test]
+fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
+    // ULP_TEST_KILL_BEFORE_WRITES makes ulp SIGKILL itself right after the
+    // runtime recorded the operation and before any code byte is written:
+    // the registry and the code disagree. The runtime's write journal lets
+    // the next trigger finish those writes first.
+    let demo = Demo::new("journal");
+    let mut t = demo.start(&["-t", "2"]);
+    let pid = t.pid.to_string();
+    let killed = |args: &[&str]| {
+        let out = std::process::Command::new(ulp_bin())
+            .args(args)
+            .current_dir(demo.dir.path())
+            .env("ULP_TEST_KILL_BEFORE_WRITES", "1")
+            .output()
+            .expect("running ulp");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "ulp killed itself");
+    };
+    let check = || demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0;
+
+    killed(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(t.ask("answer"), "1", "no byte was written");
+    assert_eq!(check(), 1, "but the runtime recorded the patch");
+    // The same apply again: the pending writes are made, and the patch is
+    // reported as already applied, which it now truly is.
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SKIPPED Patch already applied"), "{out}");
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+
+    killed(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(t.ask("answer"), "2", "no byte was written");
+    assert_eq!(check(), 0, "but the runtime dropped the patch");
+    // Any trigger touching the process completes them: here a check-only
+    // revert of a patch that is not applied (an ERROR, as always).
+    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+    assert!(t.alive());
+}
