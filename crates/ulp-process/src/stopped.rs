@@ -545,16 +545,7 @@ impl Stopped {
                             if returned {
                                 return Ok(now.rax);
                             }
-                            // SAFETY: si_addr is valid for the fault signals
-                            // filtered above (kernel-generated, si_code > 0).
-                            let addr = unsafe { info.si_addr() } as u64;
-                            return Err(Error::CallFaulted {
-                                pid,
-                                tid,
-                                signal: sig,
-                                rip: now.rip,
-                                addr,
-                            });
+                            return Err(call_faulted(pid, tid, sig, &info, now.rip));
                         }
                     }
                     // Someone else's signal: deliver it after the call, once
@@ -655,16 +646,7 @@ impl Stopped {
                     sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
                 self.held[i].stop = Stop::Signal(sig);
                 self.restore_call(i)?;
-                // SAFETY: si_addr is valid for the fault signals filtered
-                // above (kernel-generated, si_code > 0).
-                let addr = unsafe { info.si_addr() } as u64;
-                return Err(Error::CallFaulted {
-                    pid,
-                    tid,
-                    signal: sig,
-                    rip: now.rip,
-                    addr,
-                });
+                return Err(call_faulted(pid, tid, sig, &info, now.rip));
             }
             // Someone else's signal: delivered at detach, once the thread
             // has its registers back.
@@ -1187,5 +1169,20 @@ impl Drop for Stopped {
     /// errors are dropped (use `release` to see them).
     fn drop(&mut self) {
         let _ = self.detach_all();
+    }
+}
+
+/// The error for a callee that crashed with the fault signal `sig`
+/// (kernel-generated: `info.si_code > 0`, so `si_addr` is meaningful).
+fn call_faulted(pid: Pid, tid: Tid, sig: i32, info: &libc::siginfo_t, rip: u64) -> Error {
+    // SAFETY: si_addr is valid for kernel-generated fault signals, which is
+    // what the callers checked (si_code > 0).
+    let addr = unsafe { info.si_addr() } as u64;
+    Error::CallFaulted {
+        pid,
+        tid,
+        signal: sig,
+        rip,
+        addr,
     }
 }
