@@ -112,6 +112,20 @@ fn main() {
         &["-O2", "-Wall", &s("parent_waiter.c")],
         &out.join("parent_waiter"),
     );
+    // The target of crates/ulp/tests/threads_e2e.rs (registers checked in
+    // inline asm; the ymm variant is chosen at run time, so no -mavx2).
+    gcc(
+        &[
+            "-O2",
+            "-Wall",
+            "-pthread",
+            &s("threads_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("threads_prog"),
+    );
     for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
         let c = s(&format!("{patch}.c"));
         gcc(
