@@ -607,7 +607,7 @@ impl Stopped {
             if now - start < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(nap.min(limit - now));
+                sys::nap_for(nap.min(limit - now));
                 nap = (nap * 2).min(Duration::from_micros(100));
             }
         }

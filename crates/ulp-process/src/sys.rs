@@ -249,8 +249,26 @@ pub(crate) fn wait_thread(tid: Tid, deadline: Instant) -> Result<Option<WaitStat
         if now - start < Duration::from_micros(200) {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(nap.min(deadline - now));
+            nap_for(nap.min(deadline - now));
             nap = (nap * 2).min(Duration::from_micros(100));
         }
     }
+}
+
+/// Sleeps `d` with this thread's timer slack at 1 ns (set once per thread):
+/// the default 50 µs slack would stretch every short nap of the polling
+/// loops, which run while a target waits to be resumed.
+pub(crate) fn nap_for(d: std::time::Duration) {
+    thread_local! {
+        static PRECISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    PRECISE.with(|p| {
+        if !p.get() {
+            // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only
+            // changes this thread's timer slack.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+            p.set(true);
+        }
+    });
+    std::thread::sleep(d);
 }
