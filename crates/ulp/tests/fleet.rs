@@ -141,3 +141,79 @@ fn a_terminal_gets_a_progress_bar() {
         assert_eq!(t.ask("answer"), "2");
     }
 }
+
+#[test]
+fn a_process_that_dies_mid_trigger_is_reported_alone() {
+    // Six processes stay; a seventh of the same name is SIGKILLed at a
+    // random moment while ulp works on all of them. Its line may say
+    // anything from SUCCESS to an ERROR that it exited; the six others are
+    // patched (and reverted) all the same, and ulp itself never fails for
+    // another reason.
+    let demo = Demo::new("dying");
+    std::fs::copy(demo.dir.join("demo_prog"), demo.dir.join("mortal_prog")).unwrap();
+    let start = || {
+        let mut cmd = std::process::Command::new(demo.dir.join("mortal_prog"));
+        cmd.current_dir(demo.dir.path())
+            .env("LD_PRELOAD", &demo.runtime);
+        Target::spawn(cmd)
+    };
+    let mut stay: Vec<Target> = (0..6).map(|_| start()).collect();
+    let mut seed: u64 = 0x0dd_ba11;
+    let mut victim_outcomes = Vec::new();
+    for round in 0..12 {
+        let revert = round % 2 == 1;
+        let victim = start();
+        let victim_pid = victim.pid;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_micros(seed % 4000);
+        let mut args = vec!["trigger", "-j", "2", "-p", "mortal_prog"];
+        if revert {
+            args.push("--revert");
+        }
+        args.push("demo_livepatch.so");
+        let child = std::process::Command::new(ulp_bin())
+            .args(&args)
+            .current_dir(demo.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        drop(victim); // SIGKILL and reap
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ctx = format!("round {round} (victim {victim_pid}, delay {delay:?}):\n{stdout}");
+        for t in &stay {
+            let line = format!("mortal_prog (pid: {}): SUCCESS demo_livepatch.so", t.pid);
+            assert!(stdout.contains(&line), "{ctx}");
+        }
+        for line in stdout.lines().filter(|l| l.contains("ERROR")) {
+            assert!(
+                line.contains(&format!("(pid: {victim_pid})")),
+                "only the victim may fail: {ctx}"
+            );
+        }
+        victim_outcomes.push(
+            stdout
+                .lines()
+                .find(|l| l.contains(&format!("(pid: {victim_pid})")))
+                .map_or("not seen".to_string(), str::to_string),
+        );
+        let summary = stdout.lines().last().unwrap_or_default();
+        assert!(summary.starts_with("ulp: Processes patched: "), "{ctx}");
+        let patched: u32 = summary
+            .trim_start_matches("ulp: Processes patched: ")
+            .split(',')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(patched == 6 || patched == 7, "{ctx}");
+        let want = if revert { "1" } else { "2" };
+        for t in stay.iter_mut() {
+            assert_eq!(t.ask("answer"), want, "{ctx}");
+        }
+    }
+    eprintln!("victim outcomes: {victim_outcomes:?}");
+}
