@@ -246,6 +246,19 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     killed(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "1", "no byte was written");
     assert_eq!(check(), 1, "but the runtime recorded the patch");
+    let (_, _, err) = demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]);
+    assert!(
+        err.contains("a killed ulp left code writes unfinished"),
+        "{err}"
+    );
+    // `patches` says so, in text and in JSON.
+    let (_, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert!(
+        out.contains("  Interrupted: a killed ulp left code writes unfinished"),
+        "{out}"
+    );
+    let (_, out, _) = demo.ulp(&["patches", "--json", "-p", &pid]);
+    assert!(out.contains("\"writes_pending\": true"), "{out}");
     // The same apply again: the pending writes are made, and the patch is
     // reported as already applied, which it now truly is.
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
@@ -253,6 +266,8 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     assert!(out.contains("SKIPPED Patch already applied"), "{out}");
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
+    let (_, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert!(!out.contains("Interrupted"), "completed: {out}");
 
     killed(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "2", "no byte was written");

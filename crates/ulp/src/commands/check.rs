@@ -84,6 +84,13 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         Err(ulp_core::runtime::RuntimeError::NotLoaded) => return answer(false, false),
         Err(e) => return error(format!("{name} (pid: {pid}): {e}")),
     };
+    if rt.writes_pending().unwrap_or(false) {
+        eprintln!(
+            "ulp: warning: {name} (pid: {pid}): a killed ulp left code writes unfinished; this \
+             answer is the runtime's record, which the code may not match yet: any `ulp trigger` \
+             on this process completes them"
+        );
+    }
     // Not just the patch id: the same fix packed for another build of the
     // target has the same id (see `ulp_core::trigger::is_applied`).
     let opts = ulp_core::trigger::Options::default();

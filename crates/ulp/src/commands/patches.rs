@@ -56,6 +56,9 @@ struct Report {
     pid: Pid,
     name: String,
     state: Patchable,
+    /// The runtime's write journal is set: an interrupted ulp left code
+    /// writes unfinished (the next trigger completes them).
+    writes_pending: bool,
     libraries: Vec<Library>,
 }
 
@@ -145,6 +148,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
 /// Reads everything `patches` shows about one process.
 fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
     let state = patchable::get(rt)?;
+    let writes_pending = rt.writes_pending()?;
     let applied = rt.patches()?;
     let mut libraries = Vec::new();
     for obj in ulp_core::objects::mapped_objects(pid)? {
@@ -176,6 +180,7 @@ fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
         pid,
         name: process_name(pid),
         state,
+        writes_pending,
         libraries,
     })
 }
@@ -192,6 +197,15 @@ fn text(r: &Report, build_ids: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "PID: {}, name: {}", r.pid, r.name);
     let _ = writeln!(s, "  Livepatching status: {}", r.state);
+    if r.writes_pending {
+        // Not in libpulp's output: only ever printed after a killed ulp.
+        let _ = writeln!(
+            s,
+            "  Interrupted: a killed ulp left code writes unfinished; the patches below are \
+             recorded but may not all be in the code yet (any `ulp trigger` on this process \
+             completes them)"
+        );
+    }
     let _ = writeln!(s, "  Livepatchable libraries:");
     for lib in &r.libraries {
         if build_ids {
@@ -249,6 +263,7 @@ fn to_json(r: &Report) -> Value {
         "name": r.name,
         "status": r.state.to_string(),
         "state": r.state.key(),
+        "writes_pending": r.writes_pending,
         "libraries": libraries,
     })
 }
