@@ -556,12 +556,26 @@ fn write_with_retries(
 ) -> Result<(u32, usize, Duration), (u32, String)> {
     let mut last_err = String::new();
     let mut attempts = 0;
+    // Fault injection for the tests (tests/trigger.rs): the first N
+    // attempts find a thread in the way. Never set outside a test.
+    let simulated_busy: u32 = std::env::var("ULP_TEST_BUSY_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     for attempt in 0..=opts.retries {
         if attempt > 0 {
             // Let the thread that was in the way move on.
             thread::sleep(Duration::from_millis(1 << attempt.min(6)));
         }
         attempts = attempt + 1;
+        if attempts <= simulated_busy {
+            last_err = format!(
+                "process {} is busy: a thread is executing bytes that the patch changes \
+                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r",
+                rt.pid
+            );
+            continue;
+        }
         match write_all(rt.pid, writes, deadline, opts) {
             Ok((threads, stopped)) => {
                 // Every write is made: nothing is pending any more.

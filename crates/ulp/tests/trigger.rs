@@ -447,3 +447,81 @@ fn a_w_x_locked_process_is_patched_without_changing_page_protections() {
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("wx"), "denied", "still locked");
 }
+
+#[test]
+fn a_busy_process_is_retried_with_r_and_left_untouched_when_it_stays_busy() {
+    // ULP_TEST_BUSY_ATTEMPTS makes the first N write attempts find a thread
+    // in the way (a real one cannot be placed there on demand).
+    let demo = Demo::new("busy");
+    let mut t = demo.start(&[]);
+    let pid = t.pid.to_string();
+    let busy = |n: &str, args: &[&str]| {
+        let out = std::process::Command::new(ulp_bin())
+            .args(args)
+            .current_dir(demo.dir.path())
+            .env("ULP_TEST_BUSY_ATTEMPTS", n)
+            .output()
+            .expect("running ulp");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let check = || demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0;
+
+    // Busy for longer than -r allows: an ERROR that says what to do, and
+    // nothing stays: the runtime's record is undone, the code is old.
+    let (code, out) = busy(
+        "10",
+        &["trigger", "-r", "2", "-p", &pid, "demo_livepatch.so"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("ERROR demo_livepatch.so: process ") && out.contains("is busy"),
+        "{out}"
+    );
+    assert!(out.contains("higher -r"), "{out}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(check(), 0, "the runtime's record was undone");
+    let (_, patches, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert!(
+        !patches.contains("livepatch:") && !patches.contains("Interrupted"),
+        "{patches}"
+    );
+
+    // Busy twice, -r 3: the third attempt goes in.
+    let (code, out) = busy(
+        "2",
+        &["trigger", "-v", "-r", "3", "-p", &pid, "demo_livepatch.so"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("SUCCESS demo_livepatch.so") && out.contains("attempts: 3"),
+        "{out}"
+    );
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(check(), 1);
+
+    // A revert that stays busy: the patch stays, recorded and in the code.
+    let (code, out) = busy(
+        "5",
+        &[
+            "trigger",
+            "-r",
+            "1",
+            "-p",
+            &pid,
+            "--revert",
+            "demo_livepatch.so",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(check(), 1, "the revert's record was undone");
+    assert_eq!(
+        demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"])
+            .0,
+        0
+    );
+    assert_eq!(t.ask("answer"), "1");
+}
