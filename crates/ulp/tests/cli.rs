@@ -110,17 +110,7 @@ fn section(path: &std::path::Path, name: &str) -> Vec<u8> {
 
 #[test]
 fn packer_reproduces_libpulp_bytes() {
-    let dir = TempDir::new("pack");
-    copy_files(
-        &interop_dir(),
-        dir.path(),
-        &["libgreet.so.0", "greet_livepatch1.dsc"],
-    );
-    std::fs::copy(
-        interop_dir().join("greet_livepatch1.unpacked.so"),
-        dir.join("greet_livepatch1.so"),
-    )
-    .unwrap();
+    let dir = interop_unpacked("pack", "greet_livepatch1.so", &["greet_livepatch1.dsc"]);
     let (code, out, err) = ulp(dir.path(), &["packer", "greet_livepatch1.dsc"]);
     assert_eq!(code, 0, "{out}{err}");
     let packed = dir.join("greet_livepatch1.so");
@@ -139,13 +129,7 @@ fn packer_reproduces_libpulp_bytes() {
 
 #[test]
 fn packer_reports_dsc_errors_like_a_compiler_and_writes_nothing() {
-    let dir = TempDir::new("dscerr");
-    copy_files(&interop_dir(), dir.path(), &["libgreet.so.0"]);
-    std::fs::copy(
-        interop_dir().join("greet_livepatch1.unpacked.so"),
-        dir.join("p.so"),
-    )
-    .unwrap();
+    let dir = interop_unpacked("dscerr", "p.so", &[]);
     let before = std::fs::read(dir.join("p.so")).unwrap();
     std::fs::write(
         dir.join("bad.dsc"),

@@ -597,17 +597,11 @@ fn dump_json_and_interop_both_ways() {
     );
 
     // Packed by ulp: the same fields as packed by libpulp.
-    let dir = TempDir::new("interop-json");
-    copy_files(
-        &interop_dir(),
-        dir.path(),
-        &["libgreet.so.0", "greet_livepatch1.dsc"],
+    let dir = interop_unpacked(
+        "interop-json",
+        "greet_livepatch1.so",
+        &["greet_livepatch1.dsc"],
     );
-    std::fs::copy(
-        interop_dir().join("greet_livepatch1.unpacked.so"),
-        dir.join("greet_livepatch1.so"),
-    )
-    .unwrap();
     let (code, packed) = ulp_json(dir.path(), &["packer", "greet_livepatch1.dsc"]);
     assert_eq!(code, 0, "{packed}");
     let (_, dumped) = ulp_json(dir.path(), &["dump", "greet_livepatch1.so"]);
@@ -656,13 +650,7 @@ fn libpulp_packed_container_applies_and_is_checked_with_ulp() {
 /// the references reach the library's counters.
 #[test]
 fn packer_references_by_explicit_offsets() {
-    let dir = TempDir::new("offsets");
-    copy_files(&interop_dir(), dir.path(), &["greet_prog", "libgreet.so.0"]);
-    std::fs::copy(
-        interop_dir().join("greet_livepatch1.unpacked.so"),
-        dir.join("greet_livepatch1.so"),
-    )
-    .unwrap();
+    let dir = interop_unpacked("offsets", "greet_livepatch1.so", &["greet_prog"]);
     std::fs::write(
         dir.join("offsets.dsc"),
         "greet_livepatch1.so\n@libgreet.so.0\ngreet_answer:new_greet_answer\n\
@@ -694,13 +682,7 @@ fn packer_references_by_explicit_offsets() {
 /// start of a stderr line, and the container is not touched.
 #[test]
 fn packer_reports_the_first_dsc_mistake_and_writes_nothing() {
-    let dir = TempDir::new("dsc-mistakes");
-    copy_files(&interop_dir(), dir.path(), &["libgreet.so.0"]);
-    std::fs::copy(
-        interop_dir().join("greet_livepatch1.unpacked.so"),
-        dir.join("p.so"),
-    )
-    .unwrap();
+    let dir = interop_unpacked("dsc-mistakes", "p.so", &[]);
     let before = std::fs::read(dir.join("p.so")).unwrap();
     let head = "! bsc#1\np.so\n@libgreet.so.0\n";
     #[rustfmt::skip]

@@ -5,19 +5,25 @@ mod common;
 
 use common::*;
 
+/// Copies the demo program as `name` (so that `-p name` matches only this
+/// test's processes) and returns a function starting one more of it with
+/// the runtime preloaded.
+fn named_starter<'a>(demo: &'a Demo, name: &str) -> impl Fn() -> Target + 'a {
+    let exe = demo.dir.join(name);
+    std::fs::copy(demo.dir.join("demo_prog"), &exe).unwrap();
+    move || {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.current_dir(demo.dir.path())
+            .env("LD_PRELOAD", &demo.runtime);
+        Target::spawn(cmd)
+    }
+}
+
 #[test]
 fn parallel_runs_print_what_a_sequential_run_prints() {
     let demo = Demo::new("fleet");
-    // A name of its own, so that -p matches only this test's processes.
-    std::fs::copy(demo.dir.join("demo_prog"), demo.dir.join("fleet_prog")).unwrap();
-    let mut targets: Vec<Target> = (0..12)
-        .map(|_| {
-            let mut cmd = std::process::Command::new(demo.dir.join("fleet_prog"));
-            cmd.current_dir(demo.dir.path())
-                .env("LD_PRELOAD", &demo.runtime);
-            Target::spawn(cmd)
-        })
-        .collect();
+    let start = named_starter(&demo, "fleet_prog");
+    let mut targets: Vec<Target> = (0..12).map(|_| start()).collect();
     let mut pids: Vec<i32> = targets.iter().map(|t| t.pid).collect();
     pids.sort();
     let expected = || {
@@ -106,15 +112,8 @@ fn parallel_runs_print_what_a_sequential_run_prints() {
 #[test]
 fn a_terminal_gets_a_progress_bar() {
     let demo = Demo::new("progress");
-    std::fs::copy(demo.dir.join("demo_prog"), demo.dir.join("bar_prog")).unwrap();
-    let mut targets: Vec<Target> = (0..6)
-        .map(|_| {
-            let mut cmd = std::process::Command::new(demo.dir.join("bar_prog"));
-            cmd.current_dir(demo.dir.path())
-                .env("LD_PRELOAD", &demo.runtime);
-            Target::spawn(cmd)
-        })
-        .collect();
+    let start = named_starter(&demo, "bar_prog");
+    let mut targets: Vec<Target> = (0..6).map(|_| start()).collect();
     // `script` runs ulp on a pseudo-terminal and copies what it writes.
     let command = format!("{} trigger -j 1 -p bar_prog demo_livepatch.so", ulp_bin());
     let out = std::process::Command::new("script")
@@ -150,13 +149,7 @@ fn a_process_that_dies_mid_trigger_is_reported_alone() {
     // patched (and reverted) all the same, and ulp itself never fails for
     // another reason.
     let demo = Demo::new("dying");
-    std::fs::copy(demo.dir.join("demo_prog"), demo.dir.join("mortal_prog")).unwrap();
-    let start = || {
-        let mut cmd = std::process::Command::new(demo.dir.join("mortal_prog"));
-        cmd.current_dir(demo.dir.path())
-            .env("LD_PRELOAD", &demo.runtime);
-        Target::spawn(cmd)
-    };
+    let start = named_starter(&demo, "mortal_prog");
     let mut stay: Vec<Target> = (0..6).map(|_| start()).collect();
     let mut seed: u64 = 0x0dd_ba11;
     let mut victim_outcomes = Vec::new();

@@ -104,3 +104,18 @@ impl Demo {
         ulp(self.dir.path(), args)
     }
 }
+
+/// A scratch directory holding libpulp's interop target `libgreet.so.0`,
+/// the `extra` files of the interop folder, and its live patch still
+/// unpacked, under the name `container`.
+pub fn interop_unpacked(tag: &str, container: &str, extra: &[&str]) -> TempDir {
+    let dir = TempDir::new(tag);
+    copy_files(&interop_dir(), dir.path(), &["libgreet.so.0"]);
+    copy_files(&interop_dir(), dir.path(), extra);
+    std::fs::copy(
+        interop_dir().join("greet_livepatch1.unpacked.so"),
+        dir.join(container),
+    )
+    .expect("copying the unpacked interop container");
+    dir
+}
