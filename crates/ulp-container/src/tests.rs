@@ -22,33 +22,7 @@ fn hex(b: &[u8]) -> String {
     crate::dump::hex(b)
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ulp-container-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use ulp_fixtures::TempDir;
 
 /// A temp dir laid out like libpulp's: the unpacked container under its
 /// packed name, the .dsc and the target.
@@ -343,7 +317,9 @@ fn pack_err(text: &str) -> (String, PackErrorKind) {
         before,
         "nothing is written on error"
     );
-    let shown = e.to_string().replace(&d.0.display().to_string(), "DIR");
+    let shown = e
+        .to_string()
+        .replace(&d.path().display().to_string(), "DIR");
     (shown, e.kind())
 }
 
