@@ -31,6 +31,11 @@
 
 #![no_std]
 
+#[cfg(feature = "optout")]
+extern crate std;
+#[cfg(feature = "optout")]
+pub mod optout;
+
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -71,7 +71,7 @@ impl Default for Options {
 }
 
 impl Options {
-    fn seize(&self) -> SeizeOptions {
+    pub(crate) fn seize(&self) -> SeizeOptions {
         SeizeOptions {
             suspend_seccomp: self.suspend_seccomp,
         }
@@ -420,6 +420,16 @@ fn precheck(pid: Pid, container: &Container, opts: &Options) -> Result<Runtime, 
     }
 }
 
+/// Why `container` cannot apply in `pid`, seen from outside (its target
+/// library is not loaded, or is another build); `None` when it can.
+pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<String> {
+    match target_state(pid, &container.metadata, opts) {
+        Ok(TargetState::Loaded) => None,
+        Ok(TargetState::NotLoaded(why) | TargetState::OtherBuild(why)) => Some(why),
+        Err(o) => Some(o.to_string()),
+    }
+}
+
 /// A patch's target in a process, as seen from outside.
 enum TargetState {
     /// An object with the target's name and build-id is loaded.
@@ -667,7 +677,7 @@ const _: () = {
 };
 
 /// The runtime's resume routine and done word, from its interface block.
-fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error> {
+pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error> {
     let mut b = [0u8; 16];
     ulp_process::read_mem(rt.pid, rt.interface + offset::RESUME as u64, &mut b)?;
     let routine = u64::from_le_bytes(b[..8].try_into().unwrap());

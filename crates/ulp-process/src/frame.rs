@@ -97,8 +97,27 @@ pub(crate) struct Frame {
     pub addr: u64,
     /// The ucontext (`addr + 8`).
     pub uc: u64,
+    /// Where the copy of [`Extra::data`] is (0 without data).
+    pub data: u64,
     pub bytes: Vec<u8>,
 }
+
+/// What a frame holds beyond the thread's state, for a call that returns
+/// through a bare `rt_sigreturn` (no resume routine to fill the frame in).
+#[derive(Default)]
+pub(crate) struct Extra<'a> {
+    /// The thread's signal mask, written into `uc_sigmask`, and an
+    /// `uc_stack` that `rt_sigreturn` refuses (flags 3 are neither 0,
+    /// SS_ONSTACK nor SS_DISABLE; the kernel ignores a refused alternate
+    /// stack there), so the thread keeps its own alternate stack.
+    pub sigmask: Option<u64>,
+    /// Bytes copied above the frame (below the red zone), e.g. a string
+    /// argument of the call.
+    pub data: &'a [u8],
+}
+
+/// `uc_stack.ss_flags` that `rt_sigreturn` ignores (see [`Extra::sigmask`]).
+const SS_FLAGS_REFUSED: u64 = 3;
 
 fn put(buf: &mut [u8], at: u64, v: u64) {
     buf[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
@@ -133,7 +152,25 @@ pub(crate) fn build(
     cookie: u64,
     wait_us: u64,
 ) -> Frame {
-    let top = regs.rsp.wrapping_sub(128);
+    build_with(regs, xstate, path, cookie, wait_us, &Extra::default())
+}
+
+/// [`build`] with [`Extra`] contents.
+pub(crate) fn build_with(
+    regs: &libc::user_regs_struct,
+    xstate: &[u8],
+    path: &ReturnPath,
+    cookie: u64,
+    wait_us: u64,
+    extra: &Extra<'_>,
+) -> Frame {
+    let below_red_zone = regs.rsp.wrapping_sub(128);
+    let data = if extra.data.is_empty() {
+        0
+    } else {
+        below_red_zone.wrapping_sub(extra.data.len() as u64) & !15
+    };
+    let top = if data == 0 { below_red_zone } else { data };
     // The XSAVE copy, and how much of it the kernel's sigreturn reads.
     let mut xs = xstate.to_vec();
     let mut xstate_size = xs.len();
@@ -158,7 +195,12 @@ pub(crate) fn build(
     let fpstate = top.wrapping_sub(xs_len) & !63;
     let uc = fpstate.wrapping_sub(UC_SIZE + SCRATCH_SIZE) & !15;
     let addr = uc.wrapping_sub(8);
-    let mut b = vec![0u8; (fpstate + xs_len - addr) as usize];
+    let end = if data == 0 {
+        fpstate + xs_len
+    } else {
+        data + extra.data.len() as u64
+    };
+    let mut b = vec![0u8; (end - addr) as usize];
     let at = |a: u64| a - addr;
 
     put(&mut b, 0, path.routine);
@@ -185,14 +227,27 @@ pub(crate) fn build(
     let seg = (r.cs & 0xffff) | (r.ss & 0xffff) << 48;
     put(&mut b, mc + 144, seg);
     put(&mut b, mc + 184, fpstate);
-    // uc_sigmask: filled by the routine.
+    // uc_stack and uc_sigmask: filled by the routine, or now.
+    if let Some(mask) = extra.sigmask {
+        put(&mut b, u + UC_STACK + 8, SS_FLAGS_REFUSED);
+        put(&mut b, u + UC_SIGMASK, mask);
+    }
     put(&mut b, u + COOKIE, cookie);
     put(&mut b, u + DONE_PTR, path.done);
     put(&mut b, u + WAIT_US, wait_us);
     let f = at(fpstate) as usize;
     b[f..f + xs.len()].copy_from_slice(&xs);
     b[f + xstate_size..f + xstate_size + 4].copy_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
-    Frame { addr, uc, bytes: b }
+    if data != 0 {
+        let d = at(data) as usize;
+        b[d..d + extra.data.len()].copy_from_slice(extra.data);
+    }
+    Frame {
+        addr,
+        uc,
+        data,
+        bytes: b,
+    }
 }
 
 #[cfg(test)]
@@ -251,5 +306,34 @@ mod tests {
         assert_eq!(word(8 + COOKIE), 0xabcd);
         assert_eq!(word(8 + DONE_PTR), 0x2000);
         assert_eq!(word(8 + WAIT_US), 12345);
+    }
+
+    #[test]
+    fn bare_sigreturn_frame() {
+        let xs = vec![0u8; 576];
+        let path = ReturnPath {
+            routine: 0x1000,
+            routine_end: 0x1009,
+            done: 0,
+        };
+        let data = b"/usr/lib/libpulp.so.0\0";
+        let extra = Extra {
+            sigmask: Some(0x8000_0001),
+            data,
+        };
+        let f = build_with(&regs(), &xs, &path, 0, 0, &extra);
+        let end = f.addr + f.bytes.len() as u64;
+        assert!(end <= regs().rsp - 128, "the red zone is left alone");
+        assert_eq!(f.data % 16, 0);
+        assert_eq!(f.data + data.len() as u64, end);
+        let off = (f.data - f.addr) as usize;
+        assert_eq!(&f.bytes[off..off + data.len()], data);
+        let word =
+            |a: u64| u64::from_le_bytes(f.bytes[a as usize..a as usize + 8].try_into().unwrap());
+        assert_eq!(word(8 + UC_SIGMASK), 0x8000_0001);
+        assert_eq!(word(8 + UC_STACK + 8), SS_FLAGS_REFUSED);
+        // The XSAVE copy lies below the data.
+        let fp = word(8 + UC_MCONTEXT + 184);
+        assert!(fp + 576 <= f.data);
     }
 }

@@ -46,7 +46,7 @@ pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,
 };
 pub use regs::Regs;
-pub use stopped::{SeizeOptions, Stopped};
+pub use stopped::{SeizeOptions, Stopped, SIGRETURN_CODE};
 
 /// A process id (thread-group id).
 pub type Pid = i32;

@@ -72,6 +72,26 @@ const NON_RESTARTING: &[libc::c_long] = &[
     333,
 ];
 
+/// `mov $15, %rax; syscall`: `rt_sigreturn`, as glibc's signal restorer
+/// `__restore_rt` has it.
+pub const SIGRETURN_CODE: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+
+/// How a remote call gets back.
+enum Return<'a> {
+    /// To address 0: the thread faults there and the tool takes it back
+    /// (a tool that dies meanwhile leaves it to crash).
+    Trap,
+    /// Through a resume routine of the target (it returns by itself).
+    Path(&'a ReturnPath),
+    /// Through a bare `rt_sigreturn` at `at` ([`SIGRETURN_CODE`]), with
+    /// `data` copied into the frame, its address the first argument.
+    Sigreturn {
+        at: u64,
+        data: &'a [u8],
+        then: &'a mut dyn FnMut() -> Option<ReturnPath>,
+    },
+}
+
 /// The x86-64 `syscall` instruction.
 const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
@@ -352,7 +372,8 @@ impl Stopped {
         args: &[u64],
         deadline: Instant,
     ) -> Result<u64, Error> {
-        self.start_call(tid, func, args, None, deadline)
+        self.start_call(tid, func, args, Return::Trap, deadline)
+            .map(|(v, _)| v)
     }
 
     /// [`Stopped::remote_call`], but the call returns to the thread's own
@@ -380,7 +401,62 @@ impl Stopped {
         path: &ReturnPath,
         deadline: Instant,
     ) -> Result<u64, Error> {
-        self.start_call(tid, func, args, Some(path), deadline)
+        self.start_call(tid, func, args, Return::Path(path), deadline)
+            .map(|(v, _)| v)
+    }
+
+    /// A remote call in a process that has no resume routine (yet): the
+    /// runtime's loading. Calls `func(data, args...)`, `data` being the
+    /// address of a copy of `data` on the thread's stack, and returns
+    /// through `sigreturn`: the address of [`SIGRETURN_CODE`] in the target
+    /// (glibc's `__restore_rt`, the restorer of its signal handlers). The
+    /// frame written below the red zone holds the thread's whole state and
+    /// its signal mask, and leaves its alternate signal stack alone, so a
+    /// tool that dies at any moment leaves a thread that finishes the call
+    /// and goes back to its own code by itself, as from a signal handler.
+    ///
+    /// While the tool lives, the thread runs under PTRACE_SYSCALL until it
+    /// enters that `rt_sigreturn` with `rsp` at the frame. There `then` may
+    /// name a resume routine that the call made available (the runtime just
+    /// loaded): the thread is then sent into it instead, with the frame
+    /// completed, and the call ends as [`Stopped::remote_call_returning`]
+    /// does (registers written back by the tool, so an interrupted system
+    /// call restarts exactly). Without one, the `rt_sigreturn` runs: the
+    /// thread is back in its own code with the restart rule applied (see
+    /// the `frame` module: a relative sleep restarts whole).
+    ///
+    /// The call's return value is lost (`rt_sigreturn` takes `rax`); the
+    /// result is whether `then` gave a resume routine. The thread stays
+    /// stopped after the call.
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_call_sigreturn(
+        &mut self,
+        tid: Tid,
+        func: u64,
+        data: &[u8],
+        args: &[u64],
+        sigreturn: u64,
+        then: &mut dyn FnMut() -> Option<ReturnPath>,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        let mut code = [0u8; SIGRETURN_CODE.len()];
+        self.peek(sigreturn, &mut code)?;
+        if code != SIGRETURN_CODE {
+            return Err(Error::Invalid {
+                pid: self.pid,
+                what: format!(
+                    "no rt_sigreturn sequence at {sigreturn:#x} (found {:02x?})",
+                    code
+                ),
+            });
+        }
+        let ret = Return::Sigreturn {
+            at: sigreturn,
+            data,
+            then,
+        };
+        self.start_call(tid, func, args, ret, deadline)
+            .map(|(_, resumed)| resumed)
     }
 
     fn start_call(
@@ -388,11 +464,12 @@ impl Stopped {
         tid: Tid,
         func: u64,
         args: &[u64],
-        path: Option<&ReturnPath>,
+        how: Return<'_>,
         deadline: Instant,
-    ) -> Result<u64, Error> {
+    ) -> Result<(u64, bool), Error> {
         let pid = self.pid;
-        if args.len() > 6 {
+        let with_data = matches!(how, Return::Sigreturn { .. });
+        if args.len() + usize::from(with_data) > 6 {
             return Err(Error::Invalid {
                 pid,
                 what: format!("remote_call takes at most 6 arguments, got {}", args.len()),
@@ -410,21 +487,44 @@ impl Stopped {
         // also holds the rt_sigframe, written before any register changes:
         // a tool that dies from here on leaves a thread that runs the call
         // and returns by itself.
-        let (sp, ret) = match path {
-            None => {
+        let mut data_addr = None;
+        let (sp, ret) = match &how {
+            Return::Trap => {
                 let sp = (regs.rsp.wrapping_sub(RED_ZONE) & !0xf).wrapping_sub(8);
                 sys::poke_word(tid, sp, 0).map_err(|e| self.mem_error(tid, sp, 8, true, e))?;
                 (sp, None)
             }
-            Some(p) => {
+            Return::Path(p) => {
                 let cookie = next_cookie();
                 let wait_us = frame::WAIT.as_micros() as u64;
                 let f = frame::build(&regs, &xstate, p, cookie, wait_us);
                 self.write_frame(tid, f.addr, &f.bytes)?;
                 let ret = SelfReturn {
-                    path: *p,
+                    path: **p,
                     uc: f.uc,
                     cookie,
+                };
+                (f.addr, Some(ret))
+            }
+            Return::Sigreturn { at, data, .. } => {
+                let sigmask = sys::get_sigmask(tid)
+                    .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGMASK", e))?;
+                let path = ReturnPath {
+                    routine: *at,
+                    routine_end: at + SIGRETURN_CODE.len() as u64,
+                    done: 0,
+                };
+                let extra = frame::Extra {
+                    sigmask: Some(sigmask),
+                    data,
+                };
+                let f = frame::build_with(&regs, &xstate, &path, 0, 0, &extra);
+                self.write_frame(tid, f.addr, &f.bytes)?;
+                data_addr = Some(f.data);
+                let ret = SelfReturn {
+                    path,
+                    uc: f.uc,
+                    cookie: 0,
                 };
                 (f.addr, Some(ret))
             }
@@ -442,7 +542,7 @@ impl Stopped {
             &mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.rcx, &mut r.r8, &mut r.r9,
         ]
         .into_iter()
-        .zip(args)
+        .zip(data_addr.iter().chain(args))
         {
             *slot = arg;
         }
@@ -459,13 +559,165 @@ impl Stopped {
 
         // Resuming with signal 0 also suppresses the signal of a
         // signal-delivery-stop we are in (it is in `owed` if it is not ours).
-        if let Err(e) = sys::cont(tid, 0) {
+        let resumed = if with_data {
+            let options = if self.options.suspend_seccomp {
+                sys::PTRACE_O_SUSPEND_SECCOMP
+            } else {
+                0
+            };
+            sys::set_options(tid, options | sys::PTRACE_O_TRACESYSGOOD)
+                .and_then(|()| sys::cont_syscall(tid, 0))
+        } else {
+            sys::cont(tid, 0)
+        };
+        if let Err(e) = resumed {
             let err = self.ptrace_error(tid, "PTRACE_CONT", e);
             let _ = self.restore_call(i);
             return Err(err);
         }
         self.held[i].stop = Stop::Running;
-        self.finish_call(tid, deadline)
+        match how {
+            Return::Sigreturn { at, then, .. } => {
+                let uc = ret.map_or(0, |r| r.uc);
+                self.finish_sigreturn(tid, at, uc, then, deadline)
+                    .map(|resumed| (0, resumed))
+            }
+            _ => self.finish_call(tid, deadline).map(|v| (v, false)),
+        }
+    }
+
+    /// [`Stopped::remote_call_sigreturn`] once the call runs: follows the
+    /// thread from system call to system call until it enters the
+    /// `rt_sigreturn` at `at` with `rsp == uc`, then sends it into the
+    /// resume routine `then` names, or lets the `rt_sigreturn` run.
+    fn finish_sigreturn(
+        &mut self,
+        tid: Tid,
+        at: u64,
+        uc: u64,
+        then: &mut dyn FnMut() -> Option<ReturnPath>,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        let end = at + SIGRETURN_CODE.len() as u64;
+        // Fault injection for the tests (crates/ulp/tests/inject.rs): the
+        // tool dies at the Nth system call stop of the call, the thread in
+        // the middle of it. Never set outside a test.
+        let mut kill_at: Option<u32> = std::env::var("ULP_TEST_KILL_AT_SYSCALL")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        // Stopped at the entry of our rt_sigreturn, then at its exit.
+        let mut returning = false;
+        loop {
+            let (i, now) = match self.next_syscall_stop(tid, deadline)? {
+                Some(x) => x,
+                None => {
+                    sys::cont_syscall(tid, 0)
+                        .map_err(|e| self.ptrace_error(tid, "PTRACE_SYSCALL", e))?;
+                    continue;
+                }
+            };
+            if let Some(n) = kill_at.as_mut() {
+                if *n == 0 {
+                    // SAFETY: kill(2) on our own pid has no memory-safety
+                    // preconditions.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                }
+                *n -= 1;
+            }
+            if returning {
+                // The rt_sigreturn is done: the thread is in its own state.
+                self.held[i].call = None;
+                self.held[i].stop = Stop::Event;
+                self.held[i].regs = None;
+                return Ok(false);
+            }
+            let entering = now.orig_rax == libc::SYS_rt_sigreturn as u64
+                && now.rax == (-libc::ENOSYS) as u64
+                && now.rip == end
+                && now.rsp == uc;
+            if !entering {
+                sys::cont_syscall(tid, 0)
+                    .map_err(|e| self.ptrace_error(tid, "PTRACE_SYSCALL", e))?;
+                continue;
+            }
+            self.held[i].stop = Stop::Event;
+            let Some(path) = then() else {
+                returning = true;
+                sys::cont_syscall(tid, 0)
+                    .map_err(|e| self.ptrace_error(tid, "PTRACE_SYSCALL", e))?;
+                self.held[i].stop = Stop::Running;
+                continue;
+            };
+            // Into the resume routine instead, as if the call had returned
+            // there: complete the frame's scratch area, skip the system call.
+            let cookie = next_cookie();
+            let wait_us = frame::WAIT.as_micros() as u64;
+            let mut scratch = [0u8; 24];
+            scratch[..8].copy_from_slice(&cookie.to_le_bytes());
+            scratch[8..16].copy_from_slice(&path.done.to_le_bytes());
+            scratch[16..].copy_from_slice(&wait_us.to_le_bytes());
+            self.write_frame(tid, uc + frame::COOKIE, &scratch)?;
+            let mut r = now;
+            r.orig_rax = u64::MAX;
+            r.rip = path.routine;
+            sys::set_regs(tid, &r).map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS", e))?;
+            let ret = SelfReturn { path, uc, cookie };
+            if let Some(c) = self.held[i].call.as_mut() {
+                c.ret = Some(ret);
+            }
+            sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
+            self.held[i].stop = Stop::Running;
+            self.finish_returning(tid, ret, deadline)?;
+            return Ok(true);
+        }
+    }
+
+    /// Waits for the next system call stop of a thread resumed with
+    /// PTRACE_SYSCALL inside a call: `Some((index, registers))` there,
+    /// `None` after another stop that needs the thread resumed (a group-stop,
+    /// a leftover interrupt, someone else's signal, kept for detach). A
+    /// crash of the callee takes the thread back to its own state and is
+    /// the error.
+    fn next_syscall_stop(
+        &mut self,
+        tid: Tid,
+        deadline: Instant,
+    ) -> Result<Option<(usize, libc::user_regs_struct)>, Error> {
+        let pid = self.pid;
+        let status =
+            match sys::wait_thread(tid, deadline) {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(Error::Timeout {
+                    pid,
+                    tid: Some(tid),
+                    op: "waiting for a remote call to return (the thread is still inside the call)"
+                        .into(),
+                }),
+                Err(_) => return Err(self.lost(tid)),
+            };
+        let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+        match status {
+            WaitStatus::Exited(_) | WaitStatus::Killed(_) => Err(self.lost(tid)),
+            WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => Ok(None),
+            WaitStatus::SyscallStop => {
+                let now =
+                    sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+                Ok(Some((i, now)))
+            }
+            WaitStatus::SignalStop { sig } => {
+                let info = sys::get_siginfo(tid)
+                    .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGINFO", e))?;
+                if is_fault(sig) && info.si_code > 0 {
+                    let now = sys::get_regs(tid)
+                        .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+                    self.held[i].stop = Stop::Signal(sig);
+                    self.restore_call(i)?;
+                    return Err(call_faulted(pid, tid, sig, &info, now.rip));
+                }
+                self.held[i].owed.push(info);
+                Ok(None)
+            }
+        }
     }
 
     /// Keeps waiting for a remote call on `tid` that timed out earlier.
@@ -524,7 +776,9 @@ impl Stopped {
                 // A leftover interrupt, or a group-stop that began during
                 // the call: finish the call first (at detach the kernel puts
                 // the thread back into the group-stop if it is still on).
-                WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => {
+                WaitStatus::EventStop { .. }
+                | WaitStatus::OtherEvent { .. }
+                | WaitStatus::SyscallStop => {
                     sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
                 }
                 WaitStatus::SignalStop { sig } => {
@@ -634,7 +888,9 @@ impl Stopped {
         let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
         let sig = match status {
             WaitStatus::Exited(_) | WaitStatus::Killed(_) => return Err(self.lost(tid)),
-            WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => None,
+            WaitStatus::EventStop { .. }
+            | WaitStatus::OtherEvent { .. }
+            | WaitStatus::SyscallStop => None,
             WaitStatus::SignalStop { sig } => Some(sig),
         };
         if let Some(sig) = sig {
@@ -775,7 +1031,11 @@ impl Stopped {
                     });
                 }
                 Err(_) | Ok(Some(WaitStatus::Exited(_) | WaitStatus::Killed(_))) => return Ok(()),
-                Ok(Some(WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. })) => {
+                Ok(Some(
+                    WaitStatus::EventStop { .. }
+                    | WaitStatus::OtherEvent { .. }
+                    | WaitStatus::SyscallStop,
+                )) => {
                     h.stop = Stop::Event;
                 }
                 Ok(Some(WaitStatus::SignalStop { sig })) => {
@@ -1037,7 +1297,9 @@ impl Stopped {
                     self.held[i].regs = self.rerun_non_restarting_syscall(tid);
                 }
             }
-            WaitStatus::OtherEvent { .. } => self.held[i].stop = Stop::Event,
+            WaitStatus::OtherEvent { .. } | WaitStatus::SyscallStop => {
+                self.held[i].stop = Stop::Event
+            }
             WaitStatus::SignalStop { sig } => {
                 // A signal was on its way in when we arrived: keep the
                 // thread in this stop and deliver the signal at detach.

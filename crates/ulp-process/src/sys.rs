@@ -62,6 +62,30 @@ pub(crate) fn cont(tid: Tid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
+/// PTRACE_SYSCALL: resume, stopping at the next system call entry or exit.
+pub(crate) fn cont_syscall(tid: Tid, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+/// `PTRACE_O_TRACESYSGOOD`: system call stops report SIGTRAP | 0x80.
+pub(crate) const PTRACE_O_TRACESYSGOOD: usize = 1;
+
+pub(crate) fn set_options(tid: Tid, options: usize) -> Result<(), Errno> {
+    request(libc::PTRACE_SETOPTIONS, tid, 0, options).map(drop)
+}
+
+/// The thread's blocked-signal mask (PTRACE_GETSIGMASK).
+pub(crate) fn get_sigmask(tid: Tid) -> Result<u64, Errno> {
+    let mut mask = 0u64;
+    request(
+        libc::PTRACE_GETSIGMASK,
+        tid,
+        std::mem::size_of::<u64>(),
+        &mut mask as *mut u64 as usize,
+    )?;
+    Ok(mask)
+}
+
 pub(crate) fn detach(tid: Tid, sig: i32) -> Result<(), Errno> {
     request(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
 }
@@ -200,6 +224,9 @@ pub(crate) enum WaitStatus {
     /// Signal-delivery-stop: `sig` is about to be delivered; the tracer
     /// decides whether it is (by the signal passed when resuming).
     SignalStop { sig: i32 },
+    /// A system call entry or exit stop (after PTRACE_SYSCALL, with
+    /// PTRACE_O_TRACESYSGOOD).
+    SyscallStop,
 }
 
 impl WaitStatus {
@@ -211,6 +238,7 @@ impl WaitStatus {
         } else {
             let sig = libc::WSTOPSIG(status);
             match status >> 16 {
+                0 if sig == libc::SIGTRAP | 0x80 => WaitStatus::SyscallStop,
                 0 => WaitStatus::SignalStop { sig },
                 PTRACE_EVENT_STOP => WaitStatus::EventStop { sig },
                 event => WaitStatus::OtherEvent { sig, event },

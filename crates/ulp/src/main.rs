@@ -29,6 +29,8 @@ const SPECS: &[Spec] = &[
     value(Some('R'), "root"),
     flag(None, "disable-seccomp"),
     flag(None, "force"),
+    flag(None, "load-runtime"),
+    value(None, "runtime"),
     flag(None, "only-livepatched"),
     value(Some('o'), "output"),
 ];

@@ -10,72 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ulp_bin, Demo};
-
-/// xorshift64*: deterministic, seeded per iteration.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn status_field(pid: i32, tid: &str, field: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
-}
-
-fn tids(pid: i32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether any thread of `pid` is traced right now.
-fn traced(pid: i32) -> bool {
-    tids(pid)
-        .iter()
-        .any(|t| status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0"))
-}
-
-/// Whether the main thread of `pid` is traced right now.
-fn main_traced(pid: i32) -> bool {
-    status_field(pid, &pid.to_string(), "TracerPid:").is_some_and(|v| v != "0")
-}
-
-/// Waits (bounded) until no thread of `pid` is traced or in a stop.
-fn settled(pid: i32) -> Result<(), String> {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        let bad: Vec<String> = tids(pid)
-            .into_iter()
-            .filter(|t| {
-                let traced = status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0");
-                let state = status_field(pid, t, "State:").unwrap_or_default();
-                traced || state.starts_with('t') || state.starts_with('T')
-            })
-            .collect();
-        if bad.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= end {
-            return Err(format!("threads {bad:?} still traced or stopped"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+use common::{main_traced, settled, status_field, traced, ulp_bin, Demo, Rng};
 
 fn trigger_cmd(demo: &Demo, pid: &str, revert: bool) -> Command {
     let mut cmd = Command::new(ulp_bin());

@@ -13,9 +13,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,48 +36,6 @@ fn cycles() -> u32 {
     }
 }
 
-/// Runs `ulp ARGS` in `dir`, killing it (and failing) if it runs past
-/// [`ULP_DEADLINE`]: a hung ulp is as much a failure as a hung target.
-fn ulp_bounded(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(ulp_bin())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running ulp");
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("waiting for ulp") {
-            break st;
-        }
-        if start.elapsed() > ULP_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ulp {args:?} did not finish within {ULP_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (
-        status.code().unwrap_or(-1),
-        out_reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    )
-}
-
 /// What the run saw, for the final report.
 #[derive(Default)]
 struct Tally {
@@ -98,7 +55,7 @@ fn trigger(dir: &Path, pid: &str, revert: bool, what: &str, tally: &mut Tally) {
     args.push("demo_livepatch.so");
     for attempt in 0..=BUSY_RETRIES {
         let start = Instant::now();
-        let (code, out, err) = ulp_bounded(dir, &args);
+        let (code, out, err) = ulp_bounded(dir, &args, ULP_DEADLINE);
         tally.slowest = tally.slowest.max(start.elapsed());
         tally.triggers += 1;
         if code == 0 && out.contains(": SUCCESS demo_livepatch.so") {

@@ -24,6 +24,8 @@ pub const OPTIONS: &[&str] = &[
     "root",
     "disable-seccomp",
     "force",
+    "load-runtime",
+    "runtime",
 ];
 
 pub const HELP: &str = "\
@@ -245,6 +247,41 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         }
     }
 
+    // --load-runtime: the runtime file, checked once before any process.
+    let load_runtime = if p.has("load-runtime") {
+        if matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
+            return Err(UsageError(
+                "--load-runtime is for applying: a process without the runtime has nothing to revert"
+                    .into(),
+            ));
+        }
+        let file = match p.value("runtime") {
+            Some(r) => {
+                std::fs::canonicalize(r).map_err(|e| UsageError(format!("--runtime '{r}': {e}")))?
+            }
+            None => ulp_core::inject::default_runtime().ok_or_else(|| {
+                UsageError(
+                    "--load-runtime: no libpulp.so.0 next to ulp (../lib or the same directory); \
+                     name it with --runtime=PATH"
+                        .into(),
+                )
+            })?,
+        };
+        let check = !p.has("force") && ulp_core::trust::running_as_root();
+        if let Err(e) = ulp_core::inject::check_runtime_file(&file, check) {
+            eprintln!("ulp: {e}");
+            if as_json {
+                print_json(&json!({ "error": e }));
+            }
+            return Ok(1);
+        }
+        Some(file)
+    } else if p.has("runtime") {
+        return Err(UsageError("--runtime goes with --load-runtime".into()));
+    } else {
+        None
+    };
+
     let explicit = p.value("process");
     let pids = match explicit {
         Some(spec) => {
@@ -277,7 +314,16 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     for_each_process(
         &pids,
         jobs,
-        |pid| examine(pid, explicit.is_some(), &mode, &files, &opts),
+        |pid| {
+            examine(
+                pid,
+                explicit.is_some(),
+                &mode,
+                &files,
+                &opts,
+                load_runtime.as_deref(),
+            )
+        },
         |r| {
             progress.step();
             let Some(lines) = r.lines else {
@@ -287,7 +333,8 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             if let Some(w) = r.warning {
                 progress.clear();
                 eprintln!(
-                    "ulp: warning: {} (pid: {}): {w}; start it with LD_PRELOAD=.../libpulp.so.0",
+                    "ulp: warning: {} (pid: {}): {w}; start it with LD_PRELOAD=.../libpulp.so.0 \
+                     or load it now with --load-runtime",
                     r.name, r.pid
                 );
                 warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
@@ -356,8 +403,12 @@ fn examine(
     mode: &Mode,
     files: &[File],
     opts: &trigger::Options,
+    load_runtime: Option<&Path>,
 ) -> Examined {
     let found = Runtime::find(pid);
+    if let (Some(file), Err(RuntimeError::NotLoaded)) = (load_runtime, &found) {
+        return examine_loading(pid, explicit, mode, files, opts, file);
+    }
     if !explicit
         && matches!(
             found,
@@ -398,6 +449,69 @@ fn examine(
         name,
         lines,
         warning,
+    }
+}
+
+/// [`examine`] with --load-runtime for a process without the runtime: it
+/// is a target when one of the patches is for a library build it has
+/// loaded; then the runtime is loaded and the patches applied as usual.
+fn examine_loading(
+    pid: Pid,
+    explicit: bool,
+    mode: &Mode,
+    files: &[File],
+    opts: &trigger::Options,
+    runtime: &Path,
+) -> Examined {
+    let why_not: Vec<Option<String>> = files
+        .iter()
+        .map(|f| match &f.container {
+            Ok(c) => trigger::target_mismatch(pid, c, opts),
+            Err(e) => Some(e.clone()),
+        })
+        .collect();
+    let wanted = why_not.iter().any(Option::is_none);
+    if !wanted && !explicit {
+        return Examined {
+            pid,
+            name: String::new(),
+            lines: None,
+            warning: None,
+        };
+    }
+    let name = process_name(pid);
+    let lines_with = |outcome: &dyn Fn(usize) -> Outcome| {
+        labels(mode, files)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (label, patch, library))| Line {
+                label,
+                patch,
+                library,
+                report: Report {
+                    outcome: outcome(i),
+                    detail: Default::default(),
+                },
+            })
+            .collect::<Vec<_>>()
+    };
+    let lines = if !wanted {
+        // Nothing to load the runtime for.
+        lines_with(&|i| match &files[i].container {
+            Err(e) => Outcome::Failed(e.clone()),
+            Ok(_) => Outcome::Skipped(why_not[i].clone().unwrap_or_default()),
+        })
+    } else {
+        match ulp_core::inject::ensure_runtime(pid, runtime, opts) {
+            Ok(_) => process_one(pid, mode, files, opts),
+            Err(outcome) => lines_with(&|_| outcome.clone()),
+        }
+    };
+    Examined {
+        pid,
+        name,
+        lines: Some(lines),
+        warning: None,
     }
 }
 

@@ -4,8 +4,10 @@
 
 #![allow(dead_code, unused_imports)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub use ulp_fixtures::{copy_files, fixtures_dir, interop_dir, Target, TempDir};
 
@@ -100,8 +102,70 @@ impl Demo {
         Target::spawn(cmd)
     }
 
+    /// Starts demo_prog with `args` and no runtime: a process started
+    /// before live patching was set up.
+    pub fn start_plain(&self, args: &[&str]) -> Target {
+        let mut cmd = Command::new(self.dir.join("demo_prog"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("LD_PRELOAD");
+        Target::spawn(cmd)
+    }
+
     pub fn ulp(&self, args: &[&str]) -> (i32, String, String) {
         ulp(self.dir.path(), args)
+    }
+}
+
+// ---- the state of a target's threads, from /proc ----
+
+pub fn status_field(pid: i32, tid: &str, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+pub fn tids(pid: i32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether any thread of `pid` is traced right now.
+pub fn traced(pid: i32) -> bool {
+    tids(pid)
+        .iter()
+        .any(|t| status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0"))
+}
+
+/// Whether the main thread of `pid` is traced right now.
+pub fn main_traced(pid: i32) -> bool {
+    status_field(pid, &pid.to_string(), "TracerPid:").is_some_and(|v| v != "0")
+}
+
+/// Waits (bounded) until no thread of `pid` is traced or in a stop.
+pub fn settled(pid: i32) -> Result<(), String> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bad: Vec<String> = tids(pid)
+            .into_iter()
+            .filter(|t| {
+                let traced = status_field(pid, t, "TracerPid:").is_some_and(|v| v != "0");
+                let state = status_field(pid, t, "State:").unwrap_or_default();
+                traced || state.starts_with('t') || state.starts_with('T')
+            })
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(format!("threads {bad:?} still traced or stopped"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -118,4 +182,61 @@ pub fn interop_unpacked(tag: &str, container: &str, extra: &[&str]) -> TempDir {
     )
     .expect("copying the unpacked interop container");
     dir
+}
+
+/// xorshift64*: deterministic, seeded per iteration.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Runs `ulp ARGS` in `dir`, killing it (and failing) if it runs past
+/// `limit`: a hung ulp is as much a failure as a hung target.
+pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
+    let mut child = Command::new(ulp_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ulp");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("waiting for ulp") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ulp {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out_reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    )
 }

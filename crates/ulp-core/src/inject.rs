@@ -1,0 +1,334 @@
+//! Loading the runtime into a process that never preloaded it
+//! (`ulp trigger --load-runtime`).
+//!
+//! The runtime is loaded the way the process would load it itself: one of
+//! its threads calls the C library's `dlopen` on the runtime file, and the
+//! runtime's constructor runs as after `LD_PRELOAD`. Everything that makes
+//! a runtime call safe applies to this call too:
+//!
+//! * the thread is chosen like the runtime's caller (`caller.rs`): not
+//!   inside the allocator or the dynamic loader, so `dlopen` and the
+//!   `malloc` calls it makes cannot wait for a lock that thread holds; the
+//!   process's other threads keep running meanwhile, so a lock one of
+//!   *them* holds is released in due course;
+//! * the call returns to the thread's own code by itself even if ulp dies
+//!   at any moment: `dlopen` returns into the C library's signal restorer
+//!   (`mov $15, %rax; syscall`, i.e. `rt_sigreturn`) over a signal frame
+//!   holding the thread's whole state (`Stopped::remote_call_sigreturn`).
+//!   While ulp lives, it catches the thread as it enters that
+//!   `rt_sigreturn` and sends it into the freshly loaded runtime's resume
+//!   routine instead, so the thread's registers are written back exactly
+//!   as after any runtime call;
+//! * `dlopen` either loads the runtime whole or not at all: a thread that
+//!   runs the call to its end alone (ulp gone) still loads all of it, or
+//!   fails cleanly;
+//! * a process whose environment opts out (`LIBPULP_DISABLE_ON_*`, the
+//!   same rules as the runtime's own) is not loaded into;
+//! * as root, a runtime file that another user could change is refused
+//!   (it would run that user's code in the process), unless forced.
+//!
+//! A loaded runtime stays: it is never unloaded (a later trigger or revert
+//! uses it, and `ulp patches` lists the process from then on).
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ulp_process::{Mapping, Pid, SIGRETURN_CODE};
+
+use crate::caller;
+use crate::objects::objects_from_maps;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::trigger::{self, Options, Outcome};
+
+/// `RTLD_NOW` from <dlfcn.h>.
+const RTLD_NOW: u64 = 2;
+/// `__RTLD_DLOPEN`: what glibc's own `dlopen` adds when it calls
+/// `__libc_dlopen_mode` (needed by that older entry point).
+const RTLD_DLOPEN: u64 = 0x8000_0000;
+
+/// The runtime file found next to the `ulp` executable: the installed
+/// layout (`PREFIX/bin/ulp`, `PREFIX/lib/libpulp.so.0`) or the build
+/// directory (`target/release/ulp`, `target/release/libpulp.so`).
+pub fn default_runtime() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("../lib/libpulp.so.0"),
+        dir.join("libpulp.so.0"),
+        dir.join("libpulp.so"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .and_then(|p| p.canonicalize().ok())
+}
+
+/// Checks that `path` is a runtime this ulp can talk to (it exports the
+/// interface and the entry point) and, as root, that nobody else can
+/// change it. Run once per `ulp` run, before any process is touched.
+pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), String> {
+    if check_trust {
+        crate::trust::check(path).map_err(|e| e.to_string())?;
+    }
+    let elf = ulp_elf::ElfFile::open_sections(path, &[".dynsym", ".dynstr"])
+        .map_err(|e| format!("cannot use '{}' as the runtime: {e}", path.display()))?;
+    for sym in [ulp_abi::INTERFACE_SYMBOL, ulp_abi::ENTRY_SYMBOL] {
+        if elf.dynamic_symbol(sym).is_none() {
+            return Err(format!(
+                "'{}' is not the ulp runtime (it does not export {sym})",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why the runtime must not be loaded into `pid`: the opt-out its
+/// environment carries (`LIBPULP_DISABLE_ON_*`), as a sentence.
+pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| format!("cannot read the environment of process {pid}: {e}"))?;
+    let var = |name: &str| -> Option<OsString> {
+        environ.split(|&b| b == 0).find_map(|entry| {
+            let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+            Some(OsString::from_vec(value.to_vec()))
+        })
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ids = |field: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let found = ulp_abi::optout::check_with(
+        var,
+        || {
+            ulp_process::exe(pid).map(|p| {
+                let p = p.as_os_str().as_bytes();
+                p.strip_suffix(b" (deleted)").unwrap_or(p).to_vec()
+            })
+        },
+        || ids("Uid:").first().copied().unwrap_or(u32::MAX),
+        || {
+            let mut gids = ids("Gid:").into_iter().take(1).collect::<Vec<_>>();
+            for g in ids("Groups:") {
+                if !gids.contains(&g) {
+                    gids.push(g);
+                }
+            }
+            gids
+        },
+    );
+    Ok(found.map(|o| {
+        format!(
+            "live patching disabled by the process's environment: '{}' matches {} pattern '{}'",
+            String::from_utf8_lossy(&o.subject),
+            o.variable,
+            String::from_utf8_lossy(&o.pattern)
+        )
+    }))
+}
+
+/// The runtime of `pid`, loading `file` into it first when it has none.
+/// `Outcome::Skipped` when the process opted out; `Outcome::Failed` with
+/// the reason when it cannot be loaded (the process is unchanged then).
+pub fn ensure_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
+    match Runtime::find(pid) {
+        Ok(rt) => return Ok(rt),
+        Err(RuntimeError::NotLoaded) => {}
+        Err(e) => return Err(Outcome::Failed(e.to_string())),
+    }
+    if let Some(why) = opted_out(pid).map_err(Outcome::Failed)? {
+        return Err(Outcome::Skipped(why));
+    }
+    load(pid, file, opts).map_err(Outcome::Failed)?;
+    match Runtime::find(pid) {
+        Ok(rt) => Ok(rt),
+        Err(RuntimeError::NotLoaded) => Err(Outcome::Failed(format!(
+            "the process could not load the runtime '{}' (dlopen failed inside it: is the file \
+             readable by the process's user, and built for its C library?)",
+            file.display()
+        ))),
+        Err(e) => Err(Outcome::Failed(format!(
+            "loaded the runtime, but cannot use it: {e}"
+        ))),
+    }
+}
+
+/// Where, in the process, the call starts and returns.
+struct Entry {
+    /// `dlopen`, or glibc's older `__libc_dlopen_mode`.
+    dlopen: u64,
+    mode: u64,
+    /// A `mov $15, %rax; syscall` of the C library.
+    sigreturn: u64,
+}
+
+/// Loads `file` into `pid` with one remote `dlopen` (see the module
+/// documentation). Returns when the call is over, whether it loaded the
+/// runtime or not.
+fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
+    let deadline = Instant::now() + opts.timeout;
+    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    let entry = entry_points(pid, &maps)?;
+    let inside = path_in_process(pid, file, opts)?;
+    let mut data = inside.into_bytes();
+    data.push(0);
+
+    let mut attempt = 0;
+    let (mut stopped, tid) = loop {
+        match caller::seize_caller(pid, deadline, opts.seize()) {
+            Ok(found) => break found,
+            Err(e) if attempt >= opts.retries || Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(1 << attempt.min(6)));
+            }
+        }
+    };
+    let mut resume_path = || {
+        let rt = Runtime::find(pid).ok()?;
+        trigger::return_path(&rt).ok()
+    };
+    let called = stopped.remote_call_sigreturn(
+        tid,
+        entry.dlopen,
+        &data,
+        &[entry.mode],
+        entry.sigreturn,
+        &mut resume_path,
+        deadline,
+    );
+    let released = stopped.release();
+    called.map_err(|e| format!("loading the runtime: {e}"))?;
+    released.map_err(|e| e.to_string())
+}
+
+/// The path of `file` as the process sees it (`-R`: under its root), after
+/// checking that the process would open that very file.
+fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, String> {
+    let inside = match &opts.root {
+        Some(root) => {
+            let rest = file.strip_prefix(root).map_err(|_| {
+                format!(
+                    "the runtime '{}' is not under the root '{}' given with -R: put a copy inside \
+                     the chroot and name it with --runtime",
+                    file.display(),
+                    root.display()
+                )
+            })?;
+            Path::new("/").join(rest)
+        }
+        None => file.to_path_buf(),
+    };
+    let ours = std::fs::metadata(file)
+        .map_err(|e| format!("cannot read the runtime '{}': {e}", file.display()))?;
+    let seen = PathBuf::from(format!("/proc/{pid}/root{}", inside.display()));
+    match std::fs::metadata(&seen) {
+        Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {}
+        _ => {
+            return Err(format!(
+                "the process does not see the runtime at '{}' (it runs in another root or mount \
+                 namespace): use -R for a chroot, or put a copy where it can see it and name it \
+                 with --runtime",
+                inside.display()
+            ))
+        }
+    }
+    inside
+        .to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("the runtime path '{}' is not UTF-8", inside.display()))
+}
+
+/// `dlopen` and a signal restorer in the process's C library.
+fn entry_points(pid: Pid, maps: &[Mapping]) -> Result<Entry, String> {
+    let objects = objects_from_maps(maps);
+    let libc = objects
+        .iter()
+        .find(|o| o.basename().starts_with("libc.so"))
+        .ok_or_else(|| {
+            format!(
+                "process {pid} does not use the GNU C library's libc.so (statically linked?): \
+                 the runtime cannot be loaded into it"
+            )
+        })?;
+    let elf = libc
+        .open_sections(pid, &[".dynsym", ".dynstr"])
+        .map_err(|e| format!("reading the C library of process {pid}: {e}"))?;
+    let (dlopen, mode) = if let Some(s) = elf.dynamic_symbol("dlopen") {
+        (libc.bias + s.value, RTLD_NOW)
+    } else if let Some(s) = elf.dynamic_symbol("__libc_dlopen_mode") {
+        (libc.bias + s.value, RTLD_NOW | RTLD_DLOPEN)
+    } else {
+        return Err(format!(
+            "the C library of process {pid} ('{}') has no dlopen",
+            libc.path
+        ));
+    };
+    let sigreturn = sigreturn_in(pid, maps, libc)?;
+    Ok(Entry {
+        dlopen,
+        mode,
+        sigreturn,
+    })
+}
+
+/// The address of [`SIGRETURN_CODE`] in an executable mapping of `obj`:
+/// found in the file once per (device, inode) and cached.
+fn sigreturn_in(
+    pid: Pid,
+    maps: &[Mapping],
+    obj: &crate::objects::MappedObject,
+) -> Result<u64, String> {
+    type Cache = Mutex<std::collections::HashMap<(String, u64), Option<u64>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (obj.dev.clone(), obj.inode);
+    let exec: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.is_executable() && m.inode == obj.inode && m.dev == obj.dev)
+        .collect();
+    let cached = cache.lock().ok().and_then(|c| c.get(&key).copied());
+    let offset = match cached {
+        Some(v) => v,
+        None => {
+            let path = format!("/proc/{pid}/root{}", obj.path);
+            let bytes = std::fs::read(&path)
+                .or_else(|_| std::fs::read(&obj.path))
+                .map_err(|e| format!("reading '{}': {e}", obj.path))?;
+            let found = exec.iter().find_map(|m| {
+                let start = usize::try_from(m.offset).ok()?;
+                let end = (start + (m.end - m.start) as usize).min(bytes.len());
+                let code = bytes.get(start..end)?;
+                code.windows(SIGRETURN_CODE.len())
+                    .position(|w| w == SIGRETURN_CODE)
+                    .map(|at| m.offset + at as u64)
+            });
+            if let Ok(mut c) = cache.lock() {
+                c.insert(key, found);
+            }
+            found
+        }
+    };
+    let offset = offset.ok_or_else(|| {
+        format!(
+            "no rt_sigreturn sequence in '{}' (not the GNU C library?): the runtime cannot be \
+             loaded safely into process {pid}",
+            obj.path
+        )
+    })?;
+    exec.iter()
+        .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
+        .map(|m| m.start + (offset - m.offset))
+        .ok_or_else(|| format!("the C library of process {pid} is not mapped as expected"))
+}

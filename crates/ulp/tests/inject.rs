@@ -1,0 +1,376 @@
+//! `ulp trigger --load-runtime`: patching processes that never preloaded
+//! the runtime. The runtime is loaded into a running program by a remote
+//! `dlopen` (ulp-core/src/inject.rs), then the patch applies as usual.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Whether `pid` maps a runtime (libpulp.so or libpulp.so.0).
+fn maps_runtime(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("/libpulp.so"))
+}
+
+fn load_and_apply(demo: &Demo, pid: &str) -> (i32, String, String) {
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    demo.ulp(&[
+        "trigger",
+        "-p",
+        pid,
+        "--load-runtime",
+        "--runtime",
+        &runtime,
+        "demo_livepatch.so",
+    ])
+}
+
+#[test]
+fn a_process_started_without_the_runtime_is_patched_and_reverted() {
+    let demo = Demo::new("inject");
+    // Four workers checking every result, a sleeper that notices a short
+    // or interrupted sleep; the main thread waits in read.
+    let mut t = demo.start_plain(&["-t", "4", "-s"]);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("answer"), "1");
+    assert!(!maps_runtime(t.pid));
+
+    // Without the option: libpulp's behaviour, a warning and no change.
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("--load-runtime"),
+        "the warning names the option: {err}"
+    );
+    assert!(
+        !maps_runtime(t.pid),
+        "nothing was loaded without the option"
+    );
+    assert_eq!(t.ask("answer"), "1");
+
+    let (code, out, err) = load_and_apply(&demo, &pid);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}{err}");
+    assert!(maps_runtime(t.pid));
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+
+    // From now on it is a process with the runtime like any other.
+    let (code, out, _) = demo.ulp(&["patches", "-p", &pid]);
+    assert_eq!(code, 0);
+    assert!(out.contains("demo_livepatch.so"), "{out}");
+    let (_, log, _) = demo.ulp(&["messages", "-p", &pid]);
+    assert!(log.contains("libpulp.so.0 loaded"), "{log}");
+    let (code, out, err) = demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 1, "check says applied: {out}{err}");
+
+    // Loading again is a no-op: the runtime is there once.
+    let (code, out, err) = load_and_apply(&demo, &pid);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Patch already applied"), "{out}");
+
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+
+    // The program never noticed: no bad result, no short or interrupted
+    // sleep, stdin intact, nothing left traced.
+    settled(t.pid).unwrap();
+    let stats = t.ask("stats");
+    assert!(stats.ends_with(" bad=0"), "{stats}");
+    let sleeps = t.ask("sleeps");
+    assert!(
+        sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
+        "{sleeps}"
+    );
+    assert_eq!(t.ask("pid"), pid);
+}
+
+#[test]
+fn an_opted_out_process_is_not_loaded_into() {
+    let demo = Demo::new("inject-optout");
+    let mut cmd = Command::new(demo.dir.join("demo_prog"));
+    cmd.current_dir(demo.dir.path())
+        .env_remove("LD_PRELOAD")
+        .env("LIBPULP_DISABLE_ON_PATH", "/nowhere/*:*/demo_prog");
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    let (code, out, err) = load_and_apply(&demo, &pid);
+    assert_eq!(code, 0, "an opt-out is a skip, not a failure: {out}{err}");
+    assert!(out.contains("SKIPPED"), "{out}");
+    assert!(
+        out.contains("LIBPULP_DISABLE_ON_PATH") && out.contains("*/demo_prog"),
+        "the reason names the variable and the pattern: {out}"
+    );
+    assert!(!maps_runtime(t.pid));
+    assert_eq!(t.ask("answer"), "1");
+}
+
+#[test]
+fn a_process_without_the_library_is_left_alone() {
+    let demo = Demo::new("inject-nolib");
+    // `sleep` maps no libulpdemo: nothing to load the runtime for.
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let end = Instant::now() + Duration::from_secs(5);
+    while ulp_fixtures_exe(child.id()).as_deref() != Some("/usr/bin/sleep") {
+        assert!(Instant::now() < end, "sleep did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (code, out, err) = load_and_apply(&demo, &pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("SKIPPED") && out.contains("libulpdemo.so.1"),
+        "{out}"
+    );
+    assert!(!out.contains("ERROR"), "{out}");
+}
+
+fn ulp_fixtures_exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+#[test]
+fn bad_runtime_files_are_refused_before_any_process() {
+    let demo = Demo::new("inject-badrt");
+    let mut t = demo.start_plain(&[]);
+    let pid = t.pid.to_string();
+    // Not the runtime at all (the demo library), and no file.
+    for (runtime, says) in [
+        ("libulpdemo.so.1", "is not the ulp runtime"),
+        ("nothing-here.so", "--runtime 'nothing-here.so'"),
+    ] {
+        let (code, out, err) = demo.ulp(&[
+            "trigger",
+            "-p",
+            &pid,
+            "--load-runtime",
+            "--runtime",
+            runtime,
+            "demo_livepatch.so",
+        ]);
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(err.contains(says), "{runtime}: {err}");
+        assert!(!maps_runtime(t.pid));
+    }
+    // --load-runtime is for applying.
+    let (code, _, err) = demo.ulp(&[
+        "trigger",
+        "-p",
+        &pid,
+        "--load-runtime",
+        "--revert",
+        "demo_livepatch.so",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(t.ask("answer"), "1");
+}
+
+/// ulp SIGKILLed at a random moment of loading and applying, each time in
+/// a fresh process: the process keeps running with the old or the new
+/// code, no thread is left traced or stopped, no sleep is cut short, and
+/// the runtime is either not there or whole (a next trigger uses it).
+#[test]
+fn killing_ulp_while_it_loads_the_runtime_leaves_the_process_whole() {
+    let demo = Demo::new("inject-kill");
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let rounds: u64 = std::env::var("ULP_INJECT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    // How long a whole load-and-apply takes here, to spread the kills.
+    let mut spans = Vec::new();
+    for _ in 0..3 {
+        let t = demo.start_plain(&["-t", "2", "-s"]);
+        let start = Instant::now();
+        let (code, out, err) = load_and_apply(&demo, &t.pid.to_string());
+        assert_eq!(code, 0, "{out}{err}");
+        spans.push(start.elapsed());
+    }
+    spans.sort();
+    let span_us = (spans[1].as_micros() as u64).max(1000);
+    let (mut none, mut whole) = (0, 0);
+    for i in 0..rounds {
+        let mut rng = Rng::new(0x10ad_0000 + i);
+        let mut t = demo.start_plain(&["-t", "2", "-s"]);
+        let pid = t.pid.to_string();
+        let delay = Duration::from_micros(rng.next() % span_us);
+        let mut child = Command::new(ulp_bin())
+            .args(["trigger", "-p", &pid, "--load-runtime", "--runtime"])
+            .arg(&runtime)
+            .arg("demo_livepatch.so")
+            .current_dir(demo.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let ctx = format!("round {i} (kill after {delay:?})");
+        settled(t.pid).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert!(t.alive(), "{ctx}: the process died");
+        let answer = t.ask("answer");
+        assert!(answer == "1" || answer == "2", "{ctx}: answer {answer:?}");
+        let stats = t.ask("stats");
+        assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+        let sleeps = t.ask("sleeps");
+        assert!(
+            sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
+            "{ctx}: {sleeps}"
+        );
+        if maps_runtime(t.pid) {
+            whole += 1;
+        } else {
+            none += 1;
+        }
+        // Whatever the kill left, the next trigger finishes the job.
+        let (code, out, err) = load_and_apply(&demo, &pid);
+        assert_eq!(code, 0, "{ctx}: the next trigger: {out}{err}");
+        assert_eq!(t.ask("answer"), "2", "{ctx}: {out}");
+        assert_eq!(t.ask("word"), "new", "{ctx}");
+    }
+    eprintln!("{rounds} kills: runtime not loaded yet {none}, loaded {whole}");
+}
+
+/// The blocked-signal mask of the main thread of `pid` (the one that
+/// loads the runtime: it waits in `read`, and is tried first). The other
+/// threads' masks change by themselves now and then (pthread_create
+/// blocks every signal for a moment).
+fn main_mask(pid: i32) -> String {
+    status_field(pid, &pid.to_string(), "SigBlk:").unwrap_or_default()
+}
+
+/// ulp dies at every few system calls of the remote `dlopen` in turn
+/// (`ULP_TEST_KILL_AT_SYSCALL`, test-only fault injection): the thread
+/// finishes the call alone and goes back to its own code through the C
+/// library's `rt_sigreturn`, with its signal mask, its sleep and its
+/// registers intact, and the runtime loaded whole.
+#[test]
+fn a_load_left_alone_midway_returns_by_itself() {
+    let demo = Demo::new("inject-midway");
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let mut killed = 0;
+    let mut n = 0;
+    loop {
+        assert!(n < 400, "the load never ended without a kill");
+        let mut t = demo.start_plain(&["-t", "2", "-s", "-a"]);
+        let pid = t.pid.to_string();
+        let before = main_mask(t.pid);
+        let sigstate = t.ask("sigstate");
+        assert!(sigstate.ends_with(" usr2=blocked"), "{sigstate}");
+        let st = Command::new(ulp_bin())
+            .args(["trigger", "-p", &pid, "--load-runtime", "--runtime"])
+            .arg(&runtime)
+            .arg("demo_livepatch.so")
+            .env("ULP_TEST_KILL_AT_SYSCALL", n.to_string())
+            .current_dir(demo.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let ctx = format!("killed at system call stop {n}");
+        settled(t.pid).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert!(t.alive(), "{ctx}: the process died");
+        assert_eq!(main_mask(t.pid), before, "{ctx}: the signal mask changed");
+        assert_eq!(t.ask("sigstate"), sigstate, "{ctx}: signal state changed");
+        let stats = t.ask("stats");
+        assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+        let sleeps = t.ask("sleeps");
+        assert!(
+            sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
+            "{ctx}: {sleeps}"
+        );
+        if st.success() {
+            // n is past the last stop: the load ran to its end with ulp.
+            assert_eq!(t.ask("answer"), "2");
+            break;
+        }
+        killed += 1;
+        assert_eq!(t.ask("answer"), "1", "{ctx}: nothing applied yet");
+        // The runtime the lone thread loaded works.
+        let (code, out, err) = load_and_apply(&demo, &pid);
+        assert_eq!(code, 0, "{ctx}: {out}{err}");
+        assert_eq!(t.ask("answer"), "2", "{ctx}");
+        n += 3;
+    }
+    assert!(killed >= 5, "only {killed} kills: too few system calls?");
+    eprintln!("{killed} loads left alone midway");
+}
+
+/// The issue's stress test: fresh processes whose threads do malloc/free
+/// and dlopen/dlclose in tight loops (and call the patched functions) get
+/// the runtime loaded and the patch applied; none may hang or crash.
+/// `ULP_INJECT_PROCESSES` processes (default 200).
+#[test]
+fn loading_into_processes_busy_in_malloc_and_dlopen() {
+    let n: u32 = std::env::var("ULP_INJECT_PROCESSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let demo = Demo::new("inject-stress");
+    copy_files(
+        &fixtures_dir(),
+        demo.dir.path(),
+        &["stress_prog", "stress_plugin.so"],
+    );
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let mut busy = 0;
+    for i in 0..n {
+        let mut cmd = Command::new(demo.dir.join("stress_prog"));
+        cmd.args(["-c", "2", "-a", "6"])
+            .current_dir(demo.dir.path())
+            .env_remove("LD_PRELOAD");
+        let mut t = Target::spawn(cmd);
+        let pid = t.pid.to_string();
+        let args = [
+            "trigger",
+            "-r",
+            "20",
+            "--timeout",
+            "20",
+            "-p",
+            &pid,
+            "--load-runtime",
+            "--runtime",
+            &runtime,
+            "demo_livepatch.so",
+        ];
+        let (code, out, err) = ulp_bounded(demo.dir.path(), &args, Duration::from_secs(60));
+        if code != 0 && out.contains("busy") {
+            // Every thread was inside the allocator or the loader each
+            // time it looked: a refusal, not a hang. Counted.
+            busy += 1;
+            continue;
+        }
+        assert_eq!(code, 0, "process {i}: {out}{err}");
+        assert!(out.contains("SUCCESS"), "process {i}: {out}{err}");
+        assert!(t.alive(), "process {i} died");
+        assert_eq!(t.ask("answer"), "2", "process {i}");
+        let stats = t.ask("stats");
+        assert!(stats.contains(" bad=0 "), "process {i}: {stats}");
+        assert!(stats.ends_with(" dlfail=0"), "process {i}: {stats}");
+    }
+    eprintln!(
+        "{n} processes loaded and patched in {:?} ({busy} busy)",
+        started.elapsed()
+    );
+    assert!(busy * 10 <= n, "{busy} of {n} processes were busy");
+}
