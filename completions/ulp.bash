@@ -48,7 +48,7 @@ _ulp() {
 
     local opts=""
     case "$cmd" in
-        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force" ;;
+        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force --load-runtime --runtime" ;;
         patches) opts="-p --process -b --buildid --only-livepatched" ;;
         check|messages) opts="-p --process" ;;
         set_patchable) opts="-p --process" ;;

@@ -10,6 +10,7 @@
 //! `ulp` binary only parses arguments and prints. Nothing here prints.
 
 mod caller;
+pub mod coverage;
 pub mod inject;
 pub mod objects;
 pub mod patchable;

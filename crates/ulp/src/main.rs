@@ -42,13 +42,16 @@ ulp: userspace live patching (a drop-in replacement for libpulp's ulp)
 
 Usage: ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)
 
-Patching running processes (they must run with libpulp.so.0 preloaded):
+Patching running processes (run with libpulp.so.0 preloaded, or loaded
+into them with --load-runtime):
   trigger [-p PID|NAME] [-j N] [--revert] [--revert-all=LIB] [-r N] [--timeout S]
-          [-R PREFIX] [--disable-seccomp] [--force] [FILE|'GLOB']...
+          [-R PREFIX] [--disable-seccomp] [--force] [--load-runtime [--runtime PATH]]
+          [FILE|'GLOB']...
                       apply (or revert) live-patch containers (without -p:
                       in every process that has the runtime loaded)
   patches [-p PID|NAME] [-b] [--only-livepatched]
-                      list processes with the runtime and their patches
+                      list processes with the runtime and their patches, and
+                      those still running unpatched copies of patched libraries
   messages -p PID|NAME
                       print a process's runtime message log
   check -p PID|NAME FILE

@@ -374,3 +374,76 @@ fn loading_into_processes_busy_in_malloc_and_dlopen() {
     );
     assert!(busy * 10 <= n, "{busy} of {n} processes were busy");
 }
+
+/// `ulp patches` names the processes that map a library build patched
+/// elsewhere without its patches, with the reason for each.
+#[test]
+fn patches_lists_the_processes_that_still_run_unpatched_code() {
+    let demo = Demo::new("inject-coverage");
+    let patched = demo.start(&[]);
+    let plain = demo.start_plain(&[]);
+    let not_yet = demo.start(&[]);
+    let mut cmd = Command::new(demo.dir.join("demo_prog"));
+    cmd.current_dir(demo.dir.path())
+        .env("LD_PRELOAD", &demo.runtime)
+        .env("LIBPULP_DISABLE_ON_USERS", "*");
+    let disabled = Target::spawn(cmd);
+    let mut cmd = Command::new(demo.dir.join("demo_prog"));
+    cmd.current_dir(demo.dir.path())
+        .env_remove("LD_PRELOAD")
+        .env("LIBPULP_DISABLE_ON_PATH", "*");
+    let opted_out = Target::spawn(cmd);
+
+    let (code, out, err) = demo.ulp(&[
+        "trigger",
+        "-p",
+        &patched.pid.to_string(),
+        "demo_livepatch.so",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (code, out, err) = demo.ulp(&["patches", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Other tests' processes may have other patches of the same build:
+    // only this test's patch counts.
+    let ours = |u: &&serde_json::Value| {
+        u["reason"] != "not_applied" || u["message"].as_str().unwrap().contains("demo_livepatch.so")
+    };
+    let reason = |pid: i32| -> Option<(String, String)> {
+        let u = doc["unpatched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["pid"] == pid)
+            .find(ours)?;
+        assert!(u["library"].as_str().unwrap().ends_with("/libulpdemo.so.1"));
+        Some((
+            u["reason"].as_str().unwrap().to_string(),
+            u["message"].as_str().unwrap().to_string(),
+        ))
+    };
+    assert_eq!(reason(patched.pid), None, "the patched process is covered");
+    let (key, msg) = reason(plain.pid).expect("the plain process is listed");
+    assert_eq!(key, "no_runtime");
+    assert!(msg.contains("--load-runtime"), "{msg}");
+    let (key, msg) = reason(not_yet.pid).expect("the unpatched process is listed");
+    assert_eq!(key, "not_applied");
+    assert!(msg.contains("demo_livepatch.so"), "{msg}");
+    let (key, msg) = reason(disabled.pid).expect("the disabled process is listed");
+    assert_eq!(key, "disabled");
+    assert!(msg.contains("disabled by user"), "{msg}");
+    let (key, msg) = reason(opted_out.pid).expect("the opted-out process is listed");
+    assert_eq!(key, "opted_out");
+    assert!(msg.contains("LIBPULP_DISABLE_ON_PATH"), "{msg}");
+
+    // The text form, for the one process named.
+    let (code, out, _) = demo.ulp(&["patches", "-p", &plain.pid.to_string()]);
+    assert_eq!(code, 0, "a process without the runtime is a warning: {out}");
+    assert!(
+        out.contains("Unpatched processes")
+            && out.contains(&format!("PID: {}, name: demo_prog:", plain.pid))
+            && out.contains("no runtime"),
+        "{out}"
+    );
+}

@@ -30,6 +30,14 @@ patches' comments:
         livepatch: <container file name> loaded on <date, UTC>
           bug labels: <labels>
 
+Then, when some process still runs a library build that is patched in
+other processes without having all of those patches, one line for each,
+with the reason (no runtime, opted out, disabled, not permitted, or simply
+not applied yet) and what to do:
+
+  Unpatched processes (they map a library that is patched elsewhere):
+    PID: <pid>, name: <name>: <library path>: <reason>
+
 The processes are only read, never stopped.
 
 Options:
@@ -134,13 +142,48 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             }
         }
     }
+    let candidates = match p.value("process") {
+        Some(spec) => resolve_processes(spec),
+        None => ulp_process::all_pids(),
+    };
+    let coverage = ulp_core::coverage::scan(&candidates);
     if json {
         let processes: Vec<Value> = reports.iter().map(to_json).collect();
+        let unpatched: Vec<Value> = coverage
+            .unpatched
+            .iter()
+            .map(|u| {
+                json!({
+                    "pid": u.pid,
+                    "name": u.name,
+                    "library": u.library,
+                    "build_id": hex(&u.build_id),
+                    "reason": u.why.key(),
+                    "message": u.why.to_string(),
+                })
+            })
+            .collect();
         print_json(&json!({
             "processes": processes,
+            "unpatched": unpatched,
+            "unreadable_processes": coverage.unreadable,
             "warnings": warnings,
             "errors": errors,
         }));
+    } else if !coverage.unpatched.is_empty() {
+        println!("Unpatched processes (they map a library that is patched elsewhere):");
+        for u in &coverage.unpatched {
+            println!(
+                "  PID: {}, name: {}: {}: {}",
+                u.pid, u.name, u.library, u.why
+            );
+        }
+        if coverage.unreadable > 0 {
+            println!(
+                "  ({} processes could not be read: run ulp as root to see them all)",
+                coverage.unreadable
+            );
+        }
     }
     Ok(status)
 }

@@ -31,11 +31,12 @@ pub const OPTIONS: &[&str] = &[
 pub const HELP: &str = "\
 Usage: ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
                    [--disable-seccomp] [--force] FILE|'GLOB'...
+       ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]
 
 Apply the live-patch containers FILE... to running processes; with
 --revert, remove them instead. The processes must run with libpulp.so.0
-preloaded.
+preloaded, unless --load-runtime loads it into them first.
 
 Which processes: -p PID; -p NAME, a shell pattern (quote it: -p 'demo_*')
 matched against the process name (/proc/PID/comm, cut at 15 characters by
@@ -59,6 +60,20 @@ patches go and the new one comes in one set of writes, made while the
 process is stopped once, so no thread ever runs with neither; if FILE does
 not apply there, the old patches stay. The word `target` stands for each
 FILE's own target library (--revert-all=target needs FILE).
+
+--load-runtime loads the runtime into processes that were started without
+it, then applies FILE... as usual: into the process -p names, or without -p
+into every process that has loaded a library build one of the FILEs is for
+(a process without such a library is left alone). One thread that is not
+inside the allocator or the dynamic loader calls the C library's dlopen
+while the other threads keep running; it returns to its own code by itself
+even if ulp is killed meanwhile, and the runtime is then loaded whole or
+not at all. A process whose environment sets LIBPULP_DISABLE_ON_* to match
+it is SKIPPED, not loaded into. The runtime is --runtime=PATH, by default
+libpulp.so.0 in ../lib next to the ulp executable (or next to it); as root,
+one that another user could change is refused unless --force. It stays
+loaded: later triggers and `ulp patches` find the process like any other.
+Only for applying (a process without the runtime has nothing to revert).
 
 -R PREFIX is for processes chrooted at PREFIX: FILE (and GLOB) are paths as
 the process sees them; ulp reads them at PREFIX/FILE and the runtime opens
@@ -91,7 +106,10 @@ any changed it, else skipped. An already applied patch is SKIPPED (`Patch
 already applied`); reverting one that is not applied is an ERROR.
 
 Options:
-  -p, --process PID|NAME  the target process(es) (default: all with the runtime)
+  -p, --process PID|NAME  the target process(es) (default: all with the runtime,
+                          and with --load-runtime all with the target library)
+      --load-runtime      load the runtime into processes that lack it first
+      --runtime PATH      the runtime file --load-runtime loads
       --revert            revert the patches instead of applying them
       --revert-all=LIB    revert every patch of LIB (or replace them by FILE)
   -j, --jobs N            work on N processes at once (default: the number

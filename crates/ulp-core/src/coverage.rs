@@ -1,0 +1,268 @@
+//! Which processes still run a library build that is patched elsewhere,
+//! and why they are not patched: the list an administrator needs after a
+//! fleet-wide trigger to know what still needs a restart or a runtime
+//! load (`ulp patches`, after the processes).
+//!
+//! A *patched build* is a library (file name and build-id, as loaded in a
+//! process's memory) that has at least one patch applied in some process.
+//! Every other process that maps the same build and lacks one of those
+//! patches is listed with the reason. Everything is read from `/proc` and
+//! process memory: nothing is stopped. Processes whose maps ulp may not
+//! read are only counted (whether they map the library cannot be told).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+
+use ulp_process::Pid;
+
+use crate::objects::mapped_objects;
+use crate::patchable::{self, Patchable};
+use crate::runtime::{Runtime, RuntimeError};
+
+/// One patched build and the patches applied to it somewhere.
+#[derive(Clone, Debug, Default)]
+struct Patched {
+    /// patch id -> container file name.
+    patches: BTreeMap<[u8; 32], String>,
+}
+
+/// Why a process that maps a patched build does not have its patches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// No runtime: started without `LD_PRELOAD=libpulp.so.0`.
+    NoRuntime,
+    /// No runtime, and its environment opts out (`LIBPULP_DISABLE_ON_*`):
+    /// the sentence that says which.
+    OptedOut(String),
+    /// The runtime is there but live patching is switched off.
+    Disabled(Patchable),
+    /// ulp may not attach to it (the sentence says why).
+    NotPermitted(String),
+    /// Patchable, but these patches (container file names) are not applied.
+    NotApplied(Vec<String>),
+}
+
+impl Why {
+    /// A stable identifier for JSON output.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Why::NoRuntime => "no_runtime",
+            Why::OptedOut(_) => "opted_out",
+            Why::Disabled(_) => "disabled",
+            Why::NotPermitted(_) => "not_permitted",
+            Why::NotApplied(_) => "not_applied",
+        }
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::NoRuntime => f.write_str(
+                "no runtime: restart it with LD_PRELOAD=libpulp.so.0, or load the runtime now \
+                 with `ulp trigger --load-runtime`",
+            ),
+            Why::OptedOut(why) => write!(f, "{why}: restart it without that setting"),
+            Why::Disabled(state) => write!(
+                f,
+                "live patching is {state}: `ulp set_patchable enable` (if set_patchable \
+                 disabled it), or restart it"
+            ),
+            Why::NotPermitted(why) => f.write_str(why),
+            Why::NotApplied(c) => write!(
+                f,
+                "patchable, but not applied here: {} (run `ulp trigger`)",
+                c.join(", ")
+            ),
+        }
+    }
+}
+
+/// One process that maps a patched build without all of its patches.
+#[derive(Clone, Debug)]
+pub struct Unpatched {
+    pub pid: Pid,
+    pub name: String,
+    /// The library's path as the process mapped it.
+    pub library: String,
+    pub build_id: Vec<u8>,
+    pub why: Why,
+}
+
+/// What [`scan`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    pub unpatched: Vec<Unpatched>,
+    /// Processes whose maps could not be read (permission): not examined.
+    pub unreadable: usize,
+}
+
+/// Finds, among `candidates`, the processes that map a build patched in
+/// any process of the system, without all its patches.
+pub fn scan(candidates: &[Pid]) -> Coverage {
+    let all = ulp_process::all_pids();
+    // (library file name, build id) -> the patches applied to it anywhere.
+    let mut patched: BTreeMap<(String, Vec<u8>), Patched> = BTreeMap::new();
+    for &pid in &all {
+        let Ok(rt) = Runtime::find(pid) else { continue };
+        let Ok(applied) = rt.patches() else { continue };
+        if applied.is_empty() {
+            continue;
+        }
+        let Ok(objects) = mapped_objects(pid) else {
+            continue;
+        };
+        for a in applied {
+            let Some(obj) = objects.iter().find(|o| o.path == a.target_path) else {
+                continue;
+            };
+            let Some(id) = obj.build_id_in_memory(pid) else {
+                continue;
+            };
+            let file = std::path::Path::new(&a.container_path)
+                .file_name()
+                .map_or(a.container_path.clone(), |f| f.to_string_lossy().into());
+            patched
+                .entry((obj.basename().to_string(), id))
+                .or_default()
+                .patches
+                .insert(a.patch_id, file);
+        }
+    }
+    let mut out = Coverage::default();
+    if patched.is_empty() {
+        return out;
+    }
+    let names: BTreeSet<&str> = patched.keys().map(|(n, _)| n.as_str()).collect();
+    let me = std::process::id() as Pid;
+    for &pid in candidates.iter().filter(|&&p| p != me) {
+        let objects = match mapped_objects(pid) {
+            Ok(o) => o,
+            Err(e) if e.is_gone() => continue,
+            Err(_) => {
+                out.unreadable += 1;
+                continue;
+            }
+        };
+        let runtime = Runtime::find(pid);
+        for obj in objects.iter().filter(|o| names.contains(o.basename())) {
+            let Some(id) = obj.build_id_in_memory(pid) else {
+                continue;
+            };
+            let Some(p) = patched.get(&(obj.basename().to_string(), id.clone())) else {
+                continue;
+            };
+            let Some(why) = why_unpatched(pid, &runtime, &obj.path, p) else {
+                continue;
+            };
+            out.unpatched.push(Unpatched {
+                pid,
+                name: ulp_process::comm(pid).unwrap_or_else(|_| "?".into()),
+                library: obj.path.clone(),
+                build_id: id,
+                why,
+            });
+        }
+    }
+    out
+}
+
+/// Why `pid` (whose runtime lookup gave `runtime`) lacks patches of `p`
+/// on its library at `path`; `None` when it has them all.
+fn why_unpatched(
+    pid: Pid,
+    runtime: &Result<Runtime, RuntimeError>,
+    path: &str,
+    p: &Patched,
+) -> Option<Why> {
+    let rt = match runtime {
+        Ok(rt) => rt,
+        Err(RuntimeError::NotLoaded) => {
+            return Some(match crate::inject::opted_out(pid) {
+                Ok(Some(why)) => Why::OptedOut(why),
+                _ => match attach_refusal(pid) {
+                    Some(why) => Why::NotPermitted(why),
+                    None => Why::NoRuntime,
+                },
+            })
+        }
+        Err(e) => return Some(Why::NotPermitted(e.to_string())),
+    };
+    match patchable::get(rt) {
+        Ok(Patchable::Enabled) => {}
+        Ok(state) => return Some(Why::Disabled(state)),
+        Err(e) => return Some(Why::NotPermitted(e.to_string())),
+    }
+    let have: BTreeSet<[u8; 32]> = rt
+        .patches()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.target_path == path)
+        .map(|a| a.patch_id)
+        .collect();
+    let missing: Vec<String> = p
+        .patches
+        .iter()
+        .filter(|(id, _)| !have.contains(*id))
+        .map(|(_, f)| f.clone())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(match attach_refusal(pid) {
+        Some(why) => Why::NotPermitted(why),
+        None => Why::NotApplied(missing),
+    })
+}
+
+/// Why this ulp could not attach to `pid`, told from outside (without
+/// trying): another user's process without privilege, or the Yama
+/// `ptrace_scope` setting.
+fn attach_refusal(pid: Pid) -> Option<String> {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if scope >= 3 {
+        return Some(
+            "not permitted: kernel.yama.ptrace_scope is 3 (no process may be traced)".into(),
+        );
+    }
+    if has_cap_sys_ptrace() {
+        return None;
+    }
+    if scope == 2 {
+        return Some(
+            "not permitted: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may trace): run ulp as root"
+                .into(),
+        );
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) {
+        Ok(owner) if owner != me => Some(format!(
+            "not permitted: the process belongs to uid {owner} and ulp runs as uid {me}: run ulp \
+             as its owner or as root"
+        )),
+        _ if scope == 1 => Some(
+            "not permitted: kernel.yama.ptrace_scope is 1 (only a process's ancestors may trace \
+             it): run ulp as root"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether this process has CAP_SYS_PTRACE in its effective set.
+fn has_cap_sys_ptrace() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+}
