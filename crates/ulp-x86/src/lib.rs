@@ -46,3 +46,6 @@ pub use entry::{
     analyze_entry, branches_into, EntryPlan, Refusal, RefusalReason, JMP_ABS_LEN, JMP_REL32_LEN,
 };
 pub use reloc::{jmp_abs, jmp_rel32, relocate, trampoline_len_bound, RelocError, RelocErrorKind};
+
+#[cfg(test)]
+mod tests;
