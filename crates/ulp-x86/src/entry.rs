@@ -29,6 +29,17 @@
 //!   the new function, like a tail call of the function to itself (which is
 //!   what such a branch is at machine level: at offset 0 only the argument
 //!   and callee-saved registers can be live).
+//! * Threads: while the bytes are replaced, and after, no thread may be
+//!   stopped at, or have a return address at, an instruction boundary
+//!   strictly inside `(start, resume)` (the addresses of
+//!   `displaced()[1..]`). A displaced `call` that is not the last displaced
+//!   instruction leaves such a return address on the stack for as long as
+//!   its callee runs. Checking the threads is the caller's job.
+//! * A displaced `call` ([`EntryPlan::displaces_call`]) returns into the
+//!   trampoline, which has no unwind information: a callee that unwinds
+//!   through it (C++ exceptions, thread cancellation) or walks the stack
+//!   sees an unknown frame. Callers that cannot accept this refuse such
+//!   plans.
 
 use std::fmt;
 
@@ -95,6 +106,14 @@ impl EntryPlan {
     /// the redirect.
     pub fn keeps_endbr64(&self) -> bool {
         self.keeps_endbr64
+    }
+
+    /// Whether a `call` is among the displaced instructions (see the
+    /// module documentation for what that means for unwinding).
+    pub fn displaces_call(&self) -> bool {
+        self.displaced
+            .iter()
+            .any(|i| matches!(i.kind(), Kind::Call { .. } | Kind::CallIndirect))
     }
 
     /// Number of indirect jumps in the function (jump tables or tail calls
@@ -185,7 +204,7 @@ pub fn analyze_entry(code: &[u8], func: u64, need: usize) -> Result<EntryPlan, R
         0
     };
     let start = func.wrapping_add(skip as u64);
-    let available = code.len() - skip;
+    let available = code.len().saturating_sub(skip);
     if available < need {
         return Err(Refusal::new(
             RefusalReason::TooShort,
@@ -202,7 +221,9 @@ pub fn analyze_entry(code: &[u8], func: u64, need: usize) -> Result<EntryPlan, R
     let mut covered = 0;
     while covered < need {
         let at = skip + covered;
-        let insn = match decode(&code[at..], func.wrapping_add(at as u64)) {
+        // `at` < `skip + need` <= `code.len()`: never empty.
+        let rest = code.get(at..).unwrap_or_default();
+        let insn = match decode(rest, func.wrapping_add(at as u64)) {
             Ok(insn) => insn,
             Err(e) if e.kind() == DecodeErrorKind::Truncated => {
                 return Err(Refusal::new(

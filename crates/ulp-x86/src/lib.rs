@@ -12,8 +12,8 @@
 //! 1. [`decode`] / [`decode_all`]: instruction lengths, relative branch
 //!    targets and RIP-relative operands ([`Insn`], [`Kind`], [`RipRef`]).
 //!    Legacy, REX, VEX and EVEX encodings, the one-byte, `0f`, `0f 38`
-//!    and `0f 3a` maps, x87. Unknown bytes are a [`DecodeError`], never a
-//!    guess.
+//!    and `0f 3a` maps, x87. Undefined opcodes are a [`DecodeError`], not
+//!    a guess (the limits of that check are in `decode.rs`).
 //! 2. [`analyze_entry`]: given a function's bytes and the redirect's length
 //!    ([`JMP_REL32_LEN`] or [`JMP_ABS_LEN`]), an [`EntryPlan`] (which
 //!    instructions are displaced, where execution resumes) or a
@@ -23,12 +23,13 @@
 //!    [`trampoline_len_bound`] to reserve its space first.
 //! 4. [`jmp_rel32`], [`jmp_abs`]: the redirect's bytes.
 //!
-//! The order of the writes into a running process, and stopping its
-//! threads so none executes the bytes being replaced, belong to the caller.
-//! What the analysis cannot see (jump tables, branches from other
-//! functions) is listed in [`entry`](crate::analyze_entry)'s module; the
-//! decoder's limits (3DNow!, XOP, AVX-512 FP16, 16-bit branches) in
-//! [`decode`]'s.
+//! The order of the writes into a running process (trampoline first,
+//! redirect last) and stopping its threads so none executes, or returns
+//! into, the bytes being replaced belong to the caller. What the analysis
+//! cannot see (jump tables, branches from other functions, return
+//! addresses on thread stacks) is listed in the documentation of
+//! [`analyze_entry`]'s module, `entry.rs`; the decoder's limits (3DNow!,
+//! XOP, AVX-512 FP16, 16-bit branches) in `decode.rs` and `opcode.rs`.
 //!
 //! No input makes this crate panic: every read is bounds-checked and every
 //! address computation wraps.

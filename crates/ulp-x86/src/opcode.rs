@@ -283,6 +283,34 @@ pub(crate) const EVEX_0F3A_VALID: OpSet = OpSet::of(&[
     (0xce, 0xcf),
 ]);
 
+/// Register forms (ModRM `c0`..`ff`) of the x87 escapes `d8`..`df` that
+/// are undefined (or undocumented aliases binutils does not accept), one
+/// set of ModRM bytes per escape.
+pub(crate) const X87_REG_INVALID: [OpSet; 8] = [
+    OpSet::of(&[]),
+    OpSet::of(&[(0xd1, 0xdf), (0xe2, 0xe3), (0xe6, 0xe7), (0xef, 0xef)]),
+    OpSet::of(&[(0xe0, 0xe8), (0xea, 0xff)]),
+    OpSet::of(&[(0xe6, 0xe7), (0xf8, 0xff)]),
+    OpSet::of(&[(0xd0, 0xdf)]),
+    OpSet::of(&[(0xc8, 0xcf), (0xf0, 0xff)]),
+    OpSet::of(&[(0xd0, 0xd8), (0xda, 0xdf)]),
+    OpSet::of(&[(0xc8, 0xdf), (0xe1, 0xe7), (0xf8, 0xff)]),
+];
+
+/// Whether the x87 escape `op` (`d8`..`df`) with ModRM `modrm` is defined.
+pub(crate) fn x87_valid(op: u8, modrm: u8) -> bool {
+    let reg = (modrm >> 3) & 7;
+    if modrm >= 0xc0 {
+        let i = usize::from(op.wrapping_sub(0xd8));
+        X87_REG_INVALID
+            .get(i)
+            .is_some_and(|set| !set.contains(modrm))
+    } else {
+        // Reserved memory forms: d9 /1, db /4, db /6, dd /5.
+        !matches!((op, reg), (0xd9, 1) | (0xdb, 4) | (0xdb, 6) | (0xdd, 5))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

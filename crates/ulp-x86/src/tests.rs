@@ -88,6 +88,9 @@ const ROWS: &[(&str, usize, &str)] = &[
     ("dd 44 24 08", 4, "plain"),                    // fldl 8(%rsp)
     ("df e0", 2, "plain"),                          // fnstsw %ax
     ("de c9", 2, "plain"),                          // fmulp
+    ("9b", 1, "plain"),                             // fwait (objdump joins it to the next)
+    ("0f 20 05", 3, "plain"),                       // mov %cr0,%rbp: mod ignored, no disp32
+    ("0f 23 a4", 3, "plain"),                       // mov %rsp,%db4: no SIB
     ("db 7c 24 f0", 4, "plain"),                    // fstpt -0x10(%rsp)
     // SSE
     ("f3 0f 6f 0e", 4, "plain"),                    // movdqu (%rsi),%xmm1
@@ -364,6 +367,11 @@ const BAD: &[(&str, DecodeErrorKind)] = &[
     ("8d c0", DecodeErrorKind::Invalid),                 // lea, register
     ("c7 c8 00 00 00 00", DecodeErrorKind::Invalid),     // c7 /1
     ("fe d0", DecodeErrorKind::Invalid),                 // fe /2
+    ("d9 d1", DecodeErrorKind::Invalid),                 // x87 register forms
+    ("da ea", DecodeErrorKind::Invalid),
+    ("df e1", DecodeErrorKind::Invalid),
+    ("d9 08", DecodeErrorKind::Invalid),                 // x87 memory forms: d9 /1
+    ("dd 28", DecodeErrorKind::Invalid),                 // dd /5
     ("66 66 66 66 66 66 66 66 66 66 66 66 66 66 66 90", DecodeErrorKind::TooLong),
     ("66 66 66 66 66 66 66 66 66 66 66 48 b8 00 00", DecodeErrorKind::TooLong),
 ];
@@ -577,7 +585,9 @@ fn trampolines_keep_targets_and_jump_back() {
     assert_eq!(t[2].kind(), Kind::Jmp { target: AT + 8 });
     assert_eq!(t[2].len(), 5);
 
+    assert!(!p.displaces_call());
     let p = plan(code, 14).unwrap();
+    assert!(p.displaces_call());
     let t = tramp(&p, NEAR);
     assert_eq!(t[2].kind(), Kind::Call { target: AT + 0x10d });
     assert_eq!(t[3].kind(), Kind::Ret);
