@@ -1,0 +1,324 @@
+//! Which opcodes exist, per opcode map, for the decoder's "never guess" rule.
+//!
+//! The length of an instruction follows from a few regular rules (ModRM,
+//! SIB, displacement, immediate), so most of the decoder needs no table. What
+//! the rules cannot tell is whether an opcode is defined at all: an undefined
+//! opcode decoded with the map's regular shape would give a length that
+//! nothing guarantees. These sets list the opcodes that are defined in
+//! 64-bit mode, per map and encoding (legacy, VEX, EVEX), as of the
+//! instruction sets gcc, glibc, zlib and OpenSSL use on x86-64 (up to
+//! AVX-512, VAES, GFNI, SHA, BMI, AMX-free). Anything else is an error.
+//!
+//! Left out on purpose: 3DNow! (`0f 0f`), AMD XOP (`8f` with ModRM.reg != 0),
+//! SSE4a's `extrq`/`insertq` immediates, AVX-512 FP16 (EVEX maps 5 and 6),
+//! APX and AMX. They do not appear in the code this crate is for, and
+//! refusing them is safe: a function that contains them is not rewritten.
+
+/// A set of opcode bytes (256 bits).
+pub(crate) struct OpSet([u64; 4]);
+
+impl OpSet {
+    /// The set of the inclusive ranges `ranges`.
+    const fn of(ranges: &[(u8, u8)]) -> OpSet {
+        let mut bits = [0u64; 4];
+        let mut i = 0;
+        while i < ranges.len() {
+            let (lo, hi) = ranges[i];
+            let mut b = lo as usize;
+            while b <= hi as usize {
+                bits[b / 64] |= 1 << (b % 64);
+                b += 1;
+            }
+            i += 1;
+        }
+        OpSet(bits)
+    }
+
+    pub(crate) const fn contains(&self, op: u8) -> bool {
+        self.0[(op / 64) as usize] & (1 << (op % 64)) != 0
+    }
+}
+
+/// One-byte opcodes that are invalid in 64-bit mode (and are not prefixes
+/// or escapes handled before the map is consulted).
+pub(crate) const ONE_BYTE_INVALID: OpSet = OpSet::of(&[
+    (0x06, 0x07),
+    (0x0e, 0x0e),
+    (0x16, 0x17),
+    (0x1e, 0x1f),
+    (0x27, 0x27),
+    (0x2f, 0x2f),
+    (0x37, 0x37),
+    (0x3f, 0x3f),
+    (0x60, 0x61),
+    (0x82, 0x82),
+    (0x9a, 0x9a),
+    (0xce, 0xce),
+    (0xd4, 0xd6),
+    (0xea, 0xea),
+]);
+
+/// One-byte opcodes followed by a ModRM byte.
+pub(crate) const ONE_BYTE_MODRM: OpSet = OpSet::of(&[
+    (0x00, 0x03),
+    (0x08, 0x0b),
+    (0x10, 0x13),
+    (0x18, 0x1b),
+    (0x20, 0x23),
+    (0x28, 0x2b),
+    (0x30, 0x33),
+    (0x38, 0x3b),
+    (0x63, 0x63),
+    (0x69, 0x69),
+    (0x6b, 0x6b),
+    (0x80, 0x8f),
+    (0xc0, 0xc1),
+    (0xc6, 0xc7),
+    (0xd0, 0xd3),
+    (0xd8, 0xdf),
+    (0xf6, 0xf7),
+    (0xfe, 0xff),
+]);
+
+/// Legacy `0f xx` opcodes that are defined.
+pub(crate) const MAP_0F_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x03),
+    (0x05, 0x09),
+    (0x0b, 0x0b),
+    (0x0d, 0x0d),
+    (0x10, 0x23),
+    (0x28, 0x35),
+    (0x37, 0x37),
+    (0x40, 0x79),
+    (0x7c, 0xa5),
+    (0xa8, 0xff),
+]);
+
+/// Legacy `0f xx` opcodes that have no ModRM byte.
+pub(crate) const MAP_0F_NO_MODRM: OpSet = OpSet::of(&[
+    (0x05, 0x09),
+    (0x0b, 0x0b),
+    (0x30, 0x37),
+    (0x77, 0x77),
+    (0x80, 0x8f),
+    (0xa0, 0xa2),
+    (0xa8, 0xaa),
+    (0xc8, 0xcf),
+]);
+
+/// Legacy `0f xx` opcodes with an 8-bit immediate after the ModRM operand.
+pub(crate) const MAP_0F_IMM8: OpSet = OpSet::of(&[
+    (0x70, 0x73),
+    (0xa4, 0xa4),
+    (0xac, 0xac),
+    (0xba, 0xba),
+    (0xc2, 0xc2),
+    (0xc4, 0xc6),
+]);
+
+/// Legacy `0f 38 xx` opcodes (all take a ModRM byte, none an immediate).
+pub(crate) const MAP_0F38_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x0b),
+    (0x10, 0x10),
+    (0x14, 0x15),
+    (0x17, 0x17),
+    (0x1c, 0x1e),
+    (0x20, 0x25),
+    (0x28, 0x2b),
+    (0x30, 0x35),
+    (0x37, 0x41),
+    (0x80, 0x82),
+    (0xc8, 0xcd),
+    (0xcf, 0xcf),
+    (0xd8, 0xdf),
+    (0xf0, 0xf1),
+    (0xf5, 0xf6),
+    (0xf8, 0xfc),
+]);
+
+/// Legacy `0f 3a xx` opcodes (all take a ModRM byte and an 8-bit immediate).
+pub(crate) const MAP_0F3A_VALID: OpSet = OpSet::of(&[
+    (0x08, 0x0f),
+    (0x14, 0x17),
+    (0x20, 0x22),
+    (0x40, 0x42),
+    (0x44, 0x44),
+    (0x60, 0x63),
+    (0xcc, 0xcc),
+    (0xce, 0xcf),
+    (0xdf, 0xdf),
+]);
+
+/// VEX map 1 (`0f`) opcodes. `77` (vzeroupper/vzeroall) has no ModRM.
+pub(crate) const VEX_0F_VALID: OpSet = OpSet::of(&[
+    (0x10, 0x17),
+    (0x28, 0x2f),
+    (0x41, 0x42),
+    (0x44, 0x47),
+    (0x4a, 0x4b),
+    (0x50, 0x77),
+    (0x7c, 0x7f),
+    (0x90, 0x93),
+    (0x98, 0x99),
+    (0xae, 0xae),
+    (0xc2, 0xc2),
+    (0xc4, 0xc6),
+    (0xd0, 0xff),
+]);
+
+/// VEX map 1 opcodes with an 8-bit immediate (same as the legacy map).
+pub(crate) const VEX_0F_IMM8: OpSet = OpSet::of(&[(0x70, 0x73), (0xc2, 0xc2), (0xc4, 0xc6)]);
+
+/// VEX map 2 (`0f 38`) opcodes (ModRM, no immediate).
+pub(crate) const VEX_0F38_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x0f),
+    (0x13, 0x13),
+    (0x16, 0x1a),
+    (0x1c, 0x1e),
+    (0x20, 0x25),
+    (0x28, 0x2f),
+    (0x30, 0x41),
+    (0x45, 0x47),
+    (0x50, 0x53),
+    (0x58, 0x5a),
+    (0x78, 0x79),
+    (0x8c, 0x8c),
+    (0x8e, 0x8e),
+    (0x90, 0x93),
+    (0x96, 0x9f),
+    (0xa6, 0xaf),
+    (0xb4, 0xbf),
+    (0xcf, 0xcf),
+    (0xdc, 0xdf),
+    (0xf2, 0xf3),
+    (0xf5, 0xf7),
+]);
+
+/// VEX map 3 (`0f 3a`) opcodes (ModRM and an 8-bit immediate).
+pub(crate) const VEX_0F3A_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x02),
+    (0x04, 0x06),
+    (0x08, 0x0f),
+    (0x14, 0x19),
+    (0x1d, 0x1d),
+    (0x20, 0x22),
+    (0x30, 0x33),
+    (0x38, 0x39),
+    (0x40, 0x42),
+    (0x44, 0x44),
+    (0x46, 0x46),
+    (0x4a, 0x4c),
+    (0x60, 0x63),
+    (0xce, 0xcf),
+    (0xdf, 0xdf),
+    (0xf0, 0xf0),
+]);
+
+/// EVEX map 1 (`0f`) opcodes.
+pub(crate) const EVEX_0F_VALID: OpSet = OpSet::of(&[
+    (0x10, 0x17),
+    (0x28, 0x2f),
+    (0x51, 0x51),
+    (0x54, 0x76),
+    (0x78, 0x7b),
+    (0x7e, 0x7f),
+    (0xc2, 0xc2),
+    (0xc4, 0xc6),
+    (0xd1, 0xd6),
+    (0xd8, 0xef),
+    (0xf1, 0xf6),
+    (0xf8, 0xfe),
+]);
+
+/// EVEX map 1 opcodes with an 8-bit immediate.
+pub(crate) const EVEX_0F_IMM8: OpSet = VEX_0F_IMM8;
+
+/// EVEX map 2 (`0f 38`) opcodes (no immediate).
+pub(crate) const EVEX_0F38_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x00),
+    (0x04, 0x04),
+    (0x0b, 0x0d),
+    (0x10, 0x16),
+    (0x18, 0x1f),
+    (0x20, 0x2d),
+    (0x30, 0x40),
+    (0x42, 0x47),
+    (0x4c, 0x4f),
+    (0x50, 0x55),
+    (0x58, 0x5b),
+    (0x62, 0x66),
+    (0x68, 0x68),
+    (0x70, 0x73),
+    (0x75, 0x7f),
+    (0x83, 0x83),
+    (0x88, 0x8b),
+    (0x8d, 0x8d),
+    (0x8f, 0x93),
+    (0x96, 0xa3),
+    (0xa6, 0xaf),
+    (0xb4, 0xbf),
+    (0xc4, 0xc4),
+    (0xc6, 0xcd),
+    (0xcf, 0xcf),
+    (0xdc, 0xdf),
+]);
+
+/// EVEX map 3 (`0f 3a`) opcodes (all with an 8-bit immediate).
+pub(crate) const EVEX_0F3A_VALID: OpSet = OpSet::of(&[
+    (0x00, 0x01),
+    (0x03, 0x05),
+    (0x08, 0x0b),
+    (0x0f, 0x0f),
+    (0x14, 0x1b),
+    (0x1d, 0x1f),
+    (0x20, 0x23),
+    (0x25, 0x27),
+    (0x38, 0x3b),
+    (0x3e, 0x3f),
+    (0x42, 0x44),
+    (0x50, 0x51),
+    (0x54, 0x57),
+    (0x66, 0x67),
+    (0x70, 0x73),
+    (0xce, 0xcf),
+]);
+
+/// Register forms (ModRM `c0`..`ff`) of the x87 escapes `d8`..`df` that
+/// are undefined (or undocumented aliases binutils does not accept), one
+/// set of ModRM bytes per escape.
+pub(crate) const X87_REG_INVALID: [OpSet; 8] = [
+    OpSet::of(&[]),
+    OpSet::of(&[(0xd1, 0xdf), (0xe2, 0xe3), (0xe6, 0xe7), (0xef, 0xef)]),
+    OpSet::of(&[(0xe0, 0xe8), (0xea, 0xff)]),
+    OpSet::of(&[(0xe6, 0xe7), (0xf8, 0xff)]),
+    OpSet::of(&[(0xd0, 0xdf)]),
+    OpSet::of(&[(0xc8, 0xcf), (0xf0, 0xff)]),
+    OpSet::of(&[(0xd0, 0xd8), (0xda, 0xdf)]),
+    OpSet::of(&[(0xc8, 0xdf), (0xe1, 0xe7), (0xf8, 0xff)]),
+];
+
+/// Whether the x87 escape `op` (`d8`..`df`) with ModRM `modrm` is defined.
+pub(crate) fn x87_valid(op: u8, modrm: u8) -> bool {
+    let reg = (modrm >> 3) & 7;
+    if modrm >= 0xc0 {
+        let i = usize::from(op.wrapping_sub(0xd8));
+        X87_REG_INVALID
+            .get(i)
+            .is_some_and(|set| !set.contains(modrm))
+    } else {
+        // Reserved memory forms: d9 /1, db /4, db /6, dd /5.
+        !matches!((op, reg), (0xd9, 1) | (0xdb, 4) | (0xdb, 6) | (0xdd, 5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_hold_exactly_their_ranges() {
+        let s = OpSet::of(&[(0x00, 0x00), (0x3e, 0x41), (0xff, 0xff)]);
+        let members: Vec<u8> = (0..=255u8).filter(|&b| s.contains(b)).collect();
+        assert_eq!(members, vec![0x00, 0x3e, 0x3f, 0x40, 0x41, 0xff]);
+    }
+}
