@@ -39,6 +39,9 @@ pub enum Why {
     Disabled(Patchable),
     /// ulp may not attach to it (the sentence says why).
     NotPermitted(String),
+    /// Its runtime cannot be used by this ulp (another protocol version,
+    /// unreadable): the sentence says why.
+    RuntimeUnusable(String),
     /// Patchable, but these patches (container file names) are not applied.
     NotApplied(Vec<String>),
 }
@@ -51,6 +54,7 @@ impl Why {
             Why::OptedOut(_) => "opted_out",
             Why::Disabled(_) => "disabled",
             Why::NotPermitted(_) => "not_permitted",
+            Why::RuntimeUnusable(_) => "runtime_unusable",
             Why::NotApplied(_) => "not_applied",
         }
     }
@@ -69,7 +73,7 @@ impl fmt::Display for Why {
                 "live patching is {state}: `ulp set_patchable enable` (if set_patchable \
                  disabled it), or restart it"
             ),
-            Why::NotPermitted(why) => f.write_str(why),
+            Why::NotPermitted(why) | Why::RuntimeUnusable(why) => f.write_str(why),
             Why::NotApplied(c) => write!(
                 f,
                 "patchable, but not applied here: {} (run `ulp trigger`)",
@@ -187,12 +191,12 @@ fn why_unpatched(
                 },
             })
         }
-        Err(e) => return Some(Why::NotPermitted(e.to_string())),
+        Err(e) => return Some(Why::RuntimeUnusable(e.to_string())),
     };
     match patchable::get(rt) {
         Ok(Patchable::Enabled) => {}
         Ok(state) => return Some(Why::Disabled(state)),
-        Err(e) => return Some(Why::NotPermitted(e.to_string())),
+        Err(e) => return Some(Why::RuntimeUnusable(e.to_string())),
     }
     let have: BTreeSet<[u8; 32]> = rt
         .patches()

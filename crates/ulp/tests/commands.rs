@@ -247,7 +247,13 @@ fn patches_warns_about_a_process_without_the_runtime() {
     let t = Target::spawn(cmd);
     let pid = t.pid.to_string();
     let (code, out, err) = demo.ulp(&["patches", "-p", &pid]);
-    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    // No process block; at most the list of unpatched processes, when a
+    // test running alongside has patched the same library build.
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.is_empty() || out.starts_with("Unpatched processes"),
+        "{out}"
+    );
     assert!(err.contains("runtime is not loaded"), "{err}");
     let (code, v) = ulp_json(demo.dir.path(), &["patches", "-p", &pid]);
     assert_eq!(code, 0);

@@ -92,6 +92,52 @@ fn a_process_started_without_the_runtime_is_patched_and_reverted() {
     assert_eq!(t.ask("pid"), pid);
 }
 
+/// A Debian python3, started normally, that calls the demo library through
+/// ctypes: the runtime is loaded into the interpreter, the patch applied
+/// and reverted, and the interpreter keeps serving.
+#[test]
+fn a_python_interpreter_started_normally_is_patched() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "/usr/bin/python3 is missing (.ci/run installs it: apt-get install python3)"
+    );
+    let demo = Demo::new("inject-python");
+    let script = "\
+import ctypes, os, sys
+lib = ctypes.CDLL(os.path.abspath('libulpdemo.so.1'))
+lib.demo_word.restype = ctypes.c_char_p
+print('ready', os.getpid(), flush=True)
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == 'answer':
+        print(lib.demo_answer(), flush=True)
+    elif cmd == 'word':
+        print(lib.demo_word().decode(), flush=True)
+    elif cmd == 'quit':
+        break
+";
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", script])
+        .current_dir(demo.dir.path())
+        .env_remove("LD_PRELOAD");
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("answer"), "1");
+    let (code, out, err) = load_and_apply(&demo, &pid);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("python3 (pid: "), "{out}");
+    assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}");
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(t.ask("word"), "new");
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+    settled(t.pid).unwrap();
+    assert!(t.alive());
+}
+
 #[test]
 fn an_opted_out_process_is_not_loaded_into() {
     let demo = Demo::new("inject-optout");

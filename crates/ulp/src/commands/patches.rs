@@ -33,7 +33,7 @@ patches' comments:
 Then, when some process still runs a library build that is patched in
 other processes without having all of those patches, one line for each,
 with the reason (no runtime, opted out, disabled, not permitted, or simply
-not applied yet) and what to do:
+not applied yet) and what to do (not with --only-livepatched):
 
   Unpatched processes (they map a library that is patched elsewhere):
     PID: <pid>, name: <name>: <library path>: <reason>
@@ -146,7 +146,12 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         Some(spec) => resolve_processes(spec),
         None => ulp_process::all_pids(),
     };
-    let coverage = ulp_core::coverage::scan(&candidates);
+    // --only-livepatched asks about patched processes alone.
+    let coverage = if only_patched {
+        Default::default()
+    } else {
+        ulp_core::coverage::scan(&candidates)
+    };
     if json {
         let processes: Vec<Value> = reports.iter().map(to_json).collect();
         let unpatched: Vec<Value> = coverage
@@ -170,7 +175,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             "warnings": warnings,
             "errors": errors,
         }));
-    } else if !coverage.unpatched.is_empty() {
+    } else if !coverage.unpatched.is_empty() && !only_patched {
         println!("Unpatched processes (they map a library that is patched elsewhere):");
         for u in &coverage.unpatched {
             println!(
@@ -179,8 +184,13 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             );
         }
         if coverage.unreadable > 0 {
+            let advice = if ulp_core::trust::running_as_root() {
+                ""
+            } else {
+                ": run ulp as root to see them all"
+            };
             println!(
-                "  ({} processes could not be read: run ulp as root to see them all)",
+                "  ({} other processes could not be read{advice})",
                 coverage.unreadable
             );
         }
