@@ -138,6 +138,10 @@ pub enum RefusalReason {
     /// A displaced instruction cannot run from another address
     /// (`loop`/`jrcxz`, a 32-bit RIP-relative address).
     Unrelocatable,
+    /// A `call` would be displaced: while its callee runs, a return
+    /// address points into the trampoline (see the module documentation);
+    /// [`rewrite_plan`] refuses it.
+    DisplacesCall,
     /// Some bytes of the function could not be decoded. If the displaced
     /// prefix decoded and nothing wrong was found before the undecodable
     /// bytes, [`Refusal::partial_plan`] has the plan for callers that accept
@@ -191,6 +195,33 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// The plan ulp uses for a function without patchable padding: a 5-byte
+/// `jmp rel32` after the function's `endbr64` (if any), over instructions
+/// that all decode, none of them a `call` ([`RefusalReason::DisplacesCall`]:
+/// a return address into the trampoline would outlive a revert's checks),
+/// with no branch of the function into the overwritten bytes. The runtime
+/// (deciding on the bytes in memory) and `ulp livepatchable` (on the file)
+/// both ask this function, so they agree.
+pub fn rewrite_plan(code: &[u8], func: u64) -> Result<EntryPlan, Refusal> {
+    let plan = analyze_entry(code, func, JMP_REL32_LEN)?;
+    if let Some(call) = plan
+        .displaced()
+        .iter()
+        .find(|i| matches!(i.kind(), Kind::Call { .. } | Kind::CallIndirect))
+    {
+        return Err(Refusal::new(
+            RefusalReason::DisplacesCall,
+            format!(
+                "the function at {func:#x} has {} at {:#x} (+{:#x}), inside the {JMP_REL32_LEN} bytes the redirect overwrites",
+                describe(call),
+                call.addr(),
+                call.addr().wrapping_sub(func),
+            ),
+        ));
+    }
+    Ok(plan)
+}
 
 /// Decides whether the first `need` bytes of the function `code` (its
 /// bytes, as long as its ELF symbol size says), at address `func`, can be
@@ -374,4 +405,30 @@ fn describe(insn: &Insn) -> String {
     };
     let bytes: Vec<String> = insn.bytes().iter().map(|b| format!("{b:02x}")).collect();
     format!("{name} ({})", bytes.join(" "))
+}
+
+#[cfg(test)]
+mod rewrite_plan_tests {
+    use super::*;
+
+    #[test]
+    fn ulp_policy() {
+        // endbr64; push %rbp; mov %rsp,%rbp; xor %eax,%eax; pop %rbp; ret
+        let ok = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0x31, 0xc0, 0x5d, 0xc3,
+        ];
+        let plan = rewrite_plan(&ok, 0x1000).unwrap();
+        assert_eq!(plan.start(), 0x1004);
+        assert!(plan.covered() >= JMP_REL32_LEN);
+        // endbr64; call rel32; ret: the call would be displaced.
+        let call = [0xf3, 0x0f, 0x1e, 0xfa, 0xe8, 0, 0, 0, 0, 0x90, 0x90, 0xc3];
+        let r = rewrite_plan(&call, 0x1000).unwrap_err();
+        assert_eq!(r.reason(), RefusalReason::DisplacesCall);
+        assert!(r.to_string().contains("0x1004"), "{r}");
+        // Too short: ret.
+        assert_eq!(
+            rewrite_plan(&[0xc3], 0x1000).unwrap_err().reason(),
+            RefusalReason::TooShort
+        );
+    }
 }

@@ -44,7 +44,8 @@ pub use decode::{
     LoopOp, RipRef, ENDBR64, MAX_INSN_LEN,
 };
 pub use entry::{
-    analyze_entry, branches_into, EntryPlan, Refusal, RefusalReason, JMP_ABS_LEN, JMP_REL32_LEN,
+    analyze_entry, branches_into, rewrite_plan, EntryPlan, Refusal, RefusalReason, JMP_ABS_LEN,
+    JMP_REL32_LEN,
 };
 pub use reloc::{jmp_abs, jmp_rel32, relocate, trampoline_len_bound, RelocError, RelocErrorKind};
 
