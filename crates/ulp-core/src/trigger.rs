@@ -28,6 +28,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -716,23 +718,25 @@ fn write_all(
         }
     }
     // Writes whose bytes are already the new ones are done (the same bytes,
-    // or an interrupted earlier tool made them): skip them.
+    // or an interrupted earlier tool made them): skip them. A write of
+    // several words that a killed tool left half made holds, byte by byte,
+    // either the old or the new bytes: it is finished from where it is
+    // (and a rollback puts back what was found).
     let mut todo: Vec<Write> = Vec::with_capacity(writes.len());
     for w in writes {
+        let len = w.len as usize;
         let mut now = [0u8; 16];
-        stopped
-            .peek(w.addr, &mut now[..w.len as usize])
-            .map_err(fatal)?;
-        if now[..w.len as usize] == w.new[..w.len as usize] {
+        stopped.peek(w.addr, &mut now[..len]).map_err(fatal)?;
+        if now[..len] == w.new[..len] {
             continue;
         }
-        todo.push(*w);
-        if now[..w.len as usize] != w.old[..w.len as usize] {
+        if (0..len).any(|i| now[i] != w.old[i] && now[i] != w.new[i]) {
             return Err(WriteError::Fatal(format!(
                 "code at {:#x} in process {pid} changed since the runtime checked it (another tool?); nothing was written",
                 w.addr
             )));
         }
+        todo.push(Write { old: now, ..*w });
     }
     // Every stub before any entry jump: a thread that takes a new jump must
     // find a complete stub. All threads are stopped, so this order matters
@@ -743,7 +747,7 @@ fn write_all(
         .chain(todo.iter().filter(|w| w.kind != write_kind::STUB));
     let mut done: Vec<Write> = Vec::new();
     let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
-        let r = stopped.poke(w.addr, &w.new[..w.len as usize]);
+        let r = poke_words(stopped, w.addr, &w.new[..w.len as usize]);
         if r.is_ok() {
             done.push(w);
         }
@@ -784,8 +788,45 @@ fn write_all(
             return Err(fatal(e));
         }
     }
+    test_kill_point();
     stopped.release().map_err(fatal)?;
     Ok((tids.len(), start.elapsed()))
+}
+
+/// Pokes `data` at `addr` one aligned word at a time (each one
+/// PTRACE_POKEDATA), passing the test kill point before each.
+fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
+    let mut off = 0usize;
+    while off < data.len() {
+        let a = addr + off as u64;
+        let n = (8 - (a & 7) as usize).min(data.len() - off);
+        test_kill_point();
+        stopped.poke(a, &data[off..off + n])?;
+        POKES.fetch_add(1, Ordering::Relaxed);
+        off += n;
+    }
+    Ok(())
+}
+
+/// Code words poked by this tool so far (for `ULP_TEST_KILL_AFTER_WRITES`).
+static POKES: AtomicU64 = AtomicU64::new(0);
+
+/// Fault injection for the tests (tests/faults.rs): with
+/// `ULP_TEST_KILL_AFTER_WRITES=N`, the tool SIGKILLs itself once it has
+/// poked N code words, before the next one (or before releasing the
+/// threads after the last one), with every thread still stopped. Never set
+/// outside a test.
+fn test_kill_point() {
+    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+    let after = AFTER.get_or_init(|| {
+        std::env::var("ULP_TEST_KILL_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *after == Some(POKES.load(Ordering::Relaxed)) {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// If the function whose stub starts at `stub` has an entry jump to that

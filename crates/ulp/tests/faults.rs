@@ -280,3 +280,114 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     assert_eq!(t.ask("word"), "old");
     assert!(t.alive());
 }
+
+/// What demo_prog answers to `answer` and `word`: the old code says
+/// ("1", "old"), the new ("2", "new").
+fn answer_and_word(t: &mut common::Target) -> (String, String) {
+    (t.ask("answer"), t.ask("word"))
+}
+
+/// Runs `ulp ARGS` in the demo's directory with `env` set, waiting at most
+/// 30 s (then it is killed and the test fails).
+fn ulp_bounded(demo: &Demo, args: &[&str], env: &[(&str, String)]) -> std::process::ExitStatus {
+    let mut cmd = Command::new(ulp_bin());
+    cmd.args(args)
+        .current_dir(demo.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running ulp");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ulp {args:?} did not finish in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+#[ignore = "the known gap: a patch of several functions is activated one entry jump at a time, \
+            so a kill between two of them leaves it half applied until the next trigger"]
+fn a_tool_killed_between_any_two_code_writes_leaves_every_function_old_or_new() {
+    // ULP_TEST_KILL_AFTER_WRITES=N makes ulp SIGKILL itself after N code
+    // words poked (every thread stopped). For every N up to the last word
+    // of a two-function patch (demo_answer and demo_word), applying and
+    // reverting: after the kill both functions run the old code or both
+    // the new, no thread is left traced or stopped, and the next trigger
+    // brings code and registry into agreement.
+    use std::os::unix::process::ExitStatusExt;
+    let demo = Demo::new("atomic");
+    let mut t = demo.start(&["-t", "2"]);
+    let pid = t.pid.to_string();
+    let old = ("1".to_string(), "old".to_string());
+    let new = ("2".to_string(), "new".to_string());
+    let apply = ["trigger", "-p", &pid, "demo_livepatch.so"];
+    let revert = ["trigger", "-p", &pid, "--revert", "demo_livepatch.so"];
+    let patches = |demo: &Demo| demo.ulp(&["patches", "-p", &pid]).1;
+
+    for reverting in [false, true] {
+        let (what, op, before, after): (&str, &[&str], _, _) = if reverting {
+            ("revert", &revert, &new, &old)
+        } else {
+            ("apply", &apply, &old, &new)
+        };
+        let mut seen = Vec::new();
+        let mut n = 0u32;
+        loop {
+            assert!(n <= 64, "{what}: ulp still killed after {n} words");
+            if reverting {
+                assert!(ulp_bounded(&demo, &apply, &[]).success());
+            }
+            assert_eq!(&answer_and_word(&mut t), before, "{what} {n}: start");
+            let env = [("ULP_TEST_KILL_AFTER_WRITES", n.to_string())];
+            let st = ulp_bounded(&demo, op, &env);
+            if st.signal() != Some(9) {
+                // Fewer than n words to write: the trigger ran to its end.
+                assert!(st.success(), "{what}: plain trigger failed: {st:?}");
+                assert_eq!(&answer_and_word(&mut t), after, "{what}: done");
+                break;
+            }
+            let ctx = format!("{what} killed after {n} code words");
+            if let Err(e) = settled(t.pid) {
+                panic!("{ctx}: {e}");
+            }
+            assert!(t.alive(), "{ctx}: the target died");
+            let now = answer_and_word(&mut t);
+            seen.push(if now == old { "old" } else { "new" });
+            assert!(
+                now == old || now == new,
+                "{ctx}: half a patch: answer {:?}, word {:?}",
+                now.0,
+                now.1
+            );
+            // The next trigger completes the journal first: the same apply
+            // then finds the patch applied (and the code new); the same
+            // revert finds it not applied (an error, with the code old).
+            if reverting {
+                assert!(!ulp_bounded(&demo, op, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), old, "{ctx}: completed");
+            } else {
+                assert!(ulp_bounded(&demo, op, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), new, "{ctx}: completed");
+                assert!(ulp_bounded(&demo, &revert, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), old, "{ctx}: reverted");
+            }
+            let listed = patches(&demo);
+            assert!(!listed.contains("Interrupted"), "{ctx}: {listed}");
+            n += 1;
+        }
+        eprintln!("{what}: {n} code words; killed after 0, 1, ... of them: {seen:?}");
+        assert!(n >= 2, "{what}: only {n} code words");
+    }
+    let stats = t.ask("stats");
+    assert!(stats.ends_with(" bad=0"), "{stats}");
+}
