@@ -190,7 +190,7 @@ unsafe impl Sync for Global {}
 
 static REGISTRY: Global = Global(UnsafeCell::new(Registry::new()));
 
-/// How many patches can be activated at once at the same time (a patch
+/// How many patches activated at once can be applied together (a patch
 /// that finds no free slot is applied the plain way).
 pub const FLAG_SLOTS: usize = 512;
 
