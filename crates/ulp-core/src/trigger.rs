@@ -11,7 +11,10 @@
 //!    the call cannot deadlock on them.
 //! 3. Stop every thread, check that none is executing bytes about to change
 //!    and that the bytes are still what the runtime saw, make the writes
-//!    (every stub before any entry jump), resume everything.
+//!    in the runtime's order (every stub before the entry jump that leads
+//!    to it; a patch of several functions switched by one flag byte:
+//!    ARCHITECTURE.md, "Activating a patch of several functions at once"),
+//!    resume everything.
 //! 4. If the writes cannot be made (a thread is always in the way, an
 //!    error), ask the runtime to undo its registry change: the process keeps
 //!    its old code and a registry that says so.
@@ -28,6 +31,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -712,12 +717,31 @@ fn write_all(
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    // Where the plan stands: at its start, or where a killed earlier tool
+    // left it (its journal), possibly in the middle of a write of several
+    // words. Anything else means someone else changed the code.
+    let mut now = Vec::with_capacity(writes.len());
+    for w in writes {
+        let mut b = [0u8; 16];
+        stopped
+            .peek(w.addr, &mut b[..w.len as usize])
+            .map_err(fatal)?;
+        now.push(b);
+    }
+    let todo = resume_plan(writes, &now).map_err(|i| {
+        WriteError::Fatal(format!(
+            "code at {:#x} in process {pid} changed since the runtime checked it (another tool?); nothing was written",
+            writes[i].addr
+        ))
+    })?;
+    // No thread inside bytes still to change (writes already made change
+    // nothing: after a killed ulp, threads run through what it wrote).
     let tids = stopped.tids();
     for &tid in &tids {
         let rip = stopped.regs(tid).map_err(fatal)?.rip();
-        if let Some(w) = writes
+        if let Some(w) = todo
             .iter()
-            .find(|w| w.addr < rip && rip < w.addr + w.len as u64)
+            .find(|w| busy_range(w).is_some_and(|(start, end)| start < rip && rip < end))
         {
             return Err(WriteError::Busy(format!(
                 "process {pid} is busy: thread {tid} is executing bytes at {:#x} that the patch changes; retry later or with a higher -r",
@@ -725,41 +749,21 @@ fn write_all(
             )));
         }
     }
-    // Writes whose bytes are already the new ones are done (the same bytes,
-    // or an interrupted earlier tool made them): skip them.
-    let mut todo: Vec<Write> = Vec::with_capacity(writes.len());
-    for w in writes {
-        let mut now = [0u8; 16];
-        stopped
-            .peek(w.addr, &mut now[..w.len as usize])
-            .map_err(fatal)?;
-        if now[..w.len as usize] == w.new[..w.len as usize] {
-            continue;
-        }
-        todo.push(*w);
-        if now[..w.len as usize] != w.old[..w.len as usize] {
-            return Err(WriteError::Fatal(format!(
-                "code at {:#x} in process {pid} changed since the runtime checked it (another tool?); nothing was written",
-                w.addr
-            )));
-        }
-    }
-    // Every stub before any entry jump: a thread that takes a new jump must
-    // find a complete stub. All threads are stopped, so this order matters
-    // only if we die in the middle; then the process still runs old code.
-    let ordered = todo
-        .iter()
-        .filter(|w| w.kind == write_kind::STUB)
-        .chain(todo.iter().filter(|w| w.kind != write_kind::STUB));
+    // In the runtime's order: every stub before the entry jump that leads
+    // to it (a thread that takes a new jump finds a complete stub), and for
+    // a patch activated at once, stubs, entries, the flag, heads, tails (or
+    // the reverse). All threads are stopped, so the order matters only if
+    // we die in the middle; then every function runs one whole version,
+    // and with a flag every function of the patch the same one.
     let mut done: Vec<Write> = Vec::new();
     let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
-        let r = stopped.poke(w.addr, &w.new[..w.len as usize]);
+        let r = poke_words(stopped, w.addr, &w.new[..w.len as usize]);
         if r.is_ok() {
             done.push(w);
         }
         r
     };
-    for w in ordered {
+    for w in &todo {
         // A stub that a live entry jump already points at (stacked patches,
         // a revert to an older patch, a replace) spans two words, and a
         // tool killed between its two pokes would leave a reachable, torn
@@ -794,8 +798,121 @@ fn write_all(
             return Err(fatal(e));
         }
     }
+    test_kill_point();
     stopped.release().map_err(fatal)?;
     Ok((tids.len(), start.elapsed()))
+}
+
+/// Pokes `data` at `addr` one aligned word at a time (each one
+/// PTRACE_POKEDATA), passing the test kill point before each.
+fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
+    let mut off = 0usize;
+    while off < data.len() {
+        let a = addr + off as u64;
+        let n = (8 - (a & 7) as usize).min(data.len() - off);
+        test_kill_point();
+        stopped.poke(a, &data[off..off + n])?;
+        POKES.fetch_add(1, Ordering::Relaxed);
+        off += n;
+    }
+    Ok(())
+}
+
+/// Code words poked by this tool so far (for `ULP_TEST_KILL_AFTER_WRITES`).
+static POKES: AtomicU64 = AtomicU64::new(0);
+
+/// Fault injection for the tests (tests/faults.rs): with
+/// `ULP_TEST_KILL_AFTER_WRITES=N`, the tool SIGKILLs itself once it has
+/// poked N code words, before the next one (or before releasing the
+/// threads after the last one), with every thread still stopped. Never set
+/// outside a test.
+fn test_kill_point() {
+    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+    let after = AFTER.get_or_init(|| {
+        std::env::var("ULP_TEST_KILL_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *after == Some(POKES.load(Ordering::Relaxed)) {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// The writes of `writes` (a plan, in order) still to make, given `now`,
+/// what memory holds at each write's bytes: the plan is resumed at the
+/// first write from which the memory is the plan's state, except for
+/// bytes of that write already made (a write of several words a killed
+/// tool left half made, each byte old or new). That write's `old` becomes
+/// what memory holds (what a rollback puts back); writes that change
+/// nothing are dropped. Err: the index of a write whose bytes match no
+/// state of the plan.
+fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> {
+    use std::collections::HashMap;
+    fn bytes(w: &Write) -> impl Iterator<Item = (u64, usize)> {
+        let addr = w.addr;
+        (0..u64::from(w.len)).map(move |i| (addr + i, i as usize))
+    }
+    // The plan's state before write j (`cur`, starting from each byte's
+    // first `old`) and what memory holds.
+    let mut cur: HashMap<u64, u8> = HashMap::new();
+    let mut mem: HashMap<u64, u8> = HashMap::new();
+    for (w, n) in writes.iter().zip(now) {
+        for (a, i) in bytes(w) {
+            cur.entry(a).or_insert(w.old[i]);
+            mem.entry(a).or_insert(n[i]);
+        }
+    }
+    let mut differ = cur.iter().filter(|(a, v)| mem[*a] != **v).count();
+    for (j, w) in writes.iter().enumerate() {
+        if bytes(w).any(|(a, i)| cur[&a] != w.old[i]) {
+            // The plan contradicts itself: trust none of it.
+            return Err(j);
+        }
+        let inside = bytes(w).filter(|&(a, _)| mem[&a] != cur[&a]).count();
+        let half_made = bytes(w).all(|(a, i)| mem[&a] == cur[&a] || mem[&a] == w.new[i]);
+        if differ == inside && half_made {
+            let mut first = *w;
+            for (a, i) in bytes(w) {
+                first.old[i] = mem[&a];
+            }
+            let todo = std::iter::once(first)
+                .chain(writes[j + 1..].iter().copied())
+                .filter(|w| w.old[..w.len as usize] != w.new[..w.len as usize])
+                .collect();
+            return Ok(todo);
+        }
+        for (a, i) in bytes(w) {
+            differ -= usize::from(mem[&a] != cur[&a]);
+            cur.insert(a, w.new[i]);
+            differ += usize::from(mem[&a] != cur[&a]);
+        }
+    }
+    if differ == 0 {
+        return Ok(Vec::new());
+    }
+    // Name the first write with a byte that no state of the plan has.
+    let mut known: HashMap<u64, Vec<u8>> = HashMap::new();
+    for w in writes {
+        for (a, i) in bytes(w) {
+            known.entry(a).or_default().extend([w.old[i], w.new[i]]);
+        }
+    }
+    Err(writes
+        .iter()
+        .position(|w| bytes(w).any(|(a, _)| !known[&a].contains(&mem[&a])))
+        .unwrap_or(0))
+}
+
+/// The bytes no thread's instruction pointer may be strictly inside while
+/// `w` is made: the bytes it changes, the whole stub for a stub's head (a
+/// thread may be inside the guarded sequence), none for the flag (data).
+fn busy_range(w: &Write) -> Option<(u64, u64)> {
+    match w.kind {
+        write_kind::FLAG => None,
+        write_kind::HEAD => Some((w.addr, w.addr + ulp_abi::STUB_LEN as u64)),
+        _ => Some((w.addr, w.addr + u64::from(w.len))),
+    }
 }
 
 /// If the function whose stub starts at `stub` has an entry jump to that
@@ -831,6 +948,105 @@ pub fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn w(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
+        let mut w = Write::ZERO;
+        w.addr = addr;
+        w.len = old.len() as u32;
+        w.kind = kind;
+        w.old[..old.len()].copy_from_slice(old);
+        w.new[..new.len()].copy_from_slice(new);
+        w
+    }
+
+    /// A guarded activation of one function (stub at 0x1000, flag at
+    /// 0x9000), in the runtime's order.
+    fn activation() -> Vec<Write> {
+        let stub = 0x1000;
+        let g = ulp_abi::guarded_stub(stub, stub + 14, 0x9000, 0x5000).unwrap();
+        let d = ulp_abi::direct_stub(stub, 0x5000).unwrap();
+        vec![
+            w(stub, write_kind::STUB, &[0x90; 14], &g),
+            w(stub + 14, write_kind::ENTRY, &[0x66, 0x90], &[0xeb, 0xf0]),
+            w(0x9000, write_kind::FLAG, &[0], &[1]),
+            w(stub, write_kind::HEAD, &g[..8], &d[..8]),
+            w(stub + 8, write_kind::TAIL, &g[8..], &d[8..]),
+        ]
+    }
+
+    /// What memory holds at each write's bytes once `made` bytes of the
+    /// plan's writes are made, in order (a write cut short by a kill).
+    fn memory(plan: &[Write], made: usize) -> Vec<[u8; 16]> {
+        let mut mem = std::collections::HashMap::new();
+        for w in plan.iter().rev() {
+            for i in 0..w.len as usize {
+                mem.insert(w.addr + i as u64, w.old[i]);
+            }
+        }
+        let mut left = made;
+        for w in plan {
+            for i in 0..w.len as usize {
+                if left == 0 {
+                    break;
+                }
+                mem.insert(w.addr + i as u64, w.new[i]);
+                left -= 1;
+            }
+        }
+        plan.iter()
+            .map(|w| {
+                let mut b = [0u8; 16];
+                for (i, x) in b.iter_mut().enumerate().take(w.len as usize) {
+                    *x = mem[&(w.addr + i as u64)];
+                }
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_resumes_where_a_killed_tool_left_it() {
+        let plan = activation();
+        let total: usize = plan.iter().map(|w| w.len as usize).sum();
+        assert_eq!(resume_plan(&plan, &memory(&plan, 0)).unwrap(), plan);
+        // After whole writes: the rest of the plan.
+        let mut made = 0;
+        for k in 0..plan.len() {
+            let todo = resume_plan(&plan, &memory(&plan, made)).unwrap();
+            assert_eq!(todo, plan[k..], "after {k} writes");
+            made += plan[k].len as usize;
+        }
+        assert_eq!(made, total);
+        assert_eq!(resume_plan(&plan, &memory(&plan, total)).unwrap(), []);
+        // The stub's first word made, not its second: finished from there,
+        // and a rollback would put back the half-made bytes.
+        let mem = memory(&plan, 8);
+        let todo = resume_plan(&plan, &mem).unwrap();
+        assert_eq!(todo.len(), plan.len());
+        assert_eq!(todo[0].new, plan[0].new);
+        assert_eq!(todo[0].old[..14], mem[0][..14]);
+        assert_eq!(todo[1..], plan[1..]);
+        // Bytes no state of the plan has: someone else's code.
+        let mut odd = memory(&plan, 0);
+        odd[1][0] = 0xcc;
+        assert_eq!(resume_plan(&plan, &odd), Err(1));
+        let mut odd = memory(&plan, total);
+        odd[2][0] = 7;
+        assert!(resume_plan(&plan, &odd).is_err());
+        // A write that changes nothing is dropped.
+        let same = vec![w(0x2000, write_kind::STUB, &[1, 2], &[1, 2])];
+        assert_eq!(resume_plan(&same, &memory(&same, 0)).unwrap(), []);
+    }
+
+    #[test]
+    fn the_head_of_a_stub_is_busy_over_the_whole_stub() {
+        let plan = activation();
+        assert_eq!(busy_range(&plan[0]), Some((0x1000, 0x100e)));
+        assert_eq!(busy_range(&plan[1]), Some((0x100e, 0x1010)));
+        assert_eq!(busy_range(&plan[2]), None);
+        assert_eq!(busy_range(&plan[3]), Some((0x1000, 0x100e)));
+        assert_eq!(busy_range(&plan[4]), Some((0x1008, 0x100e)));
+    }
 
     #[test]
     fn library_names() {

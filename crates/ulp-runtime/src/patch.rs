@@ -10,13 +10,24 @@
 //! jump to the stub. The *stub* jumps to the new function: a direct
 //! `jmp rel32` (`e9 <rel32>` and 9 NOPs) when the new function is within
 //! ±2 GiB, else `jmp *0(%rip)` and the absolute address (`ff 25 00 00 00
-//! 00 <abs64>`); see [`ulp_abi::stub_bytes`]. Both forms are "our stub"
-//! wherever a site is checked.
+//! 00 <abs64>`); see [`ulp_abi::stub_bytes`]. Those, and the guarded form
+//! below (whole or half converted), are "our stub" wherever a site is
+//! checked ([`ulp_abi::parse_stub`]).
 //!
 //! The runtime never changes code. It returns [`Write`]s; the tool makes
-//! them with every thread stopped, all stubs before any entry jump. The
-//! registry changes here as if the writes were made; when the tool cannot
-//! make them it calls UNDO, which puts the registry back.
+//! them with every thread stopped, in the order given here (every stub
+//! before the entry jump that leads to it). The registry changes here as
+//! if the writes were made; when the tool cannot make them it calls UNDO,
+//! which puts the registry back.
+//!
+//! A patch of several functions none of which is redirected yet is
+//! *activated at once* ([`guarded_apply`]): its stubs are first written
+//! guarded by a per-patch flag byte of ours ([`FLAGS`]), then the entry
+//! jumps, then the flag (the one write that switches every function), then
+//! the stubs become plain direct jumps again; a revert runs it backwards
+//! ([`guarded_revert`]). A tool killed between any two of those writes
+//! leaves every function of the patch on the same side of the flag
+//! (ARCHITECTURE.md, "Activating a patch of several functions at once").
 //!
 //! Every operation is all or nothing: all checks come before the first
 //! change (registry, container memory), so a refused patch leaves nothing.
@@ -24,10 +35,12 @@
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void, CStr};
 use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU8, Ordering};
 use std::ffi::CString;
 
 use ulp_abi::ReplaceRequest;
-use ulp_abi::{code, entry_jump, state, stub_bytes, stub_target, write_kind};
+use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind};
+use ulp_abi::{direct_stub, guarded_stub, parse_stub, Stub};
 use ulp_abi::{ApplyRequest, PatchRecord, Write};
 use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
 use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
@@ -87,6 +100,9 @@ struct Patch {
     comments: CString,
     applied_at: i64,
     units: Vec<AppliedUnit>,
+    /// The slot of [`FLAGS`] the patch was activated with, when it was
+    /// ([`guarded_apply`]); reserved while the patch is applied.
+    flag: Option<usize>,
     /// From `dlopen`; closed only by UNDO of this patch's APPLY, never
     /// after a revert (a thread may still run the container's code).
     handle: *mut c_void,
@@ -174,6 +190,36 @@ unsafe impl Sync for Global {}
 
 static REGISTRY: Global = Global(UnsafeCell::new(Registry::new()));
 
+/// How many patches activated at once can be applied together (a patch
+/// that finds no free slot is applied the plain way).
+pub const FLAG_SLOTS: usize = 512;
+
+/// The activation flags, one byte per slot, in our `.bss` (so within
+/// rel32 reach of the stubs of libraries mapped near us). The guarded
+/// stubs read them; only the tool writes them (with every thread stopped,
+/// [`write_kind::FLAG`]); the runtime reads them to plan. A slot is free
+/// when its byte is 0 and no applied patch holds it.
+#[repr(C, align(64))]
+pub struct Flags([AtomicU8; FLAG_SLOTS]);
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FLAG_OFF: AtomicU8 = AtomicU8::new(0);
+
+pub static FLAGS: Flags = Flags([FLAG_OFF; FLAG_SLOTS]);
+
+fn flag_addr(slot: usize) -> u64 {
+    FLAGS.0[slot].as_ptr() as u64
+}
+
+fn flag_value(slot: usize) -> u8 {
+    FLAGS.0[slot].load(Ordering::Relaxed)
+}
+
+/// A slot for a new activation: its byte is 0 and no applied patch holds it.
+fn free_flag(reg: &Registry) -> Option<usize> {
+    (0..FLAG_SLOTS).find(|&k| flag_value(k) == 0 && !reg.patches.iter().any(|p| p.flag == Some(k)))
+}
+
 /// Runs `f` on the process's registry.
 ///
 /// # Safety
@@ -225,7 +271,15 @@ pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
     let patch_point = entry.wrapping_add(off as u64);
     let stub_addr = entry.wrapping_sub(STUB_LEN as u64);
     let nop_pad = pad.iter().all(|&b| b == 0x90);
-    let our_stub = stub_target(stub_addr, &pad).is_some();
+    // Our stub, and a guarded one (or one being converted) skips to the
+    // byte after this site's entry jump.
+    let our_stub = match parse_stub(stub_addr, &pad) {
+        Some(Stub::Guarded { skip_to, .. } | Stub::Converting { skip_to, .. }) => {
+            skip_to == patch_point.wrapping_add(2)
+        }
+        Some(_) => true,
+        None => false,
+    };
     let redirected = jump[0] == 0xeb && entry_jump(stub_addr, patch_point) == Some(jump);
     let free = jump == [0x90, 0x90] || jump == ENTRY_NOP;
     if (free && (nop_pad || our_stub)) || (redirected && our_stub) {
@@ -381,7 +435,7 @@ pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
         ring::log(format_args!("apply failed: {}", f.msg));
         return Err(f);
     };
-    let result = apply_request(reg, &request);
+    let result = apply_request(reg, &request, true);
     match &result {
         Ok(done) => ring::log(format_args!("{}", done.msg)),
         Err(f) => ring::log(format_args!(
@@ -393,7 +447,14 @@ pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     result
 }
 
-fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done, Failure> {
+/// APPLY's checks, record and writes; `activate_at_once` allows the
+/// guarded plan ([`guarded_apply`]; REPLACE, which makes its own plan,
+/// does not).
+fn apply_request(
+    reg: &mut Registry,
+    request: &ApplyRequest<'_>,
+    activate_at_once: bool,
+) -> Result<Done, Failure> {
     if interface::state() != state::ENABLED {
         return Err(Failure::new(
             code::DISABLED,
@@ -554,28 +615,15 @@ fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done,
             core::ptr::copy_nonoverlapping(value.as_ptr(), *place as *mut u8, *len);
         }
     }
-    let mut writes = Vec::with_capacity(sites.len() * 2);
-    for (site, &new_addr) in sites.iter().zip(&new_addrs) {
-        let stub = site.entry - STUB_LEN as u64;
-        writes.push(make_write(
-            stub,
-            write_kind::STUB,
-            &site.pad,
-            &stub_bytes(stub, new_addr),
-        ));
-    }
-    for site in &sites {
-        let stub = site.entry - STUB_LEN as u64;
-        // The stub is 14 bytes before the entry and the patch point at most
-        // 4 after it: the short jump always reaches.
-        let jump = entry_jump(stub, site.patch_point).unwrap_or(site.jump);
-        writes.push(make_write(
-            site.patch_point,
-            write_kind::ENTRY,
-            &site.jump,
-            &jump,
-        ));
-    }
+    let guarded = if activate_at_once {
+        guarded_apply(reg, &sites, &new_addrs)
+    } else {
+        None
+    };
+    let (flag, writes) = match guarded {
+        Some((slot, writes)) => (Some(slot), writes),
+        None => (None, plain_apply(&sites, &new_addrs)),
+    };
 
     let handle = opened.keep();
     let comments = CString::new(decode_comments(request.comments)).unwrap_or_default();
@@ -595,6 +643,7 @@ fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done,
                 new_addr,
             })
             .collect(),
+        flag,
         handle,
     };
     reg.patches.push(patch);
@@ -614,6 +663,177 @@ fn apply_request(reg: &mut Registry, request: &ApplyRequest<'_>) -> Result<Done,
         msg.push('s');
     }
     Ok(Done { msg, writes })
+}
+
+/// The plain APPLY plan: every stub (direct or absolute), then every
+/// entry jump. Each function switches on its own entry write.
+fn plain_apply(sites: &[Site], new_addrs: &[u64]) -> Vec<Write> {
+    let mut writes = Vec::with_capacity(sites.len() * 2);
+    for (site, &new_addr) in sites.iter().zip(new_addrs) {
+        let stub = site.entry - STUB_LEN as u64;
+        writes.push(make_write(
+            stub,
+            write_kind::STUB,
+            &site.pad,
+            &stub_bytes(stub, new_addr),
+        ));
+    }
+    for site in sites {
+        let stub = site.entry - STUB_LEN as u64;
+        // The stub is 14 bytes before the entry and the patch point at most
+        // 4 after it: the short jump always reaches.
+        let jump = entry_jump(stub, site.patch_point).unwrap_or(site.jump);
+        writes.push(make_write(
+            site.patch_point,
+            write_kind::ENTRY,
+            &site.jump,
+            &jump,
+        ));
+    }
+    writes
+}
+
+/// The APPLY plan that activates every function of the patch with one
+/// byte write, and the flag slot it takes:
+///
+/// 1. each stub written guarded ([`guarded_stub`]) while no entry jump
+///    leads to it;
+/// 2. each entry jump: the guarded stub skips back to the function's own
+///    code while the flag is 0, so nothing changes yet;
+/// 3. the flag set to 1: every function switches to the new code at once;
+/// 4. each stub's head (its first aligned word) made the direct jump, then
+///    its tail NOPs: the stub ends as [`direct_stub`], the patched call
+///    back to two jumps.
+///
+/// A tool killed between any two writes leaves all the functions before
+/// step 3 (old code) or all after (new code). `None` (the plain plan) for
+/// a patch of one function (whole on its own already), when a function is
+/// redirected already (stacked patches), when a stub is not 8-byte
+/// aligned (`-fpatchable-function-entry=16,14` aligns it to 16) or the
+/// flag or a new function is out of rel32 reach, when no flag slot is
+/// free, or when the writes would not fit in one result.
+fn guarded_apply(reg: &Registry, sites: &[Site], new_addrs: &[u64]) -> Option<(usize, Vec<Write>)> {
+    if sites.len() < 2 || sites.len() * 4 + 1 > MAX_WRITES {
+        return None;
+    }
+    let slot = free_flag(reg)?;
+    let flag = flag_addr(slot);
+    let mut stubs = Vec::with_capacity(sites.len());
+    for (site, &new_addr) in sites.iter().zip(new_addrs) {
+        let stub = site.entry - STUB_LEN as u64;
+        let free = site.jump == ENTRY_NOP || site.jump == [0x90, 0x90];
+        let stacked = reg.patches.iter().any(|p| p.unit_at(site.entry).is_some());
+        if !free || stacked || stub & 7 != 0 {
+            return None;
+        }
+        let guarded = guarded_stub(stub, site.patch_point, flag, new_addr)?;
+        let direct = direct_stub(stub, new_addr)?;
+        let jump = entry_jump(stub, site.patch_point)?;
+        stubs.push((site, stub, guarded, direct, jump));
+    }
+    let mut writes = Vec::with_capacity(sites.len() * 4 + 1);
+    for &(site, stub, guarded, _, _) in &stubs {
+        writes.push(make_write(stub, write_kind::STUB, &site.pad, &guarded));
+    }
+    for &(site, _, _, _, jump) in &stubs {
+        writes.push(make_write(
+            site.patch_point,
+            write_kind::ENTRY,
+            &site.jump,
+            &jump,
+        ));
+    }
+    writes.push(make_write(flag, write_kind::FLAG, &[0], &[1]));
+    for &(_, stub, guarded, direct, _) in &stubs {
+        writes.push(make_write(
+            stub,
+            write_kind::HEAD,
+            &guarded[..8],
+            &direct[..8],
+        ));
+    }
+    for &(_, stub, guarded, direct, _) in &stubs {
+        writes.push(make_write(
+            stub + 8,
+            write_kind::TAIL,
+            &guarded[8..],
+            &direct[8..],
+        ));
+    }
+    Some((slot, writes))
+}
+
+/// The REVERT plan of a patch activated at once ([`guarded_apply`]), its
+/// steps backwards: each stub's tail then head back to the guarded form
+/// (the flag is still 1: still the new code), the flag to 0 (every
+/// function back to the old code at once), then each entry to `66 90`.
+/// Functions a later patch redirects are left alone. `None` (the plain
+/// plan) when the flag is not 1, a function also has an older patch, or a
+/// stub or entry is not what a completed activation left.
+///
+/// # Safety
+/// The stubs and patch points of `patch`'s units must be mapped code.
+unsafe fn guarded_revert(reg: &Registry, index: usize, slot: usize) -> Option<Vec<Write>> {
+    if flag_value(slot) != 1 {
+        return None;
+    }
+    let patch = &reg.patches[index];
+    let flag = flag_addr(slot);
+    let mut heads = Vec::new();
+    let mut entries = Vec::new();
+    for unit in &patch.units {
+        if reg.patches[..index]
+            .iter()
+            .any(|p| p.unit_at(unit.entry).is_some())
+        {
+            return None;
+        }
+        if reg.patches[index + 1..]
+            .iter()
+            .any(|p| p.unit_at(unit.entry).is_some())
+        {
+            continue;
+        }
+        let stub = unit.entry - STUB_LEN as u64;
+        let direct = direct_stub(stub, unit.new_addr)?;
+        let guarded = guarded_stub(stub, unit.patch_point, flag, unit.new_addr)?;
+        let jump = entry_jump(stub, unit.patch_point)?;
+        let cur_stub = read_mem(stub, STUB_LEN);
+        let cur_jump = read_mem(unit.patch_point, 2);
+        if stub & 7 != 0 || cur_stub[..] != direct[..] || cur_jump[..] != jump[..] {
+            return None;
+        }
+        heads.push(make_write(
+            stub + 8,
+            write_kind::TAIL,
+            &direct[8..],
+            &guarded[8..],
+        ));
+        heads.push(make_write(
+            stub,
+            write_kind::HEAD,
+            &direct[..8],
+            &guarded[..8],
+        ));
+        entries.push(make_write(
+            unit.patch_point,
+            write_kind::ENTRY,
+            &jump,
+            &ENTRY_NOP,
+        ));
+    }
+    heads.push(make_write(flag, write_kind::FLAG, &[1], &[0]));
+    heads.extend(entries);
+    Some(heads)
+}
+
+/// The write that clears the flag of a removed patch activated at once,
+/// when it is set, for the end of a plain plan: no stub reads it any more
+/// once that plan is made, and the slot is free again.
+fn clear_flag(flag: Option<usize>) -> Option<Write> {
+    let slot = flag?;
+    let value = flag_value(slot);
+    (value != 0).then(|| make_write(flag_addr(slot), write_kind::FLAG, &[value], &[0]))
 }
 
 /// op REVERT.
@@ -650,9 +870,26 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     let target = objects
         .iter()
         .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
+    // A patch activated at once is reverted at once when its sites are as
+    // its activation left them.
+    let guarded = match (target, patch.flag) {
+        (Some(target), Some(slot))
+            if patch.units.iter().all(|u| {
+                let stub = u.entry - STUB_LEN as u64;
+                target.contains(stub, u.patch_point + 2 - stub, PF_X)
+            }) =>
+        {
+            // SAFETY: every site is in the target's code (checked above).
+            unsafe { guarded_revert(reg, index, slot) }
+        }
+        _ => None,
+    };
+    let at_once = guarded.is_some();
     let mut stubs = Vec::new();
     let mut entries = Vec::new();
-    if let Some(target) = target {
+    if let Some(writes) = guarded {
+        stubs = writes;
+    } else if let Some(target) = target {
         for unit in &patch.units {
             // A later patch still redirects this entry: it stays as it is.
             if reg.patches[index + 1..]
@@ -699,6 +936,10 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     }
     let patch = reg.patches.remove(index);
     reg.publish();
+    // The plain plan (or a target gone): the flag is cleared last.
+    if !at_once {
+        entries.extend(clear_flag(patch.flag));
+    }
     let mut msg = format!(
         "reverted patch '{}' from '{}'",
         patch.container_path.to_string_lossy(),
@@ -901,7 +1142,8 @@ fn change_library(
             .iter()
             .map(|&i| reg.patches[i].units.len())
             .sum::<usize>();
-    if units * 2 > MAX_WRITES {
+    // Two writes a function, and the flags of removed patches.
+    if units * 2 + remove.len() > MAX_WRITES {
         return Err(failed(format!(
             "the change touches {units} functions, at most {} fit in one call",
             MAX_WRITES / 2
@@ -912,7 +1154,7 @@ fn change_library(
     // writes are superseded by the plan below, made from the final state.
     let mut added = None;
     if let (Some(a), Some(id), false) = (new, new_id, already) {
-        apply_request(reg, a)?;
+        apply_request(reg, a, false)?;
         added = Some(id);
     }
 
@@ -945,7 +1187,10 @@ fn change_library(
     reg.publish();
     // SAFETY: every site is in the loaded code of its target (checked
     // above for the removed patches, by `apply_request` for the new one).
-    let writes = unsafe { plan_writes(reg, &mut sites) };
+    let mut writes = unsafe { plan_writes(reg, &mut sites) };
+    // Removed patches activated at once: their flags are cleared last,
+    // once no stub reads them.
+    writes.extend(removed.iter().filter_map(|(_, p)| clear_flag(p.flag)));
 
     let names: Vec<String> = removed
         .iter()
@@ -1057,6 +1302,44 @@ mod tests {
         }
         // Only 16 bytes mapped: still fine without endbr64.
         assert!(inspect_site(e, &code(0x90, &[0x66, 0x90])).is_ok());
+    }
+
+    /// A patch activated at once leaves guarded stubs (and, when killed in
+    /// the middle, stubs whose head is converted and tail not): sites with
+    /// either, redirected or not, are ours, when the stub skips to the
+    /// byte after this site's entry jump.
+    #[test]
+    fn guarded_site_states() {
+        let e = 0x7f12_3456_7010u64;
+        let stub = e - 14;
+        let (flag, new) = (0x7f12_3000_0040, 0x7f12_3460_0000);
+        for (at, patch_point, jump) in [
+            (vec![0x66, 0x90, 0, 0, 0, 0], e, [0xeb, 0xf0]),
+            (
+                vec![0xf3, 0x0f, 0x1e, 0xfa, 0x66, 0x90],
+                e + 4,
+                [0xeb, 0xec],
+            ),
+        ] {
+            let guarded = guarded_stub(stub, patch_point, flag, new).unwrap();
+            let mut converting = guarded;
+            converting[..8].copy_from_slice(&direct_stub(stub, new).unwrap()[..8]);
+            for pad in [guarded, converting] {
+                let mut bytes = pad.to_vec();
+                bytes.extend_from_slice(&at);
+                let site = inspect_site(e, &bytes).unwrap();
+                assert_eq!((site.patch_point, site.pad), (patch_point, pad));
+                let off = (patch_point - e) as usize + 14;
+                bytes[off..off + 2].copy_from_slice(&jump);
+                assert_eq!(inspect_site(e, &bytes).unwrap().jump, jump);
+            }
+        }
+        // Skipping to the wrong place (the stub of an endbr64 site before
+        // a site without it): not ours.
+        let wrong = guarded_stub(stub, e + 4, flag, new).unwrap();
+        let mut bytes = wrong.to_vec();
+        bytes.extend_from_slice(&[0x66, 0x90, 0, 0, 0, 0]);
+        assert!(inspect_site(e, &bytes).is_err());
     }
 
     /// The stub planned for a site: a direct jump when the new function is

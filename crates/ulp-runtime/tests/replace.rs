@@ -123,14 +123,15 @@ fn replace_and_revert_all_are_one_step_that_undo_takes_back() {
         "{}",
         raw[0].1
     );
-    assert_eq!(raw[0].2, "E2 E2");
-    // REVERT_ALL: three entries back to the NOP.
+    // Patch 1 was activated at once: its flag is cleared last.
+    assert_eq!(raw[0].2, "E2 E2 F1");
+    // REVERT_ALL: three entries back to the NOP, then patch 1's flag.
     assert_eq!(raw[1].0, code::OK);
     assert_eq!(
         raw[1].1,
         format!("reverted all patches from '{lib}': 2 removed (patch1.so, patch2.so)")
     );
-    assert_eq!(raw[1].2, "E2 E2 E2");
+    assert_eq!(raw[1].2, "E2 E2 E2 F1");
     // Refused: another build-id.
     assert_eq!(raw[2].0, code::BUILD_ID_MISMATCH, "{:?}", raw[2]);
     assert_eq!(raw[2].2, "");

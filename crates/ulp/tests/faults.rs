@@ -1,9 +1,10 @@
 //! A `ulp` killed at any moment of a trigger never harms the target: every
 //! trigger below runs as a child `ulp` process that is SIGKILLed after a
-//! random delay, and after each kill the target must be alive, answer with
-//! the old or the new code, and show no trace in its threads (no worker
-//! saw a bad result, no sleep was cut short or interrupted, no read saw
-//! EINTR, no thread is left traced or stopped).
+//! random delay (or, deterministically, after N code writes), and after
+//! each kill the target must be alive, answer with the old or the new code
+//! (both functions of the patch the same), and show no trace in its
+//! threads (no worker saw a bad result, no sleep was cut short or
+//! interrupted, no read saw EINTR, no thread is left traced or stopped).
 
 mod common;
 
@@ -123,8 +124,13 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
             panic!("{ctx}: {e}");
         }
         assert!(t.alive(), "{ctx}: the target died");
+        // Both functions of the patch old, or both new.
         let answer = t.ask("answer");
-        assert!(answer == "1" || answer == "2", "{ctx}: answer {answer:?}");
+        let word = t.ask("word");
+        assert!(
+            (answer == "1" && word == "old") || (answer == "2" && word == "new"),
+            "{ctx}: answer {answer:?}, word {word:?}"
+        );
         let stats = t.ask("stats");
         assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
         let sleeps = t.ask("sleeps");
@@ -145,7 +151,9 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
     // leaves them in the runtime's write journal: the next trigger makes
     // them first, so one apply ends applied (newly, or "already applied"),
     // with the new code, whatever the last kill interrupted.
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    // (With many retries: the workers may be running through stubs the
+    // last kill left guarded, which the busy check steps around.)
+    let (code, out, err) = demo.ulp(&["trigger", "-r", "50", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
@@ -214,4 +222,134 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("word"), "old");
     assert!(t.alive());
+}
+
+/// What demo_prog answers to `answer` and `word`: the old code says
+/// ("1", "old"), the new ("2", "new").
+fn answer_and_word(t: &mut common::Target) -> (String, String) {
+    (t.ask("answer"), t.ask("word"))
+}
+
+/// Runs `ulp ARGS` in the demo's directory with `env` set, waiting at most
+/// 30 s (then it is killed and the test fails).
+fn ulp_bounded(demo: &Demo, args: &[&str], env: &[(&str, String)]) -> std::process::ExitStatus {
+    let mut cmd = Command::new(ulp_bin());
+    cmd.args(args)
+        .current_dir(demo.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running ulp");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ulp {args:?} did not finish in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_tool_killed_between_any_two_code_writes_leaves_every_function_old_or_new() {
+    // ULP_TEST_KILL_AFTER_WRITES=N makes ulp SIGKILL itself after N code
+    // words poked (every thread stopped). For every N up to the last word
+    // of a two-function patch (demo_answer and demo_word), applying and
+    // reverting, each on a fresh target (so that the apply writes its
+    // stubs over the padding NOPs): after the kill both functions run the
+    // old code or both the new, no thread is left traced or stopped, and
+    // the next trigger brings code and registry into agreement.
+    use std::os::unix::process::ExitStatusExt;
+    let demo = Demo::new("atomic");
+    let old = ("1".to_string(), "old".to_string());
+    let new = ("2".to_string(), "new".to_string());
+
+    for reverting in [false, true] {
+        let what = if reverting { "revert" } else { "apply" };
+        let (before, after) = if reverting {
+            (&new, &old)
+        } else {
+            (&old, &new)
+        };
+        let mut seen = Vec::new();
+        let mut n = 0u32;
+        loop {
+            assert!(n <= 64, "{what}: ulp still killed after {n} words");
+            let mut t = demo.start(&["-t", "2"]);
+            let pid = t.pid.to_string();
+            // Many retries: after a kill, the workers run through guarded
+            // stubs that the next trigger may find them inside (busy).
+            let apply = ["trigger", "-r", "50", "-p", &pid, "demo_livepatch.so"];
+            let revert = [
+                "trigger",
+                "-r",
+                "50",
+                "-p",
+                &pid,
+                "--revert",
+                "demo_livepatch.so",
+            ];
+            let op: &[&str] = if reverting { &revert } else { &apply };
+            if reverting {
+                assert!(ulp_bounded(&demo, &apply, &[]).success());
+            }
+            assert_eq!(&answer_and_word(&mut t), before, "{what} {n}: start");
+            let env = [("ULP_TEST_KILL_AFTER_WRITES", n.to_string())];
+            let st = ulp_bounded(&demo, op, &env);
+            if st.signal() != Some(9) {
+                // Fewer than n words to write: the trigger ran to its end.
+                assert!(st.success(), "{what}: plain trigger failed: {st:?}");
+                assert_eq!(&answer_and_word(&mut t), after, "{what}: done");
+                break;
+            }
+            let ctx = format!("{what} killed after {n} code words");
+            if let Err(e) = settled(t.pid) {
+                panic!("{ctx}: {e}");
+            }
+            assert!(t.alive(), "{ctx}: the target died");
+            let now = answer_and_word(&mut t);
+            seen.push(if now == old { "old" } else { "new" });
+            assert!(
+                now == old || now == new,
+                "{ctx}: half a patch: answer {:?}, word {:?}",
+                now.0,
+                now.1
+            );
+            // The next trigger completes the journal first: the same apply
+            // then finds the patch applied (and the code new); the same
+            // revert finds it not applied (an error, with the code old).
+            if reverting {
+                assert!(!ulp_bounded(&demo, op, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), old, "{ctx}: completed");
+            } else {
+                assert!(ulp_bounded(&demo, op, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), new, "{ctx}: completed");
+                assert!(ulp_bounded(&demo, &revert, &[]).success(), "{ctx}");
+                assert_eq!(answer_and_word(&mut t), old, "{ctx}: reverted");
+            }
+            let listed = demo.ulp(&["patches", "-p", &pid]).1;
+            assert!(!listed.contains("Interrupted"), "{ctx}: {listed}");
+            let stats = t.ask("stats");
+            assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+            n += 1;
+        }
+        // Killed after 0 to n - 1 words: the last is after every word,
+        // before the threads are released.
+        eprintln!(
+            "{what}: {} code words; killed after 0, 1, ... of them: {seen:?}",
+            n - 1
+        );
+        assert!(n >= 3, "{what}: only {} code words", n - 1);
+        assert!(
+            seen.contains(&"old") && seen.contains(&"new"),
+            "{what}: {seen:?}"
+        );
+    }
 }

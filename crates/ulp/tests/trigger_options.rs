@@ -380,9 +380,10 @@ fn revert_all_and_replace_in_one_stop() {
             && lines[2].ends_with("demo_livepatch2.so': 1 removed (demo_livepatch.so)"),
         "{out}"
     );
-    // demo_answer's stub re-pointed, demo_word's entry restored.
+    // demo_answer's stub re-pointed, demo_word's entry restored, the
+    // flag demo_livepatch.so was activated with cleared.
     assert!(
-        lines[3].starts_with("  code writes: 2, threads stopped: 4 for "),
+        lines[3].starts_with("  code writes: 3, threads stopped: 4 for "),
         "{out}"
     );
     assert_eq!(lines.len(), 5, "{out}");
@@ -548,7 +549,9 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
         "{out}"
     );
     assert!(
-        lines[3].starts_with("  code writes: 2, threads stopped: 1 for ")
+        // Two functions reverted at once: two tails and heads, the flag,
+        // two entries.
+        lines[3].starts_with("  code writes: 7, threads stopped: 1 for ")
             && lines[3].ends_with(" ms, attempts: 1"),
         "{out}"
     );
@@ -566,7 +569,9 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
     assert_eq!(lines[0], format!("demo_prog (pid: {pid}):"));
     assert_eq!(lines[1], "  SUCCESS demo_livepatch.so");
     assert_eq!(lines[2], format!("    runtime: {}", demo.runtime.display()));
-    assert!(lines[4].starts_with("    code writes: 4, "), "{out}");
+    // Activated at once: two stubs, two entries, the flag, two heads, two
+    // tails.
+    assert!(lines[4].starts_with("    code writes: 9, "), "{out}");
     assert_eq!(lines[5], "  SUCCESS demo_livepatch2.so");
 
     // --json: one document, every kind of result.

@@ -1,7 +1,7 @@
 /* In-process driver for the runtime's tests: plays the tool's part without
    ptrace. It dlopens libpulp.so (argv[1]), then reads commands on stdin,
    one a line, calls __ulp_entry and makes the returned writes itself
-   (mprotect + memcpy, stubs before entries), and prints what it sees.
+   (mprotect + memcpy, in the order given), and prints what it sees.
 
    The layout of the interface comes from ulp_abi through -D flags:
    OFF_* (field offsets), REQUEST_MAX, RESULT_MSG_MAX, MAX_WRITES, RING_SIZE.
@@ -73,6 +73,11 @@ static void poke(const struct write *w)
     printf("MISMATCH at %#lx\n", (unsigned long)w->addr);
     return;
   }
+  if (w->kind == 2) {
+    /* A flag: the runtime's own writable data. */
+    memcpy(at, w->new_, w->len);
+    return;
+  }
   long page = sysconf(_SC_PAGESIZE);
   uintptr_t start = w->addr & ~(uintptr_t)(page - 1);
   size_t span = w->addr + w->len - start;
@@ -97,17 +102,14 @@ static void call_runtime(const char *what, uint32_t op, const void *req, size_t 
   struct write *w = (struct write *)(iface + OFF_RES_WRITES);
   printf("%s writes:", what);
   for (uint32_t i = 0; i < n; i++)
-    printf(" %s%u", w[i].kind == 0 ? "S" : "E", w[i].len);
+    printf(" %c%u", w[i].kind < 5 ? "SEFHT"[w[i].kind] : '?', w[i].len);
   printf("\n");
   if (nowrite)
     return;
-  /* Stubs first: a thread that takes a new entry jump finds a full stub. */
+  /* In the order given: the runtime puts every stub before the entry jump
+     that leads to it (and a flag between entries and heads). */
   for (uint32_t i = 0; i < n; i++)
-    if (w[i].kind == 0)
-      poke(&w[i]);
-  for (uint32_t i = 0; i < n; i++)
-    if (w[i].kind == 1)
-      poke(&w[i]);
+    poke(&w[i]);
 }
 
 static void *read_file(const char *path, size_t *len)
