@@ -126,6 +126,56 @@ fn main() {
         ],
         &out.join("threads_prog"),
     );
+    // The target of crates/ulp/tests/rewrite.rs: the system's libc and
+    // libz (by file name: no zlib headers needed), and patches for them.
+    gcc(
+        &["-O2", "-Wall", "-pthread", &s("sys_prog.c"), "-l:libz.so.1"],
+        &out.join("sys_prog"),
+    );
+    // No padding: functions the entry rewrite must refuse (or take).
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wl,--build-id",
+            &s("unpadded_lib.c"),
+        ],
+        &out.join("unpadded_lib.so"),
+    );
+    gcc(
+        &[
+            "-O2",
+            "-Wall",
+            &s("unpadded_prog.c"),
+            &format!("-L{}", out.display()),
+            "-l:unpadded_lib.so",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("unpadded_prog"),
+    );
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wl,--build-id",
+            &s("unpadded_patch.c"),
+        ],
+        &out.join("unpadded_patch.so"),
+    );
+    for patch in ["sys_patch_libc", "sys_patch_libz"] {
+        gcc(
+            &[
+                "-O2",
+                "-fPIC",
+                "-shared",
+                "-Wl,--build-id",
+                &s(&format!("{patch}.c")),
+            ],
+            &out.join(format!("{patch}.so")),
+        );
+    }
     for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
         let c = s(&format!("{patch}.c"));
         gcc(

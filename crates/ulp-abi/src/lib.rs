@@ -118,7 +118,8 @@ pub mod state {
 /// them: that order is part of the plan (every STUB before the ENTRY that
 /// leads to it; for a guarded activation, ARCHITECTURE.md "Activating a
 /// patch of several functions at once", stubs, entries, the FLAG, then
-/// each HEAD and TAIL, and the reverse for a revert).
+/// each HEAD and TAIL, and the reverse for a revert; for a function
+/// without padding, its CODE before its REWRITE).
 pub mod write_kind {
     /// A whole 14-byte stub, written while no entry jump leads to it, or
     /// re-pointed by the tool with its live entry jump lifted first.
@@ -137,6 +138,15 @@ pub mod write_kind {
     /// Bytes 8 to 14 of a stub whose head is a direct jump (never
     /// executed): the guarded tail to NOPs or back.
     pub const TAIL: u32 = 4;
+    /// Code in a page the runtime mapped next to a library (a
+    /// trampoline, a far stub), one aligned word at most: never reachable
+    /// before the REWRITE that leads to it.
+    pub const CODE: u32 = 5;
+    /// A function without patchable padding: its first instructions
+    /// (after `endbr64`), replaced by `jmp rel32` and `int3` filler, or
+    /// put back. Made with one write (/proc/PID/mem), so no kill leaves
+    /// it half done.
+    pub const REWRITE: u32 = 6;
 }
 
 /// One change of code bytes (or of a flag) the tool makes while every

@@ -118,7 +118,7 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
             continue;
         };
         for a in applied {
-            let Some(obj) = objects.iter().find(|o| o.path == a.target_path) else {
+            let Some(obj) = objects.iter().find(|o| o.is_path(pid, &a.target_path)) else {
                 continue;
             };
             let Some(id) = obj.build_id_in_memory(pid) else {
@@ -202,7 +202,7 @@ fn why_unpatched(
         .patches()
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| a.target_path == path)
+        .filter(|a| a.target_path == path || same_file(pid, &a.target_path, path))
         .map(|a| a.patch_id)
         .collect();
     let missing: Vec<String> = p
@@ -218,6 +218,16 @@ fn why_unpatched(
         Some(why) => Why::NotPermitted(why),
         None => Why::NotApplied(missing),
     })
+}
+
+/// Whether two paths name one file in `pid`'s file system view.
+fn same_file(pid: Pid, a: &str, b: &str) -> bool {
+    let ino = |p: &str| {
+        std::fs::metadata(format!("/proc/{pid}/root{p}"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    ino(a).is_some_and(|x| Some(x) == ino(b))
 }
 
 /// Why this ulp could not attach to `pid`, told from outside (without

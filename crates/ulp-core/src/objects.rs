@@ -39,6 +39,20 @@ impl MappedObject {
         build_id_in_memory(pid, self.bias)
     }
 
+    /// Whether `path` (as the process's loader named it: the runtime's
+    /// registry records that) is this mapped file: the same path, or a
+    /// symbolic link to it (`libz.so.1`, loaded by its SONAME, maps as
+    /// `libz.so.1.2.13`).
+    pub fn is_path(&self, pid: Pid, path: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.path == path {
+            return true;
+        }
+        std::fs::metadata(format!("/proc/{pid}/root{path}"))
+            .or_else(|_| std::fs::metadata(path))
+            .is_ok_and(|m| m.ino() == self.inode && m.ino() != 0)
+    }
+
     /// A path the tool can open: through `/proc/PID/root` first (which also
     /// works for chrooted and containerised targets), then as is.
     pub fn open(&self, pid: Pid) -> Result<ElfFile, ulp_elf::Error> {

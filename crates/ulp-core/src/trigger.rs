@@ -454,7 +454,10 @@ enum TargetState {
 fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, Outcome> {
     let objects = mapped_objects(pid).map_err(|e| Outcome::Failed(e.to_string()))?;
     let mut other = None;
-    for obj in objects.iter().filter(|o| o.basename() == md.target_name) {
+    for obj in objects
+        .iter()
+        .filter(|o| is_named(o, &md.target_name, pid, opts))
+    {
         let have = obj
             .build_id_in_memory(pid)
             .or_else(|| open_object(obj, pid, opts).ok()?.build_id())
@@ -472,6 +475,23 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
             hex(&md.build_id)
         )),
     })
+}
+
+/// Whether `obj` is the library `name` of a patch: its file name, or, for
+/// a library loaded through a symbolic link named after its SONAME
+/// (`libz.so.1` -> `libz.so.1.2.13`; the maps show the file, the loader
+/// and the runtime the link), a file whose SONAME is `name`.
+fn is_named(obj: &MappedObject, name: &str, pid: Pid, opts: &Options) -> bool {
+    let base = obj.basename();
+    if base == name {
+        return true;
+    }
+    base.starts_with(name)
+        && base.as_bytes().get(name.len()) == Some(&b'.')
+        && open_object(obj, pid, opts)
+            .ok()
+            .and_then(|e| e.soname())
+            .is_some_and(|s| s == name)
 }
 
 /// Whether `container` is applied in the process of `rt`: its patch id is
@@ -536,7 +556,12 @@ fn run(
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
-    let last_err = match write_with_retries(rt, &writes, deadline, opts) {
+    // An entry about to be rewritten must hold what its library file has:
+    // anything else is someone else's change (a hook), not ours to cover.
+    let last_err = match check_rewrites_against_files(rt.pid, &writes)
+        .map_err(|why| (0, why))
+        .and_then(|()| write_with_retries(rt, &writes, deadline, opts))
+    {
         Ok((attempts, threads, stopped)) => {
             detail.attempts = attempts;
             detail.writes = writes.len();
@@ -607,6 +632,64 @@ fn write_with_retries(
         }
     }
     Err((attempts, last_err))
+}
+
+/// Checks every REWRITE write that replaces a function's own first bytes
+/// (not a jump of ours) against the library file the process mapped: the
+/// copy in memory must hold exactly the file's bytes.
+fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let firsts: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.kind == write_kind::REWRITE && w.old[0] != 0xe9)
+        .collect();
+    if firsts.is_empty() {
+        return Ok(());
+    }
+    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    for w in firsts {
+        let len = w.len as usize;
+        let Some(m) = maps.iter().find(|m| m.contains(w.addr) && m.inode != 0) else {
+            return Err(format!(
+                "the code at {:#x} to be rewritten is not in a mapped file",
+                w.addr
+            ));
+        };
+        let path = m.path.clone().unwrap_or_default();
+        let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
+        // The very file mapped (even if replaced on disk since), else the path.
+        let candidates = [
+            format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+            format!("/proc/{pid}/root{path}"),
+            path.clone(),
+        ];
+        let offset = m.offset + (w.addr - m.start);
+        let mut on_disk = vec![0u8; len];
+        let read = candidates.iter().any(|c| {
+            std::fs::File::open(c)
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read_exact(&mut on_disk)
+                })
+                .is_ok()
+        });
+        if !read {
+            return Err(format!(
+                "cannot read '{path}' to check the code at {:#x} before rewriting it",
+                w.addr
+            ));
+        }
+        if on_disk[..] != w.old[..len] {
+            return Err(format!(
+                "the function code at {:#x} in '{path}' differs from the file ({} in memory, {} in \
+                 the file): another tool's hook? nothing was changed",
+                w.addr,
+                hex(&w.old[..len]),
+                hex(&on_disk)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// If the runtime's write journal says an earlier tool did not finish its
@@ -757,7 +840,13 @@ fn write_all(
     // and with a flag every function of the patch the same one.
     let mut done: Vec<Write> = Vec::new();
     let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
-        let r = poke_words(stopped, w.addr, &w.new[..w.len as usize]);
+        // A rewritten entry changes in one write: a tool killed at any
+        // moment leaves either the old instructions or the whole jump.
+        let r = if w.kind == write_kind::REWRITE {
+            write_at_once(stopped, w.addr, &w.new[..w.len as usize])
+        } else {
+            poke_words(stopped, w.addr, &w.new[..w.len as usize])
+        };
         if r.is_ok() {
             done.push(w);
         }
@@ -815,6 +904,15 @@ fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_p
         POKES.fetch_add(1, Ordering::Relaxed);
         off += n;
     }
+    Ok(())
+}
+
+/// [`poke_words`] for a write that must never be seen half made: one
+/// write of /proc/PID/mem (counted as one word by the kill hook).
+fn write_at_once(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
+    test_kill_point();
+    stopped.write_code_at_once(addr, data)?;
+    POKES.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

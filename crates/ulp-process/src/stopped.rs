@@ -992,6 +992,34 @@ impl Stopped {
         Ok(())
     }
 
+    /// Writes `data` at `addr` with one write of `/proc/PID/mem` (the
+    /// kernel's forced access, like PTRACE_POKEDATA: works on read-only
+    /// code): the bytes change in one system call, so a tool killed at any
+    /// moment leaves them all old or all new. Falls back to
+    /// [`Stopped::poke`] when `/proc/PID/mem` is refused and `data` lies
+    /// within one aligned word (one poke is just as whole); otherwise the
+    /// error.
+    pub fn write_code_at_once(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let tid = self.any_stopped()?;
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .and_then(|f| f.write_at(data, addr));
+        match written {
+            Ok(n) if n == data.len() => Ok(()),
+            _ if (addr & 7) + data.len() as u64 <= 8 => self.poke(addr, data),
+            Ok(_) => Err(self.mem_error(tid, addr, data.len(), true, Errno(libc::EIO))),
+            Err(e) => Err(self.mem_error(
+                tid,
+                addr,
+                data.len(),
+                true,
+                Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+            )),
+        }
+    }
+
     /// Detaches every thread (each after its registers are restored and with
     /// the signals it is owed re-delivered) and reports the first failure.
     pub fn release(mut self) -> Result<(), Error> {

@@ -41,6 +41,7 @@ pub mod objects;
 pub mod optout;
 pub mod patch;
 pub mod resume;
+pub mod rewrite;
 pub mod ring;
 
 use interface::SharedInterface;

@@ -47,23 +47,83 @@ impl LoadedObject {
     /// `-Bsymbolic` data is reached directly) or when anything it would
     /// read lies outside its loaded segments.
     pub fn got_binding(&self, name: &[u8]) -> Option<u64> {
+        const R_X86_64_64: u64 = 1;
+        const R_X86_64_GLOB_DAT: u64 = 6;
+
+        let t = self.dynamic_tables()?;
+        if t.rela == 0 || t.relaent < 24 {
+            return None;
+        }
+        let want_len = name.len() as u64 + 1;
+        for i in 0..t.relasz / t.relaent {
+            let r = t.rela.wrapping_add(i * t.relaent);
+            let (offset, info) = (self.read_u64(r)?, self.read_u64(r.wrapping_add(8))?);
+            let (sym, kind) = (info >> 32, info & 0xffff_ffff);
+            if sym == 0 || (kind != R_X86_64_GLOB_DAT && kind != R_X86_64_64) {
+                continue;
+            }
+            let st_name = self.read_u64(t.symtab.wrapping_add(sym * SYM_SIZE))? & 0xffff_ffff;
+            let s = t.strtab.wrapping_add(st_name);
+            if !self.contains(s, want_len, 0) {
+                continue;
+            }
+            // SAFETY: `want_len` bytes at `s` are inside a loaded segment.
+            let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, want_len as usize) };
+            if bytes[..name.len()] == *name && bytes[name.len()] == 0 {
+                let slot = self.bias.wrapping_add(offset);
+                return self.read_u64(slot).filter(|&v| v != 0);
+            }
+        }
+        None
+    }
+
+    /// The size and type (`STT_FUNC`, `STT_GNU_IFUNC`, ...) of the dynamic
+    /// symbol defined at `addr`: what the entry rewrite needs to decode the
+    /// whole function. The dynamic symbol table's length is where the
+    /// string table starts (the linkers' layout); every read is checked
+    /// against the loaded segments. `None` when no dynamic symbol with a
+    /// size is defined there (a local function: only `.symtab`, which is
+    /// not loaded, knows it).
+    pub fn dynamic_symbol_at(&self, addr: u64) -> Option<(u64, u8)> {
+        let t = self.dynamic_tables()?;
+        let count = t.strtab.checked_sub(t.symtab)? / SYM_SIZE;
+        let value = addr.wrapping_sub(self.bias);
+        let mut found = None;
+        for i in 1..count.min(1 << 20) {
+            let sym = t.symtab.wrapping_add(i * SYM_SIZE);
+            // st_name (4), st_info (1), st_other (1), st_shndx (2).
+            let head = self.read_u64(sym)?;
+            let st_value = self.read_u64(sym.wrapping_add(8))?;
+            let st_size = self.read_u64(sym.wrapping_add(16))?;
+            let shndx = (head >> 48) as u16;
+            if st_value == value && shndx != 0 && st_size > 0 {
+                let kind = ((head >> 32) & 0xf) as u8;
+                // Prefer a function over an alias of another type.
+                if found.is_none() || kind == STT_FUNC {
+                    found = Some((st_size, kind));
+                }
+            }
+        }
+        found
+    }
+
+    fn read_u64(&self, addr: u64) -> Option<u64> {
+        if !self.contains(addr, 8, 0) {
+            return None;
+        }
+        // SAFETY: inside one of this object's loaded segments (checked).
+        Some(unsafe { core::ptr::read_unaligned(addr as *const u64) })
+    }
+
+    /// Where the dynamic section says the symbol, string and RELA tables
+    /// are.
+    fn dynamic_tables(&self) -> Option<DynamicTables> {
         const DT_NULL: u64 = 0;
         const DT_STRTAB: u64 = 5;
         const DT_SYMTAB: u64 = 6;
         const DT_RELA: u64 = 7;
         const DT_RELASZ: u64 = 8;
         const DT_RELAENT: u64 = 9;
-        const R_X86_64_64: u64 = 1;
-        const R_X86_64_GLOB_DAT: u64 = 6;
-        const SYM_SIZE: u64 = 24;
-
-        let read_u64 = |addr: u64| -> Option<u64> {
-            if !self.contains(addr, 8, 0) {
-                return None;
-            }
-            // SAFETY: inside one of this object's loaded segments (checked).
-            Some(unsafe { core::ptr::read_unaligned(addr as *const u64) })
-        };
         // glibc relocates these d_ptr values in place when the dynamic
         // section is writable; an unrelocated one is below the bias.
         let absolute = |v: u64| {
@@ -73,46 +133,29 @@ impl LoadedObject {
                 v
             }
         };
-        let (mut strtab, mut symtab, mut rela, mut relasz, mut relaent) = (0, 0, 0, 0, 24);
+        let mut t = DynamicTables {
+            strtab: 0,
+            symtab: 0,
+            rela: 0,
+            relasz: 0,
+            relaent: 24,
+        };
         let mut at = self.dynamic?;
         for _ in 0..4096 {
-            let tag = read_u64(at)?;
-            let val = read_u64(at.wrapping_add(8))?;
+            let tag = self.read_u64(at)?;
+            let val = self.read_u64(at.wrapping_add(8))?;
             match tag {
                 DT_NULL => break,
-                DT_STRTAB => strtab = absolute(val),
-                DT_SYMTAB => symtab = absolute(val),
-                DT_RELA => rela = absolute(val),
-                DT_RELASZ => relasz = val,
-                DT_RELAENT => relaent = val,
+                DT_STRTAB => t.strtab = absolute(val),
+                DT_SYMTAB => t.symtab = absolute(val),
+                DT_RELA => t.rela = absolute(val),
+                DT_RELASZ => t.relasz = val,
+                DT_RELAENT => t.relaent = val,
                 _ => {}
             }
             at = at.wrapping_add(16);
         }
-        if strtab == 0 || symtab == 0 || rela == 0 || relaent < 24 {
-            return None;
-        }
-        let want_len = name.len() as u64 + 1;
-        for i in 0..relasz / relaent {
-            let r = rela.wrapping_add(i * relaent);
-            let (offset, info) = (read_u64(r)?, read_u64(r.wrapping_add(8))?);
-            let (sym, kind) = (info >> 32, info & 0xffff_ffff);
-            if sym == 0 || (kind != R_X86_64_GLOB_DAT && kind != R_X86_64_64) {
-                continue;
-            }
-            let st_name = read_u64(symtab.wrapping_add(sym * SYM_SIZE))? & 0xffff_ffff;
-            let s = strtab.wrapping_add(st_name);
-            if !self.contains(s, want_len, 0) {
-                continue;
-            }
-            // SAFETY: `want_len` bytes at `s` are inside a loaded segment.
-            let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, want_len as usize) };
-            if bytes[..name.len()] == *name && bytes[name.len()] == 0 {
-                let slot = self.bias.wrapping_add(offset);
-                return read_u64(slot).filter(|&v| v != 0);
-            }
-        }
-        None
+        (t.strtab != 0 && t.symtab != 0).then_some(t)
     }
 
     pub fn basename(&self) -> &[u8] {
@@ -142,6 +185,20 @@ impl LoadedObject {
         }
     }
 }
+
+/// The dynamic section's tables (addresses in this process).
+struct DynamicTables {
+    strtab: u64,
+    symtab: u64,
+    rela: u64,
+    relasz: u64,
+    relaent: u64,
+}
+
+/// `sizeof(Elf64_Sym)`.
+const SYM_SIZE: u64 = 24;
+pub const STT_FUNC: u8 = 2;
+pub const STT_GNU_IFUNC: u8 = 10;
 
 pub const PF_X: u32 = 1;
 pub const PF_W: u32 = 2;

@@ -47,6 +47,7 @@ use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
 
 use crate::interface;
 use crate::objects::{self, LoadedObject, PF_X};
+use crate::rewrite::{self, Rewritten};
 use crate::ring::{self, Hex, SpacedHex, Text};
 
 /// What an operation hands back on success: the result message and the
@@ -86,6 +87,8 @@ struct AppliedUnit {
     patch_point: u64,
     /// The container's function the stub jumps to.
     new_addr: u64,
+    /// Redirected by an entry rewrite (`rewrite.rs`), not through padding.
+    rewrite: bool,
 }
 
 /// An applied patch. The strings are what the published [`PatchRecord`]s
@@ -226,6 +229,67 @@ fn free_flag(reg: &Registry) -> Option<usize> {
 /// The caller must hold `BUSY` (no other access may be live).
 pub unsafe fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(&mut *REGISTRY.0.get())
+}
+
+/// How one function of a patch is redirected.
+enum Method {
+    /// Through its padding (stub and 2-byte entry jump).
+    Padded(Site),
+    /// By rewriting its first instructions.
+    Rewrite(Rewritten),
+}
+
+impl Method {
+    fn entry(&self) -> u64 {
+        match self {
+            Method::Padded(s) => s.entry,
+            Method::Rewrite(r) => r.entry,
+        }
+    }
+
+    fn patch_point(&self) -> u64 {
+        match self {
+            Method::Padded(s) => s.patch_point,
+            Method::Rewrite(r) => r.start,
+        }
+    }
+
+    /// Where the old function's own code can still be called: after the
+    /// entry NOP, or the trampoline.
+    fn original(&self) -> u64 {
+        match self {
+            Method::Padded(s) => s.patch_point + 2,
+            Method::Rewrite(r) => r.tramp,
+        }
+    }
+}
+
+/// How `entry` (the function `name` of `target`) is redirected: an entry
+/// rewritten before stays so; a padded site is used as such; otherwise
+/// the entry rewrite, if the function allows it.
+fn method_of(target: &LoadedObject, entry: u64, name: &str) -> Result<Method, Failure> {
+    if let Some(r) = rewrite::lookup(entry) {
+        return Ok(Method::Rewrite(r));
+    }
+    match read_site(target, entry, name) {
+        Ok(site) => Ok(Method::Padded(site)),
+        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry)
+            .map(Method::Rewrite)
+            .map_err(|why| failed(format!("function '{name}' is not live-patchable: {why}"))),
+        Err(padded) => Err(padded),
+    }
+}
+
+/// Whether the 14 bytes before `entry` are NOPs or our stub: the function
+/// was built with patchable padding (then only that is used).
+fn has_padding(entry: u64, target: &LoadedObject) -> bool {
+    let stub = entry.wrapping_sub(STUB_LEN as u64);
+    if !target.contains(stub, STUB_LEN as u64, PF_X) {
+        return false;
+    }
+    // SAFETY: inside the target's code (checked).
+    let pad = unsafe { read_mem(stub, STUB_LEN) };
+    pad.iter().all(|&b| b == 0x90) || parse_stub(stub, &pad).is_some()
 }
 
 /// A site's bytes, checked to be patchable.
@@ -524,17 +588,17 @@ fn apply_request(
         )));
     }
     // The sites, before anything is loaded: a refusal here costs nothing.
-    let mut sites: Vec<Site> = Vec::with_capacity(meta.units.len());
+    let mut sites: Vec<Method> = Vec::with_capacity(meta.units.len());
     for unit in &meta.units {
         let entry = target.bias.wrapping_add(unit.old_faddr);
-        let site = read_site(target, entry, &unit.old_fname)?;
-        if sites.iter().any(|s| s.entry == entry) {
+        let method = method_of(target, entry, &unit.old_fname)?;
+        if sites.iter().any(|s| s.entry() == entry) {
             return Err(failed(format!(
                 "function '{}' (offset 0x{:x}) is replaced twice by patch '{shown}'",
                 unit.old_fname, unit.old_faddr
             )));
         }
-        sites.push(site);
+        sites.push(method);
     }
 
     let (opened, container) = open_container(&container_path)?;
@@ -606,6 +670,64 @@ fn apply_request(
         }
         ref_writes.push((place, value, len));
     }
+    // `__ulp_orig_<function>` in the container: where the old function's
+    // own code can be called (the trampoline of a rewritten entry).
+    for (unit, method) in meta.units.iter().zip(&sites) {
+        let Ok(name) = CString::new(format!("__ulp_orig_{}", unit.old_fname)) else {
+            continue;
+        };
+        // SAFETY: a live handle and a NUL-terminated name.
+        let place = unsafe { libc::dlsym(opened.handle, name.as_ptr()) } as u64;
+        if place == 0 {
+            continue;
+        }
+        if !container.writable(place, 8) {
+            return Err(failed(format!(
+                "'{}' is not a writable pointer variable of container '{shown}'",
+                name.to_string_lossy()
+            )));
+        }
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&method.original().to_le_bytes());
+        ref_writes.push((place, value, 8));
+    }
+    // The code writes: stubs (and trampolines) before entries.
+    let mut first = Vec::with_capacity(sites.len() * 2);
+    let mut last = Vec::with_capacity(sites.len());
+    for (site, &new_addr) in sites.iter().zip(&new_addrs) {
+        match site {
+            Method::Padded(site) => {
+                let stub = site.entry - STUB_LEN as u64;
+                first.push(make_write(
+                    stub,
+                    write_kind::STUB,
+                    &site.pad,
+                    &stub_bytes(stub, new_addr),
+                ));
+                // The stub is 14 bytes before the entry and the patch point
+                // at most 4 after it: the short jump always reaches.
+                let jump = entry_jump(stub, site.patch_point).unwrap_or(site.jump);
+                last.push(make_write(
+                    site.patch_point,
+                    write_kind::ENTRY,
+                    &site.jump,
+                    &jump,
+                ));
+            }
+            Method::Rewrite(r) => {
+                let mut w = rewrite::redirect(r, new_addr)
+                    .map_err(|why| failed(format!("function at 0x{:x}: {why}", r.entry)))?;
+                last.extend(w.pop());
+                first.extend(w);
+            }
+        }
+    }
+    if first.len() + last.len() > MAX_WRITES {
+        return Err(failed(format!(
+            "patch '{shown}' needs {} code writes, at most {MAX_WRITES} fit in one call",
+            first.len() + last.len()
+        )));
+    }
 
     // Every check passed: from here on nothing can refuse.
     for (place, value, len) in &ref_writes {
@@ -615,15 +737,31 @@ fn apply_request(
             core::ptr::copy_nonoverlapping(value.as_ptr(), *place as *mut u8, *len);
         }
     }
-    let guarded = if activate_at_once {
-        guarded_apply(reg, &sites, &new_addrs)
-    } else {
-        None
+    // A patch of padded functions only may switch them all at once.
+    let padded: Option<Vec<Site>> = sites
+        .iter()
+        .map(|m| match m {
+            Method::Padded(s) => Some(*s),
+            Method::Rewrite(_) => None,
+        })
+        .collect();
+    let guarded = match &padded {
+        Some(p) if activate_at_once => guarded_apply(reg, p, &new_addrs),
+        _ => None,
     };
     let (flag, writes) = match guarded {
         Some((slot, writes)) => (Some(slot), writes),
-        None => (None, plain_apply(&sites, &new_addrs)),
+        None => {
+            let mut writes = first;
+            writes.extend(last);
+            (None, writes)
+        }
     };
+    for site in &sites {
+        if let Method::Rewrite(r) = site {
+            rewrite::keep(r);
+        }
+    }
 
     let handle = opened.keep();
     let comments = CString::new(decode_comments(request.comments)).unwrap_or_default();
@@ -638,9 +776,10 @@ fn apply_request(
             .iter()
             .zip(&new_addrs)
             .map(|(s, &new_addr)| AppliedUnit {
-                entry: s.entry,
-                patch_point: s.patch_point,
+                entry: s.entry(),
+                patch_point: s.patch_point(),
                 new_addr,
+                rewrite: matches!(s, Method::Rewrite(_)),
             })
             .collect(),
         flag,
@@ -663,34 +802,6 @@ fn apply_request(
         msg.push('s');
     }
     Ok(Done { msg, writes })
-}
-
-/// The plain APPLY plan: every stub (direct or absolute), then every
-/// entry jump. Each function switches on its own entry write.
-fn plain_apply(sites: &[Site], new_addrs: &[u64]) -> Vec<Write> {
-    let mut writes = Vec::with_capacity(sites.len() * 2);
-    for (site, &new_addr) in sites.iter().zip(new_addrs) {
-        let stub = site.entry - STUB_LEN as u64;
-        writes.push(make_write(
-            stub,
-            write_kind::STUB,
-            &site.pad,
-            &stub_bytes(stub, new_addr),
-        ));
-    }
-    for site in sites {
-        let stub = site.entry - STUB_LEN as u64;
-        // The stub is 14 bytes before the entry and the patch point at most
-        // 4 after it: the short jump always reaches.
-        let jump = entry_jump(stub, site.patch_point).unwrap_or(site.jump);
-        writes.push(make_write(
-            site.patch_point,
-            write_kind::ENTRY,
-            &site.jump,
-            &jump,
-        ));
-    }
-    writes
 }
 
 /// The APPLY plan that activates every function of the patch with one
@@ -898,11 +1009,6 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
             {
                 continue;
             }
-            let stub = unit.entry - STUB_LEN as u64;
-            let span = unit.patch_point + 2 - stub;
-            if !target.contains(stub, span, PF_X) {
-                continue;
-            }
             // The newest older patch of this function gets the entry back;
             // without one, the entry becomes the 2-byte NOP again and the
             // stub bytes stay (unreachable).
@@ -910,6 +1016,28 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
                 .iter()
                 .rev()
                 .find_map(|p| p.unit_at(unit.entry));
+            if unit.rewrite {
+                let Some(r) = rewrite::lookup(unit.entry) else {
+                    continue;
+                };
+                if !target.contains(r.start, r.covered as u64, PF_X) {
+                    continue;
+                }
+                match older {
+                    Some(o) => {
+                        let mut w = rewrite::redirect(&r, o.new_addr).map_err(failed)?;
+                        entries.extend(w.pop());
+                        stubs.extend(w);
+                    }
+                    None => entries.push(rewrite::restore(&r)),
+                }
+                continue;
+            }
+            let stub = unit.entry - STUB_LEN as u64;
+            let span = unit.patch_point + 2 - stub;
+            if !target.contains(stub, span, PF_X) {
+                continue;
+            }
             match older {
                 Some(o) => {
                     // SAFETY: inside the target's code (checked above).
@@ -1171,7 +1299,11 @@ fn change_library(
         if let Some(target) = target {
             for unit in &patch.units {
                 let stub = unit.entry - STUB_LEN as u64;
-                if target.contains(stub, unit.patch_point + 2 - stub, PF_X) {
+                let mapped = match rewrite::lookup(unit.entry).filter(|_| unit.rewrite) {
+                    Some(r) => target.contains(r.start, r.covered as u64, PF_X),
+                    None => target.contains(stub, unit.patch_point + 2 - stub, PF_X),
+                };
+                if mapped {
                     sites.push((unit.entry, unit.patch_point));
                 }
             }
@@ -1234,9 +1366,32 @@ unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) -> Vec<Write>
     let mut stubs = Vec::new();
     let mut entries = Vec::new();
     for &(entry, patch_point) in sites.iter() {
+        let newest = reg.patches.iter().rev().find_map(|p| p.unit_at(entry));
+        if let Some(r) = rewrite::lookup(entry) {
+            let cur = read_mem(r.start, r.covered);
+            match newest {
+                Some(unit) => match rewrite::redirect(&r, unit.new_addr) {
+                    Ok(mut w) => {
+                        if let Some(e) = w.pop() {
+                            if cur[..] != e.new[..r.covered] {
+                                entries.push(e);
+                            }
+                        }
+                        stubs.extend(w);
+                    }
+                    // Only a far stub can fail, and the apply checked
+                    // (and made) it: keep what the entry holds.
+                    Err(why) => ring::log(format_args!("function at 0x{entry:x}: {why}")),
+                },
+                None if cur[..] != r.original[..r.covered] => {
+                    entries.push(rewrite::restore(&r));
+                }
+                None => {}
+            }
+            continue;
+        }
         let stub = entry - STUB_LEN as u64;
         let cur_jump = read_mem(patch_point, 2);
-        let newest = reg.patches.iter().rev().find_map(|p| p.unit_at(entry));
         match newest {
             Some(unit) => {
                 let cur_stub = read_mem(stub, STUB_LEN);

@@ -640,8 +640,9 @@ fn a_patch_with_an_unpatchable_function_leaves_nothing_applied() {
         &["libsem.so.1", "sem_prog", "patch_multi.so"],
         &["libsem.so.1"],
     );
-    // sem_unpadded has its padding switched off by attribute; sem_nopad
-    // comes from an object compiled without -fpatchable-function-entry.
+    // sem_unpadded (assembly in libsem.c) and sem_nopad (an object compiled
+    // without -fpatchable-function-entry) have no padding, and at 4 bytes
+    // they are too short for an entry rewrite too.
     let bad_attr = sem.pack(
         "multi_attr",
         "patch_multi.so",

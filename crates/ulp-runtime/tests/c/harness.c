@@ -102,7 +102,7 @@ static void call_runtime(const char *what, uint32_t op, const void *req, size_t 
   struct write *w = (struct write *)(iface + OFF_RES_WRITES);
   printf("%s writes:", what);
   for (uint32_t i = 0; i < n; i++)
-    printf(" %c%u", w[i].kind < 5 ? "SEFHT"[w[i].kind] : '?', w[i].len);
+    printf(" %c%u", w[i].kind < 7 ? "SEFHTCR"[w[i].kind] : '?', w[i].len);
   printf("\n");
   if (nowrite)
     return;

@@ -212,7 +212,7 @@ fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
         let livepatchable = elf.as_ref().is_some_and(|e| e.livepatchable().is_ok());
         let patches: Vec<AppliedPatch> = applied
             .iter()
-            .filter(|a| a.target_path == obj.path)
+            .filter(|a| obj.is_path(pid, &a.target_path))
             .cloned()
             .collect();
         if !livepatchable && patches.is_empty() {

@@ -1,0 +1,326 @@
+//! Redirecting functions that have no patchable padding (stock libc, zlib,
+//! libcrypto): the function's first instructions are replaced by a
+//! `jmp rel32` (after its `endbr64`, if any) to the new function.
+//!
+//! * [`prepare`] decides, on the bytes in memory, with the same policy as
+//!   `ulp livepatchable` (`ulp_x86::rewrite_plan`): the function is found
+//!   in the target's dynamic symbol table (its size bounds the decoding),
+//!   an IFUNC resolver is refused with the reason, and so is any entry the
+//!   policy refuses (too short, a branch into the overwritten bytes, a
+//!   displaced call, undecodable bytes).
+//! * The displaced instructions are relocated into a *trampoline* in a
+//!   page this runtime maps next to the library (read and execute only,
+//!   within ±2 GiB; the tool writes its bytes through ptrace, nothing here
+//!   writes code): the trampoline runs the old function, unpatched. A live
+//!   patch reaches it through a pointer variable `__ulp_orig_<function>`
+//!   of its own, which the apply fills in.
+//! * A new function out of `jmp rel32` reach from the entry gets a far
+//!   stub (`jmp *0(%rip)` and the address) in that page, and the entry
+//!   jumps there.
+//!
+//! Every entry ever rewritten is remembered ([`Rewritten`]) with its
+//! original bytes and its trampoline, for good: revert writes the original
+//! bytes back, a later patch reuses the trampoline (a thread may still be
+//! in it). Trampoline and far-stub bytes are handed to the tool again with
+//! each apply that uses them, in 8-byte aligned pieces (one ptrace word
+//! each): pieces already in place are skipped, so a write cut short by a
+//! killed tool is completed, never trusted.
+
+use core::cell::UnsafeCell;
+
+use ulp_abi::{write_kind, Write};
+use ulp_x86::{jmp_abs, jmp_rel32, relocate, rewrite_plan, trampoline_len_bound, JMP_REL32_LEN};
+
+use crate::objects::{LoadedObject, PF_X, STT_GNU_IFUNC};
+
+/// `int3`, filling the bytes between the `jmp` and the end of the last
+/// displaced instruction (never executed).
+const INT3: u8 = 0xcc;
+/// Room per trampoline slot in a near page (a bound for any plan, checked).
+const SLOT: u64 = 64;
+/// Size of one near page mapping.
+const NEAR_MAP: u64 = 64 * 1024;
+/// How far a `jmp rel32` reaches, with a margin.
+const REACH: u64 = (1 << 31) - NEAR_MAP;
+
+/// An entry that has been rewritten at least once.
+#[derive(Clone, Copy, Debug)]
+pub struct Rewritten {
+    /// The function (its symbol).
+    pub entry: u64,
+    /// The first overwritten byte (after `endbr64`).
+    pub start: u64,
+    /// How many bytes the displaced instructions cover (5 to 16).
+    pub covered: usize,
+    /// Those bytes as the library has them.
+    pub original: [u8; 16],
+    /// The trampoline that runs the old function.
+    pub tramp: u64,
+    /// Its bytes' length.
+    pub tramp_len: usize,
+    pub tramp_code: [u8; SLOT as usize],
+}
+
+/// A near page: `base`, and how much of it is handed out.
+#[derive(Clone, Copy, Debug)]
+struct Near {
+    base: u64,
+    used: u64,
+}
+
+struct State {
+    rewritten: Vec<Rewritten>,
+    pages: Vec<Near>,
+    /// Far stubs made so far: (new function, stub address).
+    stubs: Vec<(u64, u64)>,
+}
+
+struct Global(UnsafeCell<State>);
+
+// SAFETY: touched only from `__ulp_entry`, one call at a time (BUSY), like
+// the registry.
+unsafe impl Sync for Global {}
+
+static STATE: Global = Global(UnsafeCell::new(State {
+    rewritten: Vec::new(),
+    pages: Vec::new(),
+    stubs: Vec::new(),
+}));
+
+fn state() -> &'static mut State {
+    // SAFETY: see `Global`: one call at a time holds BUSY.
+    unsafe { &mut *STATE.0.get() }
+}
+
+/// The rewrite record of `entry`, if it was ever rewritten.
+pub fn lookup(entry: u64) -> Option<Rewritten> {
+    state().rewritten.iter().find(|r| r.entry == entry).copied()
+}
+
+/// Whether `bytes` (at `start`) are a redirect this module wrote: a
+/// `jmp rel32` then `int3` filler.
+fn is_redirect(bytes: &[u8], covered: usize) -> bool {
+    bytes.len() >= covered
+        && bytes[0] == 0xe9
+        && bytes[JMP_REL32_LEN..covered].iter().all(|&b| b == INT3)
+}
+
+/// Decides whether `entry` (the function `name` of `target`) can be
+/// rewritten and prepares its record (trampoline included), without
+/// changing anything: the record is kept by [`keep`] once the apply
+/// cannot fail any more.
+/// A refusal is a sentence about the function ("it ..."), for the
+/// caller to prefix with its name.
+pub fn prepare(target: &LoadedObject, entry: u64) -> Result<Rewritten, String> {
+    if let Some(r) = lookup(entry) {
+        return Ok(r);
+    }
+    let Some((size, kind)) = target.dynamic_symbol_at(entry) else {
+        return Err(
+            "it has no patchable padding, and its size is unknown (it is not in the dynamic \
+             symbol table), so its entry cannot be rewritten safely"
+                .to_string(),
+        );
+    };
+    if kind == STT_GNU_IFUNC {
+        return Err(
+            "it is an IFUNC resolver: the process runs the implementation it selected; patch \
+             that function instead"
+                .to_string(),
+        );
+    }
+    if !target.contains(entry, size, PF_X) {
+        return Err(format!(
+            "its {size} bytes at 0x{entry:x} are not inside the code of the library"
+        ));
+    }
+    // SAFETY: the whole function lies in an executable segment (checked).
+    let code = unsafe { core::slice::from_raw_parts(entry as *const u8, size as usize) };
+    let plan = rewrite_plan(code, entry).map_err(|r| {
+        format!("it has no patchable padding, and its entry cannot be rewritten: {r}")
+    })?;
+    let covered = plan.covered();
+    if covered > 16 {
+        return Err(format!(
+            "the instructions its entry rewrite would displace cover {covered} bytes (at most 16 \
+             are supported)"
+        ));
+    }
+    let start = plan.start();
+    let mut original = [0u8; 16];
+    let at = (start - entry) as usize;
+    original[..covered].copy_from_slice(&code[at..at + covered]);
+    if is_redirect(&original, covered) {
+        return Err(
+            "it already starts with a jump this runtime did not write (another tool's hook?)"
+                .to_string(),
+        );
+    }
+    if trampoline_len_bound(&plan) > SLOT as usize {
+        return Err(format!("its trampoline would not fit in {SLOT} bytes"));
+    }
+    let tramp = alloc(SLOT, start).ok_or_else(|| {
+        "no page for its trampoline could be mapped within 2 GiB of it".to_string()
+    })?;
+    let bytes =
+        relocate(&plan, tramp).map_err(|e| format!("its trampoline cannot be built: {e}"))?;
+    let mut tramp_code = [INT3; SLOT as usize];
+    tramp_code[..bytes.len()].copy_from_slice(&bytes);
+    Ok(Rewritten {
+        entry,
+        start,
+        covered,
+        original,
+        tramp,
+        tramp_len: bytes.len(),
+        tramp_code,
+    })
+}
+
+/// Remembers a prepared record for good (the apply succeeded).
+pub fn keep(r: &Rewritten) {
+    let st = state();
+    if !st.rewritten.iter().any(|k| k.entry == r.entry) {
+        st.rewritten.push(*r);
+    }
+}
+
+/// The writes that make `r`'s entry jump to `new_fn`: the trampoline's
+/// pieces (again, skipped by the tool when in place), a far stub when
+/// `new_fn` is out of reach, then the entry itself.
+pub fn redirect(r: &Rewritten, new_fn: u64) -> Result<Vec<Write>, String> {
+    let mut writes = code_writes(r.tramp, &r.tramp_code[..round8(r.tramp_len)]);
+    let target = match jmp_rel32(r.start, new_fn) {
+        Some(_) => new_fn,
+        None => {
+            let known = state()
+                .stubs
+                .iter()
+                .find(|&&(f, at)| f == new_fn && jmp_rel32(r.start, at).is_some())
+                .map(|&(_, at)| at);
+            let stub = match known {
+                Some(at) => at,
+                None => {
+                    let at = alloc(16, r.start).ok_or(
+                        "no page for a far stub could be mapped within 2 GiB of the function",
+                    )?;
+                    state().stubs.push((new_fn, at));
+                    at
+                }
+            };
+            let mut b = [INT3; 16];
+            b[..14].copy_from_slice(&jmp_abs(new_fn));
+            writes.extend(code_writes(stub, &b));
+            stub
+        }
+    };
+    let jmp = jmp_rel32(r.start, target).ok_or("the stub is out of reach")?;
+    let mut new = [INT3; 16];
+    new[..JMP_REL32_LEN].copy_from_slice(&jmp);
+    writes.push(entry_write(r, &new));
+    Ok(writes)
+}
+
+/// The write that puts `r`'s original bytes back.
+pub fn restore(r: &Rewritten) -> Write {
+    entry_write(r, &r.original)
+}
+
+/// The REWRITE record from what the entry holds now to `new`.
+fn entry_write(r: &Rewritten, new: &[u8; 16]) -> Write {
+    let mut w = Write::ZERO;
+    w.addr = r.start;
+    w.len = r.covered as u32;
+    w.kind = write_kind::REWRITE;
+    // SAFETY: `start..start + covered` is inside the library's code
+    // (checked by `prepare` when the record was made; code is never
+    // unmapped while the library is loaded, and callers check that it is).
+    let now = unsafe { core::slice::from_raw_parts(r.start as *const u8, r.covered) };
+    w.old[..r.covered].copy_from_slice(now);
+    w.new[..r.covered].copy_from_slice(&new[..r.covered]);
+    w
+}
+
+fn round8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+/// CODE writes of `bytes` at `addr` (8-byte aligned), one word each; the
+/// old bytes are what the page holds now.
+fn code_writes(addr: u64, bytes: &[u8]) -> Vec<Write> {
+    bytes
+        .chunks(8)
+        .enumerate()
+        .map(|(i, piece)| {
+            let at = addr + 8 * i as u64;
+            let mut w = Write::ZERO;
+            w.addr = at;
+            w.len = piece.len() as u32;
+            w.kind = write_kind::CODE;
+            // SAFETY: inside a near page this module mapped (readable).
+            let now = unsafe { core::slice::from_raw_parts(at as *const u8, piece.len()) };
+            w.old[..piece.len()].copy_from_slice(now);
+            w.new[..piece.len()].copy_from_slice(piece);
+            w
+        })
+        .collect()
+}
+
+/// `len` bytes (8-aligned) of a near page within reach of `near`: from a
+/// page mapped before, or from a new one mapped next to it.
+fn alloc(len: u64, near: u64) -> Option<u64> {
+    let st = state();
+    let len = (len + 15) & !15;
+    let reach = |base: u64| base.abs_diff(near) < REACH && (base + NEAR_MAP).abs_diff(near) < REACH;
+    if let Some(p) = st
+        .pages
+        .iter_mut()
+        .find(|p| reach(p.base) && p.used + len <= NEAR_MAP)
+    {
+        let at = p.base + p.used;
+        p.used += len;
+        return Some(at);
+    }
+    let base = map_near(near, &reach)?;
+    st.pages.push(Near { base, used: len });
+    Some(base)
+}
+
+/// Maps a read-and-execute anonymous page range within reach of `near`:
+/// tries addresses below it, then above, each exactly
+/// (`MAP_FIXED_NOREPLACE`: nothing mapped is ever replaced).
+fn map_near(near: u64, reach: &dyn Fn(u64) -> bool) -> Option<u64> {
+    const STEP: u64 = 16 << 20;
+    let around = near & !(NEAR_MAP - 1);
+    let candidates = (1..=96u64)
+        .map(|k| around.wrapping_sub(k * STEP))
+        .chain((1..=96u64).map(|k| around.wrapping_add(k * STEP)));
+    for hint in candidates {
+        if !(0x10000..0x7fff_0000_0000).contains(&hint) || !reach(hint) {
+            continue;
+        }
+        // SAFETY: a new anonymous mapping at an address nothing occupies
+        // (MAP_FIXED_NOREPLACE fails instead of replacing a mapping).
+        let p = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                NEAR_MAP as usize,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            continue;
+        }
+        let got = p as u64;
+        if got == hint {
+            return Some(got);
+        }
+        // An old kernel that treats the flag as a hint only.
+        // SAFETY: the mapping just made, unmapped once.
+        unsafe { libc::munmap(p, NEAR_MAP as usize) };
+    }
+    None
+}
