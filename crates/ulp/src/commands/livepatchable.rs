@@ -19,8 +19,13 @@
 //!   resolver), a refusal of `rewrite_plan`, or a symbol whose bytes are
 //!   not code in the file.
 //!
+//! An IFUNC is never patchable, even when padded: its symbol is the
+//! resolver, which the loader has already called.
+//!
 //! One entry per function address: aliases are listed under one name (a
 //! global one, preferably without leading underscores) and matched by all.
+//! Names that several functions share (glibc's older symbol versions) are
+//! shown with their version, `memcpy@GLIBC_2.2.5`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -43,16 +48,19 @@ Tell whether FILE was built with patchable function entries
   file 'FILE' is livepatchable.
   file 'FILE' is not livepatchable: REASON
 
-With --functions, tell for each function (or each FUNCTION named) how it
-can be live patched, sorted by name, then one summary line:
+With --functions, tell for each function how it can be live patched,
+sorted by name (or for each FUNCTION named, in that order; NAME@VERSION
+and aliases work too), then one summary line:
   NAME: padded                             built with the padding
   NAME: entry rewrite (N bytes displaced)  no padding: a jmp overwrites
                                            its first instructions
   NAME: not patchable: REASON              e.g. an IFUNC resolver, or an
                                            entry a jmp cannot overwrite
   file 'FILE': N functions: N padded, N entry rewrite, N not patchable
+                             (KEY N, ...: the not patchable per reason)
 Functions come from .symtab when FILE has one (static functions
-included), else from .dynsym; aliases are listed once.
+included), else from .dynsym; aliases are listed once, names several
+functions share with their version (memcpy@GLIBC_2.2.5).
 
 Options:
       --functions   list the method per function (see above)
@@ -177,13 +185,24 @@ fn classify(elf: &ElfFile) -> Vec<Function> {
             // The IFUNC symbol and its resolver's own FUNC symbol share the
             // address: it is an IFUNC if any of its names is.
             let ifunc = group.iter().any(|s| s.is_ifunc());
+            // Aliases of different sizes: the largest, so the scan for
+            // branches into the overwritten bytes sees all the code.
             let size = group.iter().map(|s| s.size).max().unwrap_or(first.size);
             let sym = group
                 .iter()
                 .find(|s| s.size == size)
                 .copied()
                 .unwrap_or(first);
-            let method = method_of(elf, sym, ifunc, &padded, &symbols);
+            // An IFUNC first, padded or not: redirecting the resolver
+            // changes nothing once the loader has called it.
+            let method = if ifunc {
+                Method::None {
+                    key: "ifunc",
+                    reason: ifunc_reason(&first.name, &symbols),
+                }
+            } else {
+                method_of(elf, sym, &padded)
+            };
             Function {
                 name: first.name.clone(),
                 version: versions.remove(&(first.name.clone(), first.value)),
@@ -212,18 +231,12 @@ fn name_rank(s: &Symbol) -> (bool, usize, usize, &str) {
     )
 }
 
-/// The rules of the module documentation, in order: padding, IFUNC, bytes
-/// in the file, `rewrite_plan`.
-fn method_of(elf: &ElfFile, sym: &Symbol, ifunc: bool, padded: &[u64], all: &[Symbol]) -> Method {
+/// The method of a function that is not an IFUNC: padding, else no code
+/// in the file, else what `rewrite_plan` says.
+fn method_of(elf: &ElfFile, sym: &Symbol, padded: &[u64]) -> Method {
     let pad_start = sym.value.wrapping_sub(PADDING_BEFORE_ENTRY);
     if padded.binary_search(&pad_start).is_ok() {
         return Method::Padded;
-    }
-    if ifunc {
-        return Method::None {
-            key: "ifunc",
-            reason: ifunc_reason(&sym.name, all),
-        };
     }
     let code = match elf.function_code(sym) {
         Ok(code) => code,
