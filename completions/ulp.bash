@@ -55,6 +55,7 @@ _ulp() {
         packer) opts="-l --livepatch -t --target --force" ;;
         dump) opts="--revert -b --buildid" ;;
         extract) opts="-o --output" ;;
+        livepatchable) opts="--functions" ;;
     esac
 
     if [[ "$cur" == -* ]]; then

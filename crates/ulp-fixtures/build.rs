@@ -48,6 +48,20 @@ fn main() {
         ],
         &out.join("variant/libulpdemo-nopad.so.1"),
     );
+    // No padding, endbr64 entries: one function per answer of
+    // `ulp livepatchable --functions` (crates/ulp/tests/livepatchable.rs).
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-fcf-protection=full",
+            "-Wl,--build-id",
+            "-Wl,-soname,librewrite.so.1",
+            &s("rewrite_lib.c"),
+        ],
+        &out.join("librewrite.so.1"),
+    );
     let prog = s("demo_prog.c");
     let outdir = out.to_str().unwrap().to_string();
     let ldir = format!("-L{outdir}");

@@ -43,6 +43,11 @@ const SHT_DYNAMIC: u32 = 6;
 const SHT_NOTE: u32 = 7;
 const SHT_NOBITS: u32 = 8;
 const SHT_DYNSYM: u32 = 11;
+const SHT_GNU_VERDEF: u32 = 0x6fff_fffd;
+const SHT_GNU_VERSYM: u32 = 0x6fff_ffff;
+const VERSYM_HIDDEN: u16 = 0x8000;
+const VERDEF_SIZE: u64 = 20;
+const VERDAUX_SIZE: u64 = 8;
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_NOTE: u32 = 4;
@@ -57,6 +62,8 @@ const STT_FUNC: u8 = 2;
 const STT_TLS: u8 = 6;
 const STT_GNU_IFUNC: u8 = 10;
 const SHN_UNDEF: u16 = 0;
+const SHN_LORESERVE: u16 = 0xff00;
+const SHF_EXECINSTR: u64 = 0x4;
 const SHN_XINDEX: u16 = 0xffff;
 const EHDR_SIZE: u64 = 64;
 const SHDR_SIZE: u64 = 64;
@@ -169,6 +176,12 @@ impl Symbol {
         matches!(self.kind(), STT_FUNC | STT_GNU_IFUNC)
     }
 
+    /// An IFUNC resolver (`STT_GNU_IFUNC`): the dynamic loader calls it and
+    /// binds the symbol to the implementation it returns.
+    pub fn is_ifunc(&self) -> bool {
+        self.kind() == STT_GNU_IFUNC
+    }
+
     /// A thread-local variable; its value is the offset in the TLS block.
     pub fn is_tls(&self) -> bool {
         self.kind() == STT_TLS
@@ -177,6 +190,42 @@ impl Symbol {
     /// A data object.
     pub fn is_object(&self) -> bool {
         self.kind() == STT_OBJECT
+    }
+}
+
+/// Why a function's bytes cannot be read from the file
+/// ([`ElfFile::function_code`]).
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeUnavailable {
+    /// The symbol belongs to no section (`SHN_ABS`, `SHN_COMMON`, an index
+    /// beyond the section table).
+    NoSection,
+    /// Its section is not executable (no `SHF_EXECINSTR`).
+    NotExecutable { section: String },
+    /// Its section occupies no space in the file (`SHT_NOBITS`).
+    NotInFile { section: String },
+    /// `value .. value + size` is not inside its section, or the section's
+    /// bytes lie outside the file.
+    OutsideSection { section: String },
+}
+
+impl fmt::Display for CodeUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodeUnavailable::NoSection => f.write_str("the symbol is in no section of the file"),
+            CodeUnavailable::NotExecutable { section } => {
+                write!(f, "it is in section '{section}', which is not executable")
+            }
+            CodeUnavailable::NotInFile { section } => write!(
+                f,
+                "it is in section '{section}', which has no bytes in the file (NOBITS)"
+            ),
+            CodeUnavailable::OutsideSection { section } => write!(
+                f,
+                "its address and size reach outside its section '{section}' (or the file)"
+            ),
+        }
     }
 }
 
@@ -679,6 +728,129 @@ impl ElfFile {
     /// The defined symbol `name` of `.dynsym` only (what `dlsym` can find).
     pub fn dynamic_symbol(&self, name: &str) -> Option<Symbol> {
         self.symbols_of_type(SHT_DYNSYM).find(|s| s.name == name)
+    }
+
+    /// The defined functions (`STT_FUNC` and `STT_GNU_IFUNC`) with a nonzero
+    /// size, from `.symtab` when the file has one (it is a superset of
+    /// `.dynsym` and holds the static functions), else from `.dynsym`.
+    /// In table order; aliases (several names at one address) are all kept.
+    pub fn function_symbols(&self) -> Vec<Symbol> {
+        let table = if self.sections.iter().any(|s| s.sh_type == SHT_SYMTAB) {
+            SHT_SYMTAB
+        } else {
+            SHT_DYNSYM
+        };
+        self.symbols_of_type(table)
+            .filter(|s| s.is_function() && s.size != 0)
+            .collect()
+    }
+
+    /// The bytes of function `sym` as the file holds them (`sym.size`
+    /// bytes at `sym.value`, read through the symbol's section), or why
+    /// there are none: the section is not executable, has no file bytes,
+    /// or does not contain the whole function.
+    pub fn function_code(&self, sym: &Symbol) -> Result<&[u8], CodeUnavailable> {
+        if sym.shndx >= SHN_LORESERVE {
+            return Err(CodeUnavailable::NoSection);
+        }
+        let s = self
+            .sections
+            .get(usize::from(sym.shndx))
+            .ok_or(CodeUnavailable::NoSection)?;
+        let section = || s.name.clone();
+        if s.flags & SHF_EXECINSTR == 0 {
+            return Err(CodeUnavailable::NotExecutable { section: section() });
+        }
+        let data = self.section_data(s).ok_or_else(|| match s.sh_type {
+            SHT_NOBITS => CodeUnavailable::NotInFile { section: section() },
+            _ => CodeUnavailable::OutsideSection { section: section() },
+        })?;
+        sym.value
+            .checked_sub(s.addr)
+            .and_then(|off| bytes::slice(data, off, sym.size))
+            .ok_or_else(|| CodeUnavailable::OutsideSection { section: section() })
+    }
+
+    /// The version of each versioned `.dynsym` symbol this file defines,
+    /// keyed by (name, value): `@@VERSION` for the default version (what
+    /// new links bind to), `@VERSION` for an older one kept for old
+    /// binaries (glibc's `memcpy@GLIBC_2.2.5` next to
+    /// `memcpy@@GLIBC_2.14`). Unversioned symbols are absent; a file
+    /// without `.gnu.version` / `.gnu.version_d` gives an empty map.
+    pub fn dynamic_symbol_versions(&self) -> HashMap<(String, u64), String> {
+        let mut out = HashMap::new();
+        let find = |t| self.sections.iter().find(|s| s.sh_type == t);
+        let (Some(dynsym), Some(versym), Some(verdef)) =
+            (find(SHT_DYNSYM), find(SHT_GNU_VERSYM), find(SHT_GNU_VERDEF))
+        else {
+            return out;
+        };
+        let (Some(syms), Some(vers), Some(defs), Some(names), Some(def_names)) = (
+            self.section_data(dynsym),
+            self.section_data(versym),
+            self.section_data(verdef),
+            self.sections
+                .get(dynsym.link as usize)
+                .and_then(|s| self.section_data(s)),
+            self.sections
+                .get(verdef.link as usize)
+                .and_then(|s| self.section_data(s)),
+        ) else {
+            return out;
+        };
+        // Version index -> name, from the verdef chain (each entry's first
+        // auxiliary entry names it). At most `info` entries, so a looping
+        // chain ends.
+        let mut version_names: HashMap<u16, String> = HashMap::new();
+        let mut at = 0u64;
+        for _ in 0..verdef.info.max(1) {
+            let (Some(ndx), Some(aux), Some(next)) = (
+                bytes::u16_at(defs, at + 4),
+                bytes::u32_at(defs, at + 12),
+                bytes::u32_at(defs, at + 16),
+            ) else {
+                break;
+            };
+            if let Some(name) = at
+                .checked_add(u64::from(aux))
+                .and_then(|a| bytes::slice(defs, a, VERDAUX_SIZE))
+                .and_then(|a| bytes::u32_at(a, 0))
+                .and_then(|o| bytes::cstr_at(def_names, o.into()))
+            {
+                version_names.insert(ndx, String::from_utf8_lossy(name).into_owned());
+            }
+            if u64::from(next) < VERDEF_SIZE {
+                break;
+            }
+            at = at.saturating_add(u64::from(next));
+        }
+        for i in 1..(syms.len() as u64 / SYM_SIZE) {
+            let (Some(raw), Some(v)) = (
+                bytes::slice(syms, i * SYM_SIZE, SYM_SIZE),
+                bytes::u16_at(vers, i * 2),
+            ) else {
+                break;
+            };
+            // Index 0 is a local symbol, 1 a global one without a version
+            // (the verdef entry with index 1 names the file itself).
+            let index = v & !VERSYM_HIDDEN;
+            if index <= 1 || bytes::u16_at(raw, 6).unwrap_or(SHN_UNDEF) == SHN_UNDEF {
+                continue;
+            }
+            let Some(version) = version_names.get(&index) else {
+                continue;
+            };
+            let Some(name) = bytes::u32_at(raw, 0).and_then(|o| bytes::cstr_at(names, o.into()))
+            else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let at = if v & VERSYM_HIDDEN != 0 { "@" } else { "@@" };
+            let value = bytes::u64_at(raw, 8).unwrap_or(0);
+            out.entry((name, value))
+                .or_insert_with(|| format!("{at}{version}"));
+        }
+        out
     }
 
     /// `R_X86_64_RELATIVE` relocations of every `SHT_RELA` section:

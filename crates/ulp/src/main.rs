@@ -33,6 +33,7 @@ const SPECS: &[Spec] = &[
     value(None, "runtime"),
     flag(None, "only-livepatched"),
     value(Some('o'), "output"),
+    flag(None, "functions"),
 ];
 
 pub const EX_USAGE: u8 = 64;
