@@ -271,6 +271,17 @@ fn method_of(target: &LoadedObject, entry: u64, name: &str) -> Result<Method, Fa
     if let Some(r) = rewrite::lookup(entry) {
         return Ok(Method::Rewrite(r));
     }
+    // An IFUNC resolver ran once, at load time: redirecting it (padded or
+    // not) changes nothing the process calls.
+    if target
+        .dynamic_symbol_at(entry)
+        .is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC)
+    {
+        return Err(failed(format!(
+            "function '{name}' is not live-patchable: it is an IFUNC resolver: the process runs \
+             the implementation it selected; patch that function instead"
+        )));
+    }
     match read_site(target, entry, name) {
         Ok(site) => Ok(Method::Padded(site)),
         Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry)

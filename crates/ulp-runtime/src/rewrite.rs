@@ -123,11 +123,7 @@ pub fn prepare(target: &LoadedObject, entry: u64) -> Result<Rewritten, String> {
         );
     };
     if kind == STT_GNU_IFUNC {
-        return Err(
-            "it is an IFUNC resolver: the process runs the implementation it selected; patch \
-             that function instead"
-                .to_string(),
-        );
+        return Err("it is an IFUNC resolver".to_string());
     }
     if !target.contains(entry, size, PF_X) {
         return Err(format!(

@@ -657,7 +657,9 @@ fn shape(
 }
 
 fn near_branch(p: &Prefixes, rel: usize, kind: Kind) -> Result<Shape, Failure> {
-    if p.opsize {
+    // REX.W overrides 66 on both vendors: `66 66 48 e8 rel32` is the
+    // padded `call __tls_get_addr` of the general-dynamic TLS sequence.
+    if p.opsize && !p.rex_w() {
         return Err(unsupported(
             "relative branch with a 66 prefix (Intel and AMD disagree on it)",
         ));

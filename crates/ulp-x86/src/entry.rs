@@ -432,3 +432,19 @@ mod rewrite_plan_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tls_call {
+    use crate::Kind;
+
+    #[test]
+    fn rex_w_overrides_the_operand_size_prefix() {
+        // data16 data16 rex.W call rel32: the general-dynamic TLS call.
+        let i = crate::decode(&[0x66, 0x66, 0x48, 0xe8, 1, 2, 3, 4, 0xc3], 0x1000).unwrap();
+        assert_eq!(i.len(), 8);
+        assert!(matches!(i.kind(), Kind::Call { .. }));
+        assert_eq!(i.branch_target(), Some(0x1008 + 0x0403_0201));
+        // Without REX.W it stays refused (16-bit on AMD).
+        assert!(crate::decode(&[0x66, 0xe8, 1, 2, 3, 4], 0x1000).is_err());
+    }
+}

@@ -143,8 +143,9 @@ file 'libulpdemo.so.1': 5 functions: 5 padded, 0 entry rewrite, 0 not patchable
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!((run().0, run().1.as_str()), (0, expect), "posted: the same");
 
-    // Padded but for two functions: one compiled without the flag, one
-    // with the padding turned off by attribute.
+    // Padded but for two functions without padding (one compiled without
+    // the flag, one in assembly), both 4 bytes long: too short for an
+    // entry rewrite as well.
     let sem = fixtures_dir().join("semantics").join("libsem.so.1");
     let (code, out, err) = ulp(
         dir.path(),
@@ -157,10 +158,15 @@ file 'libulpdemo.so.1': 5 functions: 5 padded, 0 entry rewrite, 0 not patchable
         f["sem_static_fn"], "padded",
         "static functions from .symtab"
     );
-    assert!(f["sem_nopad"].starts_with("entry rewrite ("), "{out}");
-    assert!(f["sem_unpadded"].starts_with("entry rewrite ("), "{out}");
+    for f in [&f["sem_nopad"], &f["sem_unpadded"]] {
+        assert!(
+            f.starts_with("not patchable: ") && f.contains("the redirect needs 5"),
+            "{out}"
+        );
+    }
     assert!(
-        summary.ends_with(": 11 functions: 9 padded, 2 entry rewrite, 0 not patchable"),
+        summary
+            .ends_with(": 11 functions: 9 padded, 0 entry rewrite, 2 not patchable (too_short 2)"),
         "{summary}"
     );
 }
