@@ -51,7 +51,7 @@ _ulp() {
         trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force --load-runtime --runtime" ;;
         patches) opts="-p --process -b --buildid --only-livepatched" ;;
         check|messages) opts="-p --process" ;;
-        set_patchable) opts="-p --process" ;;
+        set_patchable) opts="-p --process --load-runtime --runtime --force" ;;
         packer) opts="-l --livepatch -t --target --force" ;;
         dump) opts="--revert -b --buildid" ;;
         extract) opts="-o --output" ;;

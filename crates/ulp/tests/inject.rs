@@ -493,3 +493,48 @@ fn patches_lists_the_processes_that_still_run_unpatched_code() {
         "{out}"
     );
 }
+
+/// `set_patchable enable --load-runtime` makes a plain process patchable
+/// ahead of any patch; `disable` does not go with it.
+#[test]
+fn set_patchable_can_load_the_runtime() {
+    let demo = Demo::new("inject-setp");
+    let mut t = demo.start_plain(&[]);
+    let pid = t.pid.to_string();
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let (code, _, err) = demo.ulp(&["set_patchable", "-p", &pid, "--load-runtime", "disable"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(!maps_runtime(t.pid));
+    let (code, out, err) = demo.ulp(&[
+        "set_patchable",
+        "-p",
+        &pid,
+        "--load-runtime",
+        "--runtime",
+        &runtime,
+        "enable",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("demo_prog (pid: {pid}): live patching enabled (runtime loaded)")
+    );
+    assert!(maps_runtime(t.pid));
+    // Now a plain trigger finds it.
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}");
+    assert_eq!(t.ask("answer"), "2");
+    // Once loaded, the option changes nothing.
+    let (code, out, _) = demo.ulp(&[
+        "set_patchable",
+        "-p",
+        &pid,
+        "--load-runtime",
+        "--runtime",
+        &runtime,
+        "enable",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already enabled"), "{out}");
+}

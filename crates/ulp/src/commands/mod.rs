@@ -175,6 +175,36 @@ pub(crate) fn no_operands(command: &str, p: &Parsed) -> Result<(), UsageError> {
     }
 }
 
+/// `--load-runtime [--runtime PATH]`: `None` without the option, else the
+/// runtime file (given, or next to ulp) or why it cannot be used (not a
+/// runtime; as root, a file another user could change, unless --force).
+pub(crate) fn runtime_to_load(
+    p: &Parsed,
+) -> Result<Option<Result<std::path::PathBuf, String>>, UsageError> {
+    if !p.has("load-runtime") {
+        if p.has("runtime") {
+            return Err(UsageError("--runtime goes with --load-runtime".into()));
+        }
+        return Ok(None);
+    }
+    let file = match p.value("runtime") {
+        Some(r) => {
+            std::fs::canonicalize(r).map_err(|e| UsageError(format!("--runtime '{r}': {e}")))?
+        }
+        None => ulp_core::inject::default_runtime().ok_or_else(|| {
+            UsageError(
+                "--load-runtime: no libpulp.so.0 next to ulp (../lib or the same directory); \
+                 name it with --runtime=PATH"
+                    .into(),
+            )
+        })?,
+    };
+    let check = !p.has("force") && ulp_core::trust::running_as_root();
+    Ok(Some(
+        ulp_core::inject::check_runtime_file(&file, check).map(|()| file),
+    ))
+}
+
 /// Lower-case hex without separators.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -6,13 +6,14 @@ use ulp_core::patchable;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
 
-use super::{print_json, process_name, resolve_processes, vanished};
+use super::{print_json, process_name, resolve_processes, runtime_to_load, vanished};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["process"];
+pub const OPTIONS: &[&str] = &["process", "load-runtime", "runtime", "force"];
 
 pub const HELP: &str = "\
 Usage: ulp set_patchable -p PID|NAME enable|disable
+       ulp set_patchable -p PID|NAME --load-runtime [--runtime PATH] enable
 
 Switch live patching off (disable) or back on (enable) in the process PID,
 or in every process named NAME. A disabled process refuses every patch
@@ -29,7 +30,11 @@ Output: one line per process:
   NAME (pid: PID): live patching enabled | disabled | already enabled | ...
 
 A process without the runtime gets a warning (it cannot be patched
-anyway).
+anyway), unless `enable --load-runtime` loads the runtime into it (as
+`ulp trigger --load-runtime` does, see its help): it is then patchable
+from now on (`live patching enabled (runtime loaded)`). A process whose
+environment opts out is not loaded into. --force: as root, load a runtime
+file another user could change.
 
 Exit status: 0 when every process with the runtime is in the asked state;
 1 otherwise (no such process, enabling a process disabled by user, an
@@ -60,6 +65,24 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         }
     };
     let action = if enable { "enable" } else { "disable" };
+    if p.has("load-runtime") && !enable {
+        return Err(UsageError(
+            "--load-runtime goes with 'enable' (a process without the runtime is not patchable \
+             anyway)"
+                .into(),
+        ));
+    }
+    let load = match runtime_to_load(p)? {
+        Some(Err(e)) => {
+            eprintln!("ulp: {e}");
+            if p.has("json") {
+                print_json(&json!({ "error": e }));
+            }
+            return Ok(1);
+        }
+        Some(Ok(file)) => Some(file),
+        None => None,
+    };
     let json = p.has("json");
     let quiet = p.has("quiet");
     let pids = resolve_processes(spec);
@@ -72,7 +95,26 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     }
     for pid in pids {
         let name = process_name(pid);
-        let rt = match Runtime::find(pid) {
+        let mut loaded = false;
+        let found = match (Runtime::find(pid), &load) {
+            (Err(RuntimeError::NotLoaded), Some(file)) => {
+                let opts = ulp_core::trigger::Options::default();
+                match ulp_core::inject::ensure_runtime(pid, file, &opts) {
+                    Ok(rt) => {
+                        loaded = true;
+                        Ok(rt)
+                    }
+                    Err(outcome) => {
+                        let e = outcome.to_string();
+                        eprintln!("ulp: {name} (pid: {pid}): cannot load the runtime: {e}");
+                        errors.push(json!({ "pid": pid, "name": name, "error": e }));
+                        continue;
+                    }
+                }
+            }
+            (found, _) => found,
+        };
+        let rt = match found {
             Ok(rt) => rt,
             Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => continue,
             Err(e @ RuntimeError::NotLoaded) => {
@@ -89,7 +131,9 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         match patchable::set(&rt, enable) {
             Ok(change) => {
                 if !quiet && !json {
-                    let what = if change.changed() {
+                    let what = if loaded {
+                        format!("live patching {action}d (runtime loaded)")
+                    } else if change.changed() {
                         format!("live patching {action}d")
                     } else {
                         format!("already {}", change.after)
@@ -99,7 +143,8 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 done.push(json!({
                     "pid": pid,
                     "name": name,
-                    "changed": change.changed(),
+                    "changed": change.changed() || loaded,
+                    "runtime_loaded": loaded,
                     "before": change.before.key(),
                     "after": change.after.key(),
                     "status": change.after.to_string(),

@@ -11,7 +11,7 @@ use ulp_core::select;
 use ulp_core::trigger::{self, Outcome, Report, ALREADY_APPLIED};
 use ulp_core::Pid;
 
-use super::{print_json, process_name, resolve_processes};
+use super::{print_json, process_name, resolve_processes, runtime_to_load};
 use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &[
@@ -266,38 +266,22 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     }
 
     // --load-runtime: the runtime file, checked once before any process.
-    let load_runtime = if p.has("load-runtime") {
-        if matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
-            return Err(UsageError(
-                "--load-runtime is for applying: a process without the runtime has nothing to revert"
-                    .into(),
-            ));
-        }
-        let file = match p.value("runtime") {
-            Some(r) => {
-                std::fs::canonicalize(r).map_err(|e| UsageError(format!("--runtime '{r}': {e}")))?
-            }
-            None => ulp_core::inject::default_runtime().ok_or_else(|| {
-                UsageError(
-                    "--load-runtime: no libpulp.so.0 next to ulp (../lib or the same directory); \
-                     name it with --runtime=PATH"
-                        .into(),
-                )
-            })?,
-        };
-        let check = !p.has("force") && ulp_core::trust::running_as_root();
-        if let Err(e) = ulp_core::inject::check_runtime_file(&file, check) {
+    if p.has("load-runtime") && matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
+        return Err(UsageError(
+            "--load-runtime is for applying: a process without the runtime has nothing to revert"
+                .into(),
+        ));
+    }
+    let load_runtime = match runtime_to_load(p)? {
+        Some(Err(e)) => {
             eprintln!("ulp: {e}");
             if as_json {
                 print_json(&json!({ "error": e }));
             }
             return Ok(1);
         }
-        Some(file)
-    } else if p.has("runtime") {
-        return Err(UsageError("--runtime goes with --load-runtime".into()));
-    } else {
-        None
+        Some(Ok(file)) => Some(file),
+        None => None,
     };
 
     let explicit = p.value("process");
