@@ -320,3 +320,77 @@ fn map_near(near: u64, reach: &dyn Fn(u64) -> bool) -> Option<u64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands for a function's first bytes (readable, in this binary).
+    static CODE: [u8; 32] = [0x90; 32];
+    /// The module's state is one call's at a time (BUSY in the runtime):
+    /// so are these tests.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn record() -> Rewritten {
+        let start = CODE.as_ptr() as u64;
+        let mut original = [0u8; 16];
+        original[..5].copy_from_slice(&CODE[..5]);
+        Rewritten {
+            entry: start,
+            start,
+            covered: 5,
+            original,
+            tramp: alloc(SLOT, start).expect("a near page next to the test binary"),
+            tramp_len: 5,
+            tramp_code: [INT3; SLOT as usize],
+        }
+    }
+
+    fn bytes_of(writes: &[Write]) -> Vec<(u64, Vec<u8>)> {
+        writes
+            .iter()
+            .map(|w| (w.addr, w.new[..w.len as usize].to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_near_new_function_is_jumped_to_directly() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let r = record();
+        let new_fn = r.start + 0x1000;
+        let w = redirect(&r, new_fn).unwrap();
+        let entry = w.last().unwrap();
+        assert_eq!(entry.kind, write_kind::REWRITE);
+        assert_eq!(entry.addr, r.start);
+        assert_eq!(entry.new[..5], jmp_rel32(r.start, new_fn).unwrap());
+        // Before it: the trampoline's words only (no far stub).
+        assert!(w[..w.len() - 1]
+            .iter()
+            .all(|c| c.kind == write_kind::CODE && c.addr >= r.tramp && c.addr < r.tramp + SLOT));
+        assert_eq!(restore(&r).new[..5], CODE[..5]);
+    }
+
+    #[test]
+    fn a_far_new_function_goes_through_a_stub_next_to_the_library() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let r = record();
+        // Out of rel32 reach from the function.
+        let new_fn = r.start.wrapping_add(3 << 30);
+        assert!(jmp_rel32(r.start, new_fn).is_none());
+        let w = redirect(&r, new_fn).unwrap();
+        let entry = w.last().unwrap();
+        let stub_words: Vec<(u64, Vec<u8>)> = bytes_of(&w[..w.len() - 1])
+            .into_iter()
+            .filter(|(a, _)| *a < r.tramp || *a >= r.tramp + SLOT)
+            .collect();
+        assert_eq!(stub_words.len(), 2, "a 16-byte stub in two words");
+        let stub = stub_words[0].0;
+        let mut b = stub_words[0].1.clone();
+        b.extend(&stub_words[1].1);
+        assert_eq!(b[..14], jmp_abs(new_fn), "jmp *0(%rip) to the new function");
+        assert_eq!(entry.new[..5], jmp_rel32(r.start, stub).unwrap());
+        // A second redirect to the same function reuses that stub.
+        let again = redirect(&r, new_fn).unwrap();
+        assert_eq!(again.last().unwrap().new, entry.new);
+    }
+}
