@@ -173,6 +173,18 @@ impl Write {
         old: [0; 16],
         new: [0; 16],
     };
+
+    /// The write of `new` over `old` (the same length, at most 16 bytes)
+    /// at `addr`.
+    pub fn new(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
+        let mut w = Write::ZERO;
+        w.addr = addr;
+        w.len = old.len() as u32;
+        w.kind = kind;
+        w.old[..old.len()].copy_from_slice(old);
+        w.new[..new.len()].copy_from_slice(new);
+        w
+    }
 }
 
 /// One applied patch as published to the tool. Pointers are addresses in

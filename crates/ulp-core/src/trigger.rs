@@ -1048,13 +1048,7 @@ mod tests {
     use super::*;
 
     fn w(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
-        let mut w = Write::ZERO;
-        w.addr = addr;
-        w.len = old.len() as u32;
-        w.kind = kind;
-        w.old[..old.len()].copy_from_slice(old);
-        w.new[..new.len()].copy_from_slice(new);
-        w
+        Write::new(addr, kind, old, new)
     }
 
     /// A guarded activation of one function (stub at 0x1000, flag at

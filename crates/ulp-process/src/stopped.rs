@@ -684,18 +684,7 @@ impl Stopped {
         deadline: Instant,
     ) -> Result<Option<(usize, libc::user_regs_struct)>, Error> {
         let pid = self.pid;
-        let status =
-            match sys::wait_thread(tid, deadline) {
-                Ok(Some(s)) => s,
-                Ok(None) => return Err(Error::Timeout {
-                    pid,
-                    tid: Some(tid),
-                    op: "waiting for a remote call to return (the thread is still inside the call)"
-                        .into(),
-                }),
-                Err(_) => return Err(self.lost(tid)),
-            };
-        let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+        let (i, status) = self.next_call_stop(tid, deadline)?;
         match status {
             WaitStatus::Exited(_) | WaitStatus::Killed(_) => Err(self.lost(tid)),
             WaitStatus::EventStop { .. } | WaitStatus::OtherEvent { .. } => Ok(None),
@@ -750,6 +739,28 @@ impl Stopped {
         Ok(())
     }
 
+    /// The next stop of `tid`, running a remote call, and its index in the
+    /// guard; a timeout says the thread is still inside the call.
+    fn next_call_stop(
+        &mut self,
+        tid: Tid,
+        deadline: Instant,
+    ) -> Result<(usize, WaitStatus), Error> {
+        let status =
+            match sys::wait_thread(tid, deadline) {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(Error::Timeout {
+                    pid: self.pid,
+                    tid: Some(tid),
+                    op: "waiting for a remote call to return (the thread is still inside the call)"
+                        .into(),
+                }),
+                Err(_) => return Err(self.lost(tid)),
+            };
+        let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+        Ok((i, status))
+    }
+
     fn finish_call(&mut self, tid: Tid, deadline: Instant) -> Result<u64, Error> {
         let ret = self
             .index(tid)
@@ -760,17 +771,7 @@ impl Stopped {
         }
         let pid = self.pid;
         loop {
-            let status = match sys::wait_thread(tid, deadline) {
-                Ok(Some(s)) => s,
-                Ok(None) => return Err(Error::Timeout {
-                    pid,
-                    tid: Some(tid),
-                    op: "waiting for a remote call to return (the thread is still inside the call)"
-                        .into(),
-                }),
-                Err(_) => return Err(self.lost(tid)),
-            };
-            let i = self.index(tid).ok_or_else(|| self.lost(tid))?;
+            let (i, status) = self.next_call_stop(tid, deadline)?;
             match status {
                 WaitStatus::Exited(_) | WaitStatus::Killed(_) => return Err(self.lost(tid)),
                 // A leftover interrupt, or a group-stop that began during

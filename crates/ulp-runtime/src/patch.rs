@@ -370,13 +370,7 @@ pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
 }
 
 fn make_write(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
-    let mut w = Write::ZERO;
-    w.addr = addr;
-    w.len = old.len() as u32;
-    w.kind = kind;
-    w.old[..old.len()].copy_from_slice(old);
-    w.new[..new.len()].copy_from_slice(new);
-    w
+    Write::new(addr, kind, old, new)
 }
 
 /// Reads `len` bytes of mapped memory.

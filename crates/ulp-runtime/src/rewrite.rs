@@ -224,17 +224,11 @@ pub fn restore(r: &Rewritten) -> Write {
 
 /// The REWRITE record from what the entry holds now to `new`.
 fn entry_write(r: &Rewritten, new: &[u8; 16]) -> Write {
-    let mut w = Write::ZERO;
-    w.addr = r.start;
-    w.len = r.covered as u32;
-    w.kind = write_kind::REWRITE;
     // SAFETY: `start..start + covered` is inside the library's code
     // (checked by `prepare` when the record was made; code is never
     // unmapped while the library is loaded, and callers check that it is).
     let now = unsafe { core::slice::from_raw_parts(r.start as *const u8, r.covered) };
-    w.old[..r.covered].copy_from_slice(now);
-    w.new[..r.covered].copy_from_slice(&new[..r.covered]);
-    w
+    Write::new(r.start, write_kind::REWRITE, now, &new[..r.covered])
 }
 
 fn round8(n: usize) -> usize {
@@ -249,15 +243,9 @@ fn code_writes(addr: u64, bytes: &[u8]) -> Vec<Write> {
         .enumerate()
         .map(|(i, piece)| {
             let at = addr + 8 * i as u64;
-            let mut w = Write::ZERO;
-            w.addr = at;
-            w.len = piece.len() as u32;
-            w.kind = write_kind::CODE;
             // SAFETY: inside a near page this module mapped (readable).
             let now = unsafe { core::slice::from_raw_parts(at as *const u8, piece.len()) };
-            w.old[..piece.len()].copy_from_slice(now);
-            w.new[..piece.len()].copy_from_slice(piece);
-            w
+            Write::new(at, write_kind::CODE, now, piece)
         })
         .collect()
 }

@@ -30,6 +30,27 @@ fn load_and_apply(demo: &Demo, pid: &str) -> (i32, String, String) {
     ])
 }
 
+/// Reverts demo_livepatch.so in `t` and checks the old answers are back.
+fn revert_and_check(demo: &Demo, t: &mut Target) {
+    let pid = t.pid.to_string();
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    assert_eq!(t.ask("word"), "old");
+}
+
+/// demo_prog's workers saw only old or new results, and its sleeper no
+/// short or interrupted sleep (`ctx` names the moment).
+fn assert_undisturbed(t: &mut Target, ctx: &str) {
+    let stats = t.ask("stats");
+    assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+    let sleeps = t.ask("sleeps");
+    assert!(
+        sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
+        "{ctx}: {sleeps}"
+    );
+}
+
 #[test]
 fn a_process_started_without_the_runtime_is_patched_and_reverted() {
     let demo = Demo::new("inject");
@@ -74,21 +95,12 @@ fn a_process_started_without_the_runtime_is_patched_and_reverted() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Patch already applied"), "{out}");
 
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(t.ask("answer"), "1");
-    assert_eq!(t.ask("word"), "old");
+    revert_and_check(&demo, &mut t);
 
     // The program never noticed: no bad result, no short or interrupted
     // sleep, stdin intact, nothing left traced.
     settled(t.pid).unwrap();
-    let stats = t.ask("stats");
-    assert!(stats.ends_with(" bad=0"), "{stats}");
-    let sleeps = t.ask("sleeps");
-    assert!(
-        sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
-        "{sleeps}"
-    );
+    assert_undisturbed(&mut t, "after the revert");
     assert_eq!(t.ask("pid"), pid);
 }
 
@@ -130,10 +142,7 @@ for line in sys.stdin:
     assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}");
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(t.ask("answer"), "1");
-    assert_eq!(t.ask("word"), "old");
+    revert_and_check(&demo, &mut t);
     settled(t.pid).unwrap();
     assert!(t.alive());
 }
@@ -273,13 +282,7 @@ fn killing_ulp_while_it_loads_the_runtime_leaves_the_process_whole() {
         assert!(t.alive(), "{ctx}: the process died");
         let answer = t.ask("answer");
         assert!(answer == "1" || answer == "2", "{ctx}: answer {answer:?}");
-        let stats = t.ask("stats");
-        assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
-        let sleeps = t.ask("sleeps");
-        assert!(
-            sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
-            "{ctx}: {sleeps}"
-        );
+        assert_undisturbed(&mut t, &ctx);
         if maps_runtime(t.pid) {
             whole += 1;
         } else {
@@ -336,13 +339,7 @@ fn a_load_left_alone_midway_returns_by_itself() {
         assert!(t.alive(), "{ctx}: the process died");
         assert_eq!(main_mask(t.pid), before, "{ctx}: the signal mask changed");
         assert_eq!(t.ask("sigstate"), sigstate, "{ctx}: signal state changed");
-        let stats = t.ask("stats");
-        assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
-        let sleeps = t.ask("sleeps");
-        assert!(
-            sleeps.contains(" short=0 ") && sleeps.ends_with(" eintr=0"),
-            "{ctx}: {sleeps}"
-        );
+        assert_undisturbed(&mut t, &ctx);
         if st.success() {
             // n is past the last stop: the load ran to its end with ulp.
             assert_eq!(t.ask("answer"), "2");

@@ -88,7 +88,7 @@ fn refused_then_forced(demo: &Demo, t: &mut Target, file: &str, why: &[&str]) {
     assert!(out.ends_with(&summary(0, 0, 1)), "{out}");
     assert_eq!(t.ask("answer"), "1", "{file}: the target was changed");
     let (_, patches, _) = demo.ulp(&["patches", "-p", &pid]);
-    assert!(!patches.contains("demo_livepatch"), "{patches}");
+    assert!(!patches.contains("livepatch: demo_livepatch"), "{patches}");
 
     let (code, out, err) = demo.ulp(&["trigger", "--force", "-p", &pid, file]);
     assert_eq!(code, 0, "{file} --force: {out}{err}");

@@ -419,30 +419,14 @@ fn examine(
     {
         // Without -p, a process without the runtime (or whose maps we may
         // not read, so that we cannot tell) is not a target at all.
-        return Examined {
-            pid,
-            name: String::new(),
-            lines: None,
-            warning: None,
-        };
+        return Examined::not_a_target(pid);
     }
     let name = process_name(pid);
     let (lines, warning) = match found {
-        Err(RuntimeError::NotLoaded) => {
-            let lines = labels(mode, files)
-                .into_iter()
-                .map(|(label, patch, library)| Line {
-                    label,
-                    patch,
-                    library,
-                    report: Report {
-                        outcome: Outcome::NoRuntime,
-                        detail: Default::default(),
-                    },
-                })
-                .collect();
-            (Some(lines), Some(Outcome::NoRuntime.to_string()))
-        }
+        Err(RuntimeError::NotLoaded) => (
+            Some(lines_with(mode, files, |_| Outcome::NoRuntime)),
+            Some(Outcome::NoRuntime.to_string()),
+        ),
         // Anything else (gone, incompatible) is reported per patch.
         _ => (Some(process_one(pid, mode, files, opts)), None),
     };
@@ -452,6 +436,35 @@ fn examine(
         lines,
         warning,
     }
+}
+
+impl Examined {
+    fn not_a_target(pid: Pid) -> Examined {
+        Examined {
+            pid,
+            name: String::new(),
+            lines: None,
+            warning: None,
+        }
+    }
+}
+
+/// One line per operation of the run, each with the outcome `outcome(i)`
+/// (`i`: the FILE's index), for a process where nothing was attempted.
+fn lines_with(mode: &Mode, files: &[File], outcome: impl Fn(usize) -> Outcome) -> Vec<Line> {
+    labels(mode, files)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (label, patch, library))| Line {
+            label,
+            patch,
+            library,
+            report: Report {
+                outcome: outcome(i),
+                detail: Default::default(),
+            },
+        })
+        .collect()
 }
 
 /// [`examine`] with --load-runtime for a process without the runtime: it
@@ -474,39 +487,19 @@ fn examine_loading(
         .collect();
     let wanted = why_not.iter().any(Option::is_none);
     if !wanted && !explicit {
-        return Examined {
-            pid,
-            name: String::new(),
-            lines: None,
-            warning: None,
-        };
+        return Examined::not_a_target(pid);
     }
     let name = process_name(pid);
-    let lines_with = |outcome: &dyn Fn(usize) -> Outcome| {
-        labels(mode, files)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (label, patch, library))| Line {
-                label,
-                patch,
-                library,
-                report: Report {
-                    outcome: outcome(i),
-                    detail: Default::default(),
-                },
-            })
-            .collect::<Vec<_>>()
-    };
     let lines = if !wanted {
         // Nothing to load the runtime for.
-        lines_with(&|i| match &files[i].container {
+        lines_with(mode, files, |i| match &files[i].container {
             Err(e) => Outcome::Failed(e.clone()),
             Ok(_) => Outcome::Skipped(why_not[i].clone().unwrap_or_default()),
         })
     } else {
         match ulp_core::inject::ensure_runtime(pid, runtime, opts) {
             Ok(_) => process_one(pid, mode, files, opts),
-            Err(outcome) => lines_with(&|_| outcome.clone()),
+            Err(outcome) => lines_with(mode, files, |_| outcome.clone()),
         }
     };
     Examined {
