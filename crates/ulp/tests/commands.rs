@@ -38,11 +38,16 @@ fn section(path: &Path, name: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// The `patches -p PID` block of one process, as text.
+/// The `patches -p PID` block of one process, as text (without the list
+/// of unpatched processes that may follow: it depends on what other
+/// tests' processes have applied to the same library build).
 fn patches_of(demo: &Demo, pid: &str) -> String {
     let (code, out, err) = demo.ulp(&["patches", "-p", pid]);
     assert_eq!(code, 0, "{out}{err}");
-    out
+    match out.find("Unpatched processes") {
+        Some(at) => out[..at].to_string(),
+        None => out,
+    }
 }
 
 /// Starts demo_prog with the runtime preloaded and extra environment.

@@ -438,7 +438,10 @@ fn revert_all_and_replace_in_one_stop() {
     ]);
     assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}");
     let (_, patches, _) = demo.ulp(&["patches", "-p", &pid]);
-    assert!(!patches.contains("livepatch: demo_livepatch2.so"), "{patches}");
+    assert!(
+        !patches.contains("livepatch: demo_livepatch2.so"),
+        "{patches}"
+    );
     assert_eq!(t.ask("answer"), "2");
     // A replacement that does not apply changes nothing.
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert-all=target", "missing.so"]);
