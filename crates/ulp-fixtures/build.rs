@@ -190,7 +190,12 @@ fn main() {
             &out.join(format!("{patch}.so")),
         );
     }
-    for patch in ["demo_livepatch", "demo_livepatch2", "demo_livepatch3"] {
+    for patch in [
+        "demo_livepatch",
+        "demo_livepatch2",
+        "demo_livepatch3",
+        "demo_livepatch4",
+    ] {
         let c = s(&format!("{patch}.c"));
         gcc(
             &["-O2", "-fPIC", "-shared", "-Wl,--build-id", &c],

@@ -38,7 +38,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -116,31 +116,27 @@ pub mod state {
 /// `Write::kind`: what a write changes, which tells the tool how to check
 /// and make it. The tool makes the writes in the order the runtime gives
 /// them: that order is part of the plan (every STUB before the ENTRY that
-/// leads to it; for a guarded activation, ARCHITECTURE.md "Activating a
-/// patch of several functions at once", stubs, entries, the FLAG, then
-/// each HEAD and TAIL, and the reverse for a revert; for a function
-/// without padding, its CODE before its REWRITE).
+/// leads to it; for a function without padding, its CODE before its
+/// REWRITE; for a change of several functions, ARCHITECTURE.md "Switching
+/// several functions at once": the guarded slots [CODE], each function
+/// pointed at its slot [STUB, ENTRY, REWRITE], the FLAG, then each
+/// function pointed at its new target [STUB, ENTRY, REWRITE]).
 pub mod write_kind {
-    /// A whole 14-byte stub, written while no entry jump leads to it, or
-    /// re-pointed by the tool with its live entry jump lifted first.
+    /// A whole 14-byte stub, made with one write (/proc/PID/mem): a live
+    /// stub (one an entry jump leads to) is re-pointed in place, and no
+    /// kill leaves it half made.
     pub const STUB: u32 = 0;
     /// The two bytes at the patch point: `66 90` or the jump to the stub.
     pub const ENTRY: u32 = 1;
-    /// A patch's activation flag: one byte of the runtime's data that the
-    /// guarded stubs read (0: old code, 1: new). Not code: no thread can be
-    /// "inside" it.
+    /// The switch of a change of several functions: one byte in a page
+    /// the runtime mapped next to the library, read by the guarded slots
+    /// of that change (0: where each function went before, 1: where it
+    /// goes after). Not executed: no thread can be "inside" it.
     pub const FLAG: u32 = 2;
-    /// The first 8 bytes of a live stub (one aligned word): the guarded
-    /// head (`cmpb`, `je`) to the direct `jmp rel32` or back. A thread may
-    /// be anywhere in the guarded sequence, so the tool requires every
-    /// instruction pointer outside the whole 14-byte stub.
-    pub const HEAD: u32 = 3;
-    /// Bytes 8 to 14 of a stub whose head is a direct jump (never
-    /// executed): the guarded tail to NOPs or back.
-    pub const TAIL: u32 = 4;
+    // 3 and 4 (the guarded stub's head and tail, protocol 4) are retired.
     /// Code in a page the runtime mapped next to a library (a
-    /// trampoline, a far stub), one aligned word at most: never reachable
-    /// before the REWRITE that leads to it.
+    /// trampoline, a far stub, a guarded slot), one aligned word at most:
+    /// never reachable before the write that leads to it.
     pub const CODE: u32 = 5;
     /// A function without patchable padding: its first instructions
     /// (after `endbr64`), replaced by `jmp rel32` and `int3` filler, or
@@ -153,8 +149,7 @@ pub mod write_kind {
 /// thread is stopped. The tool checks that memory still holds `old` (or,
 /// completing a killed tool's journal, a later state of the plan) before
 /// writing `new`, and that no thread's instruction pointer lies strictly
-/// inside `(addr, addr + len)` (the whole stub for a [`write_kind::HEAD`],
-/// nothing for a [`write_kind::FLAG`]).
+/// inside `(addr, addr + len)` (nothing for a [`write_kind::FLAG`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Write {
@@ -470,35 +465,6 @@ pub fn stub_target(stub: u64, bytes: &[u8]) -> Option<u64> {
     parse_stub(stub, bytes).map(|s| s.target())
 }
 
-/// The first bytes of the guarded stub: `cmpb $0, disp32(%rip)`.
-pub const GUARD_HEAD: [u8; 2] = [0x80, 0x3d];
-
-/// The guarded stub at `stub` for the function whose patch point is
-/// `patch_point`: `cmpb $0, flag(%rip)` (`80 3d <disp32> 00`, 7 bytes),
-/// `je` to the byte after the entry jump (`74 <rel8>`: 7 without
-/// `endbr64`, 11 after it; a direct jump target needs no `endbr64`), then
-/// `jmp rel32 target` (`e9 <rel32>`). While the byte at `flag` is 0 the
-/// function runs its own code past the entry jump; once it is not, the
-/// new one. `None` when `flag` or `target` is out of rel32 reach, or the
-/// patch point is not where a site has it.
-pub fn guarded_stub(stub: u64, patch_point: u64, flag: u64, target: u64) -> Option<[u8; STUB_LEN]> {
-    let disp = i32::try_from(i128::from(flag) - (i128::from(stub) + 7)).ok()?;
-    let skip = i128::from(patch_point) + 2 - (i128::from(stub) + 9);
-    if skip != 7 && skip != 11 {
-        return None;
-    }
-    let rel = i32::try_from(i128::from(target) - (i128::from(stub) + 14)).ok()?;
-    let mut b = [0u8; STUB_LEN];
-    b[..2].copy_from_slice(&GUARD_HEAD);
-    b[2..6].copy_from_slice(&disp.to_le_bytes());
-    b[6] = 0;
-    b[7] = 0x74;
-    b[8] = skip as u8;
-    b[9] = 0xe9;
-    b[10..].copy_from_slice(&rel.to_le_bytes());
-    Some(b)
-}
-
 /// A stub in one of our forms, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stub {
@@ -506,28 +472,13 @@ pub enum Stub {
     Direct { target: u64 },
     /// [`absolute_stub`].
     Absolute { target: u64 },
-    /// [`guarded_stub`]: jumps to `target` when the byte at `flag` is not
-    /// 0, else to `skip_to` (the byte after the entry jump).
-    Guarded {
-        flag: u64,
-        skip_to: u64,
-        target: u64,
-    },
-    /// Between the guarded and the direct form (an activation or a revert
-    /// in progress): the head is already the direct jump to `target` (8
-    /// bytes: `e9 <rel32> 90 90 90`), the tail still the guarded one
-    /// (`<rel8> e9 <rel32>`, never executed) to the same target.
-    Converting { skip_to: u64, target: u64 },
 }
 
 impl Stub {
-    /// Where the stub jumps when it takes the new code.
+    /// Where the stub jumps.
     pub fn target(&self) -> u64 {
         match *self {
-            Stub::Direct { target }
-            | Stub::Absolute { target }
-            | Stub::Guarded { target, .. }
-            | Stub::Converting { target, .. } => target,
+            Stub::Direct { target } | Stub::Absolute { target } => target,
         }
     }
 }
@@ -545,34 +496,9 @@ pub fn parse_stub(stub: u64, bytes: &[u8]) -> Option<Stub> {
         let target = u64::from_le_bytes(b[6..].try_into().ok()?);
         return Some(Stub::Absolute { target });
     }
-    // The guarded tail: `je rel8` (7 or 11) then `jmp rel32`, from byte 8.
-    let guarded_tail = |b: &[u8; STUB_LEN]| {
-        if (b[8] == 7 || b[8] == 11) && b[9] == 0xe9 {
-            let skip_to = stub.wrapping_add(9).wrapping_add(u64::from(b[8]));
-            Some((skip_to, rel32_at(b, 10, stub.wrapping_add(14))?))
-        } else {
-            None
-        }
-    };
-    if b[0] == 0xe9 {
+    if b[0] == 0xe9 && b[5..].iter().all(|&x| x == 0x90) {
         let target = rel32_at(b, 1, stub.wrapping_add(5))?;
-        if b[5..].iter().all(|&x| x == 0x90) {
-            return Some(Stub::Direct { target });
-        }
-        if b[5..8] == [0x90; 3] {
-            let (skip_to, tail) = guarded_tail(b)?;
-            return (tail == target).then_some(Stub::Converting { skip_to, target });
-        }
-        return None;
-    }
-    if b[..2] == GUARD_HEAD && b[6] == 0 && b[7] == 0x74 {
-        let flag = rel32_at(b, 2, stub.wrapping_add(7))?;
-        let (skip_to, target) = guarded_tail(b)?;
-        return Some(Stub::Guarded {
-            flag,
-            skip_to,
-            target,
-        });
+        return Some(Stub::Direct { target });
     }
     None
 }
@@ -631,60 +557,6 @@ mod tests {
             &absolute_stub(0x1122)[..8],
             &[0xff, 0x25, 0, 0, 0, 0, 0x22, 0x11]
         );
-    }
-
-    #[test]
-    fn guarded_stub_layout() {
-        let stub = 0x7f00_0000_1000u64;
-        let flag = 0x7f00_1000_0040u64;
-        let target = 0x7f00_0200_0000u64;
-        // Without endbr64 the patch point is the entry (stub + 14) and the
-        // je lands on stub + 16; after endbr64, on stub + 20.
-        for (patch_point, skip) in [(stub + 14, 7u8), (stub + 18, 11)] {
-            let g = guarded_stub(stub, patch_point, flag, target).unwrap();
-            assert_eq!(g[..2], [0x80, 0x3d]);
-            let disp = i32::from_le_bytes(g[2..6].try_into().unwrap());
-            assert_eq!(stub + 7 + disp as u64, flag);
-            assert_eq!(g[6..9], [0x00, 0x74, skip]);
-            assert_eq!(stub + 9 + u64::from(skip), patch_point + 2);
-            assert_eq!(g[9], 0xe9);
-            let parsed = parse_stub(stub, &g).unwrap();
-            assert_eq!(
-                parsed,
-                Stub::Guarded {
-                    flag,
-                    skip_to: patch_point + 2,
-                    target
-                }
-            );
-            assert_eq!(stub_target(stub, &g), Some(target));
-            // The head converted (one word), then the tail NOPs: the
-            // direct stub.
-            let direct = direct_stub(stub, target).unwrap();
-            let mut conv = g;
-            conv[..8].copy_from_slice(&direct[..8]);
-            assert_eq!(
-                parse_stub(stub, &conv),
-                Some(Stub::Converting {
-                    skip_to: patch_point + 2,
-                    target
-                })
-            );
-            conv[8..].copy_from_slice(&[0x90; 6]);
-            assert_eq!(conv, direct);
-            // A converted head whose tail jumps elsewhere is not ours.
-            let mut odd = g;
-            odd[..8].copy_from_slice(&direct_stub(stub, target + 1).unwrap()[..8]);
-            assert_eq!(parse_stub(stub, &odd), None);
-        }
-        // Out of reach, or a patch point no site has.
-        assert!(guarded_stub(stub, stub + 14, stub + (1 << 32), target).is_none());
-        assert!(guarded_stub(stub, stub + 14, flag, stub + (1 << 32)).is_none());
-        assert!(guarded_stub(stub, stub + 16, flag, target).is_none());
-        // A guarded head with a je elsewhere is not ours.
-        let mut g = guarded_stub(stub, stub + 14, flag, target).unwrap();
-        g[8] = 9;
-        assert_eq!(parse_stub(stub, &g), None);
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! 3. Stop every thread, check that none is executing bytes about to change
 //!    and that the bytes are still what the runtime saw, make the writes
 //!    in the runtime's order (every stub before the entry jump that leads
-//!    to it; a patch of several functions switched by one flag byte:
-//!    ARCHITECTURE.md, "Activating a patch of several functions at once"),
+//!    to it; several functions switched by one flag byte: ARCHITECTURE.md,
+//!    "Switching several functions at once"),
 //!    resume everything.
 //! 4. If the writes cannot be made (a thread is always in the way, an
 //!    error), ask the runtime to undo its registry change: the process keeps
@@ -834,62 +834,42 @@ fn write_all(
     }
     // In the runtime's order: every stub before the entry jump that leads
     // to it (a thread that takes a new jump finds a complete stub), and for
-    // a patch activated at once, stubs, entries, the flag, heads, tails (or
-    // the reverse). All threads are stopped, so the order matters only if
-    // we die in the middle; then every function runs one whole version,
-    // and with a flag every function of the patch the same one.
+    // a change of several functions, slots, each function pointed at its
+    // slot, the flag, each function pointed at its target. All threads are
+    // stopped, so the order matters only if we die in the middle; then
+    // every function runs one whole version, and with a flag every
+    // function of the change the same one.
     let mut done: Vec<Write> = Vec::new();
-    let step = |stopped: &mut Stopped, w: Write, done: &mut Vec<Write>| {
-        // A rewritten entry changes in one write: a tool killed at any
-        // moment leaves either the old instructions or the whole jump.
-        let r = if w.kind == write_kind::REWRITE {
-            write_at_once(stopped, w.addr, &w.new[..w.len as usize])
-        } else {
-            poke_words(stopped, w.addr, &w.new[..w.len as usize])
-        };
-        if r.is_ok() {
-            done.push(w);
-        }
-        r
-    };
     for w in &todo {
-        // A stub that a live entry jump already points at (stacked patches,
-        // a revert to an older patch, a replace) spans two words, and a
-        // tool killed between its two pokes would leave a reachable, torn
-        // jump. So lift that entry jump first (one aligned 2-byte write),
-        // re-point the stub, then put the jump back: at every moment the
-        // function runs a whole version.
-        let live = match w.kind {
-            write_kind::STUB => live_entry_jump(&stopped, w.addr),
-            _ => None,
-        };
-        let result = match live {
-            Some((at, jump)) => step(
-                &mut stopped,
-                two_bytes(at, jump, ulp_abi::ENTRY_NOP),
-                &mut done,
-            )
-            .and_then(|()| step(&mut stopped, *w, &mut done))
-            .and_then(|()| {
-                step(
-                    &mut stopped,
-                    two_bytes(at, ulp_abi::ENTRY_NOP, jump),
-                    &mut done,
-                )
-            }),
-            None => step(&mut stopped, *w, &mut done),
-        };
-        if let Err(e) = result {
-            // Put back what was written so the process runs one version.
+        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, &w.new[..w.len as usize]) {
+            // Put back what was written so the process runs one version:
+            // backwards, each write whole, so a kill here is as harmless.
             for d in done.iter().rev() {
-                let _ = stopped.poke(d.addr, &d.old[..d.len as usize]);
+                let _ = make_write(&mut stopped, d.addr, d.kind, &d.old[..d.len as usize]);
             }
             return Err(fatal(e));
         }
+        done.push(*w);
     }
     test_kill_point();
     stopped.release().map_err(fatal)?;
     Ok((tids.len(), start.elapsed()))
+}
+
+/// Makes one write of kind `kind`: a stub or a rewritten entry with one
+/// write of /proc/PID/mem, so that a tool killed at any moment leaves
+/// either the old bytes or the new ones (a live stub is re-pointed in
+/// place); anything else one aligned word at a time.
+fn make_write(
+    stopped: &mut Stopped,
+    addr: u64,
+    kind: u32,
+    data: &[u8],
+) -> Result<(), ulp_process::Error> {
+    match kind {
+        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data),
+        _ => poke_words(stopped, addr, data),
+    }
 }
 
 /// Pokes `data` at `addr` one aligned word at a time (each one
@@ -1003,40 +983,14 @@ fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> 
 }
 
 /// The bytes no thread's instruction pointer may be strictly inside while
-/// `w` is made: the bytes it changes, the whole stub for a stub's head (a
-/// thread may be inside the guarded sequence), none for the flag (data).
+/// `w` is made: the bytes it changes, none for the flag (data). A slot
+/// a switch retires (its function pointed straight at its target) is
+/// not written: a thread inside it finishes it as it is.
 fn busy_range(w: &Write) -> Option<(u64, u64)> {
     match w.kind {
         write_kind::FLAG => None,
-        write_kind::HEAD => Some((w.addr, w.addr + ulp_abi::STUB_LEN as u64)),
         _ => Some((w.addr, w.addr + u64::from(w.len))),
     }
-}
-
-/// If the function whose stub starts at `stub` has an entry jump to that
-/// stub right now: where the jump is and its two bytes.
-fn live_entry_jump(stopped: &Stopped, stub: u64) -> Option<(u64, [u8; 2])> {
-    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
-    let entry = stub + ulp_abi::STUB_LEN as u64;
-    let mut head = [0u8; 6];
-    stopped.peek(entry, &mut head).ok()?;
-    let (at, jump) = if head[..4] == ENDBR64 {
-        (entry + 4, [head[4], head[5]])
-    } else {
-        (entry, [head[0], head[1]])
-    };
-    (ulp_abi::entry_jump(stub, at) == Some(jump)).then_some((at, jump))
-}
-
-/// A 2-byte write record (for the entry jump).
-fn two_bytes(addr: u64, old: [u8; 2], new: [u8; 2]) -> Write {
-    let mut w = Write::ZERO;
-    w.addr = addr;
-    w.len = 2;
-    w.kind = write_kind::ENTRY;
-    w.old[..2].copy_from_slice(&old);
-    w.new[..2].copy_from_slice(&new);
-    w
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -1051,18 +1005,22 @@ mod tests {
         Write::new(addr, kind, old, new)
     }
 
-    /// A guarded activation of one function (stub at 0x1000, flag at
-    /// 0x9000), in the runtime's order.
+    /// A switch of one function (stub at 0x1000, its guarded slot at
+    /// 0x8000, the flag at 0x9000), in the runtime's order: the slot, the
+    /// stub and entry to it, the flag, the stub straight to the new
+    /// function.
     fn activation() -> Vec<Write> {
         let stub = 0x1000;
-        let g = ulp_abi::guarded_stub(stub, stub + 14, 0x9000, 0x5000).unwrap();
+        let slot: Vec<u8> = (1..=16).collect();
+        let via = ulp_abi::direct_stub(stub, 0x8000).unwrap();
         let d = ulp_abi::direct_stub(stub, 0x5000).unwrap();
         vec![
-            w(stub, write_kind::STUB, &[0x90; 14], &g),
+            w(0x8000, write_kind::CODE, &[0; 8], &slot[..8]),
+            w(0x8008, write_kind::CODE, &[0; 8], &slot[8..]),
+            w(stub, write_kind::STUB, &[0x90; 14], &via),
             w(stub + 14, write_kind::ENTRY, &[0x66, 0x90], &[0xeb, 0xf0]),
             w(0x9000, write_kind::FLAG, &[0], &[1]),
-            w(stub, write_kind::HEAD, &g[..8], &d[..8]),
-            w(stub + 8, write_kind::TAIL, &g[8..], &d[8..]),
+            w(stub, write_kind::STUB, &via, &d),
         ]
     }
 
@@ -1110,20 +1068,21 @@ mod tests {
         }
         assert_eq!(made, total);
         assert_eq!(resume_plan(&plan, &memory(&plan, total)).unwrap(), []);
-        // The stub's first word made, not its second: finished from there,
-        // and a rollback would put back the half-made bytes.
-        let mem = memory(&plan, 8);
+        // Part of the stub made (as a tool older than the one-write stubs
+        // could leave it): finished from there, and a rollback would put
+        // back the half-made bytes.
+        let mem = memory(&plan, 16 + 3);
         let todo = resume_plan(&plan, &mem).unwrap();
-        assert_eq!(todo.len(), plan.len());
-        assert_eq!(todo[0].new, plan[0].new);
-        assert_eq!(todo[0].old[..14], mem[0][..14]);
-        assert_eq!(todo[1..], plan[1..]);
+        assert_eq!(todo.len(), plan.len() - 2);
+        assert_eq!(todo[0].new, plan[2].new);
+        assert_eq!(todo[0].old[..14], mem[2][..14]);
+        assert_eq!(todo[1..], plan[3..]);
         // Bytes no state of the plan has: someone else's code.
         let mut odd = memory(&plan, 0);
-        odd[1][0] = 0xcc;
-        assert_eq!(resume_plan(&plan, &odd), Err(1));
+        odd[3][0] = 0xcc;
+        assert_eq!(resume_plan(&plan, &odd), Err(3));
         let mut odd = memory(&plan, total);
-        odd[2][0] = 7;
+        odd[4][0] = 7;
         assert!(resume_plan(&plan, &odd).is_err());
         // A write that changes nothing is dropped.
         let same = vec![w(0x2000, write_kind::STUB, &[1, 2], &[1, 2])];
@@ -1131,13 +1090,13 @@ mod tests {
     }
 
     #[test]
-    fn the_head_of_a_stub_is_busy_over_the_whole_stub() {
+    fn writes_are_busy_over_their_bytes_and_the_flag_never() {
         let plan = activation();
-        assert_eq!(busy_range(&plan[0]), Some((0x1000, 0x100e)));
-        assert_eq!(busy_range(&plan[1]), Some((0x100e, 0x1010)));
-        assert_eq!(busy_range(&plan[2]), None);
-        assert_eq!(busy_range(&plan[3]), Some((0x1000, 0x100e)));
-        assert_eq!(busy_range(&plan[4]), Some((0x1008, 0x100e)));
+        assert_eq!(busy_range(&plan[0]), Some((0x8000, 0x8008)));
+        assert_eq!(busy_range(&plan[2]), Some((0x1000, 0x100e)));
+        assert_eq!(busy_range(&plan[3]), Some((0x100e, 0x1010)));
+        assert_eq!(busy_range(&plan[4]), None);
+        assert_eq!(busy_range(&plan[5]), Some((0x1000, 0x100e)));
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod patch;
 pub mod resume;
 pub mod rewrite;
 pub mod ring;
+pub mod switch;
 
 use interface::SharedInterface;
 

@@ -10,9 +10,9 @@
 //! jump to the stub. The *stub* jumps to the new function: a direct
 //! `jmp rel32` (`e9 <rel32>` and 9 NOPs) when the new function is within
 //! ±2 GiB, else `jmp *0(%rip)` and the absolute address (`ff 25 00 00 00
-//! 00 <abs64>`); see [`ulp_abi::stub_bytes`]. Those, and the guarded form
-//! below (whole or half converted), are "our stub" wherever a site is
-//! checked ([`ulp_abi::parse_stub`]).
+//! 00 <abs64>`); see [`ulp_abi::stub_bytes`]. Those are "our stub"
+//! wherever a site is checked ([`ulp_abi::parse_stub`]); the tool writes
+//! a stub with one write, so a live one is re-pointed in place.
 //!
 //! The runtime never changes code. It returns [`Write`]s; the tool makes
 //! them with every thread stopped, in the order given here (every stub
@@ -20,14 +20,16 @@
 //! if the writes were made; when the tool cannot make them it calls UNDO,
 //! which puts the registry back.
 //!
-//! A patch of several functions none of which is redirected yet is
-//! *activated at once* ([`guarded_apply`]): its stubs are first written
-//! guarded by a per-patch flag byte of ours ([`FLAGS`]), then the entry
-//! jumps, then the flag (the one write that switches every function), then
-//! the stubs become plain direct jumps again; a revert runs it backwards
-//! ([`guarded_revert`]). A tool killed between any two of those writes
-//! leaves every function of the patch on the same side of the flag
-//! (ARCHITECTURE.md, "Activating a patch of several functions at once").
+//! Every operation plans its writes the same way ([`plan_writes`]): from
+//! what each function's code holds now to what the registry says once
+//! the operation is done. When two functions or more change, the plan
+//! *switches them at once* ([`switch_plan`], `switch.rs`): each function
+//! is first pointed at a guarded slot that sends it where it went before
+//! until one flag byte is set, then the flag is set (every function
+//! switches), then each function is pointed straight at its new target.
+//! A tool killed between any two of those writes leaves every function of
+//! the change on the same side of the flag (ARCHITECTURE.md, "Switching
+//! several functions at once").
 //!
 //! Every operation is all or nothing: all checks come before the first
 //! change (registry, container memory), so a refused patch leaves nothing.
@@ -35,12 +37,10 @@
 use core::cell::UnsafeCell;
 use core::ffi::{c_char, c_void, CStr};
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicU8, Ordering};
 use std::ffi::CString;
 
 use ulp_abi::ReplaceRequest;
-use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind};
-use ulp_abi::{direct_stub, guarded_stub, parse_stub, Stub};
+use ulp_abi::{code, entry_jump, parse_stub, state, stub_bytes, write_kind};
 use ulp_abi::{ApplyRequest, PatchRecord, Write};
 use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
 use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
@@ -49,6 +49,7 @@ use crate::interface;
 use crate::objects::{self, LoadedObject, PF_X};
 use crate::rewrite::{self, Rewritten};
 use crate::ring::{self, Hex, SpacedHex, Text};
+use crate::switch;
 
 /// What an operation hands back on success: the result message and the
 /// writes for the tool.
@@ -103,9 +104,6 @@ struct Patch {
     comments: CString,
     applied_at: i64,
     units: Vec<AppliedUnit>,
-    /// The slot of [`FLAGS`] the patch was activated with, when it was
-    /// ([`guarded_apply`]); reserved while the patch is applied.
-    flag: Option<usize>,
     /// From `dlopen`; closed only by UNDO of this patch's APPLY, never
     /// after a revert (a thread may still run the container's code).
     handle: *mut c_void,
@@ -192,36 +190,6 @@ struct Global(UnsafeCell<Registry>);
 unsafe impl Sync for Global {}
 
 static REGISTRY: Global = Global(UnsafeCell::new(Registry::new()));
-
-/// How many patches activated at once can be applied together (a patch
-/// that finds no free slot is applied the plain way).
-pub const FLAG_SLOTS: usize = 512;
-
-/// The activation flags, one byte per slot, in our `.bss` (so within
-/// rel32 reach of the stubs of libraries mapped near us). The guarded
-/// stubs read them; only the tool writes them (with every thread stopped,
-/// [`write_kind::FLAG`]); the runtime reads them to plan. A slot is free
-/// when its byte is 0 and no applied patch holds it.
-#[repr(C, align(64))]
-pub struct Flags([AtomicU8; FLAG_SLOTS]);
-
-#[allow(clippy::declare_interior_mutable_const)]
-const FLAG_OFF: AtomicU8 = AtomicU8::new(0);
-
-pub static FLAGS: Flags = Flags([FLAG_OFF; FLAG_SLOTS]);
-
-fn flag_addr(slot: usize) -> u64 {
-    FLAGS.0[slot].as_ptr() as u64
-}
-
-fn flag_value(slot: usize) -> u8 {
-    FLAGS.0[slot].load(Ordering::Relaxed)
-}
-
-/// A slot for a new activation: its byte is 0 and no applied patch holds it.
-fn free_flag(reg: &Registry) -> Option<usize> {
-    (0..FLAG_SLOTS).find(|&k| flag_value(k) == 0 && !reg.patches.iter().any(|p| p.flag == Some(k)))
-}
 
 /// Runs `f` on the process's registry.
 ///
@@ -346,15 +314,7 @@ pub fn inspect_site(entry: u64, code: &[u8]) -> Result<Site, String> {
     let patch_point = entry.wrapping_add(off as u64);
     let stub_addr = entry.wrapping_sub(STUB_LEN as u64);
     let nop_pad = pad.iter().all(|&b| b == 0x90);
-    // Our stub, and a guarded one (or one being converted) skips to the
-    // byte after this site's entry jump.
-    let our_stub = match parse_stub(stub_addr, &pad) {
-        Some(Stub::Guarded { skip_to, .. } | Stub::Converting { skip_to, .. }) => {
-            skip_to == patch_point.wrapping_add(2)
-        }
-        Some(_) => true,
-        None => false,
-    };
+    let our_stub = parse_stub(stub_addr, &pad).is_some();
     let redirected = jump[0] == 0xeb && entry_jump(stub_addr, patch_point) == Some(jump);
     let free = jump == [0x90, 0x90] || jump == ENTRY_NOP;
     if (free && (nop_pad || our_stub)) || (redirected && our_stub) {
@@ -516,13 +476,12 @@ pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     result
 }
 
-/// APPLY's checks, record and writes; `activate_at_once` allows the
-/// guarded plan ([`guarded_apply`]; REPLACE, which makes its own plan,
-/// does not).
+/// APPLY's checks, record and writes; without `plan`, no writes (REPLACE
+/// makes one plan of its own for every function it changes).
 fn apply_request(
     reg: &mut Registry,
     request: &ApplyRequest<'_>,
-    activate_at_once: bool,
+    plan: bool,
 ) -> Result<Done, Failure> {
     if interface::state() != state::ENABLED {
         return Err(Failure::new(
@@ -696,7 +655,8 @@ fn apply_request(
         value[..8].copy_from_slice(&method.original().to_le_bytes());
         ref_writes.push((place, value, 8));
     }
-    // The code writes: stubs (and trampolines) before entries.
+    // The writes of the plain plan, for their number, and to check that
+    // every rewritten entry reaches its new function (a far stub found).
     let mut first = Vec::with_capacity(sites.len() * 2);
     let mut last = Vec::with_capacity(sites.len());
     for (site, &new_addr) in sites.iter().zip(&new_addrs) {
@@ -742,26 +702,6 @@ fn apply_request(
             core::ptr::copy_nonoverlapping(value.as_ptr(), *place as *mut u8, *len);
         }
     }
-    // A patch of padded functions only may switch them all at once.
-    let padded: Option<Vec<Site>> = sites
-        .iter()
-        .map(|m| match m {
-            Method::Padded(s) => Some(*s),
-            Method::Rewrite(_) => None,
-        })
-        .collect();
-    let guarded = match &padded {
-        Some(p) if activate_at_once => guarded_apply(reg, p, &new_addrs),
-        _ => None,
-    };
-    let (flag, writes) = match guarded {
-        Some((slot, writes)) => (Some(slot), writes),
-        None => {
-            let mut writes = first;
-            writes.extend(last);
-            (None, writes)
-        }
-    };
     for site in &sites {
         if let Method::Rewrite(r) = site {
             rewrite::keep(r);
@@ -787,12 +727,18 @@ fn apply_request(
                 rewrite: matches!(s, Method::Rewrite(_)),
             })
             .collect(),
-        flag,
         handle,
     };
     reg.patches.push(patch);
     reg.last = Some(LastChange::Applied { id: meta.patch_id });
     reg.publish();
+    let writes = if plan {
+        let mut at: Vec<(u64, u64)> = sites.iter().map(|s| (s.entry(), s.patch_point())).collect();
+        // SAFETY: every site is in the target's code (checked above).
+        unsafe { plan_writes(reg, &mut at) }
+    } else {
+        Vec::new()
+    };
 
     let mut msg = format!(
         "applied patch '{shown}' to '{}': {} function",
@@ -807,149 +753,6 @@ fn apply_request(
         msg.push('s');
     }
     Ok(Done { msg, writes })
-}
-
-/// The APPLY plan that activates every function of the patch with one
-/// byte write, and the flag slot it takes:
-///
-/// 1. each stub written guarded ([`guarded_stub`]) while no entry jump
-///    leads to it;
-/// 2. each entry jump: the guarded stub skips back to the function's own
-///    code while the flag is 0, so nothing changes yet;
-/// 3. the flag set to 1: every function switches to the new code at once;
-/// 4. each stub's head (its first aligned word) made the direct jump, then
-///    its tail NOPs: the stub ends as [`direct_stub`], the patched call
-///    back to two jumps.
-///
-/// A tool killed between any two writes leaves all the functions before
-/// step 3 (old code) or all after (new code). `None` (the plain plan) for
-/// a patch of one function (whole on its own already), when a function is
-/// redirected already (stacked patches), when a stub is not 8-byte
-/// aligned (`-fpatchable-function-entry=16,14` aligns it to 16) or the
-/// flag or a new function is out of rel32 reach, when no flag slot is
-/// free, or when the writes would not fit in one result.
-fn guarded_apply(reg: &Registry, sites: &[Site], new_addrs: &[u64]) -> Option<(usize, Vec<Write>)> {
-    if sites.len() < 2 || sites.len() * 4 + 1 > MAX_WRITES {
-        return None;
-    }
-    let slot = free_flag(reg)?;
-    let flag = flag_addr(slot);
-    let mut stubs = Vec::with_capacity(sites.len());
-    for (site, &new_addr) in sites.iter().zip(new_addrs) {
-        let stub = site.entry - STUB_LEN as u64;
-        let free = site.jump == ENTRY_NOP || site.jump == [0x90, 0x90];
-        let stacked = reg.patches.iter().any(|p| p.unit_at(site.entry).is_some());
-        if !free || stacked || stub & 7 != 0 {
-            return None;
-        }
-        let guarded = guarded_stub(stub, site.patch_point, flag, new_addr)?;
-        let direct = direct_stub(stub, new_addr)?;
-        let jump = entry_jump(stub, site.patch_point)?;
-        stubs.push((site, stub, guarded, direct, jump));
-    }
-    let mut writes = Vec::with_capacity(sites.len() * 4 + 1);
-    for &(site, stub, guarded, _, _) in &stubs {
-        writes.push(make_write(stub, write_kind::STUB, &site.pad, &guarded));
-    }
-    for &(site, _, _, _, jump) in &stubs {
-        writes.push(make_write(
-            site.patch_point,
-            write_kind::ENTRY,
-            &site.jump,
-            &jump,
-        ));
-    }
-    writes.push(make_write(flag, write_kind::FLAG, &[0], &[1]));
-    for &(_, stub, guarded, direct, _) in &stubs {
-        writes.push(make_write(
-            stub,
-            write_kind::HEAD,
-            &guarded[..8],
-            &direct[..8],
-        ));
-    }
-    for &(_, stub, guarded, direct, _) in &stubs {
-        writes.push(make_write(
-            stub + 8,
-            write_kind::TAIL,
-            &guarded[8..],
-            &direct[8..],
-        ));
-    }
-    Some((slot, writes))
-}
-
-/// The REVERT plan of a patch activated at once ([`guarded_apply`]), its
-/// steps backwards: each stub's tail then head back to the guarded form
-/// (the flag is still 1: still the new code), the flag to 0 (every
-/// function back to the old code at once), then each entry to `66 90`.
-/// Functions a later patch redirects are left alone. `None` (the plain
-/// plan) when the flag is not 1, a function also has an older patch, or a
-/// stub or entry is not what a completed activation left.
-///
-/// # Safety
-/// The stubs and patch points of `patch`'s units must be mapped code.
-unsafe fn guarded_revert(reg: &Registry, index: usize, slot: usize) -> Option<Vec<Write>> {
-    if flag_value(slot) != 1 {
-        return None;
-    }
-    let patch = &reg.patches[index];
-    let flag = flag_addr(slot);
-    let mut heads = Vec::new();
-    let mut entries = Vec::new();
-    for unit in &patch.units {
-        if reg.patches[..index]
-            .iter()
-            .any(|p| p.unit_at(unit.entry).is_some())
-        {
-            return None;
-        }
-        if reg.patches[index + 1..]
-            .iter()
-            .any(|p| p.unit_at(unit.entry).is_some())
-        {
-            continue;
-        }
-        let stub = unit.entry - STUB_LEN as u64;
-        let direct = direct_stub(stub, unit.new_addr)?;
-        let guarded = guarded_stub(stub, unit.patch_point, flag, unit.new_addr)?;
-        let jump = entry_jump(stub, unit.patch_point)?;
-        let cur_stub = read_mem(stub, STUB_LEN);
-        let cur_jump = read_mem(unit.patch_point, 2);
-        if stub & 7 != 0 || cur_stub[..] != direct[..] || cur_jump[..] != jump[..] {
-            return None;
-        }
-        heads.push(make_write(
-            stub + 8,
-            write_kind::TAIL,
-            &direct[8..],
-            &guarded[8..],
-        ));
-        heads.push(make_write(
-            stub,
-            write_kind::HEAD,
-            &direct[..8],
-            &guarded[..8],
-        ));
-        entries.push(make_write(
-            unit.patch_point,
-            write_kind::ENTRY,
-            &jump,
-            &ENTRY_NOP,
-        ));
-    }
-    heads.push(make_write(flag, write_kind::FLAG, &[1], &[0]));
-    heads.extend(entries);
-    Some(heads)
-}
-
-/// The write that clears the flag of a removed patch activated at once,
-/// when it is set, for the end of a plain plan: no stub reads it any more
-/// once that plan is made, and the slot is free again.
-fn clear_flag(flag: Option<usize>) -> Option<Write> {
-    let slot = flag?;
-    let value = flag_value(slot);
-    (value != 0).then(|| make_write(flag_addr(slot), write_kind::FLAG, &[value], &[0]))
 }
 
 /// op REVERT.
@@ -986,104 +789,45 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     let target = objects
         .iter()
         .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
-    // A patch activated at once is reverted at once when its sites are as
-    // its activation left them.
-    let guarded = match (target, patch.flag) {
-        (Some(target), Some(slot))
-            if patch.units.iter().all(|u| {
-                let stub = u.entry - STUB_LEN as u64;
-                target.contains(stub, u.patch_point + 2 - stub, PF_X)
-            }) =>
-        {
-            // SAFETY: every site is in the target's code (checked above).
-            unsafe { guarded_revert(reg, index, slot) }
-        }
-        _ => None,
+    let mut sites = match target {
+        Some(target) => mapped_sites(patch, target),
+        None => Vec::new(),
     };
-    let at_once = guarded.is_some();
-    let mut stubs = Vec::new();
-    let mut entries = Vec::new();
-    if let Some(writes) = guarded {
-        stubs = writes;
-    } else if let Some(target) = target {
-        for unit in &patch.units {
-            // A later patch still redirects this entry: it stays as it is.
-            if reg.patches[index + 1..]
-                .iter()
-                .any(|p| p.unit_at(unit.entry).is_some())
-            {
-                continue;
-            }
-            // The newest older patch of this function gets the entry back;
-            // without one, the entry becomes the 2-byte NOP again and the
-            // stub bytes stay (unreachable).
-            let older = reg.patches[..index]
-                .iter()
-                .rev()
-                .find_map(|p| p.unit_at(unit.entry));
-            if unit.rewrite {
-                let Some(r) = rewrite::lookup(unit.entry) else {
-                    continue;
-                };
-                if !target.contains(r.start, r.covered as u64, PF_X) {
-                    continue;
-                }
-                match older {
-                    Some(o) => {
-                        let mut w = rewrite::redirect(&r, o.new_addr).map_err(failed)?;
-                        entries.extend(w.pop());
-                        stubs.extend(w);
-                    }
-                    None => entries.push(rewrite::restore(&r)),
-                }
-                continue;
-            }
-            let stub = unit.entry - STUB_LEN as u64;
-            let span = unit.patch_point + 2 - stub;
-            if !target.contains(stub, span, PF_X) {
-                continue;
-            }
-            match older {
-                Some(o) => {
-                    // SAFETY: inside the target's code (checked above).
-                    let cur = unsafe { read_mem(stub, STUB_LEN) };
-                    stubs.push(make_write(
-                        stub,
-                        write_kind::STUB,
-                        &cur,
-                        &stub_bytes(stub, o.new_addr),
-                    ));
-                }
-                None => {
-                    // SAFETY: as above.
-                    let cur = unsafe { read_mem(unit.patch_point, 2) };
-                    entries.push(make_write(
-                        unit.patch_point,
-                        write_kind::ENTRY,
-                        &cur,
-                        &ENTRY_NOP,
-                    ));
-                }
-            }
-        }
-    }
+    let loaded = target.is_some();
     let patch = reg.patches.remove(index);
     reg.publish();
-    // The plain plan (or a target gone): the flag is cleared last.
-    if !at_once {
-        entries.extend(clear_flag(patch.flag));
-    }
+    // Each function goes to the newest remaining patch of it, or back to
+    // its own code; one a later patch redirects stays as it is.
+    // SAFETY: every site is in the target's code (`mapped_sites`).
+    let writes = unsafe { plan_writes(reg, &mut sites) };
     let mut msg = format!(
         "reverted patch '{}' from '{}'",
         patch.container_path.to_string_lossy(),
         patch.target_path.to_string_lossy()
     );
-    if target.is_none() {
+    if !loaded {
         msg.push_str(" (target no longer loaded)");
     }
     reg.last = Some(LastChange::Reverted { patch, index });
-    stubs.extend(entries);
-    Ok(Done { msg, writes: stubs })
+    Ok(Done { msg, writes })
+}
+
+/// The sites of `patch`'s units, as `(entry, patch point)`, whose code is
+/// mapped in `target` (the stub to the patch point, or the rewritten
+/// bytes).
+fn mapped_sites(patch: &Patch, target: &LoadedObject) -> Vec<(u64, u64)> {
+    patch
+        .units
+        .iter()
+        .filter(|unit| {
+            let stub = unit.entry - STUB_LEN as u64;
+            match rewrite::lookup(unit.entry).filter(|_| unit.rewrite) {
+                Some(r) => target.contains(r.start, r.covered as u64, PF_X),
+                None => target.contains(stub, unit.patch_point + 2 - stub, PF_X),
+            }
+        })
+        .map(|unit| (unit.entry, unit.patch_point))
+        .collect()
 }
 
 /// op UNDO.
@@ -1275,8 +1019,9 @@ fn change_library(
             .iter()
             .map(|&i| reg.patches[i].units.len())
             .sum::<usize>();
-    // Two writes a function, and the flags of removed patches.
-    if units * 2 + remove.len() > MAX_WRITES {
+    // Two writes a function in the plain plan (a switch that would not
+    // fit falls back to it).
+    if units * 2 > MAX_WRITES {
         return Err(failed(format!(
             "the change touches {units} functions, at most {} fit in one call",
             MAX_WRITES / 2
@@ -1302,16 +1047,7 @@ fn change_library(
             .iter()
             .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
         if let Some(target) = target {
-            for unit in &patch.units {
-                let stub = unit.entry - STUB_LEN as u64;
-                let mapped = match rewrite::lookup(unit.entry).filter(|_| unit.rewrite) {
-                    Some(r) => target.contains(r.start, r.covered as u64, PF_X),
-                    None => target.contains(stub, unit.patch_point + 2 - stub, PF_X),
-                };
-                if mapped {
-                    sites.push((unit.entry, unit.patch_point));
-                }
-            }
+            sites.extend(mapped_sites(&patch, target));
         }
         removed.push((index, patch));
     }
@@ -1324,10 +1060,7 @@ fn change_library(
     reg.publish();
     // SAFETY: every site is in the loaded code of its target (checked
     // above for the removed patches, by `apply_request` for the new one).
-    let mut writes = unsafe { plan_writes(reg, &mut sites) };
-    // Removed patches activated at once: their flags are cleared last,
-    // once no stub reads them.
-    writes.extend(removed.iter().filter_map(|(_, p)| clear_flag(p.flag)));
+    let writes = unsafe { plan_writes(reg, &mut sites) };
 
     let names: Vec<String> = removed
         .iter()
@@ -1357,74 +1090,268 @@ fn change_library(
     Ok(Done { msg, writes })
 }
 
-/// The writes that take each site from the bytes it holds now to what the
-/// registry says: the entry jumps to the stub of the newest applied patch
-/// of that function, or is the 2-byte NOP when there is none (the stub
-/// bytes then stay, unreachable). Every stub write comes before any entry
-/// write. Sites are `(entry, patch point)`; duplicates are merged.
+/// How one function is redirected, with the bytes it holds now.
+enum Held {
+    /// Through its padding: the stub's 14 bytes and the 2 at the patch
+    /// point.
+    Padded {
+        stub: u64,
+        pad: [u8; STUB_LEN],
+        jump: [u8; 2],
+    },
+    /// By an entry rewrite: its covered bytes.
+    Rewrite { r: Rewritten, now: [u8; 16] },
+}
+
+/// One function whose redirection an operation changes.
+struct Move {
+    patch_point: u64,
+    held: Held,
+    /// Where a call to it goes now (`None`: bytes that are not ours).
+    from: Option<u64>,
+    /// The new function it must go to; `None`: its own code.
+    to: Option<u64>,
+}
+
+impl Move {
+    /// Where its own code continues: after the entry NOP, or the
+    /// trampoline.
+    fn own(&self) -> u64 {
+        match &self.held {
+            Held::Padded { .. } => self.patch_point + 2,
+            Held::Rewrite { r, .. } => r.tramp,
+        }
+    }
+
+    fn to_addr(&self) -> u64 {
+        self.to.unwrap_or_else(|| self.own())
+    }
+}
+
+/// What `entry` holds now and where the registry says it must go; `None`
+/// when nothing changes.
 ///
 /// # Safety
-/// Every site's stub and patch point must be mapped code.
+/// The site's stub and patch point (or rewritten bytes) must be mapped.
+unsafe fn move_of(reg: &Registry, entry: u64, patch_point: u64) -> Option<Move> {
+    let to = reg
+        .patches
+        .iter()
+        .rev()
+        .find_map(|p| p.unit_at(entry))
+        .map(|u| u.new_addr);
+    if let Some(r) = rewrite::lookup(entry) {
+        let mut now = [0u8; 16];
+        now[..r.covered].copy_from_slice(&read_mem(r.start, r.covered));
+        let from = rewrite::current_target(&r, &now);
+        let held = Held::Rewrite { r, now };
+        let m = Move {
+            patch_point: r.start,
+            held,
+            from,
+            to,
+        };
+        return (from != Some(m.to_addr())).then_some(m);
+    }
+    let stub = entry - STUB_LEN as u64;
+    let mut pad = [0u8; STUB_LEN];
+    pad.copy_from_slice(&read_mem(stub, STUB_LEN));
+    let mut jump = [0u8; 2];
+    jump.copy_from_slice(&read_mem(patch_point, 2));
+    let live = entry_jump(stub, patch_point) == Some(jump);
+    let from = if live {
+        parse_stub(stub, &pad).map(|s| s.target())
+    } else {
+        Some(patch_point + 2)
+    };
+    let m = Move {
+        patch_point,
+        held: Held::Padded { stub, pad, jump },
+        from,
+        to,
+    };
+    (from != Some(m.to_addr())).then_some(m)
+}
+
+/// The writes that take each site from the bytes it holds now to what the
+/// registry says: the function jumps to the newest applied patch of it,
+/// or runs its own code when there is none (a padded entry back to the
+/// 2-byte NOP, its stub bytes left unreachable; a rewritten entry back to
+/// the library's bytes). When two functions or more change, they switch
+/// at once ([`switch_plan`]); otherwise, or when no switch can be made,
+/// the plain plan ([`plain_plan`]). Sites are `(entry, patch point)`;
+/// duplicates are merged.
+///
+/// # Safety
+/// Every site's stub and patch point (or rewritten bytes) must be mapped
+/// code.
 unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) -> Vec<Write> {
     sites.sort_unstable();
     sites.dedup_by_key(|s| s.0);
-    let mut stubs = Vec::new();
-    let mut entries = Vec::new();
-    for &(entry, patch_point) in sites.iter() {
-        let newest = reg.patches.iter().rev().find_map(|p| p.unit_at(entry));
-        if let Some(r) = rewrite::lookup(entry) {
-            let cur = read_mem(r.start, r.covered);
-            match newest {
-                Some(unit) => match rewrite::redirect(&r, unit.new_addr) {
-                    Ok(mut w) => {
-                        if let Some(e) = w.pop() {
-                            if cur[..] != e.new[..r.covered] {
-                                entries.push(e);
-                            }
-                        }
-                        stubs.extend(w);
-                    }
-                    // Only a far stub can fail, and the apply checked
-                    // (and made) it: keep what the entry holds.
-                    Err(why) => ring::log(format_args!("function at 0x{entry:x}: {why}")),
-                },
-                None if cur[..] != r.original[..r.covered] => {
-                    entries.push(rewrite::restore(&r));
-                }
-                None => {}
-            }
-            continue;
+    let moves: Vec<Move> = sites
+        .iter()
+        .filter_map(|&(entry, patch_point)| move_of(reg, entry, patch_point))
+        .collect();
+    if moves.len() >= 2 {
+        if let Some(writes) = switch_plan(&moves) {
+            return writes;
         }
-        let stub = entry - STUB_LEN as u64;
-        let cur_jump = read_mem(patch_point, 2);
-        match newest {
-            Some(unit) => {
-                let cur_stub = read_mem(stub, STUB_LEN);
-                let want_stub = stub_bytes(stub, unit.new_addr);
-                if cur_stub[..] != want_stub[..] {
-                    stubs.push(make_write(stub, write_kind::STUB, &cur_stub, &want_stub));
+        ring::log(format_args!(
+            "{} functions change one by one: no switch could be made (no near page, or too \
+             many writes)",
+            moves.len()
+        ));
+    }
+    plain_plan(&moves)
+}
+
+/// Each function switched on its own write, every stub (and trampoline,
+/// far stub) before any entry: a tool killed in the middle leaves each
+/// function whole, some switched and others not.
+fn plain_plan(moves: &[Move]) -> Vec<Write> {
+    let mut first = Vec::new();
+    let mut last = Vec::new();
+    for m in moves {
+        match (&m.held, m.to) {
+            (Held::Rewrite { r, now }, Some(new_addr)) => {
+                match rewrite::redirect_parts(r, new_addr) {
+                    Ok((code, bytes)) => {
+                        first.extend(code);
+                        last.push(make_write(
+                            r.start,
+                            write_kind::REWRITE,
+                            &now[..r.covered],
+                            &bytes[..r.covered],
+                        ));
+                    }
+                    // Only a far stub can fail, and the apply checked (and
+                    // made) it: keep what the entry holds.
+                    Err(why) => ring::log(format_args!("function at 0x{:x}: {why}", r.entry)),
+                }
+            }
+            (Held::Rewrite { r, now }, None) => last.push(make_write(
+                r.start,
+                write_kind::REWRITE,
+                &now[..r.covered],
+                &r.original[..r.covered],
+            )),
+            (&Held::Padded { stub, pad, jump }, Some(new_addr)) => {
+                let want = stub_bytes(stub, new_addr);
+                if pad != want {
+                    first.push(make_write(stub, write_kind::STUB, &pad, &want));
                 }
                 // The stub is 14 bytes before the entry and the patch point
                 // at most 4 after it: the short jump always reaches.
-                if let Some(jump) = entry_jump(stub, patch_point) {
-                    if cur_jump[..] != jump[..] {
-                        entries.push(make_write(patch_point, write_kind::ENTRY, &cur_jump, &jump));
+                if let Some(to_stub) = entry_jump(stub, m.patch_point) {
+                    if jump != to_stub {
+                        last.push(make_write(
+                            m.patch_point,
+                            write_kind::ENTRY,
+                            &jump,
+                            &to_stub,
+                        ));
                     }
                 }
             }
-            None if cur_jump[0] == 0xeb => {
-                entries.push(make_write(
-                    patch_point,
+            (&Held::Padded { jump, .. }, None) => {
+                last.push(make_write(
+                    m.patch_point,
                     write_kind::ENTRY,
-                    &cur_jump,
+                    &jump,
                     &ENTRY_NOP,
                 ));
             }
-            None => {}
         }
     }
-    stubs.extend(entries);
-    stubs
+    first.extend(last);
+    first
+}
+
+/// The plan that switches every function of `moves` with one byte write:
+///
+/// 1. CODE: a guarded slot per function ([`switch::slot_code`]: to where
+///    it goes now while the flag is 0, to where it must go once it is
+///    not), in near pages, with the trampolines and far stubs the slots
+///    and the final jumps lead to. Nothing reaches them yet.
+/// 2. Each function pointed at its slot, one write each: a padded one's
+///    stub re-pointed in place (STUB, one write), and when its entry is
+///    the NOP, the entry jump after it (ENTRY); a rewritten one's entry
+///    made `jmp rel32 slot` (REWRITE). The flag is 0: each still runs
+///    what it ran.
+/// 3. FLAG: the flag byte set to 1: every function switches at once.
+/// 4. Each function pointed straight at its target, one write each: the
+///    stub re-pointed (or the entry NOP again), the rewritten entry's
+///    jump (or its original bytes). The call is back to two jumps.
+///
+/// `None` when a function holds bytes that are not ours, when no near
+/// page can be mapped, the flag is out of a slot's reach, or the writes
+/// would not fit in one result. The flag and the slots are never freed or
+/// reused: a thread may still be inside a slot after the switch, and then
+/// goes where the switch sent it.
+fn switch_plan(moves: &[Move]) -> Option<Vec<Write>> {
+    let flag = rewrite::alloc(switch::FLAG_LEN, moves.first()?.patch_point)?;
+    let mut code = Vec::new();
+    let mut point = Vec::new();
+    let mut straight = Vec::new();
+    for m in moves {
+        let from = m.from?;
+        let to = m.to_addr();
+        let slot = rewrite::alloc(switch::SLOT_LEN, m.patch_point)?;
+        let bytes = switch::slot_code(slot, flag, from, to)?;
+        let mut padded = vec![0xcc; (bytes.len() + 7) & !7];
+        padded[..bytes.len()].copy_from_slice(&bytes);
+        match &m.held {
+            Held::Rewrite { r, now } => {
+                let (extra, last) = match m.to {
+                    Some(new_addr) => rewrite::redirect_parts(r, new_addr).ok()?,
+                    None => (rewrite::tramp_writes(r), r.original),
+                };
+                code.extend(extra);
+                code.extend(rewrite::code_writes(slot, &padded));
+                let via = rewrite::jump_bytes(r, slot)?;
+                let n = r.covered;
+                point.push(make_write(
+                    r.start,
+                    write_kind::REWRITE,
+                    &now[..n],
+                    &via[..n],
+                ));
+                straight.push(make_write(
+                    r.start,
+                    write_kind::REWRITE,
+                    &via[..n],
+                    &last[..n],
+                ));
+            }
+            &Held::Padded { stub, pad, jump } => {
+                code.extend(rewrite::code_writes(slot, &padded));
+                let via = stub_bytes(stub, slot);
+                point.push(make_write(stub, write_kind::STUB, &pad, &via));
+                let to_stub = entry_jump(stub, m.patch_point)?;
+                if jump != to_stub {
+                    point.push(make_write(
+                        m.patch_point,
+                        write_kind::ENTRY,
+                        &jump,
+                        &to_stub,
+                    ));
+                }
+                straight.push(match m.to {
+                    Some(new_addr) => {
+                        make_write(stub, write_kind::STUB, &via, &stub_bytes(stub, new_addr))
+                    }
+                    None => make_write(m.patch_point, write_kind::ENTRY, &to_stub, &ENTRY_NOP),
+                });
+            }
+        }
+    }
+    let mut writes = code;
+    writes.extend(point);
+    // SAFETY: a byte of a near page we mapped (readable), 0 since.
+    let now = unsafe { read_mem(flag, 1) };
+    writes.push(make_write(flag, write_kind::FLAG, &now, &[1]));
+    writes.extend(straight);
+    (writes.len() <= MAX_WRITES).then_some(writes)
 }
 
 #[cfg(test)]
@@ -1462,44 +1389,6 @@ mod tests {
         }
         // Only 16 bytes mapped: still fine without endbr64.
         assert!(inspect_site(e, &code(0x90, &[0x66, 0x90])).is_ok());
-    }
-
-    /// A patch activated at once leaves guarded stubs (and, when killed in
-    /// the middle, stubs whose head is converted and tail not): sites with
-    /// either, redirected or not, are ours, when the stub skips to the
-    /// byte after this site's entry jump.
-    #[test]
-    fn guarded_site_states() {
-        let e = 0x7f12_3456_7010u64;
-        let stub = e - 14;
-        let (flag, new) = (0x7f12_3000_0040, 0x7f12_3460_0000);
-        for (at, patch_point, jump) in [
-            (vec![0x66, 0x90, 0, 0, 0, 0], e, [0xeb, 0xf0]),
-            (
-                vec![0xf3, 0x0f, 0x1e, 0xfa, 0x66, 0x90],
-                e + 4,
-                [0xeb, 0xec],
-            ),
-        ] {
-            let guarded = guarded_stub(stub, patch_point, flag, new).unwrap();
-            let mut converting = guarded;
-            converting[..8].copy_from_slice(&direct_stub(stub, new).unwrap()[..8]);
-            for pad in [guarded, converting] {
-                let mut bytes = pad.to_vec();
-                bytes.extend_from_slice(&at);
-                let site = inspect_site(e, &bytes).unwrap();
-                assert_eq!((site.patch_point, site.pad), (patch_point, pad));
-                let off = (patch_point - e) as usize + 14;
-                bytes[off..off + 2].copy_from_slice(&jump);
-                assert_eq!(inspect_site(e, &bytes).unwrap().jump, jump);
-            }
-        }
-        // Skipping to the wrong place (the stub of an endbr64 site before
-        // a site without it): not ours.
-        let wrong = guarded_stub(stub, e + 4, flag, new).unwrap();
-        let mut bytes = wrong.to_vec();
-        bytes.extend_from_slice(&[0x66, 0x90, 0, 0, 0, 0]);
-        assert!(inspect_site(e, &bytes).is_err());
     }
 
     /// The stub planned for a site: a direct jump when the new function is

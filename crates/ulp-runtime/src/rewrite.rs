@@ -185,7 +185,15 @@ pub fn keep(r: &Rewritten) {
 /// pieces (again, skipped by the tool when in place), a far stub when
 /// `new_fn` is out of reach, then the entry itself.
 pub fn redirect(r: &Rewritten, new_fn: u64) -> Result<Vec<Write>, String> {
-    let mut writes = code_writes(r.tramp, &r.tramp_code[..round8(r.tramp_len)]);
+    let (mut writes, new) = redirect_parts(r, new_fn)?;
+    writes.push(entry_write(r, &new));
+    Ok(writes)
+}
+
+/// [`redirect`] in parts: the CODE writes (trampoline, far stub) that
+/// must be in place first, and the entry's bytes that jump to `new_fn`.
+pub fn redirect_parts(r: &Rewritten, new_fn: u64) -> Result<(Vec<Write>, [u8; 16]), String> {
+    let mut writes = tramp_writes(r);
     let target = match jmp_rel32(r.start, new_fn) {
         Some(_) => new_fn,
         None => {
@@ -210,11 +218,36 @@ pub fn redirect(r: &Rewritten, new_fn: u64) -> Result<Vec<Write>, String> {
             stub
         }
     };
-    let jmp = jmp_rel32(r.start, target).ok_or("the stub is out of reach")?;
+    let new = jump_bytes(r, target).ok_or("the stub is out of reach")?;
+    Ok((writes, new))
+}
+
+/// The CODE writes of `r`'s trampoline (skipped by the tool when in place).
+pub fn tramp_writes(r: &Rewritten) -> Vec<Write> {
+    code_writes(r.tramp, &r.tramp_code[..round8(r.tramp_len)])
+}
+
+/// The entry bytes of `r` that jump to `target` (`jmp rel32` and `int3`
+/// filler), when it is within reach.
+pub fn jump_bytes(r: &Rewritten, target: u64) -> Option<[u8; 16]> {
+    let jmp = jmp_rel32(r.start, target)?;
     let mut new = [INT3; 16];
     new[..JMP_REL32_LEN].copy_from_slice(&jmp);
-    writes.push(entry_write(r, &new));
-    Ok(writes)
+    Some(new)
+}
+
+/// Where `r`'s entry sends a call when it holds `now` (its covered bytes):
+/// the trampoline (the library's own instructions), or the target of our
+/// `jmp rel32`; `None` for anything else.
+pub fn current_target(r: &Rewritten, now: &[u8]) -> Option<u64> {
+    if now.get(..r.covered)? == &r.original[..r.covered] {
+        return Some(r.tramp);
+    }
+    if !is_redirect(now, r.covered) {
+        return None;
+    }
+    let rel = i32::from_le_bytes(now.get(1..5)?.try_into().ok()?);
+    Some((r.start + JMP_REL32_LEN as u64).wrapping_add(rel as i64 as u64))
 }
 
 /// The write that puts `r`'s original bytes back.
@@ -237,7 +270,7 @@ fn round8(n: usize) -> usize {
 
 /// CODE writes of `bytes` at `addr` (8-byte aligned), one word each; the
 /// old bytes are what the page holds now.
-fn code_writes(addr: u64, bytes: &[u8]) -> Vec<Write> {
+pub fn code_writes(addr: u64, bytes: &[u8]) -> Vec<Write> {
     bytes
         .chunks(8)
         .enumerate()
@@ -251,8 +284,10 @@ fn code_writes(addr: u64, bytes: &[u8]) -> Vec<Write> {
 }
 
 /// `len` bytes (8-aligned) of a near page within reach of `near`: from a
-/// page mapped before, or from a new one mapped next to it.
-fn alloc(len: u64, near: u64) -> Option<u64> {
+/// page mapped before, or from a new one mapped next to it. Never freed:
+/// trampolines, far stubs and the guarded slots and flags of
+/// `switch.rs` all come from here.
+pub fn alloc(len: u64, near: u64) -> Option<u64> {
     let st = state();
     let len = (len + 15) & !15;
     let reach = |base: u64| base.abs_diff(near) < REACH && (base + NEAR_MAP).abs_diff(near) < REACH;

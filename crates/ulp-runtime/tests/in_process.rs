@@ -96,10 +96,14 @@ fn apply_redirects_functions_and_references_and_revert_restores() {
     );
     let applied = results(&out, "apply");
     assert_eq!(applied[0].0, code::OK);
-    // Activated at once: guarded stubs, entry jumps (nothing changes yet),
-    // the flag (every function switches), then each stub's head and tail
-    // back to the direct jump.
-    assert_eq!(applied[0].2, "S14 S14 S14 E2 E2 E2 F1 H8 H8 H8 T6 T6 T6");
+    // Switched at once: a guarded slot per function (three words each),
+    // each stub pointed at its slot and its entry jump (nothing changes
+    // yet), the flag (every function switches), then each stub straight
+    // to its new function.
+    assert_eq!(
+        applied[0].2,
+        "C8 C8 C8 C8 C8 C8 C8 C8 C8 S14 E2 S14 E2 S14 E2 F1 S14 S14 S14"
+    );
     assert!(
         applied[0].1.starts_with("applied patch '")
             && applied[0]
@@ -110,9 +114,13 @@ fn apply_redirects_functions_and_references_and_revert_restores() {
     );
     let reverted = results(&out, "revert");
     assert_eq!(reverted[0].0, code::OK);
-    // Backwards: each stub's tail and head guarded again, the flag (every
-    // function switches back), then the entries.
-    assert_eq!(reverted[0].2, "T6 H8 T6 H8 T6 H8 F1 E2 E2 E2");
+    // The same backwards: new slots (from the new functions back to the
+    // old code), each stub re-pointed at its slot, the flag (every
+    // function switches back), then the entries back to the NOP.
+    assert_eq!(
+        reverted[0].2,
+        "C8 C8 C8 C8 C8 C8 C8 C8 C8 S14 S14 S14 F1 E2 E2 E2"
+    );
     let reg = with_prefix(&out, "reg ");
     assert_eq!(reg[0], "reg gen=2 count=1");
     assert_eq!(reg[1], "reg gen=4 count=0");
@@ -145,12 +153,10 @@ fn apply_redirects_functions_and_references_and_revert_restores() {
         "{}",
         bytes[0]
     );
-    // Reverted: the stub stays (guarded again: `cmpb $0, flag(%rip)`, `je`
-    // past the entry, `jmp rel32`), the entry is the 2-byte NOP.
-    let guarded_stub =
-        |line: &str| line.starts_with("bytes answer: 80 3d ") && line.contains(" 00 74 07 e9 ");
+    // Reverted: the stub stays (a direct jump to the slot of the revert),
+    // the entry is the 2-byte NOP.
     assert!(
-        guarded_stub(bytes[1]) && bytes[1].contains(" | 66 90 "),
+        direct_stub(bytes[1]) && bytes[1].contains(" | 66 90 "),
         "{}",
         bytes[1]
     );
@@ -207,7 +213,10 @@ fn stacked_patches_revert_in_both_orders() {
     // Back to patch 1: its stub is rewritten, the entry stays a jump.
     assert_eq!(reverted[0].2, "S14");
     // Patch 1 alone again: reverted at once.
-    assert_eq!(reverted[1].2, "T6 H8 T6 H8 T6 H8 F1 E2 E2 E2");
+    assert_eq!(
+        reverted[1].2,
+        "C8 C8 C8 C8 C8 C8 C8 C8 C8 S14 S14 S14 F1 E2 E2 E2"
+    );
 
     // Oldest first.
     let script = format!(
@@ -226,7 +235,7 @@ fn stacked_patches_revert_in_both_orders() {
     let reverted = results(&out, "revert");
     // answer stays with patch 2; bump and secret go back to the original,
     // together.
-    assert_eq!(reverted[0].2, "T6 H8 T6 H8 F1 E2 E2");
+    assert_eq!(reverted[0].2, "C8 C8 C8 C8 C8 C8 S14 S14 F1 E2 E2");
     assert_eq!(reverted[1].2, "E2");
 }
 
@@ -640,7 +649,10 @@ fn a_libpulp_packed_container_applies_and_reverts() {
         "{out:#?}"
     );
     let applied = results(&out, "apply");
-    assert_eq!(applied[0].2, "S14 S14 S14 E2 E2 E2 F1 H8 H8 H8 T6 T6 T6");
+    assert_eq!(
+        applied[0].2,
+        "C8 C8 C8 C8 C8 C8 C8 C8 C8 S14 E2 S14 E2 S14 E2 F1 S14 S14 S14"
+    );
     let rec = with_prefix(&out, "rec ");
     assert!(
         rec[0].ends_with("comments= Fixes CVE-2099-0001 and bsc#1234567.|"),

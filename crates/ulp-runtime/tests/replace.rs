@@ -123,15 +123,19 @@ fn replace_and_revert_all_are_one_step_that_undo_takes_back() {
         "{}",
         raw[0].1
     );
-    // Patch 1 was activated at once: its flag is cleared last.
-    assert_eq!(raw[0].2, "E2 E2 F1");
-    // REVERT_ALL: three entries back to the NOP, then patch 1's flag.
+    // Both switch at once: a slot each (three words), each stub pointed at
+    // its slot, the flag, the entries back to the NOP.
+    assert_eq!(raw[0].2, "C8 C8 C8 C8 C8 C8 S14 S14 F1 E2 E2");
+    // REVERT_ALL: the same for three functions.
     assert_eq!(raw[1].0, code::OK);
     assert_eq!(
         raw[1].1,
         format!("reverted all patches from '{lib}': 2 removed (patch1.so, patch2.so)")
     );
-    assert_eq!(raw[1].2, "E2 E2 E2 F1");
+    assert_eq!(
+        raw[1].2,
+        "C8 C8 C8 C8 C8 C8 C8 C8 C8 S14 S14 S14 F1 E2 E2 E2"
+    );
     // Refused: another build-id.
     assert_eq!(raw[2].0, code::BUILD_ID_MISMATCH, "{:?}", raw[2]);
     assert_eq!(raw[2].2, "");

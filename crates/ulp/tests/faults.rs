@@ -152,7 +152,7 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
     // them first, so one apply ends applied (newly, or "already applied"),
     // with the new code, whatever the last kill interrupted.
     // (With many retries: the workers may be running through stubs the
-    // last kill left guarded, which the busy check steps around.)
+    // last kill left live, which the busy check steps around.)
     let (code, out, err) = demo.ulp(&["trigger", "-r", "50", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(t.ask("answer"), "2");
@@ -284,8 +284,8 @@ fn a_tool_killed_between_any_two_code_writes_leaves_every_function_old_or_new() 
             assert!(n <= 64, "{what}: ulp still killed after {n} words");
             let mut t = demo.start(&["-t", "2"]);
             let pid = t.pid.to_string();
-            // Many retries: after a kill, the workers run through guarded
-            // stubs that the next trigger may find them inside (busy).
+            // Many retries, should a worker be in the way of the next
+            // trigger (busy).
             let apply = ["trigger", "-r", "50", "-p", &pid, "demo_livepatch.so"];
             let revert = [
                 "trigger",
@@ -352,4 +352,278 @@ fn a_tool_killed_between_any_two_code_writes_leaves_every_function_old_or_new() 
             "{what}: {seen:?}"
         );
     }
+}
+
+/// One plan of several functions killed after every code word: how to
+/// start a fresh target, what to trigger before (each a `ulp` argument
+/// list, `PID` standing for the target's pid), the trigger killed, and what
+/// the target answers before and after.
+struct KillEveryWord<'a> {
+    what: &'a str,
+    dir: &'a std::path::Path,
+    start: &'a dyn Fn() -> common::Target,
+    setup: &'a [&'a [&'a str]],
+    op: &'a [&'a str],
+    /// Whether running `op` again succeeds once the plan is complete (an
+    /// apply or a replace: "already applied"; a revert: "not applied").
+    rerun_succeeds: bool,
+    questions: &'a [&'a str],
+    old: &'a [&'a str],
+    new: &'a [&'a str],
+}
+
+/// Runs `ulp ARGS` in `dir` with `PID` replaced, bounded like
+/// [`ulp_bounded`].
+fn ulp_in(
+    dir: &std::path::Path,
+    args: &[&str],
+    pid: &str,
+    env: &[(&str, String)],
+) -> std::process::ExitStatus {
+    let args: Vec<&str> = args
+        .iter()
+        .map(|&a| if a == "PID" { pid } else { a })
+        .collect();
+    let mut cmd = Command::new(ulp_bin());
+    cmd.args(&args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("running ulp");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ulp {args:?} did not finish in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// For every N until the trigger runs to its end: a fresh target, the
+/// set-up triggers, then the trigger killed after N code words. After each
+/// kill: no thread traced or stopped, every function of the plan answers
+/// old or every one new, the next trigger completes the plan (the code
+/// new, `ulp patches` without "Interrupted"), and the workers never saw a
+/// bad result.
+fn kill_after_every_word(s: &KillEveryWord<'_>) {
+    use std::os::unix::process::ExitStatusExt;
+    let ask = |t: &mut common::Target| -> Vec<String> {
+        s.questions.iter().map(|q| t.ask(q)).collect::<Vec<_>>()
+    };
+    let (old, new): (Vec<String>, Vec<String>) = (
+        s.old.iter().map(|x| x.to_string()).collect(),
+        s.new.iter().map(|x| x.to_string()).collect(),
+    );
+    let mut seen = Vec::new();
+    let mut n = 0u32;
+    loop {
+        assert!(n <= 128, "{}: ulp still killed after {n} words", s.what);
+        let mut t = (s.start)();
+        let pid = t.pid.to_string();
+        for args in s.setup {
+            assert!(
+                ulp_in(s.dir, args, &pid, &[]).success(),
+                "{}: set-up {args:?}",
+                s.what
+            );
+        }
+        assert_eq!(ask(&mut t), old, "{} {n}: start", s.what);
+        let env = [("ULP_TEST_KILL_AFTER_WRITES", n.to_string())];
+        let st = ulp_in(s.dir, s.op, &pid, &env);
+        if st.signal() != Some(9) {
+            assert!(st.success(), "{}: plain trigger failed: {st:?}", s.what);
+            assert_eq!(ask(&mut t), new, "{}: done", s.what);
+            break;
+        }
+        let ctx = format!("{} killed after {n} code words", s.what);
+        if let Err(e) = settled(t.pid) {
+            panic!("{ctx}: {e}");
+        }
+        assert!(t.alive(), "{ctx}: the target died");
+        let now = ask(&mut t);
+        assert!(
+            now == old || now == new,
+            "{ctx}: a mix of old and new: {now:?}"
+        );
+        seen.push(if now == old { "old" } else { "new" });
+        let rerun = ulp_in(s.dir, s.op, &pid, &[]);
+        assert_eq!(
+            rerun.success(),
+            s.rerun_succeeds,
+            "{ctx}: next trigger {rerun:?}"
+        );
+        assert_eq!(ask(&mut t), new, "{ctx}: completed");
+        let listed = common::ulp(s.dir, &["patches", "-p", &pid]).1;
+        assert!(!listed.contains("Interrupted"), "{ctx}: {listed}");
+        if s.questions.contains(&"answer") && s.dir.join("demo_prog").exists() {
+            let stats = t.ask("stats");
+            assert!(stats.ends_with(" bad=0"), "{ctx}: {stats}");
+        }
+        n += 1;
+    }
+    eprintln!(
+        "{}: {} code words; killed after 0, 1, ... of them: {seen:?}",
+        s.what,
+        n.saturating_sub(1)
+    );
+    assert!(
+        n >= 3,
+        "{}: only {} code words",
+        s.what,
+        n.saturating_sub(1)
+    );
+    assert!(
+        seen.contains(&"old") && seen.contains(&"new"),
+        "{}: {seen:?}",
+        s.what
+    );
+}
+
+/// The demo with a fourth container that replaces both functions
+/// (`newest_demo_answer` 4, `newest_demo_word` "newest").
+fn demo_with_newest(tag: &str) -> Demo {
+    let demo = Demo::new(tag);
+    common::copy_files(
+        &common::fixtures_dir(),
+        demo.dir.path(),
+        &["demo_livepatch4.so"],
+    );
+    std::fs::write(
+        demo.dir.join("demo_livepatch4.dsc"),
+        "demo_livepatch4.so\n@libulpdemo.so.1\n\
+         demo_answer:newest_demo_answer\ndemo_word:newest_demo_word\n",
+    )
+    .unwrap();
+    let (code, out, err) = demo.ulp(&["packer", "demo_livepatch4.dsc"]);
+    assert_eq!(code, 0, "packer: {out}{err}");
+    demo
+}
+
+#[test]
+fn a_stacked_patch_of_two_functions_switches_at_once_when_killed_anywhere() {
+    let demo = demo_with_newest("atomic-stacked");
+    let start = || demo.start(&["-t", "2"]);
+    let first: &[&str] = &["trigger", "-r", "50", "-p", "PID", "demo_livepatch.so"];
+    let second: &[&str] = &["trigger", "-r", "50", "-p", "PID", "demo_livepatch4.so"];
+    let revert_second: &[&str] = &[
+        "trigger",
+        "-r",
+        "50",
+        "-p",
+        "PID",
+        "--revert",
+        "demo_livepatch4.so",
+    ];
+    kill_after_every_word(&KillEveryWord {
+        what: "stacked apply",
+        dir: demo.dir.path(),
+        start: &start,
+        setup: &[first],
+        op: second,
+        rerun_succeeds: true,
+        questions: &["answer", "word"],
+        old: &["2", "new"],
+        new: &["4", "newest"],
+    });
+    kill_after_every_word(&KillEveryWord {
+        what: "stacked revert",
+        dir: demo.dir.path(),
+        start: &start,
+        setup: &[first, second],
+        op: revert_second,
+        rerun_succeeds: false,
+        questions: &["answer", "word"],
+        old: &["4", "newest"],
+        new: &["2", "new"],
+    });
+}
+
+#[test]
+fn a_replace_switches_every_function_at_once_when_killed_anywhere() {
+    let demo = demo_with_newest("atomic-replace");
+    let start = || demo.start(&["-t", "2"]);
+    kill_after_every_word(&KillEveryWord {
+        what: "replace",
+        dir: demo.dir.path(),
+        start: &start,
+        setup: &[&["trigger", "-p", "PID", "demo_livepatch.so"]],
+        op: &[
+            "trigger",
+            "-r",
+            "50",
+            "-p",
+            "PID",
+            "--revert-all=libulpdemo.so.1",
+            "demo_livepatch4.so",
+        ],
+        rerun_succeeds: true,
+        questions: &["answer", "word"],
+        old: &["2", "new"],
+        new: &["4", "newest"],
+    });
+}
+
+#[test]
+fn a_patch_of_two_rewritten_functions_switches_at_once_when_killed_anywhere() {
+    let dir = common::TempDir::new("atomic-rewrite");
+    common::copy_files(
+        &common::fixtures_dir(),
+        dir.path(),
+        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
+    );
+    let runtime = common::install_runtime(dir.path());
+    std::fs::write(
+        dir.join("both.dsc"),
+        "unpadded_patch.so\n@unpadded_lib.so\nup_answer:new_up\nup_answer2:new_up2\n",
+    )
+    .unwrap();
+    let (code, out, err) = common::ulp(dir.path(), &["packer", "both.dsc"]);
+    assert_eq!(code, 0, "packer: {out}{err}");
+    let start = || {
+        let mut cmd = Command::new(dir.join("unpadded_prog"));
+        cmd.current_dir(dir.path())
+            .env("LD_PRELOAD", &runtime)
+            .env("LD_LIBRARY_PATH", dir.path());
+        common::Target::spawn(cmd)
+    };
+    let apply: &[&str] = &["trigger", "-r", "50", "-p", "PID", "unpadded_patch.so"];
+    kill_after_every_word(&KillEveryWord {
+        what: "rewrite apply",
+        dir: dir.path(),
+        start: &start,
+        setup: &[],
+        op: apply,
+        rerun_succeeds: true,
+        questions: &["answer", "answer2"],
+        old: &["42", "43"],
+        new: &["99", "100"],
+    });
+    kill_after_every_word(&KillEveryWord {
+        what: "rewrite revert",
+        dir: dir.path(),
+        start: &start,
+        setup: &[apply],
+        op: &[
+            "trigger",
+            "-r",
+            "50",
+            "-p",
+            "PID",
+            "--revert",
+            "unpadded_patch.so",
+        ],
+        rerun_succeeds: false,
+        questions: &["answer", "answer2"],
+        old: &["99", "100"],
+        new: &["42", "43"],
+    });
 }

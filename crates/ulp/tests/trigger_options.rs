@@ -380,10 +380,11 @@ fn revert_all_and_replace_in_one_stop() {
             && lines[2].ends_with("demo_livepatch2.so': 1 removed (demo_livepatch.so)"),
         "{out}"
     );
-    // demo_answer's stub re-pointed, demo_word's entry restored, the
-    // flag demo_livepatch.so was activated with cleared.
+    // Both switched at once: a slot each (three words), both stubs
+    // re-pointed at their slots, the flag, demo_answer's stub straight to
+    // the new function, demo_word's entry restored.
     assert!(
-        lines[3].starts_with("  code writes: 3, threads stopped: 4 for "),
+        lines[3].starts_with("  code writes: 11, threads stopped: 4 for "),
         "{out}"
     );
     assert_eq!(lines.len(), 5, "{out}");
@@ -476,8 +477,10 @@ fn revert_all_and_replace_in_one_stop() {
     assert_eq!(r["status"], "reverted");
     assert_eq!(r["patch"], serde_json::Value::Null);
     assert_eq!(r["library"], "libulpdemo.so.1");
-    // Both entries back to the NOP; the stubs stay, unreachable.
-    assert_eq!(r["writes"], 2);
+    // Both switched at once: a slot each (three words), the stubs to the
+    // slots, the flag, both entries back to the NOP (the stubs stay,
+    // unreachable).
+    assert_eq!(r["writes"], 11);
     assert_eq!(t.ask("answer"), "1");
 }
 
@@ -552,9 +555,9 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
         "{out}"
     );
     assert!(
-        // Two functions reverted at once: two tails and heads, the flag,
-        // two entries.
-        lines[3].starts_with("  code writes: 7, threads stopped: 1 for ")
+        // Two functions reverted at once: a slot each (three words), the
+        // two stubs pointed at them, the flag, the two entries.
+        lines[3].starts_with("  code writes: 11, threads stopped: 1 for ")
             && lines[3].ends_with(" ms, attempts: 1"),
         "{out}"
     );
@@ -572,9 +575,9 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
     assert_eq!(lines[0], format!("demo_prog (pid: {pid}):"));
     assert_eq!(lines[1], "  SUCCESS demo_livepatch.so");
     assert_eq!(lines[2], format!("    runtime: {}", demo.runtime.display()));
-    // Activated at once: two stubs, two entries, the flag, two heads, two
-    // tails.
-    assert!(lines[4].starts_with("    code writes: 9, "), "{out}");
+    // Switched at once: a slot each (three words), two stubs and two
+    // entries to the slots, the flag, two stubs straight to the new code.
+    assert!(lines[4].starts_with("    code writes: 13, "), "{out}");
     assert_eq!(lines[5], "  SUCCESS demo_livepatch2.so");
 
     // --json: one document, every kind of result.

@@ -73,11 +73,6 @@ static void poke(const struct write *w)
     printf("MISMATCH at %#lx\n", (unsigned long)w->addr);
     return;
   }
-  if (w->kind == 2) {
-    /* A flag: the runtime's own writable data. */
-    memcpy(at, w->new_, w->len);
-    return;
-  }
   long page = sysconf(_SC_PAGESIZE);
   uintptr_t start = w->addr & ~(uintptr_t)(page - 1);
   size_t span = w->addr + w->len - start;
@@ -107,7 +102,8 @@ static void call_runtime(const char *what, uint32_t op, const void *req, size_t 
   if (nowrite)
     return;
   /* In the order given: the runtime puts every stub before the entry jump
-     that leads to it (and a flag between entries and heads). */
+     that leads to it (and, switching several functions, the slots, the
+     jumps to them, the flag, the jumps straight to the targets). */
   for (uint32_t i = 0; i < n; i++)
     poke(&w[i]);
 }
