@@ -275,6 +275,8 @@ fn libpulp_answer_unchanged_without_the_option() {
         (code, out.as_str(), err.as_str()),
         (0, "file 'libulpdemo.so.1' is livepatchable.\n", "")
     );
+    // The same line and status as libpulp; only stderr adds that the
+    // entry rewrite can still patch some of its functions.
     let (code, out, err) = ulp(dir.path(), &["livepatchable", "librewrite.so.1"]);
     assert_eq!(
         (code, out.as_str(), err.as_str()),
@@ -282,7 +284,8 @@ fn libpulp_answer_unchanged_without_the_option() {
             1,
             "file 'librewrite.so.1' is not livepatchable: no __patchable_function_entries \
              section (build with -fpatchable-function-entry=16,14)\n",
-            ""
+            "ulp: note: ulp can still patch 1 of its functions by rewriting their entry; see \
+             `ulp livepatchable --functions librewrite.so.1`\n"
         )
     );
     // FUNCTION operands need the option.

@@ -47,6 +47,8 @@ Tell whether FILE was built with patchable function entries
 (gcc -fpatchable-function-entry=16,14):
   file 'FILE' is livepatchable.
   file 'FILE' is not livepatchable: REASON
+(and then, on stderr, how many of its functions ulp can still patch by
+rewriting their entry, unless -q).
 
 With --functions, tell for each function how it can be live patched,
 sorted by name (or for each FUNCTION named, in that order; NAME@VERSION
@@ -88,14 +90,14 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 p.operands.len()
             )));
         }
-        return Ok(livepatchable(path, p.has("json")));
+        return Ok(livepatchable(path, p.has("json"), p.has("quiet")));
     }
     Ok(functions(path, wanted, p))
 }
 
 /// libpulp's answer (COMPAT.md), unchanged; `--json` adds the per-method
 /// counts.
-fn livepatchable(path: &Path, json: bool) -> u8 {
+fn livepatchable(path: &Path, json: bool, quiet: bool) -> u8 {
     let elf = ElfFile::open(path).map_err(|e| e.to_string());
     let verdict = elf
         .as_ref()
@@ -118,6 +120,21 @@ fn livepatchable(path: &Path, json: bool) -> u8 {
         }
         Err(reason) => {
             println!("file '{}' is not livepatchable: {reason}", path.display());
+            // libpulp's line stays as it was; stderr says that ulp can
+            // still patch most of its functions, without padding.
+            if let (Ok(f), false) = (&elf, quiet) {
+                let rewritable = classify(f)
+                    .iter()
+                    .filter(|f| matches!(f.method, Method::Rewrite { .. }))
+                    .count();
+                if rewritable > 0 {
+                    eprintln!(
+                        "ulp: note: ulp can still patch {rewritable} of its functions by \
+                         rewriting their entry; see `ulp livepatchable --functions {}`",
+                        path.display()
+                    );
+                }
+            }
             1
         }
     }
