@@ -178,6 +178,20 @@ fn main() {
         ],
         &out.join("unpadded_patch.so"),
     );
+    // The libz patch again, linked to load at 0x200000000000 (the loader
+    // takes the address as a hint), far out of jmp rel32 reach of the
+    // libraries: its entry rewrite goes through a far stub.
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wl,--build-id",
+            "-Wl,-Ttext-segment=0x200000000000",
+            &s("sys_patch_libz.c"),
+        ],
+        &out.join("sys_patch_libz_far.so"),
+    );
     for patch in ["sys_patch_libc", "sys_patch_libz"] {
         gcc(
             &[

@@ -155,6 +155,48 @@ fn a_plain_program_gets_system_library_patches() {
     assert!(t.ask("stats").ends_with(" bad=0"));
 }
 
+/// A new function more than 2 GiB away from the function it replaces (the
+/// container linked to load at 0x200000000000): the entry jumps to a far
+/// stub in the runtime's page next to the library, which jumps on.
+#[test]
+fn a_far_new_function_is_reached_through_a_stub_next_to_the_library() {
+    let dir = system_setup("rewrite-far");
+    copy_files(&fixtures_dir(), dir.path(), &["sys_patch_libz_far.so"]);
+    std::fs::write(
+        dir.join("far.dsc"),
+        format!("sys_patch_libz_far.so\n@{LIBZ}\nzlibVersion:new_zlibVersion\n"),
+    )
+    .unwrap();
+    let (code, out, err) = ulp(dir.path(), &["packer", "far.dsc"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut t = start_sys_prog(&dir, true);
+    let pid = t.pid.to_string();
+    let zver = t.ask("zver");
+    trigger(&dir, &["-p", &pid, "sys_patch_libz_far.so"], "apply far");
+    assert_eq!(t.ask("zver"), "ulp-patched");
+    // Where things are: the container and libz more than 2 GiB apart.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let start_of = |name: &str| {
+        maps.lines()
+            .find(|l| l.contains(name))
+            .and_then(|l| l.split('-').next())
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+            .unwrap_or_else(|| panic!("{name} not mapped: {maps}"))
+    };
+    let distance = start_of("sys_patch_libz_far.so").abs_diff(start_of("libz.so"));
+    assert!(
+        distance > 1 << 32,
+        "the container is {distance:#x} from libz"
+    );
+    trigger(
+        &dir,
+        &["-p", &pid, "--revert", "sys_patch_libz_far.so"],
+        "revert far",
+    );
+    assert_eq!(t.ask("zver"), zver);
+    assert!(t.ask("stats").ends_with(" bad=0"));
+}
+
 /// Every refusal of the entry rewrite: ERROR with the reason, and the
 /// function (and the process) exactly as before.
 #[test]
