@@ -19,7 +19,7 @@
 //! chosen. When no thread qualifies the process is busy: the caller tries
 //! again a little later and reports it with the advice to retry.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ulp_process::{Mapping, Pid, SeizeOptions, Stopped, Tid};
 
@@ -117,14 +117,15 @@ fn verdict(f: &Forbidden, rip: u64, syscall: Option<i64>) -> Result<(), &'static
 /// Stops threads of `pid` one at a time, main thread first, until one is
 /// safe to run the runtime's code on; returns it still stopped. `Err` says
 /// why none was (busy, or an error of the process).
-pub fn seize_caller(
+fn seize_caller(
     pid: Pid,
     deadline: Instant,
     options: SeizeOptions,
-) -> Result<(Stopped, Tid), String> {
-    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+) -> Result<(Stopped, Tid), NoCaller> {
+    let failed = |e: ulp_process::Error| NoCaller::Failed(e.to_string());
+    let maps = ulp_process::maps(pid).map_err(failed)?;
     let forbidden = Forbidden::of(&maps);
-    let mut tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;
+    let mut tids = ulp_process::threads(pid).map_err(failed)?;
     // The main thread first: in most programs it waits for input.
     tids.sort_by_key(|&t| (t != pid, t));
     let mut first_error = None;
@@ -151,12 +152,55 @@ pub fn seize_caller(
             break;
         }
     }
-    Err(first_error.unwrap_or_else(|| {
-        format!(
+    Err(match first_error {
+        Some(e) => NoCaller::Failed(e),
+        None => NoCaller::Busy(format!(
             "process {pid} is busy: every thread is inside the C library or the dynamic loader, \
              where the runtime's code cannot safely run now; retry later or with a higher -r"
-        )
-    }))
+        )),
+    })
+}
+
+/// Why no caller was found.
+enum NoCaller {
+    /// Every thread was inside the C library or the loader when looked at.
+    Busy(String),
+    /// The process cannot be stopped at all (gone, not permitted, ...).
+    Failed(String),
+}
+
+/// How long [`find_caller`] keeps looking for a caller, at least, before
+/// it calls the process busy: a thread caught inside `printf` or `malloc`
+/// leaves it within microseconds, and on a loaded machine a few tries
+/// spread over a quarter of a second find one where an immediate
+/// verdict would not.
+const PATIENCE: Duration = Duration::from_millis(250);
+
+/// [`seize_caller`], tried again while the process is busy: for
+/// [`PATIENCE`] and at least `retries` more times (`-r`), within
+/// `deadline`. Any other failure is returned at once.
+pub fn find_caller(
+    pid: Pid,
+    deadline: Instant,
+    options: SeizeOptions,
+    retries: u32,
+) -> Result<(Stopped, Tid), String> {
+    let start = Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        match seize_caller(pid, deadline, options) {
+            Ok(found) => return Ok(found),
+            Err(NoCaller::Failed(e)) => return Err(e),
+            Err(NoCaller::Busy(e)) => {
+                let patient = start.elapsed() < PATIENCE || attempt < retries;
+                if !patient || Instant::now() >= deadline {
+                    return Err(e);
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ulp_process::{Mapping, Pid, SIGRETURN_CODE};
 
@@ -184,17 +184,7 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
     let mut data = inside.into_bytes();
     data.push(0);
 
-    let mut attempt = 0;
-    let (mut stopped, tid) = loop {
-        match caller::seize_caller(pid, deadline, opts.seize()) {
-            Ok(found) => break found,
-            Err(e) if attempt >= opts.retries || Instant::now() >= deadline => return Err(e),
-            Err(_) => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(1 << attempt.min(6)));
-            }
-        }
-    };
+    let (mut stopped, tid) = caller::find_caller(pid, deadline, opts.seize(), opts.retries)?;
     let mut resume_path = || {
         let rt = Runtime::find(pid).ok()?;
         trigger::return_path(&rt).ok()

@@ -728,17 +728,7 @@ fn call(
 ) -> Result<(i32, String, Vec<Write>), String> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
-    let mut attempt = 0;
-    let (mut stopped, tid) = loop {
-        match caller::seize_caller(rt.pid, deadline, opts.seize()) {
-            Ok(found) => break found,
-            Err(e) if attempt >= opts.retries || Instant::now() >= deadline => return Err(e),
-            Err(_) => {
-                attempt += 1;
-                thread::sleep(Duration::from_millis(1 << attempt.min(6)));
-            }
-        }
-    };
+    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)?;
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.
