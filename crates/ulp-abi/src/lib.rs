@@ -38,7 +38,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -346,18 +346,24 @@ pub struct ApplyRequest<'a> {
     pub container_path: &'a [u8],
     pub ulp: &'a [u8],
     pub comments: &'a [u8],
+    /// One little-endian `u64` per unit of `ulp`, in its order: the size
+    /// of the old function as the target file's symbol tables give it (0:
+    /// unknown). The entry rewrite decodes that many bytes; the runtime
+    /// only sees the dynamic symbol table in memory, which has no local
+    /// (static) functions.
+    pub sizes: &'a [u8],
 }
 
 impl<'a> ApplyRequest<'a> {
     pub fn encoded_len(&self) -> usize {
-        12 + self.container_path.len() + self.ulp.len() + self.comments.len()
+        16 + self.container_path.len() + self.ulp.len() + self.comments.len() + self.sizes.len()
     }
 
     /// Encodes into `out`; returns the length used, or `None` when `out`
     /// is too small.
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
         let mut pos = 0;
-        for field in [self.container_path, self.ulp, self.comments] {
+        for field in [self.container_path, self.ulp, self.comments, self.sizes] {
             let len = u32::try_from(field.len()).ok()?;
             out.get_mut(pos..pos + 4)?
                 .copy_from_slice(&len.to_le_bytes());
@@ -370,20 +376,28 @@ impl<'a> ApplyRequest<'a> {
 
     /// Decodes a request; `None` on any inconsistency.
     pub fn decode(mut input: &'a [u8]) -> Option<Self> {
-        let mut fields: [&'a [u8]; 3] = [&[]; 3];
+        let mut fields: [&'a [u8]; 4] = [&[]; 4];
         for f in fields.iter_mut() {
             let len = u32::from_le_bytes(input.get(..4)?.try_into().ok()?) as usize;
             *f = input.get(4..4usize.checked_add(len)?)?;
             input = &input[4 + len..];
         }
-        if !input.is_empty() {
+        if !input.is_empty() || fields[3].len() & 7 != 0 {
             return None;
         }
         Some(ApplyRequest {
             container_path: fields[0],
             ulp: fields[1],
             comments: fields[2],
+            sizes: fields[3],
         })
+    }
+
+    /// The size the tool found for unit `i` (`None`: unknown).
+    pub fn size_of(&self, i: usize) -> Option<u64> {
+        let b = self.sizes.get(8 * i..8 * i + 8)?;
+        let size = u64::from_le_bytes(b.try_into().ok()?);
+        (size != 0).then_some(size)
     }
 }
 
@@ -521,11 +535,16 @@ mod tests {
             container_path: b"/tmp/p.so",
             ulp: &[1, 2, 3],
             comments: b"",
+            sizes: &[9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         };
         let mut buf = [0u8; 64];
         let n = r.encode(&mut buf).unwrap();
         assert_eq!(n, r.encoded_len());
         assert_eq!(ApplyRequest::decode(&buf[..n]), Some(r));
+        assert_eq!(
+            (r.size_of(0), r.size_of(1), r.size_of(2)),
+            (Some(9), None, None)
+        );
         assert_eq!(ApplyRequest::decode(&buf[..n - 1]), None);
         assert!(r.encode(&mut buf[..5]).is_none());
     }
@@ -538,6 +557,7 @@ mod tests {
                 container_path: b"/tmp/p.so",
                 ulp: &[1, 2, 3],
                 comments: b"x",
+                sizes: &[],
             },
         };
         let mut buf = [0u8; 64];

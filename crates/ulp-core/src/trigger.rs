@@ -358,10 +358,12 @@ fn apply_request(
     }
     let ulp = container.metadata.encode();
     let comments = container.comments.clone().unwrap_or_default();
+    let sizes = unit_sizes(pid, &container.metadata, opts);
     let apply = ApplyRequest {
         container_path: path.as_bytes(),
         ulp: &ulp,
         comments: &comments,
+        sizes: &sizes,
     };
     let (len, encoded) = match replace_lib {
         None => {
@@ -475,6 +477,48 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
             hex(&md.build_id)
         )),
     })
+}
+
+/// The size of each unit's old function, from the symbol tables of the
+/// target file the process loaded (`.symtab` included, which the runtime
+/// cannot see in memory), as the request's `sizes`: 0 where unknown.
+/// Read once per (file, patch) in one ulp run: a fleet shares its library.
+fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<(String, u64, [u8; 32]), Vec<u8>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let Some(obj) = mapped_objects(pid).ok().and_then(|objects| {
+        objects
+            .into_iter()
+            .filter(|o| is_named(o, &md.target_name, pid, opts))
+            .find(|o| o.build_id_in_memory(pid).as_deref() == Some(&md.build_id[..]))
+    }) else {
+        return vec![0; 8 * md.units.len()];
+    };
+    let key = (obj.dev.clone(), obj.inode, md.patch_id);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(sizes) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return sizes;
+    }
+    let functions = open_object(&obj, pid, opts)
+        .map(|f| f.function_symbols())
+        .unwrap_or_default();
+    let sizes: Vec<u8> = md
+        .units
+        .iter()
+        .flat_map(|u| {
+            functions
+                .iter()
+                .filter(|s| s.value == u.old_faddr)
+                .map(|s| s.size)
+                .max()
+                .unwrap_or(0)
+                .to_le_bytes()
+        })
+        .collect();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, sizes.clone());
+    }
+    sizes
 }
 
 /// Whether `obj` is the library `name` of a patch: its file name, or, for

@@ -235,7 +235,12 @@ impl Method {
 /// How `entry` (the function `name` of `target`) is redirected: an entry
 /// rewritten before stays so; a padded site is used as such; otherwise
 /// the entry rewrite, if the function allows it.
-fn method_of(target: &LoadedObject, entry: u64, name: &str) -> Result<Method, Failure> {
+fn method_of(
+    target: &LoadedObject,
+    entry: u64,
+    name: &str,
+    known_size: Option<u64>,
+) -> Result<Method, Failure> {
     if let Some(r) = rewrite::lookup(entry) {
         return Ok(Method::Rewrite(r));
     }
@@ -252,7 +257,7 @@ fn method_of(target: &LoadedObject, entry: u64, name: &str) -> Result<Method, Fa
     }
     match read_site(target, entry, name) {
         Ok(site) => Ok(Method::Padded(site)),
-        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry)
+        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry, known_size)
             .map(Method::Rewrite)
             .map_err(|why| failed(format!("function '{name}' is not live-patchable: {why}"))),
         Err(padded) => Err(padded),
@@ -553,9 +558,9 @@ fn apply_request(
     }
     // The sites, before anything is loaded: a refusal here costs nothing.
     let mut sites: Vec<Method> = Vec::with_capacity(meta.units.len());
-    for unit in &meta.units {
+    for (i, unit) in meta.units.iter().enumerate() {
         let entry = target.bias.wrapping_add(unit.old_faddr);
-        let method = method_of(target, entry, &unit.old_fname)?;
+        let method = method_of(target, entry, &unit.old_fname, request.size_of(i))?;
         if sites.iter().any(|s| s.entry() == entry) {
             return Err(failed(format!(
                 "function '{}' (offset 0x{:x}) is replaced twice by patch '{shown}'",

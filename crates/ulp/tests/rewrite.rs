@@ -197,6 +197,41 @@ fn a_far_new_function_is_reached_through_a_stub_next_to_the_library() {
     assert!(t.ask("stats").ends_with(" bad=0"));
 }
 
+/// A static function of a library without padding: the runtime does not
+/// see it in the dynamic symbol table in memory; its size comes from the
+/// library file's `.symtab`, which ulp reads and passes along.
+#[test]
+fn a_static_function_is_rewritten_with_its_size_from_the_file() {
+    let dir = TempDir::new("rewrite-static");
+    copy_files(
+        &fixtures_dir(),
+        dir.path(),
+        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
+    );
+    install_runtime(dir.path());
+    std::fs::write(
+        dir.join("static.dsc"),
+        "unpadded_patch.so\n@unpadded_lib.so\nup_static:new_up\n",
+    )
+    .unwrap();
+    let (code, out, err) = ulp(dir.path(), &["packer", "static.dsc"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut cmd = Command::new(dir.join("unpadded_prog"));
+    cmd.current_dir(dir.path())
+        .env("LD_PRELOAD", dir.join("libpulp.so.0"));
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("static"), "7");
+    trigger(&dir, &["-p", &pid, "unpadded_patch.so"], "apply");
+    assert_eq!(t.ask("static"), "99");
+    trigger(
+        &dir,
+        &["-p", &pid, "--revert", "unpadded_patch.so"],
+        "revert",
+    );
+    assert_eq!(t.ask("static"), "7");
+}
+
 /// Every refusal of the entry rewrite: ERROR with the reason, and the
 /// function (and the process) exactly as before.
 #[test]

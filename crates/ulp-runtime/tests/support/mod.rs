@@ -294,6 +294,7 @@ pub fn request_file(
         container_path: container,
         ulp: &ulp,
         comments,
+        sizes: &[],
     };
     let mut buf = vec![0u8; req.encoded_len()];
     let n = req.encode(&mut buf).unwrap();
