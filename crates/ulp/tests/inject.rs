@@ -485,7 +485,7 @@ fn patches_lists_the_processes_that_still_run_unpatched_code() {
     assert_eq!(code, 0, "a process without the runtime is a warning: {out}");
     assert!(
         out.contains("Unpatched processes")
-            && out.contains(&format!("PID: {}, name: demo_prog:", plain.pid))
+            && out.contains(&format!("  demo_prog (pid: {}): ", plain.pid))
             && out.contains("no runtime"),
         "{out}"
     );

@@ -36,7 +36,7 @@ with the reason (no runtime, opted out, disabled, not permitted, or simply
 not applied yet) and what to do (not with --only-livepatched):
 
   Unpatched processes (they map a library that is patched elsewhere):
-    PID: <pid>, name: <name>: <library path>: <reason>
+    <name> (pid: <pid>): <library path>: <reason>
 
 The processes are only read, never stopped.
 
@@ -178,10 +178,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     } else if !coverage.unpatched.is_empty() && !only_patched {
         println!("Unpatched processes (they map a library that is patched elsewhere):");
         for u in &coverage.unpatched {
-            println!(
-                "  PID: {}, name: {}: {}: {}",
-                u.pid, u.name, u.library, u.why
-            );
+            println!("  {} (pid: {}): {}: {}", u.name, u.pid, u.library, u.why);
         }
         if coverage.unreadable > 0 {
             let advice = if ulp_core::trust::running_as_root() {
