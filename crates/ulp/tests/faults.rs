@@ -233,28 +233,7 @@ fn answer_and_word(t: &mut common::Target) -> (String, String) {
 /// Runs `ulp ARGS` in the demo's directory with `env` set, waiting at most
 /// 30 s (then it is killed and the test fails).
 fn ulp_bounded(demo: &Demo, args: &[&str], env: &[(&str, String)]) -> std::process::ExitStatus {
-    let mut cmd = Command::new(ulp_bin());
-    cmd.args(args)
-        .current_dir(demo.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("running ulp");
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ulp {args:?} did not finish in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    ulp_in(demo.dir.path(), args, "", env)
 }
 
 #[test]

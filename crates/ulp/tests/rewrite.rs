@@ -46,6 +46,27 @@ fn system_setup(tag: &str) -> TempDir {
     dir
 }
 
+/// A scratch directory with the library without padding, its program,
+/// the patch's functions and the runtime.
+fn unpadded_setup(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    copy_files(
+        &fixtures_dir(),
+        dir.path(),
+        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
+    );
+    install_runtime(dir.path());
+    dir
+}
+
+/// unpadded_prog with the runtime preloaded.
+fn start_unpadded(dir: &TempDir) -> Target {
+    let mut cmd = Command::new(dir.join("unpadded_prog"));
+    cmd.current_dir(dir.path())
+        .env("LD_PRELOAD", dir.join("libpulp.so.0"));
+    Target::spawn(cmd)
+}
+
 fn start_sys_prog(dir: &TempDir, preload: bool) -> Target {
     let mut cmd = Command::new(dir.join("sys_prog"));
     cmd.args(["-t", "4"]).current_dir(dir.path());
@@ -202,13 +223,7 @@ fn a_far_new_function_is_reached_through_a_stub_next_to_the_library() {
 /// library file's `.symtab`, which ulp reads and passes along.
 #[test]
 fn a_static_function_is_rewritten_with_its_size_from_the_file() {
-    let dir = TempDir::new("rewrite-static");
-    copy_files(
-        &fixtures_dir(),
-        dir.path(),
-        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
-    );
-    install_runtime(dir.path());
+    let dir = unpadded_setup("rewrite-static");
     std::fs::write(
         dir.join("static.dsc"),
         "unpadded_patch.so\n@unpadded_lib.so\nup_static:new_up\n",
@@ -216,10 +231,7 @@ fn a_static_function_is_rewritten_with_its_size_from_the_file() {
     .unwrap();
     let (code, out, err) = ulp(dir.path(), &["packer", "static.dsc"]);
     assert_eq!(code, 0, "{out}{err}");
-    let mut cmd = Command::new(dir.join("unpadded_prog"));
-    cmd.current_dir(dir.path())
-        .env("LD_PRELOAD", dir.join("libpulp.so.0"));
-    let mut t = Target::spawn(cmd);
+    let mut t = start_unpadded(&dir);
     let pid = t.pid.to_string();
     assert_eq!(t.ask("static"), "7");
     trigger(&dir, &["-p", &pid, "unpadded_patch.so"], "apply");
@@ -236,17 +248,8 @@ fn a_static_function_is_rewritten_with_its_size_from_the_file() {
 /// function (and the process) exactly as before.
 #[test]
 fn refused_entries_leave_the_target_untouched() {
-    let dir = TempDir::new("rewrite-refusals");
-    copy_files(
-        &fixtures_dir(),
-        dir.path(),
-        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
-    );
-    install_runtime(dir.path());
-    let mut cmd = Command::new(dir.join("unpadded_prog"));
-    cmd.current_dir(dir.path())
-        .env("LD_PRELOAD", dir.join("libpulp.so.0"));
-    let mut t = Target::spawn(cmd);
+    let dir = unpadded_setup("rewrite-refusals");
+    let mut t = start_unpadded(&dir);
     let pid = t.pid.to_string();
     let before: Vec<String> = ["answer", "short", "loop", "call", "ifunc"]
         .iter()
@@ -308,13 +311,7 @@ fn refused_entries_leave_the_target_untouched() {
 /// reverted out of order.
 #[test]
 fn an_unpadded_function_stacks_and_reverts_in_any_order() {
-    let dir = TempDir::new("rewrite-stack");
-    copy_files(
-        &fixtures_dir(),
-        dir.path(),
-        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
-    );
-    install_runtime(dir.path());
+    let dir = unpadded_setup("rewrite-stack");
     // Two containers for up_answer: new_up (99), then new_up2 (100).
     for (name, new) in [("first", "new_up"), ("second", "new_up2")] {
         let container = format!("{name}.so");
@@ -327,10 +324,7 @@ fn an_unpadded_function_stacks_and_reverts_in_any_order() {
         let (code, out, err) = ulp(dir.path(), &["packer", &format!("{name}.dsc")]);
         assert_eq!(code, 0, "{out}{err}");
     }
-    let mut cmd = Command::new(dir.join("unpadded_prog"));
-    cmd.current_dir(dir.path())
-        .env("LD_PRELOAD", dir.join("libpulp.so.0"));
-    let mut t = Target::spawn(cmd);
+    let mut t = start_unpadded(&dir);
     let pid = t.pid.to_string();
     let run = |args: &[&str]| {
         let mut all = vec!["trigger", "-p", &pid];
