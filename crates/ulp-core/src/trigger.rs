@@ -482,10 +482,16 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
 /// The size of each unit's old function, from the symbol tables of the
 /// target file the process loaded (`.symtab` included, which the runtime
 /// cannot see in memory), as the request's `sizes`: 0 where unknown.
-/// Read once per (file, patch) in one ulp run: a fleet shares its library.
+/// Read once per (build, patch) in one ulp run: the build-id names the
+/// file's contents, so a fleet of processes costs one read of the file.
 fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
-    type Cache = std::sync::Mutex<std::collections::HashMap<(String, u64, [u8; 32]), Vec<u8>>>;
+    type Cache = std::sync::Mutex<std::collections::HashMap<(Vec<u8>, [u8; 32]), Vec<u8>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = (md.build_id.clone(), md.patch_id);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(sizes) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return sizes;
+    }
     let Some(obj) = mapped_objects(pid).ok().and_then(|objects| {
         objects
             .into_iter()
@@ -494,12 +500,11 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
     }) else {
         return vec![0; 8 * md.units.len()];
     };
-    let key = (obj.dev.clone(), obj.inode, md.patch_id);
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(sizes) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return sizes;
-    }
+    // Only from the very build the patch is for: the file now at that
+    // path may be another one (an upgrade renamed a new build over it).
     let functions = open_object(&obj, pid, opts)
+        .ok()
+        .filter(|f| f.build_id().as_deref() == Some(&md.build_id[..]))
         .map(|f| f.function_symbols())
         .unwrap_or_default();
     let sizes: Vec<u8> = md
