@@ -551,20 +551,18 @@ fn a_replace_switches_every_function_at_once_when_killed_anywhere() {
     });
 }
 
-#[test]
-fn a_patch_of_two_rewritten_functions_switches_at_once_when_killed_anywhere() {
-    let dir = common::TempDir::new("atomic-rewrite");
+/// Apply, then revert, of a patch of unpadded_lib.so described by `dsc`
+/// (`new_up` 99 and `new_up2` 100 for the two functions `questions`
+/// ask), killed after every code word.
+fn unpadded_apply_and_revert(tag: &str, dsc: &str, questions: &[&str], old: &[&str]) {
+    let dir = common::TempDir::new(tag);
     common::copy_files(
         &common::fixtures_dir(),
         dir.path(),
         &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
     );
     let runtime = common::install_runtime(dir.path());
-    std::fs::write(
-        dir.join("both.dsc"),
-        "unpadded_patch.so\n@unpadded_lib.so\nup_answer:new_up\nup_answer2:new_up2\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("both.dsc"), dsc).unwrap();
     let (code, out, err) = common::ulp(dir.path(), &["packer", "both.dsc"]);
     assert_eq!(code, 0, "packer: {out}{err}");
     let start = || {
@@ -575,19 +573,20 @@ fn a_patch_of_two_rewritten_functions_switches_at_once_when_killed_anywhere() {
         common::Target::spawn(cmd)
     };
     let apply: &[&str] = &["trigger", "-r", "50", "-p", "PID", "unpadded_patch.so"];
+    let (what_apply, what_revert) = (format!("{tag} apply"), format!("{tag} revert"));
     kill_after_every_word(&KillEveryWord {
-        what: "rewrite apply",
+        what: &what_apply,
         dir: dir.path(),
         start: &start,
         setup: &[],
         op: apply,
         rerun_succeeds: true,
-        questions: &["answer", "answer2"],
-        old: &["42", "43"],
+        questions,
+        old,
         new: &["99", "100"],
     });
     kill_after_every_word(&KillEveryWord {
-        what: "rewrite revert",
+        what: &what_revert,
         dir: dir.path(),
         start: &start,
         setup: &[apply],
@@ -601,8 +600,29 @@ fn a_patch_of_two_rewritten_functions_switches_at_once_when_killed_anywhere() {
             "unpadded_patch.so",
         ],
         rerun_succeeds: false,
-        questions: &["answer", "answer2"],
+        questions,
         old: &["99", "100"],
-        new: &["42", "43"],
+        new: old,
     });
+}
+
+#[test]
+fn a_patch_of_two_rewritten_functions_switches_at_once_when_killed_anywhere() {
+    unpadded_apply_and_revert(
+        "atomic-rewrite",
+        "unpadded_patch.so\n@unpadded_lib.so\nup_answer:new_up\nup_answer2:new_up2\n",
+        &["answer", "answer2"],
+        &["42", "43"],
+    );
+}
+
+/// One rewritten function and one padded, in one patch.
+#[test]
+fn a_patch_mixing_padded_and_rewritten_functions_switches_at_once_when_killed_anywhere() {
+    unpadded_apply_and_revert(
+        "atomic-mixed",
+        "unpadded_patch.so\n@unpadded_lib.so\nup_answer:new_up\nup_padded:new_up2\n",
+        &["answer", "padded"],
+        &["42", "5"],
+    );
 }
