@@ -244,12 +244,14 @@ fn method_of(
     if let Some(r) = rewrite::lookup(entry) {
         return Ok(Method::Rewrite(r));
     }
+    // Its size and type: the dynamic symbol table in memory, else the size
+    // the tool read in the library file.
+    let symbol = target
+        .dynamic_symbol_at(entry)
+        .or(known_size.map(|size| (size, objects::STT_FUNC)));
     // An IFUNC resolver ran once, at load time: redirecting it (padded or
     // not) changes nothing the process calls.
-    if target
-        .dynamic_symbol_at(entry)
-        .is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC)
-    {
+    if symbol.is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC) {
         return Err(failed(format!(
             "function '{name}' is not live-patchable: it is an IFUNC resolver: the process runs \
              the implementation it selected; patch that function instead"
@@ -257,7 +259,7 @@ fn method_of(
     }
     match read_site(target, entry, name) {
         Ok(site) => Ok(Method::Padded(site)),
-        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry, known_size)
+        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry, symbol)
             .map(Method::Rewrite)
             .map_err(|why| failed(format!("function '{name}' is not live-patchable: {why}"))),
         Err(padded) => Err(padded),

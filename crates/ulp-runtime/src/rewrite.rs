@@ -31,7 +31,7 @@ use core::cell::UnsafeCell;
 use ulp_abi::{write_kind, Write};
 use ulp_x86::{jmp_abs, jmp_rel32, relocate, rewrite_plan, trampoline_len_bound, JMP_REL32_LEN};
 
-use crate::objects::{self, LoadedObject, PF_X, STT_GNU_IFUNC};
+use crate::objects::{LoadedObject, PF_X, STT_GNU_IFUNC};
 
 /// `int3`, filling the bytes between the `jmp` and the end of the last
 /// displaced instruction (never executed).
@@ -112,19 +112,18 @@ fn is_redirect(bytes: &[u8], covered: usize) -> bool {
 /// A refusal is a sentence about the function ("it ..."), for the
 /// caller to prefix with its name.
 ///
-/// `known_size`: the function's size from the target file's symbol tables
-/// (the tool reads `.symtab` too), used when the dynamic symbol table in
-/// memory does not list it (a static function).
+/// `symbol`: the function's size and ELF symbol type, from the dynamic
+/// symbol table in memory or, for a static function, the size the tool
+/// read in the library file (`None`: unknown, refused).
 pub fn prepare(
     target: &LoadedObject,
     entry: u64,
-    known_size: Option<u64>,
+    symbol: Option<(u64, u8)>,
 ) -> Result<Rewritten, String> {
     if let Some(r) = lookup(entry) {
         return Ok(r);
     }
-    let from_memory = target.dynamic_symbol_at(entry);
-    let Some((size, kind)) = from_memory.or(known_size.map(|s| (s, objects::STT_FUNC))) else {
+    let Some((size, kind)) = symbol else {
         return Err(
             "it has no patchable padding, and its size is unknown (neither the dynamic symbol \
              table nor the library file's symbols list it), so its entry cannot be rewritten \
