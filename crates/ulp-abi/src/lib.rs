@@ -31,6 +31,8 @@
 
 #![no_std]
 
+pub mod errors;
+
 #[cfg(feature = "optout")]
 extern crate std;
 #[cfg(feature = "optout")]
