@@ -37,10 +37,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use ulp_abi::errors;
 use ulp_process::{Mapping, Pid, SIGRETURN_CODE};
 
 use crate::caller;
 use crate::objects::objects_from_maps;
+use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::trigger::{self, Options, Outcome};
 
@@ -145,21 +147,32 @@ pub fn ensure_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, 
     match Runtime::find(pid) {
         Ok(rt) => return Ok(rt),
         Err(RuntimeError::NotLoaded) => {}
-        Err(e) => return Err(Outcome::Failed(e.to_string())),
+        Err(e) => {
+            return Err(Outcome::Failed(Reason::new(
+                errors::ENOLIBPULP,
+                e.to_string(),
+            )))
+        }
     }
-    if let Some(why) = opted_out(pid).map_err(Outcome::Failed)? {
-        return Err(Outcome::Skipped(why));
+    if let Some(why) =
+        opted_out(pid).map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e)))?
+    {
+        return Err(Outcome::Skipped(Reason::new(errors::EUSRBLOCKED, why)));
     }
-    load(pid, file, opts).map_err(Outcome::Failed)?;
+    load(pid, file, opts).map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e)))?;
     match Runtime::find(pid) {
         Ok(rt) => Ok(rt),
-        Err(RuntimeError::NotLoaded) => Err(Outcome::Failed(format!(
+        Err(RuntimeError::NotLoaded) => Err(Outcome::Failed(Reason::new(
+            errors::EDLOPEN,
+            format!(
             "the process could not load the runtime '{}' (dlopen failed inside it: is the file \
              readable by the process's user, and built for its C library?)",
             file.display()
+        ),
         ))),
-        Err(e) => Err(Outcome::Failed(format!(
-            "loaded the runtime, but cannot use it: {e}"
+        Err(e) => Err(Outcome::Failed(Reason::new(
+            errors::EINITFAIL,
+            format!("loaded the runtime, but cannot use it: {e}"),
         ))),
     }
 }

@@ -14,9 +14,11 @@ pub mod coverage;
 pub mod inject;
 pub mod objects;
 pub mod patchable;
+pub mod reason;
 pub mod runtime;
 pub mod select;
 pub mod trigger;
 pub mod trust;
 
+pub use reason::Reason;
 pub use ulp_process::{Pid, Tid};

@@ -36,6 +36,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ulp_abi::errors;
 use ulp_abi::{code, offset, op, write_kind, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX};
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
@@ -44,6 +45,7 @@ use ulp_process::{Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
 use crate::objects::{mapped_objects, MappedObject};
+use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// How to run one trigger.
@@ -91,14 +93,14 @@ pub enum Outcome {
     /// The patch is applied already: nothing changed (a skip).
     AlreadyApplied,
     /// Nothing changed, for a reason that is not a failure.
-    Skipped(String),
+    Skipped(Reason),
     /// The runtime is not loaded: nothing changed (a warning, not an error).
     NoRuntime,
-    Failed(String),
+    Failed(Reason),
 }
 
 /// The reason `ulp trigger` prints for an already applied patch.
-pub const ALREADY_APPLIED: &str = "Patch already applied";
+pub const ALREADY_APPLIED: &str = errors::EAPPLIED.phrase;
 
 impl Outcome {
     /// Whether the process changed.
@@ -228,7 +230,7 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
         Err(o) => return Report::bare(o),
     };
     if lib.is_empty() {
-        return with_runtime(&rt, Outcome::Failed("empty library name".into()));
+        return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
     }
     // From outside first: the registry is readable without stopping.
     match mapped_objects(pid) {
@@ -239,17 +241,28 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
         {
             return with_runtime(
                 &rt,
-                Outcome::Skipped(format!("library '{lib}' is not loaded")),
+                Outcome::Skipped(Reason::new(
+                    errors::ENOTARGETLIB,
+                    format!("library '{lib}' is not loaded"),
+                )),
             );
         }
         Ok(_) => {}
-        Err(e) => return with_runtime(&rt, Outcome::Failed(e.to_string())),
+        Err(e) => {
+            return with_runtime(
+                &rt,
+                Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())),
+            )
+        }
     }
     match rt.patches() {
         Ok(p) if !p.iter().any(|p| library_is(&p.target_path, lib)) => {
             return with_runtime(
                 &rt,
-                Outcome::Skipped(format!("no patch of '{lib}' is applied")),
+                Outcome::Skipped(Reason::new(
+                    errors::ENOPATCH,
+                    format!("no patch of '{lib}' is applied"),
+                )),
             );
         }
         _ => {}
@@ -273,7 +286,7 @@ pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options
         Err(o) => return Report::bare(o),
     };
     if lib.is_empty() {
-        return with_runtime(&rt, Outcome::Failed("empty library name".into()));
+        return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
     }
     let buf = match apply_request(pid, container, opts, Some(lib)) {
         Ok(b) => b,
@@ -307,7 +320,10 @@ fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
     match Runtime::find(pid) {
         Ok(rt) => Ok(rt),
         Err(RuntimeError::NotLoaded) => Err(Outcome::NoRuntime),
-        Err(e) => Err(Outcome::Failed(e.to_string())),
+        Err(e) => Err(Outcome::Failed(Reason::new(
+            errors::ENOLIBPULP,
+            e.to_string(),
+        ))),
     }
 }
 
@@ -344,15 +360,19 @@ fn apply_request(
     opts: &Options,
     replace_lib: Option<&str>,
 ) -> Result<Vec<u8>, Outcome> {
-    let path = path_in_target(container, opts).map_err(Outcome::Failed)?;
+    let path = path_in_target(container, opts)
+        .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e)))?;
     if opts.root.is_none() {
         if let Some(root) = chroot_of(pid) {
             // Our path means nothing in there.
-            return Err(Outcome::Failed(format!(
-                "process {pid} runs chrooted at '{}': the runtime cannot open '{path}' there; \
+            return Err(Outcome::Failed(Reason::new(
+                errors::EDLOPEN,
+                format!(
+                    "process {pid} runs chrooted at '{}': the runtime cannot open '{path}' there; \
                  put the patch inside that directory and name it with -R {}",
-                root.display(),
-                root.display()
+                    root.display(),
+                    root.display()
+                ),
             )));
         }
     }
@@ -382,9 +402,9 @@ fn apply_request(
         }
     };
     encoded.ok_or_else(|| {
-        Outcome::Failed(format!(
+        Outcome::Failed(Reason::new(errors::EINVALIDULP, format!(
             "the patch metadata is too large for the runtime's request area ({len} > {REQUEST_MAX} bytes)"
-        ))
+        )))
     })
 }
 
@@ -429,11 +449,12 @@ fn precheck(pid: Pid, container: &Container, opts: &Options) -> Result<Runtime, 
 
 /// Why `container` cannot apply in `pid`, seen from outside (its target
 /// library is not loaded, or is another build); `None` when it can.
-pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<String> {
+pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<Reason> {
     match target_state(pid, &container.metadata, opts) {
         Ok(TargetState::Loaded) => None,
         Ok(TargetState::NotLoaded(why) | TargetState::OtherBuild(why)) => Some(why),
-        Err(o) => Some(o.to_string()),
+        Err(Outcome::Skipped(r) | Outcome::Failed(r)) => Some(r),
+        Err(o) => Some(Reason::unknown(o.to_string())),
     }
 }
 
@@ -442,9 +463,9 @@ enum TargetState {
     /// An object with the target's name and build-id is loaded.
     Loaded,
     /// No object has the target's name (the reason to print).
-    NotLoaded(String),
+    NotLoaded(Reason),
     /// Objects with that name are loaded, none of the patch's build.
-    OtherBuild(String),
+    OtherBuild(Reason),
 }
 
 /// Finds the target of `md` among the objects `pid` maps. The build-id is
@@ -454,7 +475,8 @@ enum TargetState {
 /// maps). The file is read only when the memory cannot be. The runtime
 /// checks the loaded copy again before changing anything.
 fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, Outcome> {
-    let objects = mapped_objects(pid).map_err(|e| Outcome::Failed(e.to_string()))?;
+    let objects = mapped_objects(pid)
+        .map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())))?;
     let mut other = None;
     for obj in objects
         .iter()
@@ -470,11 +492,17 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
         other.get_or_insert((obj.path.clone(), have));
     }
     Ok(match other {
-        None => TargetState::NotLoaded(format!("library '{}' is not loaded", md.target_name)),
-        Some((path, have)) => TargetState::OtherBuild(format!(
-            "build id mismatch: '{path}' has {}, the patch is for {}",
-            hex(&have),
-            hex(&md.build_id)
+        None => TargetState::NotLoaded(Reason::new(
+            errors::ENOTARGETLIB,
+            format!("library '{}' is not loaded", md.target_name),
+        )),
+        Some((path, have)) => TargetState::OtherBuild(Reason::new(
+            errors::EBUILDID,
+            format!(
+                "build id mismatch: '{path}' has {}, the patch is for {}",
+                hex(&have),
+                hex(&md.build_id)
+            ),
         )),
     })
 }
@@ -577,14 +605,14 @@ fn run(
     // of its writes left them pending: make them first, so that the code
     // matches the registry this call starts from.
     if let Err(e) = complete_pending_writes(rt, deadline, opts) {
-        report.outcome = Outcome::Failed(e);
+        report.outcome = Outcome::Failed(Reason::new(errors::EINSNQ, e));
         return report;
     }
     let detail = &mut report.detail;
     let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
         Ok(r) => r,
         Err(e) => {
-            report.outcome = Outcome::Failed(e);
+            report.outcome = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e));
             return report;
         }
     };
@@ -630,7 +658,10 @@ fn run(
         Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
     };
-    report.outcome = Outcome::Failed(format!("{last_err}{undo}"));
+    report.outcome = Outcome::Failed(Reason::new(
+        errors::ETARGETHOOK,
+        format!("{last_err}{undo}"),
+    ));
     report
 }
 
@@ -758,11 +789,19 @@ fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
     Some(match rc {
         code::OK => return None,
         code::ALREADY_APPLIED => Outcome::AlreadyApplied,
-        code::TARGET_NOT_LOADED | code::BUILD_ID_MISMATCH | code::DISABLED => Outcome::Skipped(msg),
+        code::TARGET_NOT_LOADED => Outcome::Skipped(Reason::new(errors::ENOTARGETLIB, msg)),
+        code::BUILD_ID_MISMATCH => Outcome::Skipped(Reason::new(errors::EBUILDID, msg)),
+        code::DISABLED => Outcome::Skipped(Reason::new(errors::EUSRBLOCKED, msg)),
         // Nothing of that library to revert in this process: a skip.
-        code::NOT_APPLIED if opcode == op::REVERT_ALL => Outcome::Skipped(msg),
-        _ if msg.is_empty() => Outcome::Failed(format!("runtime returned code {rc}")),
-        _ => Outcome::Failed(msg),
+        code::NOT_APPLIED if opcode == op::REVERT_ALL => {
+            Outcome::Skipped(Reason::new(errors::ENOPATCH, msg))
+        }
+        code::NOT_APPLIED => Outcome::Failed(Reason::new(errors::ENOTAPPLIED, msg)),
+        code::BAD_REQUEST => Outcome::Failed(Reason::new(errors::EINVALIDULP, msg)),
+        _ if msg.is_empty() => {
+            Outcome::Failed(Reason::unknown(format!("runtime returned code {rc}")))
+        }
+        _ => Outcome::Failed(Reason::unknown(msg)),
     })
 }
 
@@ -1155,15 +1194,18 @@ mod tests {
         );
         assert_eq!(
             refusal(op::REVERT, code::NOT_APPLIED, "not applied".into()),
-            Some(Outcome::Failed("not applied".into()))
+            Some(Outcome::Failed(Reason::new(
+                errors::ENOTAPPLIED,
+                "not applied"
+            )))
         );
         assert_eq!(
             refusal(op::REVERT_ALL, code::NOT_APPLIED, "none".into()),
-            Some(Outcome::Skipped("none".into()))
+            Some(Outcome::Skipped(Reason::new(errors::ENOPATCH, "none")))
         );
         assert_eq!(
             refusal(op::REPLACE, code::FAILED, String::new()),
-            Some(Outcome::Failed("runtime returned code 6".into()))
+            Some(Outcome::Failed(Reason::unknown("runtime returned code 6")))
         );
     }
 }

@@ -9,7 +9,7 @@ use ulp_container::container::{self, Container};
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::select;
 use ulp_core::trigger::{self, Outcome, Report, ALREADY_APPLIED};
-use ulp_core::Pid;
+use ulp_core::{Pid, Reason};
 
 use super::{print_json, process_name, resolve_processes, runtime_to_load};
 use crate::args::{Parsed, UsageError};
@@ -478,11 +478,11 @@ fn examine_loading(
     opts: &trigger::Options,
     runtime: &Path,
 ) -> Examined {
-    let why_not: Vec<Option<String>> = files
+    let why_not: Vec<Option<Reason>> = files
         .iter()
         .map(|f| match &f.container {
             Ok(c) => trigger::target_mismatch(pid, c, opts),
-            Err(e) => Some(e.clone()),
+            Err(e) => Some(container_error(e)),
         })
         .collect();
     let wanted = why_not.iter().any(Option::is_none);
@@ -493,8 +493,12 @@ fn examine_loading(
     let lines = if !wanted {
         // Nothing to load the runtime for.
         lines_with(mode, files, |i| match &files[i].container {
-            Err(e) => Outcome::Failed(e.clone()),
-            Ok(_) => Outcome::Skipped(why_not[i].clone().unwrap_or_default()),
+            Err(e) => Outcome::Failed(container_error(e)),
+            Ok(_) => Outcome::Skipped(
+                why_not[i]
+                    .clone()
+                    .unwrap_or_else(|| Reason::bare(ulp_abi::errors::EUNKNOWN)),
+            ),
         })
     } else {
         match ulp_core::inject::ensure_runtime(pid, runtime, opts) {
@@ -636,7 +640,7 @@ fn process_one(pid: Pid, mode: &Mode, files: &[File], opts: &trigger::Options) -
         .map(|(f, (label, patch, library))| {
             let report = match (&f.container, mode) {
                 (Err(e), _) => Report {
-                    outcome: Outcome::Failed(e.clone()),
+                    outcome: Outcome::Failed(container_error(e)),
                     detail: Default::default(),
                 },
                 (Ok(c), Mode::Revert) => trigger::revert_report(pid, c, opts),
@@ -725,14 +729,19 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
     print!("{out}");
 }
 
+/// The reason for a container that could not be read.
+fn container_error(e: &str) -> Reason {
+    Reason::new(ulp_abi::errors::EINVALIDULP, e)
+}
+
 fn line_json(l: &Line) -> Value {
     let (status, reason) = match &l.report.outcome {
         Outcome::Applied => ("applied", None),
         Outcome::Reverted => ("reverted", None),
         Outcome::AlreadyApplied => ("already_applied", Some(ALREADY_APPLIED.to_string())),
-        Outcome::Skipped(r) => ("not_applicable", Some(r.clone())),
+        Outcome::Skipped(r) => ("not_applicable", Some(r.to_string())),
         Outcome::NoRuntime => ("not_applicable", Some(Outcome::NoRuntime.to_string())),
-        Outcome::Failed(r) => ("failed", Some(r.clone())),
+        Outcome::Failed(r) => ("failed", Some(r.to_string())),
     };
     let d = &l.report.detail;
     json!({
