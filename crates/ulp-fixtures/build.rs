@@ -216,6 +216,19 @@ fn main() {
             &out.join(format!("{patch}.so")),
         );
     }
+    // A patch dlopen refuses: its new function calls a symbol no object
+    // defines (crates/ulp/tests/runtime_compat.rs).
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wl,--build-id",
+            "-Wl,--unresolved-symbols=ignore-all",
+            &s("demo_livepatch_undef.c"),
+        ],
+        &out.join("demo_livepatch_undef.so"),
+    );
     build_semantics(&src.join("semantics"), &out.join("semantics"));
 }
 

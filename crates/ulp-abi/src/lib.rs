@@ -40,7 +40,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -85,7 +85,16 @@ pub mod op {
 }
 
 /// Result codes of the entry point (also stored in `Interface::res_code`).
+///
+/// Codes below 256 are the ones here. A refusal that is one of libpulp's
+/// errors ([`crate::errors`]: a container dlopen cannot load, a function
+/// not found or not patchable, bad metadata) has that error's number as
+/// its code ([`of_error`], 256 and up, since protocol 7), so the tool
+/// reports libpulp's phrase and exits with its exit code; `res_msg` holds
+/// the detail (for a dlopen failure, `dlerror()`'s text).
 pub mod code {
+    use crate::errors::{self, UlpError};
+
     pub const OK: i32 = 0;
     /// The patch id is already in the registry.
     pub const ALREADY_APPLIED: i32 = 1;
@@ -103,6 +112,19 @@ pub mod code {
     pub const BAD_REQUEST: i32 = 7;
     /// UNDO with nothing to undo.
     pub const NOTHING_TO_UNDO: i32 = 8;
+
+    /// The code of a refusal for libpulp's error `e`.
+    pub const fn of_error(e: UlpError) -> i32 {
+        e.number as i32
+    }
+
+    /// The libpulp error a code stands for, when it is one ([`of_error`]).
+    pub fn error(code: i32) -> Option<UlpError> {
+        u16::try_from(code)
+            .ok()
+            .filter(|&n| n >= 256)
+            .and_then(errors::by_number)
+    }
 }
 
 /// Values of `Interface::state`.
@@ -569,6 +591,17 @@ mod tests {
         assert_eq!(ReplaceRequest::decode(&buf[..n - 1]), None);
         assert_eq!(ReplaceRequest::decode(&buf[..3]), None);
         assert!(r.encode(&mut buf[..20]).is_none());
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for &e in errors::ALL {
+            assert_eq!(code::error(code::of_error(e)), Some(e));
+        }
+        assert_eq!(code::of_error(errors::EDLOPEN), 287);
+        for c in [code::OK, code::FAILED, code::NOTHING_TO_UNDO, -1, 255, 290] {
+            assert_eq!(code::error(c), None, "{c}");
+        }
     }
 
     #[test]

@@ -4,23 +4,76 @@
 //! the tool checks a process from outside before it loads the runtime into
 //! it (`ulp trigger --load-runtime`). Both use [`check_with`], so they agree.
 //!
-//! Each variable holds shell-style patterns (libc `fnmatch`, no flags, so
-//! `*` also matches `/`) separated by `:` or `,`. Nothing is looked up
-//! unless its variable is set: the runtime's constructor stays cheap for
-//! every process that does not opt out (user and group names may need NSS).
+//! Each variable holds entries separated by `:` (libpulp's separator) or
+//! `,`. An entry is matched as libpulp does: in the USERS (GROUPS) list an
+//! entry made of digits only is a numeric uid (gid) compared with the
+//! process's real uid (its real gid and supplementary groups); any other
+//! entry, and a numeric one that does not match, is an extended glob
+//! pattern (glibc `fnmatch` with `FNM_EXTMATCH`: `*`, `?`, `[...]`, and
+//! `+(a|b)`, `@(a|b)`, `*(...)`, `?(...)`, `!(...)`; `*` also matches `/`)
+//! matched against the user (group) names, or the executable's path.
+//! Nothing is looked up unless its variable is set: the runtime's
+//! constructor stays cheap for every process that does not opt out (user
+//! and group names may need NSS).
 
+use core::fmt;
 use std::ffi::{CStr, CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::vec;
 use std::vec::Vec;
 
-/// Why live patching was disabled: the variable, the pattern and the value
-/// it matched.
+/// glibc's `FNM_EXTMATCH` (`<fnmatch.h>`), which the libc crate lacks:
+/// ksh-style extended patterns.
+pub const FNM_EXTMATCH: libc::c_int = 1 << 5;
+
+/// What an entry matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched {
+    /// A pattern of `LIBPULP_DISABLE_ON_PATH`, the executable's path.
+    Path,
+    /// A pattern of `LIBPULP_DISABLE_ON_USERS`, the user's name.
+    User,
+    /// A numeric entry of `LIBPULP_DISABLE_ON_USERS`, the real uid.
+    Uid,
+    /// A pattern of `LIBPULP_DISABLE_ON_GROUPS`, a group's name.
+    Group,
+    /// A numeric entry of `LIBPULP_DISABLE_ON_GROUPS`, a gid.
+    Gid,
+}
+
+/// Why live patching was disabled: the variable, the entry and the value
+/// it matched. Displayed, it is libpulp's log line (without `ulp: `), e.g.
+/// `Matched uid 1000: livepatching disabled by user request.`
 #[derive(Debug, PartialEq, Eq)]
 pub struct OptOut {
     pub variable: &'static str,
+    pub matched: Matched,
+    /// The entry as written in the variable.
     pub pattern: Vec<u8>,
+    /// What it matched: the path, the name, or the id in decimal.
     pub subject: Vec<u8>,
+}
+
+impl fmt::Display for OptOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.matched {
+            Matched::Path => "path pattern",
+            Matched::User => "user pattern",
+            Matched::Uid => "uid",
+            Matched::Group => "group pattern",
+            Matched::Gid => "gid",
+        };
+        f.write_str("Matched ")?;
+        f.write_str(what)?;
+        f.write_str(" ")?;
+        for chunk in self.pattern.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        f.write_str(": livepatching disabled by user request.")
+    }
 }
 
 pub const PATH_VAR: &str = "LIBPULP_DISABLE_ON_PATH";
@@ -39,52 +92,78 @@ pub fn check_with(
 ) -> Option<OptOut> {
     if let Some(patterns) = var(PATH_VAR) {
         if let Some(exe) = exe() {
-            if let Some(o) = matching(PATH_VAR, &patterns, &[exe]) {
+            if let Some(o) = matching(PATH_VAR, &patterns, &[], &[exe]) {
                 return Some(o);
             }
         }
     }
     if let Some(patterns) = var(USERS_VAR) {
-        if let Some(name) = user_name(uid()) {
-            if let Some(o) = matching(USERS_VAR, &patterns, &[name]) {
-                return Some(o);
-            }
+        let uid = uid();
+        let names: Vec<Vec<u8>> = user_name(uid).into_iter().collect();
+        if let Some(o) = matching(USERS_VAR, &patterns, &[uid], &names) {
+            return Some(o);
         }
     }
     if let Some(patterns) = var(GROUPS_VAR) {
-        let names: Vec<Vec<u8>> = gids().into_iter().filter_map(group_name).collect();
-        if let Some(o) = matching(GROUPS_VAR, &patterns, &names) {
+        let gids = gids();
+        let names: Vec<Vec<u8>> = gids.iter().copied().filter_map(group_name).collect();
+        if let Some(o) = matching(GROUPS_VAR, &patterns, &gids, &names) {
             return Some(o);
         }
     }
     None
 }
 
-/// The first pattern of `patterns` that matches one of `subjects`.
+/// An entry made of decimal digits only, as a number (libpulp's test).
+fn numeric(entry: &[u8]) -> Option<u32> {
+    if entry.is_empty() || !entry.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    core::str::from_utf8(entry).ok()?.parse().ok()
+}
+
+/// Whether the extended glob `pattern` matches `subject`.
+pub fn glob_matches(pattern: &[u8], subject: &[u8]) -> bool {
+    let (Ok(cpat), Ok(csub)) = (CString::new(pattern), CString::new(subject)) else {
+        return false;
+    };
+    // SAFETY: both are NUL-terminated strings.
+    unsafe { libc::fnmatch(cpat.as_ptr(), csub.as_ptr(), FNM_EXTMATCH) == 0 }
+}
+
+/// The first entry of `patterns` that matches: a numeric entry equal to
+/// one of `ids` (uids or gids; none for the path), else a pattern matching
+/// one of `subjects`.
 pub fn matching(
     variable: &'static str,
     patterns: &OsString,
+    ids: &[u32],
     subjects: &[Vec<u8>],
 ) -> Option<OptOut> {
+    let (by_id, by_name) = match variable {
+        USERS_VAR => (Matched::Uid, Matched::User),
+        GROUPS_VAR => (Matched::Gid, Matched::Group),
+        _ => (Matched::Path, Matched::Path),
+    };
     for pattern in patterns.as_bytes().split(|&b| b == b':' || b == b',') {
         if pattern.is_empty() {
             continue;
         }
-        let Ok(cpat) = CString::new(pattern) else {
-            continue;
-        };
-        for subject in subjects {
-            let Ok(csub) = CString::new(subject.as_slice()) else {
-                continue;
-            };
-            // SAFETY: both are NUL-terminated strings.
-            if unsafe { libc::fnmatch(cpat.as_ptr(), csub.as_ptr(), 0) } == 0 {
-                return Some(OptOut {
-                    variable,
-                    pattern: pattern.to_vec(),
-                    subject: subject.clone(),
-                });
-            }
+        if let Some(id) = numeric(pattern).filter(|n| ids.contains(n)) {
+            return Some(OptOut {
+                variable,
+                matched: by_id,
+                pattern: pattern.to_vec(),
+                subject: std::format!("{id}").into_bytes(),
+            });
+        }
+        if let Some(subject) = subjects.iter().find(|s| glob_matches(pattern, s)) {
+            return Some(OptOut {
+                variable,
+                matched: by_name,
+                pattern: pattern.to_vec(),
+                subject: subject.clone(),
+            });
         }
     }
     None
@@ -156,16 +235,19 @@ mod tests {
     #[test]
     fn pattern_lists() {
         let subj = [b"/usr/bin/bash".to_vec()];
-        let table: [(&[u8], Option<&[u8]>); 6] = [
+        let table: [(&[u8], Option<&[u8]>); 9] = [
             (b"*", Some(b"*")),
             (b"/usr/bin/zsh:*/bash", Some(b"*/bash")),
             (b"/bin/*,/usr/bin/ba?h", Some(b"/usr/bin/ba?h")),
+            (b"*/@(zsh|bash)", Some(b"*/@(zsh|bash)")),
+            (b"*/+(ba)sh", Some(b"*/+(ba)sh")),
+            (b"/usr/bin/!(bash)", None),
             (b"", None),
             (b"::,", None),
             (b"bash", None),
         ];
         for (pats, want) in table {
-            let got = matching(PATH_VAR, &os(pats), &subj).map(|o| o.pattern);
+            let got = matching(PATH_VAR, &os(pats), &[], &subj).map(|o| o.pattern);
             assert_eq!(
                 got.as_deref(),
                 want,
@@ -178,7 +260,47 @@ mod tests {
     #[test]
     fn any_group_may_match() {
         let groups = [b"users".to_vec(), b"wheel".to_vec()];
-        let o = matching(GROUPS_VAR, &os(b"adm,whe*"), &groups).unwrap();
-        assert_eq!(o.subject, b"wheel");
+        let o = matching(GROUPS_VAR, &os(b"adm,whe*"), &[100, 10], &groups).unwrap();
+        assert_eq!((o.matched, &o.subject[..]), (Matched::Group, &b"wheel"[..]));
+        let o = matching(GROUPS_VAR, &os(b"adm:10"), &[100, 10], &groups).unwrap();
+        assert_eq!((o.matched, &o.subject[..]), (Matched::Gid, &b"10"[..]));
+    }
+
+    #[test]
+    fn numeric_entries_are_ids_and_the_lines_are_libpulps() {
+        let names = [b"root".to_vec()];
+        let line = |o: Option<OptOut>| o.map(|o| std::format!("{o}"));
+        assert_eq!(
+            line(matching(USERS_VAR, &os(b"1000:+(ro)ot"), &[1000], &names)),
+            Some("Matched uid 1000: livepatching disabled by user request.".into())
+        );
+        assert_eq!(
+            line(matching(USERS_VAR, &os(b"1000:+(ro)ot"), &[0], &names)),
+            Some("Matched user pattern +(ro)ot: livepatching disabled by user request.".into())
+        );
+        // A number that is not the id is still a pattern for the name.
+        assert_eq!(
+            line(matching(
+                USERS_VAR,
+                &os(b"1001"),
+                &[1000],
+                &[b"1001".to_vec()]
+            )),
+            Some("Matched user pattern 1001: livepatching disabled by user request.".into())
+        );
+        assert_eq!(
+            line(matching(USERS_VAR, &os(b"1001,1x"), &[1000], &names)),
+            None
+        );
+        assert_eq!(
+            line(matching(GROUPS_VAR, &os(b"5"), &[5], &[])),
+            Some("Matched gid 5: livepatching disabled by user request.".into())
+        );
+        assert_eq!(
+            line(matching(PATH_VAR, &os(b"/x/*"), &[], &[b"/x/y".to_vec()])),
+            Some("Matched path pattern /x/*: livepatching disabled by user request.".into())
+        );
+        assert_eq!(numeric(b"0042"), Some(42));
+        assert_eq!(numeric(b"99999999999"), None);
     }
 }

@@ -785,7 +785,13 @@ fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> R
 }
 
 /// What a non-OK result code of `opcode` means for the user; `None` for OK.
+/// A code that is one of libpulp's errors (`code::error`: a container
+/// dlopen refused, a function not found or not patchable, bad metadata)
+/// fails with that error and the runtime's detail.
 fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
+    if let Some(error) = code::error(rc) {
+        return Some(Outcome::Failed(Reason::new(error, msg)));
+    }
     Some(match rc {
         code::OK => return None,
         code::ALREADY_APPLIED => Outcome::AlreadyApplied,
@@ -1206,6 +1212,15 @@ mod tests {
         assert_eq!(
             refusal(op::REPLACE, code::FAILED, String::new()),
             Some(Outcome::Failed(Reason::unknown("runtime returned code 6")))
+        );
+        let why = "/p.so: undefined symbol: x";
+        assert_eq!(
+            refusal(op::APPLY, code::of_error(errors::EDLOPEN), why.into()),
+            Some(Outcome::Failed(Reason::new(errors::EDLOPEN, why)))
+        );
+        assert_eq!(
+            refusal(op::REPLACE, code::of_error(errors::ENONEWFUNC), "f".into()),
+            Some(Outcome::Failed(Reason::new(errors::ENONEWFUNC, "f")))
         );
     }
 }

@@ -120,8 +120,9 @@ fn dispatch() -> i32 {
 extern "C" fn constructor() {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         interface::publish_header();
+        // libpulp's first line, word for word, then which ulp this is.
         ring::log_untimed(format_args!(
-            "libpulp.so.0 loaded (ulp {}, protocol {})",
+            "libpulp loaded... (ulp {}, protocol {})",
             env!("CARGO_PKG_VERSION"),
             ulp_abi::PROTOCOL_VERSION
         ));
@@ -130,12 +131,9 @@ extern "C" fn constructor() {
         }));
         if let Some(o) = optout::check() {
             interface::set_state(state::DISABLED_BY_USER);
-            ring::log(format_args!(
-                "live patching disabled by user: '{}' matches {} pattern '{}'",
-                ring::Text(&o.subject),
-                o.variable,
-                ring::Text(&o.pattern)
-            ));
+            // libpulp's line: `Matched uid 1000: livepatching disabled
+            // by user request.`
+            ring::log(format_args!("{o}"));
         }
     }));
 }

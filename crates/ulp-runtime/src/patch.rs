@@ -39,6 +39,7 @@ use core::ffi::{c_char, c_void, CStr};
 use core::fmt::Write as _;
 use std::ffi::CString;
 
+use ulp_abi::errors::{self, UlpError};
 use ulp_abi::ReplaceRequest;
 use ulp_abi::{code, entry_jump, parse_stub, state, stub_bytes, write_kind};
 use ulp_abi::{ApplyRequest, PatchRecord, Write};
@@ -59,7 +60,8 @@ pub struct Done {
     pub writes: Vec<Write>,
 }
 
-/// A refusal: the result code and a message naming what failed.
+/// A refusal: the result code and a message naming what failed (for a
+/// libpulp error, the detail after its phrase).
 #[derive(Debug)]
 pub struct Failure {
     pub code: i32,
@@ -71,6 +73,21 @@ impl Failure {
         Failure {
             code,
             msg: msg.into(),
+        }
+    }
+
+    /// A refusal that is libpulp's error `e` (its code is `e`'s number).
+    fn error(e: UlpError, msg: impl Into<String>) -> Failure {
+        Failure::new(code::of_error(e), msg)
+    }
+}
+
+/// As logged: libpulp's phrase first when the code is one of its errors.
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match code::error(self.code) {
+            Some(e) => write!(f, "{}: {}", e.phrase, self.msg),
+            None => f.write_str(&self.msg),
         }
     }
 }
@@ -252,16 +269,24 @@ fn method_of(
     // An IFUNC resolver ran once, at load time: redirecting it (padded or
     // not) changes nothing the process calls.
     if symbol.is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC) {
-        return Err(failed(format!(
+        return Err(Failure::error(
+            errors::ENOPATCHABLE,
+            format!(
             "function '{name}' is not live-patchable: it is an IFUNC resolver: the process runs \
              the implementation it selected; patch that function instead"
-        )));
+        ),
+        ));
     }
     match read_site(target, entry, name) {
         Ok(site) => Ok(Method::Padded(site)),
         Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry, symbol)
             .map(Method::Rewrite)
-            .map_err(|why| failed(format!("function '{name}' is not live-patchable: {why}"))),
+            .map_err(|why| {
+                Failure::error(
+                    errors::ENOPATCHABLE,
+                    format!("function '{name}' is not live-patchable: {why}"),
+                )
+            }),
         Err(padded) => Err(padded),
     }
 }
@@ -356,17 +381,24 @@ fn read_site(target: &LoadedObject, entry: u64, name: &str) -> Result<Site, Fail
     } else if target.contains(start, 16, PF_X) {
         16
     } else {
-        return Err(failed(format!(
-            "function '{name}': address 0x{:x} (offset 0x{:x}) is not in the code of '{}'",
-            entry,
-            entry.wrapping_sub(target.bias),
-            Text(&target.path)
-        )));
+        return Err(Failure::error(
+            errors::ENOOLDFUNC,
+            format!(
+                "function '{name}': address 0x{:x} (offset 0x{:x}) is not in the code of '{}'",
+                entry,
+                entry.wrapping_sub(target.bias),
+                Text(&target.path)
+            ),
+        ));
     };
     // SAFETY: the range lies in a loaded executable segment of the target.
     let code = unsafe { read_mem(start, len) };
-    inspect_site(entry, &code)
-        .map_err(|bytes| failed(format!("function '{name}' is not live-patchable: {bytes}")))
+    inspect_site(entry, &code).map_err(|bytes| {
+        Failure::error(
+            errors::ENOPATCHABLE,
+            format!("function '{name}' is not live-patchable: {bytes}"),
+        )
+    })
 }
 
 #[repr(C)]
@@ -409,7 +441,9 @@ impl Drop for Opened {
     }
 }
 
-/// Opens the container and finds its segments.
+/// Opens the container and finds its segments. A container `dlopen`
+/// refuses is libpulp's EDLOPEN with `dlerror()`'s text as the detail,
+/// logged with libpulp's three lines.
 fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
     let shown = path.to_string_lossy();
     // SAFETY: `path` is NUL-terminated; dlerror is cleared first so that
@@ -419,10 +453,14 @@ fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
         libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL)
     };
     if handle.is_null() {
-        return Err(failed(format!(
-            "cannot load container '{shown}': {}",
-            dlerror_text()
-        )));
+        let why = dlerror_text();
+        ring::log(format_args!("Unable to load shared object {shown}: {why}."));
+        ring::log(format_args!("Unable to load patch dl handler."));
+        ring::log(format_args!(
+            "Error in metadata load: {}.",
+            errors::EDLOPEN.phrase
+        ));
+        return Err(Failure::error(errors::EDLOPEN, why));
     }
     let opened = Opened { handle };
     let mut map: *mut LinkMap = core::ptr::null_mut();
@@ -435,10 +473,10 @@ fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
             (&mut map as *mut *mut LinkMap).cast(),
         );
         if rc != 0 || map.is_null() {
-            return Err(failed(format!(
-                "cannot locate container '{shown}': {}",
-                dlerror_text()
-            )));
+            return Err(Failure::error(
+                errors::ENOLINKMAP,
+                format!("cannot locate container '{shown}': {}", dlerror_text()),
+            ));
         }
         let name = if (*map).l_name.is_null() {
             Vec::new()
@@ -451,7 +489,12 @@ fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Failure> {
         .unwrap_or_default()
         .into_iter()
         .find(|o| o.bias == bias && o.name == name)
-        .ok_or_else(|| failed(format!("cannot find the segments of container '{shown}'")))?;
+        .ok_or_else(|| {
+            Failure::error(
+                errors::ENOLINKMAP,
+                format!("cannot find the segments of container '{shown}'"),
+            )
+        })?;
     Ok((opened, object))
 }
 
@@ -475,9 +518,8 @@ pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     match &result {
         Ok(done) => ring::log(format_args!("{}", done.msg)),
         Err(f) => ring::log(format_args!(
-            "apply of '{}' failed: {}",
+            "apply of '{}' failed: {f}",
             Text(request.container_path),
-            f.msg
         )),
     }
     result
@@ -502,11 +544,13 @@ fn apply_request(
         .filter(|p| !p.as_bytes().is_empty())
         .ok_or_else(|| Failure::new(code::BAD_REQUEST, "bad container path in apply request"))?;
     let meta = Metadata::decode(request.ulp).map_err(|e| {
-        Failure::new(
-            code::BAD_REQUEST,
+        Failure::error(
+            errors::EINVALIDULP,
             format!("bad .ulp section of '{shown}': {e}"),
         )
     })?;
+    // libpulp's line for every patch it is asked to load.
+    ring::log(format_args!("Patch path: {shown}"));
     if reg.position(&meta.patch_id).is_some() {
         return Err(Failure::new(
             code::ALREADY_APPLIED,
@@ -564,10 +608,13 @@ fn apply_request(
         let entry = target.bias.wrapping_add(unit.old_faddr);
         let method = method_of(target, entry, &unit.old_fname, request.size_of(i))?;
         if sites.iter().any(|s| s.entry() == entry) {
-            return Err(failed(format!(
-                "function '{}' (offset 0x{:x}) is replaced twice by patch '{shown}'",
-                unit.old_fname, unit.old_faddr
-            )));
+            return Err(Failure::error(
+                errors::EINVALIDULP,
+                format!(
+                    "function '{}' (offset 0x{:x}) is replaced twice by patch '{shown}'",
+                    unit.old_fname, unit.old_faddr
+                ),
+            ));
         }
         sites.push(method);
     }
@@ -578,21 +625,31 @@ fn apply_request(
     // searches its dependencies) and in its code.
     let mut new_addrs = Vec::with_capacity(meta.units.len());
     for unit in &meta.units {
-        let name = CString::new(unit.new_fname.as_bytes())
-            .map_err(|_| failed(format!("bad function name '{}'", unit.new_fname)))?;
+        let name = CString::new(unit.new_fname.as_bytes()).map_err(|_| {
+            Failure::error(
+                errors::EINVALIDULP,
+                format!("bad function name '{}'", unit.new_fname),
+            )
+        })?;
         // SAFETY: a live handle and a NUL-terminated name.
         let addr = unsafe { libc::dlsym(opened.handle, name.as_ptr()) } as u64;
         if addr == 0 {
-            return Err(failed(format!(
-                "function '{}' not found in container '{shown}'",
-                unit.new_fname
-            )));
+            return Err(Failure::error(
+                errors::ENONEWFUNC,
+                format!(
+                    "function '{}' not found in container '{shown}'",
+                    unit.new_fname
+                ),
+            ));
         }
         if !container.contains(addr, 1, PF_X) {
-            return Err(failed(format!(
-                "function '{}' is not defined in the code of container '{shown}'",
-                unit.new_fname
-            )));
+            return Err(Failure::error(
+                errors::ENONEWFUNC,
+                format!(
+                    "function '{}' is not defined in the code of container '{shown}'",
+                    unit.new_fname
+                ),
+            ));
         }
         new_addrs.push(addr);
     }
@@ -605,12 +662,15 @@ fn apply_request(
         let mut value = [0u8; 16];
         let len = if r.tls {
             if target.tls_modid == 0 {
-                return Err(failed(format!(
-                    "reference '{}' -> '{}': target '{}' has no TLS",
-                    r.patch_name,
-                    r.target_name,
-                    Text(&target.path)
-                )));
+                return Err(Failure::error(
+                    errors::ENOADDRESS,
+                    format!(
+                        "reference '{}' -> '{}': target '{}' has no TLS",
+                        r.patch_name,
+                        r.target_name,
+                        Text(&target.path)
+                    ),
+                ));
             }
             value[..8].copy_from_slice(&target.tls_modid.to_le_bytes());
             value[8..].copy_from_slice(&r.target_offset.to_le_bytes());
@@ -622,22 +682,28 @@ fn apply_request(
             // the target's own code points.
             let addr = target.got_binding(r.target_name.as_bytes()).unwrap_or(own);
             if addr == own && !target.contains(addr, 1, 0) {
-                return Err(failed(format!(
-                    "reference '{}' -> '{}': offset 0x{:x} is outside '{}'",
-                    r.patch_name,
-                    r.target_name,
-                    r.target_offset,
-                    Text(&target.path)
-                )));
+                return Err(Failure::error(
+                    errors::ENOADDRESS,
+                    format!(
+                        "reference '{}' -> '{}': offset 0x{:x} is outside '{}'",
+                        r.patch_name,
+                        r.target_name,
+                        r.target_offset,
+                        Text(&target.path)
+                    ),
+                ));
             }
             value[..8].copy_from_slice(&addr.to_le_bytes());
             8
         };
         if !container.writable(place, len as u64) {
-            return Err(failed(format!(
+            return Err(Failure::error(
+                errors::EINVALIDULP,
+                format!(
                 "reference '{}': offset 0x{:x} is not a writable variable of container '{shown}'",
                 r.patch_name, r.patch_offset
-            )));
+            ),
+            ));
         }
         ref_writes.push((place, value, len));
     }
@@ -653,10 +719,13 @@ fn apply_request(
             continue;
         }
         if !container.writable(place, 8) {
-            return Err(failed(format!(
-                "'{}' is not a writable pointer variable of container '{shown}'",
-                name.to_string_lossy()
-            )));
+            return Err(Failure::error(
+                errors::EINVALIDULP,
+                format!(
+                    "'{}' is not a writable pointer variable of container '{shown}'",
+                    name.to_string_lossy()
+                ),
+            ));
         }
         let mut value = [0u8; 16];
         value[..8].copy_from_slice(&method.original().to_le_bytes());
@@ -687,8 +756,12 @@ fn apply_request(
                 ));
             }
             Method::Rewrite(r) => {
-                let mut w = rewrite::redirect(r, new_addr)
-                    .map_err(|why| failed(format!("function at 0x{:x}: {why}", r.entry)))?;
+                let mut w = rewrite::redirect(r, new_addr).map_err(|why| {
+                    Failure::error(
+                        errors::ENOPATCHABLE,
+                        format!("function at 0x{:x}: {why}", r.entry),
+                    )
+                })?;
                 last.extend(w.pop());
                 first.extend(w);
             }
@@ -937,9 +1010,8 @@ pub fn revert_all(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     match &result {
         Ok(done) => ring::log(format_args!("{}", done.msg)),
         Err(f) => ring::log(format_args!(
-            "revert of all patches from '{}' failed: {}",
+            "revert of all patches from '{}' failed: {f}",
             Text(req),
-            f.msg
         )),
     }
     result
@@ -957,10 +1029,9 @@ pub fn replace(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     match &result {
         Ok(done) => ring::log(format_args!("{}", done.msg)),
         Err(f) => ring::log(format_args!(
-            "replace of the patches from '{}' by '{}' failed: {}",
+            "replace of the patches from '{}' by '{}' failed: {f}",
             Text(request.library),
             Text(request.apply.container_path),
-            f.msg
         )),
     }
     result
@@ -983,8 +1054,8 @@ fn change_library(
     }
     let new_meta = match new {
         Some(a) => Some(Metadata::decode(a.ulp).map_err(|e| {
-            Failure::new(
-                code::BAD_REQUEST,
+            Failure::error(
+                errors::EINVALIDULP,
                 format!("bad .ulp section of '{}': {e}", Text(a.container_path)),
             )
         })?),

@@ -3,7 +3,7 @@
 //! Lines are formatted into a fixed buffer on the stack (no allocation, so
 //! the panic hook can log too), cut to [`LINE_MAX`] bytes, with any newline
 //! inside a message turned into a space so that one event is one line.
-//! Every line but the first ("loaded") starts with a UTC timestamp
+//! Every line but the first (`libpulp loaded...`) starts with a UTC timestamp
 //! `[YYYY-MM-DD HH:MM:SS] ulp: `.
 
 use core::fmt::{self, Write as _};
@@ -115,10 +115,10 @@ impl fmt::Display for Civil {
     }
 }
 
-/// Appends `ulp: MESSAGE` without a timestamp (only the "loaded" line).
+/// Appends MESSAGE as it is: no timestamp, no `ulp: ` (only the first
+/// line, libpulp's `libpulp loaded...`).
 pub fn log_untimed(args: fmt::Arguments<'_>) {
     let mut line = LineBuf::new();
-    let _ = line.write_str("ulp: ");
     let _ = line.write_fmt(args);
     line.finish();
     interface::ring_append(line.as_bytes());
