@@ -36,13 +36,17 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ulp_abi::{code, op, state};
 
+pub mod container;
 pub mod interface;
 pub mod objects;
 pub mod optout;
 pub mod patch;
+pub mod plan;
+pub mod registry;
 pub mod resume;
 pub mod rewrite;
 pub mod ring;
+pub mod site;
 pub mod switch;
 
 use interface::SharedInterface;
@@ -86,7 +90,7 @@ fn dispatch() -> i32 {
     };
     // SAFETY: we hold BUSY.
     let result = unsafe {
-        patch::with_registry(|reg| match operation {
+        registry::with_registry(|reg| match operation {
             op::APPLY => patch::apply(reg, &request),
             op::REVERT => patch::revert(reg, &request),
             op::UNDO => patch::undo(reg),

@@ -15,7 +15,7 @@
 //! `from` and `to` are whatever the function runs: its own code after the
 //! entry jump, a trampoline, a patch's new function, a far stub. The flag
 //! is one byte of a near page too (0 until the switch). The plan that uses
-//! slots is `patch::switch_plan`; ARCHITECTURE.md, "Switching several
+//! slots is `plan::switch_plan`; ARCHITECTURE.md, "Switching several
 //! functions at once", tells the whole story. Slots and flags are never
 //! reused nor freed: a thread may still be inside a retired slot, and it
 //! then finds the bytes and the flag as they were when the slot was made
