@@ -32,6 +32,7 @@
 #![no_std]
 
 pub mod errors;
+pub mod time;
 
 #[cfg(feature = "optout")]
 extern crate std;
@@ -204,6 +205,34 @@ impl Write {
         w.new[..new.len()].copy_from_slice(new);
         w
     }
+
+    /// Bytes one record takes in `Interface::res_writes`.
+    pub const SIZE: usize = 48;
+
+    /// The record as it lies in the result area (little-endian, the
+    /// layout of this `#[repr(C)]` struct on x86-64).
+    pub fn to_bytes(&self) -> [u8; Write::SIZE] {
+        let mut b = [0u8; Write::SIZE];
+        b[0..8].copy_from_slice(&self.addr.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.kind.to_le_bytes());
+        b[16..32].copy_from_slice(&self.old);
+        b[32..48].copy_from_slice(&self.new);
+        b
+    }
+
+    /// A record read from the result area; `None` when `raw` is shorter
+    /// than [`Write::SIZE`]. A length over 16 is cut to 16.
+    pub fn from_bytes(raw: &[u8]) -> Option<Write> {
+        let raw: &[u8; Write::SIZE] = raw.get(..Write::SIZE)?.try_into().ok()?;
+        let mut w = Write::ZERO;
+        w.addr = u64::from_le_bytes(raw[0..8].try_into().ok()?);
+        w.len = u32::from_le_bytes(raw[8..12].try_into().ok()?).min(16);
+        w.kind = u32::from_le_bytes(raw[12..16].try_into().ok()?);
+        w.old.copy_from_slice(&raw[16..32]);
+        w.new.copy_from_slice(&raw[32..48]);
+        Some(w)
+    }
 }
 
 /// One applied patch as published to the tool. Pointers are addresses in
@@ -219,6 +248,42 @@ pub struct PatchRecord {
     /// The container's `.ulp.comments` text (may be empty).
     pub comments: u64,
     pub nunits: u64,
+}
+
+impl PatchRecord {
+    /// Bytes one record takes in the published array.
+    pub const SIZE: usize = 72;
+
+    /// The record as the runtime publishes it (little-endian, the layout
+    /// of this `#[repr(C)]` struct on x86-64).
+    pub fn to_bytes(&self) -> [u8; PatchRecord::SIZE] {
+        let mut b = [0u8; PatchRecord::SIZE];
+        b[..32].copy_from_slice(&self.patch_id);
+        b[32..40].copy_from_slice(&self.applied_at.to_le_bytes());
+        b[40..48].copy_from_slice(&self.container_path.to_le_bytes());
+        b[48..56].copy_from_slice(&self.target_path.to_le_bytes());
+        b[56..64].copy_from_slice(&self.comments.to_le_bytes());
+        b[64..72].copy_from_slice(&self.nunits.to_le_bytes());
+        b
+    }
+
+    /// A record read from the published array; `None` when `raw` is
+    /// shorter than [`PatchRecord::SIZE`].
+    pub fn from_bytes(raw: &[u8]) -> Option<PatchRecord> {
+        let raw: &[u8; PatchRecord::SIZE] = raw.get(..PatchRecord::SIZE)?.try_into().ok()?;
+        let u64_at =
+            |o: usize| -> Option<u64> { Some(u64::from_le_bytes(raw[o..o + 8].try_into().ok()?)) };
+        let mut patch_id = [0u8; 32];
+        patch_id.copy_from_slice(&raw[..32]);
+        Some(PatchRecord {
+            patch_id,
+            applied_at: u64_at(32)? as i64,
+            container_path: u64_at(40)?,
+            target_path: u64_at(48)?,
+            comments: u64_at(56)?,
+            nunits: u64_at(64)?,
+        })
+    }
 }
 
 #[repr(C)]
@@ -341,8 +406,8 @@ const _: () = {
     assert!(offset::RESUME == offset::RING + RING_SIZE);
     assert!(offset::RESUME_END == offset::RESUME + 8);
     assert!(offset::CALL_DONE == offset::RESUME + 16);
-    assert!(core::mem::size_of::<Write>() == 48);
-    assert!(core::mem::size_of::<PatchRecord>() == 72);
+    assert!(core::mem::size_of::<Write>() == Write::SIZE);
+    assert!(core::mem::size_of::<PatchRecord>() == PatchRecord::SIZE);
 };
 
 /// The frame a remote call returns through (the tool's side is
@@ -591,6 +656,41 @@ mod tests {
         assert_eq!(ReplaceRequest::decode(&buf[..n - 1]), None);
         assert_eq!(ReplaceRequest::decode(&buf[..3]), None);
         assert!(r.encode(&mut buf[..20]).is_none());
+    }
+
+    /// The bytes of a value as it lies in memory.
+    fn memory_of<T>(v: &T) -> &[u8] {
+        // SAFETY: any initialised value may be viewed as bytes; both types
+        // are `#[repr(C)]` without padding (sizes asserted above).
+        unsafe { core::slice::from_raw_parts((v as *const T).cast(), core::mem::size_of::<T>()) }
+    }
+
+    #[test]
+    fn records_encode_as_they_lie_in_memory() {
+        let w = Write::new(
+            0x7f00_1234_5678,
+            write_kind::REWRITE,
+            &[1, 2, 3],
+            &[4, 5, 6],
+        );
+        assert_eq!(&w.to_bytes()[..], memory_of(&w));
+        assert_eq!(Write::from_bytes(&w.to_bytes()), Some(w));
+        assert_eq!(Write::from_bytes(&w.to_bytes()[..47]), None);
+        let mut long = w.to_bytes();
+        long[8] = 200;
+        assert_eq!(Write::from_bytes(&long).map(|w| w.len), Some(16));
+        let r = PatchRecord {
+            patch_id: [7; 32],
+            applied_at: -5,
+            container_path: 0x1000,
+            target_path: 0x2000,
+            comments: 0,
+            nunits: 3,
+        };
+        assert_eq!(&r.to_bytes()[..], memory_of(&r));
+        let back = PatchRecord::from_bytes(&r.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), r.to_bytes());
+        assert!(PatchRecord::from_bytes(&r.to_bytes()[..71]).is_none());
     }
 
     #[test]

@@ -201,10 +201,13 @@ impl Runtime {
         let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
         let msg = String::from_utf8_lossy(&msg[..end]).into_owned();
         let n = (self.read_u32(offset::RES_NWRITES)? as usize).min(ulp_abi::MAX_WRITES);
-        let size = std::mem::size_of::<Write>();
+        let size = Write::SIZE;
         let mut raw = vec![0u8; n * size];
         self.read(offset::RES_WRITES, &mut raw)?;
-        let writes = raw.chunks_exact(size).map(decode_write).collect();
+        let writes = raw
+            .chunks_exact(size)
+            .filter_map(Write::from_bytes)
+            .collect();
         Ok((msg, writes))
     }
 
@@ -234,22 +237,19 @@ impl Runtime {
         addr: u64,
         count: usize,
     ) -> Result<Vec<AppliedPatch>, ulp_process::Error> {
-        let size = std::mem::size_of::<PatchRecord>();
+        let size = PatchRecord::SIZE;
         let mut raw = vec![0u8; count * size];
         if count > 0 {
             ulp_process::read_mem(self.pid, addr, &mut raw)?;
         }
         let mut out = Vec::with_capacity(count);
-        for r in raw.chunks_exact(size) {
-            let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap());
-            let mut patch_id = [0u8; 32];
-            patch_id.copy_from_slice(&r[..32]);
+        for r in raw.chunks_exact(size).filter_map(PatchRecord::from_bytes) {
             out.push(AppliedPatch {
-                patch_id,
-                applied_at: u64_at(32) as i64,
-                container_path: self.read_cstr(u64_at(40))?,
-                target_path: self.read_cstr(u64_at(48))?,
-                comments: self.read_cstr(u64_at(56))?,
+                patch_id: r.patch_id,
+                applied_at: r.applied_at,
+                container_path: self.read_cstr(r.container_path)?,
+                target_path: self.read_cstr(r.target_path)?,
+                comments: self.read_cstr(r.comments)?,
             });
         }
         Ok(out)
@@ -300,16 +300,6 @@ impl Runtime {
     }
 }
 
-fn decode_write(raw: &[u8]) -> Write {
-    let mut w = Write::ZERO;
-    w.addr = u64::from_le_bytes(raw[0..8].try_into().unwrap());
-    w.len = u32::from_le_bytes(raw[8..12].try_into().unwrap()).min(16);
-    w.kind = u32::from_le_bytes(raw[12..16].try_into().unwrap());
-    w.old.copy_from_slice(&raw[16..32]);
-    w.new.copy_from_slice(&raw[32..48]);
-    w
-}
-
 /// One patch in a process's registry.
 #[derive(Clone, Debug)]
 pub struct AppliedPatch {
@@ -320,26 +310,10 @@ pub struct AppliedPatch {
     pub comments: String,
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the epoch.
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the epoch: the runtime's
+/// log timestamps' format (`ulp_abi::time`).
 pub fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    ulp_abi::time::civil(secs).to_string()
 }
 
 #[cfg(test)]

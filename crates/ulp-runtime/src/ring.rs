@@ -4,9 +4,12 @@
 //! the panic hook can log too), cut to [`LINE_MAX`] bytes, with any newline
 //! inside a message turned into a space so that one event is one line.
 //! Every line but the first (`libpulp loaded...`) starts with a UTC timestamp
-//! `[YYYY-MM-DD HH:MM:SS] ulp: `.
+//! `[YYYY-MM-DD HH:MM:SS] ulp: ` (`ulp_abi::time`, the date `ulp patches`
+//! prints too).
 
 use core::fmt::{self, Write as _};
+
+use ulp_abi::time::civil;
 
 use crate::interface;
 
@@ -69,50 +72,6 @@ pub fn now() -> i64 {
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec
-}
-
-/// A UTC date and time split from epoch seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Civil {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-}
-
-/// Howard Hinnant's `civil_from_days`, proleptic Gregorian calendar.
-pub fn civil(secs: i64) -> Civil {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: (rem / 3600) as u32,
-        minute: (rem % 3600 / 60) as u32,
-        second: (rem % 60) as u32,
-    }
-}
-
-impl fmt::Display for Civil {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
 }
 
 /// Appends MESSAGE as it is: no timestamp, no `ulp: ` (only the first
@@ -185,22 +144,6 @@ impl fmt::Display for Text<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        let table = [
-            (0, "1970-01-01 00:00:00"),
-            (951_782_400, "2000-02-29 00:00:00"),
-            (1_709_251_199, "2024-02-29 23:59:59"),
-            (4_102_444_800, "2100-01-01 00:00:00"),
-            (-1, "1969-12-31 23:59:59"),
-        ];
-        for (secs, want) in table {
-            let mut b = LineBuf::new();
-            write!(b, "{}", civil(secs)).unwrap();
-            assert_eq!(std::str::from_utf8(b.as_bytes()).unwrap(), want, "{secs}");
-        }
-    }
 
     #[test]
     fn lines_are_cut_and_single() {
