@@ -58,6 +58,11 @@ pub(crate) fn method_of(
     if let Some(r) = rewrite::lookup(entry) {
         return Ok(Method::Rewrite(r));
     }
+    // Not a function of the target at all (libpulp: the function to patch
+    // is not found).
+    if !target.contains(entry, 1, PF_X) {
+        return Err(not_in_code(target, entry, name));
+    }
     // Its size and type: the dynamic symbol table in memory, else the size
     // the tool read in the library file.
     let symbol = target
@@ -166,6 +171,19 @@ pub(crate) unsafe fn read_mem(addr: u64, len: usize) -> Vec<u8> {
     core::slice::from_raw_parts(addr as *const u8, len).to_vec()
 }
 
+/// libpulp's ENOOLDFUNC for an `entry` outside the code of `target`.
+fn not_in_code(target: &LoadedObject, entry: u64, name: &str) -> Failure {
+    Failure::error(
+        errors::ENOOLDFUNC,
+        format!(
+            "function '{name}': address 0x{:x} (offset 0x{:x}) is not in the code of '{}'",
+            entry,
+            entry.wrapping_sub(target.bias),
+            Text(&target.path)
+        ),
+    )
+}
+
 /// Reads the site of `entry` in `target`, refusing what is not mapped code.
 fn read_site(target: &LoadedObject, entry: u64, name: &str) -> Result<Site, Failure> {
     let start = entry.wrapping_sub(STUB_LEN as u64);
@@ -174,15 +192,7 @@ fn read_site(target: &LoadedObject, entry: u64, name: &str) -> Result<Site, Fail
     } else if target.contains(start, 16, PF_X) {
         16
     } else {
-        return Err(Failure::error(
-            errors::ENOOLDFUNC,
-            format!(
-                "function '{name}': address 0x{:x} (offset 0x{:x}) is not in the code of '{}'",
-                entry,
-                entry.wrapping_sub(target.bias),
-                Text(&target.path)
-            ),
-        ));
+        return Err(not_in_code(target, entry, name));
     };
     // SAFETY: the range lies in a loaded executable segment of the target.
     let code = unsafe { read_mem(start, len) };

@@ -275,11 +275,16 @@ fn refusals_return_their_code_and_no_writes() {
     bad_ref.refs[0].patch_offset = 0x7fff_0000;
     let bad_ref = request_file(&v.dir, "badref.req", &f.patch1, &bad_ref, b"");
 
+    // An old function outside the target's code: libpulp's ENOOLDFUNC.
+    let mut outside = good.clone();
+    outside.units[0].old_faddr = 0x7fff_0000;
+    let outside = request_file(&v.dir, "outside.req", &f.patch1, &outside, b"");
+
     std::fs::write(v.dir.join("garbage.req"), b"\x01\x00").unwrap();
     let good = request_file(&v.dir, "good.req", &f.patch1, &good, b"");
 
     let script = format!(
-        "apply {}\napply {}\napply {}\napply {}\napply {}\nraw 1 {}\nraw 99 {}\n\
+        "apply {}\napply {}\napply {}\napply {}\napply {}\napply {}\nraw 1 {}\nraw 99 {}\n\
          reg\ncall answer\ncall bump\nmapped patch1.so\nundo\n\
          apply {}\ncall answer\nundo\nundo\n",
         wrong_id.display(),
@@ -287,6 +292,7 @@ fn refusals_return_their_code_and_no_writes() {
         missing.display(),
         no_container.display(),
         bad_ref.display(),
+        outside.display(),
         v.dir.join("garbage.req").display(),
         good.display(),
         good.display(),
@@ -312,6 +318,10 @@ fn refusals_return_their_code_and_no_writes() {
             code::of_error(errors::EINVALIDULP),
             "reference 'ulpr_counter': offset 0x7fff0000 is not a writable variable",
         ),
+        (
+            code::of_error(errors::ENOOLDFUNC),
+            "function 'answer': address 0x",
+        ),
     ];
     for ((code, msg, writes), (want_code, want_msg)) in applied.iter().zip(expect) {
         assert_eq!(*code, want_code, "{msg}");
@@ -333,7 +343,7 @@ fn refusals_return_their_code_and_no_writes() {
     assert_eq!(undo[0].0, code::NOTHING_TO_UNDO);
     // A good patch still applies afterwards; UNDO takes its record back
     // (the writes stay made here, as the harness made them).
-    assert_eq!(applied[5].0, code::OK);
+    assert_eq!(applied[6].0, code::OK);
     assert_eq!(calls(&out)[2], "answer=42");
     assert_eq!(undo[1].0, code::OK);
     assert_eq!(undo[2].0, code::NOTHING_TO_UNDO);
