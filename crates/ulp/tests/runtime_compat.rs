@@ -222,3 +222,43 @@ fn a_container_dlopen_refuses_fails_with_failure_in_dlopen() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(t.ask("answer"), "2");
 }
+
+/// The tool applies the same rules from outside before it loads the
+/// runtime (`trigger --load-runtime`): a numeric uid and an extended glob
+/// opt a process out too, and nothing is loaded into it.
+#[test]
+fn load_runtime_honours_numeric_ids_and_extended_globs() {
+    let demo = Demo::new("rt-inject-optout");
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let uid = id("-u");
+    let cases = [
+        ("LIBPULP_DISABLE_ON_USERS", format!("no-such-user:{uid}")),
+        (
+            "LIBPULP_DISABLE_ON_PATH",
+            "*/@(demo_prog|other)".to_string(),
+        ),
+    ];
+    for (var, value) in &cases {
+        let mut cmd = Command::new(demo.dir.join("demo_prog"));
+        cmd.current_dir(demo.dir.path())
+            .env_remove("LD_PRELOAD")
+            .env(var, value);
+        let mut t = Target::spawn(cmd);
+        let pid = t.pid.to_string();
+        let (code, out, err) = demo.ulp(&[
+            "trigger",
+            "-p",
+            &pid,
+            "--load-runtime",
+            "--runtime",
+            &runtime,
+            "demo_livepatch.so",
+        ]);
+        assert_eq!(code, 0, "{var}={value}: {out}{err}");
+        assert!(out.contains("SKIPPED"), "{var}={value}: {out}");
+        assert!(out.contains(var), "{var}={value}: {out}");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(!maps.contains("/libpulp.so"), "{var}={value}: loaded");
+        assert_eq!(t.ask("answer"), "1");
+    }
+}
