@@ -29,10 +29,14 @@
 //! `switch.rs`): each function is first pointed at a guarded slot that
 //! sends it where it went before until one flag byte is set, then the flag
 //! is set (every function switches), then each function is pointed
-//! straight at its new target.
-//! A tool killed between any two of those writes leaves every function of
-//! the change on the same side of the flag (ARCHITECTURE.md, "Switching
-//! several functions at once").
+//! straight at its new target. A tool killed between any two of those
+//! writes leaves every function of the change on the same side of the
+//! flag (ARCHITECTURE.md, "Switching several functions at once").
+//!
+//! A refusal ([`Failure`]) that is one of libpulp's errors carries that
+//! error's number as its code (`ulp_abi::code::of_error`): EDLOPEN,
+//! ENOOLDFUNC, ENONEWFUNC, ENOPATCHABLE, EINVALIDULP, ENOLINKMAP,
+//! ENOADDRESS.
 //!
 //! Every operation is all or nothing: all checks come before the first
 //! change (registry, container memory), so a refused patch leaves nothing.
