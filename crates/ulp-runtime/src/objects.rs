@@ -124,6 +124,7 @@ impl LoadedObject {
         const DT_RELA: u64 = 7;
         const DT_RELASZ: u64 = 8;
         const DT_RELAENT: u64 = 9;
+        const DT_SONAME: u64 = 14;
         // glibc relocates these d_ptr values in place when the dynamic
         // section is writable; an unrelocated one is below the bias.
         let absolute = |v: u64| {
@@ -139,6 +140,7 @@ impl LoadedObject {
             rela: 0,
             relasz: 0,
             relaent: 24,
+            soname: None,
         };
         let mut at = self.dynamic?;
         for _ in 0..4096 {
@@ -151,6 +153,7 @@ impl LoadedObject {
                 DT_RELA => t.rela = absolute(val),
                 DT_RELASZ => t.relasz = val,
                 DT_RELAENT => t.relaent = val,
+                DT_SONAME => t.soname = Some(val),
                 _ => {}
             }
             at = at.wrapping_add(16);
@@ -160,6 +163,27 @@ impl LoadedObject {
 
     pub fn basename(&self) -> &[u8] {
         basename(&self.path)
+    }
+
+    /// Whether `lib` (a patch's target name, a `REVERT_ALL` library) names
+    /// this object: the basename of the loader's name or its SONAME, or,
+    /// with a `/`, the whole name: the rule the tool applies from outside
+    /// (`ulp_abi::names`).
+    pub fn is_named(&self, lib: &[u8]) -> bool {
+        ulp_abi::names::names_object(lib, &self.path, || self.soname())
+    }
+
+    /// Its `DT_SONAME`, read from its dynamic section in memory; `None`
+    /// without one or when anything to read lies outside its segments.
+    pub fn soname(&self) -> Option<&[u8]> {
+        let t = self.dynamic_tables()?;
+        let at = t.strtab.checked_add(t.soname?)?;
+        let seg = self.loads.iter().find(|s| s.start <= at && at < s.end)?;
+        let len = (seg.end - at).min(4096);
+        // SAFETY: `len` bytes at `at` lie inside one loaded segment.
+        let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, len as usize) };
+        let end = bytes.iter().position(|&b| b == 0)?;
+        Some(&bytes[..end])
     }
 
     /// Is `[addr, addr + len)` inside one loaded segment that has all of
@@ -193,6 +217,8 @@ struct DynamicTables {
     rela: u64,
     relasz: u64,
     relaent: u64,
+    /// `DT_SONAME`: an offset in the string table.
+    soname: Option<u64>,
 }
 
 /// `sizeof(Elf64_Sym)`.
@@ -387,6 +413,14 @@ mod tests {
         assert!(objects[0].is_main);
         assert!(!objects[0].path.is_empty());
         assert!(objects.iter().any(|o| o.basename().starts_with(b"libc.so")));
+        // libc is named by its SONAME too, whatever file it was loaded from.
+        let libc = objects
+            .iter()
+            .find(|o| o.soname() == Some(&b"libc.so.6"[..]))
+            .expect("libc.so.6 has its SONAME in memory");
+        assert!(libc.is_named(b"libc.so.6"));
+        assert!(libc.is_named(&libc.path));
+        assert!(!libc.is_named(b"libc.so"));
     }
 
     #[test]
