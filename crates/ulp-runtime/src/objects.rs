@@ -32,6 +32,9 @@ pub struct LoadedObject {
     pub build_id: Option<Vec<u8>>,
     /// `PT_DYNAMIC`: address of its dynamic section, if it has one.
     pub dynamic: Option<u64>,
+    /// Its `DT_SONAME`, read during the walk (under the loader's lock:
+    /// another thread may unload the object as soon as the walk ends).
+    pub soname: Option<Vec<u8>>,
 }
 
 impl LoadedObject {
@@ -170,12 +173,13 @@ impl LoadedObject {
     /// with a `/`, the whole name: the rule the tool applies from outside
     /// (`ulp_abi::names`).
     pub fn is_named(&self, lib: &[u8]) -> bool {
-        ulp_abi::names::names_object(lib, &self.path, || self.soname())
+        ulp_abi::names::names_object(lib, &self.path, || self.soname.as_deref())
     }
 
     /// Its `DT_SONAME`, read from its dynamic section in memory; `None`
     /// without one or when anything to read lies outside its segments.
-    pub fn soname(&self) -> Option<&[u8]> {
+    /// Only while the object cannot be unloaded (during the walk).
+    fn read_soname(&self) -> Option<&[u8]> {
         let t = self.dynamic_tables()?;
         let at = t.strtab.checked_add(t.soname?)?;
         let seg = self.loads.iter().find(|s| s.start <= at && at < s.end)?;
@@ -325,6 +329,7 @@ unsafe fn describe(
         tls_modid: 0,
         build_id: None,
         dynamic: None,
+        soname: None,
     };
     // `dlpi_tls_modid` exists only when the loader's struct is that long.
     let modid_end =
@@ -354,6 +359,7 @@ unsafe fn describe(
             object.build_id = gnu_build_id(notes, p.p_align);
         }
     }
+    object.soname = object.read_soname().map(<[u8]>::to_vec);
     object
 }
 
@@ -416,7 +422,7 @@ mod tests {
         // libc is named by its SONAME too, whatever file it was loaded from.
         let libc = objects
             .iter()
-            .find(|o| o.soname() == Some(&b"libc.so.6"[..]))
+            .find(|o| o.soname.as_deref() == Some(&b"libc.so.6"[..]))
             .expect("libc.so.6 has its SONAME in memory");
         assert!(libc.is_named(b"libc.so.6"));
         assert!(libc.is_named(&libc.path));

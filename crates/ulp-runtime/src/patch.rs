@@ -928,7 +928,7 @@ fn is_for_library(patch: &Patch, lib: &[u8], objects: &[LoadedObject]) -> bool {
     let target = objects
         .iter()
         .find(|o| o.bias == patch.target_bias && o.path == path);
-    ulp_abi::names::names_object(lib, path, || target.and_then(|o| o.soname()))
+    ulp_abi::names::names_object(lib, path, || target.and_then(|o| o.soname.as_deref()))
 }
 
 /// op REVERT_ALL: the request is the library.
