@@ -278,12 +278,15 @@ fn build_semantics(src: &Path, out: &Path) {
         &["-O2", "-fPIC", "-c", &s("libsem_nopad.c")],
         Path::new(&nopad_o),
     );
+    // Installed as a distribution does: the file and its SONAME link.
     let libsem = s("libsem.c");
     let mut args = LIB.to_vec();
     args.extend(["-Wl,-soname,libsem.so.1", libsem.as_str(), nopad_o.as_str()]);
-    compile("gcc", &args, &out.join("libsem.so.1"));
+    compile("gcc", &args, &out.join("libsem.so.1.0.0"));
+    soname_link(out, "libsem.so.1.0.0", "libsem.so.1");
     args.push("-DSEM_VARIANT=7");
-    compile("gcc", &args, &out.join("variant/libsem.so.1"));
+    compile("gcc", &args, &out.join("variant/libsem.so.1.0.0"));
+    soname_link(&out.join("variant"), "libsem.so.1.0.0", "libsem.so.1");
 
     // The program, as a PIE and as a non-PIE, itself patchable.
     let prog = s("sem_prog.c");
@@ -325,7 +328,8 @@ fn build_semantics(src: &Path, out: &Path) {
     let cxx = s("libcxx.cpp");
     let mut args = LIB.to_vec();
     args.extend(["-Wl,-soname,libcxx.so.1", cxx.as_str()]);
-    compile("g++", &args, &out.join("libcxx.so.1"));
+    compile("g++", &args, &out.join("libcxx.so.1.0.0"));
+    soname_link(out, "libcxx.so.1.0.0", "libcxx.so.1");
     let cxx_prog = s("cxx_prog.cpp");
     compile(
         "g++",
