@@ -15,6 +15,18 @@ fn gcc(args: &[&str], out: &Path) {
     assert!(status.success(), "gcc {args:?} -o {} failed", out.display());
 }
 
+/// The demo library's file; `libulpdemo.so.1` is its SONAME link.
+const DEMO_FILE: &str = "libulpdemo.so.1.0.0";
+
+/// Makes `dir/link` a symbolic link to `file` (in the same directory), as
+/// a distribution's package installs a library's SONAME link.
+fn soname_link(dir: &Path, file: &str, link: &str) {
+    let at = dir.join(link);
+    let _ = std::fs::remove_file(&at);
+    std::os::unix::fs::symlink(file, &at)
+        .unwrap_or_else(|e| panic!("linking {} -> {file}: {e}", at.display()));
+}
+
 fn main() {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("fixtures");
@@ -30,12 +42,18 @@ fn main() {
         "-Wl,--build-id",
         "-Wl,-soname,libulpdemo.so.1",
     ];
+    // Installed as a distribution installs a library: the file
+    // libulpdemo.so.1.0.0 and its SONAME link libulpdemo.so.1, which the
+    // programs are linked against (their loader, and the runtime, name it
+    // by the link; /proc/PID/maps shows the file).
     let lib = s("libulpdemo.c");
     let mut args: Vec<&str> = lib_flags.to_vec();
     args.push(&lib);
-    gcc(&args, &out.join("libulpdemo.so.1"));
+    gcc(&args, &out.join(DEMO_FILE));
+    soname_link(&out, DEMO_FILE, "libulpdemo.so.1");
     args.push("-DDEMO_VARIANT=7");
-    gcc(&args, &out.join("variant/libulpdemo.so.1"));
+    gcc(&args, &out.join("variant").join(DEMO_FILE));
+    soname_link(&out.join("variant"), DEMO_FILE, "libulpdemo.so.1");
     // The same library without padding: not live-patchable.
     gcc(
         &[
@@ -273,12 +291,15 @@ fn build_semantics(src: &Path, out: &Path) {
         &["-O2", "-fPIC", "-c", &s("libsem_nopad.c")],
         Path::new(&nopad_o),
     );
+    // Installed as a distribution does: the file and its SONAME link.
     let libsem = s("libsem.c");
     let mut args = LIB.to_vec();
     args.extend(["-Wl,-soname,libsem.so.1", libsem.as_str(), nopad_o.as_str()]);
-    compile("gcc", &args, &out.join("libsem.so.1"));
+    compile("gcc", &args, &out.join("libsem.so.1.0.0"));
+    soname_link(out, "libsem.so.1.0.0", "libsem.so.1");
     args.push("-DSEM_VARIANT=7");
-    compile("gcc", &args, &out.join("variant/libsem.so.1"));
+    compile("gcc", &args, &out.join("variant/libsem.so.1.0.0"));
+    soname_link(&out.join("variant"), "libsem.so.1.0.0", "libsem.so.1");
 
     // The program, as a PIE and as a non-PIE, itself patchable.
     let prog = s("sem_prog.c");
@@ -320,7 +341,8 @@ fn build_semantics(src: &Path, out: &Path) {
     let cxx = s("libcxx.cpp");
     let mut args = LIB.to_vec();
     args.extend(["-Wl,-soname,libcxx.so.1", cxx.as_str()]);
-    compile("g++", &args, &out.join("libcxx.so.1"));
+    compile("g++", &args, &out.join("libcxx.so.1.0.0"));
+    soname_link(out, "libcxx.so.1.0.0", "libcxx.so.1");
     let cxx_prog = s("cxx_prog.cpp");
     compile(
         "g++",

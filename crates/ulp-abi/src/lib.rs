@@ -32,6 +32,7 @@
 #![no_std]
 
 pub mod errors;
+pub mod names;
 pub mod time;
 
 #[cfg(feature = "optout")]

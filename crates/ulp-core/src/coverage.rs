@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 
 use ulp_process::Pid;
 
-use crate::objects::mapped_objects;
+use crate::objects::{mapped_objects, named_objects, MappedObject};
 use crate::patchable::{self, Patchable};
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -88,7 +88,7 @@ impl fmt::Display for Why {
 pub struct Unpatched {
     pub pid: Pid,
     pub name: String,
-    /// The library's path as the process mapped it.
+    /// The library as the process's loader names it (`MappedObject::name`).
     pub library: String,
     pub build_id: Vec<u8>,
     pub why: Why,
@@ -114,7 +114,7 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
         if applied.is_empty() {
             continue;
         }
-        let Ok(objects) = mapped_objects(pid) else {
+        let Ok(objects) = named_objects(pid) else {
             continue;
         };
         for a in applied {
@@ -149,6 +149,15 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
                 continue;
             }
         };
+        if !objects.iter().any(|o| names.contains(o.basename())) {
+            continue;
+        }
+        // Named as the loader names them (what the registries record and
+        // what `ulp patches` prints), for the few processes that map one.
+        let objects = match named_objects(pid) {
+            Ok(o) => o,
+            Err(_) => objects,
+        };
         let runtime = Runtime::find(pid);
         for obj in objects.iter().filter(|o| names.contains(o.basename())) {
             let Some(id) = obj.build_id_in_memory(pid) else {
@@ -157,13 +166,13 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
             let Some(p) = patched.get(&(obj.basename().to_string(), id.clone())) else {
                 continue;
             };
-            let Some(why) = why_unpatched(pid, &runtime, &obj.path, p) else {
+            let Some(why) = why_unpatched(pid, &runtime, obj, p) else {
                 continue;
             };
             out.unpatched.push(Unpatched {
                 pid,
                 name: ulp_process::comm(pid).unwrap_or_else(|_| "?".into()),
-                library: obj.path.clone(),
+                library: obj.name.clone(),
                 build_id: id,
                 why,
             });
@@ -173,11 +182,11 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
 }
 
 /// Why `pid` (whose runtime lookup gave `runtime`) lacks patches of `p`
-/// on its library at `path`; `None` when it has them all.
+/// on its library `obj`; `None` when it has them all.
 fn why_unpatched(
     pid: Pid,
     runtime: &Result<Runtime, RuntimeError>,
-    path: &str,
+    obj: &MappedObject,
     p: &Patched,
 ) -> Option<Why> {
     let rt = match runtime {
@@ -202,7 +211,7 @@ fn why_unpatched(
         .patches()
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| a.target_path == path || same_file(pid, &a.target_path, path))
+        .filter(|a| obj.is_path(pid, &a.target_path))
         .map(|a| a.patch_id)
         .collect();
     let missing: Vec<String> = p
@@ -218,16 +227,6 @@ fn why_unpatched(
         Some(why) => Why::NotPermitted(why),
         None => Why::NotApplied(missing),
     })
-}
-
-/// Whether two paths name one file in `pid`'s file system view.
-fn same_file(pid: Pid, a: &str, b: &str) -> bool {
-    let ino = |p: &str| {
-        std::fs::metadata(format!("/proc/{pid}/root{p}"))
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-    };
-    ino(a).is_some_and(|x| Some(x) == ino(b))
 }
 
 /// Why this ulp could not attach to `pid`, told from outside (without

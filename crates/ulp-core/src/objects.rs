@@ -1,5 +1,14 @@
 //! The objects (executable and libraries) a process has mapped, found from
-//! `/proc/PID/maps` without stopping the process.
+//! `/proc/PID/maps` without stopping the process, and named as its dynamic
+//! loader names them ([`named_objects`]).
+//!
+//! Distributions install `libfoo.so.1 -> libfoo.so.1.2.3`: the maps show
+//! the file, the loader (and the runtime, through `dl_iterate_phdr`) the
+//! name the program asked for. ulp names an object by the loader's name
+//! (its link_map `l_name`, read from memory), else by its SONAME in the
+//! directory of the file, and matches a library name against it with the
+//! one rule the runtime also uses ([`MappedObject::is_library`],
+//! `ulp_abi::names`).
 
 use std::path::{Path, PathBuf};
 
@@ -9,8 +18,16 @@ use ulp_process::{Mapping, Pid};
 /// One mapped file.
 #[derive(Clone, Debug)]
 pub struct MappedObject {
-    /// The path as the process sees it.
+    /// The mapped file's path, from `/proc/PID/maps` (from our root).
     pub path: String,
+    /// The name the process's dynamic loader has for it, as the process
+    /// sees it: `l_name` (e.g. the SONAME link `/usr/lib/libfoo.so.1`),
+    /// the executable's path for the main program. [`named_objects`] sets
+    /// it; until then, and for objects the loader does not list, the path
+    /// (or the SONAME link in its directory: [`named_objects`]).
+    pub name: String,
+    /// Where its dynamic section is loaded (`l_ld`), when known.
+    pub dynamic: Option<u64>,
     /// Load bias: the address that file vaddr 0 maps to.
     pub bias: u64,
     /// The file's device and inode as the maps line gives them: two
@@ -39,13 +56,32 @@ impl MappedObject {
         build_id_in_memory(pid, self.bias)
     }
 
+    /// Whether `lib` (a patch's target name, `--revert-all=LIB`) names
+    /// this object: its loader name's basename or its SONAME, or, with a
+    /// `/`, its whole loader name. The same rule as the runtime's
+    /// (`ulp_abi::names::names_object`).
+    pub fn is_library(&self, pid: Pid, lib: &str) -> bool {
+        let soname = std::cell::OnceCell::new();
+        ulp_abi::names::names_object(lib.as_bytes(), self.name.as_bytes(), || {
+            soname
+                .get_or_init(|| self.soname_in_memory(pid))
+                .as_deref()
+                .map(str::as_bytes)
+        })
+    }
+
+    /// The SONAME (`DT_SONAME`) of the copy the process has mapped, read
+    /// from its memory through its dynamic section.
+    pub fn soname_in_memory(&self, pid: Pid) -> Option<String> {
+        soname_in_memory(pid, self.bias, self.dynamic)
+    }
+
     /// Whether `path` (as the process's loader named it: the runtime's
-    /// registry records that) is this mapped file: the same path, or a
-    /// symbolic link to it (`libz.so.1`, loaded by its SONAME, maps as
-    /// `libz.so.1.2.13`).
+    /// registry records that) is this object: its loader name, its mapped
+    /// path, or another link to the same file.
     pub fn is_path(&self, pid: Pid, path: &str) -> bool {
         use std::os::unix::fs::MetadataExt;
-        if self.path == path {
+        if self.name == path || self.path == path {
             return true;
         }
         std::fs::metadata(format!("/proc/{pid}/root{path}"))
@@ -78,9 +114,95 @@ impl MappedObject {
     }
 }
 
-/// Every file mapped from offset 0 by `pid`, once each, in address order.
+/// Every file mapped from offset 0 by `pid`, once each, in address order,
+/// named by their paths (cheap: `/proc/PID/maps` only). See
+/// [`named_objects`] for the loader's names.
 pub fn mapped_objects(pid: Pid) -> Result<Vec<MappedObject>, ulp_process::Error> {
     Ok(objects_from_maps(&ulp_process::maps(pid)?))
+}
+
+/// [`mapped_objects`], each named as the process's dynamic loader names it
+/// (see [`MappedObject::name`]). Read from memory without stopping the
+/// process. When the loader's list cannot be read (a static program, a
+/// list changing under a `dlopen`), a shared object is named by its SONAME
+/// in its file's directory when that link leads to the file, else by its
+/// path.
+pub fn named_objects(pid: Pid) -> Result<Vec<MappedObject>, ulp_process::Error> {
+    let maps = ulp_process::maps(pid)?;
+    let mut objects = objects_from_maps(&maps);
+    let root = chroot_of(pid);
+    for o in &mut objects {
+        let path = o.path.strip_suffix(DELETED).unwrap_or(&o.path);
+        o.name = as_seen_from(root.as_deref(), path);
+    }
+    match ulp_process::link_map(pid) {
+        Ok(list) => {
+            for e in list {
+                // The object whose file maps the dynamic section.
+                let Some(m) = maps.iter().find(|m| m.contains(e.ld) && m.inode != 0) else {
+                    continue;
+                };
+                let Some(o) = objects.iter_mut().find(|o| {
+                    o.inode == m.inode && o.dev == m.dev && m.path.as_deref() == Some(&o.path)
+                }) else {
+                    continue;
+                };
+                if o.dynamic.is_some() {
+                    // Loaded twice (another namespace): the first name.
+                    continue;
+                }
+                o.dynamic = Some(e.ld);
+                if !e.name.is_empty() {
+                    o.name = e.name;
+                }
+            }
+        }
+        Err(e) if e.is_gone() => return Err(e),
+        Err(_) => {
+            for o in &mut objects {
+                if let Some(link) = soname_link(pid, o) {
+                    o.name = link;
+                }
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// `DIR/SONAME` (as the process sees it) for `obj` at `DIR/FILE`, when
+/// that link leads to the mapped file.
+fn soname_link(pid: Pid, obj: &MappedObject) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let soname = obj.soname_in_memory(pid)?;
+    if soname.contains('/') || obj.name.ends_with(&format!("/{soname}")) {
+        return None;
+    }
+    let dir = obj.name.rsplit_once('/')?.0;
+    let link = format!("{dir}/{soname}");
+    let m = std::fs::metadata(format!("/proc/{pid}/root{link}")).ok()?;
+    (m.ino() == obj.inode).then_some(link)
+}
+
+/// The directory `pid` is chrooted at, when it is not `/` (as far as
+/// `/proc/PID/root` tells).
+pub fn chroot_of(pid: Pid) -> Option<PathBuf> {
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    (root != Path::new("/")).then_some(root)
+}
+
+/// A path from `/proc/PID/maps` (from our root) as a process chrooted at
+/// `root` sees it.
+fn as_seen_from(root: Option<&Path>, path: &str) -> String {
+    match root.map(|r| Path::new(path).strip_prefix(r)) {
+        Some(Ok(inside)) => format!("/{}", inside.to_string_lossy()),
+        _ => path.to_string(),
+    }
+}
+
+/// A path from `/proc/PID/maps` as the process itself sees it: maps show
+/// paths from our root, so a chrooted process's paths carry its root.
+pub fn as_seen_by(pid: Pid, path: &str) -> String {
+    as_seen_from(chroot_of(pid).as_deref(), path)
 }
 
 pub fn objects_from_maps(maps: &[Mapping]) -> Vec<MappedObject> {
@@ -101,6 +223,8 @@ pub fn objects_from_maps(maps: &[Mapping]) -> Vec<MappedObject> {
         // that knows the file corrects that case (see `bias_for`).
         out.push(MappedObject {
             path: path.to_string(),
+            name: path.strip_suffix(DELETED).unwrap_or(path).to_string(),
+            dynamic: None,
             bias: m.start,
             dev: m.dev.clone(),
             inode: m.inode,
@@ -169,6 +293,83 @@ fn build_id_in_memory(pid: Pid, start: u64) -> Option<Vec<u8>> {
     None
 }
 
+/// The `DT_SONAME` of the ELF object whose file offset 0 is mapped at
+/// `start` in `pid`, read from its dynamic section (at `dynamic` when the
+/// loader said where, else where its `PT_DYNAMIC` header says).
+fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String> {
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const DT_NULL: u64 = 0;
+    const DT_STRTAB: u64 = 5;
+    const DT_SONAME: u64 = 14;
+    let read = |addr: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        ulp_process::read_mem(pid, addr, &mut buf).ok()?;
+        Some(buf)
+    };
+    let u16_at =
+        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    let ehdr = read(start, 64)?;
+    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 || u16_at(&ehdr, 54)? != 56 {
+        return None;
+    }
+    let phnum = usize::from(u16_at(&ehdr, 56)?).min(256);
+    let phdrs = read(start.checked_add(u64_at(&ehdr, 32)?)?, phnum * 56)?;
+    let phdr = |i: usize| &phdrs[i * 56..(i + 1) * 56];
+    let first = (0..phnum)
+        .map(phdr)
+        .find(|p| u32_at(p, 0) == Some(PT_LOAD))?;
+    let bias = start.wrapping_sub(u64_at(first, 16)?.wrapping_sub(u64_at(first, 8)?));
+    let dynamic = match dynamic {
+        Some(d) => d,
+        None => {
+            let p = (0..phnum)
+                .map(phdr)
+                .find(|p| u32_at(p, 0) == Some(PT_DYNAMIC))?;
+            bias.wrapping_add(u64_at(p, 16)?)
+        }
+    };
+    let dyns = read(dynamic, 16 * 64).or_else(|| read(dynamic, 16 * 16))?;
+    let (mut strtab, mut soname) = (None, None);
+    for d in dyns.chunks_exact(16) {
+        match u64_at(d, 0)? {
+            DT_NULL => break,
+            DT_STRTAB => strtab = u64_at(d, 8),
+            DT_SONAME => soname = u64_at(d, 8),
+            _ => {}
+        }
+    }
+    // The loader relocates the dynamic section's addresses in place when
+    // it is writable; one still below the bias is a file address.
+    let strtab = strtab?;
+    let strtab = if strtab < bias {
+        strtab.wrapping_add(bias)
+    } else {
+        strtab
+    };
+    let mut addr = strtab.checked_add(soname?)?;
+    let mut name = Vec::new();
+    for _ in 0..16 {
+        // Never across a 256-byte boundary in one read: the string may end
+        // just before an unmapped page.
+        let len = (256 - (addr & 255)) as usize;
+        let b = read(addr, len)?;
+        addr += len as u64;
+        match b.iter().position(|&c| c == 0) {
+            Some(end) => {
+                name.extend_from_slice(&b[..end]);
+                return String::from_utf8(name).ok().filter(|n| !n.is_empty());
+            }
+            None => name.extend_from_slice(&b),
+        }
+    }
+    None
+}
+
 /// The descriptor of the `NT_GNU_BUILD_ID` note named "GNU" in a note area
 /// whose entries are padded to `align` (4 or 8) bytes.
 fn gnu_build_id(notes: &[u8], align: usize) -> Option<Vec<u8>> {
@@ -219,9 +420,29 @@ mod tests {
     }
 
     #[test]
+    fn this_process_named_by_its_loader() {
+        let pid = std::process::id() as Pid;
+        let objects = named_objects(pid).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let me = objects.iter().find(|o| Path::new(&o.path) == exe).unwrap();
+        assert_eq!(Path::new(&me.name), exe, "the main program by its path");
+        assert!(me.dynamic.is_some(), "the loader lists the main program");
+        let libc = objects
+            .iter()
+            .find(|o| o.is_library(pid, "libc.so.6"))
+            .expect("libc.so.6 by its name or SONAME");
+        assert_eq!(libc.soname_in_memory(pid).as_deref(), Some("libc.so.6"));
+        assert!(libc.is_library(pid, &libc.name));
+        assert!(!libc.is_library(pid, "libc.so"));
+        assert!(!libc.is_library(pid, ""));
+    }
+
+    #[test]
     fn deleted_files_keep_their_basename() {
         let o = MappedObject {
             path: "/usr/lib/libx.so.1 (deleted)".into(),
+            name: "/usr/lib/libx.so.1".into(),
+            dynamic: None,
             bias: 0,
             dev: "fe:00".into(),
             inode: 1,

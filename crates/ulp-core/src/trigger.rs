@@ -30,7 +30,7 @@
 //! `PATH`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread;
@@ -44,7 +44,7 @@ use ulp_elf::ElfFile;
 use ulp_process::{Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
-use crate::objects::{mapped_objects, MappedObject};
+use crate::objects::{chroot_of, named_objects, MappedObject};
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -232,40 +232,39 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
     }
-    // From outside first: the registry is readable without stopping.
-    match mapped_objects(pid) {
-        Ok(objects)
-            if !objects
-                .iter()
-                .any(|o| library_is(&as_seen_by(pid, &o.path), lib)) =>
-        {
-            return with_runtime(
-                &rt,
-                Outcome::Skipped(Reason::new(
-                    errors::ENOTARGETLIB,
-                    format!("library '{lib}' is not loaded"),
-                )),
-            );
-        }
-        Ok(_) => {}
+    // From outside first, nothing stopped: is a patch of that library in
+    // the registry (named as the runtime names it: the loader's name, its
+    // basename or its SONAME)? If not, as libpulp: "No patches installed"
+    // when the library is loaded, "Target library not loaded" when it is
+    // not; both are skips.
+    let objects = match named_objects(pid) {
+        Ok(objects) => objects,
         Err(e) => {
             return with_runtime(
                 &rt,
                 Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())),
             )
         }
-    }
-    match rt.patches() {
-        Ok(p) if !p.iter().any(|p| library_is(&p.target_path, lib)) => {
-            return with_runtime(
-                &rt,
-                Outcome::Skipped(Reason::new(
-                    errors::ENOPATCH,
-                    format!("no patch of '{lib}' is applied"),
-                )),
-            );
-        }
-        _ => {}
+    };
+    let loaded: Vec<&MappedObject> = objects.iter().filter(|o| o.is_library(pid, lib)).collect();
+    let patched = match rt.patches() {
+        Ok(applied) => applied.iter().any(|a| {
+            loaded.iter().any(|o| o.is_path(pid, &a.target_path))
+                || ulp_abi::names::names_object(lib.as_bytes(), a.target_path.as_bytes(), || None)
+        }),
+        // The runtime will tell.
+        Err(_) => true,
+    };
+    if !patched {
+        let why = if loaded.is_empty() {
+            Reason::new(
+                errors::ENOTARGETLIB,
+                format!("library '{lib}' is not loaded"),
+            )
+        } else {
+            Reason::bare(errors::ENOPATCH)
+        };
+        return with_runtime(&rt, Outcome::Skipped(why));
     }
     run(
         &rt,
@@ -293,17 +292,6 @@ pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options
         Err(o) => return with_runtime(&rt, o),
     };
     run(&rt, op::REPLACE, &buf, deadline, opts, Outcome::Applied)
-}
-
-/// Whether a library loaded from `path` is the one `lib` names: its
-/// basename, or its whole path when `lib` contains a `/` (the same rule
-/// as the runtime's).
-pub fn library_is(path: &str, lib: &str) -> bool {
-    if lib.contains('/') {
-        path == lib
-    } else {
-        path.rsplit('/').next() == Some(lib)
-    }
 }
 
 fn with_runtime(rt: &Runtime, outcome: Outcome) -> Report {
@@ -408,13 +396,6 @@ fn apply_request(
     })
 }
 
-/// The directory `pid` is chrooted at, when it is not `/` (as far as
-/// `/proc/PID/root` tells).
-fn chroot_of(pid: Pid) -> Option<PathBuf> {
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
-    (root != Path::new("/")).then_some(root)
-}
-
 /// Opens a mapped object as [`MappedObject::open`] does (through
 /// `/proc/PID/root`, then as is), then under the `-R` root (for when
 /// `/proc/PID/root` is not usable to us).
@@ -423,18 +404,6 @@ fn open_object(obj: &MappedObject, pid: Pid, opts: &Options) -> Result<ElfFile, 
     match (&first, &opts.root) {
         (Err(_), Some(root)) => ElfFile::open(&root.join(obj.path.trim_start_matches('/'))),
         _ => first,
-    }
-}
-
-/// A path from `/proc/PID/maps` as the process itself sees it: maps show
-/// paths from our root, so a chrooted process's paths carry its root.
-fn as_seen_by(pid: Pid, path: &str) -> String {
-    match chroot_of(pid) {
-        Some(root) => match Path::new(path).strip_prefix(&root) {
-            Ok(inside) => format!("/{}", inside.to_string_lossy()),
-            Err(_) => path.to_string(),
-        },
-        None => path.to_string(),
     }
 }
 
@@ -475,12 +444,12 @@ enum TargetState {
 /// maps). The file is read only when the memory cannot be. The runtime
 /// checks the loaded copy again before changing anything.
 fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, Outcome> {
-    let objects = mapped_objects(pid)
+    let objects = named_objects(pid)
         .map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())))?;
     let mut other = None;
     for obj in objects
         .iter()
-        .filter(|o| is_named(o, &md.target_name, pid, opts))
+        .filter(|o| o.is_library(pid, &md.target_name))
     {
         let have = obj
             .build_id_in_memory(pid)
@@ -489,7 +458,7 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
         if have == md.build_id {
             return Ok(TargetState::Loaded);
         }
-        other.get_or_insert((obj.path.clone(), have));
+        other.get_or_insert((obj.name.clone(), have));
     }
     Ok(match other {
         None => TargetState::NotLoaded(Reason::new(
@@ -520,10 +489,10 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
     if let Some(sizes) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return sizes;
     }
-    let Some(obj) = mapped_objects(pid).ok().and_then(|objects| {
+    let Some(obj) = named_objects(pid).ok().and_then(|objects| {
         objects
             .into_iter()
-            .filter(|o| is_named(o, &md.target_name, pid, opts))
+            .filter(|o| o.is_library(pid, &md.target_name))
             .find(|o| o.build_id_in_memory(pid).as_deref() == Some(&md.build_id[..]))
     }) else {
         return vec![0; 8 * md.units.len()];
@@ -552,23 +521,6 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
         c.insert(key, sizes.clone());
     }
     sizes
-}
-
-/// Whether `obj` is the library `name` of a patch: its file name, or, for
-/// a library loaded through a symbolic link named after its SONAME
-/// (`libz.so.1` -> `libz.so.1.2.13`; the maps show the file, the loader
-/// and the runtime the link), a file whose SONAME is `name`.
-fn is_named(obj: &MappedObject, name: &str, pid: Pid, opts: &Options) -> bool {
-    let base = obj.basename();
-    if base == name {
-        return true;
-    }
-    base.starts_with(name)
-        && base.as_bytes().get(name.len()) == Some(&b'.')
-        && open_object(obj, pid, opts)
-            .ok()
-            .and_then(|e| e.soname())
-            .is_some_and(|s| s == name)
 }
 
 /// Whether `container` is applied in the process of `rt`: its patch id is
@@ -1181,14 +1133,6 @@ mod tests {
         assert_eq!(busy_range(&plan[3]), Some((0x100e, 0x1010)));
         assert_eq!(busy_range(&plan[4]), None);
         assert_eq!(busy_range(&plan[5]), Some((0x1000, 0x100e)));
-    }
-
-    #[test]
-    fn library_names() {
-        assert!(library_is("/usr/lib/libfoo.so.1", "libfoo.so.1"));
-        assert!(!library_is("/usr/lib/libfoo.so.1", "libfoo.so"));
-        assert!(library_is("/usr/lib/libfoo.so.1", "/usr/lib/libfoo.so.1"));
-        assert!(!library_is("/opt/libfoo.so.1", "/usr/lib/libfoo.so.1"));
     }
 
     #[test]

@@ -986,11 +986,15 @@ fn find_note<'a>(data: &'a [u8], align: u64, name: &[u8], ty: u32) -> Option<&'a
 }
 
 /// Replaces `path` with `data` so that a crash leaves either the old or the
-/// new file: write a temporary file in the same directory, fsync it, give it
-/// the original's permissions, rename it over the original, fsync the
-/// directory.
+/// new file: write a temporary file in the same directory, give it the
+/// original's owner and permissions, fsync it, rename it over the
+/// original, fsync the directory. A symbolic link (the SONAME link a
+/// distribution installs, `libfoo.so.1 -> libfoo.so.1.2.3`) stays a link:
+/// the file it leads to is the one replaced.
 pub(crate) fn replace_file(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let path = &std::fs::canonicalize(path).map_err(|e| Error::io(path, "cannot resolve", e))?;
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot stat", e))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -1007,6 +1011,11 @@ pub(crate) fn replace_file(path: &Path, data: &[u8]) -> Result<(), Error> {
             .create_new(true)
             .open(&tmp)?;
         f.write_all(data)?;
+        let mine = f.metadata()?;
+        if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        // After the owner: a change of owner clears set-id bits.
         f.set_permissions(meta.permissions())?;
         f.sync_all()?;
         drop(f);

@@ -28,8 +28,10 @@ pub struct PostReport {
     pub skipped: usize,
 }
 
-/// Rewrites `path` in place (atomically: temp file, fsync, rename; mode
-/// preserved). The file is not rewritten at all when nothing was merged.
+/// Rewrites `path` in place (atomically: temp file, fsync, rename; owner
+/// and mode preserved). When `path` is a symbolic link (a SONAME link),
+/// the file it leads to is rewritten and the link stays. The file is not
+/// rewritten at all when nothing was merged.
 pub fn post(path: &Path) -> Result<PostReport, Error> {
     let elf = ElfFile::open(path)?;
     let entries = elf.patchable_entries()?;

@@ -172,6 +172,56 @@ fn post_merges_entry_nops_once() {
     }
 }
 
+/// The SONAME link a distribution installs (`libt.so.1 -> libt.so.1.2.3`,
+/// a second link on it): posting through a link rewrites the file it
+/// leads to, with its owner and mode, and every link stays a link to it.
+#[test]
+fn post_through_a_soname_link_changes_the_file_and_keeps_the_link() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("link");
+    let lib = shared_lib(
+        &dir,
+        "libt.so.1.2.3",
+        &["-fpatchable-function-entry=16,14", "-Wl,-soname,libt.so.1"],
+    );
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let link = dir.join("libt.so.1");
+    std::os::unix::fs::symlink("libt.so.1.2.3", &link).unwrap();
+    let dev = dir.join("libt.so");
+    std::os::unix::fs::symlink("libt.so.1", &dev).unwrap();
+    let owner = std::fs::metadata(&lib).map(|m| (m.uid(), m.gid())).unwrap();
+    let n = ElfFile::open(&lib)
+        .unwrap()
+        .patchable_entries()
+        .unwrap()
+        .len();
+
+    let r = post(&dev).unwrap();
+    assert_eq!(r.merged, n);
+    for (l, to) in [(&link, "libt.so.1.2.3"), (&dev, "libt.so.1")] {
+        assert!(std::fs::symlink_metadata(l)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_link(l).unwrap(), PathBuf::from(to));
+    }
+    let after = ElfFile::open(&lib).unwrap();
+    assert!(entry_bytes(&after).iter().all(|b| *b == [0x66, 0x90]));
+    let meta = std::fs::metadata(&lib).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    assert_eq!((meta.uid(), meta.gid()), owner);
+    // Nothing else was left in the directory.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("libt"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["libt.so", "libt.so.1", "libt.so.1.2.3"]);
+    assert_eq!(post(&link).unwrap().already, n);
+}
+
 #[test]
 fn post_and_entries_in_a_non_pie_executable() {
     let dir = TempDir::new("exe");

@@ -1,7 +1,10 @@
 //! Test support shared by the workspace's tests.
 //!
 //! * [`fixtures_dir`]: the C fixtures compiled by this crate's build script
-//!   (target library `libulpdemo.so.1`, its variant with another build-id,
+//!   (target library `libulpdemo.so.1`, installed as a distribution
+//!   installs it: the file `libulpdemo.so.1.0.0` and the SONAME link
+//!   `libulpdemo.so.1` the programs are linked against; its variant with
+//!   another build-id, likewise,
 //!   an unpadded build, `demo_prog`, the live patches `demo_livepatch*.so`).
 //! * [`Target`]: a process started for a test, talked to through its
 //!   stdin/stdout, waited for with a bounded "ready" line, killed on drop.
@@ -71,18 +74,34 @@ impl Drop for TempDir {
     }
 }
 
-/// Copies `names` from `from` into `to`, keeping the file names.
+/// Copies `names` from `from` into `to`, keeping the file names and the
+/// way they are installed: a symbolic link to a file of the same directory
+/// (the SONAME link `libulpdemo.so.1 -> libulpdemo.so.1.0.0`) is copied as
+/// that link, and the file it leads to with it.
 pub fn copy_files(from: &Path, to: &Path, names: &[&str]) {
     for n in names {
-        std::fs::copy(from.join(n), to.join(n)).unwrap_or_else(|e| {
-            panic!(
-                "copying {} into {}: {e}",
-                from.join(n).display(),
-                to.display()
-            )
-        });
+        let src = from.join(n);
+        let dst = to.join(n);
+        let sibling = std::fs::read_link(&src)
+            .ok()
+            .filter(|t| t.components().count() == 1)
+            .and_then(|t| t.to_str().map(str::to_string));
+        if let Some(target) = sibling {
+            copy_files(from, to, &[&target]);
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(&target, &dst).unwrap_or_else(|e| {
+                panic!("linking {} -> {target}: {e}", dst.display());
+            });
+            continue;
+        }
+        std::fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("copying {} into {}: {e}", src.display(), to.display()));
     }
 }
+
+/// The file the demo library is installed as; `libulpdemo.so.1` is its
+/// SONAME link (see [`copy_files`]).
+pub const DEMO_LIB_FILE: &str = "libulpdemo.so.1.0.0";
 
 /// Starts `cmd`, retrying for a while on ETXTBSY: tests copy executables
 /// into their own directories, and while one test writes such a copy,

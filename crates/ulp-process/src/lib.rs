@@ -2,7 +2,8 @@
 //! workspace that uses ptrace.
 //!
 //! * Looking without stopping: [`maps`], [`threads`], [`comm`], [`exe`],
-//!   [`all_pids`] read /proc; [`read_mem`] and [`write_mem`] use
+//!   [`all_pids`] read /proc; [`link_map`] reads the dynamic loader's
+//!   list of loaded objects from memory; [`read_mem`] and [`write_mem`] use
 //!   `process_vm_readv`/`process_vm_writev` (writable data only).
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
@@ -33,6 +34,7 @@
 
 mod error;
 pub mod frame;
+mod linkmap;
 mod mem;
 mod procfs;
 mod regs;
@@ -41,6 +43,7 @@ mod sys;
 
 pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
+pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,

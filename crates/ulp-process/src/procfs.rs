@@ -56,7 +56,7 @@ pub(crate) fn proc_error(pid: Pid, path: &Path, e: io::Error) -> Error {
     }
 }
 
-fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
     let path = proc_path(pid, leaf);
     fs::read(&path).map_err(|e| proc_error(pid, &path, e))
 }

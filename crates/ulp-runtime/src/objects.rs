@@ -32,6 +32,9 @@ pub struct LoadedObject {
     pub build_id: Option<Vec<u8>>,
     /// `PT_DYNAMIC`: address of its dynamic section, if it has one.
     pub dynamic: Option<u64>,
+    /// Its `DT_SONAME`, read during the walk (under the loader's lock:
+    /// another thread may unload the object as soon as the walk ends).
+    pub soname: Option<Vec<u8>>,
 }
 
 impl LoadedObject {
@@ -124,6 +127,7 @@ impl LoadedObject {
         const DT_RELA: u64 = 7;
         const DT_RELASZ: u64 = 8;
         const DT_RELAENT: u64 = 9;
+        const DT_SONAME: u64 = 14;
         // glibc relocates these d_ptr values in place when the dynamic
         // section is writable; an unrelocated one is below the bias.
         let absolute = |v: u64| {
@@ -139,6 +143,7 @@ impl LoadedObject {
             rela: 0,
             relasz: 0,
             relaent: 24,
+            soname: None,
         };
         let mut at = self.dynamic?;
         for _ in 0..4096 {
@@ -151,6 +156,7 @@ impl LoadedObject {
                 DT_RELA => t.rela = absolute(val),
                 DT_RELASZ => t.relasz = val,
                 DT_RELAENT => t.relaent = val,
+                DT_SONAME => t.soname = Some(val),
                 _ => {}
             }
             at = at.wrapping_add(16);
@@ -160,6 +166,28 @@ impl LoadedObject {
 
     pub fn basename(&self) -> &[u8] {
         basename(&self.path)
+    }
+
+    /// Whether `lib` (a patch's target name, a `REVERT_ALL` library) names
+    /// this object: the basename of the loader's name or its SONAME, or,
+    /// with a `/`, the whole name: the rule the tool applies from outside
+    /// (`ulp_abi::names`).
+    pub fn is_named(&self, lib: &[u8]) -> bool {
+        ulp_abi::names::names_object(lib, &self.path, || self.soname.as_deref())
+    }
+
+    /// Its `DT_SONAME`, read from its dynamic section in memory; `None`
+    /// without one or when anything to read lies outside its segments.
+    /// Only while the object cannot be unloaded (during the walk).
+    fn read_soname(&self) -> Option<&[u8]> {
+        let t = self.dynamic_tables()?;
+        let at = t.strtab.checked_add(t.soname?)?;
+        let seg = self.loads.iter().find(|s| s.start <= at && at < s.end)?;
+        let len = (seg.end - at).min(4096);
+        // SAFETY: `len` bytes at `at` lie inside one loaded segment.
+        let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, len as usize) };
+        let end = bytes.iter().position(|&b| b == 0)?;
+        Some(&bytes[..end])
     }
 
     /// Is `[addr, addr + len)` inside one loaded segment that has all of
@@ -193,6 +221,8 @@ struct DynamicTables {
     rela: u64,
     relasz: u64,
     relaent: u64,
+    /// `DT_SONAME`: an offset in the string table.
+    soname: Option<u64>,
 }
 
 /// `sizeof(Elf64_Sym)`.
@@ -299,6 +329,7 @@ unsafe fn describe(
         tls_modid: 0,
         build_id: None,
         dynamic: None,
+        soname: None,
     };
     // `dlpi_tls_modid` exists only when the loader's struct is that long.
     let modid_end =
@@ -328,6 +359,7 @@ unsafe fn describe(
             object.build_id = gnu_build_id(notes, p.p_align);
         }
     }
+    object.soname = object.read_soname().map(<[u8]>::to_vec);
     object
 }
 
@@ -387,6 +419,14 @@ mod tests {
         assert!(objects[0].is_main);
         assert!(!objects[0].path.is_empty());
         assert!(objects.iter().any(|o| o.basename().starts_with(b"libc.so")));
+        // libc is named by its SONAME too, whatever file it was loaded from.
+        let libc = objects
+            .iter()
+            .find(|o| o.soname.as_deref() == Some(&b"libc.so.6"[..]))
+            .expect("libc.so.6 has its SONAME in memory");
+        assert!(libc.is_named(b"libc.so.6"));
+        assert!(libc.is_named(&libc.path));
+        assert!(!libc.is_named(b"libc.so"));
     }
 
     #[test]

@@ -167,12 +167,13 @@ fn apply_request(
         ));
     }
 
-    // The target: an object with the recorded basename and build-id.
+    // The target: an object with the recorded name (basename or SONAME)
+    // and build-id.
     let objects =
         objects::loaded_objects().ok_or_else(|| failed("cannot list the loaded objects"))?;
     let named: Vec<&LoadedObject> = objects
         .iter()
-        .filter(|o| o.basename() == meta.target_name.as_bytes())
+        .filter(|o| o.is_named(meta.target_name.as_bytes()))
         .collect();
     let Some(first) = named.first() else {
         return Err(Failure::new(
@@ -598,15 +599,15 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
     }
 }
 
-/// Whether `patch` is for `lib`: a basename, or the loaded path when it
-/// contains a `/`.
-fn is_for_library(patch: &Patch, lib: &[u8]) -> bool {
+/// Whether `patch` is for `lib`: the basename or SONAME of its target, or
+/// the target's loaded path when `lib` contains a `/` (`objects` are the
+/// loaded objects, for the SONAME).
+fn is_for_library(patch: &Patch, lib: &[u8], objects: &[LoadedObject]) -> bool {
     let path = patch.target_path.as_bytes();
-    if lib.contains(&b'/') {
-        path == lib
-    } else {
-        objects::basename(path) == lib
-    }
+    let target = objects
+        .iter()
+        .find(|o| o.bias == patch.target_bias && o.path == path);
+    ulp_abi::names::names_object(lib, path, || target.and_then(|o| o.soname.as_deref()))
 }
 
 /// op REVERT_ALL: the request is the library.
@@ -668,11 +669,12 @@ fn change_library(
         None => None,
     };
     let new_id = new_meta.as_ref().map(|m| m.patch_id);
+    let loaded = objects::loaded_objects().unwrap_or_default();
     let remove: Vec<usize> = reg
         .patches
         .iter()
         .enumerate()
-        .filter(|(_, p)| is_for_library(p, lib) && Some(p.id) != new_id)
+        .filter(|(_, p)| is_for_library(p, lib, &loaded) && Some(p.id) != new_id)
         .map(|(i, _)| i)
         .collect();
     let already = new_id.is_some_and(|id| reg.position(&id).is_some());

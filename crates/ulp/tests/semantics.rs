@@ -160,12 +160,17 @@ fn symbols(path: &Path, names: &[&str]) -> HashMap<String, u64> {
 }
 
 /// Where the first mapping of file `name` (offset 0) starts in `pid`: the
-/// load bias of a shared object.
+/// load bias of a shared object. `name` may be a SONAME link: the maps
+/// show the file it leads to (`libsem.so.1` -> `libsem.so.1.0.0`).
 fn load_bias(pid: i32, name: &str) -> u64 {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let behind_link = format!("/{name}.");
     for line in maps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 6 && f[2] == "00000000" && f[5].ends_with(&format!("/{name}")) {
+        if f.len() >= 6
+            && f[2] == "00000000"
+            && (f[5].ends_with(&format!("/{name}")) || f[5].contains(&behind_link))
+        {
             let start = f[0].split('-').next().unwrap();
             return u64::from_str_radix(start, 16).unwrap();
         }
@@ -493,11 +498,16 @@ fn a_container_applies_only_to_the_exact_build_it_was_made_for() {
     assert_eq!(a.ask("static 5"), "6");
     assert_eq!(b.ask("static 5"), "6");
 
-    // The library is upgraded on disk (renamed over, as a package manager
-    // does) while `a` runs: `a` still runs the old build, whose file is now
-    // deleted; a process started now runs the new one.
+    // The library is upgraded on disk (the file behind the SONAME link
+    // renamed over, as a package manager does) while `a` runs: `a` still
+    // runs the old build, whose file is now deleted; a process started now
+    // runs the new one.
     std::fs::copy(sem.path("variant/libsem.so.1"), sem.path("libsem.so.1.new")).unwrap();
-    std::fs::rename(sem.path("libsem.so.1.new"), sem.path("libsem.so.1")).unwrap();
+    std::fs::rename(sem.path("libsem.so.1.new"), sem.path("libsem.so.1.0.0")).unwrap();
+    assert!(std::fs::symlink_metadata(sem.path("libsem.so.1"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let mut d = sem.start("sem_prog");
     let out = skipped(&a, for_variant, "build id mismatch");
     assert!(out.contains(&good_id) && out.contains(&variant_id), "{out}");

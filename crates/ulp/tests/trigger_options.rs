@@ -342,12 +342,13 @@ fn revert_all_and_replace_in_one_stop() {
     assert_eq!(t.ask("word"), "old");
     let (_, patches, _) = demo.ulp(&["patches", "-p", &pid]);
     assert!(!patches.contains("livepatch:"), "{patches}");
-    // Nothing left: a skip, not an error; a library not loaded likewise.
+    // Nothing left: a skip, not an error (libpulp's words); a library not
+    // loaded likewise.
     let out = ok(&["trigger", "-p", &pid, "--revert-all", "libulpdemo.so.1"]);
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SKIPPED no patch of 'libulpdemo.so.1' is applied\n{}",
+            "demo_prog (pid: {pid}): SKIPPED No patches installed\n{}",
             summary(0, 1, 0)
         )
     );

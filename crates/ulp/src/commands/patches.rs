@@ -201,7 +201,9 @@ fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
     let writes_pending = rt.writes_pending()?;
     let applied = rt.patches()?;
     let mut libraries = Vec::new();
-    for obj in ulp_core::objects::mapped_objects(pid)? {
+    // Named as the process's loader names them, as libpulp prints them
+    // (the SONAME link a program loaded, not the file it resolves to).
+    for obj in ulp_core::objects::named_objects(pid)? {
         if obj.path == rt.path {
             continue;
         }
@@ -216,7 +218,7 @@ fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
             continue;
         }
         libraries.push(Library {
-            path: obj.path.clone(),
+            path: obj.name.clone(),
             // The copy the process runs, which may differ from the file
             // now at that path (an upgrade renamed a new build over it).
             build_id: obj

@@ -240,3 +240,85 @@ pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, 
         err_reader.join().unwrap(),
     )
 }
+
+/// A PID namespace with its own /proc, so that `ulp` without `-p` sees
+/// only the processes a test started there (not other tests'). Its init
+/// is a `sleep` held by `unshare --kill-child`: killing the holder on drop
+/// kills the init, and with it every process of the namespace.
+pub struct PidNs {
+    holder: std::process::Child,
+    /// The host pid of the namespace's init.
+    init: u32,
+}
+
+impl PidNs {
+    pub fn new() -> PidNs {
+        let holder = Command::new("unshare")
+            .args(["--fork", "--pid", "--mount-proc", "--kill-child=SIGKILL"])
+            .args(["sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("running unshare (util-linux)");
+        let children = format!("/proc/{0}/task/{0}/children", holder.id());
+        let until = Instant::now() + ulp_fixtures::WAIT;
+        let init = loop {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            let child: Option<u32> = text.split_whitespace().next().and_then(|p| p.parse().ok());
+            // Ready once the child runs the sleep, inside.
+            if let Some(pid) = child.filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            }) {
+                break pid;
+            }
+            assert!(Instant::now() < until, "unshare did not start its child");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        PidNs { holder, init }
+    }
+
+    /// `PROGRAM ARGS` to run inside the namespace, in `dir`.
+    pub fn command(&self, dir: &Path, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t")
+            .arg(self.init.to_string())
+            .args(["-p", "-m"])
+            .arg(format!("--wd={}", dir.display()))
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Starts `program` in the namespace with the runtime `runtime`
+    /// preloaded; returns it and its pid in the namespace (the program
+    /// answers `pid`).
+    pub fn start(&self, dir: &Path, program: &Path, runtime: &Path) -> (Target, String) {
+        let preload = format!("LD_PRELOAD={}", runtime.display());
+        let program = program.to_string_lossy();
+        let mut t = Target::spawn(self.command(dir, "env", &[&preload, &program]));
+        let pid = t.ask("pid");
+        (t, pid)
+    }
+
+    /// Runs `ulp ARGS` in the namespace, in `dir`.
+    pub fn ulp(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command(dir, ulp_bin(), args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ulp in the namespace");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for PidNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
