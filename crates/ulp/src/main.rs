@@ -18,6 +18,7 @@ const SPECS: &[Spec] = &[
     flag(Some('q'), "quiet"),
     flag(None, "json"),
     value(Some('p'), "process"),
+    value(Some('u'), "user"),
     value(Some('j'), "jobs"),
     flag(None, "revert"),
     value(Some('r'), "retries"),
