@@ -773,11 +773,11 @@ fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> R
         .map_err(|(_, why)| format!("completing the writes an interrupted ulp left pending: {why}"))
 }
 
-/// What a non-OK result code of `opcode` means for the user; `None` for OK.
 /// How the runtime's message begins when its dlopen of a container failed
 /// (ulp-runtime's `open_container`).
 const DLOPEN_FAILED: &str = "cannot load container ";
 
+/// What a non-OK result code of `opcode` means for the user; `None` for OK.
 fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
     Some(match rc {
         code::OK => return None,

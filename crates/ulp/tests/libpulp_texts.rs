@@ -276,12 +276,19 @@ fn verbose_trigger_traces_skips_as_libpulp() {
             &format!("pid = {pid}, name = demo_prog: target library (libother.so.1) not loaded."),
         ],
     );
+    // Under the name line, each skip names its file, as libpulp's.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0], format!("  demo_prog (pid: {pid}):"));
     assert!(
-        out.starts_with(&format!(
-            "  demo_prog (pid: {pid}):\n    SKIPPED Build ID mismatch: "
-        )),
+        lines[1].starts_with("    SKIPPED demo_livepatch.so: Build ID mismatch: "),
         "{out}"
     );
+    assert_eq!(
+        lines[2],
+        "    SKIPPED other.so: Target library not loaded: library 'libother.so.1' is not loaded"
+    );
+    assert_eq!(format!("{}\n", lines[3]), summary(0, 1, 0));
     // Without -v: none of it.
     let (_, _, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(err, "");

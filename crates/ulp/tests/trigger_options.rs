@@ -148,15 +148,18 @@ fn no_p_and_a_glob_patch_every_process_with_the_runtime_twice() {
     for pid in sorted_pids(&[&pid_a, &pid_b, &pid_v]) {
         want.push_str(&format!("  demo_prog (pid: {pid}):\n"));
         if pid == pid_v {
-            for _ in 0..2 {
+            for (k, file) in ["demo_livepatch.so", "demo_livepatch2.so"]
+                .iter()
+                .enumerate()
+            {
                 let line = out
                     .lines()
                     .skip_while(|l| *l != format!("  demo_prog (pid: {pid}):"))
-                    .nth(1)
+                    .nth(1 + k)
                     .unwrap_or_default()
                     .to_string();
                 assert!(
-                    line.starts_with("    SKIPPED Build ID mismatch: "),
+                    line.starts_with(&format!("    SKIPPED {file}: Build ID mismatch: ")),
                     "{line}\n{out}"
                 );
                 want.push_str(&line);
@@ -181,7 +184,8 @@ fn no_p_and_a_glob_patch_every_process_with_the_runtime_twice() {
     for pid in [&pid_a, &pid_b] {
         assert!(
             out.contains(&format!(
-                "  demo_prog (pid: {pid}):\n    SKIPPED Patch already applied\n    SKIPPED Patch already applied\n"
+                "  demo_prog (pid: {pid}):\n    SKIPPED demo_livepatch.so: Patch already applied\n    \
+                 SKIPPED demo_livepatch2.so: Patch already applied\n"
             )),
             "{out}"
         );

@@ -104,8 +104,8 @@ Several processes are patched in parallel (-j), each stopped only for its
 own patch; on a terminal a progress bar shows on stderr meanwhile.
 
 Output: one line per process, indented as libpulp's (with several FILEs,
-the name line alone, then one line per FILE under it), then a summary
-line, also with -q:
+the name line alone, then one line per FILE under it, where a skip also
+names its FILE: SKIPPED FILE: REASON), then a summary line, also with -q:
     NAME (pid: PID): SUCCESS FILE | SKIPPED REASON | ERROR FILE: REASON
   ulp: Processes patched: N, Skipped: N, Failed: N.
 A REASON begins with libpulp's phrase for the error (`Failure in dlopen`,
@@ -829,11 +829,20 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
         let _ = writeln!(out, "  {name} (pid: {pid}):");
     }
     for l in lines {
+        // Under the name line, a skip names its file too, as libpulp's
+        // `    SKIPPED FILE: PHRASE`; alone, it does not (`SKIPPED PHRASE`).
+        let skipped = |reason: &dyn std::fmt::Display| {
+            if several {
+                format!("SKIPPED {}: {reason}", l.label)
+            } else {
+                format!("SKIPPED {reason}")
+            }
+        };
         let text = match &l.report.outcome {
             Outcome::Applied | Outcome::Reverted => format!("SUCCESS {}", l.label),
-            Outcome::AlreadyApplied => format!("SKIPPED {ALREADY_APPLIED}"),
-            Outcome::Skipped(r) => format!("SKIPPED {r}"),
-            Outcome::NoRuntime => format!("SKIPPED {}", Outcome::NoRuntime),
+            Outcome::AlreadyApplied => skipped(&ALREADY_APPLIED),
+            Outcome::Skipped(r) => skipped(r),
+            Outcome::NoRuntime => skipped(&Outcome::NoRuntime),
             Outcome::Failed(r) => format!("ERROR {}: {r}", l.label),
         };
         let is_error = matches!(l.report.outcome, Outcome::Failed(_));
