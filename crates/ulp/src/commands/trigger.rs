@@ -912,3 +912,21 @@ fn line_json(l: &Line) -> Value {
         "attempts": d.attempts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_is_libpulps_or_of_numbers_masked() {
+        assert_eq!(exit_status(0, false), 0);
+        assert_eq!(exit_status(errors::EDLOPEN.number, false), 31);
+        // Patch not applied | No metadata in .so: 0x110 | 0x10d.
+        let both = errors::ENOTAPPLIED.number | errors::ENOMETA.number;
+        assert_eq!(exit_status(both, false), 0x1d);
+        // Unknown error (256) masks to 0: a failure never exits 0.
+        assert_eq!(exit_status(errors::EUNKNOWN.number, false), 1);
+        assert_eq!(exit_status(0, true), 1);
+        assert_eq!(exit_status(errors::EBUILDID.number, true), 1);
+    }
+}
