@@ -243,6 +243,10 @@ fn a_process_without_the_runtime_is_reported_in_libpulps_words() {
     let (code, out, err) = demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!((code, out.as_str()), (255, ""));
     assert_logged(&err, &["error gathering target process information."]);
+
+    let (code, out, err) = demo.ulp(&["messages", "-p", &pid]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_logged(&err, &["error gathering target process information."]);
     assert_eq!(t.ask("answer"), "1");
 }
 
