@@ -42,6 +42,9 @@ _ulp() {
         -t|--target|-o|--output|--revert-all|-R)
             COMPREPLY=($(compgen -f -- "$cur"))
             return 0 ;;
+        -u|--user)
+            COMPREPLY=($(compgen -u -- "$cur"))
+            return 0 ;;
         -r|--retries|--timeout|-j|--jobs)
             return 0 ;;
     esac
@@ -49,9 +52,9 @@ _ulp() {
     local opts=""
     case "$cmd" in
         trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force --load-runtime --runtime" ;;
-        patches) opts="-p --process -b --buildid --only-livepatched" ;;
+        patches) opts="-p --process -u --user -b --buildid --only-livepatched" ;;
         check|messages) opts="-p --process" ;;
-        set_patchable) opts="-p --process --load-runtime --runtime --force" ;;
+        set_patchable) opts="-p --process -u --user --load-runtime --runtime --force" ;;
         packer) opts="-l --livepatch -t --target --force" ;;
         dump) opts="--revert -b --buildid" ;;
         extract) opts="-o --output" ;;

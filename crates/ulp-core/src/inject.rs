@@ -216,23 +216,12 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
     released.map_err(|e| e.to_string())
 }
 
-/// The path of `file` as the process sees it (`-R`: under its root), after
-/// checking that the process would open that very file.
+/// The path of `file` as the process sees it (`-R PREFIX`: PREFIX + its
+/// real path, as for a patch), after checking that the process would open
+/// that very file.
 fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, String> {
-    let inside = match &opts.root {
-        Some(root) => {
-            let rest = file.strip_prefix(root).map_err(|_| {
-                format!(
-                    "the runtime '{}' is not under the root '{}' given with -R: put a copy inside \
-                     the chroot and name it with --runtime",
-                    file.display(),
-                    root.display()
-                )
-            })?;
-            Path::new("/").join(rest)
-        }
-        None => file.to_path_buf(),
-    };
+    let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let inside = PathBuf::from(crate::trigger::with_prefix(opts, &real.to_string_lossy()));
     let ours = std::fs::metadata(file)
         .map_err(|e| format!("cannot read the runtime '{}': {e}", file.display()))?;
     let seen = PathBuf::from(format!("/proc/{pid}/root{}", inside.display()));

@@ -59,7 +59,9 @@ impl fmt::Display for Patchable {
         match self {
             Patchable::Enabled => f.write_str("enabled"),
             Patchable::DisabledByUser => f.write_str("disabled by user"),
-            Patchable::DisabledByTool => f.write_str("disabled (set_patchable)"),
+            // libpulp says the same for both: its set_patchable sets the
+            // user's state.
+            Patchable::DisabledByTool => f.write_str("disabled by user"),
             Patchable::Unknown(v) => write!(f, "disabled (unknown state {v})"),
         }
     }
@@ -150,10 +152,7 @@ mod tests {
     fn labels() {
         assert_eq!(Patchable::from_raw(0).to_string(), "enabled");
         assert_eq!(Patchable::from_raw(1).to_string(), "disabled by user");
-        assert_eq!(
-            Patchable::from_raw(2).to_string(),
-            "disabled (set_patchable)"
-        );
+        assert_eq!(Patchable::from_raw(2).to_string(), "disabled by user");
         assert_eq!(Patchable::from_raw(9), Patchable::Unknown(9));
         assert_eq!(Patchable::from_raw(2).key(), "disabled_by_tool");
     }

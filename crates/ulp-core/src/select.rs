@@ -156,6 +156,41 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
     pids
 }
 
+/// The owner of `pid` as libpulp's `-u` sees it: the login uid of its
+/// session (`/proc/PID/loginuid`), `None` when unreadable. 4294967295 is
+/// the kernel's "unset" (a process started outside any login).
+pub fn login_uid(pid: Pid) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The user name of `uid` from the password database (`/etc/passwd`).
+pub fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?;
+        (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// `-u USER`: whether `pid`'s owner ([`login_uid`]) is `user`: a numeric
+/// uid, or a user name or shell pattern matched against the owner's name.
+/// An owner that cannot be read, or has no name, matches only its number.
+pub fn owner_matches(pid: Pid, user: &str) -> bool {
+    let Some(uid) = login_uid(pid) else {
+        return false;
+    };
+    if !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()) {
+        return user.parse::<u32>() == Ok(uid);
+    }
+    user_name(uid).is_some_and(|name| glob_match(user, &name))
+}
+
 /// Every process (but the calling one) that has the runtime
 /// (`libpulp.so*`) mapped, ascending. Processes whose maps cannot be read
 /// (another user's, without privileges) are left out.
@@ -270,6 +305,16 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        let me = std::process::id() as Pid;
+        let uid = login_uid(me).expect("own loginuid");
+        assert!(owner_matches(me, &uid.to_string()));
+        assert!(!owner_matches(me, &uid.wrapping_add(1).to_string()));
+        assert!(!owner_matches(1 << 30, "*"), "no such process");
+    }
 
     #[test]
     fn patterns() {

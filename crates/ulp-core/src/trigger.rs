@@ -25,9 +25,10 @@
 //! thread ever runs with neither the old nor the new code). Each has a
 //! `*_report` form that also returns what happened in detail ([`Detail`]).
 //!
-//! Chrooted targets ([`Options::root`]): the tool reads files at
-//! `ROOT/PATH` while the runtime, which lives inside the chroot, is given
-//! `PATH`.
+//! Chrooted or containerised targets ([`Options::root`], `-R PREFIX`): the
+//! tool reads each file where it is, and the runtime, which opens it from
+//! inside the target, is given `PREFIX` + the file's real path (where this
+//! host's root appears in the target's view), as libpulp does.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -56,10 +57,10 @@ pub struct Options {
     /// How many more times to try when every thread cannot be caught
     /// outside the bytes to change.
     pub retries: u32,
-    /// The target runs chrooted at this directory (`-R PREFIX`): the tool
-    /// opens the target's files as `root/PATH`, and a container's
-    /// [`Container::path`] must lie under `root`; the runtime is given the
-    /// container's path with `root` taken off.
+    /// `-R PREFIX`: the runtime is given PREFIX + the real path of a file
+    /// (a string concatenation, unchecked: PREFIX is a path in the
+    /// target's view, where this host's root appears for a chrooted or
+    /// containerised process, e.g. `/proc/1/root` or a bind mount).
     pub root: Option<PathBuf>,
     /// Suspend the target's seccomp filters while it is attached
     /// (PTRACE_O_SUSPEND_SECCOMP; needs CAP_SYS_ADMIN).
@@ -317,27 +318,20 @@ fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
 
 /// The path the runtime must `dlopen`, as the target process sees it.
 fn path_in_target(container: &Container, opts: &Options) -> Result<String, String> {
+    // The runtime dlopens this path from inside the target, whose current
+    // directory is not ours, and dlopen searches the library path for a
+    // name without a slash: hand it the absolute, resolved path.
+    let real = std::fs::canonicalize(&container.path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| format!("'{}': {e}", container.path.display()))?;
+    Ok(with_prefix(opts, &real))
+}
+
+/// `-R PREFIX`: PREFIX + `path`, as they are (libpulp's concatenation).
+pub fn with_prefix(opts: &Options, path: &str) -> String {
     match &opts.root {
-        // Inside the chroot: the container was read at ROOT/PATH; the
-        // runtime gets /PATH (not canonicalised: symbolic links are the
-        // chroot's to resolve).
-        Some(root) => {
-            let inside = container.path.strip_prefix(root).map_err(|_| {
-                format!(
-                    "'{}' is not under the root '{}' given with -R",
-                    container.path.display(),
-                    root.display()
-                )
-            })?;
-            Ok(format!("/{}", inside.to_string_lossy()))
-        }
-        // The runtime dlopens this path from inside the target, whose
-        // current directory is not ours, and dlopen searches the library
-        // path for a name without a slash: hand it the absolute, resolved
-        // path.
-        None => std::fs::canonicalize(&container.path)
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| format!("'{}': {e}", container.path.display())),
+        Some(prefix) => format!("{}{path}", prefix.to_string_lossy()),
+        None => path.to_string(),
     }
 }
 
@@ -357,8 +351,8 @@ fn apply_request(
                 errors::EDLOPEN,
                 format!(
                     "process {pid} runs chrooted at '{}': the runtime cannot open '{path}' there; \
-                 put the patch inside that directory and name it with -R {}",
-                    root.display(),
+                 make this host's root visible inside it (a bind mount, or /proc/1/root) and \
+                 name that place with -R PREFIX: the runtime is then given PREFIX{path}",
                     root.display()
                 ),
             )));
@@ -397,14 +391,9 @@ fn apply_request(
 }
 
 /// Opens a mapped object as [`MappedObject::open`] does (through
-/// `/proc/PID/root`, then as is), then under the `-R` root (for when
-/// `/proc/PID/root` is not usable to us).
-fn open_object(obj: &MappedObject, pid: Pid, opts: &Options) -> Result<ElfFile, ulp_elf::Error> {
-    let first = obj.open(pid);
-    match (&first, &opts.root) {
-        (Err(_), Some(root)) => ElfFile::open(&root.join(obj.path.trim_start_matches('/'))),
-        _ => first,
-    }
+/// `/proc/PID/root`, then as is).
+fn open_object(obj: &MappedObject, pid: Pid, _opts: &Options) -> Result<ElfFile, ulp_elf::Error> {
+    obj.open(pid)
 }
 
 /// Step 1: everything that can be known without stopping the process.
@@ -756,6 +745,8 @@ fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
         }
         code::NOT_APPLIED => Outcome::Failed(Reason::new(errors::ENOTAPPLIED, msg)),
         code::BAD_REQUEST => Outcome::Failed(Reason::new(errors::EINVALIDULP, msg)),
+        // The runtime's dlopen of the container failed (it has no code of
+        // its own for it; its message says so).
         _ if msg.is_empty() => {
             Outcome::Failed(Reason::unknown(format!("runtime returned code {rc}")))
         }

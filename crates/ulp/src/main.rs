@@ -18,6 +18,7 @@ const SPECS: &[Spec] = &[
     flag(Some('q'), "quiet"),
     flag(None, "json"),
     value(Some('p'), "process"),
+    value(Some('u'), "user"),
     value(Some('j'), "jobs"),
     flag(None, "revert"),
     value(Some('r'), "retries"),
@@ -50,14 +51,14 @@ into them with --load-runtime):
           [FILE|'GLOB']...
                       apply (or revert) live-patch containers (without -p:
                       in every process that has the runtime loaded)
-  patches [-p PID|NAME] [-b] [--only-livepatched]
+  patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]
                       list processes with the runtime and their patches, and
                       those still running unpatched copies of patched libraries
   messages -p PID|NAME
                       print a process's runtime message log
   check -p PID|NAME FILE
                       is the patch applied? (exit 1 yes, 0 no, 255 error)
-  set_patchable -p PID|NAME enable|disable
+  set_patchable [-p PID|NAME] [-u USER] enable|disable
                       switch live patching on or off in running processes
 
 Building live patches:
@@ -78,7 +79,8 @@ Options for every command:
   -h, --help          this help (or `ulp COMMAND --help`)
   -V, --version       print the version
 
-Exit status: 0 success, 1 failure, 64 usage error (see `ulp COMMAND --help`).
+Exit status: 0 success, 1 failure (a failed trigger: libpulp's error number,
+masked to 8 bits), 64 usage error (see `ulp COMMAND --help`).
 ";
 
 fn main() -> ExitCode {

@@ -127,7 +127,6 @@ fn usage_errors_exit_64_for_every_command() {
         &["livepatchable"][..],
         &["livepatchable", "--revert", "x"][..],
         &["post", "-t", "y", "x"][..],
-        &["set_patchable", "enable"][..],
         &["set_patchable", "-p", "1"][..],
         &["set_patchable", "-p", "1", "maybe"][..],
         &["set_patchable", "-p", "1", "enable", "disable"][..],
@@ -253,23 +252,33 @@ fn patches_warns_about_a_process_without_the_runtime() {
     let pid = t.pid.to_string();
     let (code, out, err) = demo.ulp(&["patches", "-p", &pid]);
     // No process block; at most the list of unpatched processes, when a
-    // test running alongside has patched the same library build.
-    assert_eq!(code, 0, "{err}");
+    // test running alongside has patched the same library build. libpulp's
+    // words on stderr, exit 1.
+    assert_eq!(code, 1, "{err}");
     assert!(
         out.is_empty() || out.starts_with("Unpatched processes"),
         "{out}"
     );
-    assert!(err.contains("runtime is not loaded"), "{err}");
+    assert_log_line(
+        &err,
+        "error gathering target process information: Libpulp not found in target process",
+    );
     let (code, v) = ulp_json(demo.dir.path(), &["patches", "-p", &pid]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 1);
     assert_eq!(v["processes"], serde_json::json!([]));
     assert_eq!(v["warnings"][0]["pid"], t.pid);
-    // check: not applied (no runtime), exit 0.
+    // check: an error (255), as libpulp's.
+    let (code, out, err) = demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!((code, out.as_str()), (255, ""));
+    assert_log_line(&err, "error gathering target process information.");
     let (code, v) = ulp_json(demo.dir.path(), &["check", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 255);
     assert_eq!(
-        (&v["runtime"], &v["applied"]),
-        (&Value::Bool(false), &Value::Bool(false))
+        (&v["runtime"], &v["error"]),
+        (
+            &Value::Bool(false),
+            &Value::from("Libpulp not found in target process")
+        )
     );
     // set_patchable and messages need the runtime: exit 1.
     let (code, _, err) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
@@ -374,28 +383,26 @@ fn set_patchable_switches_live_patching_off_and_on() {
             .to_string()
     };
 
+    // libpulp's line, on stderr; nothing on stdout.
     let (code, out, err) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out,
-        format!("demo_prog (pid: {pid}): live patching disabled\n")
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_log_line(
+        &err,
+        &format!("Process demo_prog (pid: {pid}): livepatching is now disabled."),
     );
-    assert_eq!(
-        status(&demo),
-        "  Livepatching status: disabled (set_patchable)"
-    );
-    let (code, out, _) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
-    assert_eq!(code, 0);
-    assert_eq!(
-        out,
-        format!("demo_prog (pid: {pid}): already disabled (set_patchable)\n")
+    assert_eq!(status(&demo), "  Livepatching status: disabled by user");
+    let (code, out, err) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert_log_line(
+        &err,
+        &format!("Process demo_prog (pid: {pid}): livepatching is already disabled."),
     );
 
     // A disabled process refuses patches: SKIPPED, nothing changes.
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with(&format!("demo_prog (pid: {pid}): SKIPPED ")),
+        out.starts_with(&format!("  demo_prog (pid: {pid}): SKIPPED ")),
         "{out}"
     );
     assert!(out.contains("set_patchable"), "{out}");
@@ -404,7 +411,7 @@ fn set_patchable_switches_live_patching_off_and_on() {
     assert_eq!(demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0, 0);
     let (_, v) = ulp_json(demo.dir.path(), &["patches", "-p", &pid]);
     assert_eq!(v["processes"][0]["state"], "disabled_by_tool");
-    assert_eq!(v["processes"][0]["status"], "disabled (set_patchable)");
+    assert_eq!(v["processes"][0]["status"], "disabled by user");
 
     // Enable (by name, from anywhere on the line), then patching works.
     let (code, v) = ulp_json(demo.dir.path(), &["enable", "-p", &pid, "set_patchable"]);
@@ -420,10 +427,11 @@ fn set_patchable_switches_live_patching_off_and_on() {
         )
     );
     assert_eq!(status(&demo), "  Livepatching status: enabled");
-    let (code, out, _) = demo.ulp(&["set_patchable", "-p", &pid, "enable"]);
-    assert_eq!(
-        (code, out),
-        (0, format!("demo_prog (pid: {pid}): already enabled\n"))
+    let (code, out, err) = demo.ulp(&["set_patchable", "-p", &pid, "enable"]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert_log_line(
+        &err,
+        &format!("Process demo_prog (pid: {pid}): livepatching is already enabled."),
     );
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -486,7 +494,7 @@ fn opt_outs_disable_live_patching_when_they_match() {
         let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
         assert_eq!(code, 0, "{var}: {out}{err}");
         assert!(
-            out.starts_with(&format!("demo_prog (pid: {pid}): SKIPPED ")),
+            out.starts_with(&format!("  demo_prog (pid: {pid}): SKIPPED ")),
             "{var}: {out}"
         );
         assert!(out.contains("disabled by user"), "{var}: {out}");
@@ -496,9 +504,14 @@ fn opt_outs_disable_live_patching_when_they_match() {
         assert_eq!(code, 1, "{var}: enable must not override the user");
         assert!(err.contains("disabled by user"), "{err}");
         assert!(patches_of(&demo, &pid).contains("disabled by user"));
-        let (code, out, _) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
+        let (code, _, err) = demo.ulp(&["set_patchable", "-p", &pid, "disable"]);
         assert_eq!(code, 0);
-        assert!(out.contains("already disabled by user"), "{out}");
+        assert!(
+            err.ends_with(&format!(
+                "] ulp: Process demo_prog (pid: {pid}): livepatching is already disabled.\n"
+            )),
+            "{err}"
+        );
         let (_, out, _) = demo.ulp(&["messages", "-p", &pid]);
         assert!(
             out.contains(": livepatching disabled by user request.\n"),
@@ -897,4 +910,25 @@ fn livepatchable_and_post_json() {
     let (code, v) = ulp_json(dir.path(), &["post", "missing.so"]);
     assert_eq!(code, 1);
     assert!(v["error"].as_str().unwrap().contains("missing.so"));
+}
+
+/// `err` is exactly one line `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE`, as
+/// libpulp's tool writes its messages.
+fn assert_log_line(err: &str, message: &str) {
+    let line = err.strip_suffix('\n').unwrap_or_else(|| panic!("{err:?}"));
+    let (stamp, rest) = line.split_at(line.find("] ").map_or(0, |i| i + 1));
+    assert_eq!(rest, format!(" ulp: {message}"), "{err}");
+    let b = stamp.as_bytes();
+    assert!(
+        b.len() == 21
+            && b[0] == b'['
+            && b[20] == b']'
+            && stamp[1..20].chars().enumerate().all(|(i, c)| match i {
+                4 | 7 => c == '-',
+                10 => c == ' ',
+                13 | 16 => c == ':',
+                _ => c.is_ascii_digit(),
+            }),
+        "{err}"
+    );
 }

@@ -29,7 +29,7 @@ fn parallel_runs_print_what_a_sequential_run_prints() {
     let expected = || {
         let mut s: String = pids
             .iter()
-            .map(|p| format!("fleet_prog (pid: {p}): SUCCESS demo_livepatch.so\n"))
+            .map(|p| format!("  fleet_prog (pid: {p}): SUCCESS demo_livepatch.so\n"))
             .collect();
         s.push_str("ulp: Processes patched: 12, Skipped: 0, Failed: 0.\n");
         s
@@ -179,7 +179,7 @@ fn a_process_that_dies_mid_trigger_is_reported_alone() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let ctx = format!("round {round} (victim {victim_pid}, delay {delay:?}):\n{stdout}");
         for t in &stay {
-            let line = format!("mortal_prog (pid: {}): SUCCESS demo_livepatch.so", t.pid);
+            let line = format!("  mortal_prog (pid: {}): SUCCESS demo_livepatch.so", t.pid);
             assert!(stdout.contains(&line), "{ctx}");
         }
         for line in stdout.lines().filter(|l| l.contains("ERROR")) {

@@ -222,8 +222,8 @@ fn bad_runtime_files_are_refused_before_any_process() {
         assert!(err.contains(says), "{runtime}: {err}");
         assert!(!maps_runtime(t.pid));
     }
-    // --load-runtime is for applying.
-    let (code, _, err) = demo.ulp(&[
+    // With --revert it loads nothing: nothing is applied there.
+    let (code, out, err) = demo.ulp(&[
         "trigger",
         "-p",
         &pid,
@@ -231,7 +231,9 @@ fn bad_runtime_files_are_refused_before_any_process() {
         "--revert",
         "demo_livepatch.so",
     ]);
-    assert_eq!(code, 64, "{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SKIPPED No patches installed: "), "{out}");
+    assert!(!maps_runtime(t.pid));
     assert_eq!(t.ask("answer"), "1");
 }
 
@@ -482,7 +484,7 @@ fn patches_lists_the_processes_that_still_run_unpatched_code() {
 
     // The text form, for the one process named.
     let (code, out, _) = demo.ulp(&["patches", "-p", &plain.pid.to_string()]);
-    assert_eq!(code, 0, "a process without the runtime is a warning: {out}");
+    assert_eq!(code, 1, "a process without the runtime, as libpulp: {out}");
     assert!(
         out.contains("Unpatched processes")
             && out.contains(&format!("  demo_prog (pid: {}): ", plain.pid))
@@ -511,10 +513,20 @@ fn set_patchable_can_load_the_runtime() {
         &runtime,
         "enable",
     ]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out.trim(),
-        format!("demo_prog (pid: {pid}): live patching enabled (runtime loaded)")
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].ends_with(&format!(
+            "] ulp: Process demo_prog (pid: {pid}): libpulp.so.0 loaded."
+        )),
+        "{err}"
+    );
+    assert!(
+        lines[1].ends_with(&format!(
+            "] ulp: Process demo_prog (pid: {pid}): livepatching is now enabled."
+        )),
+        "{err}"
     );
     assert!(maps_runtime(t.pid));
     // Now a plain trigger finds it.
@@ -523,7 +535,7 @@ fn set_patchable_can_load_the_runtime() {
     assert!(out.contains("SUCCESS"), "{out}");
     assert_eq!(t.ask("answer"), "2");
     // Once loaded, the option changes nothing.
-    let (code, out, _) = demo.ulp(&[
+    let (code, out, err) = demo.ulp(&[
         "set_patchable",
         "-p",
         &pid,
@@ -532,6 +544,6 @@ fn set_patchable_can_load_the_runtime() {
         &runtime,
         "enable",
     ]);
-    assert_eq!(code, 0);
-    assert!(out.contains("already enabled"), "{out}");
+    assert_eq!((code, out.as_str()), (0, ""));
+    assert!(err.ends_with("livepatching is already enabled.\n"), "{err}");
 }

@@ -95,7 +95,7 @@ impl Sem {
         assert_eq!(
             out,
             format!(
-                "{} (pid: {pid}): SUCCESS {file}\n{}",
+                "  {} (pid: {pid}): SUCCESS {file}\n{}",
                 comm(t.pid),
                 summary(1, 0, 0)
             ),
@@ -442,7 +442,7 @@ fn a_container_applies_only_to_the_exact_build_it_was_made_for() {
     let skipped = |t: &Target, file: &str, reason: &str| {
         let (code, out, err) = sem.trigger(t, file);
         assert_eq!(code, 0, "a skip is not a failure: {out}{err}");
-        let head = format!("{} (pid: {}): SKIPPED {reason}", comm(t.pid), t.pid);
+        let head = format!("  {} (pid: {}): SKIPPED {reason}", comm(t.pid), t.pid);
         assert!(out.starts_with(&head), "want {head:?}, got {out:?}");
         assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
         assert_eq!(out.lines().count(), 2, "{out}");
@@ -450,16 +450,20 @@ fn a_container_applies_only_to_the_exact_build_it_was_made_for() {
     };
 
     // Wrong build: skipped with the reason naming both build-ids.
-    let out = skipped(&b, &good, "build id mismatch");
+    let out = skipped(&b, &good, "Build ID mismatch: ");
     assert!(out.contains(&good_id) && out.contains(&variant_id), "{out}");
     sem.expect_check(&b, &good, false);
     assert_eq!(b.ask("static 5"), "6", "untouched");
-    let out = skipped(&a, for_variant, "build id mismatch");
+    let out = skipped(&a, for_variant, "Build ID mismatch: ");
     assert!(out.contains(&good_id) && out.contains(&variant_id), "{out}");
     sem.expect_check(&a, for_variant, false);
     assert_eq!(a.ask("static 5"), "6", "untouched");
     // No such library at all.
-    skipped(&c, &good, "library 'libsem.so.1' is not loaded");
+    skipped(
+        &c,
+        &good,
+        "Target library not loaded: library 'libsem.so.1' is not loaded",
+    );
     sem.expect_check(&c, &good, false);
     assert_eq!(c.ask("outer 1"), "3");
     let (_, out, _) = sem.ulp(&["patches", "-p", &b.pid.to_string()]);
@@ -484,7 +488,7 @@ fn a_container_applies_only_to_the_exact_build_it_was_made_for() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.starts_with(&format!(
-            "sem_prog (pid: {}): SKIPPED build id mismatch",
+            "  sem_prog (pid: {}): SKIPPED Build ID mismatch",
             a.pid
         )),
         "{out}"
@@ -509,10 +513,10 @@ fn a_container_applies_only_to_the_exact_build_it_was_made_for() {
         .file_type()
         .is_symlink());
     let mut d = sem.start("sem_prog");
-    let out = skipped(&a, for_variant, "build id mismatch");
+    let out = skipped(&a, for_variant, "Build ID mismatch: ");
     assert!(out.contains(&good_id) && out.contains(&variant_id), "{out}");
     sem.expect_check(&a, for_variant, false);
-    let out = skipped(&d, &good, "build id mismatch");
+    let out = skipped(&d, &good, "Build ID mismatch: ");
     assert!(out.contains(&good_id) && out.contains(&variant_id), "{out}");
     sem.expect_check(&d, &good, false);
     assert_eq!(a.ask("static 5"), "6");
@@ -680,7 +684,7 @@ fn a_patch_with_an_unpatchable_function_leaves_nothing_applied() {
     for (file, culprit) in [(&bad_attr, "sem_unpadded"), (&bad_obj, "sem_nopad")] {
         let (code, out, err) = sem.trigger(&t, file);
         assert_eq!(code, 1, "{out}{err}");
-        let head = format!("sem_prog (pid: {}): ERROR {file}: ", t.pid);
+        let head = format!("  sem_prog (pid: {}): ERROR {file}: ", t.pid);
         assert!(out.starts_with(&head), "{out}");
         assert!(
             out.contains(&format!("function '{culprit}' is not live-patchable")),
@@ -769,7 +773,7 @@ fn cet_page_crossing_hidden_dlopened_and_bsymbolic_functions() {
     assert_eq!(
         out,
         format!(
-            "sem_prog (pid: {}): SKIPPED library 'libedge.so' is not loaded\n{}",
+            "  sem_prog (pid: {}): SKIPPED Target library not loaded: library 'libedge.so' is not loaded\n{}",
             t.pid,
             summary(0, 1, 0)
         )

@@ -22,7 +22,7 @@ fn apply_observe_revert_observe() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
+            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
             summary(1, 0, 0)
         )
     );
@@ -55,7 +55,7 @@ fn apply_observe_revert_observe() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
+            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
             summary(1, 0, 0)
         )
     );
@@ -96,18 +96,19 @@ fn apply_twice_is_skipped_and_revert_of_unapplied_is_an_error() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SKIPPED Patch already applied\n{}",
+            "  demo_prog (pid: {pid}): SKIPPED Patch already applied\n{}",
             summary(0, 1, 0)
         )
     );
     assert_eq!(t.ask("answer"), "2");
     let (code, _, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
     assert_eq!(code, 0);
+    // libpulp's `Patch not applied` (272): exit 272 & 0xff.
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 16);
     assert!(
         out.starts_with(&format!(
-            "demo_prog (pid: {pid}): ERROR demo_livepatch.so: "
+            "  demo_prog (pid: {pid}): ERROR demo_livepatch.so: Patch not applied"
         )),
         "{out}"
     );
@@ -204,16 +205,19 @@ fn bad_input_leaves_the_target_untouched() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
 
+    // libpulp's `No metadata in .so` (269): exit 269 & 0xff.
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "notelf.so"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 13);
     assert!(
-        out.starts_with(&format!("demo_prog (pid: {pid}): ERROR notelf.so: ")),
+        out.starts_with(&format!(
+            "  demo_prog (pid: {pid}): ERROR notelf.so: No metadata in .so: "
+        )),
         "{out}"
     );
     assert!(out.contains("not an ELF"), "{out}");
 
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "unpacked.so"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 13);
     assert!(
         out.contains("ERROR unpacked.so: ") && out.contains("no .ulp section"),
         "{out}"
@@ -223,15 +227,18 @@ fn bad_input_leaves_the_target_untouched() {
     assert_eq!(code, 0, "a skip is not a failure: {out}");
     assert!(
         out.starts_with(&format!(
-            "demo_prog (pid: {pid}): SKIPPED build id mismatch"
+            "  demo_prog (pid: {pid}): SKIPPED Build ID mismatch"
         )),
         "{out}"
     );
     assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
 
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "missing.so"]);
-    assert_eq!(code, 1);
-    assert!(out.contains("ERROR missing.so: "), "{out}");
+    assert_eq!(code, 13);
+    assert!(
+        out.contains("ERROR missing.so: No metadata in .so: "),
+        "{out}"
+    );
 
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("word"), "old");
@@ -250,7 +257,9 @@ fn process_without_runtime_gets_a_warning_and_no_change() {
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0);
     assert!(
-        err.contains("the live-patching runtime is not loaded in the target process"),
+        err.contains(
+            "] ulp: error gathering target process information: Libpulp not found in target process\n"
+        ),
         "{err}"
     );
     assert_eq!(out, summary(0, 1, 0));
@@ -278,7 +287,7 @@ fn libpulp_packed_container_applies_with_the_readme_transcript() {
     assert_eq!(
         out,
         format!(
-            "greet_prog (pid: {pid}): SUCCESS greet_livepatch1.so\n{}",
+            "  greet_prog (pid: {pid}): SUCCESS greet_livepatch1.so\n{}",
             summary(1, 0, 0)
         )
     );
@@ -475,9 +484,11 @@ fn a_busy_process_is_retried_with_r_and_left_untouched_when_it_stays_busy() {
         "10",
         &["trigger", "-r", "2", "-p", &pid, "demo_livepatch.so"],
     );
-    assert_eq!(code, 1, "{out}");
+    // libpulp's `Error attaching to process` (258): exit 258 & 0xff.
+    assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("ERROR demo_livepatch.so: process ") && out.contains("is busy"),
+        out.contains("ERROR demo_livepatch.so: Error attaching to process: process ")
+            && out.contains("is busy"),
         "{out}"
     );
     assert!(out.contains("higher -r"), "{out}");
@@ -515,7 +526,7 @@ fn a_busy_process_is_retried_with_r_and_left_untouched_when_it_stays_busy() {
             "demo_livepatch.so",
         ],
     );
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "{out}");
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(check(), 1, "the revert's record was undone");
     assert_eq!(

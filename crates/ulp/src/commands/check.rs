@@ -25,7 +25,9 @@ Options:
                           or {\"error\"} (see README.md)
 
 Exit status (libpulp's): 1 applied, 0 not applied (also when the patch is
-not meant for that process, or the process has no runtime), 255 error.
+not meant for that process), 255 error; a process without the runtime is an
+error (`[time] ulp: error gathering target process information.` on
+stderr, as libpulp's).
 ";
 
 const APPLIED: u8 = 1;
@@ -81,7 +83,23 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     };
     let rt = match Runtime::find(*pid) {
         Ok(rt) => rt,
-        Err(ulp_core::runtime::RuntimeError::NotLoaded) => return answer(false, false),
+        // libpulp cannot look into a process without its runtime: an
+        // error (255), in its words.
+        Err(ulp_core::runtime::RuntimeError::NotLoaded) => {
+            if !p.has("quiet") {
+                super::log_stderr("error gathering target process information.");
+            }
+            if json {
+                print_json(&json!({
+                    "file": file,
+                    "pid": pid,
+                    "name": name,
+                    "runtime": false,
+                    "error": ulp_abi::errors::ENOLIBPULP.phrase,
+                }));
+            }
+            return Ok(ERROR);
+        }
         Err(e) => return error(format!("{name} (pid: {pid}): {e}")),
     };
     if rt.writes_pending().unwrap_or(false) {

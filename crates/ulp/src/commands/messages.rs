@@ -22,7 +22,8 @@ Options:
       --json              {\"processes\": [{\"pid\", \"name\", \"messages\"}],
                           \"warnings\": [...], \"errors\": [...]} (see README.md)
 
-A process without the runtime gets a warning.
+A process without the runtime gets a warning; -p PID of such a process
+gets libpulp's `[TIME] ulp: error gathering target process information.`
 
 Exit status: 0; 1 when no process matches, a log cannot be read, or no
 matching process has the runtime.
@@ -53,6 +54,13 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 logs.push(json!({ "pid": pid, "name": name, "messages": lines }));
             }
             Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => {}
+            // A pid named without the runtime: libpulp's words (exit 1).
+            Err(e @ RuntimeError::NotLoaded) if !by_name => {
+                if !p.has("quiet") {
+                    super::log_stderr("error gathering target process information.");
+                }
+                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+            }
             Err(e @ RuntimeError::NotLoaded) => {
                 eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
                 warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));

@@ -209,3 +209,35 @@ pub(crate) fn runtime_to_load(
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// libpulp's timestamp of a message on stderr: the local time as
+/// `[YYYY-MM-DD HH:MM:SS]`.
+pub(crate) fn timestamp() -> String {
+    let mut now: libc::time_t = 0;
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the calls; localtime_r is the
+    // thread-safe variant and writes only `tm`.
+    let ok = unsafe {
+        libc::time(&mut now);
+        !libc::localtime_r(&now, &mut tm).is_null()
+    };
+    if !ok {
+        return "[?]".into();
+    }
+    format!(
+        "[{:04}-{:02}-{:02} {:02}:{:02}:{:02}]",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// A message on stderr as libpulp's tool writes it:
+/// `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE`.
+pub(crate) fn log_stderr(message: &str) {
+    eprintln!("{} ulp: {message}", timestamp());
+}

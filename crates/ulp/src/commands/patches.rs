@@ -13,18 +13,20 @@ use ulp_core::Pid;
 use super::{hex, no_operands, print_json, process_name, resolve_processes, vanished};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["process", "buildid", "only-livepatched"];
+pub const OPTIONS: &[&str] = &["process", "user", "buildid", "only-livepatched"];
 
 pub const HELP: &str = "\
-Usage: ulp patches [-p PID|NAME] [-b] [--only-livepatched]
+Usage: ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]
 
 List the processes that have the live-patching runtime loaded (all of them,
-or those named by -p), their live-patching status, their live-patchable
+or those named by -p, or owned by USER: -u takes a user name, a shell
+pattern of names or a numeric uid, matched against the login uid of the
+process's session, /proc/PID/loginuid), their live-patching status, their live-patchable
 libraries and the patches applied to each, with the bug labels found in the
 patches' comments:
 
   PID: <pid>, name: <name>
-    Livepatching status: enabled | disabled by user | disabled (set_patchable)
+    Livepatching status: enabled | disabled by user | disabled (<reason>)
     Livepatchable libraries:
       in <library path>:
         livepatch: <container file name> loaded on <date, UTC>
@@ -42,13 +44,16 @@ The processes are only read, never stopped.
 
 Options:
   -p, --process PID|NAME  only this process (or every process named NAME)
+  -u, --user USER         only processes owned by USER (name, pattern, uid)
   -b, --buildid           show each library's build id: in <path> (<build id>):
       --only-livepatched  show only libraries with applied patches, and only
                           processes that have some
       --json              one JSON document instead (see README.md)
 
-Exit status: 0; 1 when -p names no readable process, or a process's
-runtime cannot be read.
+Exit status: 0; 1 when -p names no readable process or one without the
+runtime (`[time] ulp: error gathering target process information: Libpulp
+not found in target process` on stderr), or a process's runtime cannot be
+read.
 ";
 
 /// One library of a process, with the patches applied to it.
@@ -71,13 +76,17 @@ struct Report {
 }
 
 fn runtime_processes(p: &Parsed) -> Vec<Pid> {
-    match p.value("process") {
+    let mut pids: Vec<Pid> = match p.value("process") {
         Some(spec) => resolve_processes(spec),
         None => ulp_process::all_pids()
             .into_iter()
             .filter(|&pid| Runtime::find(pid).is_ok())
             .collect(),
+    };
+    if let Some(user) = p.value("user") {
+        pids.retain(|&pid| ulp_core::select::owner_matches(pid, user));
     }
+    pids
 }
 
 pub fn run(p: &Parsed) -> Result<u8, UsageError> {
@@ -90,7 +99,10 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let pids = runtime_processes(p);
     if pids.is_empty() {
         if let Some(spec) = p.value("process") {
-            let msg = format!("no readable process matches '{spec}'");
+            let msg = match p.value("user") {
+                Some(user) => format!("no readable process matches '{spec}' owned by '{user}'"),
+                None => format!("no readable process matches '{spec}'"),
+            };
             eprintln!("ulp: {msg}");
             if json {
                 print_json(
@@ -106,10 +118,18 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         let name = process_name(pid);
         let rt = match Runtime::find(pid) {
             Ok(rt) => rt,
-            Err(RuntimeError::NotLoaded) if p.value("process").is_some() => {
+            Err(RuntimeError::NotLoaded) if !all => {
+                // libpulp's words; a process named by -p without the
+                // runtime fails the run (exit 1), as in libpulp.
                 let e = RuntimeError::NotLoaded;
-                eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
+                if !p.has("quiet") {
+                    super::log_stderr(&format!(
+                        "error gathering target process information: {}",
+                        ulp_abi::errors::ENOLIBPULP.phrase
+                    ));
+                }
                 warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                status = 1;
                 continue;
             }
             Err(RuntimeError::NotLoaded) => continue,

@@ -6,35 +6,41 @@ use ulp_core::patchable;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
 
-use super::{print_json, process_name, resolve_processes, runtime_to_load, vanished};
+use super::{log_stderr, print_json, process_name, resolve_processes, runtime_to_load, vanished};
 use crate::args::{Parsed, UsageError};
 
-pub const OPTIONS: &[&str] = &["process", "load-runtime", "runtime", "force"];
+pub const OPTIONS: &[&str] = &["process", "user", "load-runtime", "runtime", "force"];
 
 pub const HELP: &str = "\
-Usage: ulp set_patchable -p PID|NAME enable|disable
-       ulp set_patchable -p PID|NAME --load-runtime [--runtime PATH] enable
+Usage: ulp set_patchable [-p PID|NAME] [-u USER] enable|disable
+       ulp set_patchable [-p PID|NAME] [-u USER] --load-runtime [--runtime PATH] enable
 
 Switch live patching off (disable) or back on (enable) in the process PID,
-or in every process named NAME. A disabled process refuses every patch
-(`ulp trigger` reports it SKIPPED) until it is enabled again; patches
-already applied stay applied. `ulp patches` shows the process as
-`disabled (set_patchable)`. The process is not stopped.
+in every process named NAME, or without -p in every process that has the
+runtime loaded; -u keeps only the processes whose owner is USER (a user
+name, a shell pattern of names, or a numeric uid; the owner is the login
+uid of the process's session, /proc/PID/loginuid, named through
+/etc/passwd). A disabled process refuses every patch (`ulp trigger`
+reports it SKIPPED) until it is enabled again; patches already applied
+stay applied. `ulp patches` shows the process as `disabled by user`. The
+process is not stopped.
 
 `enable` does not override the user's opt-out: a process started with a
-matching LIBPULP_DISABLE_ON_PATH, _USERS or _GROUPS stays `disabled by
-user`, and enabling it is reported as a failure. Disabling it changes
-nothing.
+matching LIBPULP_DISABLE_ON_PATH, _USERS or _GROUPS stays disabled, and
+enabling it is reported as a failure. Disabling it changes nothing.
 
-Output: one line per process:
-  NAME (pid: PID): live patching enabled | disabled | already enabled | ...
+Output, on stderr (as libpulp's; not with -q), one line per process that
+changed:
+  [YYYY-MM-DD HH:MM:SS] ulp: Process NAME (pid: PID): livepatching is now disabled.
+(or `enabled`); a process already in the asked state gets `... livepatching
+is already disabled.`
 
 A process without the runtime gets a warning (it cannot be patched
 anyway), unless `enable --load-runtime` loads the runtime into it (as
 `ulp trigger --load-runtime` does, see its help): it is then patchable
-from now on (`live patching enabled (runtime loaded)`). A process whose
-environment opts out is not loaded into. --force: as root, load a runtime
-file another user could change.
+from now on (`... libpulp.so.0 loaded.`, then `livepatching is now
+enabled.`). A process whose environment opts out is not loaded into.
+--force: as root, load a runtime file another user could change.
 
 Exit status: 0 when every process with the runtime is in the asked state;
 1 otherwise (no such process, enabling a process disabled by user, an
@@ -42,9 +48,8 @@ error), or when no matching process has the runtime.
 ";
 
 pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let Some(spec) = p.value("process") else {
-        return Err(UsageError("'set_patchable' needs -p PID|NAME".into()));
-    };
+    let spec = p.value("process");
+    let user = p.value("user");
     let enable = match p.operands.as_slice() {
         [w] if w == "enable" => true,
         [w] if w == "disable" => false,
@@ -85,11 +90,22 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     };
     let json = p.has("json");
     let quiet = p.has("quiet");
-    let pids = resolve_processes(spec);
-    let by_name = spec.parse::<Pid>().is_err();
+    let mut pids = match spec {
+        Some(spec) => resolve_processes(spec),
+        None => ulp_core::select::with_runtime(),
+    };
+    if let Some(user) = user {
+        pids.retain(|&pid| ulp_core::select::owner_matches(pid, user));
+    }
+    let by_name = spec.is_none_or(|s| s.parse::<Pid>().is_err());
     let (mut done, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     if pids.is_empty() {
-        let msg = format!("no process matches '{spec}'");
+        let msg = match (spec, user) {
+            (Some(spec), Some(user)) => format!("no process matches '{spec}' owned by '{user}'"),
+            (Some(spec), None) => format!("no process matches '{spec}'"),
+            (None, Some(user)) => format!("no process with the runtime is owned by '{user}'"),
+            (None, None) => "no process has the runtime loaded".to_string(),
+        };
         eprintln!("ulp: {msg}");
         errors.push(json!({ "error": msg }));
     }
@@ -131,14 +147,18 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         match patchable::set(&rt, enable) {
             Ok(change) => {
                 if !quiet && !json {
-                    let what = if loaded {
-                        format!("live patching {action}d (runtime loaded)")
-                    } else if change.changed() {
-                        format!("live patching {action}d")
+                    // libpulp's line (on stderr, as its WARN); ulp's own
+                    // lines in the same form for what libpulp leaves unsaid.
+                    let head = format!("Process {name} (pid: {pid})");
+                    if loaded {
+                        log_stderr(&format!("{head}: libpulp.so.0 loaded."));
+                    }
+                    let now = if change.changed() || loaded {
+                        "now"
                     } else {
-                        format!("already {}", change.after)
+                        "already"
                     };
-                    println!("{name} (pid: {pid}): {what}");
+                    log_stderr(&format!("{head}: livepatching is {now} {action}d."));
                 }
                 done.push(json!({
                     "pid": pid,

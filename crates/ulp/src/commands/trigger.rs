@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use ulp_abi::errors;
 use ulp_container::container::{self, Container};
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::select;
@@ -16,6 +17,7 @@ use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &[
     "process",
+    "user",
     "jobs",
     "revert",
     "revert-all",
@@ -73,11 +75,15 @@ it is SKIPPED, not loaded into. The runtime is --runtime=PATH, by default
 libpulp.so.0 in ../lib next to the ulp executable (or next to it); as root,
 one that another user could change is refused unless --force. It stays
 loaded: later triggers and `ulp patches` find the process like any other.
-Only for applying (a process without the runtime has nothing to revert).
+With --revert or --revert-all it loads nothing: a process that has the
+runtime is reverted as usual, one without it is SKIPPED (`No patches
+installed`: nothing is applied there).
 
--R PREFIX is for processes chrooted at PREFIX: FILE (and GLOB) are paths as
-the process sees them; ulp reads them at PREFIX/FILE and the runtime opens
-FILE inside the chroot. Without -R, a chrooted process gets an ERROR that
+-R PREFIX is for chrooted or containerised processes: ulp reads FILE (and
+GLOB) where it is, and hands the runtime PREFIX + the real path of FILE,
+unchanged and unchecked (libpulp's rule): PREFIX is where this host's root
+appears in the process's view (a bind mount, or /proc/1/root when the
+process has a /proc). Without -R, a chrooted process gets an ERROR that
 names -R.
 
 --disable-seccomp suspends the processes' seccomp filters while ulp is
@@ -97,13 +103,19 @@ Reverting loads nothing and is not checked.
 Several processes are patched in parallel (-j), each stopped only for its
 own patch; on a terminal a progress bar shows on stderr meanwhile.
 
-Output: one line per process (with several FILEs, the name line alone, then
-one indented line per FILE), then a summary line, also with -q:
-  NAME (pid: PID): SUCCESS FILE | SKIPPED REASON | ERROR FILE: REASON
+Output: one line per process, indented as libpulp's (with several FILEs,
+the name line alone, then one line per FILE under it, where a skip also
+names its FILE: SKIPPED FILE: REASON), then a summary line, also with -q:
+    NAME (pid: PID): SUCCESS FILE | SKIPPED REASON | ERROR FILE: REASON
   ulp: Processes patched: N, Skipped: N, Failed: N.
+A REASON begins with libpulp's phrase for the error (`Failure in dlopen`,
+`Build ID mismatch`, `Target library not loaded`, ...), then ulp's detail.
 A process counts once: failed if any of its patches failed, else patched if
 any changed it, else skipped. An already applied patch is SKIPPED (`Patch
-already applied`); reverting one that is not applied is an ERROR.
+already applied`); reverting one that is not applied is an ERROR (`Patch
+not applied`). A process that -p names but that has no runtime gets, on
+stderr, libpulp's `[TIME] ulp: error gathering target process information:
+Libpulp not found in target process` and a hint; nothing changes (exit 0).
 
 Options:
   -p, --process PID|NAME  the target process(es) (default: all with the runtime,
@@ -116,17 +128,24 @@ Options:
                           of CPUs); output stays in pid order
   -r, --retries N         retry a busy process N more times (default 3)
       --timeout S         give up on a process after S seconds (default 30)
-  -R, --root PREFIX       the processes are chrooted at PREFIX
+  -R, --root PREFIX       the runtime opens PREFIX + realpath(FILE)
       --disable-seccomp   suspend seccomp while attached (needs CAP_SYS_ADMIN)
       --force             as root, load FILEs that other users could change
+  -u, --user USER         accepted, and refused as libpulp does (exit 38)
   -q, --quiet             print only ERROR lines and the summary line
   -v, --verbose           also print, under each result, the runtime's path,
                           its message, the number of code writes and how
-                          long the threads were stopped
+                          long the threads were stopped; and on stderr
+                          libpulp's trace lines for a skip (build id
+                          mismatch, target library not loaded)
       --json              print one JSON document instead (see README)
 
-Exit status: 0 when nothing failed (skips are not failures), 1 otherwise,
-64 on a usage error.
+Exit status: 0 when nothing failed (skips are not failures); on failure
+libpulp's error numbers of the failed results, or-ed together and masked
+to 8 bits (a dlopen failure, 287, exits 31; `No metadata in .so` 13;
+`Patch not applied` 16; `Error attaching to process` 2), or 1 when that
+leaves 0 or only an argument failed (a glob without match, no such pid);
+38 for -u; 64 on a usage error.
 ";
 
 /// What the run does.
@@ -153,7 +172,8 @@ impl Mode {
 /// One FILE after glob expansion: the name printed and the container read.
 struct File {
     shown: String,
-    container: Result<Container, String>,
+    /// Or why it cannot be used: unreadable, no metadata, refused.
+    container: Result<Container, Reason>,
 }
 
 /// One result line of a process.
@@ -165,7 +185,17 @@ struct Line {
     report: Report,
 }
 
+/// libpulp's exit status for `trigger -u` (ENOSYS).
+const EXIT_NO_USER_WILDCARD: u8 = 38;
+
 pub fn run(p: &Parsed) -> Result<u8, UsageError> {
+    if p.value("user").is_some() {
+        // Accepted, and refused as libpulp does.
+        if !p.has("quiet") {
+            super::log_stderr("error: user wildcard is currently unsupported in trigger");
+        }
+        return Ok(EXIT_NO_USER_WILDCARD);
+    }
     let mut opts = trigger::Options::default();
     if let Some(r) = p.value("retries") {
         opts.retries = r
@@ -184,10 +214,9 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             })?;
         opts.timeout = Duration::from_secs_f64(secs);
     }
+    // -R PREFIX is a path in the target's view: not checked here (libpulp
+    // does not either).
     if let Some(r) = p.value("root") {
-        if r.is_empty() || !Path::new(r).is_dir() {
-            return Err(UsageError(format!("-R needs a directory, got '{r}'")));
-        }
         opts.root = Some(PathBuf::from(r));
     }
     opts.suspend_seccomp = p.has("disable-seccomp");
@@ -232,19 +261,15 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let mut errors: Vec<Value> = Vec::new();
     let mut warnings: Vec<Value> = Vec::new();
     let mut files: Vec<File> = Vec::new();
-    let root = opts.root.as_deref();
     // As root, refuse containers another user could change (see
     // ulp_core::trust); a revert loads nothing.
     let check_trust =
         !p.has("force") && !matches!(mode, Mode::Revert) && ulp_core::trust::running_as_root();
     for operand in &p.operands {
         let names = if select::is_glob(operand) {
-            let found = select::expand_glob(operand, root);
+            let found = select::expand_glob(operand, None);
             if found.is_empty() {
-                let msg = match root {
-                    Some(r) => format!("no file matches '{operand}' under '{}'", r.display()),
-                    None => format!("no file matches '{operand}'"),
-                };
+                let msg = format!("no file matches '{operand}'");
                 eprintln!("ulp: {msg}");
                 errors.push(json!({ "error": msg }));
             }
@@ -253,25 +278,29 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             vec![operand.clone()]
         };
         for shown in names {
-            let path = select::host_path(root, &shown);
-            let trusted = if check_trust {
-                ulp_core::trust::check(&path).map_err(|e| e.to_string())
+            // Read where it is, also with -R.
+            let path = PathBuf::from(&shown);
+            // A refusal has no libpulp error of its own (libpulp does not
+            // check); a file without readable metadata is libpulp's
+            // `No metadata in .so`.
+            // A missing file has nobody to distrust: reading it says so.
+            let exists = std::fs::symlink_metadata(&path).is_ok();
+            let trusted = if check_trust && exists {
+                ulp_core::trust::check(&path).map_err(|e| Reason::unknown(e.to_string()))
             } else {
                 Ok(())
             };
-            let container =
-                trusted.and_then(|()| container::read(&path).map_err(|e| e.to_string()));
+            let container = trusted.and_then(|()| {
+                container::read(&path).map_err(|e| Reason::new(errors::ENOMETA, e.to_string()))
+            });
             files.push(File { shown, container });
         }
     }
 
     // --load-runtime: the runtime file, checked once before any process.
-    if p.has("load-runtime") && matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
-        return Err(UsageError(
-            "--load-runtime is for applying: a process without the runtime has nothing to revert"
-                .into(),
-        ));
-    }
+    // With --revert or --revert-all it loads nothing (a process without the
+    // runtime has nothing applied), so that scripts can pass the same flags
+    // both ways.
     let load_runtime = match runtime_to_load(p)? {
         Some(Err(e)) => {
             eprintln!("ulp: {e}");
@@ -287,8 +316,19 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let explicit = p.value("process");
     let pids = match explicit {
         Some(spec) => {
-            let pids = resolve_processes(spec);
-            if pids.is_empty() {
+            let mut pids = resolve_processes(spec);
+            let mut no_such = false;
+            if let (Ok(pid), [_]) = (spec.parse::<Pid>(), pids.as_slice()) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    // Not a process to report on: the argument is wrong.
+                    let msg = format!("no process {pid} exists");
+                    eprintln!("ulp: {msg}");
+                    errors.push(json!({ "pid": pid, "error": msg }));
+                    pids.clear();
+                    no_such = true;
+                }
+            }
+            if pids.is_empty() && !no_such {
                 let msg = format!("no process matches '{spec}'");
                 eprintln!("ulp: {msg}");
                 warnings.push(json!({ "warning": msg }));
@@ -310,6 +350,8 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let nothing_to_do = files.is_empty() && !matches!(mode, Mode::RevertAll(_));
 
     let (mut patched, mut skipped, mut failed) = (0u32, 0u32, 0u32);
+    // The libpulp error numbers of every failed result, or-ed (exit_status).
+    let mut failure_bits: u16 = 0;
     let mut json_procs: Vec<Value> = Vec::new();
     let pids = if nothing_to_do { Vec::new() } else { pids };
     let mut progress = Progress::new(pids.len(), as_json);
@@ -317,14 +359,18 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         &pids,
         jobs,
         |pid| {
-            examine(
+            let mut e = examine(
                 pid,
                 explicit.is_some(),
                 &mode,
                 &files,
                 &opts,
                 load_runtime.as_deref(),
-            )
+            );
+            if verbose && !matches!(mode, Mode::RevertAll(_)) {
+                e.trace = trace(&e, &files);
+            }
+            e
         },
         |r| {
             progress.step();
@@ -332,16 +378,35 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 progress.draw();
                 return;
             };
-            if let Some(w) = r.warning {
+            if !r.trace.is_empty() {
                 progress.clear();
-                eprintln!(
-                    "ulp: warning: {} (pid: {}): {w}; start it with LD_PRELOAD=.../libpulp.so.0 \
-                     or load it now with --load-runtime",
-                    r.name, r.pid
-                );
+                for t in &r.trace {
+                    super::log_stderr(t);
+                }
+            }
+            if let Some(w) = r.warning {
+                // libpulp's words for a process without the runtime, then
+                // ulp's hint (the run still exits 0: nothing changed).
+                progress.clear();
+                if !quiet {
+                    super::log_stderr(&format!(
+                        "error gathering target process information: {}",
+                        errors::ENOLIBPULP.phrase
+                    ));
+                    eprintln!(
+                        "ulp: hint: {} (pid: {}) was started without libpulp.so.0: start it \
+                         with LD_PRELOAD=.../libpulp.so.0 or load it now with --load-runtime",
+                        r.name, r.pid
+                    );
+                }
                 warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
             }
             let status = process_status(&lines);
+            for l in &lines {
+                if let Outcome::Failed(r) = &l.report.outcome {
+                    failure_bits |= r.error.number;
+                }
+            }
             match status {
                 "failed" => failed += 1,
                 "patched" => patched += 1,
@@ -381,11 +446,19 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     } else {
         println!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.");
     }
-    Ok(if failed > 0 || !errors.is_empty() {
-        1
-    } else {
-        0
-    })
+    Ok(exit_status(failure_bits, !errors.is_empty()))
+}
+
+/// The exit status of a run, as libpulp's: the numbers of the errors that
+/// failed a process, or-ed together and masked to 8 bits (one dlopen
+/// failure exits 31). A run that failed never exits 0: when the mask leaves
+/// nothing (`Unknown error` is 256), or only an argument failed (a glob
+/// that matches no file), it exits 1.
+fn exit_status(failure_bits: u16, argument_error: bool) -> u8 {
+    match (failure_bits & 0xff) as u8 {
+        0 if failure_bits != 0 || argument_error => 1,
+        code => code,
+    }
 }
 
 /// What one process gave: `lines` is `None` when it is not a target at all
@@ -395,6 +468,8 @@ struct Examined {
     name: String,
     lines: Option<Vec<Line>>,
     warning: Option<String>,
+    /// `-v`: libpulp's trace messages about this process (stderr).
+    trace: Vec<String>,
 }
 
 /// Everything ulp does with one process, on the worker thread that handles
@@ -409,6 +484,23 @@ fn examine(
 ) -> Examined {
     let found = Runtime::find(pid);
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (load_runtime, &found) {
+        if matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
+            // Nothing is applied where the runtime never was.
+            if !explicit {
+                return Examined::not_a_target(pid);
+            }
+            let why = Reason::new(
+                errors::ENOPATCH,
+                "the process has no live-patching runtime, so nothing is applied",
+            );
+            return Examined {
+                pid,
+                name: process_name(pid),
+                lines: Some(lines_with(mode, files, |_| Outcome::Skipped(why.clone()))),
+                warning: None,
+                trace: Vec::new(),
+            };
+        }
         return examine_loading(pid, explicit, mode, files, opts, file);
     }
     if !explicit
@@ -435,6 +527,7 @@ fn examine(
         name,
         lines,
         warning,
+        trace: Vec::new(),
     }
 }
 
@@ -445,6 +538,7 @@ impl Examined {
             name: String::new(),
             lines: None,
             warning: None,
+            trace: Vec::new(),
         }
     }
 }
@@ -482,7 +576,7 @@ fn examine_loading(
         .iter()
         .map(|f| match &f.container {
             Ok(c) => trigger::target_mismatch(pid, c, opts),
-            Err(e) => Some(container_error(e)),
+            Err(e) => Some(e.clone()),
         })
         .collect();
     let wanted = why_not.iter().any(Option::is_none);
@@ -493,11 +587,11 @@ fn examine_loading(
     let lines = if !wanted {
         // Nothing to load the runtime for.
         lines_with(mode, files, |i| match &files[i].container {
-            Err(e) => Outcome::Failed(container_error(e)),
+            Err(e) => Outcome::Failed(e.clone()),
             Ok(_) => Outcome::Skipped(
                 why_not[i]
                     .clone()
-                    .unwrap_or_else(|| Reason::bare(ulp_abi::errors::EUNKNOWN)),
+                    .unwrap_or_else(|| Reason::bare(errors::EUNKNOWN)),
             ),
         })
     } else {
@@ -511,7 +605,52 @@ fn examine_loading(
         name,
         lines: Some(lines),
         warning: None,
+        trace: Vec::new(),
     }
+}
+
+/// `-v`: the trace messages libpulp's tool prints about a patch that is not
+/// for this process: for a build-id skip
+/// `pid = N, name = NAME: livepatch buildid mismatch for LIB (LOADED)`, then
+/// `    expected buildid: ID` and an empty line (libpulp's message ends in
+/// two newlines); for a library that is not loaded
+/// `pid = N, name = NAME: target library (LIB) not loaded.`
+fn trace(e: &Examined, files: &[File]) -> Vec<String> {
+    let Some(lines) = &e.lines else {
+        return Vec::new();
+    };
+    let (pid, name) = (e.pid, &e.name);
+    let mut out = Vec::new();
+    for (line, file) in lines.iter().zip(files) {
+        let (Outcome::Skipped(r), Ok(c)) = (&line.report.outcome, &file.container) else {
+            continue;
+        };
+        let md = &c.metadata;
+        let lib = &md.target_name;
+        if r.error == errors::EBUILDID {
+            let loaded = loaded_build_id(pid, lib).unwrap_or_default();
+            out.push(format!(
+                "pid = {pid}, name = {name}: livepatch buildid mismatch for {lib} ({})\n    \
+                 expected buildid: {}\n",
+                super::hex(&loaded),
+                super::hex(&md.build_id)
+            ));
+        } else if r.error == errors::ENOTARGETLIB {
+            out.push(format!(
+                "pid = {pid}, name = {name}: target library ({lib}) not loaded."
+            ));
+        }
+    }
+    out
+}
+
+/// The build id of the object named `lib` (its file name) that `pid` has
+/// loaded, read from its memory or its file.
+fn loaded_build_id(pid: Pid, lib: &str) -> Option<Vec<u8>> {
+    let objects = ulp_core::objects::mapped_objects(pid).ok()?;
+    let obj = objects.iter().find(|o| o.basename() == lib)?;
+    obj.build_id_in_memory(pid)
+        .or_else(|| obj.open(pid).ok()?.build_id())
 }
 
 fn default_jobs() -> usize {
@@ -640,7 +779,7 @@ fn process_one(pid: Pid, mode: &Mode, files: &[File], opts: &trigger::Options) -
         .map(|(f, (label, patch, library))| {
             let report = match (&f.container, mode) {
                 (Err(e), _) => Report {
-                    outcome: Outcome::Failed(container_error(e)),
+                    outcome: Outcome::Failed(e.clone()),
                     detail: Default::default(),
                 },
                 (Ok(c), Mode::Revert) => trigger::revert_report(pid, c, opts),
@@ -675,23 +814,35 @@ fn process_status(lines: &[Line]) -> &'static str {
     }
 }
 
+/// One process's result lines, indented as libpulp's are: `  NAME (pid:
+/// PID): RESULT` for one result; with several, the name line alone and
+/// each result under it (`    RESULT`).
 fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: bool) {
-    let head = format!("{name} (pid: {pid}): ");
+    let head = format!("  {name} (pid: {pid}): ");
     let several = lines.len() > 1;
     if lines.iter().all(|l| l.report.outcome == Outcome::NoRuntime) {
-        // The warning on stderr said it all.
+        // The message on stderr said it all.
         return;
     }
     let mut out = String::new();
     if several && !quiet {
-        let _ = writeln!(out, "{name} (pid: {pid}):");
+        let _ = writeln!(out, "  {name} (pid: {pid}):");
     }
     for l in lines {
+        // Under the name line, a skip names its file too, as libpulp's
+        // `    SKIPPED FILE: PHRASE`; alone, it does not (`SKIPPED PHRASE`).
+        let skipped = |reason: &dyn std::fmt::Display| {
+            if several {
+                format!("SKIPPED {}: {reason}", l.label)
+            } else {
+                format!("SKIPPED {reason}")
+            }
+        };
         let text = match &l.report.outcome {
             Outcome::Applied | Outcome::Reverted => format!("SUCCESS {}", l.label),
-            Outcome::AlreadyApplied => format!("SKIPPED {ALREADY_APPLIED}"),
-            Outcome::Skipped(r) => format!("SKIPPED {r}"),
-            Outcome::NoRuntime => format!("SKIPPED {}", Outcome::NoRuntime),
+            Outcome::AlreadyApplied => skipped(&ALREADY_APPLIED),
+            Outcome::Skipped(r) => skipped(r),
+            Outcome::NoRuntime => skipped(&Outcome::NoRuntime),
             Outcome::Failed(r) => format!("ERROR {}: {r}", l.label),
         };
         let is_error = matches!(l.report.outcome, Outcome::Failed(_));
@@ -699,9 +850,9 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
             continue;
         }
         let (prefix, indent) = if several && !quiet {
-            ("  ", "    ")
+            ("    ", "      ")
         } else {
-            (head.as_str(), "  ")
+            (head.as_str(), "    ")
         };
         let _ = writeln!(out, "{prefix}{text}");
         if verbose {
@@ -729,11 +880,6 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
     print!("{out}");
 }
 
-/// The reason for a container that could not be read.
-fn container_error(e: &str) -> Reason {
-    Reason::new(ulp_abi::errors::EINVALIDULP, e)
-}
-
 fn line_json(l: &Line) -> Value {
     let (status, reason) = match &l.report.outcome {
         Outcome::Applied => ("applied", None),
@@ -743,12 +889,21 @@ fn line_json(l: &Line) -> Value {
         Outcome::NoRuntime => ("not_applicable", Some(Outcome::NoRuntime.to_string())),
         Outcome::Failed(r) => ("failed", Some(r.to_string())),
     };
+    // libpulp's error behind a skip or failure: its number and phrase.
+    let error = match &l.report.outcome {
+        Outcome::AlreadyApplied => Some(errors::EAPPLIED),
+        Outcome::NoRuntime => Some(errors::ENOLIBPULP),
+        Outcome::Skipped(r) | Outcome::Failed(r) => Some(r.error),
+        Outcome::Applied | Outcome::Reverted => None,
+    }
+    .map(|e| json!({ "number": e.number, "phrase": e.phrase }));
     let d = &l.report.detail;
     json!({
         "patch": l.patch,
         "library": l.library,
         "status": status,
         "reason": reason,
+        "error": error,
         "runtime": d.runtime,
         "message": d.message,
         "writes": d.writes,
@@ -756,4 +911,22 @@ fn line_json(l: &Line) -> Value {
         "stopped_us": d.stopped.map(|t| t.as_micros() as u64),
         "attempts": d.attempts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_is_libpulps_or_of_numbers_masked() {
+        assert_eq!(exit_status(0, false), 0);
+        assert_eq!(exit_status(errors::EDLOPEN.number, false), 31);
+        // Patch not applied | No metadata in .so: 0x110 | 0x10d.
+        let both = errors::ENOTAPPLIED.number | errors::ENOMETA.number;
+        assert_eq!(exit_status(both, false), 0x1d);
+        // Unknown error (256) masks to 0: a failure never exits 0.
+        assert_eq!(exit_status(errors::EUNKNOWN.number, false), 1);
+        assert_eq!(exit_status(0, true), 1);
+        assert_eq!(exit_status(errors::EBUILDID.number, true), 1);
+    }
 }
