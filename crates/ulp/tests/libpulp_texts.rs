@@ -107,9 +107,8 @@ fn reasons_indentation_and_exit_statuses_are_libpulps() {
         (
             31,
             format!(
-                "  demo_prog (pid: {pid}): ERROR demo_livepatch.so: Failure in dlopen: cannot load \
-                 container '{opened}': {opened}: cannot open shared object file: No such file or \
-                 directory\n{}",
+                "  demo_prog (pid: {pid}): ERROR demo_livepatch.so: Failure in dlopen: {opened}: \
+                 cannot open shared object file: No such file or directory\n{}",
                 summary(0, 0, 1)
             )
         )

@@ -644,11 +644,12 @@ fn trace(e: &Examined, files: &[File]) -> Vec<String> {
     out
 }
 
-/// The build id of the object named `lib` (its file name) that `pid` has
-/// loaded, read from its memory or its file.
+/// The build id of the object `lib` names (as a patch names its target:
+/// file name, SONAME or path) that `pid` has loaded, read from its memory
+/// or its file.
 fn loaded_build_id(pid: Pid, lib: &str) -> Option<Vec<u8>> {
-    let objects = ulp_core::objects::mapped_objects(pid).ok()?;
-    let obj = objects.iter().find(|o| o.basename() == lib)?;
+    let objects = ulp_core::objects::named_objects(pid).ok()?;
+    let obj = objects.iter().find(|o| o.is_library(pid, lib))?;
     obj.build_id_in_memory(pid)
         .or_else(|| obj.open(pid).ok()?.build_id())
 }
