@@ -41,7 +41,7 @@ use ulp_abi::{code, offset, op, write_kind, ApplyRequest, ReplaceRequest, Write,
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
-use ulp_process::{Pid, ReturnPath, SeizeOptions, Stopped};
+use ulp_process::{Incarnation, Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
 use crate::objects::{mapped_objects, MappedObject};
@@ -181,23 +181,33 @@ pub fn replace(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Ou
 /// [`apply`] with details.
 pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match precheck(pid, container, opts) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     let buf = match apply_request(pid, container, opts, None) {
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
-    run(&rt, op::APPLY, &buf, deadline, opts, Outcome::Applied)
+    run(
+        &rt,
+        &life,
+        op::APPLY,
+        &buf,
+        deadline,
+        opts,
+        Outcome::Applied,
+    )
 }
 
 /// [`revert`] with details.
 pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match find_runtime(pid) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     // A patch that is not applied is an error only where it could be: in
     // a process that does not load its target build it is a skip (so a
@@ -208,11 +218,12 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
     let applied = is_applied(&rt, container, opts).unwrap_or(false);
     if !applied {
         if let Err(o) = precheck(pid, container, opts) {
-            return with_runtime(&rt, o);
+            return with_runtime(&rt, unless_exited(&life, o));
         }
     }
     run(
         &rt,
+        &life,
         op::REVERT,
         &container.metadata.patch_id,
         deadline,
@@ -225,9 +236,10 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
 /// or no patch of it applied, is skipped without being stopped.
 pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match find_runtime(pid) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
@@ -249,10 +261,8 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
         }
         Ok(_) => {}
         Err(e) => {
-            return with_runtime(
-                &rt,
-                Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())),
-            )
+            let failed = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string()));
+            return with_runtime(&rt, unless_exited(&life, failed));
         }
     }
     match rt.patches() {
@@ -269,6 +279,7 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     }
     run(
         &rt,
+        &life,
         op::REVERT_ALL,
         lib.as_bytes(),
         deadline,
@@ -281,9 +292,10 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
 /// the new patch does not apply is skipped, and keeps its old patches).
 pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match precheck(pid, container, opts) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
@@ -292,7 +304,15 @@ pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
-    run(&rt, op::REPLACE, &buf, deadline, opts, Outcome::Applied)
+    run(
+        &rt,
+        &life,
+        op::REPLACE,
+        &buf,
+        deadline,
+        opts,
+        Outcome::Applied,
+    )
 }
 
 /// Whether a library loaded from `path` is the one `lib` names: its
@@ -591,9 +611,45 @@ pub fn is_applied(rt: &Runtime, container: &Container, opts: &Options) -> Result
     }
 }
 
+/// The detail of the reason a process is SKIPPED for when it exited
+/// before its code writes were made.
+pub const EXITED: &str = "process exited";
+
+/// How long a failure waits for a process that may be exiting to finish
+/// before it counts as a failure: the first sign of an exit is often a
+/// request that fails while the process's last threads still die.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// SKIPPED: the process exited before its code writes were made. libpulp
+/// skips that case too (its ESRCH); its error table has no number for it,
+/// and the nearest is "Error attaching to process".
+fn exited() -> Outcome {
+    Outcome::Skipped(Reason::new(errors::ETARGETHOOK, EXITED))
+}
+
+/// `outcome`, for a step that looked at or touched the process, unless the
+/// process has exited meanwhile: then nothing is left to change, and it is
+/// SKIPPED ([`EXITED`]), not a failure. A failure is looked at again (with
+/// [`EXIT_GRACE`]), and so are a runtime or a library found missing: from
+/// /proc, that is how a zombie looks. Anything else stands.
+fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
+    let gone = match &outcome {
+        Outcome::Failed(_) => life.exited_within(EXIT_GRACE),
+        Outcome::NoRuntime => life.exited(),
+        Outcome::Skipped(r) if r.error == errors::ENOTARGETLIB => life.exited(),
+        _ => false,
+    };
+    if gone {
+        exited()
+    } else {
+        outcome
+    }
+}
+
 /// Steps 2 to 4 for one operation.
 fn run(
     rt: &Runtime,
+    life: &Incarnation,
     opcode: u32,
     req: &[u8],
     deadline: Instant,
@@ -605,14 +661,17 @@ fn run(
     // of its writes left them pending: make them first, so that the code
     // matches the registry this call starts from.
     if let Err(e) = complete_pending_writes(rt, deadline, opts) {
-        report.outcome = Outcome::Failed(Reason::new(errors::EINSNQ, e));
+        report.outcome = unless_exited(life, Outcome::Failed(Reason::new(errors::EINSNQ, e)));
         return report;
     }
     let detail = &mut report.detail;
     let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
         Ok(r) => r,
         Err(e) => {
-            report.outcome = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e));
+            // Exited during the call (before any write): a skip, whatever
+            // the runtime recorded in a process that is no more.
+            report.outcome =
+                unless_exited(life, Outcome::Failed(Reason::new(errors::ETARGETHOOK, e)));
             return report;
         }
     };
@@ -636,21 +695,42 @@ fn run(
     // An entry about to be rewritten must hold what its library file has:
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
-        .map_err(|why| (0, why))
+        .map_err(|why| (0, Unwritten::Nothing(why)))
         .and_then(|()| write_with_retries(rt, &writes, deadline, opts))
     {
-        Ok((attempts, threads, stopped)) => {
-            detail.attempts = attempts;
+        Ok(made) => {
+            detail.attempts = made.attempts;
             detail.writes = writes.len();
-            detail.threads = threads;
-            detail.stopped = Some(stopped);
+            detail.threads = made.threads;
+            detail.stopped = Some(made.stopped);
             return report;
         }
-        Err((attempts, why)) => {
+        Err((attempts, Unwritten::Bookkeeping(why))) => {
+            // Every write is made: the process runs the new code and its
+            // registry says so. Exiting from now on is its own business.
+            detail.attempts = attempts;
+            detail.writes = writes.len();
+            if !life.exited_within(EXIT_GRACE) {
+                report.outcome = Outcome::Failed(Reason::new(
+                    errors::ETARGETHOOK,
+                    format!(
+                        "the code writes were made and the registry records them (the change \
+                         is in place), but {why}"
+                    ),
+                ));
+            }
+            return report;
+        }
+        Err((attempts, Unwritten::Nothing(why))) => {
             detail.attempts = attempts;
             why
         }
     };
+    // Exited before its writes were made: nothing to take back.
+    if life.exited_within(EXIT_GRACE) {
+        report.outcome = exited();
+        return report;
+    }
     // The registry says the operation happened but the code does not: take
     // the registry back so both agree on the old state.
     let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5), opts) {
@@ -658,22 +738,41 @@ fn run(
         Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
     };
-    report.outcome = Outcome::Failed(Reason::new(
-        errors::ETARGETHOOK,
-        format!("{last_err}{undo}"),
-    ));
+    report.outcome = unless_exited(
+        life,
+        Outcome::Failed(Reason::new(
+            errors::ETARGETHOOK,
+            format!("{last_err}{undo}"),
+        )),
+    );
     report
 }
 
+/// Why the writes of a plan are not all made, or what failed after.
+enum Unwritten {
+    /// None is left made (put back after a failure, or never begun).
+    Nothing(String),
+    /// Every one is made; releasing the threads or clearing the runtime's
+    /// journal failed.
+    Bookkeeping(String),
+}
+
+/// The writes of a plan, made.
+struct Made {
+    attempts: u32,
+    /// Threads stopped for them, and for how long.
+    threads: usize,
+    stopped: Duration,
+}
+
 /// Makes `writes` with every thread stopped, retrying while a thread is in
-/// the way; then clears the runtime's write journal. Ok: (attempts,
-/// threads stopped, how long); Err: (attempts, why).
+/// the way; then clears the runtime's write journal. Err: (attempts, why).
 fn write_with_retries(
     rt: &Runtime,
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
-) -> Result<(u32, usize, Duration), (u32, String)> {
+) -> Result<Made, (u32, Unwritten)> {
     let mut last_err = String::new();
     let mut attempts = 0;
     // Fault injection for the tests (tests/trigger.rs): the first N
@@ -700,18 +799,24 @@ fn write_with_retries(
             Ok((threads, stopped)) => {
                 // Every write is made: nothing is pending any more.
                 if let Err(e) = rt.clear_pending_writes() {
-                    return Err((attempts, e.to_string()));
+                    let why = format!("clearing the runtime's write journal failed: {e}");
+                    return Err((attempts, Unwritten::Bookkeeping(why)));
                 }
-                return Ok((attempts, threads, stopped));
+                return Ok(Made {
+                    attempts,
+                    threads,
+                    stopped,
+                });
             }
             Err(WriteError::Busy(why)) => last_err = why,
-            Err(WriteError::Fatal(why)) => return Err((attempts, why)),
+            Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
+            Err(WriteError::Released(why)) => return Err((attempts, Unwritten::Bookkeeping(why))),
         }
         if Instant::now() >= deadline {
             break;
         }
     }
-    Err((attempts, last_err))
+    Err((attempts, Unwritten::Nothing(last_err)))
 }
 
 /// Checks every REWRITE write that replaces a function's own first bytes
@@ -781,7 +886,12 @@ fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> R
     let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
     write_with_retries(rt, &writes, deadline, opts)
         .map(|_| ())
-        .map_err(|(_, why)| format!("completing the writes an interrupted ulp left pending: {why}"))
+        .map_err(|(_, why)| {
+            let why = match why {
+                Unwritten::Nothing(why) | Unwritten::Bookkeeping(why) => why,
+            };
+            format!("completing the writes an interrupted ulp left pending: {why}")
+        })
 }
 
 /// What a non-OK result code of `opcode` means for the user; `None` for OK.
@@ -864,7 +974,10 @@ pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error
 enum WriteError {
     /// A thread is executing bytes to change: try again later.
     Busy(String),
+    /// Nothing is written (what was is put back).
     Fatal(String),
+    /// Every write is made; releasing the threads failed.
+    Released(String),
 }
 
 /// Step 3: with every thread stopped, check and make the writes. Returns
@@ -930,7 +1043,11 @@ fn write_all(
         done.push(*w);
     }
     test_kill_point();
-    stopped.release().map_err(fatal)?;
+    stopped.release().map_err(|e| {
+        WriteError::Released(format!(
+            "releasing the threads after the writes failed: {e}"
+        ))
+    })?;
     Ok((tids.len(), start.elapsed()))
 }
 

@@ -3,7 +3,9 @@
 //!
 //! * Looking without stopping: [`maps`], [`threads`], [`comm`], [`exe`],
 //!   [`all_pids`] read /proc; [`read_mem`] and [`write_mem`] use
-//!   `process_vm_readv`/`process_vm_writev` (writable data only).
+//!   `process_vm_readv`/`process_vm_writev` (writable data only);
+//!   [`Incarnation`] tells whether a process has exited since (a zombie,
+//!   every thread exiting, or its pid another process's now).
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
 //!   and interrupted. While it lives you can read registers, run a function
@@ -43,7 +45,8 @@ pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
 pub use mem::{read_mem, write_mem};
 pub use procfs::{
-    all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,
+    all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Incarnation,
+    Mapping,
 };
 pub use regs::Regs;
 pub use stopped::{SeizeOptions, Stopped, SIGRETURN_CODE};

@@ -58,6 +58,32 @@ const RED_ZONE: u64 = 128;
 /// remote call that timed out, or an interrupt that never landed) to stop.
 const DETACH_GRACE: Duration = Duration::from_millis(100);
 
+/// How long a held thread that was killed is waited for, to reap it at
+/// once; after that it is reaped later ([`reap_later`]).
+const REAP_GRACE: Duration = Duration::from_millis(5);
+
+thread_local! {
+    /// Threads this OS thread traced that were still exiting when let go.
+    static UNREAPED: std::cell::RefCell<Vec<Tid>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Remembers an exiting thread this OS thread traces, to reap it once it
+/// has exited: until its tracer reaps it, its process stays a zombie that
+/// its parent cannot reap. The kernel releases any left when this OS
+/// thread ends.
+fn reap_later(tid: Tid) {
+    UNREAPED.with(|u| u.borrow_mut().push(tid));
+}
+
+/// Reaps, without waiting, the threads [`reap_later`] holds that have
+/// exited by now.
+fn reap_exited() {
+    UNREAPED.with(|u| {
+        u.borrow_mut()
+            .retain(|&tid| matches!(sys::wait_thread(tid, Instant::now()), Ok(None)))
+    });
+}
+
 /// System calls that fail with EINTR (instead of restarting) when their
 /// thread is interrupted by ptrace, even though no signal handler runs.
 const NON_RESTARTING: &[libc::c_long] = &[
@@ -215,6 +241,7 @@ fn is_fault(sig: i32) -> bool {
 
 impl Stopped {
     fn empty(pid: Pid, options: SeizeOptions) -> Stopped {
+        reap_exited();
         Stopped {
             pid,
             held: Vec::new(),
@@ -1037,6 +1064,7 @@ impl Stopped {
                 first.get_or_insert(e);
             }
         }
+        reap_exited();
         first.map_or(Ok(()), Err)
     }
 
@@ -1049,6 +1077,10 @@ impl Stopped {
             let _ = sys::interrupt(tid);
             let deadline = Instant::now() + DETACH_GRACE;
             match sys::wait_thread(tid, deadline) {
+                Ok(None) if procfs::thread_ended(pid, tid) => {
+                    reap_later(tid);
+                    return Ok(());
+                }
                 Ok(None) => {
                     // Cannot detach a running tracee. It stays traced by
                     // this OS thread (and stops once the interrupt lands)
@@ -1112,6 +1144,9 @@ impl Stopped {
                 Ok(())
             };
             if let Err(e) = restored {
+                if e.0 == libc::ESRCH && self.reap(tid) {
+                    return Ok(());
+                }
                 let err = self.ptrace_error(tid, "restoring registers before detaching", e);
                 if err.is_gone() {
                     return Ok(());
@@ -1136,15 +1171,17 @@ impl Stopped {
         let mut failure = None;
         for info in rest {
             if let Err(e) = sys::reraise(pid, tid, info) {
-                failure.get_or_insert(self.ptrace_error(
-                    tid,
-                    "re-raising a signal received while attached",
-                    e,
-                ));
+                let err = self.ptrace_error(tid, "re-raising a signal received while attached", e);
+                if !err.is_gone() {
+                    failure.get_or_insert(err);
+                }
             }
         }
         match sys::detach(tid, sig) {
             Ok(()) => {}
+            // Not in a stop: killed meanwhile (another thread's exit, a
+            // SIGKILL), so it is exiting or a zombie only we may reap.
+            Err(Errno(libc::ESRCH)) if self.reap(tid) => {}
             Err(e) => {
                 let err = self.ptrace_error(tid, "PTRACE_DETACH", e);
                 if !err.is_gone() {
@@ -1153,6 +1190,26 @@ impl Stopped {
             }
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// For a held thread that a ptrace request found out of its stop
+    /// (ESRCH): reaps it if it has exited, as its tracer must (or its
+    /// process stays a zombie that its parent cannot reap), or leaves it to
+    /// [`reap_later`] when it is still on its way out (tearing its memory
+    /// down can take a while on a busy host). True when the thread has
+    /// ended; false when it is still there (then it stays traced), after
+    /// one more try to detach it if it stopped.
+    fn reap(&self, tid: Tid) -> bool {
+        match sys::wait_thread(tid, Instant::now() + REAP_GRACE) {
+            Ok(Some(WaitStatus::Exited(_) | WaitStatus::Killed(_))) | Err(_) => true,
+            Ok(Some(WaitStatus::SignalStop { sig })) => sys::detach(tid, sig).is_ok(),
+            Ok(Some(_)) => sys::detach(tid, 0).is_ok(),
+            Ok(None) if procfs::thread_ended(self.pid, tid) => {
+                reap_later(tid);
+                true
+            }
+            Ok(None) => false,
+        }
     }
 
     // ---- attaching ----
@@ -1224,7 +1281,7 @@ impl Stopped {
                     continue;
                 }
                 // The kernel also refuses exiting threads with EPERM.
-                Err(Errno(libc::EPERM)) if procfs::thread_gone_or_zombie(pid, tid) => {
+                Err(Errno(libc::EPERM)) if procfs::thread_ended(pid, tid) => {
                     self.skipped.insert(tid);
                     continue;
                 }
@@ -1401,7 +1458,7 @@ impl Stopped {
             if !procfs::process_alive(pid) {
                 return Error::Gone { pid, tid: None };
             }
-            if procfs::thread_gone_or_zombie(pid, tid) {
+            if procfs::thread_ended(pid, tid) {
                 return Error::Gone {
                     pid,
                     tid: Some(tid),
