@@ -31,7 +31,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -657,10 +656,11 @@ fn run(
     done: Outcome,
 ) -> Report {
     let mut report = with_runtime(rt, done);
+    let mut faults = Faults::default();
     // An earlier ulp killed after the runtime's record but before the end
     // of its writes left them pending: make them first, so that the code
     // matches the registry this call starts from.
-    if let Err(e) = complete_pending_writes(rt, deadline, opts) {
+    if let Err(e) = complete_pending_writes(rt, deadline, opts, &mut faults) {
         report.outcome = unless_exited(life, Outcome::Failed(Reason::new(errors::EINSNQ, e)));
         return report;
     }
@@ -685,18 +685,12 @@ fn run(
     if writes.is_empty() {
         return report;
     }
-    // Fault injection for the tests (tests/faults.rs): die like a killed
-    // tool at the worst moment, between the runtime's record and the
-    // writes. Never set outside a test.
-    if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
+    faults.before_writes();
     // An entry about to be rewritten must hold what its library file has:
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
         .map_err(|why| (0, Unwritten::Nothing(why)))
-        .and_then(|()| write_with_retries(rt, &writes, deadline, opts))
+        .and_then(|()| write_with_retries(rt, &writes, deadline, opts, &mut faults))
     {
         Ok(made) => {
             detail.attempts = made.attempts;
@@ -772,30 +766,21 @@ fn write_with_retries(
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
+    faults: &mut Faults,
 ) -> Result<Made, (u32, Unwritten)> {
     let mut last_err = String::new();
     let mut attempts = 0;
-    // Fault injection for the tests (tests/trigger.rs): the first N
-    // attempts find a thread in the way. Never set outside a test.
-    let simulated_busy: u32 = std::env::var("ULP_TEST_BUSY_ATTEMPTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     for attempt in 0..=opts.retries {
         if attempt > 0 {
             // Let the thread that was in the way move on.
             thread::sleep(Duration::from_millis(1 << attempt.min(6)));
         }
         attempts = attempt + 1;
-        if attempts <= simulated_busy {
-            last_err = format!(
-                "process {} is busy: a thread is executing bytes that the patch changes \
-                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r",
-                rt.pid
-            );
+        if let Some(why) = faults.simulated_busy(rt.pid, attempts) {
+            last_err = why;
             continue;
         }
-        match write_all(rt.pid, writes, deadline, opts) {
+        match write_all(rt.pid, writes, deadline, opts, faults) {
             Ok((threads, stopped)) => {
                 // Every write is made: nothing is pending any more.
                 if let Err(e) = rt.clear_pending_writes() {
@@ -879,12 +864,17 @@ fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String
 
 /// If the runtime's write journal says an earlier tool did not finish its
 /// writes, finish them (writes already made are skipped).
-fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> Result<(), String> {
+fn complete_pending_writes(
+    rt: &Runtime,
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<(), String> {
     if !rt.writes_pending().map_err(|e| e.to_string())? {
         return Ok(());
     }
     let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
-    write_with_retries(rt, &writes, deadline, opts)
+    write_with_retries(rt, &writes, deadline, opts, faults)
         .map(|_| ())
         .map_err(|(_, why)| {
             let why = match why {
@@ -987,6 +977,7 @@ fn write_all(
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
+    faults: &mut Faults,
 ) -> Result<(usize, Duration), WriteError> {
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
     let start = Instant::now();
@@ -1032,17 +1023,19 @@ fn write_all(
     // function of the change the same one.
     let mut done: Vec<Write> = Vec::new();
     for w in &todo {
-        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, &w.new[..w.len as usize]) {
+        let new = &w.new[..w.len as usize];
+        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, new, faults) {
             // Put back what was written so the process runs one version:
             // backwards, each write whole, so a kill here is as harmless.
             for d in done.iter().rev() {
-                let _ = make_write(&mut stopped, d.addr, d.kind, &d.old[..d.len as usize]);
+                let old = &d.old[..d.len as usize];
+                let _ = make_write(&mut stopped, d.addr, d.kind, old, faults);
             }
             return Err(fatal(e));
         }
         done.push(*w);
     }
-    test_kill_point();
+    faults.kill_point();
     stopped.release().map_err(|e| {
         WriteError::Released(format!(
             "releasing the threads after the writes failed: {e}"
@@ -1060,23 +1053,29 @@ fn make_write(
     addr: u64,
     kind: u32,
     data: &[u8],
+    faults: &mut Faults,
 ) -> Result<(), ulp_process::Error> {
     match kind {
-        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data),
-        _ => poke_words(stopped, addr, data),
+        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data, faults),
+        _ => poke_words(stopped, addr, data, faults),
     }
 }
 
 /// Pokes `data` at `addr` one aligned word at a time (each one
 /// PTRACE_POKEDATA), passing the test kill point before each.
-fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
+fn poke_words(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
     let mut off = 0usize;
     while off < data.len() {
         let a = addr + off as u64;
         let n = (8 - (a & 7) as usize).min(data.len() - off);
-        test_kill_point();
+        faults.kill_point();
         stopped.poke(a, &data[off..off + n])?;
-        POKES.fetch_add(1, Ordering::Relaxed);
+        faults.poked();
         off += n;
     }
     Ok(())
@@ -1084,31 +1083,87 @@ fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_p
 
 /// [`poke_words`] for a write that must never be seen half made: one
 /// write of /proc/PID/mem (counted as one word by the kill hook).
-fn write_at_once(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
-    test_kill_point();
+fn write_at_once(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
+    faults.kill_point();
     stopped.write_code_at_once(addr, data)?;
-    POKES.fetch_add(1, Ordering::Relaxed);
+    faults.poked();
     Ok(())
 }
 
-/// Code words poked by this tool so far (for `ULP_TEST_KILL_AFTER_WRITES`).
-static POKES: AtomicU64 = AtomicU64::new(0);
+/// Fault injection for the tests, for one operation in one process: only
+/// with the feature `fault-injection`, which the tests turn on and no
+/// release build has (there every hook does nothing, and the `ULP_TEST_*`
+/// variables are never read).
+///
+/// * `ULP_TEST_KILL_BEFORE_WRITES`: the tool SIGKILLs itself between the
+///   runtime's record and the writes (tests/faults.rs).
+/// * `ULP_TEST_KILL_AFTER_WRITES=N`: it SIGKILLs itself once this
+///   operation has poked N code words, before the next one (or before
+///   releasing the threads after the last one), with every thread still
+///   stopped (tests/faults.rs).
+/// * `ULP_TEST_BUSY_ATTEMPTS=N`: the first N write attempts find a thread
+///   in the way (tests/trigger.rs).
+#[derive(Default)]
+struct Faults {
+    /// Code words this operation poked so far (each `-j` worker counts
+    /// its own operations).
+    #[cfg(feature = "fault-injection")]
+    pokes: u64,
+}
 
-/// Fault injection for the tests (tests/faults.rs): with
-/// `ULP_TEST_KILL_AFTER_WRITES=N`, the tool SIGKILLs itself once it has
-/// poked N code words, before the next one (or before releasing the
-/// threads after the last one), with every thread still stopped. Never set
-/// outside a test.
-fn test_kill_point() {
-    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
-    let after = AFTER.get_or_init(|| {
-        std::env::var("ULP_TEST_KILL_AFTER_WRITES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    if *after == Some(POKES.load(Ordering::Relaxed)) {
+impl Faults {
+    #[cfg(feature = "fault-injection")]
+    fn var(name: &str) -> Option<u64> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn die() {
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+
+    /// Between the runtime's record and the writes.
+    fn before_writes(&self) {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
+            Self::die();
+        }
+    }
+
+    /// Before each code word, and before releasing the threads.
+    fn kill_point(&self) {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_KILL_AFTER_WRITES") == Some(self.pokes) {
+            Self::die();
+        }
+    }
+
+    /// After each code word.
+    fn poked(&mut self) {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.pokes += 1;
+        }
+    }
+
+    /// Why write attempt `attempt` (from 1) finds a thread in the way, when
+    /// it is simulated to.
+    fn simulated_busy(&self, pid: Pid, attempt: u32) -> Option<String> {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_BUSY_ATTEMPTS").is_some_and(|n| u64::from(attempt) <= n) {
+            return Some(format!(
+                "process {pid} is busy: a thread is executing bytes that the patch changes \
+                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r"
+            ));
+        }
+        let _ = (pid, attempt);
+        None
     }
 }
 

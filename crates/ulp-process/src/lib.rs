@@ -9,9 +9,9 @@
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
 //!   and interrupted. While it lives you can read registers, run a function
-//!   in the target ([`Stopped::remote_call`], which saves and restores every
-//!   register, xstate included, and keeps interrupted system calls
-//!   restartable), and read or write code bytes ([`Stopped::peek`],
+//!   in the target ([`Stopped::remote_call_returning`], which saves and
+//!   restores every register, xstate included, and keeps interrupted system
+//!   calls restartable), and read or write code bytes ([`Stopped::peek`],
 //!   [`Stopped::poke`], which work on read-only and W^X-locked pages).
 //!   [`Stopped::release`] (or, as a safety net, `Drop`) puts back registers,
 //!   re-delivers signals that arrived meanwhile, and detaches.
@@ -26,12 +26,14 @@
 //! (`ulp-elf`), any architecture but x86-64, 32-bit (compat) tracees, and
 //! injecting code into processes that have not loaded the runtime.
 //!
-//! [`Stopped::remote_call`] returns to address 0 and relies on the tracer
-//! being alive to catch the fault: if the tool dies in the middle of such a
-//! call, that thread crashes. [`Stopped::remote_call_returning`] does not:
-//! given a resume routine in the target ([`ReturnPath`]), the call returns
-//! to the thread's own code by itself through an `rt_sigframe` written on
-//! its stack, whenever the tool dies.
+//! A remote call returns to the thread's own code by itself, whenever the
+//! tool dies: through a resume routine in the target ([`ReturnPath`],
+//! [`Stopped::remote_call_returning`]) or glibc's signal restorer
+//! ([`Stopped::remote_call_sigreturn`]), by an `rt_sigframe` written on its
+//! stack. `Stopped::remote_call`, which returns to address 0 and relies on
+//! the tracer being alive to catch the fault, is test support: it exists
+//! only with the feature `fault-injection`, with the test hooks
+//! (`ULP_TEST_*`), which no release build has.
 
 mod error;
 pub mod frame;

@@ -105,7 +105,8 @@ pub const SIGRETURN_CODE: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05
 /// How a remote call gets back.
 enum Return<'a> {
     /// To address 0: the thread faults there and the tool takes it back
-    /// (a tool that dies meanwhile leaves it to crash).
+    /// (a tool that dies meanwhile leaves it to crash). Tests only.
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     Trap,
     /// Through a resume routine of the target (it returns by itself).
     Path(&'a ReturnPath),
@@ -392,6 +393,13 @@ impl Stopped {
     /// instead, the call is abandoned where it is (the thread is stopped and
     /// its registers restored), which can leave the target's state half
     /// changed, e.g. a lock taken by the function never released.
+    ///
+    /// Test support (feature `fault-injection`): a tool that dies during
+    /// such a call leaves the thread to crash, so ulp itself only uses
+    /// [`Stopped::remote_call_returning`] and
+    /// [`Stopped::remote_call_sigreturn`].
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
     pub fn remote_call(
         &mut self,
         tid: Tid,
@@ -403,7 +411,7 @@ impl Stopped {
             .map(|(v, _)| v)
     }
 
-    /// [`Stopped::remote_call`], but the call returns to the thread's own
+    /// `Stopped::remote_call` (test support), but the call returns to the thread's own
     /// code by itself, through the resume routine of `path`, even if this
     /// tool dies at any moment (see [`ReturnPath`] and the `frame` module):
     /// an `rt_sigframe` with the thread's whole state (general registers
@@ -413,7 +421,7 @@ impl Stopped {
     /// waits a little for the tool, then executes `rt_sigreturn`.
     ///
     /// While the tool is alive the result is the same as
-    /// [`Stopped::remote_call`]: the tool polls the done word, stops the
+    /// `Stopped::remote_call`: the tool polls the done word, stops the
     /// thread in the routine and writes every register back (XSAVE area
     /// first, then the general registers, so a restartable system call
     /// resumes transparently). If the tool was too slow and the thread had
@@ -628,7 +636,8 @@ impl Stopped {
         let end = at + SIGRETURN_CODE.len() as u64;
         // Fault injection for the tests (crates/ulp/tests/inject.rs): the
         // tool dies at the Nth system call stop of the call, the thread in
-        // the middle of it. Never set outside a test.
+        // the middle of it. Not in a release build.
+        #[cfg(feature = "fault-injection")]
         let mut kill_at: Option<u32> = std::env::var("ULP_TEST_KILL_AT_SYSCALL")
             .ok()
             .and_then(|v| v.parse().ok());
@@ -643,6 +652,7 @@ impl Stopped {
                     continue;
                 }
             };
+            #[cfg(feature = "fault-injection")]
             if let Some(n) = kill_at.as_mut() {
                 if *n == 0 {
                     // SAFETY: kill(2) on our own pid has no memory-safety
