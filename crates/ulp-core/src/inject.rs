@@ -143,7 +143,15 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
 /// The runtime of `pid`, loading `file` into it first when it has none.
 /// `Outcome::Skipped` when the process opted out; `Outcome::Failed` with
 /// the reason when it cannot be loaded (the process is unchanged then).
+///
+/// A process that exits meanwhile is SKIPPED (`process exited`), as in a
+/// trigger.
 pub fn ensure_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
+    let life = ulp_process::Incarnation::of(pid);
+    load_runtime(pid, file, opts).map_err(|o| crate::trigger::unless_exited(&life, o))
+}
+
+fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
     match Runtime::find(pid) {
         Ok(rt) => return Ok(rt),
         Err(RuntimeError::NotLoaded) => {}

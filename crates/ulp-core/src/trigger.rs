@@ -631,7 +631,7 @@ fn exited() -> Outcome {
 /// SKIPPED ([`EXITED`]), not a failure. A failure is looked at again (with
 /// [`EXIT_GRACE`]), and so are a runtime or a library found missing: from
 /// /proc, that is how a zombie looks. Anything else stands.
-fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
+pub(crate) fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
     let gone = match &outcome {
         Outcome::Failed(_) => life.exited_within(EXIT_GRACE),
         Outcome::NoRuntime => life.exited(),

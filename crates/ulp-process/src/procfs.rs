@@ -302,12 +302,18 @@ impl Incarnation {
 
     /// Whether the process has exited: /proc has no such pid any more,
     /// the pid is another process's now, or no thread of it is alive
-    /// (a zombie, exited threads not reaped yet).
+    /// (a zombie, exited threads not reaped yet). False for a process that
+    /// did not exist when it was taken ([`Incarnation::of`]): a wrong pid
+    /// is not an exit.
     pub fn exited(&self) -> bool {
+        // Never seen (no such pid, or hidden from us): not known to have
+        // exited, whatever the pid is now.
+        let Some(then) = self.start else {
+            return false;
+        };
         match start_time(self.pid) {
-            // Unreadable: gone, or hidden from us (hidepid), then alive.
-            None => !proc_path(self.pid, "").exists(),
-            Some(now) if self.start.is_some_and(|then| then != now) => true,
+            None => true,
+            Some(now) if now != then => true,
             Some(_) => !process_alive(self.pid),
         }
     }
@@ -414,5 +420,7 @@ mod tests {
         child.wait().unwrap();
         assert!(life.exited());
         assert!(life.exited_within(Duration::ZERO));
+        // A pid that never was is not an exit.
+        assert!(!Incarnation::of(i32::MAX).exited());
     }
 }
