@@ -14,7 +14,7 @@
 //! * the call returns to the thread's own code by itself even if ulp dies
 //!   at any moment: `dlopen` returns into the C library's signal restorer
 //!   (`mov $15, %rax; syscall`, i.e. `rt_sigreturn`) over a signal frame
-//!   holding the thread's whole state (`Stopped::remote_call_sigreturn`).
+//!   holding the thread's whole state (`Caller::call_sigreturn`).
 //!   While ulp lives, it catches the thread as it enters that
 //!   `rt_sigreturn` and sends it into the freshly loaded runtime's resume
 //!   routine instead, so the thread's registers are written back exactly
@@ -210,8 +210,7 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
         let rt = Runtime::find(pid).ok()?;
         trigger::return_path(&rt).ok()
     };
-    let called = stopped.remote_call_sigreturn(
-        tid,
+    let called = stopped.caller(tid).call_sigreturn(
         entry.dlopen,
         &data,
         &[entry.mode],

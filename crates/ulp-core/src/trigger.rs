@@ -922,7 +922,8 @@ fn call(
     // runtime's resume routine, even if this tool dies meanwhile.
     let path = return_path(rt).map_err(|e| e.to_string())?;
     let ret = stopped
-        .remote_call_returning(tid, rt.entry, &[], &path, deadline)
+        .caller(tid)
+        .call_returning(rt.entry, &[], &path, deadline)
         .map_err(|e| e.to_string())?;
     let result = rt.read_result();
     stopped.release().map_err(|e| e.to_string())?;

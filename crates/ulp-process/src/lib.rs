@@ -9,9 +9,10 @@
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
 //!   and interrupted. While it lives you can read registers, run a function
-//!   in the target ([`Stopped::remote_call_returning`], which saves and
-//!   restores every register, xstate included, and keeps interrupted system
-//!   calls restartable), and read or write code bytes ([`Stopped::peek`],
+//!   in the target on one of its threads ([`Stopped::caller`], then
+//!   [`Caller::call_returning`], which saves and restores every register,
+//!   xstate included, and keeps interrupted system calls restartable), and
+//!   read or write code bytes ([`Stopped::peek`],
 //!   [`Stopped::poke`], which work on read-only and W^X-locked pages).
 //!   [`Stopped::release`] (or, as a safety net, `Drop`) puts back registers,
 //!   re-delivers signals that arrived meanwhile, and detaches.
@@ -28,9 +29,9 @@
 //!
 //! A remote call returns to the thread's own code by itself, whenever the
 //! tool dies: through a resume routine in the target ([`ReturnPath`],
-//! [`Stopped::remote_call_returning`]) or glibc's signal restorer
-//! ([`Stopped::remote_call_sigreturn`]), by an `rt_sigframe` written on its
-//! stack. `Stopped::remote_call`, which returns to address 0 and relies on
+//! [`Caller::call_returning`]) or glibc's signal restorer
+//! ([`Caller::call_sigreturn`]), by an `rt_sigframe` written on its
+//! stack. `Caller::call`, which returns to address 0 and relies on
 //! the tracer being alive to catch the fault, is test support: it exists
 //! only with the feature `fault-injection`, with the test hooks
 //! (`ULP_TEST_*`), which no release build has.
@@ -51,7 +52,7 @@ pub use procfs::{
     Mapping,
 };
 pub use regs::Regs;
-pub use stopped::{SeizeOptions, Stopped, SIGRETURN_CODE};
+pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
 
 /// A process id (thread-group id).
 pub type Pid = i32;

@@ -56,7 +56,7 @@ mod code;
 mod detach;
 
 use call::Call;
-pub use call::SIGRETURN_CODE;
+pub use call::{Caller, SIGRETURN_CODE};
 use detach::reap_exited;
 
 /// System calls that fail with EINTR (instead of restarting) when their

@@ -105,9 +105,31 @@ pub(super) fn is_fault(sig: i32) -> bool {
     )
 }
 
+/// One thread of a [`Stopped`] guard, to run remote calls on
+/// ([`Stopped::caller`]). It borrows the guard mutably: while a call is
+/// set up, runs and is finished, nothing else uses the guard's threads.
+/// The thread must be held by the guard and stopped (a timed-out call is
+/// still running: [`Caller::wait`]).
+pub struct Caller<'a> {
+    stopped: &'a mut Stopped,
+    tid: Tid,
+}
+
 impl Stopped {
+    /// Thread `tid` of this guard, to run remote calls on.
+    pub fn caller(&mut self, tid: Tid) -> Caller<'_> {
+        Caller { stopped: self, tid }
+    }
+}
+
+impl Caller<'_> {
+    /// The thread the calls run on.
+    pub fn tid(&self) -> Tid {
+        self.tid
+    }
+
     /// Runs `func(args...)` (at most 6 integer arguments, System V ABI) on
-    /// thread `tid` and returns its `rax`.
+    /// the thread and returns its `rax`.
     ///
     /// Saves all of the thread's registers first (general registers and the
     /// whole XSAVE area: x87, SSE, AVX, AVX-512), sets `orig_rax = -1` so an
@@ -127,29 +149,23 @@ impl Stopped {
     ///
     /// On timeout ([`Error::is_timeout`]) the thread is STILL INSIDE the
     /// call, running with the target's locks possibly held: call
-    /// [`Stopped::wait_call`] to keep waiting. If the guard is released
+    /// [`Caller::wait`] to keep waiting. If the guard is released
     /// instead, the call is abandoned where it is (the thread is stopped and
     /// its registers restored), which can leave the target's state half
     /// changed, e.g. a lock taken by the function never released.
     ///
     /// Test support (feature `fault-injection`): a tool that dies during
     /// such a call leaves the thread to crash, so ulp itself only uses
-    /// [`Stopped::remote_call_returning`] and
-    /// [`Stopped::remote_call_sigreturn`].
+    /// [`Caller::call_returning`] and [`Caller::call_sigreturn`].
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
-    pub fn remote_call(
-        &mut self,
-        tid: Tid,
-        func: u64,
-        args: &[u64],
-        deadline: Instant,
-    ) -> Result<u64, Error> {
-        self.start_call(tid, func, args, Return::Trap, deadline)
+    pub fn call(&mut self, func: u64, args: &[u64], deadline: Instant) -> Result<u64, Error> {
+        self.stopped
+            .start_call(self.tid, func, args, Return::Trap, deadline)
             .map(|(v, _)| v)
     }
 
-    /// `Stopped::remote_call` (test support), but the call returns to the thread's own
+    /// `Caller::call` (test support), but the call returns to the thread's own
     /// code by itself, through the resume routine of `path`, even if this
     /// tool dies at any moment (see [`ReturnPath`] and the `frame` module):
     /// an `rt_sigframe` with the thread's whole state (general registers
@@ -159,22 +175,22 @@ impl Stopped {
     /// waits a little for the tool, then executes `rt_sigreturn`.
     ///
     /// While the tool is alive the result is the same as
-    /// `Stopped::remote_call`: the tool polls the done word, stops the
+    /// `Caller::call`: the tool polls the done word, stops the
     /// thread in the routine and writes every register back (XSAVE area
     /// first, then the general registers, so a restartable system call
     /// resumes transparently). If the tool was too slow and the thread had
     /// already returned by itself, it is left as it is. On timeout, releasing
     /// the guard no longer abandons the call: the thread finishes it and
     /// returns by itself.
-    pub fn remote_call_returning(
+    pub fn call_returning(
         &mut self,
-        tid: Tid,
         func: u64,
         args: &[u64],
         path: &ReturnPath,
         deadline: Instant,
     ) -> Result<u64, Error> {
-        self.start_call(tid, func, args, Return::Path(path), deadline)
+        self.stopped
+            .start_call(self.tid, func, args, Return::Path(path), deadline)
             .map(|(v, _)| v)
     }
 
@@ -192,7 +208,7 @@ impl Stopped {
     /// enters that `rt_sigreturn` with `rsp` at the frame. There `then` may
     /// name a resume routine that the call made available (the runtime just
     /// loaded): the thread is then sent into it instead, with the frame
-    /// completed, and the call ends as [`Stopped::remote_call_returning`]
+    /// completed, and the call ends as [`Caller::call_returning`]
     /// does (registers written back by the tool, so an interrupted system
     /// call restarts exactly). Without one, the `rt_sigreturn` runs: the
     /// thread is back in its own code with the restart rule applied (see
@@ -201,10 +217,8 @@ impl Stopped {
     /// The call's return value is lost (`rt_sigreturn` takes `rax`); the
     /// result is whether `then` gave a resume routine. The thread stays
     /// stopped after the call.
-    #[allow(clippy::too_many_arguments)]
-    pub fn remote_call_sigreturn(
+    pub fn call_sigreturn(
         &mut self,
-        tid: Tid,
         func: u64,
         data: &[u8],
         args: &[u64],
@@ -213,10 +227,10 @@ impl Stopped {
         deadline: Instant,
     ) -> Result<bool, Error> {
         let mut code = [0u8; SIGRETURN_CODE.len()];
-        self.peek(sigreturn, &mut code)?;
+        self.stopped.peek(sigreturn, &mut code)?;
         if code != SIGRETURN_CODE {
             return Err(Error::Invalid {
-                pid: self.pid,
+                pid: self.stopped.pid,
                 what: format!(
                     "no rt_sigreturn sequence at {sigreturn:#x} (found {:02x?})",
                     code
@@ -228,10 +242,26 @@ impl Stopped {
             data,
             then,
         };
-        self.start_call(tid, func, args, ret, deadline)
+        self.stopped
+            .start_call(self.tid, func, args, ret, deadline)
             .map(|(_, resumed)| resumed)
     }
 
+    /// Keeps waiting for a remote call on the thread that timed out earlier.
+    pub fn wait(&mut self, deadline: Instant) -> Result<u64, Error> {
+        let (s, tid) = (&mut *self.stopped, self.tid);
+        match s.held.iter().find(|h| h.tid == tid) {
+            Some(h) if h.call.is_some() && h.stop == Stop::Running => s.finish_call(tid, deadline),
+            _ => Err(Error::NotHeld {
+                pid: s.pid,
+                tid,
+                why: "no remote call is running on this thread",
+            }),
+        }
+    }
+}
+
+impl Stopped {
     fn start_call(
         &mut self,
         tid: Tid,
@@ -245,7 +275,10 @@ impl Stopped {
         if args.len() + usize::from(with_data) > 6 {
             return Err(Error::Invalid {
                 pid,
-                what: format!("remote_call takes at most 6 arguments, got {}", args.len()),
+                what: format!(
+                    "a remote call takes at most 6 arguments, got {}",
+                    args.len()
+                ),
             });
         }
         let i = self.stopped_index(tid)?;
@@ -359,7 +392,7 @@ impl Stopped {
         }
     }
 
-    /// [`Stopped::remote_call_sigreturn`] once the call runs: follows the
+    /// [`Caller::call_sigreturn`] once the call runs: follows the
     /// thread from system call to system call until it enters the
     /// `rt_sigreturn` at `at` with `rsp == uc`, then sends it into the
     /// resume routine `then` names, or lets the `rt_sigreturn` run.
@@ -481,20 +514,6 @@ impl Stopped {
                 self.held[i].owed.push(info);
                 Ok(None)
             }
-        }
-    }
-
-    /// Keeps waiting for a remote call on `tid` that timed out earlier.
-    pub fn wait_call(&mut self, tid: Tid, deadline: Instant) -> Result<u64, Error> {
-        match self.held.iter().find(|h| h.tid == tid) {
-            Some(h) if h.call.is_some() && h.stop == Stop::Running => {
-                self.finish_call(tid, deadline)
-            }
-            _ => Err(Error::NotHeld {
-                pid: self.pid,
-                tid,
-                why: "no remote call is running on this thread",
-            }),
         }
     }
 
@@ -703,7 +722,7 @@ impl Stopped {
         Ok(Some(value))
     }
 
-    /// Writes back the registers saved by `remote_call` (thread must be
+    /// Writes back the registers saved by a remote call (thread must be
     /// stopped). The XSAVE area first: a tool killed between the two writes
     /// leaves a thread whose general registers still point into the call
     /// (for a call that returns by itself, at its resume routine, whose
