@@ -271,6 +271,22 @@ pub(crate) fn process_alive(pid: Pid) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether some thread of `pid` has ended or has a SIGKILL pending (what
+/// an exit of the process, or a kill, sends every thread first).
+fn dying(pid: Pid) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let pending = |tid: Tid| {
+        ["SigPnd", "ShdPnd"].iter().any(|name| {
+            status_field(pid, tid, name)
+                .and_then(|v| u64::from_str_radix(&v, 16).ok())
+                .is_some_and(|set| set & SIGKILL_BIT != 0)
+        })
+    };
+    threads(pid)
+        .map(|tids| tids.iter().any(|&t| thread_ended(pid, t) || pending(t)))
+        .unwrap_or(true)
+}
+
 /// The process's start time (field 22 of `/proc/PID/stat`, in clock ticks
 /// since boot): the same pid with another start time is another process.
 fn start_time(pid: Pid) -> Option<u64> {
@@ -292,12 +308,25 @@ pub struct Incarnation {
 }
 
 impl Incarnation {
-    /// The process that has `pid` now.
+    /// The process that has `pid` now; when there is none any more, the
+    /// last one this tool saw with that pid (so a process that exits
+    /// between two looks of the tool counts as exited, not as a pid that
+    /// never was).
     pub fn of(pid: Pid) -> Incarnation {
-        Incarnation {
-            pid,
-            start: start_time(pid),
-        }
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static SEEN: OnceLock<Mutex<HashMap<Pid, u64>>> = OnceLock::new();
+        let seen = SEEN.get_or_init(Default::default);
+        let start = match start_time(pid) {
+            Some(t) => {
+                if let Ok(mut m) = seen.lock() {
+                    m.insert(pid, t);
+                }
+                Some(t)
+            }
+            None => seen.lock().ok().and_then(|m| m.get(&pid).copied()),
+        };
+        Incarnation { pid, start }
     }
 
     /// Whether the process has exited: /proc has no such pid any more,
@@ -320,14 +349,16 @@ impl Incarnation {
 
     /// [`Incarnation::exited`], waiting up to `grace` for a process that is
     /// exiting to finish: its threads die one by one (a failure of ours is
-    /// often the first sign), and the last of them can take a moment.
+    /// often the first sign), and the last of them can take a moment. A
+    /// process with no sign of an exit (no thread ended, none with a
+    /// SIGKILL pending) is not waited for.
     pub fn exited_within(&self, grace: Duration) -> bool {
         let end = Instant::now() + grace;
         loop {
             if self.exited() {
                 return true;
             }
-            if Instant::now() >= end {
+            if Instant::now() >= end || !dying(self.pid) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));
