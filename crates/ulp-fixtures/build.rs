@@ -126,6 +126,24 @@ fn main() {
         &["-O2", "-fPIC", "-shared", &s("stress_plugin.c")],
         &out.join("stress_plugin.so"),
     );
+    // crates/ulp/tests/exits.rs: short-lived patchable processes and the
+    // launcher that keeps them coming.
+    gcc(
+        &[
+            "-O2",
+            "-Wall",
+            "-pthread",
+            &s("exit_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("exit_prog"),
+    );
+    gcc(
+        &["-O2", "-Wall", "-pthread", &s("exit_fleet.c")],
+        &out.join("exit_fleet"),
+    );
     // The target of crates/ulp/tests/syscalls.rs (threads blocked in
     // system calls, a signal receiver) and the parent that waits for it.
     gcc(

@@ -14,7 +14,7 @@
 //! * the call returns to the thread's own code by itself even if ulp dies
 //!   at any moment: `dlopen` returns into the C library's signal restorer
 //!   (`mov $15, %rax; syscall`, i.e. `rt_sigreturn`) over a signal frame
-//!   holding the thread's whole state (`Stopped::remote_call_sigreturn`).
+//!   holding the thread's whole state (`Caller::call_sigreturn`).
 //!   While ulp lives, it catches the thread as it enters that
 //!   `rt_sigreturn` and sends it into the freshly loaded runtime's resume
 //!   routine instead, so the thread's registers are written back exactly
@@ -143,7 +143,15 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
 /// The runtime of `pid`, loading `file` into it first when it has none.
 /// `Outcome::Skipped` when the process opted out; `Outcome::Failed` with
 /// the reason when it cannot be loaded (the process is unchanged then).
+///
+/// A process that exits meanwhile is SKIPPED (`process exited`), as in a
+/// trigger.
 pub fn ensure_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
+    let life = ulp_process::Incarnation::of(pid);
+    load_runtime(pid, file, opts).map_err(|o| crate::trigger::unless_exited(&life, o))
+}
+
+fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
     match Runtime::find(pid) {
         Ok(rt) => return Ok(rt),
         Err(RuntimeError::NotLoaded) => {}
@@ -202,8 +210,7 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
         let rt = Runtime::find(pid).ok()?;
         trigger::return_path(&rt).ok()
     };
-    let called = stopped.remote_call_sigreturn(
-        tid,
+    let called = stopped.caller(tid).call_sigreturn(
         entry.dlopen,
         &data,
         &[entry.mode],

@@ -118,6 +118,9 @@ impl Runtime {
     /// Finds the runtime in `pid` from its maps and the runtime file's
     /// dynamic symbols; checks the magic and protocol version in memory.
     pub fn find(pid: Pid) -> Result<Runtime, RuntimeError> {
+        // Seen alive: if it exits from now on, a trigger tells the exit
+        // from a wrong pid (`Incarnation::of` remembers it).
+        ulp_process::Incarnation::of(pid);
         let objects = mapped_objects(pid)?;
         for obj in objects.iter().filter(|o| looks_like_runtime(o)) {
             let Some(symbols) = runtime_symbols(pid, obj) else {

@@ -32,7 +32,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,7 +41,7 @@ use ulp_abi::{code, offset, op, write_kind, ApplyRequest, ReplaceRequest, Write,
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
-use ulp_process::{Pid, ReturnPath, SeizeOptions, Stopped};
+use ulp_process::{Incarnation, Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
 use crate::objects::{chroot_of, named_objects, MappedObject};
@@ -182,23 +181,33 @@ pub fn replace(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Ou
 /// [`apply`] with details.
 pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match precheck(pid, container, opts) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     let buf = match apply_request(pid, container, opts, None) {
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
-    run(&rt, op::APPLY, &buf, deadline, opts, Outcome::Applied)
+    run(
+        &rt,
+        &life,
+        op::APPLY,
+        &buf,
+        deadline,
+        opts,
+        Outcome::Applied,
+    )
 }
 
 /// [`revert`] with details.
 pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match find_runtime(pid) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     // A patch that is not applied is an error only where it could be: in
     // a process that does not load its target build it is a skip (so a
@@ -209,11 +218,12 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
     let applied = is_applied(&rt, container, opts).unwrap_or(false);
     if !applied {
         if let Err(o) = precheck(pid, container, opts) {
-            return with_runtime(&rt, o);
+            return with_runtime(&rt, unless_exited(&life, o));
         }
     }
     run(
         &rt,
+        &life,
         op::REVERT,
         &container.metadata.patch_id,
         deadline,
@@ -226,9 +236,10 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
 /// or no patch of it applied, is skipped without being stopped.
 pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match find_runtime(pid) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
@@ -241,10 +252,8 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     let objects = match named_objects(pid) {
         Ok(objects) => objects,
         Err(e) => {
-            return with_runtime(
-                &rt,
-                Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())),
-            )
+            let failed = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string()));
+            return with_runtime(&rt, unless_exited(&life, failed));
         }
     };
     let loaded: Vec<&MappedObject> = objects.iter().filter(|o| o.is_library(pid, lib)).collect();
@@ -269,6 +278,7 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     }
     run(
         &rt,
+        &life,
         op::REVERT_ALL,
         lib.as_bytes(),
         deadline,
@@ -281,9 +291,10 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
 /// the new patch does not apply is skipped, and keeps its old patches).
 pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
+    let life = Incarnation::of(pid);
     let rt = match precheck(pid, container, opts) {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(o),
+        Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
@@ -292,7 +303,15 @@ pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
-    run(&rt, op::REPLACE, &buf, deadline, opts, Outcome::Applied)
+    run(
+        &rt,
+        &life,
+        op::REPLACE,
+        &buf,
+        deadline,
+        opts,
+        Outcome::Applied,
+    )
 }
 
 fn with_runtime(rt: &Runtime, outcome: Outcome) -> Report {
@@ -532,9 +551,45 @@ pub fn is_applied(rt: &Runtime, container: &Container, opts: &Options) -> Result
     }
 }
 
+/// The detail of the reason a process is SKIPPED for when it exited
+/// before its code writes were made.
+pub const EXITED: &str = "process exited";
+
+/// How long a failure waits for a process that may be exiting to finish
+/// before it counts as a failure: the first sign of an exit is often a
+/// request that fails while the process's last threads still die.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// SKIPPED: the process exited before its code writes were made. libpulp
+/// skips that case too (its ESRCH); its error table has no number for it,
+/// and the nearest is "Error attaching to process".
+fn exited() -> Outcome {
+    Outcome::Skipped(Reason::new(errors::ETARGETHOOK, EXITED))
+}
+
+/// `outcome`, for a step that looked at or touched the process, unless the
+/// process has exited meanwhile: then nothing is left to change, and it is
+/// SKIPPED ([`EXITED`]), not a failure. A failure is looked at again (with
+/// [`EXIT_GRACE`]), and so are a runtime or a library found missing: from
+/// /proc, that is how a zombie looks. Anything else stands.
+pub(crate) fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
+    let gone = match &outcome {
+        Outcome::Failed(_) => life.exited_within(EXIT_GRACE),
+        Outcome::NoRuntime => life.exited(),
+        Outcome::Skipped(r) if r.error == errors::ENOTARGETLIB => life.exited(),
+        _ => false,
+    };
+    if gone {
+        exited()
+    } else {
+        outcome
+    }
+}
+
 /// Steps 2 to 4 for one operation.
 fn run(
     rt: &Runtime,
+    life: &Incarnation,
     opcode: u32,
     req: &[u8],
     deadline: Instant,
@@ -542,18 +597,22 @@ fn run(
     done: Outcome,
 ) -> Report {
     let mut report = with_runtime(rt, done);
+    let mut faults = Faults::default();
     // An earlier ulp killed after the runtime's record but before the end
     // of its writes left them pending: make them first, so that the code
     // matches the registry this call starts from.
-    if let Err(e) = complete_pending_writes(rt, deadline, opts) {
-        report.outcome = Outcome::Failed(Reason::new(errors::EINSNQ, e));
+    if let Err(e) = complete_pending_writes(rt, deadline, opts, &mut faults) {
+        report.outcome = unless_exited(life, Outcome::Failed(Reason::new(errors::EINSNQ, e)));
         return report;
     }
     let detail = &mut report.detail;
     let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
         Ok(r) => r,
         Err(e) => {
-            report.outcome = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e));
+            // Exited during the call (before any write): a skip, whatever
+            // the runtime recorded in a process that is no more.
+            report.outcome =
+                unless_exited(life, Outcome::Failed(Reason::new(errors::ETARGETHOOK, e)));
             return report;
         }
     };
@@ -567,31 +626,46 @@ fn run(
     if writes.is_empty() {
         return report;
     }
-    // Fault injection for the tests (tests/faults.rs): die like a killed
-    // tool at the worst moment, between the runtime's record and the
-    // writes. Never set outside a test.
-    if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
+    faults.before_writes();
     // An entry about to be rewritten must hold what its library file has:
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
-        .map_err(|why| (0, why))
-        .and_then(|()| write_with_retries(rt, &writes, deadline, opts))
+        .map_err(|why| (0, Unwritten::Nothing(why)))
+        .and_then(|()| write_with_retries(rt, &writes, deadline, opts, &mut faults))
     {
-        Ok((attempts, threads, stopped)) => {
-            detail.attempts = attempts;
+        Ok(made) => {
+            detail.attempts = made.attempts;
             detail.writes = writes.len();
-            detail.threads = threads;
-            detail.stopped = Some(stopped);
+            detail.threads = made.threads;
+            detail.stopped = Some(made.stopped);
             return report;
         }
-        Err((attempts, why)) => {
+        Err((attempts, Unwritten::Bookkeeping(why))) => {
+            // Every write is made: the process runs the new code and its
+            // registry says so. Exiting from now on is its own business.
+            detail.attempts = attempts;
+            detail.writes = writes.len();
+            if !life.exited_within(EXIT_GRACE) {
+                report.outcome = Outcome::Failed(Reason::new(
+                    errors::ETARGETHOOK,
+                    format!(
+                        "the code writes were made and the registry records them (the change \
+                         is in place), but {why}"
+                    ),
+                ));
+            }
+            return report;
+        }
+        Err((attempts, Unwritten::Nothing(why))) => {
             detail.attempts = attempts;
             why
         }
     };
+    // Exited before its writes were made: nothing to take back.
+    if life.exited_within(EXIT_GRACE) {
+        report.outcome = exited();
+        return report;
+    }
     // The registry says the operation happened but the code does not: take
     // the registry back so both agree on the old state.
     let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5), opts) {
@@ -599,60 +673,76 @@ fn run(
         Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
     };
-    report.outcome = Outcome::Failed(Reason::new(
-        errors::ETARGETHOOK,
-        format!("{last_err}{undo}"),
-    ));
+    report.outcome = unless_exited(
+        life,
+        Outcome::Failed(Reason::new(
+            errors::ETARGETHOOK,
+            format!("{last_err}{undo}"),
+        )),
+    );
     report
 }
 
+/// Why the writes of a plan are not all made, or what failed after.
+enum Unwritten {
+    /// None is left made (put back after a failure, or never begun).
+    Nothing(String),
+    /// Every one is made; releasing the threads or clearing the runtime's
+    /// journal failed.
+    Bookkeeping(String),
+}
+
+/// The writes of a plan, made.
+struct Made {
+    attempts: u32,
+    /// Threads stopped for them, and for how long.
+    threads: usize,
+    stopped: Duration,
+}
+
 /// Makes `writes` with every thread stopped, retrying while a thread is in
-/// the way; then clears the runtime's write journal. Ok: (attempts,
-/// threads stopped, how long); Err: (attempts, why).
+/// the way; then clears the runtime's write journal. Err: (attempts, why).
 fn write_with_retries(
     rt: &Runtime,
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
-) -> Result<(u32, usize, Duration), (u32, String)> {
+    faults: &mut Faults,
+) -> Result<Made, (u32, Unwritten)> {
     let mut last_err = String::new();
     let mut attempts = 0;
-    // Fault injection for the tests (tests/trigger.rs): the first N
-    // attempts find a thread in the way. Never set outside a test.
-    let simulated_busy: u32 = std::env::var("ULP_TEST_BUSY_ATTEMPTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     for attempt in 0..=opts.retries {
         if attempt > 0 {
             // Let the thread that was in the way move on.
             thread::sleep(Duration::from_millis(1 << attempt.min(6)));
         }
         attempts = attempt + 1;
-        if attempts <= simulated_busy {
-            last_err = format!(
-                "process {} is busy: a thread is executing bytes that the patch changes \
-                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r",
-                rt.pid
-            );
+        if let Some(why) = faults.simulated_busy(rt.pid, attempts) {
+            last_err = why;
             continue;
         }
-        match write_all(rt.pid, writes, deadline, opts) {
+        match write_all(rt.pid, writes, deadline, opts, faults) {
             Ok((threads, stopped)) => {
                 // Every write is made: nothing is pending any more.
                 if let Err(e) = rt.clear_pending_writes() {
-                    return Err((attempts, e.to_string()));
+                    let why = format!("clearing the runtime's write journal failed: {e}");
+                    return Err((attempts, Unwritten::Bookkeeping(why)));
                 }
-                return Ok((attempts, threads, stopped));
+                return Ok(Made {
+                    attempts,
+                    threads,
+                    stopped,
+                });
             }
             Err(WriteError::Busy(why)) => last_err = why,
-            Err(WriteError::Fatal(why)) => return Err((attempts, why)),
+            Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
+            Err(WriteError::Released(why)) => return Err((attempts, Unwritten::Bookkeeping(why))),
         }
         if Instant::now() >= deadline {
             break;
         }
     }
-    Err((attempts, last_err))
+    Err((attempts, Unwritten::Nothing(last_err)))
 }
 
 /// Checks every REWRITE write that replaces a function's own first bytes
@@ -715,14 +805,24 @@ fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String
 
 /// If the runtime's write journal says an earlier tool did not finish its
 /// writes, finish them (writes already made are skipped).
-fn complete_pending_writes(rt: &Runtime, deadline: Instant, opts: &Options) -> Result<(), String> {
+fn complete_pending_writes(
+    rt: &Runtime,
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<(), String> {
     if !rt.writes_pending().map_err(|e| e.to_string())? {
         return Ok(());
     }
     let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
-    write_with_retries(rt, &writes, deadline, opts)
+    write_with_retries(rt, &writes, deadline, opts, faults)
         .map(|_| ())
-        .map_err(|(_, why)| format!("completing the writes an interrupted ulp left pending: {why}"))
+        .map_err(|(_, why)| {
+            let why = match why {
+                Unwritten::Nothing(why) | Unwritten::Bookkeeping(why) => why,
+            };
+            format!("completing the writes an interrupted ulp left pending: {why}")
+        })
 }
 
 /// What a non-OK result code of `opcode` means for the user; `None` for OK.
@@ -771,7 +871,8 @@ fn call(
     // runtime's resume routine, even if this tool dies meanwhile.
     let path = return_path(rt).map_err(|e| e.to_string())?;
     let ret = stopped
-        .remote_call_returning(tid, rt.entry, &[], &path, deadline)
+        .caller(tid)
+        .call_returning(rt.entry, &[], &path, deadline)
         .map_err(|e| e.to_string())?;
     let result = rt.read_result();
     stopped.release().map_err(|e| e.to_string())?;
@@ -813,7 +914,10 @@ pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error
 enum WriteError {
     /// A thread is executing bytes to change: try again later.
     Busy(String),
+    /// Nothing is written (what was is put back).
     Fatal(String),
+    /// Every write is made; releasing the threads failed.
+    Released(String),
 }
 
 /// Step 3: with every thread stopped, check and make the writes. Returns
@@ -823,6 +927,7 @@ fn write_all(
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
+    faults: &mut Faults,
 ) -> Result<(usize, Duration), WriteError> {
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
     let start = Instant::now();
@@ -868,18 +973,24 @@ fn write_all(
     // function of the change the same one.
     let mut done: Vec<Write> = Vec::new();
     for w in &todo {
-        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, &w.new[..w.len as usize]) {
+        let new = &w.new[..w.len as usize];
+        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, new, faults) {
             // Put back what was written so the process runs one version:
             // backwards, each write whole, so a kill here is as harmless.
             for d in done.iter().rev() {
-                let _ = make_write(&mut stopped, d.addr, d.kind, &d.old[..d.len as usize]);
+                let old = &d.old[..d.len as usize];
+                let _ = make_write(&mut stopped, d.addr, d.kind, old, faults);
             }
             return Err(fatal(e));
         }
         done.push(*w);
     }
-    test_kill_point();
-    stopped.release().map_err(fatal)?;
+    faults.kill_point();
+    stopped.release().map_err(|e| {
+        WriteError::Released(format!(
+            "releasing the threads after the writes failed: {e}"
+        ))
+    })?;
     Ok((tids.len(), start.elapsed()))
 }
 
@@ -892,23 +1003,29 @@ fn make_write(
     addr: u64,
     kind: u32,
     data: &[u8],
+    faults: &mut Faults,
 ) -> Result<(), ulp_process::Error> {
     match kind {
-        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data),
-        _ => poke_words(stopped, addr, data),
+        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data, faults),
+        _ => poke_words(stopped, addr, data, faults),
     }
 }
 
 /// Pokes `data` at `addr` one aligned word at a time (each one
 /// PTRACE_POKEDATA), passing the test kill point before each.
-fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
+fn poke_words(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
     let mut off = 0usize;
     while off < data.len() {
         let a = addr + off as u64;
         let n = (8 - (a & 7) as usize).min(data.len() - off);
-        test_kill_point();
+        faults.kill_point();
         stopped.poke(a, &data[off..off + n])?;
-        POKES.fetch_add(1, Ordering::Relaxed);
+        faults.poked();
         off += n;
     }
     Ok(())
@@ -916,31 +1033,87 @@ fn poke_words(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_p
 
 /// [`poke_words`] for a write that must never be seen half made: one
 /// write of /proc/PID/mem (counted as one word by the kill hook).
-fn write_at_once(stopped: &mut Stopped, addr: u64, data: &[u8]) -> Result<(), ulp_process::Error> {
-    test_kill_point();
+fn write_at_once(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
+    faults.kill_point();
     stopped.write_code_at_once(addr, data)?;
-    POKES.fetch_add(1, Ordering::Relaxed);
+    faults.poked();
     Ok(())
 }
 
-/// Code words poked by this tool so far (for `ULP_TEST_KILL_AFTER_WRITES`).
-static POKES: AtomicU64 = AtomicU64::new(0);
+/// Fault injection for the tests, for one operation in one process: only
+/// with the feature `fault-injection`, which the tests turn on and no
+/// release build has (there every hook does nothing, and the `ULP_TEST_*`
+/// variables are never read).
+///
+/// * `ULP_TEST_KILL_BEFORE_WRITES`: the tool SIGKILLs itself between the
+///   runtime's record and the writes (tests/faults.rs).
+/// * `ULP_TEST_KILL_AFTER_WRITES=N`: it SIGKILLs itself once this
+///   operation has poked N code words, before the next one (or before
+///   releasing the threads after the last one), with every thread still
+///   stopped (tests/faults.rs).
+/// * `ULP_TEST_BUSY_ATTEMPTS=N`: the first N write attempts find a thread
+///   in the way (tests/trigger.rs).
+#[derive(Default)]
+struct Faults {
+    /// Code words this operation poked so far (each `-j` worker counts
+    /// its own operations).
+    #[cfg(feature = "fault-injection")]
+    pokes: u64,
+}
 
-/// Fault injection for the tests (tests/faults.rs): with
-/// `ULP_TEST_KILL_AFTER_WRITES=N`, the tool SIGKILLs itself once it has
-/// poked N code words, before the next one (or before releasing the
-/// threads after the last one), with every thread still stopped. Never set
-/// outside a test.
-fn test_kill_point() {
-    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
-    let after = AFTER.get_or_init(|| {
-        std::env::var("ULP_TEST_KILL_AFTER_WRITES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    if *after == Some(POKES.load(Ordering::Relaxed)) {
+impl Faults {
+    #[cfg(feature = "fault-injection")]
+    fn var(name: &str) -> Option<u64> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn die() {
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+
+    /// Between the runtime's record and the writes.
+    fn before_writes(&self) {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
+            Self::die();
+        }
+    }
+
+    /// Before each code word, and before releasing the threads.
+    fn kill_point(&self) {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_KILL_AFTER_WRITES") == Some(self.pokes) {
+            Self::die();
+        }
+    }
+
+    /// After each code word.
+    fn poked(&mut self) {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.pokes += 1;
+        }
+    }
+
+    /// Why write attempt `attempt` (from 1) finds a thread in the way, when
+    /// it is simulated to.
+    fn simulated_busy(&self, pid: Pid, attempt: u32) -> Option<String> {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_BUSY_ATTEMPTS").is_some_and(|n| u64::from(attempt) <= n) {
+            return Some(format!(
+                "process {pid} is busy: a thread is executing bytes that the patch changes \
+                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r"
+            ));
+        }
+        let _ = (pid, attempt);
+        None
     }
 }
 

@@ -68,7 +68,7 @@ pub enum Error {
         path: PathBuf,
         line: String,
     },
-    /// The function run by `remote_call` faulted; the thread's registers
+    /// The function run by a remote call faulted; the thread's registers
     /// were restored and the fault was suppressed.
     CallFaulted {
         pid: Pid,

@@ -4,13 +4,16 @@
 //! * Looking without stopping: [`maps`], [`threads`], [`comm`], [`exe`],
 //!   [`all_pids`] read /proc; [`link_map`] reads the dynamic loader's
 //!   list of loaded objects from memory; [`read_mem`] and [`write_mem`] use
-//!   `process_vm_readv`/`process_vm_writev` (writable data only).
+//!   `process_vm_readv`/`process_vm_writev` (writable data only);
+//!   [`Incarnation`] tells whether a process has exited since (a zombie,
+//!   every thread exiting, or its pid another process's now).
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
 //!   and interrupted. While it lives you can read registers, run a function
-//!   in the target ([`Stopped::remote_call`], which saves and restores every
-//!   register, xstate included, and keeps interrupted system calls
-//!   restartable), and read or write code bytes ([`Stopped::peek`],
+//!   in the target on one of its threads ([`Stopped::caller`], then
+//!   [`Caller::call_returning`], which saves and restores every register,
+//!   xstate included, and keeps interrupted system calls restartable), and
+//!   read or write code bytes ([`Stopped::peek`],
 //!   [`Stopped::poke`], which work on read-only and W^X-locked pages).
 //!   [`Stopped::release`] (or, as a safety net, `Drop`) puts back registers,
 //!   re-delivers signals that arrived meanwhile, and detaches.
@@ -25,12 +28,14 @@
 //! (`ulp-elf`), any architecture but x86-64, 32-bit (compat) tracees, and
 //! injecting code into processes that have not loaded the runtime.
 //!
-//! [`Stopped::remote_call`] returns to address 0 and relies on the tracer
-//! being alive to catch the fault: if the tool dies in the middle of such a
-//! call, that thread crashes. [`Stopped::remote_call_returning`] does not:
-//! given a resume routine in the target ([`ReturnPath`]), the call returns
-//! to the thread's own code by itself through an `rt_sigframe` written on
-//! its stack, whenever the tool dies.
+//! A remote call returns to the thread's own code by itself, whenever the
+//! tool dies: through a resume routine in the target ([`ReturnPath`],
+//! [`Caller::call_returning`]) or glibc's signal restorer
+//! ([`Caller::call_sigreturn`]), by an `rt_sigframe` written on its
+//! stack. `Caller::call`, which returns to address 0 and relies on
+//! the tracer being alive to catch the fault, is test support: it exists
+//! only with the feature `fault-injection`, with the test hooks
+//! (`ULP_TEST_*`), which no release build has.
 
 mod error;
 pub mod frame;
@@ -46,10 +51,11 @@ pub use frame::ReturnPath;
 pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
 pub use procfs::{
-    all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Mapping,
+    all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Incarnation,
+    Mapping,
 };
 pub use regs::Regs;
-pub use stopped::{SeizeOptions, Stopped, SIGRETURN_CODE};
+pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
 
 /// A process id (thread-group id).
 pub type Pid = i32;

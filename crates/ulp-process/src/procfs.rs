@@ -4,6 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Tracer};
 use crate::{Pid, Tid};
@@ -165,12 +166,29 @@ pub fn thread_state(pid: Pid, tid: Tid) -> Option<char> {
     raw.get(close + 2).map(|&b| b as char)
 }
 
-/// True if the thread no longer exists or is a zombie (exited, not reaped).
-pub(crate) fn thread_gone_or_zombie(pid: Pid, tid: Tid) -> bool {
-    matches!(
-        thread_state(pid, tid),
-        None | Some('Z') | Some('X') | Some('x')
-    )
+/// `PF_EXITING` in a thread's flags (field 9 of its stat): set when the
+/// thread enters the kernel's exit path, from which it never returns to
+/// user space.
+const PF_EXITING: u64 = 0x4;
+
+/// True if the thread has ended: it no longer exists, is a zombie (exited,
+/// not reaped), or is exiting (`PF_EXITING`: killed by another thread's
+/// exit or a SIGKILL, it may still spend a while in the kernel tearing its
+/// memory down, and a ptrace request then fails with ESRCH).
+pub(crate) fn thread_ended(pid: Pid, tid: Tid) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    // The command name may contain ')' and spaces: fields follow the last ')'.
+    let Some(close) = raw.iter().rposition(|&b| b == b')') else {
+        return false;
+    };
+    let rest = String::from_utf8_lossy(raw.get(close + 2..).unwrap_or_default());
+    let mut fields = rest.split(' ');
+    let state = fields.next().unwrap_or_default();
+    // Then ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
@@ -239,12 +257,113 @@ pub(crate) fn ptrace_scope() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// True while /proc/PID exists and the process is not a zombie.
+/// True while /proc/PID exists and a thread of it has not ended
+/// ([`thread_ended`]): a leader that exited before its other threads is a
+/// zombie while they run, threads that exited stay listed (as zombies)
+/// until their tracer reaps them, and the last thread of an exiting
+/// process may take a while to tear its memory down.
 pub(crate) fn process_alive(pid: Pid) -> bool {
-    !matches!(
-        thread_state(pid, pid),
-        None | Some('Z') | Some('X') | Some('x')
-    ) || threads(pid).map(|t| t.len() > 1).unwrap_or(false)
+    if !thread_ended(pid, pid) {
+        return true;
+    }
+    threads(pid)
+        .map(|tids| tids.iter().any(|&t| !thread_ended(pid, t)))
+        .unwrap_or(false)
+}
+
+/// Whether some thread of `pid` has ended or has a SIGKILL pending (what
+/// an exit of the process, or a kill, sends every thread first).
+fn dying(pid: Pid) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let pending = |tid: Tid| {
+        ["SigPnd", "ShdPnd"].iter().any(|name| {
+            status_field(pid, tid, name)
+                .and_then(|v| u64::from_str_radix(&v, 16).ok())
+                .is_some_and(|set| set & SIGKILL_BIT != 0)
+        })
+    };
+    threads(pid)
+        .map(|tids| tids.iter().any(|&t| thread_ended(pid, t) || pending(t)))
+        .unwrap_or(true)
+}
+
+/// The process's start time (field 22 of `/proc/PID/stat`, in clock ticks
+/// since boot): the same pid with another start time is another process.
+fn start_time(pid: Pid) -> Option<u64> {
+    let raw = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    // After ") ": state is field 3, so the start time is the 20th field.
+    let rest = std::str::from_utf8(raw.get(close + 2..)?).ok()?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// One process, told apart from a later one that gets the same pid: its
+/// pid and start time. [`Incarnation::exited`] says whether it has ended,
+/// which makes any failure to act on it moot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    pub pid: Pid,
+    /// `None` when /proc could not tell (the process was gone already).
+    start: Option<u64>,
+}
+
+impl Incarnation {
+    /// The process that has `pid` now; when there is none any more, the
+    /// last one this tool saw with that pid (so a process that exits
+    /// between two looks of the tool counts as exited, not as a pid that
+    /// never was).
+    pub fn of(pid: Pid) -> Incarnation {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static SEEN: OnceLock<Mutex<HashMap<Pid, u64>>> = OnceLock::new();
+        let seen = SEEN.get_or_init(Default::default);
+        let start = match start_time(pid) {
+            Some(t) => {
+                if let Ok(mut m) = seen.lock() {
+                    m.insert(pid, t);
+                }
+                Some(t)
+            }
+            None => seen.lock().ok().and_then(|m| m.get(&pid).copied()),
+        };
+        Incarnation { pid, start }
+    }
+
+    /// Whether the process has exited: /proc has no such pid any more,
+    /// the pid is another process's now, or no thread of it is alive
+    /// (a zombie, exited threads not reaped yet). False for a process that
+    /// did not exist when it was taken ([`Incarnation::of`]): a wrong pid
+    /// is not an exit.
+    pub fn exited(&self) -> bool {
+        // Never seen (no such pid, or hidden from us): not known to have
+        // exited, whatever the pid is now.
+        let Some(then) = self.start else {
+            return false;
+        };
+        match start_time(self.pid) {
+            None => true,
+            Some(now) if now != then => true,
+            Some(_) => !process_alive(self.pid),
+        }
+    }
+
+    /// [`Incarnation::exited`], waiting up to `grace` for a process that is
+    /// exiting to finish: its threads die one by one (a failure of ours is
+    /// often the first sign), and the last of them can take a moment. A
+    /// process with no sign of an exit (no thread ended, none with a
+    /// SIGKILL pending) is not waited for.
+    pub fn exited_within(&self, grace: Duration) -> bool {
+        let end = Instant::now() + grace;
+        loop {
+            if self.exited() {
+                return true;
+            }
+            if Instant::now() >= end || !dying(self.pid) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -313,5 +432,26 @@ mod tests {
         let here = own_process as *const () as usize as u64;
         assert!(m.iter().any(|m| m.contains(here) && m.is_executable()));
         assert_eq!(thread_state(me, me).map(|c| c != 'Z'), Some(true));
+    }
+
+    #[test]
+    fn an_incarnation_ends_with_its_process() {
+        let me = Incarnation::of(std::process::id() as Pid);
+        assert!(!me.exited());
+        assert!(!thread_ended(me.pid, me.pid));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let life = Incarnation::of(child.id() as Pid);
+        // Exited, not reaped yet: a zombie is no live process.
+        let end = Instant::now() + Duration::from_secs(10);
+        while thread_state(life.pid, life.pid) != Some('Z') {
+            assert!(Instant::now() < end, "the child never exited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(life.exited());
+        child.wait().unwrap();
+        assert!(life.exited());
+        assert!(life.exited_within(Duration::ZERO));
+        // A pid that never was is not an exit.
+        assert!(!Incarnation::of(i32::MAX).exited());
     }
 }

@@ -59,21 +59,24 @@ fn remote_call_returns_values_and_aligns_stack() {
     // Blocked in read(0, ...) (system call 0); give it a moment to get there.
     let before = s.regs(pid).unwrap();
     assert_eq!(
-        s.remote_call(pid, getpid, &[], deadline(2000)).unwrap(),
+        s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
         pid as u64
     );
     assert_eq!(
-        s.remote_call(pid, sum6, &[1, 2, 3, 4, 5, 6], deadline(2000))
+        s.caller(pid)
+            .call(sum6, &[1, 2, 3, 4, 5, 6], deadline(2000))
             .unwrap(),
         91
     );
     assert_eq!(
-        s.remote_call(pid, sum6, &[u64::MAX, 0, 0, 0, 0, 1], deadline(2000))
+        s.caller(pid)
+            .call(sum6, &[u64::MAX, 0, 0, 0, 0, 1], deadline(2000))
             .unwrap(),
         5
     );
     let rsp = s
-        .remote_call(pid, rsp_at_entry, &[], deadline(2000))
+        .caller(pid)
+        .call(rsp_at_entry, &[], deadline(2000))
         .unwrap();
     assert_eq!(rsp % 16, 8, "rsp at entry {rsp:#x} is not call-aligned");
     assert!(
@@ -85,7 +88,7 @@ fn remote_call_returns_values_and_aligns_stack() {
         (after.rip(), after.rsp(), after.rax(), after.orig_rax()),
         (before.rip(), before.rsp(), before.rax(), before.orig_rax())
     );
-    assert!(s.remote_call(pid, sum6, &[0; 7], deadline(2000)).is_err());
+    assert!(s.caller(pid).call(sum6, &[0; 7], deadline(2000)).is_err());
     s.release().unwrap();
 
     t.send("hello\n");
@@ -109,7 +112,7 @@ fn blocked_read_restarts_without_eintr() {
             "round {round}"
         );
         assert_eq!(
-            s.remote_call(pid, getpid, &[], deadline(2000)).unwrap(),
+            s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
             pid as u64
         );
         s.release().unwrap();
@@ -185,7 +188,7 @@ fn epoll_wait_is_rerun_not_eintr() {
         assert_eq!(s.syscall_of(pid).unwrap(), Some(libc::SYS_epoll_wait));
         if round > 0 {
             assert_eq!(
-                s.remote_call(pid, getpid, &[], deadline(2000)).unwrap(),
+                s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
                 pid as u64
             );
         }
@@ -236,7 +239,7 @@ fn nanosleep_is_neither_shortened_nor_interrupted() {
         std::thread::sleep(Duration::from_millis(35 * round + 10));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.remote_call(pid, getpid, &[], deadline(2000)).unwrap(),
+            s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
             pid as u64
         );
         s.release().unwrap();
@@ -399,7 +402,7 @@ fn vector_registers_survive_remote_calls() {
     for round in 0..50 {
         let before = read_counter();
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-        let n = s.remote_call(pid, clobber, &[], deadline(2000)).unwrap();
+        let n = s.caller(pid).call(clobber, &[], deadline(2000)).unwrap();
         assert_eq!(n, (1 << 16) - 1, "round {round}");
         s.release().unwrap();
         // The loop keeps running between rounds.
@@ -479,7 +482,7 @@ fn signal_during_call_is_delivered_after_release() {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGUSR1) };
     });
-    assert_eq!(s.remote_call(pid, slow, &[], deadline(5000)).unwrap(), 7);
+    assert_eq!(s.caller(pid).call(slow, &[], deadline(5000)).unwrap(), 7);
     killer.join().unwrap();
     assert_eq!(s.owed_signals(pid), vec![libc::SIGUSR1]);
     s.release().unwrap();
@@ -507,7 +510,7 @@ fn stopped_process_stays_stopped() {
     }
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert_eq!(
-        s.remote_call(pid, getpid, &[], deadline(2000)).unwrap(),
+        s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
         pid as u64
     );
     s.release().unwrap();
@@ -531,14 +534,14 @@ fn timed_out_call_can_be_awaited_or_abandoned() {
 
     // Timeout, then keep waiting: the call completes normally.
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-    let err = s.remote_call(pid, slow, &[], deadline(50)).unwrap_err();
+    let err = s.caller(pid).call(slow, &[], deadline(50)).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert!(err.to_string().contains("still inside the call"), "{err}");
     assert!(
         s.regs(pid).is_err(),
         "a running thread has no readable registers"
     );
-    assert_eq!(s.wait_call(pid, deadline(5000)).unwrap(), 7);
+    assert_eq!(s.caller(pid).wait(deadline(5000)).unwrap(), 7);
     s.release().unwrap();
     t.send("a");
     t.expect("got=0", Duration::from_secs(5));
@@ -547,7 +550,8 @@ fn timed_out_call_can_be_awaited_or_abandoned() {
     // own code (still blocked in read, no EINTR).
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
-        .remote_call(pid, slow, &[], deadline(50))
+        .caller(pid)
+        .call(slow, &[], deadline(50))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();

@@ -232,7 +232,9 @@ impl Prog {
         let (pid, slow, path) = (self.pid(), self.slow, self.path);
         std::thread::spawn(move || {
             let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-            let r = s.remote_call_returning(pid, slow, &[], &path, Instant::now() + after);
+            let r = s
+                .caller(pid)
+                .call_returning(slow, &[], &path, Instant::now() + after);
             // The tracer dies here: no release, no Drop; the kernel detaches
             // the thread when this OS thread exits.
             std::mem::forget(s);
@@ -264,7 +266,8 @@ fn collected_calls_restore_every_register() {
     for round in 0..10 {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         let v = s
-            .remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+            .caller(pid)
+            .call_returning(p.slow, &[], &p.path, deadline(5000))
             .unwrap();
         assert_eq!(v, 7, "round {round}");
         s.release().unwrap();
@@ -293,18 +296,20 @@ fn slow_tracer_finds_the_call_returned() {
     let pid = p.pid();
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     let err = s
-        .remote_call_returning(pid, p.slow, &[], &p.path, deadline(10))
+        .caller(pid)
+        .call_returning(p.slow, &[], &p.path, deadline(10))
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     // The thread returns by itself meanwhile.
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(s.wait_call(pid, deadline(2000)).unwrap(), 7);
+    assert_eq!(s.caller(pid).wait(deadline(2000)).unwrap(), 7);
     s.release().unwrap();
     p.assert_running("after a slow collection");
     // Timed out and released: the call finishes and returns by itself.
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
-        .remote_call_returning(pid, p.slow, &[], &p.path, deadline(10))
+        .caller(pid)
+        .call_returning(p.slow, &[], &p.path, deadline(10))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();
@@ -348,7 +353,8 @@ fn vanished_tracer_restarts_sleep_and_read() {
         wait_in_syscall(pid, libc::SYS_read);
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+            s.caller(pid)
+                .call_returning(p.slow, &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );
@@ -374,7 +380,8 @@ fn collected_calls_keep_sleeps_whole() {
         std::thread::sleep(Duration::from_millis(30 * round + 20));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.remote_call_returning(pid, p.slow, &[], &p.path, deadline(5000))
+            s.caller(pid)
+                .call_returning(p.slow, &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );

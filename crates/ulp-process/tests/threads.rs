@@ -112,7 +112,7 @@ fn seize_all_catches_every_thread_and_poke_writes_code() {
     let mut now = [0u8; 6];
     s.peek(marker, &mut now).unwrap();
     assert_eq!(now, [0xb8, 9, 0, 0, 0, 0xc3]);
-    assert_eq!(s.remote_call(pid, marker, &[], deadline(2000)).unwrap(), 9);
+    assert_eq!(s.caller(pid).call(marker, &[], deadline(2000)).unwrap(), 9);
     // Unaligned multi-word write and read across word boundaries.
     let mut wide = [0u8; 21];
     s.peek(marker - 7, &mut wide).unwrap();
@@ -120,7 +120,7 @@ fn seize_all_catches_every_thread_and_poke_writes_code() {
     s.poke(marker, &orig).unwrap();
     s.peek(marker, &mut now).unwrap();
     assert_eq!(now, orig);
-    assert_eq!(s.remote_call(pid, marker, &[], deadline(2000)).unwrap(), 7);
+    assert_eq!(s.caller(pid).call(marker, &[], deadline(2000)).unwrap(), 7);
     s.release().unwrap();
 
     // Still running normally.
