@@ -47,7 +47,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
+            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
             summary(1, 0, 0)
         )
     );
@@ -85,7 +85,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
+            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
             summary(1, 0, 0)
         )
     );
@@ -100,7 +100,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(
         out,
         format!(
-            "demo_prog (pid: {pid}): SKIPPED No patches installed\n{}",
+            "  demo_prog (pid: {pid}): SKIPPED No patches installed\n{}",
             summary(0, 1, 0)
         )
     );
@@ -196,7 +196,7 @@ fn revert_all_by_the_soname_link_in_every_process() {
     let mut want = String::new();
     for pid in &pids {
         want.push_str(&format!(
-            "demo_prog (pid: {pid}): SKIPPED No patches installed\n"
+            "  demo_prog (pid: {pid}): SKIPPED No patches installed\n"
         ));
     }
     want.push_str(&summary(0, 2, 0));
@@ -214,7 +214,7 @@ fn revert_all_by_the_soname_link_in_every_process() {
     let mut want = String::new();
     for pid in &pids {
         want.push_str(&format!(
-            "demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n"
+            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n"
         ));
     }
     want.push_str(&summary(2, 0, 0));
