@@ -17,9 +17,10 @@ rm -rf "$out" && mkdir -p "$out"
 cp target/release/libpulp.so "$out/libpulp.so.0"
 cd "$out"
 
-say "1. prepare the library: compile with patchable entries, then 'ulp post'"
+say "1. prepare the library: compile with patchable entries, install it as distributions do, then 'ulp post'"
 run gcc -O2 -fPIC -shared -fno-inline -fpatchable-function-entry=16,14 \
-  -Wl,--build-id -Wl,-soname,libulpdemo.so.1 -o libulpdemo.so.1 "$root/fixtures/libulpdemo.c"
+  -Wl,--build-id -Wl,-soname,libulpdemo.so.1 -o libulpdemo.so.1.0.0 "$root/fixtures/libulpdemo.c"
+run ln -s libulpdemo.so.1.0.0 libulpdemo.so.1
 run "$ulp" post libulpdemo.so.1
 run "$ulp" livepatchable libulpdemo.so.1
 run gcc -O2 -pthread -o demo_prog "$root/fixtures/demo_prog.c" -L. -l:libulpdemo.so.1 '-Wl,-rpath,$ORIGIN'
