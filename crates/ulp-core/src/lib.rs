@@ -11,6 +11,7 @@
 
 mod caller;
 pub mod coverage;
+pub mod fleet;
 pub mod inject;
 pub mod objects;
 pub mod patchable;
