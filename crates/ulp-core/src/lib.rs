@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod select;
 pub mod trigger;
 pub mod trust;
+mod writes;
 
 pub use reason::Reason;
 pub use ulp_process::{Pid, Tid};
