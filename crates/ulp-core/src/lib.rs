@@ -16,6 +16,7 @@ pub mod inject;
 pub mod objects;
 pub mod patchable;
 pub mod reason;
+pub mod redirect;
 pub mod runtime;
 pub mod select;
 pub mod trigger;
