@@ -546,3 +546,64 @@ fn loaded_build_id(pid: Pid, lib: &str) -> Option<Vec<u8>> {
     obj.build_id_in_memory(pid)
         .or_else(|| obj.open(pid).ok()?.build_id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trigger::Detail;
+
+    #[test]
+    fn results_come_in_pid_order_whatever_finishes_first() {
+        let pids: Vec<Pid> = (1..=20).collect();
+        let mut seen = Vec::new();
+        // Later pids finish first.
+        for_each_process(
+            &pids,
+            4,
+            |pid| {
+                std::thread::sleep(std::time::Duration::from_millis((21 - pid) as u64));
+                pid
+            },
+            |pid| seen.push(pid),
+        );
+        assert_eq!(seen, pids);
+    }
+
+    #[test]
+    fn a_process_counts_once() {
+        let line = |outcome| Line {
+            label: "p.so".into(),
+            patch: None,
+            library: None,
+            report: Report {
+                outcome,
+                detail: Detail::default(),
+            },
+        };
+        let result = |lines: Option<Vec<Line>>| ProcessResult {
+            pid: 1,
+            name: "x".into(),
+            lines,
+            no_runtime: false,
+            trace: Vec::new(),
+        };
+        let failed = Outcome::Failed(Reason::bare(errors::EUNKNOWN));
+        assert_eq!(result(None).status(), None);
+        assert_eq!(
+            result(Some(vec![line(Outcome::Applied), line(failed)])).status(),
+            Some(Status::Failed)
+        );
+        assert_eq!(
+            result(Some(vec![
+                line(Outcome::AlreadyApplied),
+                line(Outcome::Reverted)
+            ]))
+            .status(),
+            Some(Status::Patched)
+        );
+        assert_eq!(
+            result(Some(vec![line(Outcome::NoRuntime)])).status(),
+            Some(Status::Skipped)
+        );
+    }
+}
