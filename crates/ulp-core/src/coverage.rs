@@ -16,8 +16,8 @@ use std::os::unix::fs::MetadataExt;
 
 use ulp_process::Pid;
 
+use crate::live_patching::{self, LivePatching};
 use crate::objects::{mapped_objects, named_objects, MappedObject};
-use crate::patchable::{self, Patchable};
 use crate::runtime::{Runtime, RuntimeError};
 
 /// One patched build and the patches applied to it somewhere.
@@ -36,7 +36,7 @@ pub enum Why {
     /// the sentence that says which.
     OptedOut(String),
     /// The runtime is there but live patching is switched off.
-    Disabled(Patchable),
+    Disabled(LivePatching),
     /// ulp may not attach to it (the sentence says why).
     NotPermitted(String),
     /// Its runtime cannot be used by this ulp (another protocol version,
@@ -202,8 +202,8 @@ fn why_unpatched(
         }
         Err(e) => return Some(Why::RuntimeUnusable(e.to_string())),
     };
-    match patchable::get(rt) {
-        Ok(Patchable::Enabled) => {}
+    match live_patching::get(rt) {
+        Ok(LivePatching::Enabled) => {}
         Ok(state) => return Some(Why::Disabled(state)),
         Err(e) => return Some(Why::RuntimeUnusable(e.to_string())),
     }

@@ -1,9 +1,12 @@
 //! What the `ulp` command does, as a library: applying and reverting live
-//! patches in running processes ([`trigger`]), and reading what a process's
-//! runtime knows ([`runtime`]: state, applied patches, message log;
-//! [`patchable`]: switching live patching off and on), and choosing the
-//! processes and files a command works on ([`select`]), and whether root
-//! may load a file another user could change ([`trust`]).
+//! patches in running processes ([`trigger`], its write engine `writes`,
+//! and [`fleet`]: one trigger over many processes, in parallel), and
+//! reading what a process's runtime knows ([`runtime`]: state, applied
+//! patches, message log; [`live_patching`]: a process's live-patching
+//! state, switched off and on), and choosing the processes and files a
+//! command works on ([`select`]), and whether root may load a file another
+//! user could change ([`trust`]), and the redirect method of every
+//! function of a file ([`redirect`]).
 //!
 //! This crate decides *what* to do; `ulp-process` is the only code that
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the
@@ -11,14 +14,17 @@
 
 mod caller;
 pub mod coverage;
+pub mod fleet;
 pub mod inject;
+pub mod live_patching;
 pub mod objects;
-pub mod patchable;
 pub mod reason;
+pub mod redirect;
 pub mod runtime;
 pub mod select;
 pub mod trigger;
 pub mod trust;
+mod writes;
 
 pub use reason::Reason;
 pub use ulp_process::{Pid, Tid};

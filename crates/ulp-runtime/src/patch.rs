@@ -58,7 +58,7 @@ use crate::plan::{make_write, plan_writes};
 use crate::registry::{AppliedUnit, LastChange, Patch, Registry};
 use crate::rewrite;
 use crate::ring::{self, Hex, Text};
-use crate::site::{method_of, Method};
+use crate::site::{method_in_memory, Method, Redirect};
 
 /// What an operation hands back on success: the result message and the
 /// writes for the tool.
@@ -213,7 +213,7 @@ fn apply_request(
     let mut sites: Vec<Method> = Vec::with_capacity(meta.units.len());
     for (i, unit) in meta.units.iter().enumerate() {
         let entry = target.bias.wrapping_add(unit.old_faddr);
-        let method = method_of(target, entry, &unit.old_fname, request.size_of(i))?;
+        let method = method_in_memory(target, entry, &unit.old_fname, request.size_of(i))?;
         if sites.iter().any(|s| s.entry() == entry) {
             return Err(Failure::error(
                 errors::EINVALIDULP,

@@ -13,32 +13,38 @@ use crate::patch::Failure;
 use crate::rewrite::{self, Rewritten};
 use crate::ring::{SpacedHex, Text};
 
-/// How one function of a patch is redirected.
-pub(crate) enum Method {
-    /// Through its padding (stub and 2-byte entry jump).
-    Padded(Site),
-    /// By rewriting its first instructions.
-    Rewrite(Rewritten),
+/// How one function of a patch is redirected (its redirect method, the
+/// one `ulp_x86` names): through its padding, with the site's bytes; or by
+/// rewriting its first instructions, with the rewrite.
+pub(crate) type Method = ulp_x86::Method<Site, Rewritten>;
+
+/// Where a redirect method acts on a function.
+pub(crate) trait Redirect {
+    /// The function (its symbol).
+    fn entry(&self) -> u64;
+    /// The first byte the redirection changes at the entry.
+    fn patch_point(&self) -> u64;
+    /// Where the old function's own code can still be called: after the
+    /// entry NOP, or the trampoline.
+    fn original(&self) -> u64;
 }
 
-impl Method {
-    pub(crate) fn entry(&self) -> u64 {
+impl Redirect for Method {
+    fn entry(&self) -> u64 {
         match self {
             Method::Padded(s) => s.entry,
             Method::Rewrite(r) => r.entry,
         }
     }
 
-    pub(crate) fn patch_point(&self) -> u64 {
+    fn patch_point(&self) -> u64 {
         match self {
             Method::Padded(s) => s.patch_point,
             Method::Rewrite(r) => r.start,
         }
     }
 
-    /// Where the old function's own code can still be called: after the
-    /// entry NOP, or the trampoline.
-    pub(crate) fn original(&self) -> u64 {
+    fn original(&self) -> u64 {
         match self {
             Method::Padded(s) => s.patch_point + 2,
             Method::Rewrite(r) => r.tramp,
@@ -46,10 +52,11 @@ impl Method {
     }
 }
 
-/// How `entry` (the function `name` of `target`) is redirected: an entry
-/// rewritten before stays so; a padded site is used as such; otherwise
-/// the entry rewrite, if the function allows it.
-pub(crate) fn method_of(
+/// How `entry` (the function `name` of `target`) is redirected, decided on
+/// the bytes in memory: an entry rewritten before stays so; otherwise
+/// `ulp_x86::method_of`'s policy (an IFUNC resolver refused, a padded site
+/// used as such, else the entry rewrite, if the function allows it).
+pub(crate) fn method_in_memory(
     target: &LoadedObject,
     entry: u64,
     name: &str,
@@ -68,29 +75,33 @@ pub(crate) fn method_of(
     let symbol = target
         .dynamic_symbol_at(entry)
         .or(known_size.map(|size| (size, objects::STT_FUNC)));
-    // An IFUNC resolver ran once, at load time: redirecting it (padded or
-    // not) changes nothing the process calls.
-    if symbol.is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC) {
-        return Err(Failure::error(
-            errors::ENOPATCHABLE,
-            format!(
-            "function '{name}' is not live-patchable: it is an IFUNC resolver: the process runs \
-             the implementation it selected; patch that function instead"
-        ),
-        ));
-    }
-    match read_site(target, entry, name) {
-        Ok(site) => Ok(Method::Padded(site)),
-        Err(_) if !has_padding(entry, target) => rewrite::prepare(target, entry, symbol)
-            .map(Method::Rewrite)
-            .map_err(|why| {
+    let ifunc = symbol
+        .is_some_and(|(_, kind)| kind == objects::STT_GNU_IFUNC)
+        .then(|| {
+            Failure::error(
+                errors::ENOPATCHABLE,
+                format!(
+                    "function '{name}' is not live-patchable: it is an IFUNC resolver: the \
+                     process runs the implementation it selected; patch that function instead"
+                ),
+            )
+        });
+    ulp_x86::method_of(
+        ifunc,
+        || match read_site(target, entry, name) {
+            Ok(site) => Some(Ok(site)),
+            Err(_) if !has_padding(entry, target) => None,
+            Err(padded) => Some(Err(padded)),
+        },
+        || {
+            rewrite::prepare(target, entry, symbol).map_err(|why| {
                 Failure::error(
                     errors::ENOPATCHABLE,
                     format!("function '{name}' is not live-patchable: {why}"),
                 )
-            }),
-        Err(padded) => Err(padded),
-    }
+            })
+        },
+    )
 }
 
 /// Whether the 14 bytes before `entry` are NOPs or our stub: the function

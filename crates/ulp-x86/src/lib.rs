@@ -22,6 +22,9 @@
 //!    displaced instructions re-encoded, then a jump back);
 //!    [`trampoline_len_bound`] to reserve its space first.
 //! 4. [`jmp_rel32`], [`jmp_abs`]: the redirect's bytes.
+//! 5. [`Method`] and [`method_of`]: a function's redirect method (its
+//!    padding or an entry rewrite) and the policy that picks it, shared by
+//!    the runtime and the tool.
 //!
 //! The order of the writes into a running process (trampoline first,
 //! redirect last) and stopping its threads so none executes, or returns
@@ -36,6 +39,7 @@
 
 mod decode;
 mod entry;
+mod method;
 mod opcode;
 mod reloc;
 
@@ -47,6 +51,7 @@ pub use entry::{
     analyze_entry, branches_into, rewrite_plan, EntryPlan, Refusal, RefusalReason, JMP_ABS_LEN,
     JMP_REL32_LEN,
 };
+pub use method::{method_of, Method};
 pub use reloc::{jmp_abs, jmp_rel32, relocate, trampoline_len_bound, RelocError, RelocErrorKind};
 
 #[cfg(test)]

@@ -6,33 +6,20 @@
 //! (COMPAT.md). With `--functions` it tells, for each function, which of
 //! the two redirection methods applies:
 //!
-//! * **padded**: the function was built with
-//!   `-fpatchable-function-entry=16,14` (its padding start is listed in
-//!   `__patchable_function_entries`, posted or not: the same test as the
-//!   libpulp answer, per function);
-//! * **entry rewrite**: no padding, but `ulp_x86::rewrite_plan` accepts
-//!   overwriting its first instructions with a `jmp`. It is the very
-//!   function the runtime calls on the bytes in memory, here called on the
-//!   bytes in the file, so the tool and the runtime agree;
-//! * **not patchable**, with a stable reason key and a sentence: an IFUNC
-//!   resolver (the process runs the implementation it returned, not the
-//!   resolver), a refusal of `rewrite_plan`, or a symbol whose bytes are
-//!   not code in the file.
-//!
-//! An IFUNC is never patchable, even when padded: its symbol is the
-//! resolver, which the loader has already called.
+//! The methods are decided by `ulp_core::redirect` (the same policy as the
+//! runtime's); this module prints them.
 //!
 //! One entry per function address: aliases are listed under one name (a
 //! global one, preferably without leading underscores) and matched by all.
 //! Names that several functions share (glibc's older symbol versions) are
 //! shown with their version, `memcpy@GLIBC_2.2.5`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use ulp_elf::{ElfFile, Symbol, PADDING_BEFORE_ENTRY};
-use ulp_x86::{rewrite_plan, RefusalReason};
+use ulp_core::redirect::{classify, summarize, Function, Method, NotPatchable, Summary};
+use ulp_elf::ElfFile;
 
 use super::print_json;
 use crate::args::{Parsed, UsageError};
@@ -125,7 +112,7 @@ fn livepatchable(path: &Path, json: bool, quiet: bool) -> u8 {
             if let (Ok(f), false) = (&elf, quiet) {
                 let rewritable = classify(f)
                     .iter()
-                    .filter(|f| matches!(f.method, Method::Rewrite { .. }))
+                    .filter(|f| matches!(f.method, Ok(Method::Rewrite(_))))
                     .count();
                 if rewritable > 0 {
                     eprintln!(
@@ -138,214 +125,6 @@ fn livepatchable(path: &Path, json: bool, quiet: bool) -> u8 {
             1
         }
     }
-}
-
-/// How one function can be redirected.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Method {
-    /// Built with the padding: the redirection writes into the NOPs.
-    Padded,
-    /// The first `displaced` bytes (after an `endbr64`) are overwritten
-    /// by a `jmp`, their instructions moved to a trampoline.
-    Rewrite { displaced: usize },
-    /// Neither: `key` is a stable identifier, `reason` a sentence.
-    None { key: &'static str, reason: String },
-}
-
-impl Method {
-    /// The JSON `method` value.
-    fn name(&self) -> &'static str {
-        match self {
-            Method::Padded => "padded",
-            Method::Rewrite { .. } => "rewrite",
-            Method::None { .. } => "none",
-        }
-    }
-
-    fn patchable(&self) -> bool {
-        !matches!(self, Method::None { .. })
-    }
-}
-
-/// One function: an address, its names, its method.
-#[derive(Debug)]
-struct Function {
-    /// The name it is listed under.
-    name: String,
-    /// That name's symbol version (`@@GLIBC_2.14`, `@GLIBC_2.2.5`), if any.
-    version: Option<String>,
-    /// Its other names (symbols at the same address), sorted.
-    aliases: Vec<String>,
-    address: u64,
-    size: u64,
-    method: Method,
-}
-
-/// Every function of `elf` with its method, sorted by name then address.
-fn classify(elf: &ElfFile) -> Vec<Function> {
-    let padded: Vec<u64> = elf.patchable_entries().unwrap_or_default();
-    let symbols = elf.function_symbols();
-    let mut versions = elf.dynamic_symbol_versions();
-    let mut by_addr: BTreeMap<u64, Vec<&Symbol>> = BTreeMap::new();
-    for s in &symbols {
-        by_addr.entry(s.value).or_default().push(s);
-    }
-    let mut out: Vec<Function> = by_addr
-        .into_values()
-        .map(|mut group| {
-            group.sort_by(|a, b| name_rank(a).cmp(&name_rank(b)));
-            let first = group[0];
-            let mut aliases: Vec<String> = group[1..].iter().map(|s| s.name.clone()).collect();
-            aliases.sort();
-            aliases.dedup();
-            aliases.retain(|a| *a != first.name);
-            // The IFUNC symbol and its resolver's own FUNC symbol share the
-            // address: it is an IFUNC if any of its names is.
-            let ifunc = group.iter().any(|s| s.is_ifunc());
-            // Aliases of different sizes: the largest, so the scan for
-            // branches into the overwritten bytes sees all the code.
-            let size = group.iter().map(|s| s.size).max().unwrap_or(first.size);
-            let sym = group
-                .iter()
-                .find(|s| s.size == size)
-                .copied()
-                .unwrap_or(first);
-            // An IFUNC first, padded or not: redirecting the resolver
-            // changes nothing once the loader has called it.
-            let method = if ifunc {
-                Method::None {
-                    key: "ifunc",
-                    reason: ifunc_reason(&first.name, &symbols),
-                }
-            } else {
-                method_of(elf, sym, &padded)
-            };
-            Function {
-                name: first.name.clone(),
-                version: versions.remove(&(first.name.clone(), first.value)),
-                aliases,
-                address: first.value,
-                size,
-                method,
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
-    out
-}
-
-/// The name to list a function under comes first: a global or weak name
-/// before a local one, fewer leading underscores, then shorter, then
-/// alphabetical (`memcpy` before `__memcpy`, `atoi` before `__GI_atoi`).
-fn name_rank(s: &Symbol) -> (bool, usize, usize, &str) {
-    const STB_LOCAL: u8 = 0;
-    let underscores = s.name.bytes().take_while(|&b| b == b'_').count();
-    (
-        s.binding() == STB_LOCAL,
-        underscores,
-        s.name.len(),
-        s.name.as_str(),
-    )
-}
-
-/// The method of a function that is not an IFUNC: padding, else no code
-/// in the file, else what `rewrite_plan` says.
-fn method_of(elf: &ElfFile, sym: &Symbol, padded: &[u64]) -> Method {
-    let pad_start = sym.value.wrapping_sub(PADDING_BEFORE_ENTRY);
-    if padded.binary_search(&pad_start).is_ok() {
-        return Method::Padded;
-    }
-    let code = match elf.function_code(sym) {
-        Ok(code) => code,
-        Err(e) => {
-            let key = match e {
-                ulp_elf::CodeUnavailable::NotExecutable { .. } => "not_executable",
-                ulp_elf::CodeUnavailable::NotInFile { .. } => "not_in_file",
-                _ => "no_code",
-            };
-            return Method::None {
-                key,
-                reason: format!("no code to patch: {e}"),
-            };
-        }
-    };
-    match rewrite_plan(code, sym.value) {
-        Ok(plan) => Method::Rewrite {
-            displaced: plan.covered(),
-        },
-        Err(refusal) => Method::None {
-            key: refusal_key(refusal.reason()),
-            reason: refusal.to_string(),
-        },
-    }
-}
-
-/// A stable key for each refusal of `rewrite_plan` (JSON `reason_key`).
-fn refusal_key(reason: RefusalReason) -> &'static str {
-    match reason {
-        RefusalReason::TooShort => "too_short",
-        RefusalReason::BranchIntoRange => "branch_into_range",
-        RefusalReason::EndsInRange => "ends_in_range",
-        RefusalReason::Unrelocatable => "unrelocatable",
-        RefusalReason::DisplacesCall => "displaces_call",
-        RefusalReason::Undecodable => "undecodable",
-        _ => "refused",
-    }
-}
-
-/// The reason an IFUNC is not patched, naming the implementations its
-/// resolver probably picks between: the file's local functions called
-/// `__NAME_*` (glibc's naming habit: `__memcpy_avx_unaligned_erms`; only
-/// `.symtab` has them). Exported `__NAME_*` functions are not counted: in
-/// glibc they are other interfaces (`__memcpy_chk`, `__strcpy_small`).
-fn ifunc_reason(name: &str, all: &[Symbol]) -> String {
-    const STB_LOCAL: u8 = 0;
-    let base = "an IFUNC resolver; the process runs the implementation it selected: patch that function instead";
-    let prefix = format!("__{}_", name.trim_start_matches('_'));
-    let chk = format!("{prefix}chk");
-    let mut candidates: Vec<&str> = all
-        .iter()
-        .filter(|s| !s.is_ifunc() && s.binding() == STB_LOCAL)
-        .filter(|s| s.name.starts_with(&prefix) && !s.name.starts_with(&chk))
-        .map(|s| s.name.as_str())
-        .collect();
-    candidates.sort_unstable();
-    candidates.dedup();
-    if candidates.is_empty() {
-        return base.to_string();
-    }
-    format!("{base} (candidates: {})", candidates.join(", "))
-}
-
-/// Counts per method, and the not-patchable ones per reason key.
-struct Summary {
-    functions: usize,
-    padded: usize,
-    rewrite: usize,
-    none: usize,
-    none_by_reason: BTreeMap<&'static str, usize>,
-}
-
-fn summarize<'a>(functions: impl IntoIterator<Item = &'a Function>) -> Summary {
-    let mut s = Summary {
-        functions: 0,
-        padded: 0,
-        rewrite: 0,
-        none: 0,
-        none_by_reason: BTreeMap::new(),
-    };
-    for f in functions {
-        s.functions += 1;
-        match &f.method {
-            Method::Padded => s.padded += 1,
-            Method::Rewrite { .. } => s.rewrite += 1,
-            Method::None { key, .. } => {
-                s.none += 1;
-                *s.none_by_reason.entry(key).or_default() += 1;
-            }
-        }
-    }
-    s
 }
 
 fn summary_json(functions: &[Function]) -> Value {
@@ -442,7 +221,7 @@ fn functions(path: &Path, wanted: &[String], p: &Parsed) -> u8 {
     let ok = if wanted.is_empty() {
         summary.padded + summary.rewrite > 0
     } else {
-        missing.is_empty() && shown.iter().all(|(_, f)| f.method.patchable())
+        missing.is_empty() && shown.iter().all(|(_, f)| f.method.is_ok())
     };
 
     if json {
@@ -485,9 +264,9 @@ fn functions(path: &Path, wanted: &[String], p: &Parsed) -> u8 {
 
 fn function_line(name: &str, f: &Function, verbose: bool) -> String {
     let what = match &f.method {
-        Method::Padded => "padded".to_string(),
-        Method::Rewrite { displaced } => format!("entry rewrite ({displaced} bytes displaced)"),
-        Method::None { reason, .. } => format!("not patchable: {reason}"),
+        Ok(Method::Padded(())) => "padded".to_string(),
+        Ok(Method::Rewrite(displaced)) => format!("entry rewrite ({displaced} bytes displaced)"),
+        Err(NotPatchable { reason, .. }) => format!("not patchable: {reason}"),
     };
     if !verbose {
         return format!("{name}: {what}");
@@ -524,12 +303,18 @@ fn summary_line(path: &Path, s: &Summary) -> String {
 
 fn function_json(name: &str, f: &Function) -> Value {
     let (reason_key, reason) = match &f.method {
-        Method::None { key, reason } => (Some(*key), Some(reason.as_str())),
-        _ => (None, None),
+        Err(NotPatchable { key, reason }) => (Some(*key), Some(reason.as_str())),
+        Ok(_) => (None, None),
     };
     let displaced = match f.method {
-        Method::Rewrite { displaced } => Some(displaced),
+        Ok(Method::Rewrite(displaced)) => Some(displaced),
         _ => None,
+    };
+    // The JSON `method` value.
+    let method = match &f.method {
+        Ok(Method::Padded(())) => "padded",
+        Ok(Method::Rewrite(_)) => "rewrite",
+        Err(_) => "none",
     };
     json!({
         "name": name.split('@').next().unwrap_or(name),
@@ -537,7 +322,7 @@ fn function_json(name: &str, f: &Function) -> Value {
         "aliases": other_names(name, f),
         "address": f.address,
         "size": f.size,
-        "method": f.method.name(),
+        "method": method,
         "displaced": displaced,
         "reason_key": reason_key,
         "reason": reason,

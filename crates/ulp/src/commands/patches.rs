@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use ulp_container::format::bug_labels;
-use ulp_core::patchable::{self, Patchable};
+use ulp_core::live_patching::{self, LivePatching};
 use ulp_core::runtime::{format_utc, AppliedPatch, Runtime, RuntimeError};
 use ulp_core::Pid;
 
@@ -68,7 +68,7 @@ struct Library {
 struct Report {
     pid: Pid,
     name: String,
-    state: Patchable,
+    state: LivePatching,
     /// The runtime's write journal is set: an interrupted ulp left code
     /// writes unfinished (the next trigger completes them).
     writes_pending: bool,
@@ -217,7 +217,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
 
 /// Reads everything `patches` shows about one process.
 fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
-    let state = patchable::get(rt)?;
+    let state = live_patching::get(rt)?;
     let writes_pending = rt.writes_pending()?;
     let applied = rt.patches()?;
     let mut libraries = Vec::new();

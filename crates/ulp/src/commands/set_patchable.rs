@@ -2,7 +2,7 @@
 //! processes (the runtime's state word, written through process memory).
 
 use serde_json::json;
-use ulp_core::patchable;
+use ulp_core::live_patching;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
 
@@ -144,7 +144,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 continue;
             }
         };
-        match patchable::set(&rt, enable) {
+        match live_patching::set(&rt, enable) {
             Ok(change) => {
                 if !quiet && !json {
                     // libpulp's line (on stderr, as its WARN); ulp's own

@@ -1,18 +1,16 @@
 //! `ulp trigger`: apply or revert live patches in running processes.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use ulp_abi::errors;
-use ulp_container::container::{self, Container};
-use ulp_core::runtime::{Runtime, RuntimeError};
-use ulp_core::select;
-use ulp_core::trigger::{self, Outcome, Report, ALREADY_APPLIED};
-use ulp_core::{Pid, Reason};
+use ulp_core::fleet::{self, Line, NotSelected, Operation, ProcessResult, Status, Trace};
+use ulp_core::trigger::{self, Outcome, ALREADY_APPLIED};
+use ulp_core::Pid;
 
-use super::{print_json, process_name, resolve_processes, runtime_to_load};
+use super::{print_json, runtime_to_load};
 use crate::args::{Parsed, UsageError};
 
 pub const OPTIONS: &[&str] = &[
@@ -148,43 +146,6 @@ leaves 0 or only an argument failed (a glob without match, no such pid);
 38 for -u; 64 on a usage error.
 ";
 
-/// What the run does.
-enum Mode {
-    Apply,
-    Revert,
-    /// `--revert-all=LIB` without files.
-    RevertAll(String),
-    /// `--revert-all=LIB FILE...` (`None`: `target`, each file's own).
-    Replace(Option<String>),
-}
-
-impl Mode {
-    fn json_name(&self) -> &'static str {
-        match self {
-            Mode::Apply => "apply",
-            Mode::Revert => "revert",
-            Mode::RevertAll(_) => "revert_all",
-            Mode::Replace(_) => "replace",
-        }
-    }
-}
-
-/// One FILE after glob expansion: the name printed and the container read.
-struct File {
-    shown: String,
-    /// Or why it cannot be used: unreadable, no metadata, refused.
-    container: Result<Container, Reason>,
-}
-
-/// One result line of a process.
-struct Line {
-    /// The FILE shown, or `reverted all patches from 'LIB'`.
-    label: String,
-    patch: Option<String>,
-    library: Option<String>,
-    report: Report,
-}
-
 /// libpulp's exit status for `trigger -u` (ENOSYS).
 const EXIT_NO_USER_WILDCARD: u8 = 38;
 
@@ -221,7 +182,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     }
     opts.suspend_seccomp = p.has("disable-seccomp");
     let jobs = match p.value("jobs") {
-        None => default_jobs(),
+        None => fleet::default_jobs(),
         Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
             UsageError(format!(
                 "-j needs a number of processes at once (1 or more), got '{j}'"
@@ -232,7 +193,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let verbose = p.has("verbose") && !quiet;
     let as_json = p.has("json");
 
-    let mode = match (p.value("revert-all"), p.has("revert")) {
+    let operation = match (p.value("revert-all"), p.has("revert")) {
         (Some(_), true) => {
             return Err(UsageError(
                 "--revert-all and --revert do not go together (--revert-all=LIB alone reverts)"
@@ -245,14 +206,14 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 "--revert-all=target needs FILE (its target is the library)".into(),
             ))
         }
-        (Some(lib), _) if p.operands.is_empty() => Mode::RevertAll(lib.to_string()),
-        (Some("target"), _) => Mode::Replace(None),
-        (Some(lib), _) => Mode::Replace(Some(lib.to_string())),
+        (Some(lib), _) if p.operands.is_empty() => Operation::RevertAll(lib.to_string()),
+        (Some("target"), _) => Operation::Replace(None),
+        (Some(lib), _) => Operation::Replace(Some(lib.to_string())),
         (None, _) if p.operands.is_empty() => {
             return Err(UsageError("'trigger' needs at least one FILE".into()))
         }
-        (None, true) => Mode::Revert,
-        (None, false) => Mode::Apply,
+        (None, true) => Operation::Revert,
+        (None, false) => Operation::Apply,
     };
 
     // Expand globs and read every container once, before touching any
@@ -260,42 +221,13 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     // For --json: about arguments (no pid) or processes (README).
     let mut errors: Vec<Value> = Vec::new();
     let mut warnings: Vec<Value> = Vec::new();
-    let mut files: Vec<File> = Vec::new();
-    // As root, refuse containers another user could change (see
-    // ulp_core::trust); a revert loads nothing.
-    let check_trust =
-        !p.has("force") && !matches!(mode, Mode::Revert) && ulp_core::trust::running_as_root();
-    for operand in &p.operands {
-        let names = if select::is_glob(operand) {
-            let found = select::expand_glob(operand, None);
-            if found.is_empty() {
-                let msg = format!("no file matches '{operand}'");
-                eprintln!("ulp: {msg}");
-                errors.push(json!({ "error": msg }));
-            }
-            found
-        } else {
-            vec![operand.clone()]
-        };
-        for shown in names {
-            // Read where it is, also with -R.
-            let path = PathBuf::from(&shown);
-            // A refusal has no libpulp error of its own (libpulp does not
-            // check); a file without readable metadata is libpulp's
-            // `No metadata in .so`.
-            // A missing file has nobody to distrust: reading it says so.
-            let exists = std::fs::symlink_metadata(&path).is_ok();
-            let trusted = if check_trust && exists {
-                ulp_core::trust::check(&path).map_err(|e| Reason::unknown(e.to_string()))
-            } else {
-                Ok(())
-            };
-            let container = trusted.and_then(|()| {
-                container::read(&path).map_err(|e| Reason::new(errors::ENOMETA, e.to_string()))
-            });
-            files.push(File { shown, container });
-        }
+    let read = fleet::read_files(&p.operands, &operation, p.has("force"));
+    for operand in &read.unmatched {
+        let msg = format!("no file matches '{operand}'");
+        eprintln!("ulp: {msg}");
+        errors.push(json!({ "error": msg }));
     }
+    let files = read.files;
 
     // --load-runtime: the runtime file, checked once before any process.
     // With --revert or --revert-all it loads nothing (a process without the
@@ -313,129 +245,104 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         None => None,
     };
 
-    let explicit = p.value("process");
-    let pids = match explicit {
+    let selection = match p.value("process") {
         Some(spec) => {
-            let mut pids = resolve_processes(spec);
-            let mut no_such = false;
-            if let (Ok(pid), [_]) = (spec.parse::<Pid>(), pids.as_slice()) {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    // Not a process to report on: the argument is wrong.
+            let (selection, why) = fleet::Selection::named(spec);
+            match why {
+                // Not a process to report on: the argument is wrong.
+                Some(NotSelected::NoSuchProcess(pid)) => {
                     let msg = format!("no process {pid} exists");
                     eprintln!("ulp: {msg}");
                     errors.push(json!({ "pid": pid, "error": msg }));
-                    pids.clear();
-                    no_such = true;
                 }
+                Some(NotSelected::NoMatch) => {
+                    let msg = format!("no process matches '{spec}'");
+                    eprintln!("ulp: {msg}");
+                    warnings.push(json!({ "warning": msg }));
+                }
+                None => {}
             }
-            if pids.is_empty() && !no_such {
-                let msg = format!("no process matches '{spec}'");
-                eprintln!("ulp: {msg}");
-                warnings.push(json!({ "warning": msg }));
-            }
-            pids
+            selection
         }
-        // Every process: the workers tell the ones with the runtime (from
-        // their maps, nothing attached) in parallel with the patching.
-        None => {
-            let me = std::process::id() as Pid;
-            let mut all: Vec<Pid> = ulp_process::all_pids()
-                .into_iter()
-                .filter(|&p| p != me)
-                .collect();
-            all.sort_unstable();
-            all
-        }
+        None => fleet::Selection::every(),
     };
-    let nothing_to_do = files.is_empty() && !matches!(mode, Mode::RevertAll(_));
+    let run = fleet::Run {
+        operation: &operation,
+        files: &files,
+        options: &opts,
+        jobs,
+        load_runtime: load_runtime.as_deref(),
+        trace: verbose,
+    };
 
     let (mut patched, mut skipped, mut failed) = (0u32, 0u32, 0u32);
     // The libpulp error numbers of every failed result, or-ed (exit_status).
     let mut failure_bits: u16 = 0;
     let mut json_procs: Vec<Value> = Vec::new();
-    let pids = if nothing_to_do { Vec::new() } else { pids };
-    let mut progress = Progress::new(pids.len(), as_json);
-    for_each_process(
-        &pids,
-        jobs,
-        |pid| {
-            let mut e = examine(
-                pid,
-                explicit.is_some(),
-                &mode,
-                &files,
-                &opts,
-                load_runtime.as_deref(),
-            );
-            if verbose && !matches!(mode, Mode::RevertAll(_)) {
-                e.trace = trace(&e, &files);
-            }
-            e
-        },
-        |r| {
-            progress.step();
-            let Some(lines) = r.lines else {
-                progress.draw();
-                return;
-            };
-            if !r.trace.is_empty() {
-                progress.clear();
-                for t in &r.trace {
-                    super::log_stderr(t);
-                }
-            }
-            if let Some(w) = r.warning {
-                // libpulp's words for a process without the runtime, then
-                // ulp's hint (the run still exits 0: nothing changed).
-                progress.clear();
-                if !quiet {
-                    super::log_stderr(&format!(
-                        "error gathering target process information: {}",
-                        errors::ENOLIBPULP.phrase
-                    ));
-                    eprintln!(
-                        "ulp: hint: {} (pid: {}) was started without libpulp.so.0: start it \
-                         with LD_PRELOAD=.../libpulp.so.0 or load it now with --load-runtime",
-                        r.name, r.pid
-                    );
-                }
-                warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
-            }
-            let status = process_status(&lines);
-            for l in &lines {
-                if let Outcome::Failed(r) = &l.report.outcome {
-                    failure_bits |= r.error.number;
-                }
-            }
-            match status {
-                "failed" => failed += 1,
-                "patched" => patched += 1,
-                _ => skipped += 1,
-            }
-            if as_json {
-                json_procs.push(json!({
-                    "pid": r.pid,
-                    "name": r.name,
-                    "status": status,
-                    "results": lines.iter().map(line_json).collect::<Vec<_>>(),
-                }));
-            } else {
-                progress.clear();
-                print_process(r.pid, &r.name, &lines, quiet, verbose);
-            }
+    let mut progress = Progress::new(run.targets(&selection).len(), as_json);
+    fleet::run(&selection, &run, |r| {
+        progress.step();
+        let (Some(status), Some(lines)) = (r.status(), &r.lines) else {
             progress.draw();
-        },
-    );
+            return;
+        };
+        if !r.trace.is_empty() {
+            progress.clear();
+            for t in &r.trace {
+                super::log_stderr(&trace_message(&r, t));
+            }
+        }
+        if r.no_runtime {
+            // libpulp's words for a process without the runtime, then
+            // ulp's hint (the run still exits 0: nothing changed).
+            progress.clear();
+            if !quiet {
+                super::log_stderr(&format!(
+                    "error gathering target process information: {}",
+                    errors::ENOLIBPULP.phrase
+                ));
+                eprintln!(
+                    "ulp: hint: {} (pid: {}) was started without libpulp.so.0: start it \
+                     with LD_PRELOAD=.../libpulp.so.0 or load it now with --load-runtime",
+                    r.name, r.pid
+                );
+            }
+            let w = Outcome::NoRuntime.to_string();
+            warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
+        }
+        for l in lines {
+            if let Outcome::Failed(r) = &l.report.outcome {
+                failure_bits |= r.error.number;
+            }
+        }
+        match status {
+            Status::Failed => failed += 1,
+            Status::Patched => patched += 1,
+            Status::Skipped => skipped += 1,
+        }
+        if as_json {
+            json_procs.push(json!({
+                "pid": r.pid,
+                "name": r.name,
+                "status": status_name(status),
+                "results": lines.iter().map(line_json).collect::<Vec<_>>(),
+            }));
+        } else {
+            progress.clear();
+            print_process(r.pid, &r.name, lines, quiet, verbose);
+        }
+        progress.draw();
+    });
     progress.clear();
 
     if as_json {
-        let library = match &mode {
-            Mode::RevertAll(l) | Mode::Replace(Some(l)) => json!(l),
-            Mode::Replace(None) => json!("target"),
+        let library = match &operation {
+            Operation::RevertAll(l) | Operation::Replace(Some(l)) => json!(l),
+            Operation::Replace(None) => json!("target"),
             _ => Value::Null,
         };
         print_json(&json!({
-            "operation": mode.json_name(),
+            "operation": operation_name(&operation),
             "library": library,
             "files": files.iter().map(|f| f.shown.clone()).collect::<Vec<_>>(),
             "processes": json_procs,
@@ -447,6 +354,25 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         println!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.");
     }
     Ok(exit_status(failure_bits, !errors.is_empty()))
+}
+
+/// The operation's name in `--json`.
+fn operation_name(operation: &Operation) -> &'static str {
+    match operation {
+        Operation::Apply => "apply",
+        Operation::Revert => "revert",
+        Operation::RevertAll(_) => "revert_all",
+        Operation::Replace(_) => "replace",
+    }
+}
+
+/// A process's status in `--json`.
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Patched => "patched",
+        Status::Skipped => "skipped",
+        Status::Failed => "failed",
+    }
 }
 
 /// The exit status of a run, as libpulp's: the numbers of the errors that
@@ -461,241 +387,29 @@ fn exit_status(failure_bits: u16, argument_error: bool) -> u8 {
     }
 }
 
-/// What one process gave: `lines` is `None` when it is not a target at all
-/// (no runtime, and no -p named it).
-struct Examined {
-    pid: Pid,
-    name: String,
-    lines: Option<Vec<Line>>,
-    warning: Option<String>,
-    /// `-v`: libpulp's trace messages about this process (stderr).
-    trace: Vec<String>,
-}
-
-/// Everything ulp does with one process, on the worker thread that handles
-/// it (the ptrace rule: one thread speaks to a tracee).
-fn examine(
-    pid: Pid,
-    explicit: bool,
-    mode: &Mode,
-    files: &[File],
-    opts: &trigger::Options,
-    load_runtime: Option<&Path>,
-) -> Examined {
-    let found = Runtime::find(pid);
-    if let (Some(file), Err(RuntimeError::NotLoaded)) = (load_runtime, &found) {
-        if matches!(mode, Mode::Revert | Mode::RevertAll(_)) {
-            // Nothing is applied where the runtime never was.
-            if !explicit {
-                return Examined::not_a_target(pid);
-            }
-            let why = Reason::new(
-                errors::ENOPATCH,
-                "the process has no live-patching runtime, so nothing is applied",
-            );
-            return Examined {
-                pid,
-                name: process_name(pid),
-                lines: Some(lines_with(mode, files, |_| Outcome::Skipped(why.clone()))),
-                warning: None,
-                trace: Vec::new(),
-            };
-        }
-        return examine_loading(pid, explicit, mode, files, opts, file);
-    }
-    if !explicit
-        && matches!(
-            found,
-            Err(RuntimeError::NotLoaded | RuntimeError::Process(_))
-        )
-    {
-        // Without -p, a process without the runtime (or whose maps we may
-        // not read, so that we cannot tell) is not a target at all.
-        return Examined::not_a_target(pid);
-    }
-    let name = process_name(pid);
-    let (lines, warning) = match found {
-        Err(RuntimeError::NotLoaded) => (
-            Some(lines_with(mode, files, |_| Outcome::NoRuntime)),
-            Some(Outcome::NoRuntime.to_string()),
-        ),
-        // Anything else (gone, incompatible) is reported per patch.
-        _ => (Some(process_one(pid, mode, files, opts)), None),
-    };
-    Examined {
-        pid,
-        name,
-        lines,
-        warning,
-        trace: Vec::new(),
-    }
-}
-
-impl Examined {
-    fn not_a_target(pid: Pid) -> Examined {
-        Examined {
-            pid,
-            name: String::new(),
-            lines: None,
-            warning: None,
-            trace: Vec::new(),
-        }
-    }
-}
-
-/// One line per operation of the run, each with the outcome `outcome(i)`
-/// (`i`: the FILE's index), for a process where nothing was attempted.
-fn lines_with(mode: &Mode, files: &[File], outcome: impl Fn(usize) -> Outcome) -> Vec<Line> {
-    labels(mode, files)
-        .into_iter()
-        .enumerate()
-        .map(|(i, (label, patch, library))| Line {
-            label,
-            patch,
-            library,
-            report: Report {
-                outcome: outcome(i),
-                detail: Default::default(),
-            },
-        })
-        .collect()
-}
-
-/// [`examine`] with --load-runtime for a process without the runtime: it
-/// is a target when one of the patches is for a library build it has
-/// loaded; then the runtime is loaded and the patches applied as usual.
-fn examine_loading(
-    pid: Pid,
-    explicit: bool,
-    mode: &Mode,
-    files: &[File],
-    opts: &trigger::Options,
-    runtime: &Path,
-) -> Examined {
-    let why_not: Vec<Option<Reason>> = files
-        .iter()
-        .map(|f| match &f.container {
-            Ok(c) => trigger::target_mismatch(pid, c, opts),
-            Err(e) => Some(e.clone()),
-        })
-        .collect();
-    let wanted = why_not.iter().any(Option::is_none);
-    if !wanted && !explicit {
-        return Examined::not_a_target(pid);
-    }
-    let name = process_name(pid);
-    let lines = if !wanted {
-        // Nothing to load the runtime for.
-        lines_with(mode, files, |i| match &files[i].container {
-            Err(e) => Outcome::Failed(e.clone()),
-            Ok(_) => Outcome::Skipped(
-                why_not[i]
-                    .clone()
-                    .unwrap_or_else(|| Reason::bare(errors::EUNKNOWN)),
-            ),
-        })
-    } else {
-        match ulp_core::inject::ensure_runtime(pid, runtime, opts) {
-            Ok(_) => process_one(pid, mode, files, opts),
-            Err(outcome) => lines_with(mode, files, |_| outcome.clone()),
-        }
-    };
-    Examined {
-        pid,
-        name,
-        lines: Some(lines),
-        warning: None,
-        trace: Vec::new(),
-    }
-}
-
-/// `-v`: the trace messages libpulp's tool prints about a patch that is not
+/// `-v`: a trace message libpulp's tool prints about a patch that is not
 /// for this process: for a build-id skip
 /// `pid = N, name = NAME: livepatch buildid mismatch for LIB (LOADED)`, then
 /// `    expected buildid: ID` and an empty line (libpulp's message ends in
 /// two newlines); for a library that is not loaded
 /// `pid = N, name = NAME: target library (LIB) not loaded.`
-fn trace(e: &Examined, files: &[File]) -> Vec<String> {
-    let Some(lines) = &e.lines else {
-        return Vec::new();
-    };
-    let (pid, name) = (e.pid, &e.name);
-    let mut out = Vec::new();
-    for (line, file) in lines.iter().zip(files) {
-        let (Outcome::Skipped(r), Ok(c)) = (&line.report.outcome, &file.container) else {
-            continue;
-        };
-        let md = &c.metadata;
-        let lib = &md.target_name;
-        if r.error == errors::EBUILDID {
-            let loaded = loaded_build_id(pid, lib).unwrap_or_default();
-            out.push(format!(
-                "pid = {pid}, name = {name}: livepatch buildid mismatch for {lib} ({})\n    \
-                 expected buildid: {}\n",
-                super::hex(&loaded),
-                super::hex(&md.build_id)
-            ));
-        } else if r.error == errors::ENOTARGETLIB {
-            out.push(format!(
-                "pid = {pid}, name = {name}: target library ({lib}) not loaded."
-            ));
+fn trace_message(r: &ProcessResult, t: &Trace) -> String {
+    let (pid, name) = (r.pid, &r.name);
+    match t {
+        Trace::BuildIdMismatch {
+            library,
+            loaded,
+            expected,
+        } => format!(
+            "pid = {pid}, name = {name}: livepatch buildid mismatch for {library} ({})\n    \
+             expected buildid: {}\n",
+            super::hex(loaded),
+            super::hex(expected)
+        ),
+        Trace::NotLoaded { library } => {
+            format!("pid = {pid}, name = {name}: target library ({library}) not loaded.")
         }
     }
-    out
-}
-
-/// The build id of the object `lib` names (as a patch names its target:
-/// file name, SONAME or path) that `pid` has loaded, read from its memory
-/// or its file.
-fn loaded_build_id(pid: Pid, lib: &str) -> Option<Vec<u8>> {
-    let objects = ulp_core::objects::named_objects(pid).ok()?;
-    let obj = objects.iter().find(|o| o.is_library(pid, lib))?;
-    obj.build_id_in_memory(pid)
-        .or_else(|| obj.open(pid).ok()?.build_id())
-}
-
-fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Runs `work` on every pid with at most `jobs` at once, and hands each
-/// result to `emit` on this thread in the order of `pids`, as soon as it
-/// and all before it are done.
-fn for_each_process<R: Send>(
-    pids: &[Pid],
-    jobs: usize,
-    work: impl Fn(Pid) -> R + Sync,
-    mut emit: impl FnMut(R),
-) {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::mpsc;
-
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel::<(usize, R)>();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(pids.len()) {
-            let tx = tx.clone();
-            let (next, work) = (&next, &work);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&pid) = pids.get(i) else { break };
-                if tx.send((i, work(pid))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut waiting = BTreeMap::new();
-        let mut due = 0;
-        for (i, r) in rx {
-            waiting.insert(i, r);
-            while let Some(r) = waiting.remove(&due) {
-                emit(r);
-                due += 1;
-            }
-        }
-    });
 }
 
 /// A progress bar on stderr, only when stderr is a terminal and there is
@@ -737,81 +451,6 @@ impl Progress {
         if self.on {
             eprint!("\r\x1b[K");
         }
-    }
-}
-
-/// The result labels of one process: (label, patch file, library).
-fn labels(mode: &Mode, files: &[File]) -> Vec<(String, Option<String>, Option<String>)> {
-    match mode {
-        Mode::RevertAll(lib) => vec![(
-            format!("reverted all patches from '{lib}'"),
-            None,
-            Some(lib.clone()),
-        )],
-        _ => files
-            .iter()
-            .map(|f| {
-                let library = match (mode, &f.container) {
-                    (Mode::Replace(Some(l)), _) => Some(l.clone()),
-                    (Mode::Replace(None), Ok(c)) => Some(c.metadata.target_name.clone()),
-                    _ => None,
-                };
-                (f.shown.clone(), Some(f.shown.clone()), library)
-            })
-            .collect(),
-    }
-}
-
-/// Every operation of the run in one process, in FILE order.
-fn process_one(pid: Pid, mode: &Mode, files: &[File], opts: &trigger::Options) -> Vec<Line> {
-    let labels = labels(mode, files);
-    if let Mode::RevertAll(lib) = mode {
-        let (label, patch, library) = labels.into_iter().next().unwrap_or_default();
-        return vec![Line {
-            label,
-            patch,
-            library,
-            report: trigger::revert_all_report(pid, lib, opts),
-        }];
-    }
-    files
-        .iter()
-        .zip(labels)
-        .map(|(f, (label, patch, library))| {
-            let report = match (&f.container, mode) {
-                (Err(e), _) => Report {
-                    outcome: Outcome::Failed(e.clone()),
-                    detail: Default::default(),
-                },
-                (Ok(c), Mode::Revert) => trigger::revert_report(pid, c, opts),
-                (Ok(c), Mode::Replace(_)) => {
-                    let lib = library.as_deref().unwrap_or(&c.metadata.target_name);
-                    trigger::replace_report(pid, lib, c, opts)
-                }
-                (Ok(c), _) => trigger::apply_report(pid, c, opts),
-            };
-            Line {
-                label,
-                patch,
-                library,
-                report,
-            }
-        })
-        .collect()
-}
-
-/// A process counts once: failed if any line failed, else patched if any
-/// changed it, else skipped.
-fn process_status(lines: &[Line]) -> &'static str {
-    if lines
-        .iter()
-        .any(|l| matches!(l.report.outcome, Outcome::Failed(_)))
-    {
-        "failed"
-    } else if lines.iter().any(|l| l.report.outcome.is_change()) {
-        "patched"
-    } else {
-        "skipped"
     }
 }
 

@@ -1,4 +1,8 @@
-//! Whether a process accepts live patches, and `ulp set_patchable`.
+//! A process's *live-patching state* (enabled, or disabled by its user or
+//! by the tool: whether it accepts live patches at all), and `ulp
+//! set_patchable`, which switches it. Not to be confused with a function's
+//! *redirect method* (`ulp_x86::Method`), which says how one function of
+//! an enabled process is patched (ARCHITECTURE.md, glossary).
 //!
 //! The runtime keeps one word, `Interface::state`, in writable memory:
 //! `ENABLED`, `DISABLED_BY_USER` (a `LIBPULP_DISABLE_ON_*` pattern matched
@@ -20,7 +24,7 @@ use crate::runtime::Runtime;
 
 /// The live-patching state of a process, as its runtime publishes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Patchable {
+pub enum LivePatching {
     Enabled,
     /// `LIBPULP_DISABLE_ON_*` matched when the process started.
     DisabledByUser,
@@ -30,13 +34,13 @@ pub enum Patchable {
     Unknown(u32),
 }
 
-impl Patchable {
-    pub fn from_raw(raw: u32) -> Patchable {
+impl LivePatching {
+    pub fn from_raw(raw: u32) -> LivePatching {
         match raw {
-            state::ENABLED => Patchable::Enabled,
-            state::DISABLED_BY_USER => Patchable::DisabledByUser,
-            state::DISABLED_BY_TOOL => Patchable::DisabledByTool,
-            other => Patchable::Unknown(other),
+            state::ENABLED => LivePatching::Enabled,
+            state::DISABLED_BY_USER => LivePatching::DisabledByUser,
+            state::DISABLED_BY_TOOL => LivePatching::DisabledByTool,
+            other => LivePatching::Unknown(other),
         }
     }
 
@@ -44,25 +48,25 @@ impl Patchable {
     /// `disabled_by_tool` or `unknown`.
     pub fn key(self) -> &'static str {
         match self {
-            Patchable::Enabled => "enabled",
-            Patchable::DisabledByUser => "disabled_by_user",
-            Patchable::DisabledByTool => "disabled_by_tool",
-            Patchable::Unknown(_) => "unknown",
+            LivePatching::Enabled => "enabled",
+            LivePatching::DisabledByUser => "disabled_by_user",
+            LivePatching::DisabledByTool => "disabled_by_tool",
+            LivePatching::Unknown(_) => "unknown",
         }
     }
 }
 
 /// The `Livepatching status:` text of `ulp patches` (COMPAT.md:
 /// `enabled | disabled by user | disabled (<reason>)`).
-impl fmt::Display for Patchable {
+impl fmt::Display for LivePatching {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Patchable::Enabled => f.write_str("enabled"),
-            Patchable::DisabledByUser => f.write_str("disabled by user"),
+            LivePatching::Enabled => f.write_str("enabled"),
+            LivePatching::DisabledByUser => f.write_str("disabled by user"),
             // libpulp says the same for both: its set_patchable sets the
             // user's state.
-            Patchable::DisabledByTool => f.write_str("disabled by user"),
-            Patchable::Unknown(v) => write!(f, "disabled (unknown state {v})"),
+            LivePatching::DisabledByTool => f.write_str("disabled by user"),
+            LivePatching::Unknown(v) => write!(f, "disabled (unknown state {v})"),
         }
     }
 }
@@ -70,8 +74,8 @@ impl fmt::Display for Patchable {
 /// What `set_patchable` did in one process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Change {
-    pub before: Patchable,
-    pub after: Patchable,
+    pub before: LivePatching,
+    pub after: LivePatching,
 }
 
 impl Change {
@@ -115,8 +119,8 @@ impl From<ulp_process::Error> for SetError {
 }
 
 /// The state of the runtime `rt`.
-pub fn get(rt: &Runtime) -> Result<Patchable, ulp_process::Error> {
-    Ok(Patchable::from_raw(rt.state()?))
+pub fn get(rt: &Runtime) -> Result<LivePatching, ulp_process::Error> {
+    Ok(LivePatching::from_raw(rt.state()?))
 }
 
 /// Switches live patching on (`enable`) or off in the process of `rt`
@@ -124,15 +128,15 @@ pub fn get(rt: &Runtime) -> Result<Patchable, ulp_process::Error> {
 pub fn set(rt: &Runtime, enable: bool) -> Result<Change, SetError> {
     let before = get(rt)?;
     let after = match (before, enable) {
-        (Patchable::Unknown(v), _) => return Err(SetError::UnknownState(v)),
-        (Patchable::DisabledByUser, true) => return Err(SetError::DisabledByUser),
-        (Patchable::DisabledByUser, false) => Patchable::DisabledByUser,
-        (_, true) => Patchable::Enabled,
-        (_, false) => Patchable::DisabledByTool,
+        (LivePatching::Unknown(v), _) => return Err(SetError::UnknownState(v)),
+        (LivePatching::DisabledByUser, true) => return Err(SetError::DisabledByUser),
+        (LivePatching::DisabledByUser, false) => LivePatching::DisabledByUser,
+        (_, true) => LivePatching::Enabled,
+        (_, false) => LivePatching::DisabledByTool,
     };
     if after != before {
         let raw = match after {
-            Patchable::Enabled => state::ENABLED,
+            LivePatching::Enabled => state::ENABLED,
             _ => state::DISABLED_BY_TOOL,
         };
         ulp_process::write_mem(
@@ -150,10 +154,10 @@ mod tests {
 
     #[test]
     fn labels() {
-        assert_eq!(Patchable::from_raw(0).to_string(), "enabled");
-        assert_eq!(Patchable::from_raw(1).to_string(), "disabled by user");
-        assert_eq!(Patchable::from_raw(2).to_string(), "disabled by user");
-        assert_eq!(Patchable::from_raw(9), Patchable::Unknown(9));
-        assert_eq!(Patchable::from_raw(2).key(), "disabled_by_tool");
+        assert_eq!(LivePatching::from_raw(0).to_string(), "enabled");
+        assert_eq!(LivePatching::from_raw(1).to_string(), "disabled by user");
+        assert_eq!(LivePatching::from_raw(2).to_string(), "disabled by user");
+        assert_eq!(LivePatching::from_raw(9), LivePatching::Unknown(9));
+        assert_eq!(LivePatching::from_raw(2).key(), "disabled_by_tool");
     }
 }

@@ -1,0 +1,550 @@
+//! The write engine of a trigger: making the code-byte writes the runtime
+//! answers with (ARCHITECTURE.md, "How a trigger flows", step 4).
+//!
+//! Stop every thread, check that none is strictly inside bytes still to
+//! change and that the bytes are a state of the plan (its start, or where a
+//! killed earlier ulp left it), make the writes in the runtime's order
+//! (a stub or a rewritten entry with one write of `/proc/PID/mem`, the rest
+//! one aligned word at a time), clear the runtime's write journal, resume
+//! everything; retry while a thread is in the way. Also: completing the
+//! writes an earlier ulp left pending, and the test hooks that kill the
+//! tool between writes ([`Faults`]).
+//!
+//! What to write, and what a refusal means, is `trigger`'s business; this
+//! module only makes writes.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ulp_abi::{write_kind, Write};
+use ulp_process::{Pid, Stopped};
+
+use crate::runtime::Runtime;
+use crate::trigger::{hex, Options};
+
+/// Why the writes of a plan are not all made, or what failed after.
+pub(crate) enum Unwritten {
+    /// None is left made (put back after a failure, or never begun).
+    Nothing(String),
+    /// Every one is made; releasing the threads or clearing the runtime's
+    /// journal failed.
+    Bookkeeping(String),
+}
+
+/// The writes of a plan, made.
+pub(crate) struct Made {
+    pub(crate) attempts: u32,
+    /// Threads stopped for them, and for how long.
+    pub(crate) threads: usize,
+    pub(crate) stopped: Duration,
+}
+
+/// Makes `writes` with every thread stopped, retrying while a thread is in
+/// the way; then clears the runtime's write journal. Err: (attempts, why).
+pub(crate) fn write_with_retries(
+    rt: &Runtime,
+    writes: &[Write],
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<Made, (u32, Unwritten)> {
+    let mut last_err = String::new();
+    let mut attempts = 0;
+    for attempt in 0..=opts.retries {
+        if attempt > 0 {
+            // Let the thread that was in the way move on.
+            thread::sleep(Duration::from_millis(1 << attempt.min(6)));
+        }
+        attempts = attempt + 1;
+        if let Some(why) = faults.simulated_busy(rt.pid, attempts) {
+            last_err = why;
+            continue;
+        }
+        match write_all(rt.pid, writes, deadline, opts, faults) {
+            Ok((threads, stopped)) => {
+                // Every write is made: nothing is pending any more.
+                if let Err(e) = rt.clear_pending_writes() {
+                    let why = format!("clearing the runtime's write journal failed: {e}");
+                    return Err((attempts, Unwritten::Bookkeeping(why)));
+                }
+                return Ok(Made {
+                    attempts,
+                    threads,
+                    stopped,
+                });
+            }
+            Err(WriteError::Busy(why)) => last_err = why,
+            Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
+            Err(WriteError::Released(why)) => return Err((attempts, Unwritten::Bookkeeping(why))),
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Err((attempts, Unwritten::Nothing(last_err)))
+}
+
+/// Checks every REWRITE write that replaces a function's own first bytes
+/// (not a jump of ours) against the library file the process mapped: the
+/// copy in memory must hold exactly the file's bytes.
+pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let firsts: Vec<&Write> = writes
+        .iter()
+        .filter(|w| w.kind == write_kind::REWRITE && w.old[0] != 0xe9)
+        .collect();
+    if firsts.is_empty() {
+        return Ok(());
+    }
+    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    for w in firsts {
+        let len = w.len as usize;
+        let Some(m) = maps.iter().find(|m| m.contains(w.addr) && m.inode != 0) else {
+            return Err(format!(
+                "the code at {:#x} to be rewritten is not in a mapped file",
+                w.addr
+            ));
+        };
+        let path = m.path.clone().unwrap_or_default();
+        let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
+        // The very file mapped (even if replaced on disk since), else the path.
+        let candidates = [
+            format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+            format!("/proc/{pid}/root{path}"),
+            path.clone(),
+        ];
+        let offset = m.offset + (w.addr - m.start);
+        let mut on_disk = vec![0u8; len];
+        let read = candidates.iter().any(|c| {
+            std::fs::File::open(c)
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read_exact(&mut on_disk)
+                })
+                .is_ok()
+        });
+        if !read {
+            return Err(format!(
+                "cannot read '{path}' to check the code at {:#x} before rewriting it",
+                w.addr
+            ));
+        }
+        if on_disk[..] != w.old[..len] {
+            return Err(format!(
+                "the function code at {:#x} in '{path}' differs from the file ({} in memory, {} in \
+                 the file): another tool's hook? nothing was changed",
+                w.addr,
+                hex(&w.old[..len]),
+                hex(&on_disk)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// If the runtime's write journal says an earlier tool did not finish its
+/// writes, finish them (writes already made are skipped).
+pub(crate) fn complete_pending_writes(
+    rt: &Runtime,
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<(), String> {
+    if !rt.writes_pending().map_err(|e| e.to_string())? {
+        return Ok(());
+    }
+    let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
+    write_with_retries(rt, &writes, deadline, opts, faults)
+        .map(|_| ())
+        .map_err(|(_, why)| {
+            let why = match why {
+                Unwritten::Nothing(why) | Unwritten::Bookkeeping(why) => why,
+            };
+            format!("completing the writes an interrupted ulp left pending: {why}")
+        })
+}
+
+enum WriteError {
+    /// A thread is executing bytes to change: try again later.
+    Busy(String),
+    /// Nothing is written (what was is put back).
+    Fatal(String),
+    /// Every write is made; releasing the threads failed.
+    Released(String),
+}
+
+/// Step 3: with every thread stopped, check and make the writes. Returns
+/// how many threads were stopped and for how long.
+fn write_all(
+    pid: Pid,
+    writes: &[Write],
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<(usize, Duration), WriteError> {
+    let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
+    let start = Instant::now();
+    let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    // Where the plan stands: at its start, or where a killed earlier tool
+    // left it (its journal), possibly in the middle of a write of several
+    // words. Anything else means someone else changed the code.
+    let mut now = Vec::with_capacity(writes.len());
+    for w in writes {
+        let mut b = [0u8; 16];
+        stopped
+            .peek(w.addr, &mut b[..w.len as usize])
+            .map_err(fatal)?;
+        now.push(b);
+    }
+    let todo = resume_plan(writes, &now).map_err(|i| {
+        WriteError::Fatal(format!(
+            "code at {:#x} in process {pid} changed since the runtime checked it (another tool?); nothing was written",
+            writes[i].addr
+        ))
+    })?;
+    // No thread inside bytes still to change (writes already made change
+    // nothing: after a killed ulp, threads run through what it wrote).
+    let tids = stopped.tids();
+    for &tid in &tids {
+        let rip = stopped.regs(tid).map_err(fatal)?.rip();
+        if let Some(w) = todo
+            .iter()
+            .find(|w| busy_range(w).is_some_and(|(start, end)| start < rip && rip < end))
+        {
+            return Err(WriteError::Busy(format!(
+                "process {pid} is busy: thread {tid} is executing bytes at {:#x} that the patch changes; retry later or with a higher -r",
+                w.addr
+            )));
+        }
+    }
+    // In the runtime's order: every stub before the entry jump that leads
+    // to it (a thread that takes a new jump finds a complete stub), and for
+    // a change of several functions, slots, each function pointed at its
+    // slot, the flag, each function pointed at its target. All threads are
+    // stopped, so the order matters only if we die in the middle; then
+    // every function runs one whole version, and with a flag every
+    // function of the change the same one.
+    let mut done: Vec<Write> = Vec::new();
+    for w in &todo {
+        let new = &w.new[..w.len as usize];
+        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, new, faults) {
+            // Put back what was written so the process runs one version:
+            // backwards, each write whole, so a kill here is as harmless.
+            for d in done.iter().rev() {
+                let old = &d.old[..d.len as usize];
+                let _ = make_write(&mut stopped, d.addr, d.kind, old, faults);
+            }
+            return Err(fatal(e));
+        }
+        done.push(*w);
+    }
+    faults.kill_point();
+    stopped.release().map_err(|e| {
+        WriteError::Released(format!(
+            "releasing the threads after the writes failed: {e}"
+        ))
+    })?;
+    Ok((tids.len(), start.elapsed()))
+}
+
+/// Makes one write of kind `kind`: a stub or a rewritten entry with one
+/// write of /proc/PID/mem, so that a tool killed at any moment leaves
+/// either the old bytes or the new ones (a live stub is re-pointed in
+/// place); anything else one aligned word at a time.
+fn make_write(
+    stopped: &mut Stopped,
+    addr: u64,
+    kind: u32,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
+    match kind {
+        write_kind::STUB | write_kind::REWRITE => write_at_once(stopped, addr, data, faults),
+        _ => poke_words(stopped, addr, data, faults),
+    }
+}
+
+/// Pokes `data` at `addr` one aligned word at a time (each one
+/// PTRACE_POKEDATA), passing the test kill point before each.
+fn poke_words(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
+    let mut off = 0usize;
+    while off < data.len() {
+        let a = addr + off as u64;
+        let n = (8 - (a & 7) as usize).min(data.len() - off);
+        faults.kill_point();
+        stopped.poke(a, &data[off..off + n])?;
+        faults.poked();
+        off += n;
+    }
+    Ok(())
+}
+
+/// [`poke_words`] for a write that must never be seen half made: one
+/// write of /proc/PID/mem (counted as one word by the kill hook).
+fn write_at_once(
+    stopped: &mut Stopped,
+    addr: u64,
+    data: &[u8],
+    faults: &mut Faults,
+) -> Result<(), ulp_process::Error> {
+    faults.kill_point();
+    stopped.write_code_at_once(addr, data)?;
+    faults.poked();
+    Ok(())
+}
+
+/// Fault injection for the tests, for one operation in one process: only
+/// with the feature `fault-injection`, which the tests turn on and no
+/// release build has (there every hook does nothing, and the `ULP_TEST_*`
+/// variables are never read).
+///
+/// * `ULP_TEST_KILL_BEFORE_WRITES`: the tool SIGKILLs itself between the
+///   runtime's record and the writes (tests/faults.rs).
+/// * `ULP_TEST_KILL_AFTER_WRITES=N`: it SIGKILLs itself once this
+///   operation has poked N code words, before the next one (or before
+///   releasing the threads after the last one), with every thread still
+///   stopped (tests/faults.rs).
+/// * `ULP_TEST_BUSY_ATTEMPTS=N`: the first N write attempts find a thread
+///   in the way (tests/trigger.rs).
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Code words this operation poked so far (each `-j` worker counts
+    /// its own operations).
+    #[cfg(feature = "fault-injection")]
+    pokes: u64,
+}
+
+impl Faults {
+    #[cfg(feature = "fault-injection")]
+    fn var(name: &str) -> Option<u64> {
+        std::env::var(name).ok().and_then(|v| v.parse().ok())
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn die() {
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+
+    /// Between the runtime's record and the writes.
+    pub(crate) fn before_writes(&self) {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
+            Self::die();
+        }
+    }
+
+    /// Before each code word, and before releasing the threads.
+    fn kill_point(&self) {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_KILL_AFTER_WRITES") == Some(self.pokes) {
+            Self::die();
+        }
+    }
+
+    /// After each code word.
+    fn poked(&mut self) {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.pokes += 1;
+        }
+    }
+
+    /// Why write attempt `attempt` (from 1) finds a thread in the way, when
+    /// it is simulated to.
+    fn simulated_busy(&self, pid: Pid, attempt: u32) -> Option<String> {
+        #[cfg(feature = "fault-injection")]
+        if Self::var("ULP_TEST_BUSY_ATTEMPTS").is_some_and(|n| u64::from(attempt) <= n) {
+            return Some(format!(
+                "process {pid} is busy: a thread is executing bytes that the patch changes \
+                 (simulated: ULP_TEST_BUSY_ATTEMPTS); retry later or with a higher -r"
+            ));
+        }
+        let _ = (pid, attempt);
+        None
+    }
+}
+
+/// The writes of `writes` (a plan, in order) still to make, given `now`,
+/// what memory holds at each write's bytes: the plan is resumed at the
+/// first write from which the memory is the plan's state, except for
+/// bytes of that write already made (a write of several words a killed
+/// tool left half made, each byte old or new). That write's `old` becomes
+/// what memory holds (what a rollback puts back); writes that change
+/// nothing are dropped. Err: the index of a write whose bytes match no
+/// state of the plan.
+fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> {
+    use std::collections::HashMap;
+    fn bytes(w: &Write) -> impl Iterator<Item = (u64, usize)> {
+        let addr = w.addr;
+        (0..u64::from(w.len)).map(move |i| (addr + i, i as usize))
+    }
+    // The plan's state before write j (`cur`, starting from each byte's
+    // first `old`) and what memory holds.
+    let mut cur: HashMap<u64, u8> = HashMap::new();
+    let mut mem: HashMap<u64, u8> = HashMap::new();
+    for (w, n) in writes.iter().zip(now) {
+        for (a, i) in bytes(w) {
+            cur.entry(a).or_insert(w.old[i]);
+            mem.entry(a).or_insert(n[i]);
+        }
+    }
+    let mut differ = cur.iter().filter(|(a, v)| mem[*a] != **v).count();
+    for (j, w) in writes.iter().enumerate() {
+        if bytes(w).any(|(a, i)| cur[&a] != w.old[i]) {
+            // The plan contradicts itself: trust none of it.
+            return Err(j);
+        }
+        let inside = bytes(w).filter(|&(a, _)| mem[&a] != cur[&a]).count();
+        let half_made = bytes(w).all(|(a, i)| mem[&a] == cur[&a] || mem[&a] == w.new[i]);
+        if differ == inside && half_made {
+            let mut first = *w;
+            for (a, i) in bytes(w) {
+                first.old[i] = mem[&a];
+            }
+            let todo = std::iter::once(first)
+                .chain(writes[j + 1..].iter().copied())
+                .filter(|w| w.old[..w.len as usize] != w.new[..w.len as usize])
+                .collect();
+            return Ok(todo);
+        }
+        for (a, i) in bytes(w) {
+            differ -= usize::from(mem[&a] != cur[&a]);
+            cur.insert(a, w.new[i]);
+            differ += usize::from(mem[&a] != cur[&a]);
+        }
+    }
+    if differ == 0 {
+        return Ok(Vec::new());
+    }
+    // Name the first write with a byte that no state of the plan has.
+    let mut known: HashMap<u64, Vec<u8>> = HashMap::new();
+    for w in writes {
+        for (a, i) in bytes(w) {
+            known.entry(a).or_default().extend([w.old[i], w.new[i]]);
+        }
+    }
+    Err(writes
+        .iter()
+        .position(|w| bytes(w).any(|(a, _)| !known[&a].contains(&mem[&a])))
+        .unwrap_or(0))
+}
+
+/// The bytes no thread's instruction pointer may be strictly inside while
+/// `w` is made: the bytes it changes, none for the flag (data). A slot
+/// a switch retires (its function pointed straight at its target) is
+/// not written: a thread inside it finishes it as it is.
+fn busy_range(w: &Write) -> Option<(u64, u64)> {
+    match w.kind {
+        write_kind::FLAG => None,
+        _ => Some((w.addr, w.addr + u64::from(w.len))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
+        Write::new(addr, kind, old, new)
+    }
+
+    /// A switch of one function (stub at 0x1000, its guarded slot at
+    /// 0x8000, the flag at 0x9000), in the runtime's order: the slot, the
+    /// stub and entry to it, the flag, the stub straight to the new
+    /// function.
+    fn activation() -> Vec<Write> {
+        let stub = 0x1000;
+        let slot: Vec<u8> = (1..=16).collect();
+        let via = ulp_abi::direct_stub(stub, 0x8000).unwrap();
+        let d = ulp_abi::direct_stub(stub, 0x5000).unwrap();
+        vec![
+            w(0x8000, write_kind::CODE, &[0; 8], &slot[..8]),
+            w(0x8008, write_kind::CODE, &[0; 8], &slot[8..]),
+            w(stub, write_kind::STUB, &[0x90; 14], &via),
+            w(stub + 14, write_kind::ENTRY, &[0x66, 0x90], &[0xeb, 0xf0]),
+            w(0x9000, write_kind::FLAG, &[0], &[1]),
+            w(stub, write_kind::STUB, &via, &d),
+        ]
+    }
+
+    /// What memory holds at each write's bytes once `made` bytes of the
+    /// plan's writes are made, in order (a write cut short by a kill).
+    fn memory(plan: &[Write], made: usize) -> Vec<[u8; 16]> {
+        let mut mem = std::collections::HashMap::new();
+        for w in plan.iter().rev() {
+            for i in 0..w.len as usize {
+                mem.insert(w.addr + i as u64, w.old[i]);
+            }
+        }
+        let mut left = made;
+        for w in plan {
+            for i in 0..w.len as usize {
+                if left == 0 {
+                    break;
+                }
+                mem.insert(w.addr + i as u64, w.new[i]);
+                left -= 1;
+            }
+        }
+        plan.iter()
+            .map(|w| {
+                let mut b = [0u8; 16];
+                for (i, x) in b.iter_mut().enumerate().take(w.len as usize) {
+                    *x = mem[&(w.addr + i as u64)];
+                }
+                b
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_resumes_where_a_killed_tool_left_it() {
+        let plan = activation();
+        let total: usize = plan.iter().map(|w| w.len as usize).sum();
+        assert_eq!(resume_plan(&plan, &memory(&plan, 0)).unwrap(), plan);
+        // After whole writes: the rest of the plan.
+        let mut made = 0;
+        for k in 0..plan.len() {
+            let todo = resume_plan(&plan, &memory(&plan, made)).unwrap();
+            assert_eq!(todo, plan[k..], "after {k} writes");
+            made += plan[k].len as usize;
+        }
+        assert_eq!(made, total);
+        assert_eq!(resume_plan(&plan, &memory(&plan, total)).unwrap(), []);
+        // Part of the stub made (as a tool older than the one-write stubs
+        // could leave it): finished from there, and a rollback would put
+        // back the half-made bytes.
+        let mem = memory(&plan, 16 + 3);
+        let todo = resume_plan(&plan, &mem).unwrap();
+        assert_eq!(todo.len(), plan.len() - 2);
+        assert_eq!(todo[0].new, plan[2].new);
+        assert_eq!(todo[0].old[..14], mem[2][..14]);
+        assert_eq!(todo[1..], plan[3..]);
+        // Bytes no state of the plan has: someone else's code.
+        let mut odd = memory(&plan, 0);
+        odd[3][0] = 0xcc;
+        assert_eq!(resume_plan(&plan, &odd), Err(3));
+        let mut odd = memory(&plan, total);
+        odd[4][0] = 7;
+        assert!(resume_plan(&plan, &odd).is_err());
+        // A write that changes nothing is dropped.
+        let same = vec![w(0x2000, write_kind::STUB, &[1, 2], &[1, 2])];
+        assert_eq!(resume_plan(&same, &memory(&same, 0)).unwrap(), []);
+    }
+
+    #[test]
+    fn writes_are_busy_over_their_bytes_and_the_flag_never() {
+        let plan = activation();
+        assert_eq!(busy_range(&plan[0]), Some((0x8000, 0x8008)));
+        assert_eq!(busy_range(&plan[2]), Some((0x1000, 0x100e)));
+        assert_eq!(busy_range(&plan[3]), Some((0x100e, 0x1010)));
+        assert_eq!(busy_range(&plan[4]), None);
+        assert_eq!(busy_range(&plan[5]), Some((0x1000, 0x100e)));
+    }
+}
