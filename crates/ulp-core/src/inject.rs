@@ -91,7 +91,7 @@ pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), String> 
 /// Why the runtime must not be loaded into `pid`: the opt-out its
 /// environment carries (`LIBPULP_DISABLE_ON_*`), as a sentence.
 pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+    let environ = ulp_process::environ(pid)
         .map_err(|e| format!("cannot read the environment of process {pid}: {e}"))?;
     let var = |name: &str| -> Option<OsString> {
         environ.split(|&b| b == 0).find_map(|entry| {
@@ -99,18 +99,7 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
             Some(OsString::from_vec(value.to_vec()))
         })
     };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let ids = |field: &str| -> Vec<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|rest| {
-                rest.split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let ids = ulp_process::credentials(pid);
     let found = ulp_abi::optout::check_with(
         var,
         || {
@@ -119,10 +108,10 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
                 p.strip_suffix(b" (deleted)").unwrap_or(p).to_vec()
             })
         },
-        || ids("Uid:").first().copied().unwrap_or(u32::MAX),
+        || ids.uids.first().copied().unwrap_or(u32::MAX),
         || {
-            let mut gids = ids("Gid:").into_iter().take(1).collect::<Vec<_>>();
-            for g in ids("Groups:") {
+            let mut gids = ids.gids.iter().copied().take(1).collect::<Vec<_>>();
+            for &g in &ids.groups {
                 if !gids.contains(&g) {
                     gids.push(g);
                 }
@@ -231,7 +220,7 @@ fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, Stri
     let inside = PathBuf::from(crate::trigger::with_prefix(opts, &real.to_string_lossy()));
     let ours = std::fs::metadata(file)
         .map_err(|e| format!("cannot read the runtime '{}': {e}", file.display()))?;
-    let seen = PathBuf::from(format!("/proc/{pid}/root{}", inside.display()));
+    let seen = ulp_process::in_root(pid, &inside);
     match std::fs::metadata(&seen) {
         Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {}
         _ => {
@@ -301,7 +290,7 @@ fn sigreturn_in(
     let offset = match cached {
         Some(v) => v,
         None => {
-            let path = format!("/proc/{pid}/root{}", obj.path);
+            let path = ulp_process::in_root(pid, &obj.path);
             let bytes = std::fs::read(&path)
                 .or_else(|_| std::fs::read(&obj.path))
                 .map_err(|e| format!("reading '{}': {e}", obj.path))?;

@@ -143,7 +143,7 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
     let me = std::process::id() as Pid;
     let mut pids: Vec<Pid> = ulp_process::all_pids()
         .into_iter()
-        .filter(|&pid| pid != me && !is_kernel_thread(pid))
+        .filter(|&pid| pid != me && !ulp_process::is_kernel_thread(pid))
         .filter(|&pid| {
             ulp_process::comm(pid).is_ok_and(|c| glob_match(spec, &c))
                 || ulp_process::exe(pid).is_some_and(|e| {
@@ -160,11 +160,7 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
 /// session (`/proc/PID/loginuid`), `None` when unreadable. 4294967295 is
 /// the kernel's "unset" (a process started outside any login).
 pub fn login_uid(pid: Pid) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    ulp_process::login_uid(pid)
 }
 
 /// The user name of `uid` from the password database (`/etc/passwd`).
@@ -211,19 +207,6 @@ pub fn has_runtime(pid: Pid) -> bool {
             .iter()
             .any(|o| o.basename().starts_with("libpulp.so"))
     })
-}
-
-fn is_kernel_thread(pid: Pid) -> bool {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields after the command (which may hold spaces), from field 3 on;
-    // the flags are field 9.
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split(' ').nth(6))
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// The file a path names on this host: `path` itself, or under `root`

@@ -770,9 +770,9 @@ fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String
         let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
         // The very file mapped (even if replaced on disk since), else the path.
         let candidates = [
-            format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
-            format!("/proc/{pid}/root{path}"),
-            path.clone(),
+            ulp_process::map_file(pid, m),
+            ulp_process::in_root(pid, &path),
+            PathBuf::from(&path),
         ];
         let offset = m.offset + (w.addr - m.start);
         let mut on_disk = vec![0u8; len];

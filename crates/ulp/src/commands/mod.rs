@@ -143,7 +143,7 @@ pub(crate) fn resolve_processes(spec: &str) -> Vec<Pid> {
 /// Whether `pid` exited while it was being read (a process listed by name
 /// or as one of all that is gone by the time it is read is skipped).
 pub(crate) fn vanished(pid: Pid, e: &ulp_process::Error) -> bool {
-    e.is_gone() || !Path::new(&format!("/proc/{pid}")).exists()
+    e.is_gone() || !ulp_process::exists(pid)
 }
 pub(crate) fn process_name(pid: Pid) -> String {
     ulp_process::comm(pid).unwrap_or_else(|_| "?".into())

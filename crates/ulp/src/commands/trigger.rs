@@ -319,7 +319,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             let mut pids = resolve_processes(spec);
             let mut no_such = false;
             if let (Ok(pid), [_]) = (spec.parse::<Pid>(), pids.as_slice()) {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                if !ulp_process::exists(pid) {
                     // Not a process to report on: the argument is wrong.
                     let msg = format!("no process {pid} exists");
                     eprintln!("ulp: {msg}");
