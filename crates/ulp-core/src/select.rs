@@ -187,6 +187,29 @@ pub fn owner_matches(pid: Pid, user: &str) -> bool {
     user_name(uid).is_some_and(|name| glob_match(user, &name))
 }
 
+/// Why a selection chose no process, as every command says it: `-p SPEC`
+/// (and `-u USER`) matched nothing, or, without `-p`, no process has the
+/// runtime (owned by `USER`). Whether that is a warning or an error is the
+/// command's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoProcess<'a> {
+    /// `-p`, when given.
+    pub spec: Option<&'a str>,
+    /// `-u`, when given.
+    pub user: Option<&'a str>,
+}
+
+impl std::fmt::Display for NoProcess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.spec, self.user) {
+            (Some(spec), Some(user)) => write!(f, "no process matches '{spec}' owned by '{user}'"),
+            (Some(spec), None) => write!(f, "no process matches '{spec}'"),
+            (None, Some(user)) => write!(f, "no process with the runtime is owned by '{user}'"),
+            (None, None) => write!(f, "no process has the runtime loaded"),
+        }
+    }
+}
+
 /// Every process (but the calling one) that has the runtime
 /// (`libpulp.so*`) mapped, ascending. Processes whose maps cannot be read
 /// (another user's, without privileges) are left out.
@@ -288,6 +311,26 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_process_said_one_way() {
+        for (spec, user, said) in [
+            (
+                Some("x*"),
+                Some("bob"),
+                "no process matches 'x*' owned by 'bob'",
+            ),
+            (Some("42"), None, "no process matches '42'"),
+            (
+                None,
+                Some("bob"),
+                "no process with the runtime is owned by 'bob'",
+            ),
+            (None, None, "no process has the runtime loaded"),
+        ] {
+            assert_eq!(NoProcess { spec, user }.to_string(), said);
+        }
+    }
 
     #[test]
     fn owners() {

@@ -329,7 +329,11 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 }
             }
             if pids.is_empty() && !no_such {
-                let msg = format!("no process matches '{spec}'");
+                let msg = ulp_core::select::NoProcess {
+                    spec: Some(spec),
+                    user: None,
+                }
+                .to_string();
                 eprintln!("ulp: {msg}");
                 warnings.push(json!({ "warning": msg }));
             }
