@@ -232,22 +232,22 @@ fn why_unpatched(
 /// trying): another user's process without privilege, or the Yama
 /// `ptrace_scope` setting.
 fn attach_refusal(pid: Pid) -> Option<String> {
-    let scope = ulp_process::ptrace_scope()
-        .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(0);
-    if scope >= 3 {
-        return Some(
-            "not permitted: kernel.yama.ptrace_scope is 3 (no process may be traced)".into(),
-        );
+    use ulp_process::PtraceScope;
+    let scope = ulp_process::ptrace_scope().unwrap_or(PtraceScope::Classic);
+    let by_scope = |advice: &str| {
+        Some(format!(
+            "not permitted: kernel.yama.ptrace_scope is {scope} ({}){advice}",
+            scope.rule()
+        ))
+    };
+    if scope == PtraceScope::Nobody {
+        return by_scope("");
     }
     if has_cap_sys_ptrace() {
         return None;
     }
-    if scope == 2 {
-        return Some(
-            "not permitted: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may trace): run ulp as root"
-                .into(),
-        );
+    if scope == PtraceScope::Admin {
+        return by_scope(": run ulp as root");
     }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -256,11 +256,7 @@ fn attach_refusal(pid: Pid) -> Option<String> {
             "not permitted: the process belongs to uid {owner} and ulp runs as uid {me}: run ulp \
              as its owner or as root"
         )),
-        _ if scope == 1 => Some(
-            "not permitted: kernel.yama.ptrace_scope is 1 (only a process's ancestors may trace \
-             it): run ulp as root"
-                .into(),
-        ),
+        _ if scope == PtraceScope::Ancestors => by_scope(": run ulp as root"),
         _ => None,
     }
 }

@@ -58,7 +58,7 @@ pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
 pub use proc::{
     credentials, environ, exists, has_capability, in_root, is_kernel_thread, login_uid, map_file,
-    owner_uid, ptrace_scope, root, Credentials,
+    owner_uid, ptrace_scope, root, Credentials, PtraceScope,
 };
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Incarnation,

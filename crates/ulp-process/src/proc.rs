@@ -109,12 +109,68 @@ pub fn map_file(pid: Pid, m: &Mapping) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end))
 }
 
-/// Yama's `kernel.yama.ptrace_scope` as written (`0` to `3`), `None` when
-/// the kernel has no Yama.
-pub fn ptrace_scope() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .map(|s| s.trim().to_string())
+/// Yama's `kernel.yama.ptrace_scope`: which processes a tracer may
+/// attach to, beyond the kernel's own rule (same user, or
+/// CAP_SYS_PTRACE). Shown as its number; what each value allows is said
+/// here only ([`PtraceScope::rule`], [`PtraceScope::LEGEND`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PtraceScope {
+    /// 0: the kernel's own rule only.
+    Classic,
+    /// 1: only a process's ancestors (or whom it names with PR_SET_PTRACER).
+    Ancestors,
+    /// 2: only a tracer with CAP_SYS_PTRACE.
+    Admin,
+    /// 3: no process may be traced (until the next boot).
+    Nobody,
+}
+
+impl PtraceScope {
+    /// What the values allow, in one line (for a refused attach).
+    pub const LEGEND: &'static str = "1 allows only ancestors, 2 only CAP_SYS_PTRACE, 3 nobody";
+
+    /// Who may trace under this value, as a clause.
+    pub fn rule(self) -> &'static str {
+        match self {
+            PtraceScope::Classic => "the same user or CAP_SYS_PTRACE may trace",
+            PtraceScope::Ancestors => "only a process's ancestors may trace it",
+            PtraceScope::Admin => "only CAP_SYS_PTRACE may trace",
+            PtraceScope::Nobody => "no process may be traced",
+        }
+    }
+
+    /// The setting's number, as written in the sysctl.
+    pub fn value(self) -> u8 {
+        match self {
+            PtraceScope::Classic => 0,
+            PtraceScope::Ancestors => 1,
+            PtraceScope::Admin => 2,
+            PtraceScope::Nobody => 3,
+        }
+    }
+
+    /// The value in the sysctl's text (`"1\n"`), `None` for anything else.
+    pub fn parse(text: &str) -> Option<PtraceScope> {
+        match text.trim() {
+            "0" => Some(PtraceScope::Classic),
+            "1" => Some(PtraceScope::Ancestors),
+            "2" => Some(PtraceScope::Admin),
+            "3" => Some(PtraceScope::Nobody),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PtraceScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.value())
+    }
+}
+
+/// This host's [`PtraceScope`] (`/proc/sys/kernel/yama/ptrace_scope`),
+/// `None` when the kernel has no Yama.
+pub fn ptrace_scope() -> Option<PtraceScope> {
+    PtraceScope::parse(&fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok()?)
 }
 
 /// Whether this process has capability number `cap` (e.g. 19,
@@ -152,5 +208,37 @@ mod tests {
         );
         assert!(environ(me).is_ok());
         assert_eq!(credentials(i32::MAX), Credentials::default());
+    }
+
+    #[test]
+    fn ptrace_scopes() {
+        for (text, scope) in [
+            ("0\n", Some(PtraceScope::Classic)),
+            ("1\n", Some(PtraceScope::Ancestors)),
+            ("2", Some(PtraceScope::Admin)),
+            (" 3 \n", Some(PtraceScope::Nobody)),
+            ("4\n", None),
+            ("", None),
+            ("one", None),
+        ] {
+            assert_eq!(PtraceScope::parse(text), scope, "{text:?}");
+            if let Some(s) = scope {
+                assert_eq!(s.to_string(), text.trim());
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_attach_names_the_scope() {
+        let denied = crate::Error::AttachDenied {
+            pid: 7,
+            tid: 7,
+            tracer: None,
+            ptrace_scope: Some(PtraceScope::Ancestors),
+        };
+        assert!(denied.to_string().ends_with(
+            "; /proc/sys/kernel/yama/ptrace_scope is 1 (1 allows only ancestors, 2 only \
+             CAP_SYS_PTRACE, 3 nobody)"
+        ));
     }
 }
