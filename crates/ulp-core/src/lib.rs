@@ -11,6 +11,7 @@
 
 mod caller;
 pub mod coverage;
+pub mod error;
 pub mod inject;
 pub mod objects;
 pub mod patchable;
@@ -20,5 +21,6 @@ pub mod select;
 pub mod trigger;
 pub mod trust;
 
+pub use error::Error;
 pub use reason::Reason;
 pub use ulp_process::{Pid, Tid};

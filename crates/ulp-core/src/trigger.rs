@@ -865,7 +865,8 @@ fn call(
 ) -> Result<(i32, String, Vec<Write>), String> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
-    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)?;
+    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)
+        .map_err(|e| e.to_string())?;
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.

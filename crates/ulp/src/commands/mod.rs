@@ -201,7 +201,9 @@ pub(crate) fn runtime_to_load(
     };
     let check = !p.has("force") && ulp_core::trust::running_as_root();
     Ok(Some(
-        ulp_core::inject::check_runtime_file(&file, check).map(|()| file),
+        ulp_core::inject::check_runtime_file(&file, check)
+            .map(|()| file)
+            .map_err(|e| e.to_string()),
     ))
 }
 
