@@ -91,40 +91,24 @@ impl std::error::Error for Error {
     }
 }
 
-impl From<ulp_process::Error> for Error {
-    fn from(e: ulp_process::Error) -> Error {
-        Error::Process(e)
-    }
+/// `?` turns each failure below into its variant.
+macro_rules! wrap {
+    ($($from:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$from> for Error {
+            fn from(e: $from) -> Error {
+                Error::$variant(e)
+            }
+        })*
+    };
 }
 
-impl From<RuntimeError> for Error {
-    fn from(e: RuntimeError) -> Error {
-        Error::Runtime(e)
-    }
-}
-
-impl From<ulp_elf::Error> for Error {
-    fn from(e: ulp_elf::Error) -> Error {
-        Error::Elf(e)
-    }
-}
-
-impl From<ulp_container::container::Error> for Error {
-    fn from(e: ulp_container::container::Error) -> Error {
-        Error::Container(e)
-    }
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Error {
-        Error::Io(e)
-    }
-}
-
-impl From<Untrusted> for Error {
-    fn from(e: Untrusted) -> Error {
-        Error::Untrusted(e)
-    }
+wrap! {
+    ulp_process::Error => Process,
+    RuntimeError => Runtime,
+    ulp_elf::Error => Elf,
+    ulp_container::container::Error => Container,
+    io::Error => Io,
+    Untrusted => Untrusted,
 }
 
 /// [`Error::context`] on a result whose error converts into [`Error`].
