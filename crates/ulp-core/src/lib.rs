@@ -3,7 +3,9 @@
 //! runtime knows ([`runtime`]: state, applied patches, message log;
 //! [`patchable`]: switching live patching off and on), and choosing the
 //! processes and files a command works on ([`select`]), and whether root
-//! may load a file another user could change ([`trust`]).
+//! may load a file another user could change ([`trust`]). A failure is
+//! an [`Error`] (what failed below, or why ulp refuses); a process left
+//! unchanged says why with a [`Reason`].
 //!
 //! This crate decides *what* to do; `ulp-process` is the only code that
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the

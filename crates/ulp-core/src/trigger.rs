@@ -336,13 +336,13 @@ fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
 }
 
 /// The path the runtime must `dlopen`, as the target process sees it.
-fn path_in_target(container: &Container, opts: &Options) -> Result<String, String> {
+fn path_in_target(container: &Container, opts: &Options) -> Result<String, crate::Error> {
     // The runtime dlopens this path from inside the target, whose current
     // directory is not ours, and dlopen searches the library path for a
     // name without a slash: hand it the absolute, resolved path.
     let real = std::fs::canonicalize(&container.path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| format!("'{}': {e}", container.path.display()))?;
+        .map_err(|e| crate::Error::from(e).context(format!("'{}'", container.path.display())))?;
     Ok(with_prefix(opts, &real))
 }
 
@@ -362,7 +362,7 @@ fn apply_request(
     replace_lib: Option<&str>,
 ) -> Result<Vec<u8>, Outcome> {
     let path = path_in_target(container, opts)
-        .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e)))?;
+        .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e.to_string())))?;
     if opts.root.is_none() {
         if let Some(root) = chroot_of(pid) {
             // Our path means nothing in there.
@@ -538,16 +538,20 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
 /// for two builds of a library has one id; in a process with the other
 /// build, that id belongs to the other container. When the target is no
 /// longer loaded at all, the registry's word stands.
-pub fn is_applied(rt: &Runtime, container: &Container, opts: &Options) -> Result<bool, String> {
+pub fn is_applied(
+    rt: &Runtime,
+    container: &Container,
+    opts: &Options,
+) -> Result<bool, crate::Error> {
     let md = &container.metadata;
-    let patches = rt.patches().map_err(|e| e.to_string())?;
+    let patches = rt.patches()?;
     if !patches.iter().any(|p| p.patch_id == md.patch_id) {
         return Ok(false);
     }
     match target_state(rt.pid, md, opts) {
         Ok(TargetState::OtherBuild(_)) => Ok(false),
         Ok(_) => Ok(true),
-        Err(o) => Err(o.to_string()),
+        Err(o) => Err(crate::Error::refused(o.to_string())),
     }
 }
 
