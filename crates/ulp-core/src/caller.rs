@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use ulp_process::{Mapping, Pid, SeizeOptions, Stopped, Tid};
 
+use crate::error::Error;
+
 /// System calls in which a thread waits for something outside the process
 /// and that the allocator never makes (x86-64 numbers).
 const WAITING_SYSCALLS: &[i64] = &[
@@ -122,7 +124,7 @@ fn seize_caller(
     deadline: Instant,
     options: SeizeOptions,
 ) -> Result<(Stopped, Tid), NoCaller> {
-    let failed = |e: ulp_process::Error| NoCaller::Failed(e.to_string());
+    let failed = |e: ulp_process::Error| NoCaller::Failed(e.into());
     let maps = ulp_process::maps(pid).map_err(failed)?;
     let forbidden = Forbidden::of(&maps);
     let mut tids = ulp_process::threads(pid).map_err(failed)?;
@@ -134,7 +136,7 @@ fn seize_caller(
             Ok(s) => s,
             Err(e) if e.is_gone() && ulp_process::comm(pid).is_ok() => continue, // the thread exited
             Err(e) => {
-                first_error.get_or_insert(e.to_string());
+                first_error.get_or_insert(Error::from(e));
                 // Permission and seccomp refusals are the same for every thread.
                 break;
             }
@@ -154,19 +156,19 @@ fn seize_caller(
     }
     Err(match first_error {
         Some(e) => NoCaller::Failed(e),
-        None => NoCaller::Busy(format!(
+        None => NoCaller::Busy(Error::refused(format!(
             "process {pid} is busy: every thread is inside the C library or the dynamic loader, \
              where the runtime's code cannot safely run now; retry later or with a higher -r"
-        )),
+        ))),
     })
 }
 
 /// Why no caller was found.
 enum NoCaller {
     /// Every thread was inside the C library or the loader when looked at.
-    Busy(String),
+    Busy(Error),
     /// The process cannot be stopped at all (gone, not permitted, ...).
-    Failed(String),
+    Failed(Error),
 }
 
 /// How long [`find_caller`] keeps looking for a caller, at least, before
@@ -184,7 +186,7 @@ pub fn find_caller(
     deadline: Instant,
     options: SeizeOptions,
     retries: u32,
-) -> Result<(Stopped, Tid), String> {
+) -> Result<(Stopped, Tid), Error> {
     let start = Instant::now();
     let mut attempt: u32 = 0;
     loop {

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 
 use ulp_process::Pid;
 
@@ -233,36 +232,31 @@ fn why_unpatched(
 /// trying): another user's process without privilege, or the Yama
 /// `ptrace_scope` setting.
 fn attach_refusal(pid: Pid) -> Option<String> {
-    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(0);
-    if scope >= 3 {
-        return Some(
-            "not permitted: kernel.yama.ptrace_scope is 3 (no process may be traced)".into(),
-        );
+    use ulp_process::PtraceScope;
+    let scope = ulp_process::ptrace_scope().unwrap_or(PtraceScope::Classic);
+    let by_scope = |advice: &str| {
+        Some(format!(
+            "not permitted: kernel.yama.ptrace_scope is {scope} ({}){advice}",
+            scope.rule()
+        ))
+    };
+    if scope == PtraceScope::Nobody {
+        return by_scope("");
     }
     if has_cap_sys_ptrace() {
         return None;
     }
-    if scope == 2 {
-        return Some(
-            "not permitted: kernel.yama.ptrace_scope is 2 (only CAP_SYS_PTRACE may trace): run ulp as root"
-                .into(),
-        );
+    if scope == PtraceScope::Admin {
+        return by_scope(": run ulp as root");
     }
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    match std::fs::metadata(format!("/proc/{pid}")).map(|m| m.uid()) {
-        Ok(owner) if owner != me => Some(format!(
+    match ulp_process::owner_uid(pid) {
+        Some(owner) if owner != me => Some(format!(
             "not permitted: the process belongs to uid {owner} and ulp runs as uid {me}: run ulp \
              as its owner or as root"
         )),
-        _ if scope == 1 => Some(
-            "not permitted: kernel.yama.ptrace_scope is 1 (only a process's ancestors may trace \
-             it): run ulp as root"
-                .into(),
-        ),
+        _ if scope == PtraceScope::Ancestors => by_scope(": run ulp as root"),
         _ => None,
     }
 }
@@ -270,12 +264,5 @@ fn attach_refusal(pid: Pid) -> Option<String> {
 /// Whether this process has CAP_SYS_PTRACE in its effective set.
 fn has_cap_sys_ptrace() -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
+    ulp_process::has_capability(CAP_SYS_PTRACE)
 }

@@ -41,6 +41,7 @@ use ulp_abi::errors;
 use ulp_process::{Mapping, Pid, SIGRETURN_CODE};
 
 use crate::caller;
+use crate::error::{Context, Error};
 use crate::objects::objects_from_maps;
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
@@ -71,18 +72,18 @@ pub fn default_runtime() -> Option<PathBuf> {
 /// Checks that `path` is a runtime this ulp can talk to (it exports the
 /// interface and the entry point) and, as root, that nobody else can
 /// change it. Run once per `ulp` run, before any process is touched.
-pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), String> {
+pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), Error> {
     if check_trust {
-        crate::trust::check(path).map_err(|e| e.to_string())?;
+        crate::trust::check(path)?;
     }
     let elf = ulp_elf::ElfFile::open_sections(path, &[".dynsym", ".dynstr"])
-        .map_err(|e| format!("cannot use '{}' as the runtime: {e}", path.display()))?;
+        .context(|| format!("cannot use '{}' as the runtime", path.display()))?;
     for sym in [ulp_abi::INTERFACE_SYMBOL, ulp_abi::ENTRY_SYMBOL] {
         if elf.dynamic_symbol(sym).is_none() {
-            return Err(format!(
+            return Err(Error::refused(format!(
                 "'{}' is not the ulp runtime (it does not export {sym})",
                 path.display()
-            ));
+            )));
         }
     }
     Ok(())
@@ -90,27 +91,16 @@ pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), String> 
 
 /// Why the runtime must not be loaded into `pid`: the opt-out its
 /// environment carries (`LIBPULP_DISABLE_ON_*`), as a sentence.
-pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ"))
-        .map_err(|e| format!("cannot read the environment of process {pid}: {e}"))?;
+pub fn opted_out(pid: Pid) -> Result<Option<String>, Error> {
+    let environ = ulp_process::environ(pid)
+        .context(|| format!("cannot read the environment of process {pid}"))?;
     let var = |name: &str| -> Option<OsString> {
         environ.split(|&b| b == 0).find_map(|entry| {
             let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
             Some(OsString::from_vec(value.to_vec()))
         })
     };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let ids = |field: &str| -> Vec<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .map(|rest| {
-                rest.split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let ids = ulp_process::credentials(pid);
     let found = ulp_abi::optout::check_with(
         var,
         || {
@@ -119,10 +109,10 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, String> {
                 p.strip_suffix(b" (deleted)").unwrap_or(p).to_vec()
             })
         },
-        || ids("Uid:").first().copied().unwrap_or(u32::MAX),
+        || ids.uids.first().copied().unwrap_or(u32::MAX),
         || {
-            let mut gids = ids("Gid:").into_iter().take(1).collect::<Vec<_>>();
-            for g in ids("Groups:") {
+            let mut gids = ids.gids.iter().copied().take(1).collect::<Vec<_>>();
+            for &g in &ids.groups {
                 if !gids.contains(&g) {
                     gids.push(g);
                 }
@@ -162,12 +152,11 @@ fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcom
             )))
         }
     }
-    if let Some(why) =
-        opted_out(pid).map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e)))?
-    {
+    let failed = |error| move |e: Error| Outcome::Failed(Reason::new(error, e.to_string()));
+    if let Some(why) = opted_out(pid).map_err(failed(errors::ETARGETHOOK))? {
         return Err(Outcome::Skipped(Reason::new(errors::EUSRBLOCKED, why)));
     }
-    load(pid, file, opts).map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e)))?;
+    load(pid, file, opts).map_err(failed(errors::EDLOPEN))?;
     match Runtime::find(pid) {
         Ok(rt) => Ok(rt),
         Err(RuntimeError::NotLoaded) => Err(Outcome::Failed(Reason::new(
@@ -197,9 +186,9 @@ struct Entry {
 /// Loads `file` into `pid` with one remote `dlopen` (see the module
 /// documentation). Returns when the call is over, whether it loaded the
 /// runtime or not.
-fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
+fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), Error> {
     let deadline = Instant::now() + opts.timeout;
-    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    let maps = ulp_process::maps(pid)?;
     let entry = entry_points(pid, &maps)?;
     let inside = path_in_process(pid, file, opts)?;
     let mut data = inside.into_bytes();
@@ -219,60 +208,62 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), String> {
         deadline,
     );
     let released = stopped.release();
-    called.map_err(|e| format!("loading the runtime: {e}"))?;
-    released.map_err(|e| e.to_string())
+    called.context(|| "loading the runtime")?;
+    Ok(released?)
 }
 
 /// The path of `file` as the process sees it (`-R PREFIX`: PREFIX + its
 /// real path, as for a patch), after checking that the process would open
 /// that very file.
-fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, String> {
+fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, Error> {
     let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let inside = PathBuf::from(crate::trigger::with_prefix(opts, &real.to_string_lossy()));
     let ours = std::fs::metadata(file)
-        .map_err(|e| format!("cannot read the runtime '{}': {e}", file.display()))?;
-    let seen = PathBuf::from(format!("/proc/{pid}/root{}", inside.display()));
+        .context(|| format!("cannot read the runtime '{}'", file.display()))?;
+    let seen = ulp_process::in_root(pid, &inside);
     match std::fs::metadata(&seen) {
         Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {}
         _ => {
-            return Err(format!(
+            return Err(Error::refused(format!(
                 "the process does not see the runtime at '{}' (it runs in another root or mount \
                  namespace): use -R for a chroot, or put a copy where it can see it and name it \
                  with --runtime",
                 inside.display()
-            ))
+            )))
         }
     }
-    inside
-        .to_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("the runtime path '{}' is not UTF-8", inside.display()))
+    inside.to_str().map(str::to_string).ok_or_else(|| {
+        Error::refused(format!(
+            "the runtime path '{}' is not UTF-8",
+            inside.display()
+        ))
+    })
 }
 
 /// `dlopen` and a signal restorer in the process's C library.
-fn entry_points(pid: Pid, maps: &[Mapping]) -> Result<Entry, String> {
+fn entry_points(pid: Pid, maps: &[Mapping]) -> Result<Entry, Error> {
     let objects = objects_from_maps(maps);
     let libc = objects
         .iter()
         .find(|o| o.basename().starts_with("libc.so"))
         .ok_or_else(|| {
-            format!(
+            Error::refused(format!(
                 "process {pid} does not use the GNU C library's libc.so (statically linked?): \
                  the runtime cannot be loaded into it"
-            )
+            ))
         })?;
     let elf = libc
         .open_sections(pid, &[".dynsym", ".dynstr"])
-        .map_err(|e| format!("reading the C library of process {pid}: {e}"))?;
+        .context(|| format!("reading the C library of process {pid}"))?;
     let (dlopen, mode) = if let Some(s) = elf.dynamic_symbol("dlopen") {
         (libc.bias + s.value, RTLD_NOW)
     } else if let Some(s) = elf.dynamic_symbol("__libc_dlopen_mode") {
         (libc.bias + s.value, RTLD_NOW | RTLD_DLOPEN)
     } else {
-        return Err(format!(
+        return Err(Error::refused(format!(
             "the C library of process {pid} ('{}') has no dlopen",
             libc.path
-        ));
+        )));
     };
     let sigreturn = sigreturn_in(pid, maps, libc)?;
     Ok(Entry {
@@ -288,7 +279,7 @@ fn sigreturn_in(
     pid: Pid,
     maps: &[Mapping],
     obj: &crate::objects::MappedObject,
-) -> Result<u64, String> {
+) -> Result<u64, Error> {
     type Cache = Mutex<std::collections::HashMap<(String, u64), Option<u64>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -301,10 +292,10 @@ fn sigreturn_in(
     let offset = match cached {
         Some(v) => v,
         None => {
-            let path = format!("/proc/{pid}/root{}", obj.path);
+            let path = ulp_process::in_root(pid, &obj.path);
             let bytes = std::fs::read(&path)
                 .or_else(|_| std::fs::read(&obj.path))
-                .map_err(|e| format!("reading '{}': {e}", obj.path))?;
+                .context(|| format!("reading '{}'", obj.path))?;
             let found = exec.iter().find_map(|m| {
                 let start = usize::try_from(m.offset).ok()?;
                 let end = (start + (m.end - m.start) as usize).min(bytes.len());
@@ -320,14 +311,18 @@ fn sigreturn_in(
         }
     };
     let offset = offset.ok_or_else(|| {
-        format!(
+        Error::refused(format!(
             "no rt_sigreturn sequence in '{}' (not the GNU C library?): the runtime cannot be \
              loaded safely into process {pid}",
             obj.path
-        )
+        ))
     })?;
     exec.iter()
         .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
         .map(|m| m.start + (offset - m.offset))
-        .ok_or_else(|| format!("the C library of process {pid} is not mapped as expected"))
+        .ok_or_else(|| {
+            Error::refused(format!(
+                "the C library of process {pid} is not mapped as expected"
+            ))
+        })
 }

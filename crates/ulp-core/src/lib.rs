@@ -6,7 +6,9 @@
 //! state, switched off and on), and choosing the processes and files a
 //! command works on ([`select`]), and whether root may load a file another
 //! user could change ([`trust`]), and the redirect method of every
-//! function of a file ([`redirect`]).
+//! function of a file ([`redirect`]). A failure is an [`Error`] (what
+//! failed below, or why ulp refuses); a process left unchanged says why
+//! with a [`Reason`].
 //!
 //! This crate decides *what* to do; `ulp-process` is the only code that
 //! touches another process, `ulp-container`/`ulp-elf` read files, and the
@@ -14,6 +16,7 @@
 
 mod caller;
 pub mod coverage;
+pub mod error;
 pub mod fleet;
 pub mod inject;
 pub mod live_patching;
@@ -26,5 +29,6 @@ pub mod trigger;
 pub mod trust;
 mod writes;
 
+pub use error::Error;
 pub use reason::Reason;
 pub use ulp_process::{Pid, Tid};

@@ -84,7 +84,7 @@ impl MappedObject {
         if self.name == path || self.path == path {
             return true;
         }
-        std::fs::metadata(format!("/proc/{pid}/root{path}"))
+        std::fs::metadata(ulp_process::in_root(pid, path))
             .or_else(|_| std::fs::metadata(path))
             .is_ok_and(|m| m.ino() == self.inode && m.ino() != 0)
     }
@@ -106,7 +106,7 @@ impl MappedObject {
         pid: Pid,
         open: impl Fn(&Path) -> Result<ElfFile, ulp_elf::Error>,
     ) -> Result<ElfFile, ulp_elf::Error> {
-        let via_root = PathBuf::from(format!("/proc/{pid}/root{}", self.path));
+        let via_root = ulp_process::in_root(pid, &self.path);
         match open(&via_root) {
             Ok(f) => Ok(f),
             Err(_) => open(Path::new(&self.path)),
@@ -179,14 +179,14 @@ fn soname_link(pid: Pid, obj: &MappedObject) -> Option<String> {
     }
     let dir = obj.name.rsplit_once('/')?.0;
     let link = format!("{dir}/{soname}");
-    let m = std::fs::metadata(format!("/proc/{pid}/root{link}")).ok()?;
+    let m = std::fs::metadata(ulp_process::in_root(pid, &link)).ok()?;
     (m.ino() == obj.inode).then_some(link)
 }
 
 /// The directory `pid` is chrooted at, when it is not `/` (as far as
 /// `/proc/PID/root` tells).
 pub fn chroot_of(pid: Pid) -> Option<PathBuf> {
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).ok()?;
+    let root = ulp_process::root(pid)?;
     (root != Path::new("/")).then_some(root)
 }
 

@@ -143,7 +143,7 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
     let me = std::process::id() as Pid;
     let mut pids: Vec<Pid> = ulp_process::all_pids()
         .into_iter()
-        .filter(|&pid| pid != me && !is_kernel_thread(pid))
+        .filter(|&pid| pid != me && !ulp_process::is_kernel_thread(pid))
         .filter(|&pid| {
             ulp_process::comm(pid).is_ok_and(|c| glob_match(spec, &c))
                 || ulp_process::exe(pid).is_some_and(|e| {
@@ -160,11 +160,7 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
 /// session (`/proc/PID/loginuid`), `None` when unreadable. 4294967295 is
 /// the kernel's "unset" (a process started outside any login).
 pub fn login_uid(pid: Pid) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    ulp_process::login_uid(pid)
 }
 
 /// The user name of `uid` from the password database (`/etc/passwd`).
@@ -191,6 +187,29 @@ pub fn owner_matches(pid: Pid, user: &str) -> bool {
     user_name(uid).is_some_and(|name| glob_match(user, &name))
 }
 
+/// Why a selection chose no process, as every command says it: `-p SPEC`
+/// (and `-u USER`) matched nothing, or, without `-p`, no process has the
+/// runtime (owned by `USER`). Whether that is a warning or an error is the
+/// command's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoProcess<'a> {
+    /// `-p`, when given.
+    pub spec: Option<&'a str>,
+    /// `-u`, when given.
+    pub user: Option<&'a str>,
+}
+
+impl std::fmt::Display for NoProcess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.spec, self.user) {
+            (Some(spec), Some(user)) => write!(f, "no process matches '{spec}' owned by '{user}'"),
+            (Some(spec), None) => write!(f, "no process matches '{spec}'"),
+            (None, Some(user)) => write!(f, "no process with the runtime is owned by '{user}'"),
+            (None, None) => write!(f, "no process has the runtime loaded"),
+        }
+    }
+}
+
 /// Every process (but the calling one) that has the runtime
 /// (`libpulp.so*`) mapped, ascending. Processes whose maps cannot be read
 /// (another user's, without privileges) are left out.
@@ -211,19 +230,6 @@ pub fn has_runtime(pid: Pid) -> bool {
             .iter()
             .any(|o| o.basename().starts_with("libpulp.so"))
     })
-}
-
-fn is_kernel_thread(pid: Pid) -> bool {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields after the command (which may hold spaces), from field 3 on;
-    // the flags are field 9.
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split(' ').nth(6))
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// The file a path names on this host: `path` itself, or under `root`
@@ -305,6 +311,26 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_process_said_one_way() {
+        for (spec, user, said) in [
+            (
+                Some("x*"),
+                Some("bob"),
+                "no process matches 'x*' owned by 'bob'",
+            ),
+            (Some("42"), None, "no process matches '42'"),
+            (
+                None,
+                Some("bob"),
+                "no process with the runtime is owned by 'bob'",
+            ),
+            (None, None, "no process has the runtime loaded"),
+        ] {
+            assert_eq!(NoProcess { spec, user }.to_string(), said);
+        }
+    }
 
     #[test]
     fn owners() {

@@ -339,13 +339,13 @@ fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
 }
 
 /// The path the runtime must `dlopen`, as the target process sees it.
-fn path_in_target(container: &Container, opts: &Options) -> Result<String, String> {
+fn path_in_target(container: &Container, opts: &Options) -> Result<String, crate::Error> {
     // The runtime dlopens this path from inside the target, whose current
     // directory is not ours, and dlopen searches the library path for a
     // name without a slash: hand it the absolute, resolved path.
     let real = std::fs::canonicalize(&container.path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| format!("'{}': {e}", container.path.display()))?;
+        .map_err(|e| crate::Error::from(e).context(format!("'{}'", container.path.display())))?;
     Ok(with_prefix(opts, &real))
 }
 
@@ -365,7 +365,7 @@ fn apply_request(
     replace_lib: Option<&str>,
 ) -> Result<Vec<u8>, Outcome> {
     let path = path_in_target(container, opts)
-        .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e)))?;
+        .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e.to_string())))?;
     if opts.root.is_none() {
         if let Some(root) = chroot_of(pid) {
             // Our path means nothing in there.
@@ -541,16 +541,20 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
 /// for two builds of a library has one id; in a process with the other
 /// build, that id belongs to the other container. When the target is no
 /// longer loaded at all, the registry's word stands.
-pub fn is_applied(rt: &Runtime, container: &Container, opts: &Options) -> Result<bool, String> {
+pub fn is_applied(
+    rt: &Runtime,
+    container: &Container,
+    opts: &Options,
+) -> Result<bool, crate::Error> {
     let md = &container.metadata;
-    let patches = rt.patches().map_err(|e| e.to_string())?;
+    let patches = rt.patches()?;
     if !patches.iter().any(|p| p.patch_id == md.patch_id) {
         return Ok(false);
     }
     match target_state(rt.pid, md, opts) {
         Ok(TargetState::OtherBuild(_)) => Ok(false),
         Ok(_) => Ok(true),
-        Err(o) => Err(o.to_string()),
+        Err(o) => Err(crate::Error::refused(o.to_string())),
     }
 }
 
@@ -726,7 +730,8 @@ fn call(
 ) -> Result<(i32, String, Vec<Write>), String> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
-    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)?;
+    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)
+        .map_err(|e| e.to_string())?;
     rt.write_request(opcode, req).map_err(|e| e.to_string())?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.

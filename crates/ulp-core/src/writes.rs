@@ -13,6 +13,7 @@
 //! What to write, and what a refusal means, is `trigger`'s business; this
 //! module only makes writes.
 
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,9 +110,9 @@ pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result
         let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
         // The very file mapped (even if replaced on disk since), else the path.
         let candidates = [
-            format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
-            format!("/proc/{pid}/root{path}"),
-            path.clone(),
+            ulp_process::map_file(pid, m),
+            ulp_process::in_root(pid, &path),
+            PathBuf::from(&path),
         ];
         let offset = m.offset + (w.addr - m.start);
         let mut on_disk = vec![0u8; len];

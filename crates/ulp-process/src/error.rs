@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::{Pid, Tid};
+use crate::{Pid, PtraceScope, Tid};
 
 /// Who holds a thread we could not attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +29,8 @@ pub enum Error {
         pid: Pid,
         tid: Tid,
         tracer: Option<Tracer>,
-        /// Contents of /proc/sys/kernel/yama/ptrace_scope, when it exists.
-        ptrace_scope: Option<String>,
+        /// Yama's setting, when the kernel has Yama.
+        ptrace_scope: Option<PtraceScope>,
     },
     /// `PTRACE_SEIZE` with PTRACE_O_SUSPEND_SECCOMP was refused: `why` says
     /// what is missing (CAP_SYS_ADMIN, kernel support).
@@ -222,8 +222,8 @@ impl fmt::Display for Error {
                         match ptrace_scope {
                             Some(s) => write!(
                                 f,
-                                "; /proc/sys/kernel/yama/ptrace_scope is {s} (1 allows only ancestors, \
-                                 2 only CAP_SYS_PTRACE, 3 nobody)"
+                                "; /proc/sys/kernel/yama/ptrace_scope is {s} ({})",
+                                PtraceScope::LEGEND
                             ),
                             None => Ok(()),
                         }

@@ -6,7 +6,12 @@
 //!   list of loaded objects from memory; [`read_mem`] and [`write_mem`] use
 //!   `process_vm_readv`/`process_vm_writev` (writable data only);
 //!   [`Incarnation`] tells whether a process has exited since (a zombie,
-//!   every thread exiting, or its pid another process's now).
+//!   every thread exiting, or its pid another process's now); who a
+//!   process is and what it sees: [`exists`], [`owner_uid`],
+//!   [`credentials`], [`login_uid`], [`environ`], [`root`], [`in_root`]
+//!   (a path as the process sees it), [`map_file`]; and what this host
+//!   lets a tracer do: [`ptrace_scope`], [`has_capability`]. No other
+//!   crate of the workspace reads /proc.
 //! * Stopping: [`Stopped`] is a guard over threads of one process that the
 //!   calling OS thread has seized (PTRACE_SEIZE, never PTRACE_O_EXITKILL)
 //!   and interrupted. While it lives you can read registers, run a function
@@ -41,6 +46,7 @@ mod error;
 pub mod frame;
 mod linkmap;
 mod mem;
+mod proc;
 mod procfs;
 mod regs;
 mod stopped;
@@ -50,6 +56,10 @@ pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
 pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
+pub use proc::{
+    credentials, environ, exists, has_capability, in_root, is_kernel_thread, login_uid, map_file,
+    owner_uid, ptrace_scope, root, Credentials, PtraceScope,
+};
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, thread_state, threads, tracer_of, Incarnation,
     Mapping,

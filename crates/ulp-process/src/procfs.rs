@@ -251,12 +251,6 @@ pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
     }
 }
 
-pub(crate) fn ptrace_scope() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
 /// True while /proc/PID exists and a thread of it has not ended
 /// ([`thread_ended`]): a leader that exited before its other threads is a
 /// zombie while they run, threads that exited stay listed (as zombies)

@@ -349,7 +349,7 @@ impl Stopped {
                         pid,
                         tid,
                         tracer: procfs::tracer_of(pid, tid),
-                        ptrace_scope: procfs::ptrace_scope(),
+                        ptrace_scope: crate::proc::ptrace_scope(),
                     });
                     break;
                 }

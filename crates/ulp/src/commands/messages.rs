@@ -39,7 +39,11 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let by_name = spec.parse::<Pid>().is_err();
     let (mut logs, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     if pids.is_empty() {
-        let msg = format!("no process matches '{spec}'");
+        let msg = ulp_core::select::NoProcess {
+            spec: Some(spec),
+            user: None,
+        }
+        .to_string();
         eprintln!("ulp: {msg}");
         errors.push(json!({ "error": msg }));
     }

@@ -143,7 +143,7 @@ pub(crate) fn resolve_processes(spec: &str) -> Vec<Pid> {
 /// Whether `pid` exited while it was being read (a process listed by name
 /// or as one of all that is gone by the time it is read is skipped).
 pub(crate) fn vanished(pid: Pid, e: &ulp_process::Error) -> bool {
-    e.is_gone() || !Path::new(&format!("/proc/{pid}")).exists()
+    e.is_gone() || !ulp_process::exists(pid)
 }
 pub(crate) fn process_name(pid: Pid) -> String {
     ulp_process::comm(pid).unwrap_or_else(|_| "?".into())
@@ -201,7 +201,9 @@ pub(crate) fn runtime_to_load(
     };
     let check = !p.has("force") && ulp_core::trust::running_as_root();
     Ok(Some(
-        ulp_core::inject::check_runtime_file(&file, check).map(|()| file),
+        ulp_core::inject::check_runtime_file(&file, check)
+            .map(|()| file)
+            .map_err(|e| e.to_string()),
     ))
 }
 

@@ -100,12 +100,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     let by_name = spec.is_none_or(|s| s.parse::<Pid>().is_err());
     let (mut done, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     if pids.is_empty() {
-        let msg = match (spec, user) {
-            (Some(spec), Some(user)) => format!("no process matches '{spec}' owned by '{user}'"),
-            (Some(spec), None) => format!("no process matches '{spec}'"),
-            (None, Some(user)) => format!("no process with the runtime is owned by '{user}'"),
-            (None, None) => "no process has the runtime loaded".to_string(),
-        };
+        let msg = ulp_core::select::NoProcess { spec, user }.to_string();
         eprintln!("ulp: {msg}");
         errors.push(json!({ "error": msg }));
     }

@@ -256,7 +256,11 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                     errors.push(json!({ "pid": pid, "error": msg }));
                 }
                 Some(NotSelected::NoMatch) => {
-                    let msg = format!("no process matches '{spec}'");
+                    let msg = ulp_core::select::NoProcess {
+                        spec: Some(spec),
+                        user: None,
+                    }
+                    .to_string();
                     eprintln!("ulp: {msg}");
                     warnings.push(json!({ "warning": msg }));
                 }
