@@ -19,7 +19,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::{bytes, replace_file, ElfFile, Error, ErrorKind, SectionHeader};
+use crate::file::SectionHeader;
+use crate::replace::replace_file;
+use crate::{bytes, ElfFile, Error, ErrorKind};
 use crate::{EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SHT_DYNSYM, SHT_RELA, SHT_SYMTAB, SYM_SIZE};
 
 const SHT_PROGBITS: u32 = 1;
