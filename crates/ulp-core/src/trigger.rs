@@ -1193,9 +1193,7 @@ fn busy_range(w: &Write) -> Option<(u64, u64)> {
     }
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use ulp_abi::hex::hex;
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::{bytes, Error, ErrorKind};
-use crate::{DT_NULL, DT_SONAME, DT_STRSZ, DT_STRTAB, EHDR_SIZE, EM_X86_64, ET_DYN, PHDR_SIZE};
-use crate::{PT_DYNAMIC, PT_LOAD, SHDR_SIZE, SHN_XINDEX, SHT_DYNAMIC, SHT_NOBITS};
+use ulp_abi::elf::{
+    DT_NULL, DT_SONAME, DT_STRSZ, DT_STRTAB, EHDR_SIZE, EM_X86_64, ET_DYN, PHDR_SIZE,
+};
+use ulp_abi::elf::{PT_DYNAMIC, PT_LOAD, SHDR_SIZE, SHN_XINDEX, SHT_DYNAMIC, SHT_NOBITS};
 
 /// A section header, as read from the file (names resolved).
 #[derive(Clone, Debug)]

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use crate::file::SectionHeader;
+use crate::PATCHABLE_SECTION;
 use crate::{bytes, ElfFile, Error, ErrorKind};
-use crate::{PATCHABLE_SECTION, RELA_SIZE, R_X86_64_RELATIVE, SHT_RELA};
+use ulp_abi::elf::{RELA_SIZE, R_X86_64_RELATIVE, SHT_RELA};
 
 impl ElfFile {
     /// `R_X86_64_RELATIVE` relocations of every `SHT_RELA` section:

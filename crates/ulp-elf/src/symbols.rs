@@ -6,9 +6,13 @@ use std::fmt;
 
 use crate::file::SectionHeader;
 use crate::{bytes, ElfFile};
-use crate::{SHF_EXECINSTR, SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_GNU_VERDEF, SHT_GNU_VERSYM};
-use crate::{SHT_NOBITS, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_TLS, SYM_SIZE};
-use crate::{VERDAUX_SIZE, VERDEF_SIZE, VERSYM_HIDDEN};
+use ulp_abi::elf::{
+    SHF_EXECINSTR, SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_GNU_VERDEF, SHT_GNU_VERSYM,
+};
+use ulp_abi::elf::{
+    SHT_NOBITS, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC, STT_OBJECT, STT_TLS, SYM_SIZE,
+};
+use ulp_abi::elf::{VERDAUX_SIZE, VERDEF_SIZE, VERSYM_HIDDEN};
 
 /// A symbol table entry (from `.symtab` or `.dynsym`).
 #[derive(Clone, Debug, PartialEq, Eq)]
