@@ -537,6 +537,16 @@ pub fn undo(reg: &mut Registry) -> Result<Done, Failure> {
     result
 }
 
+/// Puts reverted patches back at their former indices (ascending: each
+/// lands where it was) and publishes the registry.
+fn reinsert(reg: &mut Registry, removed: impl IntoIterator<Item = (usize, Patch)>) {
+    for (index, patch) in removed {
+        let index = index.min(reg.patches.len());
+        reg.patches.insert(index, patch);
+    }
+    reg.publish();
+}
+
 fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
     match reg.last.take() {
         None => Err(Failure::new(
@@ -567,9 +577,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                 "undid revert of patch '{}' (applied again)",
                 patch.container_path.to_string_lossy()
             );
-            let index = index.min(reg.patches.len());
-            reg.patches.insert(index, patch);
-            reg.publish();
+            reinsert(reg, [(index, patch)]);
             Ok(Done {
                 msg,
                 writes: Vec::new(),
@@ -595,12 +603,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                 msg.push_str("es");
             }
             msg.push_str(" (applied again)");
-            // Ascending former indices: each lands where it was.
-            for (index, patch) in removed {
-                let index = index.min(reg.patches.len());
-                reg.patches.insert(index, patch);
-            }
-            reg.publish();
+            reinsert(reg, removed);
             Ok(Done {
                 msg,
                 writes: Vec::new(),
