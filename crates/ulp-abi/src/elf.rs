@@ -77,8 +77,13 @@ pub const DT_SONAME: u64 = 14;
 pub const STT_NOTYPE: u8 = 0;
 pub const STT_OBJECT: u8 = 1;
 pub const STT_FUNC: u8 = 2;
+pub const STT_SECTION: u8 = 3;
+pub const STT_FILE: u8 = 4;
+pub const STT_COMMON: u8 = 5;
 pub const STT_TLS: u8 = 6;
 pub const STT_GNU_IFUNC: u8 = 10;
+
+pub const STB_LOCAL: u8 = 0;
 
 pub const R_X86_64_64: u32 = 1;
 pub const R_X86_64_GLOB_DAT: u32 = 6;
