@@ -134,38 +134,31 @@ impl ElfFile {
         };
         let head = len.min(4096);
         read(&mut data, 0, head)?;
-        let u16_at = |d: &[u8], o: usize| d.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |d: &[u8], o: usize| {
-            d.get(o..o + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        };
-        let u64_at = |d: &[u8], o: usize| {
-            d.get(o..o + 8)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        };
         let bad = || Error::malformed(path, "bad ELF header");
-        let shoff = u64_at(&data, 0x28).ok_or_else(bad)?;
-        let shentsize = u64::from(u16_at(&data, 0x3a).ok_or_else(bad)?);
-        let shnum = u64::from(u16_at(&data, 0x3c).ok_or_else(bad)?);
-        let shstrndx = u64::from(u16_at(&data, 0x3e).ok_or_else(bad)?);
+        let shoff = bytes::u64_at(&data, 0x28).ok_or_else(bad)?;
+        let shentsize = u64::from(bytes::u16_at(&data, 0x3a).ok_or_else(bad)?);
+        let shnum = u64::from(bytes::u16_at(&data, 0x3c).ok_or_else(bad)?);
+        let shstrndx = u64::from(bytes::u16_at(&data, 0x3e).ok_or_else(bad)?);
         if shentsize < 64 || shnum == 0 {
             // Nothing sparse to do: let the full parser say what is wrong.
             return ElfFile::open(path);
         }
         read(&mut data, shoff, shentsize * shnum)?;
-        let header = |d: &[u8], i: u64| -> Option<(u32, u64, u64, u32)> {
-            let at = usize::try_from(shoff.checked_add(i.checked_mul(shentsize)?)?).ok()?;
+        // sh_name, sh_offset and sh_size of section `i`, when its header
+        // is in `d` up to sh_link.
+        let header = |d: &[u8], i: u64| -> Option<(u32, u64, u64)> {
+            let at = shoff.checked_add(i.checked_mul(shentsize)?)?;
+            let raw = bytes::slice(d, at, 0x2c)?;
             Some((
-                u32_at(d, at)?,
-                u64_at(d, at + 0x18)?,
-                u64_at(d, at + 0x20)?,
-                u32_at(d, at + 0x28)?,
+                bytes::u32_at(raw, 0)?,
+                bytes::u64_at(raw, 0x18)?,
+                bytes::u64_at(raw, 0x20)?,
             ))
         };
-        let (_, str_off, str_size, _) = header(&data, shstrndx).ok_or_else(bad)?;
+        let (_, str_off, str_size) = header(&data, shstrndx).ok_or_else(bad)?;
         read(&mut data, str_off, str_size)?;
         for i in 0..shnum {
-            let Some((name_off, off, size, _)) = header(&data, i) else {
+            let Some((name_off, off, size)) = header(&data, i) else {
                 continue;
             };
             let start =
