@@ -12,6 +12,12 @@
 //! table, a note with a bad length) make that table read as empty, because
 //! callers only ever look for specific entries and report their absence.
 //!
+//! One job a file: `file.rs` reads the headers and tables, `symbols.rs`
+//! the symbols, `notes.rs` the build-id (through the note parser shared
+//! with the tool's memory reads and the runtime, `ulp_abi::elf`),
+//! `patchable.rs` the patchable entries; `post.rs` and `write.rs` rewrite
+//! a file, `replace.rs` puts the result in its place.
+//!
 //! Left out: 32-bit and big-endian files, other machines, relocatable
 //! objects' relocations (targets are linked objects).
 

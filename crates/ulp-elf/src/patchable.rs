@@ -36,7 +36,7 @@ impl ElfFile {
 
     /// The addresses `__patchable_function_entries` lists: for each function
     /// built with `-fpatchable-function-entry=16,14`, the start of its NOP
-    /// padding, which is its symbol value minus [`PADDING_BEFORE_ENTRY`]
+    /// padding, which is its symbol value minus [`PADDING_BEFORE_ENTRY`](crate::PADDING_BEFORE_ENTRY)
     /// (in the interop `libgreet.so.0`, `greet_answer` is at 0x118e and the
     /// section lists 0x1180).
     ///
