@@ -13,6 +13,15 @@
 //! 64, `st_shndx` is 16); `e_*` and `st_info` values as the header holds
 //! them.
 
+/// `e_ident[0..4]`: every ELF file starts with these bytes.
+pub const ELFMAG: &[u8; 4] = b"\x7fELF";
+/// `e_ident[4]` (`EI_CLASS`) of a 32-bit file.
+pub const ELFCLASS32: u8 = 1;
+/// `e_ident[4]` (`EI_CLASS`) of a 64-bit file.
+pub const ELFCLASS64: u8 = 2;
+/// `e_ident[5]` (`EI_DATA`) of a little-endian file.
+pub const ELFDATA2LSB: u8 = 1;
+
 /// `e_type` of a shared object or a position-independent executable.
 pub const ET_DYN: u16 = 3;
 /// `e_machine` of x86-64.

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
-use ulp_abi::elf::{PT_DYNAMIC, PT_LOAD, PT_NOTE};
+use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
 use ulp_process::{Mapping, Pid};
 
@@ -279,9 +279,9 @@ impl LoadedHeaders {
     fn read(pid: Pid, start: u64, max_phnum: usize) -> Option<LoadedHeaders> {
         let ehdr = read_memory(pid, start, EHDR_SIZE as usize)?;
         let phdr_size = PHDR_SIZE as usize;
-        if ehdr[..4] != *b"\x7fELF"
-            || ehdr[4] != 2
-            || ehdr[5] != 1
+        if ehdr[..4] != *ELFMAG
+            || ehdr[4] != ELFCLASS64
+            || ehdr[5] != ELFDATA2LSB
             || usize::from(u16_at(&ehdr, 54)?) != phdr_size
         {
             return None;

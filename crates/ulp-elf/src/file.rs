@@ -9,6 +9,7 @@ use crate::{bytes, Error, ErrorKind};
 use ulp_abi::elf::{
     DT_NULL, DT_SONAME, DT_STRSZ, DT_STRTAB, EHDR_SIZE, EM_X86_64, ET_DYN, PHDR_SIZE,
 };
+use ulp_abi::elf::{ELFCLASS32, ELFCLASS64, ELFDATA2LSB, ELFMAG};
 use ulp_abi::elf::{PT_DYNAMIC, PT_LOAD, SHDR_SIZE, SHN_XINDEX, SHT_DYNAMIC, SHT_NOBITS};
 
 /// A section header, as read from the file (names resolved).
@@ -183,12 +184,12 @@ impl ElfFile {
     /// Parses `data`, the contents of `path` (used in messages only).
     pub fn parse(path: &Path, data: Vec<u8>) -> Result<ElfFile, Error> {
         let d = &data[..];
-        if d.get(..4) != Some(b"\x7fELF") {
+        if d.get(..4) != Some(ELFMAG) {
             return Err(Error::new(path, ErrorKind::NotElf, "not an ELF file"));
         }
         match d.get(4) {
-            Some(2) => {}
-            Some(1) => {
+            Some(&ELFCLASS64) => {}
+            Some(&ELFCLASS32) => {
                 return Err(Error::new(
                     path,
                     ErrorKind::Unsupported,
@@ -202,7 +203,7 @@ impl ElfFile {
                 ))
             }
         }
-        if d.get(5) != Some(&1) {
+        if d.get(5) != Some(&ELFDATA2LSB) {
             return Err(Error::new(
                 path,
                 ErrorKind::Unsupported,
