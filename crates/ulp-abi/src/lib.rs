@@ -31,7 +31,11 @@
 
 #![no_std]
 
+extern crate alloc;
+
+pub mod elf;
 pub mod errors;
+pub mod hex;
 pub mod names;
 pub mod time;
 

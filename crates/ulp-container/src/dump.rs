@@ -8,14 +8,7 @@ use crate::container::Container;
 /// Number of patch-id bytes libpulp's dump prints (of 32).
 pub const PATCH_ID_SHOWN: usize = 20;
 
-/// Lower-case hex without separators.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use ulp_abi::hex::hex;
 
 /// The text `ulp dump` prints, ending with a newline.
 ///

@@ -33,6 +33,7 @@ use std::fmt;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
+use ulp_abi::hex::hex;
 use ulp_elf::{ElfFile, Symbol};
 
 /// The `format` value written into every description.
@@ -62,10 +63,6 @@ impl fmt::Display for ExtractError {
 }
 
 impl std::error::Error for ExtractError {}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     // Digits only: from_str_radix alone would also take a sign ("+f").

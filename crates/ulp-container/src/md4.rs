@@ -94,10 +94,7 @@ fn compress(state: &mut [u32; 4], block: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::md4;
-
-    fn hex(d: [u8; 16]) -> String {
-        d.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use ulp_abi::hex::hex;
 
     #[test]
     fn rfc1320_test_suite() {
@@ -120,7 +117,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(hex(md4(input.as_bytes())), want, "MD4({input:?})");
+            assert_eq!(hex(&md4(input.as_bytes())), want, "MD4({input:?})");
         }
     }
 

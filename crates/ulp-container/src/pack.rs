@@ -23,6 +23,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use ulp_abi::elf::{STT_COMMON, STT_FILE, STT_NOTYPE, STT_OBJECT, STT_SECTION, STT_TLS};
 use ulp_elf::{ElfFile, Symbol};
 
 use crate::dsc::{self, Dsc, DscError, DscRef, DscUnit, Located};
@@ -261,17 +262,16 @@ impl Item<'_> {
 /// Symbol types a unit may name: functions, and untyped symbols (hand
 /// written assembly).
 fn callable(s: &Symbol) -> bool {
-    const STT_NOTYPE: u8 = 0;
     s.is_function() || s.kind() == STT_NOTYPE
 }
 
 fn describe(s: &Symbol) -> &'static str {
     match s.kind() {
-        1 => "a data object",
-        3 => "a section",
-        4 => "a file name",
-        5 => "a common block",
-        6 => "a thread-local variable",
+        STT_OBJECT => "a data object",
+        STT_SECTION => "a section",
+        STT_FILE => "a file name",
+        STT_COMMON => "a common block",
+        STT_TLS => "a thread-local variable",
         _ => "not a function",
     }
 }

@@ -18,9 +18,7 @@ fn interop(name: &str) -> PathBuf {
     Path::new(INTEROP).join(name)
 }
 
-fn hex(b: &[u8]) -> String {
-    crate::dump::hex(b)
-}
+use ulp_abi::hex::hex;
 
 use ulp_fixtures::TempDir;
 

@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
+use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
 use ulp_process::{Mapping, Pid};
 
@@ -243,51 +245,81 @@ pub fn bias_for(obj: &MappedObject, elf: &ElfFile) -> u64 {
     }
 }
 
+/// `len` bytes of `pid`'s memory at `addr`.
+fn read_memory(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    ulp_process::read_mem(pid, addr, &mut buf).ok()?;
+    Some(buf)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The program headers of an ELF object mapped in a process, read where
+/// they lie in its first loaded segment, and its load bias.
+struct LoadedHeaders {
+    /// `phnum` raw `Elf64_Phdr`s.
+    phdrs: Vec<u8>,
+    bias: u64,
+}
+
+impl LoadedHeaders {
+    /// The headers of the ELF object whose file offset 0 is mapped at
+    /// `start` in `pid` (64-bit, little-endian; at most `max_phnum` of
+    /// them). The process is not stopped.
+    fn read(pid: Pid, start: u64, max_phnum: usize) -> Option<LoadedHeaders> {
+        let ehdr = read_memory(pid, start, EHDR_SIZE as usize)?;
+        let phdr_size = PHDR_SIZE as usize;
+        if ehdr[..4] != *ELFMAG
+            || ehdr[4] != ELFCLASS64
+            || ehdr[5] != ELFDATA2LSB
+            || usize::from(u16_at(&ehdr, 54)?) != phdr_size
+        {
+            return None;
+        }
+        let phoff = u64_at(&ehdr, 32)?;
+        let phnum = usize::from(u16_at(&ehdr, 56)?).min(max_phnum);
+        let phdrs = read_memory(pid, start.checked_add(phoff)?, phnum * phdr_size)?;
+        // The load bias: `start` maps file offset 0, which the first
+        // PT_LOAD places at p_vaddr - p_offset (congruent modulo the page
+        // size).
+        let mut headers = LoadedHeaders { phdrs, bias: 0 };
+        let first = headers.of_type(PT_LOAD).next()?;
+        headers.bias = start.wrapping_sub(u64_at(first, 16)?.wrapping_sub(u64_at(first, 8)?));
+        Some(headers)
+    }
+
+    /// The raw headers of type `p_type`, in table order.
+    fn of_type(&self, p_type: u32) -> impl Iterator<Item = &[u8]> + '_ {
+        self.phdrs
+            .chunks_exact(PHDR_SIZE as usize)
+            .filter(move |p| u32_at(p, 0) == Some(p_type))
+    }
+}
+
 /// The GNU build-id of the ELF object whose file offset 0 is mapped at
 /// `start` in `pid`: its program headers are read there (they lie in the
 /// first loaded segment), then its `PT_NOTE` segments at their load
 /// addresses. Every read goes through process memory; the process is not
 /// stopped.
 fn build_id_in_memory(pid: Pid, start: u64) -> Option<Vec<u8>> {
-    let read = |addr: u64, len: usize| -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        ulp_process::read_mem(pid, addr, &mut buf).ok()?;
-        Some(buf)
-    };
-    let u16_at =
-        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
-    let u32_at =
-        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
-    let u64_at =
-        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
-    // Elf64_Ehdr: 64-bit, little-endian, program headers of 56 bytes.
-    let ehdr = read(start, 64)?;
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 || u16_at(&ehdr, 54)? != 56 {
-        return None;
-    }
-    let phoff = u64_at(&ehdr, 32)?;
-    let phnum = usize::from(u16_at(&ehdr, 56)?);
-    let phdrs = read(start.checked_add(phoff)?, phnum * 56)?;
-    let phdr = |i: usize| &phdrs[i * 56..(i + 1) * 56];
-    // The load bias: `start` maps file offset 0, which the first PT_LOAD
-    // places at p_vaddr - p_offset (congruent modulo the page size).
-    const PT_LOAD: u32 = 1;
-    const PT_NOTE: u32 = 4;
-    let first = (0..phnum)
-        .map(phdr)
-        .find(|p| u32_at(p, 0) == Some(PT_LOAD))?;
-    let bias = start.wrapping_sub(u64_at(first, 16)?.wrapping_sub(u64_at(first, 8)?));
-    for p in (0..phnum)
-        .map(phdr)
-        .filter(|p| u32_at(p, 0) == Some(PT_NOTE))
-    {
+    let headers = LoadedHeaders::read(pid, start, usize::MAX)?;
+    for p in headers.of_type(PT_NOTE) {
         let size = u64_at(p, 32)?.min(1 << 16) as usize;
-        let Some(notes) = read(bias.wrapping_add(u64_at(p, 16)?), size) else {
+        let Some(notes) = read_memory(pid, headers.bias.wrapping_add(u64_at(p, 16)?), size) else {
             continue;
         };
-        let align = if u64_at(p, 48)? == 8 { 8 } else { 4 };
-        if let Some(id) = gnu_build_id(&notes, align) {
-            return Some(id);
+        if let Some(id) = gnu_build_id(&notes, u64_at(p, 48)?) {
+            return Some(id.to_vec());
         }
     }
     None
@@ -297,39 +329,13 @@ fn build_id_in_memory(pid: Pid, start: u64) -> Option<Vec<u8>> {
 /// `start` in `pid`, read from its dynamic section (at `dynamic` when the
 /// loader said where, else where its `PT_DYNAMIC` header says).
 fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String> {
-    const PT_LOAD: u32 = 1;
-    const PT_DYNAMIC: u32 = 2;
-    const DT_NULL: u64 = 0;
-    const DT_STRTAB: u64 = 5;
-    const DT_SONAME: u64 = 14;
-    let read = |addr: u64, len: usize| -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        ulp_process::read_mem(pid, addr, &mut buf).ok()?;
-        Some(buf)
-    };
-    let u16_at =
-        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
-    let u32_at =
-        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
-    let u64_at =
-        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
-    let ehdr = read(start, 64)?;
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 || u16_at(&ehdr, 54)? != 56 {
-        return None;
-    }
-    let phnum = usize::from(u16_at(&ehdr, 56)?).min(256);
-    let phdrs = read(start.checked_add(u64_at(&ehdr, 32)?)?, phnum * 56)?;
-    let phdr = |i: usize| &phdrs[i * 56..(i + 1) * 56];
-    let first = (0..phnum)
-        .map(phdr)
-        .find(|p| u32_at(p, 0) == Some(PT_LOAD))?;
-    let bias = start.wrapping_sub(u64_at(first, 16)?.wrapping_sub(u64_at(first, 8)?));
+    let read = |addr: u64, len: usize| read_memory(pid, addr, len);
+    let headers = LoadedHeaders::read(pid, start, 256)?;
+    let bias = headers.bias;
     let dynamic = match dynamic {
         Some(d) => d,
         None => {
-            let p = (0..phnum)
-                .map(phdr)
-                .find(|p| u32_at(p, 0) == Some(PT_DYNAMIC))?;
+            let p = headers.of_type(PT_DYNAMIC).next()?;
             bias.wrapping_add(u64_at(p, 16)?)
         }
     };
@@ -366,29 +372,6 @@ fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String
             }
             None => name.extend_from_slice(&b),
         }
-    }
-    None
-}
-
-/// The descriptor of the `NT_GNU_BUILD_ID` note named "GNU" in a note area
-/// whose entries are padded to `align` (4 or 8) bytes.
-fn gnu_build_id(notes: &[u8], align: usize) -> Option<Vec<u8>> {
-    const NT_GNU_BUILD_ID: u32 = 3;
-    let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
-    let word = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(notes.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let mut pos = 0usize;
-    while pos + 12 <= notes.len() {
-        let (namesz, descsz, ty) = (word(pos)?, word(pos + 4)?, word(pos + 8)? as u32);
-        let name_at = pos + 12;
-        let desc_at = name_at.checked_add(pad(namesz)?)?;
-        let name = notes.get(name_at..name_at.checked_add(namesz)?)?;
-        let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
-        if ty == NT_GNU_BUILD_ID && name == b"GNU\0" {
-            return Some(desc.to_vec());
-        }
-        pos = desc_at.checked_add(pad(descsz)?)?;
     }
     None
 }

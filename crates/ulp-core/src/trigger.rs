@@ -777,9 +777,7 @@ pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error
     })
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use ulp_abi::hex::hex;
 
 #[cfg(test)]
 mod tests {

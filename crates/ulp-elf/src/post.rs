@@ -10,7 +10,8 @@
 
 use std::path::Path;
 
-use crate::{bytes, replace_file, ElfFile, Error, PADDING_BEFORE_ENTRY};
+use crate::replace::replace_file;
+use crate::{bytes, ElfFile, Error, PADDING_BEFORE_ENTRY};
 
 const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 const TWO_NOPS: [u8; 2] = [0x90, 0x90];

@@ -2,6 +2,7 @@
 //! here with gcc.
 
 use super::*;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const INTEROP: &str = concat!(

@@ -19,15 +19,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::{bytes, replace_file, ElfFile, Error, ErrorKind, SectionHeader};
-use crate::{EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SHT_DYNSYM, SHT_RELA, SHT_SYMTAB, SYM_SIZE};
-
-const SHT_PROGBITS: u32 = 1;
-const SHT_REL: u32 = 9;
-const SHT_GROUP: u32 = 17;
-const SHT_SYMTAB_SHNDX: u32 = 18;
-const SHF_INFO_LINK: u64 = 0x40;
-const SHN_LORESERVE: u64 = 0xff00;
+use crate::file::SectionHeader;
+use crate::replace::replace_file;
+use crate::{bytes, ElfFile, Error, ErrorKind};
+use ulp_abi::elf::SYM_SIZE;
+use ulp_abi::elf::{EHDR_SIZE, PHDR_SIZE, SHDR_SIZE, SHF_INFO_LINK, SHN_LORESERVE, SHT_DYNSYM};
+use ulp_abi::elf::{SHT_GROUP, SHT_PROGBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, SHT_SYMTAB_SHNDX};
 
 /// Rewrites `path` (atomically, mode preserved) so that it has no section
 /// named in `drop` or in `add`, and then one non-loaded `SHT_PROGBITS`
@@ -126,7 +123,7 @@ fn build(elf: &ElfFile, drop: &[&str], add: &[(&str, &[u8])]) -> Result<Vec<u8>,
             for i in 0..(syms.len() as u64 / SYM_SIZE) {
                 let at = i * SYM_SIZE + 6;
                 let shndx = bytes::u16_at(&syms, at).unwrap_or(0);
-                if shndx == 0 || u64::from(shndx) >= SHN_LORESERVE {
+                if shndx == 0 || u64::from(shndx) >= u64::from(SHN_LORESERVE) {
                     continue;
                 }
                 let n = renumber(u32::from(shndx), &format!("a symbol of '{}'", s.name))?;
@@ -253,8 +250,8 @@ fn build(elf: &ElfFile, drop: &[&str], add: &[(&str, &[u8])]) -> Result<Vec<u8>,
     pad_to(&mut out, 8);
     let shoff = out.len() as u64;
     let count = headers.len() as u64;
-    let extended_count = count >= SHN_LORESERVE;
-    let extended_strndx = shstrndx as u64 >= SHN_LORESERVE;
+    let extended_count = count >= u64::from(SHN_LORESERVE);
+    let extended_strndx = shstrndx as u64 >= u64::from(SHN_LORESERVE);
     if let Some(h) = headers.first_mut() {
         h.size = if extended_count { count } else { 0 };
         h.link = if extended_strndx {

@@ -8,6 +8,11 @@
 use core::ffi::{c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use ulp_abi::elf::{gnu_build_id, PT_DYNAMIC, PT_GNU_RELRO, PT_LOAD, PT_NOTE, PT_TLS, SYM_SIZE};
+use ulp_abi::elf::{DT_NULL, DT_RELA, DT_RELAENT, DT_RELASZ, DT_SONAME, DT_STRTAB, DT_SYMTAB};
+pub use ulp_abi::elf::{PF_W, PF_X, STT_FUNC, STT_GNU_IFUNC};
+use ulp_abi::elf::{R_X86_64_64, R_X86_64_GLOB_DAT};
+
 /// One `PT_LOAD` segment, at its address in this process.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
@@ -50,9 +55,6 @@ impl LoadedObject {
     /// `-Bsymbolic` data is reached directly) or when anything it would
     /// read lies outside its loaded segments.
     pub fn got_binding(&self, name: &[u8]) -> Option<u64> {
-        const R_X86_64_64: u64 = 1;
-        const R_X86_64_GLOB_DAT: u64 = 6;
-
         let t = self.dynamic_tables()?;
         if t.rela == 0 || t.relaent < 24 {
             return None;
@@ -62,7 +64,8 @@ impl LoadedObject {
             let r = t.rela.wrapping_add(i * t.relaent);
             let (offset, info) = (self.read_u64(r)?, self.read_u64(r.wrapping_add(8))?);
             let (sym, kind) = (info >> 32, info & 0xffff_ffff);
-            if sym == 0 || (kind != R_X86_64_GLOB_DAT && kind != R_X86_64_64) {
+            let got = kind == u64::from(R_X86_64_GLOB_DAT) || kind == u64::from(R_X86_64_64);
+            if sym == 0 || !got {
                 continue;
             }
             let st_name = self.read_u64(t.symtab.wrapping_add(sym * SYM_SIZE))? & 0xffff_ffff;
@@ -121,13 +124,6 @@ impl LoadedObject {
     /// Where the dynamic section says the symbol, string and RELA tables
     /// are.
     fn dynamic_tables(&self) -> Option<DynamicTables> {
-        const DT_NULL: u64 = 0;
-        const DT_STRTAB: u64 = 5;
-        const DT_SYMTAB: u64 = 6;
-        const DT_RELA: u64 = 7;
-        const DT_RELASZ: u64 = 8;
-        const DT_RELAENT: u64 = 9;
-        const DT_SONAME: u64 = 14;
         // glibc relocates these d_ptr values in place when the dynamic
         // section is writable; an unrelocated one is below the bias.
         let absolute = |v: u64| {
@@ -224,21 +220,6 @@ struct DynamicTables {
     /// `DT_SONAME`: an offset in the string table.
     soname: Option<u64>,
 }
-
-/// `sizeof(Elf64_Sym)`.
-const SYM_SIZE: u64 = 24;
-pub const STT_FUNC: u8 = 2;
-pub const STT_GNU_IFUNC: u8 = 10;
-
-pub const PF_X: u32 = 1;
-pub const PF_W: u32 = 2;
-
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const PT_NOTE: u32 = 4;
-const PT_TLS: u32 = 7;
-const PT_GNU_RELRO: u32 = 0x6474_e552;
-const NT_GNU_BUILD_ID: u32 = 3;
 
 pub fn basename(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
@@ -356,62 +337,16 @@ unsafe fn describe(
         // Read notes only where a loaded segment maps them.
         if object.build_id.is_none() && object.contains(start, p.p_filesz, 0) {
             let notes = core::slice::from_raw_parts(start as *const u8, p.p_filesz as usize);
-            object.build_id = gnu_build_id(notes, p.p_align);
+            object.build_id = gnu_build_id(notes, p.p_align).map(<[u8]>::to_vec);
         }
     }
     object.soname = object.read_soname().map(<[u8]>::to_vec);
     object
 }
 
-/// The descriptor of the `NT_GNU_BUILD_ID` note named "GNU" in `notes`.
-pub fn gnu_build_id(notes: &[u8], align: u64) -> Option<Vec<u8>> {
-    let align = if align == 8 { 8 } else { 4 };
-    let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
-    let word = |b: &[u8], at: usize| -> Option<usize> {
-        let w = b.get(at..at + 4)?;
-        Some(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
-    };
-    let mut pos = 0usize;
-    while pos + 12 <= notes.len() {
-        let namesz = word(notes, pos)?;
-        let descsz = word(notes, pos + 4)?;
-        let ty = word(notes, pos + 8)? as u32;
-        let name_at = pos + 12;
-        let desc_at = name_at.checked_add(pad(namesz)?)?;
-        let next = desc_at.checked_add(pad(descsz)?)?;
-        let name = notes.get(name_at..name_at.checked_add(namesz)?)?;
-        let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
-        if ty == NT_GNU_BUILD_ID && name == b"GNU\0" {
-            return Some(desc.to_vec());
-        }
-        pos = next;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn build_id_note_parsing() {
-        let mut notes = Vec::new();
-        // An unrelated note first (ABI tag), then the build-id.
-        notes.extend_from_slice(&4u32.to_le_bytes());
-        notes.extend_from_slice(&16u32.to_le_bytes());
-        notes.extend_from_slice(&1u32.to_le_bytes());
-        notes.extend_from_slice(b"GNU\0");
-        notes.extend_from_slice(&[0; 16]);
-        notes.extend_from_slice(&4u32.to_le_bytes());
-        notes.extend_from_slice(&3u32.to_le_bytes());
-        notes.extend_from_slice(&3u32.to_le_bytes());
-        notes.extend_from_slice(b"GNU\0");
-        notes.extend_from_slice(&[0xaa, 0xbb, 0xcc, 0]);
-        assert_eq!(gnu_build_id(&notes, 4), Some(vec![0xaa, 0xbb, 0xcc]));
-        for n in 0..notes.len() - 4 {
-            assert_eq!(gnu_build_id(&notes[..n], 4), None, "prefix {n}");
-        }
-    }
 
     #[test]
     fn this_process_is_listed() {

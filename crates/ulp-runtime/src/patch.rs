@@ -112,23 +112,33 @@ fn disabled_reason() -> &'static str {
     }
 }
 
+/// The refusal of a request of operation `op` that does not decode,
+/// logged.
+fn malformed(op: &str) -> Failure {
+    let f = Failure::new(code::BAD_REQUEST, format!("malformed {op} request"));
+    ring::log(format_args!("{op} failed: {}", f.msg));
+    f
+}
+
+/// Logs how an operation ended: its result message, or `what` failed and
+/// why (libpulp's phrase first). Returns `result`.
+fn logged(result: Result<Done, Failure>, what: core::fmt::Arguments<'_>) -> Result<Done, Failure> {
+    match &result {
+        Ok(done) => ring::log(format_args!("{}", done.msg)),
+        Err(f) => ring::log(format_args!("{what} failed: {f}")),
+    }
+    result
+}
+
 /// op APPLY.
 pub fn apply(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     reg.last = None;
     let Some(request) = ApplyRequest::decode(req) else {
-        let f = Failure::new(code::BAD_REQUEST, "malformed apply request");
-        ring::log(format_args!("apply failed: {}", f.msg));
-        return Err(f);
+        return Err(malformed("apply"));
     };
     let result = apply_request(reg, &request, true);
-    match &result {
-        Ok(done) => ring::log(format_args!("{}", done.msg)),
-        Err(f) => ring::log(format_args!(
-            "apply of '{}' failed: {f}",
-            Text(request.container_path),
-        )),
-    }
-    result
+    let path = Text(request.container_path);
+    logged(result, format_args!("apply of '{path}'"))
 }
 
 /// APPLY's checks, record and writes; without `plan`, no writes (REPLACE
@@ -527,6 +537,16 @@ pub fn undo(reg: &mut Registry) -> Result<Done, Failure> {
     result
 }
 
+/// Puts reverted patches back at their former indices (ascending: each
+/// lands where it was) and publishes the registry.
+fn reinsert(reg: &mut Registry, removed: impl IntoIterator<Item = (usize, Patch)>) {
+    for (index, patch) in removed {
+        let index = index.min(reg.patches.len());
+        reg.patches.insert(index, patch);
+    }
+    reg.publish();
+}
+
 fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
     match reg.last.take() {
         None => Err(Failure::new(
@@ -557,9 +577,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                 "undid revert of patch '{}' (applied again)",
                 patch.container_path.to_string_lossy()
             );
-            let index = index.min(reg.patches.len());
-            reg.patches.insert(index, patch);
-            reg.publish();
+            reinsert(reg, [(index, patch)]);
             Ok(Done {
                 msg,
                 writes: Vec::new(),
@@ -585,12 +603,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                 msg.push_str("es");
             }
             msg.push_str(" (applied again)");
-            // Ascending former indices: each lands where it was.
-            for (index, patch) in removed {
-                let index = index.min(reg.patches.len());
-                reg.patches.insert(index, patch);
-            }
-            reg.publish();
+            reinsert(reg, removed);
             Ok(Done {
                 msg,
                 writes: Vec::new(),
@@ -614,34 +627,24 @@ fn is_for_library(patch: &Patch, lib: &[u8], objects: &[LoadedObject]) -> bool {
 pub fn revert_all(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     reg.last = None;
     let result = change_library(reg, req, None);
-    match &result {
-        Ok(done) => ring::log(format_args!("{}", done.msg)),
-        Err(f) => ring::log(format_args!(
-            "revert of all patches from '{}' failed: {f}",
-            Text(req),
-        )),
-    }
-    result
+    logged(
+        result,
+        format_args!("revert of all patches from '{}'", Text(req)),
+    )
 }
 
 /// op REPLACE: see [`ulp_abi::op::REPLACE`].
 pub fn replace(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     reg.last = None;
     let Some(request) = ReplaceRequest::decode(req) else {
-        let f = Failure::new(code::BAD_REQUEST, "malformed replace request");
-        ring::log(format_args!("replace failed: {}", f.msg));
-        return Err(f);
+        return Err(malformed("replace"));
     };
     let result = change_library(reg, request.library, Some(&request.apply));
-    match &result {
-        Ok(done) => ring::log(format_args!("{}", done.msg)),
-        Err(f) => ring::log(format_args!(
-            "replace of the patches from '{}' by '{}' failed: {f}",
-            Text(request.library),
-            Text(request.apply.container_path),
-        )),
-    }
-    result
+    let (library, path) = (Text(request.library), Text(request.apply.container_path));
+    logged(
+        result,
+        format_args!("replace of the patches from '{library}' by '{path}'"),
+    )
 }
 
 /// REVERT_ALL (`new` is `None`) and REPLACE, as one plan: every check of

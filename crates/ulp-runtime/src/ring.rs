@@ -93,16 +93,7 @@ pub fn log(args: fmt::Arguments<'_>) {
 }
 
 /// Lowercase hexadecimal of a byte string, for ids in messages.
-pub struct Hex<'a>(pub &'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+pub use ulp_abi::hex::Hex;
 
 /// Bytes as `xx xx xx`, for code bytes in messages.
 pub struct SpacedHex<'a>(pub &'a [u8]);

@@ -207,10 +207,7 @@ pub(crate) fn runtime_to_load(
     ))
 }
 
-/// Lower-case hex without separators.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use ulp_abi::hex::hex;
 
 /// libpulp's timestamp of a message on stderr: the local time as
 /// `[YYYY-MM-DD HH:MM:SS]`.
