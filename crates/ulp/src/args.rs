@@ -30,6 +30,9 @@ impl fmt::Display for UsageError {
 /// (`main`): help and version are ulp's own flags, not clap's.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Common {
+    /// this help
+    #[arg(short, long)]
+    pub help: bool,
     /// say more
     #[arg(short, long)]
     pub verbose: bool,
@@ -39,9 +42,6 @@ pub struct Common {
     /// print one JSON document on stdout (see README.md)
     #[arg(long)]
     pub json: bool,
-    /// this help
-    #[arg(short, long)]
-    pub help: bool,
     /// print the version
     #[arg(short = 'V', long)]
     pub version: bool,

@@ -5,6 +5,8 @@
 
 mod args;
 mod commands;
+#[cfg(test)]
+mod completion;
 
 use std::process::ExitCode;
 

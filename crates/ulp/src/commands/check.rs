@@ -2,6 +2,7 @@
 //! runtime's registry, read through process memory (the process is never
 //! stopped).
 
+use clap::ValueHint;
 use std::path::Path;
 
 use serde_json::json;
@@ -30,7 +31,7 @@ pub struct Args {
     /// the process (a NAME must match exactly one)
     #[arg(short, long, value_name = "PID|NAME")]
     pub process: Option<String>,
-    #[arg(value_name = "FILE", hide = true)]
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

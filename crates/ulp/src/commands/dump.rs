@@ -1,5 +1,6 @@
 //! `ulp dump`: print a container's metadata.
 
+use clap::ValueHint;
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -26,7 +27,7 @@ pub struct Args {
     /// print only the target's build id
     #[arg(short = 'b', long)]
     pub buildid: bool,
-    #[arg(value_name = "FILE", hide = true)]
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

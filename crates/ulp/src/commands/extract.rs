@@ -1,6 +1,7 @@
 //! `ulp extract`: a JSON description of a library (name, build id,
 //! symbols) that `ulp packer` accepts in place of the library.
 
+use clap::ValueHint;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -26,9 +27,9 @@ Exit status: 0 on success, 1 on failure.",
 )]
 pub struct Args {
     /// write to FILE (default: LIB's file name + .json, in the current directory); `-o -` writes to stdout
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::AnyPath)]
     pub output: Option<String>,
-    #[arg(value_name = "LIB", hide = true)]
+    #[arg(value_name = "LIB", value_hint = ValueHint::AnyPath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

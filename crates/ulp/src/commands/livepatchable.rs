@@ -27,6 +27,7 @@
 //! Names that several functions share (glibc's older symbol versions) are
 //! shown with their version, `memcpy@GLIBC_2.2.5`.
 
+use clap::ValueHint;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -77,7 +78,7 @@ pub struct Args {
     /// list the method per function (see above)
     #[arg(long)]
     pub functions: bool,
-    #[arg(value_name = "FILE [FUNCTION]", hide = true)]
+    #[arg(value_name = "FILE [FUNCTION]", value_hint = ValueHint::AnyPath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

@@ -1,5 +1,6 @@
 //! `ulp messages`: a process's runtime message log.
 
+use clap::ValueHint;
 use serde_json::json;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
@@ -29,7 +30,7 @@ pub struct Args {
     /// the process(es)
     #[arg(short, long, value_name = "PID|NAME")]
     pub process: Option<String>,
-    #[arg(hide = true)]
+    #[arg(value_hint = ValueHint::Other, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

@@ -14,6 +14,7 @@ mod post;
 mod set_patchable;
 mod trigger;
 
+use clap::ValueHint;
 use std::path::Path;
 
 use ulp_core::Pid;
@@ -220,7 +221,7 @@ pub struct LoadRuntime {
     #[arg(long)]
     pub load_runtime: bool,
     /// the runtime file --load-runtime loads
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::AnyPath)]
     pub runtime: Option<String>,
 }
 

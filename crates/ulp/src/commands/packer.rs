@@ -1,5 +1,6 @@
 //! `ulp packer`: write the patch metadata into the container.
 
+use clap::ValueHint;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -37,10 +38,10 @@ Exit status: 0 on success, 1 on failure.",
 )]
 pub struct Args {
     /// the container to write (instead of the .dsc's first line)
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub livepatch: Option<String>,
     /// the target library or its `ulp extract` JSON (instead of the .dsc's @ line)
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::AnyPath)]
     pub target: Option<String>,
     /// as root, use a .dsc or container other users could change
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! `ulp patches`: processes with the runtime, their live-patchable
 //! libraries and applied patches.
 
+use clap::ValueHint;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -54,7 +55,7 @@ pub struct Args {
     #[arg(short, long, value_name = "PID|NAME")]
     pub process: Option<String>,
     /// only processes owned by USER (name, pattern, uid)
-    #[arg(short, long, value_name = "USER")]
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
     pub user: Option<String>,
     /// show each library's build id: in <path> (<build id>):
     #[arg(short = 'b', long)]
@@ -62,7 +63,7 @@ pub struct Args {
     /// show only libraries with applied patches, and only processes that have some
     #[arg(long)]
     pub only_livepatched: bool,
-    #[arg(hide = true)]
+    #[arg(value_hint = ValueHint::Other, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

@@ -1,5 +1,6 @@
 //! `ulp post`: merge the entry NOPs of a prepared library, in place.
 
+use clap::ValueHint;
 use std::path::Path;
 
 use serde_json::json;
@@ -22,7 +23,7 @@ Exit status: 0 on success, 1 on failure.",
     mut_arg("json", |a| a.help("{\"file\", \"merged\", \"already\", \"skipped\"} (see README.md)"))
 )]
 pub struct Args {
-    #[arg(value_name = "FILE", hide = true)]
+    #[arg(value_name = "FILE", value_hint = ValueHint::AnyPath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,

@@ -1,6 +1,7 @@
 //! `ulp set_patchable`: switch live patching off or on in running
 //! processes (the runtime's state word, written through process memory).
 
+use clap::ValueHint;
 use serde_json::json;
 use ulp_core::patchable;
 use ulp_core::runtime::{Runtime, RuntimeError};
@@ -54,7 +55,7 @@ pub struct Args {
     #[arg(short, long, value_name = "PID|NAME")]
     pub process: Option<String>,
     /// only processes owned by USER (name, pattern, uid)
-    #[arg(short, long, value_name = "USER")]
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
     pub user: Option<String>,
     #[command(flatten)]
     pub load: LoadRuntime,

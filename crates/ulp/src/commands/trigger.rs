@@ -1,5 +1,6 @@
 //! `ulp trigger`: apply or revert live patches in running processes.
 
+use clap::ValueHint;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -125,19 +126,19 @@ pub struct Args {
     #[arg(long)]
     pub revert: bool,
     /// revert every patch of LIB (or replace them by FILE)
-    #[arg(long, value_name = "LIB")]
+    #[arg(long, value_name = "LIB", value_hint = ValueHint::AnyPath)]
     pub revert_all: Option<String>,
     /// work on N processes at once (default: the number of CPUs); output stays in pid order
-    #[arg(short, long, value_name = "N")]
+    #[arg(short, long, value_name = "N", value_hint = ValueHint::Other)]
     pub jobs: Option<String>,
     /// retry a busy process N more times (default 3)
-    #[arg(short, long, value_name = "N")]
+    #[arg(short, long, value_name = "N", value_hint = ValueHint::Other)]
     pub retries: Option<String>,
     /// give up on a process after S seconds (default 30)
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_hint = ValueHint::Other)]
     pub timeout: Option<String>,
     /// the runtime opens PREFIX + realpath(FILE)
-    #[arg(short = 'R', long, value_name = "PREFIX")]
+    #[arg(short = 'R', long, value_name = "PREFIX", value_hint = ValueHint::AnyPath)]
     pub root: Option<String>,
     /// suspend seccomp while attached (needs CAP_SYS_ADMIN)
     #[arg(long)]
@@ -146,9 +147,9 @@ pub struct Args {
     #[arg(long)]
     pub force: bool,
     /// accepted, and refused as libpulp does (exit 38)
-    #[arg(short, long, value_name = "USER")]
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
     pub user: Option<String>,
-    #[arg(value_name = "FILE|'GLOB'", hide = true)]
+    #[arg(value_name = "FILE|'GLOB'", value_hint = ValueHint::FilePath, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
     pub common: Common,
