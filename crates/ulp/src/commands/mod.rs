@@ -316,4 +316,64 @@ mod tests {
             }
         }
     }
+
+    /// Whether roff `text` names the option `-c` or `--long` (as `\-c`,
+    /// `\-\-long`, not as the start of a longer name).
+    fn names_option(text: &str, short: Option<char>, long: &str) -> bool {
+        let mut forms = vec![format!("\\-\\-{}", long.replace('-', "\\-"))];
+        forms.extend(short.map(|c| format!("\\-{c}")));
+        forms.iter().any(|f| {
+            text.match_indices(f.as_str()).any(|(at, _)| {
+                let next = &text[at + f.len()..];
+                !(next.starts_with("\\-")
+                    || next
+                        .chars()
+                        .next()
+                        .is_some_and(|n| n.is_ascii_alphanumeric()))
+            })
+        })
+    }
+
+    /// The man page keeps its hand-written prose; every option of every
+    /// command in the definition appears in that command's entry (under
+    /// COMMANDS), and the common ones under OPTIONS.
+    #[test]
+    fn the_man_page_names_every_option_of_the_definition() {
+        let page = std::fs::read_to_string(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/ulp.1"),
+        )
+        .unwrap();
+        let section = |from: &str, to: &str| -> String {
+            let start = page
+                .find(from)
+                .unwrap_or_else(|| panic!("no {from:?} in docs/ulp.1"));
+            let rest = &page[start + from.len()..];
+            rest[..rest.find(to).unwrap_or(rest.len())].to_string()
+        };
+        let cli = definition();
+        let options = section("\n.SH OPTIONS\n", "\n.SH ");
+        for a in cli.get_arguments() {
+            let long = a.get_long().unwrap();
+            assert!(
+                names_option(&options, a.get_short(), long),
+                "docs/ulp.1: OPTIONS does not name --{long}"
+            );
+        }
+        let common: Vec<&str> = cli.get_arguments().filter_map(|a| a.get_long()).collect();
+        for c in cli.get_subcommands() {
+            let name = c.get_name().replace('-', "\\-");
+            let entry = section(&format!("\n.TP\n.B {name} "), "\n.TP\n.B ");
+            for a in c.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                if common.contains(&long) {
+                    continue;
+                }
+                assert!(
+                    names_option(&entry, a.get_short(), long),
+                    "docs/ulp.1: the entry of {} does not name --{long}",
+                    c.get_name()
+                );
+            }
+        }
+    }
 }
