@@ -65,16 +65,16 @@ pub struct Cli {
 const HELP_TEMPLATE: &str = "{usage-heading} {usage}\n\n{before-help}{all-args}{after-help}";
 
 /// The whole command line as clap knows it, with what every command
-/// shares: ulp's own -h and -V, help wrapped at 80 columns whatever the
-/// terminal, the last of a repeated option wins, an
-/// option's value may begin with '-' (`-p -5` is `-p` with the value
-/// `-5`, as libpulp's getopt has it).
+/// shares: ulp's own -h and -V; help wrapped at 90 columns whatever the
+/// terminal (the widest line of the help's prose is 89); the last of a
+/// repeated option wins; an option's value may begin with '-' (`-p -5` is
+/// `-p` with the value `-5`, as libpulp's getopt has it).
 pub fn definition() -> clap::Command {
     use clap::CommandFactory;
     let finish = |c: clap::Command| {
         c.disable_help_flag(true)
             .args_override_self(true)
-            .term_width(80)
+            .term_width(90)
             .help_template(HELP_TEMPLATE)
             .mut_args(|a| {
                 if a.get_action().takes_values() && a.get_long().is_some() {
