@@ -62,7 +62,11 @@ pub struct Cli {
     pub common: args::Common,
 }
 
+/// A command's help: usage, prose, options, exit status.
 const HELP_TEMPLATE: &str = "{usage-heading} {usage}\n\n{before-help}{all-args}{after-help}";
+/// `ulp --help`: what ulp is, usage, the commands, the common options.
+const TOP_HELP_TEMPLATE: &str = "{about-with-newline}\n{usage-heading} {usage}\n\n\
+    Commands:\n{subcommands}\n\nOptions:\n{options}{after-help}";
 
 /// The whole command line as clap knows it, with what every command
 /// shares: ulp's own -h and -V; help wrapped at 90 columns whatever the
@@ -84,10 +88,7 @@ pub fn definition() -> clap::Command {
                 }
             })
     };
-    let mut cli = finish(Cli::command())
-        .help_template(
-        "{about-with-newline}\n{usage-heading} {usage}\n\nCommands:\n{subcommands}\n\nOptions:\n{options}{after-help}",
-    );
+    let mut cli = finish(Cli::command()).help_template(TOP_HELP_TEMPLATE);
     for name in names() {
         cli = cli.mut_subcommand(&name, finish);
     }
