@@ -1,6 +1,8 @@
 # bash completion for ulp (installed as
 # PREFIX/share/bash-completion/completions/ulp). Self-contained: needs only
 # bash's own `compgen`, not the bash-completion package's helpers.
+# Generated from ulp's option definitions (crates/ulp/src/completion.rs):
+# do not edit.
 
 _ulp_pids() {
     # Process ids and names of the processes that have the runtime mapped.
@@ -18,7 +20,7 @@ _ulp() {
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=""
     [ "$COMP_CWORD" -gt 0 ] && prev=${COMP_WORDS[COMP_CWORD-1]}
-    local commands="trigger patches check messages set_patchable post livepatchable packer dump extract"
+    local commands="trigger patches messages check set_patchable post livepatchable packer dump extract"
     local common="-h --help -v --verbose -q --quiet --json -V --version"
 
     # The command word may stand anywhere: find it.
@@ -36,29 +38,30 @@ _ulp() {
         -p|--process)
             COMPREPLY=($(compgen -W "$(_ulp_pids)" -- "$cur"))
             return 0 ;;
-        -l|--livepatch)
-            COMPREPLY=($(compgen -f -X '!*.so*' -- "$cur") $(compgen -d -- "$cur"))
-            return 0 ;;
-        -t|--target|-o|--output|--revert-all|-R)
+        --runtime|--revert-all|-R|--root|-t|--target|-o|--output)
             COMPREPLY=($(compgen -f -- "$cur"))
+            return 0 ;;
+        -j|--jobs|-r|--retries|--timeout)
+            COMPREPLY=()
             return 0 ;;
         -u|--user)
             COMPREPLY=($(compgen -u -- "$cur"))
             return 0 ;;
-        -r|--retries|--timeout|-j|--jobs)
+        -l|--livepatch)
+            COMPREPLY=($(compgen -f -X '!*.so*' -- "$cur") $(compgen -d -- "$cur"))
             return 0 ;;
     esac
 
     local opts=""
     case "$cmd" in
-        trigger) opts="-p --process -j --jobs --revert --revert-all -r --retries --timeout -R --disable-seccomp --force --load-runtime --runtime" ;;
+        trigger) opts="-p --process --load-runtime --runtime --revert --revert-all -j --jobs -r --retries --timeout -R --root --disable-seccomp --force -u --user" ;;
         patches) opts="-p --process -u --user -b --buildid --only-livepatched" ;;
-        check|messages) opts="-p --process" ;;
+        messages|check) opts="-p --process" ;;
         set_patchable) opts="-p --process -u --user --load-runtime --runtime --force" ;;
+        livepatchable) opts="--functions" ;;
         packer) opts="-l --livepatch -t --target --force" ;;
         dump) opts="--revert -b --buildid" ;;
         extract) opts="-o --output" ;;
-        livepatchable) opts="--functions" ;;
     esac
 
     if [[ "$cur" == -* ]]; then
@@ -68,14 +71,14 @@ _ulp() {
     case "$cmd" in
         "")
             COMPREPLY=($(compgen -W "$commands" -- "$cur")) ;;
-        set_patchable)
-            COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
-        packer)
-            COMPREPLY=($(compgen -f -X '!*.dsc' -- "$cur") $(compgen -d -- "$cur")) ;;
         trigger|check|dump)
             COMPREPLY=($(compgen -f -X '!*.so*' -- "$cur") $(compgen -d -- "$cur")) ;;
         patches|messages)
             COMPREPLY=() ;;
+        set_patchable)
+            COMPREPLY=($(compgen -W "enable disable" -- "$cur")) ;;
+        packer)
+            COMPREPLY=($(compgen -f -X '!*.dsc' -- "$cur") $(compgen -d -- "$cur")) ;;
         *)
             COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac

@@ -1,7 +1,18 @@
-//! Command-line parsing in libpulp's style: the command word may stand
-//! anywhere among the arguments (`ulp -p 42 trigger x.so` works), short
-//! options take their value attached or as the next argument, long options
-//! as `--opt=value` or `--opt value`.
+//! Command-line parsing. Every command's options, value forms and help
+//! are defined once, with clap's derive API, as the `Args` struct of its
+//! module (`commands::*`); `commands::definition()` puts them together.
+//! clap parses the words into that struct and renders `--help`; the bash
+//! completion (`completion`) and the man page's option test come from the
+//! same definition.
+//!
+//! One rule of libpulp's clap cannot express: the command word may stand
+//! anywhere among the arguments (`ulp -p 42 check x.so`). `scan` is the
+//! hand-written part that keeps it: it walks the words with the arity
+//! clap's definition gives each option (short options take their value
+//! attached or as the next word, long options as `--opt=value` or
+//! `--opt value`, short flags group, `--` ends the options), finds the
+//! command word and reports usage errors in ulp's words; `for_clap` then
+//! hands clap the words with the command word first.
 
 use std::fmt;
 
@@ -15,56 +26,81 @@ impl fmt::Display for UsageError {
     }
 }
 
-/// One option a command accepts.
+/// The options every command accepts. They are handled before clap runs
+/// (`main`): help and version are ulp's own flags, not clap's.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Common {
+    /// this help
+    #[arg(short, long)]
+    pub help: bool,
+    /// say more
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// say less
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// print one JSON document on stdout (see README.md)
+    #[arg(long)]
+    pub json: bool,
+    /// print the version
+    #[arg(short = 'V', long)]
+    pub version: bool,
+}
+
+/// One option some command accepts, as the scan needs it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub short: Option<char>,
-    pub long: &'static str,
+    pub long: String,
     pub takes_value: bool,
 }
 
-pub const fn flag(short: Option<char>, long: &'static str) -> Spec {
-    Spec {
-        short,
-        long,
-        takes_value: false,
+/// Every option of `cmd` and of its subcommands (each command checks
+/// afterwards that it got only its own: `commands::run`).
+pub fn specs(cmd: &clap::Command) -> Vec<Spec> {
+    let mut all: Vec<Spec> = Vec::new();
+    for c in std::iter::once(cmd).chain(cmd.get_subcommands()) {
+        for s in options_of(c) {
+            if !all.contains(&s) {
+                all.push(s);
+            }
+        }
     }
+    all
 }
 
-pub const fn value(short: Option<char>, long: &'static str) -> Spec {
-    Spec {
-        short,
-        long,
-        takes_value: true,
-    }
+/// The options (not the operands) of one command.
+pub fn options_of(cmd: &clap::Command) -> Vec<Spec> {
+    cmd.get_arguments()
+        .filter_map(|a| {
+            Some(Spec {
+                short: a.get_short(),
+                long: a.get_long()?.to_string(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect()
 }
 
-/// Parsed arguments: the command word, options by long name, operands.
+/// Scanned arguments: the command word (and where it stood), options by
+/// long name, operands.
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub command: Option<String>,
-    pub opts: Vec<(&'static str, Option<String>)>,
+    pub command_at: Option<usize>,
+    pub opts: Vec<(String, Option<String>)>,
     pub operands: Vec<String>,
 }
 
 impl Parsed {
     pub fn has(&self, long: &str) -> bool {
-        self.opts.iter().any(|(l, _)| *l == long)
-    }
-
-    /// The last value given for `long`.
-    pub fn value(&self, long: &str) -> Option<&str> {
-        self.opts
-            .iter()
-            .rev()
-            .find(|(l, _)| *l == long)
-            .and_then(|(_, v)| v.as_deref())
+        self.opts.iter().any(|(l, _)| l == long)
     }
 }
 
-/// Parses `args` (without the program name). `commands` are the command
-/// words; `specs` every option any command accepts (each command checks
-/// afterwards that it got only its own).
-pub fn parse(args: &[String], commands: &[&str], specs: &[Spec]) -> Result<Parsed, UsageError> {
+/// Scans `args` (without the program name). `commands` are the command
+/// words; `specs` every option any command accepts.
+pub fn scan(args: &[String], commands: &[&str], specs: &[Spec]) -> Result<Parsed, UsageError> {
     let mut p = Parsed::default();
     let mut i = 0;
     let mut only_operands = false;
@@ -74,6 +110,7 @@ pub fn parse(args: &[String], commands: &[&str], specs: &[Spec]) -> Result<Parse
         if only_operands || a == "-" || !a.starts_with('-') {
             if !only_operands && p.command.is_none() && commands.contains(&a.as_str()) {
                 p.command = Some(a.clone());
+                p.command_at = Some(i - 1);
             } else {
                 p.operands.push(a.clone());
             }
@@ -108,7 +145,7 @@ pub fn parse(args: &[String], commands: &[&str], specs: &[Spec]) -> Result<Parse
             } else {
                 None
             };
-            p.opts.push((spec.long, v));
+            p.opts.push((spec.long.clone(), v));
             continue;
         }
         // Short options, possibly grouped (-qv) or with an attached value (-p42).
@@ -130,47 +167,83 @@ pub fn parse(args: &[String], commands: &[&str], specs: &[Spec]) -> Result<Parse
                     i += 1;
                     v
                 };
-                p.opts.push((spec.long, Some(v)));
+                p.opts.push((spec.long.clone(), Some(v)));
                 break;
             }
-            p.opts.push((spec.long, None));
+            p.opts.push((spec.long.clone(), None));
         }
     }
     Ok(p)
+}
+
+/// The words for clap: the program name, the command word, then every
+/// other word in its order (the forms `scan` accepted are clap's too).
+pub fn for_clap(args: &[String], p: &Parsed) -> Vec<String> {
+    let mut words = vec!["ulp".to_string()];
+    words.extend(p.command.clone());
+    words.extend(
+        args.iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != p.command_at)
+            .map(|(_, a)| a.clone()),
+    );
+    words
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SPECS: &[Spec] = &[
-        flag(Some('q'), "quiet"),
-        value(Some('p'), "process"),
-        value(None, "timeout"),
-    ];
+    fn specs() -> Vec<Spec> {
+        let spec = |short, long: &str, takes_value| Spec {
+            short,
+            long: long.into(),
+            takes_value,
+        };
+        vec![
+            spec(Some('q'), "quiet", false),
+            spec(Some('p'), "process", true),
+            spec(None, "timeout", true),
+        ]
+    }
 
     fn run(a: &[&str]) -> Result<Parsed, UsageError> {
         let v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
-        parse(&v, &["trigger", "check"], SPECS)
+        scan(&v, &["trigger", "check"], &specs())
+    }
+
+    fn value<'a>(p: &'a Parsed, long: &str) -> Option<&'a str> {
+        p.opts
+            .iter()
+            .rev()
+            .find(|(l, _)| l == long)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     #[test]
     fn command_word_anywhere() {
         let p = run(&["-p", "42", "check", "x.so"]).unwrap();
         assert_eq!(p.command.as_deref(), Some("check"));
-        assert_eq!(p.value("process"), Some("42"));
+        assert_eq!(value(&p, "process"), Some("42"));
         assert_eq!(p.operands, ["x.so"]);
+        let args: Vec<String> = ["-p", "check", "check", "x.so"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = scan(&args, &["trigger", "check"], &specs()).unwrap();
+        assert_eq!(p.command_at, Some(2));
+        assert_eq!(for_clap(&args, &p), ["ulp", "check", "-p", "check", "x.so"]);
     }
 
     #[test]
     fn value_forms() {
         let p = run(&["trigger", "-p42", "--timeout=5", "-q", "a", "--", "-b"]).unwrap();
-        assert_eq!(p.value("process"), Some("42"));
-        assert_eq!(p.value("timeout"), Some("5"));
+        assert_eq!(value(&p, "process"), Some("42"));
+        assert_eq!(value(&p, "timeout"), Some("5"));
         assert!(p.has("quiet"));
         assert_eq!(p.operands, ["a", "-b"]);
         let p = run(&["trigger", "--timeout", "7", "b"]).unwrap();
-        assert_eq!(p.value("timeout"), Some("7"));
+        assert_eq!(value(&p, "timeout"), Some("7"));
         assert_eq!(p.operands, ["b"]);
     }
 

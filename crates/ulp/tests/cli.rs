@@ -183,3 +183,66 @@ static references: 2
     assert_eq!(code, 1);
     assert!(err.contains("no .ulp section"), "{err}");
 }
+
+/// A usage error's words, exactly; the command word anywhere (libpulp's
+/// rule); the forms an option and its value take.
+#[test]
+fn usage_error_texts_and_option_forms() {
+    let dir = TempDir::new("usage-texts");
+    for (args, msg) in [
+        (&["--bogus"][..], "unknown option '--bogus'"),
+        (&["dump", "-x"][..], "unknown option '-x'"),
+        (&["trigger", "-p"][..], "option '-p' needs a value"),
+        (
+            &["trigger", "--timeout"][..],
+            "option '--timeout' needs a value",
+        ),
+        (
+            &["dump", "--json=1", "x"][..],
+            "option '--json' takes no value",
+        ),
+        (
+            &["post", "-p", "1", "x"][..],
+            "'post' takes no option '--process'",
+        ),
+        (&["frobnicate"][..], "unknown command 'frobnicate'"),
+        (&[][..], "no command given"),
+        (&["--", "dump", "x"][..], "unknown command 'dump'"),
+        (&["x", "dump", "y"][..], "'dump' takes one FILE, got 2"),
+    ] {
+        let (code, out, err) = ulp(dir.path(), args);
+        assert_eq!(
+            (code, out.as_str(), err),
+            (
+                64,
+                "",
+                format!("ulp: {msg}\nTry 'ulp --help' for more information.\n")
+            ),
+            "ulp {args:?}"
+        );
+    }
+    let build_id = "0b12723e714c785b321e9af5c995dc14ca869484\n";
+    for args in [
+        &["-b", "greet_livepatch1.so", "dump"][..],
+        &["dump", "-qb", "greet_livepatch1.so"][..],
+        &["dump", "-b", "-b", "--", "greet_livepatch1.so"][..],
+        &["--buildid", "dump", "greet_livepatch1.so"][..],
+    ] {
+        let (code, out, err) = ulp(&interop_dir(), args);
+        assert_eq!((code, out.as_str()), (0, build_id), "ulp {args:?}: {err}");
+    }
+    // A value may begin with '-' (here not a process: an error of check,
+    // not of the command line); the last of a repeated option counts.
+    let (code, _, err) = ulp(dir.path(), &["check", "-p", "-q", "-p1", "x.so"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("'x.so'"), "{err}");
+    // --version wins over the rest, --help over --version.
+    let (code, out, _) = ulp(dir.path(), &["post", "-p", "1", "--version"]);
+    assert_eq!(
+        (code, out),
+        (0, format!("ulp {}\n", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, out, _) = ulp(dir.path(), &["-V", "dump", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("Usage: ulp dump"), "{out}");
+}

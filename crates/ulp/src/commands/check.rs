@@ -2,6 +2,7 @@
 //! runtime's registry, read through process memory (the process is never
 //! stopped).
 
+use clap::ValueHint;
 use std::path::Path;
 
 use serde_json::json;
@@ -9,39 +10,45 @@ use ulp_container::container;
 use ulp_core::runtime::Runtime;
 
 use super::{print_json, process_name, resolve_processes};
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["process"];
-
-pub const HELP: &str = "\
-Usage: ulp check -p PID|NAME FILE
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "is the patch applied? (exit 1 yes, 0 no, 255 error)",
+    override_usage = "\
+ulp check -p PID|NAME FILE",
+    before_help = "\
 Tell whether the live patch FILE is applied in the process:
-  NAME (pid: PID): FILE: applied | not applied
-
-Options:
-  -p, --process PID|NAME  the process (a NAME must match exactly one)
-      --json              {\"file\", \"pid\", \"name\", \"runtime\", \"applied\"}
-                          or {\"error\"} (see README.md)
-
+  NAME (pid: PID): FILE: applied | not applied",
+    after_help = "\
 Exit status (libpulp's): 1 applied, 0 not applied (also when the patch is
 not meant for that process), 255 error; a process without the runtime is an
 error (`[time] ulp: error gathering target process information.` on
-stderr, as libpulp's).
-";
+stderr, as libpulp's).",
+    mut_arg("json", |a| a.help("{\"file\", \"pid\", \"name\", \"runtime\", \"applied\"} or {\"error\"} (see README.md)"))
+)]
+pub struct Args {
+    /// the process (a NAME must match exactly one)
+    #[arg(short, long, value_name = "PID|NAME")]
+    pub process: Option<String>,
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
 const APPLIED: u8 = 1;
 const NOT_APPLIED: u8 = 0;
 const ERROR: u8 = 255;
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let Some(spec) = p.value("process") else {
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    let Some(spec) = p.process.as_deref() else {
         return Err(UsageError("'check' needs -p PID|NAME".into()));
     };
     let [file] = p.operands.as_slice() else {
         return Err(UsageError("'check' takes one FILE".into()));
     };
-    let json = p.has("json");
+    let json = p.common.json;
     let error = |msg: String| {
         eprintln!("ulp: {msg}");
         if json {
@@ -70,7 +77,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 "runtime": runtime,
                 "applied": applied,
             }));
-        } else if !p.has("quiet") {
+        } else if !p.common.quiet {
             let what = if applied { "applied" } else { "not applied" };
             let why = if runtime {
                 ""
@@ -86,7 +93,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         // libpulp cannot look into a process without its runtime: an
         // error (255), in its words.
         Err(ulp_core::runtime::RuntimeError::NotLoaded) => {
-            if !p.has("quiet") {
+            if !p.common.quiet {
                 super::log_stderr("error gathering target process information.");
             }
             if json {

@@ -1,49 +1,57 @@
 //! `ulp dump`: print a container's metadata.
 
+use clap::ValueHint;
 use std::path::Path;
 
 use serde_json::{json, Value};
 use ulp_container::container::{self, Container};
 
 use super::{fail, fail_json, hex, one_operand, print_json};
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["revert", "buildid"];
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "print a container's metadata",
+    override_usage = "\
+ulp dump [--revert] [-b] FILE",
+    before_help = "\
+Print the metadata of the live-patch container FILE.",
+    after_help = "\
+Exit status: 0 on success, 1 on failure.",
+    mut_arg("json", |a| a.help("one JSON document with every fact of the container (.ulp, .ulp.rev, comments), whatever --revert and -b say (see README.md)"))
+)]
+pub struct Args {
+    /// print the revert metadata (.ulp.rev) instead
+    #[arg(long)]
+    pub revert: bool,
+    /// print only the target's build id
+    #[arg(short = 'b', long)]
+    pub buildid: bool,
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
-pub const HELP: &str = "\
-Usage: ulp dump [--revert] [-b] FILE
-
-Print the metadata of the live-patch container FILE.
-
-Options:
-      --revert      print the revert metadata (.ulp.rev) instead
-  -b, --buildid     print only the target's build id
-      --json        one JSON document with every fact of the container
-                    (.ulp, .ulp.rev, comments), whatever --revert and -b
-                    say (see README.md)
-
-Exit status: 0 on success, 1 on failure.
-";
-
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let path = one_operand("dump", p)?;
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    let path = one_operand("dump", &p.operands)?;
     Ok(dump(path, p))
 }
 
-fn dump(path: &Path, p: &Parsed) -> u8 {
+fn dump(path: &Path, p: &Args) -> u8 {
     match container::read(path) {
-        Ok(c) if p.has("json") => {
+        Ok(c) if p.common.json => {
             print_json(&container_json(&c));
             0
         }
         Ok(c) => {
             print!(
                 "{}",
-                ulp_container::dump::dump_text(&c, p.has("revert"), p.has("buildid"))
+                ulp_container::dump::dump_text(&c, p.revert, p.buildid)
             );
             0
         }
-        Err(e) if p.has("json") => fail_json(&e),
+        Err(e) if p.common.json => fail_json(&e),
         Err(e) => fail(&e),
     }
 }

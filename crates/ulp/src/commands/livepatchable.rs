@@ -14,6 +14,7 @@
 //! Names that several functions share (glibc's older symbol versions) are
 //! shown with their version, `memcpy@GLIBC_2.2.5`.
 
+use clap::ValueHint;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -22,14 +23,15 @@ use ulp_core::redirect::{classify, summarize, Function, Method, NotPatchable, Su
 use ulp_elf::ElfFile;
 
 use super::print_json;
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["functions"];
-
-pub const HELP: &str = "\
-Usage: ulp livepatchable FILE
-       ulp livepatchable --functions FILE [FUNCTION...]
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "tell whether FILE has patchable function entries",
+    override_usage = "\
+ulp livepatchable FILE
+       ulp livepatchable --functions FILE [FUNCTION...]",
+    before_help = "\
 Tell whether FILE was built with patchable function entries
 (gcc -fpatchable-function-entry=16,14):
   file 'FILE' is livepatchable.
@@ -49,35 +51,39 @@ and aliases work too), then one summary line:
                              (KEY N, ...: the not patchable per reason)
 Functions come from .symtab when FILE has one (static functions
 included), else from .dynsym; aliases are listed once, names several
-functions share with their version (memcpy@GLIBC_2.2.5).
-
-Options:
-      --functions   list the method per function (see above)
-  -v, --verbose     with --functions: also each function's address, size
-                    and other names
-  -q, --quiet       with --functions: only the summary line
-      --json        {\"file\", \"livepatchable\", \"reason\", \"methods\"}, and
-                    with --functions a \"functions\" array (see README.md)
-
+functions share with their version (memcpy@GLIBC_2.2.5).",
+    after_help = "\
 Exit status: 0 when it is live-patchable, 1 when not (the reason is printed).
 With --functions: 0 when FILE has at least one patchable function (padded
 or entry rewrite), or, with FUNCTION operands, when every FUNCTION exists
-and is patchable; 1 otherwise.
-";
+and is patchable; 1 otherwise.",
+    mut_arg("json", |a| a.help("{\"file\", \"livepatchable\", \"reason\", \"methods\"}, and with --functions a \"functions\" array (see README.md)")),
+    mut_arg("verbose", |a| a.help("with --functions: also each function's address, size and other names")),
+    mut_arg("quiet", |a| a.help("with --functions: only the summary line"))
+)]
+pub struct Args {
+    /// list the method per function (see above)
+    #[arg(long)]
+    pub functions: bool,
+    #[arg(value_name = "FILE [FUNCTION]", value_hint = ValueHint::AnyPath, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
+pub fn run(p: &Args) -> Result<u8, UsageError> {
     let (path, wanted) = match p.operands.split_first() {
         None => return Err(UsageError("'livepatchable' needs a FILE".into())),
         Some((file, rest)) => (Path::new(file), rest),
     };
-    if !p.has("functions") {
+    if !p.functions {
         if !wanted.is_empty() {
             return Err(UsageError(format!(
                 "'livepatchable' takes one FILE, got {} (FUNCTION operands need --functions)",
                 p.operands.len()
             )));
         }
-        return Ok(livepatchable(path, p.has("json"), p.has("quiet")));
+        return Ok(livepatchable(path, p.common.json, p.common.quiet));
     }
     Ok(functions(path, wanted, p))
 }
@@ -140,8 +146,8 @@ fn summary_json(functions: &[Function]) -> Value {
 
 /// `--functions`: one line per function (or per FUNCTION asked for), then
 /// the summary.
-fn functions(path: &Path, wanted: &[String], p: &Parsed) -> u8 {
-    let (json, quiet, verbose) = (p.has("json"), p.has("quiet"), p.has("verbose"));
+fn functions(path: &Path, wanted: &[String], p: &Args) -> u8 {
+    let (json, quiet, verbose) = (p.common.json, p.common.quiet, p.common.verbose);
     let elf = match ElfFile::open(path) {
         Ok(elf) => elf,
         Err(e) => {

@@ -1,40 +1,47 @@
 //! `ulp messages`: a process's runtime message log.
 
+use clap::ValueHint;
 use serde_json::json;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
 
 use super::{no_operands, print_json, process_name, resolve_processes, vanished};
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["process"];
-
-pub const HELP: &str = "\
-Usage: ulp messages -p PID|NAME
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "print a process's runtime message log",
+    override_usage = "\
+ulp messages -p PID|NAME",
+    before_help = "\
 Print the runtime's message log of the process (or of every process named
 NAME): one line per message, the first saying the runtime was loaded, later
 ones timestamped (UTC): [YYYY-MM-DD HH:MM:SS] ulp: ...
-The process is only read, never stopped.
-
-Options:
-  -p, --process PID|NAME  the process(es)
-      --json              {\"processes\": [{\"pid\", \"name\", \"messages\"}],
-                          \"warnings\": [...], \"errors\": [...]} (see README.md)
-
+The process is only read, never stopped.",
+    after_help = "\
 A process without the runtime gets a warning; -p PID of such a process
 gets libpulp's `[TIME] ulp: error gathering target process information.`
 
 Exit status: 0; 1 when no process matches, a log cannot be read, or no
-matching process has the runtime.
-";
+matching process has the runtime.",
+    mut_arg("json", |a| a.help("{\"processes\": [{\"pid\", \"name\", \"messages\"}], \"warnings\": [...], \"errors\": [...]} (see README.md)"))
+)]
+pub struct Args {
+    /// the process(es)
+    #[arg(short, long, value_name = "PID|NAME")]
+    pub process: Option<String>,
+    #[arg(value_hint = ValueHint::Other, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let Some(spec) = p.value("process") else {
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    let Some(spec) = p.process.as_deref() else {
         return Err(UsageError("'messages' needs -p PID|NAME".into()));
     };
-    no_operands("messages", p)?;
-    let json = p.has("json");
+    no_operands("messages", &p.operands)?;
+    let json = p.common.json;
     let pids = resolve_processes(spec);
     let by_name = spec.parse::<Pid>().is_err();
     let (mut logs, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
@@ -60,7 +67,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => {}
             // A pid named without the runtime: libpulp's words (exit 1).
             Err(e @ RuntimeError::NotLoaded) if !by_name => {
-                if !p.has("quiet") {
+                if !p.common.quiet {
                     super::log_stderr("error gathering target process information.");
                 }
                 warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));

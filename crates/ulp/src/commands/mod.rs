@@ -1,5 +1,6 @@
-//! One module per command: each states its options (`OPTIONS`), its help
-//! (`HELP`) and runs (`run`), printing in libpulp's format (COMPAT.md).
+//! One module per command: each defines its options and help (`Args`,
+//! clap's derive API) and runs (`run`), printing in libpulp's format
+//! (COMPAT.md).
 //! Helpers shared by several commands live here.
 
 mod check;
@@ -13,120 +14,158 @@ mod post;
 mod set_patchable;
 mod trigger;
 
+use clap::ValueHint;
 use std::path::Path;
 
 use ulp_core::Pid;
 
-use crate::args::{Parsed, UsageError};
+use crate::args::{self, Parsed, UsageError};
 
-/// Options every command accepts.
-const COMMON: &[&str] = &["help", "version", "verbose", "quiet", "json"];
-
-/// What each command word runs: its options, help and entry point.
-struct Command {
-    name: &'static str,
-    options: &'static [&'static str],
-    help: &'static str,
-    run: fn(&Parsed) -> Result<u8, UsageError>,
+/// Every command: its word, and its options and help (each module's
+/// `Args`, clap's derive API: the one definition the parser, `--help`,
+/// the bash completion and the man page test use).
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    Trigger(trigger::Args),
+    Patches(patches::Args),
+    Messages(messages::Args),
+    Check(check::Args),
+    #[command(name = "set_patchable")]
+    SetPatchable(set_patchable::Args),
+    Post(post::Args),
+    Livepatchable(livepatchable::Args),
+    Packer(packer::Args),
+    Dump(dump::Args),
+    Extract(extract::Args),
 }
 
-const TABLE: &[Command] = &[
-    Command {
-        name: "trigger",
-        options: trigger::OPTIONS,
-        help: trigger::HELP,
-        run: trigger::run,
-    },
-    Command {
-        name: "patches",
-        options: patches::OPTIONS,
-        help: patches::HELP,
-        run: patches::run,
-    },
-    Command {
-        name: "messages",
-        options: messages::OPTIONS,
-        help: messages::HELP,
-        run: messages::run,
-    },
-    Command {
-        name: "check",
-        options: check::OPTIONS,
-        help: check::HELP,
-        run: check::run,
-    },
-    Command {
-        name: "dump",
-        options: dump::OPTIONS,
-        help: dump::HELP,
-        run: dump::run,
-    },
-    Command {
-        name: "packer",
-        options: packer::OPTIONS,
-        help: packer::HELP,
-        run: packer::run,
-    },
-    Command {
-        name: "post",
-        options: post::OPTIONS,
-        help: post::HELP,
-        run: post::run,
-    },
-    Command {
-        name: "livepatchable",
-        options: livepatchable::OPTIONS,
-        help: livepatchable::HELP,
-        run: livepatchable::run,
-    },
-    Command {
-        name: "extract",
-        options: extract::OPTIONS,
-        help: extract::HELP,
-        run: extract::run,
-    },
-    Command {
-        name: "set_patchable",
-        options: set_patchable::OPTIONS,
-        help: set_patchable::HELP,
-        run: set_patchable::run,
-    },
-];
+/// `ulp` itself: the words outside a command (`ulp --help`, `ulp -V`).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "ulp",
+    disable_help_flag = true,
+    disable_help_subcommand = true,
+    override_usage = "ulp COMMAND [OPTIONS] [ARGS]   (the command word may stand anywhere)",
+    about = "ulp: userspace live patching (a drop-in replacement for libpulp's ulp)",
+    after_help = "\
+Patching running processes needs libpulp.so.0 in them: preloaded, or loaded
+with --load-runtime. Building live patches: post, livepatchable, packer,
+dump, extract. `ulp COMMAND --help` tells each command's options.
 
-/// Every command word, for the argument parser.
-pub fn names() -> Vec<&'static str> {
-    TABLE.iter().map(|c| c.name).collect()
+Exit status: 0 success, 1 failure (a failed trigger: libpulp's error number,
+masked to 8 bits), 64 usage error (see `ulp COMMAND --help`)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub common: args::Common,
 }
 
-pub fn help(command: &str) -> &'static str {
-    TABLE
-        .iter()
-        .find(|c| c.name == command)
-        .map_or("", |c| c.help)
+/// A command's help: usage, prose, options, exit status.
+const HELP_TEMPLATE: &str = "{usage-heading} {usage}\n\n{before-help}{all-args}{after-help}";
+/// `ulp --help`: what ulp is, usage, the commands, the common options.
+const TOP_HELP_TEMPLATE: &str = "{about-with-newline}\n{usage-heading} {usage}\n\n\
+    Commands:\n{subcommands}\n\nOptions:\n{options}{after-help}";
+
+/// The whole command line as clap knows it, with what every command
+/// shares: ulp's own -h and -V; help wrapped at 90 columns whatever the
+/// terminal (the widest line of the help's prose is 89); the last of a
+/// repeated option wins; an option's value may begin with '-' (`-p -5` is
+/// `-p` with the value `-5`, as libpulp's getopt has it).
+pub fn definition() -> clap::Command {
+    use clap::CommandFactory;
+    let finish = |c: clap::Command| {
+        c.disable_help_flag(true)
+            .args_override_self(true)
+            .term_width(90)
+            .help_template(HELP_TEMPLATE)
+            .mut_args(|a| {
+                if a.get_action().takes_values() && a.get_long().is_some() {
+                    a.allow_hyphen_values(true)
+                } else {
+                    a
+                }
+            })
+    };
+    let mut cli = finish(Cli::command()).help_template(TOP_HELP_TEMPLATE);
+    for name in names() {
+        cli = cli.mut_subcommand(&name, finish);
+    }
+    cli
 }
 
-/// Runs `command`; returns its exit status.
-pub fn run(command: &str, p: &Parsed) -> Result<u8, UsageError> {
-    let Some(cmd) = TABLE.iter().find(|c| c.name == command) else {
+/// Every command word, for the argument scan.
+pub fn names() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect()
+}
+
+/// The help of `command` (or of ulp itself).
+pub fn help(command: Option<&str>) -> String {
+    let mut cli = definition();
+    match command.and_then(|c| cli.find_subcommand_mut(c)) {
+        Some(c) => c.render_help().to_string(),
+        None => cli.render_help().to_string(),
+    }
+}
+
+/// Checks `command` got only its own options, then parses the words
+/// with clap and runs it; returns its exit status.
+pub fn run(command: &str, p: &Parsed, words: Vec<String>) -> Result<u8, UsageError> {
+    use clap::FromArgMatches;
+    let cli = definition();
+    let Some(cmd) = cli.find_subcommand(command) else {
         return Err(UsageError(format!("unknown command '{command}'")));
     };
+    let own = args::options_of(cmd);
     if let Some((bad, _)) = p
         .opts
         .iter()
-        .find(|(o, _)| !COMMON.contains(o) && !cmd.options.contains(o))
+        .find(|(o, _)| !own.iter().any(|s| s.long == *o))
     {
         return Err(UsageError(format!("'{command}' takes no option '--{bad}'")));
     }
-    (cmd.run)(p)
+    let parsed = cli
+        .try_get_matches_from(words)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(|e| UsageError(clap_message(&e)))?;
+    match parsed.command {
+        Some(Command::Trigger(a)) => trigger::run(&a),
+        Some(Command::Patches(a)) => patches::run(&a),
+        Some(Command::Messages(a)) => messages::run(&a),
+        Some(Command::Check(a)) => check::run(&a),
+        Some(Command::Dump(a)) => dump::run(&a),
+        Some(Command::Packer(a)) => packer::run(&a),
+        Some(Command::Post(a)) => post::run(&a),
+        Some(Command::Livepatchable(a)) => livepatchable::run(&a),
+        Some(Command::Extract(a)) => extract::run(&a),
+        Some(Command::SetPatchable(a)) => set_patchable::run(&a),
+        None => Err(UsageError("no command given".into())),
+    }
 }
 
-pub(crate) fn one_operand<'a>(command: &str, p: &'a Parsed) -> Result<&'a Path, UsageError> {
-    match p.operands.as_slice() {
+/// clap's own sentence for an error the scan let through (none is known:
+/// the scan accepts only what clap accepts), without its "error: ".
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+pub(crate) fn one_operand<'a>(
+    command: &str,
+    operands: &'a [String],
+) -> Result<&'a Path, UsageError> {
+    match operands {
         [one] => Ok(Path::new(one)),
         [] => Err(UsageError(format!("'{command}' needs a FILE"))),
         _ => Err(UsageError(format!(
             "'{command}' takes one FILE, got {}",
-            p.operands.len()
+            operands.len()
         ))),
     }
 }
@@ -166,8 +205,8 @@ pub(crate) fn fail_json(e: &dyn std::fmt::Display) -> u8 {
 }
 
 /// Refuses operands for a command that takes none.
-pub(crate) fn no_operands(command: &str, p: &Parsed) -> Result<(), UsageError> {
-    match p.operands.first() {
+pub(crate) fn no_operands(command: &str, operands: &[String]) -> Result<(), UsageError> {
+    match operands.first() {
         None => Ok(()),
         Some(o) => Err(UsageError(format!(
             "'{command}' takes no operand, got '{o}'"
@@ -175,19 +214,32 @@ pub(crate) fn no_operands(command: &str, p: &Parsed) -> Result<(), UsageError> {
     }
 }
 
+/// `--load-runtime [--runtime PATH]`, the options `trigger` and
+/// `set_patchable` share.
+#[derive(clap::Args, Debug)]
+pub struct LoadRuntime {
+    /// load the runtime into processes that lack it first
+    #[arg(long)]
+    pub load_runtime: bool,
+    /// the runtime file --load-runtime loads
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::AnyPath)]
+    pub runtime: Option<String>,
+}
+
 /// `--load-runtime [--runtime PATH]`: `None` without the option, else the
 /// runtime file (given, or next to ulp) or why it cannot be used (not a
 /// runtime; as root, a file another user could change, unless --force).
 pub(crate) fn runtime_to_load(
-    p: &Parsed,
+    load: &LoadRuntime,
+    force: bool,
 ) -> Result<Option<Result<std::path::PathBuf, String>>, UsageError> {
-    if !p.has("load-runtime") {
-        if p.has("runtime") {
+    if !load.load_runtime {
+        if load.runtime.is_some() {
             return Err(UsageError("--runtime goes with --load-runtime".into()));
         }
         return Ok(None);
     }
-    let file = match p.value("runtime") {
+    let file = match load.runtime.as_deref() {
         Some(r) => {
             std::fs::canonicalize(r).map_err(|e| UsageError(format!("--runtime '{r}': {e}")))?
         }
@@ -199,7 +251,7 @@ pub(crate) fn runtime_to_load(
             )
         })?,
     };
-    let check = !p.has("force") && ulp_core::trust::running_as_root();
+    let check = !force && ulp_core::trust::running_as_root();
     Ok(Some(
         ulp_core::inject::check_runtime_file(&file, check)
             .map(|()| file)
@@ -239,4 +291,89 @@ pub(crate) fn timestamp() -> String {
 /// `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE`.
 pub(crate) fn log_stderr(message: &str) {
     eprintln!("{} ulp: {message}", timestamp());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scan knows an option by its long name across all commands: one
+    /// name must mean one short letter and one arity everywhere.
+    #[test]
+    fn an_option_name_means_the_same_in_every_command() {
+        let cli = definition();
+        cli.clone().debug_assert();
+        let all = args::specs(&cli);
+        for s in &all {
+            let same: Vec<_> = all.iter().filter(|o| o.long == s.long).collect();
+            assert_eq!(same.len(), 1, "--{} differs between commands", s.long);
+            if let Some(c) = s.short {
+                assert_eq!(
+                    all.iter().filter(|o| o.short == Some(c)).count(),
+                    1,
+                    "-{c} names two options"
+                );
+            }
+        }
+    }
+
+    /// Whether roff `text` names the option `-c` or `--long` (as `\-c`,
+    /// `\-\-long`, not as the start of a longer name).
+    fn names_option(text: &str, short: Option<char>, long: &str) -> bool {
+        let mut forms = vec![format!("\\-\\-{}", long.replace('-', "\\-"))];
+        forms.extend(short.map(|c| format!("\\-{c}")));
+        forms.iter().any(|f| {
+            text.match_indices(f.as_str()).any(|(at, _)| {
+                let next = &text[at + f.len()..];
+                !(next.starts_with("\\-")
+                    || next
+                        .chars()
+                        .next()
+                        .is_some_and(|n| n.is_ascii_alphanumeric()))
+            })
+        })
+    }
+
+    /// The man page keeps its hand-written prose; every option of every
+    /// command in the definition appears in that command's entry (under
+    /// COMMANDS), and the common ones under OPTIONS.
+    #[test]
+    fn the_man_page_names_every_option_of_the_definition() {
+        let page = std::fs::read_to_string(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/ulp.1"),
+        )
+        .unwrap();
+        let section = |from: &str, to: &str| -> String {
+            let start = page
+                .find(from)
+                .unwrap_or_else(|| panic!("no {from:?} in docs/ulp.1"));
+            let rest = &page[start + from.len()..];
+            rest[..rest.find(to).unwrap_or(rest.len())].to_string()
+        };
+        let cli = definition();
+        let options = section("\n.SH OPTIONS\n", "\n.SH ");
+        for a in cli.get_arguments() {
+            let long = a.get_long().unwrap();
+            assert!(
+                names_option(&options, a.get_short(), long),
+                "docs/ulp.1: OPTIONS does not name --{long}"
+            );
+        }
+        let common: Vec<&str> = cli.get_arguments().filter_map(|a| a.get_long()).collect();
+        for c in cli.get_subcommands() {
+            let name = c.get_name().replace('-', "\\-");
+            let entry = section(&format!("\n.TP\n.B {name} "), "\n.TP\n.B ");
+            for a in c.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                if common.contains(&long) {
+                    continue;
+                }
+                assert!(
+                    names_option(&entry, a.get_short(), long),
+                    "docs/ulp.1: the entry of {} does not name --{long}",
+                    c.get_name()
+                );
+            }
+        }
+    }
 }

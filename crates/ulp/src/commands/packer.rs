@@ -1,5 +1,6 @@
 //! `ulp packer`: write the patch metadata into the container.
 
+use clap::ValueHint;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -8,13 +9,14 @@ use ulp_container::pack::{self, PackOptions};
 
 use super::dump::container_json;
 use super::{fail_json, one_operand, print_json};
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["livepatch", "target", "force"];
-
-pub const HELP: &str = "\
-Usage: ulp packer [-l FILE] [-t FILE] [--force] FILE.dsc
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "write the patch metadata into the container",
+    override_usage = "\
+ulp packer [-l FILE] [-t FILE] [--force] FILE.dsc",
+    before_help = "\
 Read the description FILE.dsc and write the live-patch metadata (.ulp,
 .ulp.rev and, with comment lines, .ulp.comments sections) into the container
 it names. The target (the .dsc's @ line, or -t) is the library itself, or
@@ -29,31 +31,39 @@ change (the .dsc decides what root writes into which file, and the
 container's code is what `trigger` loads): the file, a directory on its
 path or a symbolic link followed is owned by someone other than root, or
 the file or such a directory is writable by group or others (a sticky
-directory such as /tmp is fine). --force packs anyway.
+directory such as /tmp is fine). --force packs anyway.",
+    after_help = "\
+Exit status: 0 on success, 1 on failure.",
+    mut_arg("json", |a| a.help("print the packed container's metadata as `ulp dump --json` does, or {\"error\", \"location\", ...}"))
+)]
+pub struct Args {
+    /// the container to write (instead of the .dsc's first line)
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+    pub livepatch: Option<String>,
+    /// the target library or its `ulp extract` JSON (instead of the .dsc's @ line)
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::AnyPath)]
+    pub target: Option<String>,
+    /// as root, use a .dsc or container other users could change
+    #[arg(long)]
+    pub force: bool,
+    #[arg(value_name = "FILE.dsc", hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
-Options:
-  -l, --livepatch FILE   the container to write (instead of the .dsc's first line)
-  -t, --target FILE      the target library or its `ulp extract` JSON
-                         (instead of the .dsc's @ line)
-      --force            as root, use a .dsc or container other users could change
-      --json             print the packed container's metadata as `ulp dump
-                         --json` does, or {\"error\", \"location\", ...}
-
-Exit status: 0 on success, 1 on failure.
-";
-
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let path = one_operand("packer", p)?;
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    let path = one_operand("packer", &p.operands)?;
     Ok(packer(path, p))
 }
 
-fn packer(dsc: &Path, p: &Parsed) -> u8 {
+fn packer(dsc: &Path, p: &Args) -> u8 {
     let opts = PackOptions {
-        container_override: p.value("livepatch").map(PathBuf::from),
-        target_override: p.value("target").map(PathBuf::from),
-        trust: (!p.has("force") && ulp_core::trust::running_as_root()).then_some(trusted),
+        container_override: p.livepatch.as_deref().map(PathBuf::from),
+        target_override: p.target.as_deref().map(PathBuf::from),
+        trust: (!p.force && ulp_core::trust::running_as_root()).then_some(trusted),
     };
-    let json = p.has("json");
+    let json = p.common.json;
     match pack::pack(dsc, &opts) {
         Ok(report) if json => match container::read(&report.container) {
             Ok(c) => {
@@ -63,7 +73,7 @@ fn packer(dsc: &Path, p: &Parsed) -> u8 {
             Err(e) => fail_json(&e),
         },
         Ok(report) => {
-            if !p.has("quiet") {
+            if !p.common.quiet {
                 println!(
                     "ulp: packed {} unit(s) and {} reference(s) for '{}' into '{}'.",
                     report.metadata.units.len(),

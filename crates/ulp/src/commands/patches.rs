@@ -1,6 +1,7 @@
 //! `ulp patches`: processes with the runtime, their live-patchable
 //! libraries and applied patches.
 
+use clap::ValueHint;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -11,13 +12,14 @@ use ulp_core::runtime::{format_utc, AppliedPatch, Runtime, RuntimeError};
 use ulp_core::Pid;
 
 use super::{hex, no_operands, print_json, process_name, resolve_processes, vanished};
-use crate::args::{Parsed, UsageError};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["process", "user", "buildid", "only-livepatched"];
-
-pub const HELP: &str = "\
-Usage: ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "list processes with the runtime and their patches, and those still running unpatched copies of patched libraries",
+    override_usage = "\
+ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]",
+    before_help = "\
 List the processes that have the live-patching runtime loaded (all of them,
 or those named by -p, or owned by USER: -u takes a user name, a shell
 pattern of names or a numeric uid, matched against the login uid of the
@@ -40,21 +42,32 @@ not applied yet) and what to do (not with --only-livepatched):
   Unpatched processes (they map a library that is patched elsewhere):
     <name> (pid: <pid>): <library path>: <reason>
 
-The processes are only read, never stopped.
-
-Options:
-  -p, --process PID|NAME  only this process (or every process named NAME)
-  -u, --user USER         only processes owned by USER (name, pattern, uid)
-  -b, --buildid           show each library's build id: in <path> (<build id>):
-      --only-livepatched  show only libraries with applied patches, and only
-                          processes that have some
-      --json              one JSON document instead (see README.md)
-
+The processes are only read, never stopped.",
+    after_help = "\
 Exit status: 0; 1 when -p names no readable process or one without the
 runtime (`[time] ulp: error gathering target process information: Libpulp
 not found in target process` on stderr), or a process's runtime cannot be
-read.
-";
+read.",
+    mut_arg("json", |a| a.help("one JSON document instead (see README.md)"))
+)]
+pub struct Args {
+    /// only this process (or every process named NAME)
+    #[arg(short, long, value_name = "PID|NAME")]
+    pub process: Option<String>,
+    /// only processes owned by USER (name, pattern, uid)
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
+    pub user: Option<String>,
+    /// show each library's build id: in <path> (<build id>):
+    #[arg(short = 'b', long)]
+    pub buildid: bool,
+    /// show only libraries with applied patches, and only processes that have some
+    #[arg(long)]
+    pub only_livepatched: bool,
+    #[arg(value_hint = ValueHint::Other, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
 /// One library of a process, with the patches applied to it.
 struct Library {
@@ -75,31 +88,31 @@ struct Report {
     libraries: Vec<Library>,
 }
 
-fn runtime_processes(p: &Parsed) -> Vec<Pid> {
-    let mut pids: Vec<Pid> = match p.value("process") {
+fn runtime_processes(p: &Args) -> Vec<Pid> {
+    let mut pids: Vec<Pid> = match p.process.as_deref() {
         Some(spec) => resolve_processes(spec),
         None => ulp_process::all_pids()
             .into_iter()
             .filter(|&pid| Runtime::find(pid).is_ok())
             .collect(),
     };
-    if let Some(user) = p.value("user") {
+    if let Some(user) = p.user.as_deref() {
         pids.retain(|&pid| ulp_core::select::owner_matches(pid, user));
     }
     pids
 }
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    no_operands("patches", p)?;
-    let json = p.has("json");
-    let only_patched = p.has("only-livepatched");
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    no_operands("patches", &p.operands)?;
+    let json = p.common.json;
+    let only_patched = p.only_livepatched;
     // Listing every process (or every one of a name): one that exits
     // meanwhile is simply gone.
-    let all = !matches!(p.value("process"), Some(s) if s.parse::<Pid>().is_ok());
+    let all = !matches!(p.process.as_deref(), Some(s) if s.parse::<Pid>().is_ok());
     let pids = runtime_processes(p);
     if pids.is_empty() {
-        if let Some(spec) = p.value("process") {
-            let msg = match p.value("user") {
+        if let Some(spec) = p.process.as_deref() {
+            let msg = match p.user.as_deref() {
                 Some(user) => format!("no readable process matches '{spec}' owned by '{user}'"),
                 None => format!("no readable process matches '{spec}'"),
             };
@@ -122,7 +135,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                 // libpulp's words; a process named by -p without the
                 // runtime fails the run (exit 1), as in libpulp.
                 let e = RuntimeError::NotLoaded;
-                if !p.has("quiet") {
+                if !p.common.quiet {
                     super::log_stderr(&format!(
                         "error gathering target process information: {}",
                         ulp_abi::errors::ENOLIBPULP.phrase
@@ -150,7 +163,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
                     }
                 }
                 if !json {
-                    print!("{}", text(&r, p.has("buildid")));
+                    print!("{}", text(&r, p.buildid));
                 }
                 reports.push(r);
             }
@@ -162,7 +175,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             }
         }
     }
-    let candidates = match p.value("process") {
+    let candidates = match p.process.as_deref() {
         Some(spec) => resolve_processes(spec),
         None => ulp_process::all_pids(),
     };

@@ -1,20 +1,24 @@
 //! `ulp set_patchable`: switch live patching off or on in running
 //! processes (the runtime's state word, written through process memory).
 
+use clap::ValueHint;
 use serde_json::json;
 use ulp_core::live_patching;
 use ulp_core::runtime::{Runtime, RuntimeError};
 use ulp_core::Pid;
 
-use super::{log_stderr, print_json, process_name, resolve_processes, runtime_to_load, vanished};
-use crate::args::{Parsed, UsageError};
+use super::{
+    log_stderr, print_json, process_name, resolve_processes, runtime_to_load, vanished, LoadRuntime,
+};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &["process", "user", "load-runtime", "runtime", "force"];
-
-pub const HELP: &str = "\
-Usage: ulp set_patchable [-p PID|NAME] [-u USER] enable|disable
-       ulp set_patchable [-p PID|NAME] [-u USER] --load-runtime [--runtime PATH] enable
-
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "switch live patching on or off in running processes",
+    override_usage = "\
+ulp set_patchable [-p PID|NAME] [-u USER] enable|disable
+       ulp set_patchable [-p PID|NAME] [-u USER] --load-runtime [--runtime PATH] enable",
+    before_help = "\
 Switch live patching off (disable) or back on (enable) in the process PID,
 in every process named NAME, or without -p in every process that has the
 runtime loaded; -u keeps only the processes whose owner is USER (a user
@@ -40,16 +44,33 @@ anyway), unless `enable --load-runtime` loads the runtime into it (as
 `ulp trigger --load-runtime` does, see its help): it is then patchable
 from now on (`... libpulp.so.0 loaded.`, then `livepatching is now
 enabled.`). A process whose environment opts out is not loaded into.
---force: as root, load a runtime file another user could change.
-
+--force: as root, load a runtime file another user could change.",
+    after_help = "\
 Exit status: 0 when every process with the runtime is in the asked state;
 1 otherwise (no such process, enabling a process disabled by user, an
-error), or when no matching process has the runtime.
-";
+error), or when no matching process has the runtime."
+)]
+pub struct Args {
+    /// the process(es) (default: all with the runtime)
+    #[arg(short, long, value_name = "PID|NAME")]
+    pub process: Option<String>,
+    /// only processes owned by USER (name, pattern, uid)
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
+    pub user: Option<String>,
+    #[command(flatten)]
+    pub load: LoadRuntime,
+    /// as root, load a runtime file another user could change
+    #[arg(long)]
+    pub force: bool,
+    #[arg(value_name = "enable|disable", hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    let spec = p.value("process");
-    let user = p.value("user");
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    let spec = p.process.as_deref();
+    let user = p.user.as_deref();
     let enable = match p.operands.as_slice() {
         [w] if w == "enable" => true,
         [w] if w == "disable" => false,
@@ -70,17 +91,17 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         }
     };
     let action = if enable { "enable" } else { "disable" };
-    if p.has("load-runtime") && !enable {
+    if p.load.load_runtime && !enable {
         return Err(UsageError(
             "--load-runtime goes with 'enable' (a process without the runtime is not patchable \
              anyway)"
                 .into(),
         ));
     }
-    let load = match runtime_to_load(p)? {
+    let load = match runtime_to_load(&p.load, p.force)? {
         Some(Err(e)) => {
             eprintln!("ulp: {e}");
-            if p.has("json") {
+            if p.common.json {
                 print_json(&json!({ "error": e }));
             }
             return Ok(1);
@@ -88,8 +109,8 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         Some(Ok(file)) => Some(file),
         None => None,
     };
-    let json = p.has("json");
-    let quiet = p.has("quiet");
+    let json = p.common.json;
+    let quiet = p.common.quiet;
     let mut pids = match spec {
         Some(spec) => resolve_processes(spec),
         None => ulp_core::select::with_runtime(),

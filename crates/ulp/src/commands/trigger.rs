@@ -1,5 +1,6 @@
 //! `ulp trigger`: apply or revert live patches in running processes.
 
+use clap::ValueHint;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,30 +11,18 @@ use ulp_core::fleet::{self, Line, NotSelected, Operation, ProcessResult, Status,
 use ulp_core::trigger::{self, Outcome, ALREADY_APPLIED};
 use ulp_core::Pid;
 
-use super::{print_json, runtime_to_load};
-use crate::args::{Parsed, UsageError};
+use super::{print_json, runtime_to_load, LoadRuntime};
+use crate::args::{Common, UsageError};
 
-pub const OPTIONS: &[&str] = &[
-    "process",
-    "user",
-    "jobs",
-    "revert",
-    "revert-all",
-    "retries",
-    "timeout",
-    "root",
-    "disable-seccomp",
-    "force",
-    "load-runtime",
-    "runtime",
-];
-
-pub const HELP: &str = "\
-Usage: ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "apply (or revert) live-patch containers (without -p: in every process that has the runtime loaded)",
+    override_usage = "\
+ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
                    [--disable-seccomp] [--force] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
-       ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]
-
+       ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]",
+    before_help = "\
 Apply the live-patch containers FILE... to running processes; with
 --revert, remove them instead. The processes must run with libpulp.so.0
 preloaded, unless --load-runtime loads it into them first.
@@ -113,57 +102,75 @@ any changed it, else skipped. An already applied patch is SKIPPED (`Patch
 already applied`); reverting one that is not applied is an ERROR (`Patch
 not applied`). A process that -p names but that has no runtime gets, on
 stderr, libpulp's `[TIME] ulp: error gathering target process information:
-Libpulp not found in target process` and a hint; nothing changes (exit 0).
-
-Options:
-  -p, --process PID|NAME  the target process(es) (default: all with the runtime,
-                          and with --load-runtime all with the target library)
-      --load-runtime      load the runtime into processes that lack it first
-      --runtime PATH      the runtime file --load-runtime loads
-      --revert            revert the patches instead of applying them
-      --revert-all=LIB    revert every patch of LIB (or replace them by FILE)
-  -j, --jobs N            work on N processes at once (default: the number
-                          of CPUs); output stays in pid order
-  -r, --retries N         retry a busy process N more times (default 3)
-      --timeout S         give up on a process after S seconds (default 30)
-  -R, --root PREFIX       the runtime opens PREFIX + realpath(FILE)
-      --disable-seccomp   suspend seccomp while attached (needs CAP_SYS_ADMIN)
-      --force             as root, load FILEs that other users could change
-  -u, --user USER         accepted, and refused as libpulp does (exit 38)
-  -q, --quiet             print only ERROR lines and the summary line
-  -v, --verbose           also print, under each result, the runtime's path,
-                          its message, the number of code writes and how
-                          long the threads were stopped; and on stderr
-                          libpulp's trace lines for a skip (build id
-                          mismatch, target library not loaded)
-      --json              print one JSON document instead (see README)
-
+Libpulp not found in target process` and a hint; nothing changes (exit 0).",
+    after_help = "\
 Exit status: 0 when nothing failed (skips are not failures); on failure
 libpulp's error numbers of the failed results, or-ed together and masked
 to 8 bits (a dlopen failure, 287, exits 31; `No metadata in .so` 13;
 `Patch not applied` 16; `Error attaching to process` 2), or 1 when that
 leaves 0 or only an argument failed (a glob without match, no such pid);
-38 for -u; 64 on a usage error.
-";
+38 for -u; 64 on a usage error.",
+    mut_arg("quiet", |a| a.help("print only ERROR lines and the summary line")),
+    mut_arg("verbose", |a| a.help("also print, under each result, the runtime's path, its message, the number of code writes and how long the threads were stopped; and on stderr libpulp's trace lines for a skip (build id mismatch, target library not loaded)")),
+    mut_arg("json", |a| a.help("print one JSON document instead (see README)"))
+)]
+pub struct Args {
+    /// the target process(es) (default: all with the runtime, and with --load-runtime all with the target library)
+    #[arg(short, long, value_name = "PID|NAME")]
+    pub process: Option<String>,
+    #[command(flatten)]
+    pub load: LoadRuntime,
+    /// revert the patches instead of applying them
+    #[arg(long)]
+    pub revert: bool,
+    /// revert every patch of LIB (or replace them by FILE)
+    #[arg(long, value_name = "LIB", value_hint = ValueHint::AnyPath)]
+    pub revert_all: Option<String>,
+    /// work on N processes at once (default: the number of CPUs); output stays in pid order
+    #[arg(short, long, value_name = "N", value_hint = ValueHint::Other)]
+    pub jobs: Option<String>,
+    /// retry a busy process N more times (default 3)
+    #[arg(short, long, value_name = "N", value_hint = ValueHint::Other)]
+    pub retries: Option<String>,
+    /// give up on a process after S seconds (default 30)
+    #[arg(long, value_name = "S", value_hint = ValueHint::Other)]
+    pub timeout: Option<String>,
+    /// the runtime opens PREFIX + realpath(FILE)
+    #[arg(short = 'R', long, value_name = "PREFIX", value_hint = ValueHint::AnyPath)]
+    pub root: Option<String>,
+    /// suspend seccomp while attached (needs CAP_SYS_ADMIN)
+    #[arg(long)]
+    pub disable_seccomp: bool,
+    /// as root, load FILEs that other users could change
+    #[arg(long)]
+    pub force: bool,
+    /// accepted, and refused as libpulp does (exit 38)
+    #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
+    pub user: Option<String>,
+    #[arg(value_name = "FILE|'GLOB'", value_hint = ValueHint::FilePath, hide = true)]
+    pub operands: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
 
 /// libpulp's exit status for `trigger -u` (ENOSYS).
 const EXIT_NO_USER_WILDCARD: u8 = 38;
 
-pub fn run(p: &Parsed) -> Result<u8, UsageError> {
-    if p.value("user").is_some() {
+pub fn run(p: &Args) -> Result<u8, UsageError> {
+    if p.user.as_deref().is_some() {
         // Accepted, and refused as libpulp does.
-        if !p.has("quiet") {
+        if !p.common.quiet {
             super::log_stderr("error: user wildcard is currently unsupported in trigger");
         }
         return Ok(EXIT_NO_USER_WILDCARD);
     }
     let mut opts = trigger::Options::default();
-    if let Some(r) = p.value("retries") {
+    if let Some(r) = p.retries.as_deref() {
         opts.retries = r
             .parse()
             .map_err(|_| UsageError(format!("-r needs a number, got '{r}'")))?;
     }
-    if let Some(t) = p.value("timeout") {
+    if let Some(t) = p.timeout.as_deref() {
         let secs: f64 = t
             .parse()
             .ok()
@@ -177,11 +184,11 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     }
     // -R PREFIX is a path in the target's view: not checked here (libpulp
     // does not either).
-    if let Some(r) = p.value("root") {
+    if let Some(r) = p.root.as_deref() {
         opts.root = Some(PathBuf::from(r));
     }
-    opts.suspend_seccomp = p.has("disable-seccomp");
-    let jobs = match p.value("jobs") {
+    opts.suspend_seccomp = p.disable_seccomp;
+    let jobs = match p.jobs.as_deref() {
         None => fleet::default_jobs(),
         Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
             UsageError(format!(
@@ -189,11 +196,11 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
             ))
         })?,
     };
-    let quiet = p.has("quiet");
-    let verbose = p.has("verbose") && !quiet;
-    let as_json = p.has("json");
+    let quiet = p.common.quiet;
+    let verbose = p.common.verbose && !quiet;
+    let as_json = p.common.json;
 
-    let operation = match (p.value("revert-all"), p.has("revert")) {
+    let operation = match (p.revert_all.as_deref(), p.revert) {
         (Some(_), true) => {
             return Err(UsageError(
                 "--revert-all and --revert do not go together (--revert-all=LIB alone reverts)"
@@ -221,7 +228,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     // For --json: about arguments (no pid) or processes (README).
     let mut errors: Vec<Value> = Vec::new();
     let mut warnings: Vec<Value> = Vec::new();
-    let read = fleet::read_files(&p.operands, &operation, p.has("force"));
+    let read = fleet::read_files(&p.operands, &operation, p.force);
     for operand in &read.unmatched {
         let msg = format!("no file matches '{operand}'");
         eprintln!("ulp: {msg}");
@@ -233,7 +240,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
     // With --revert or --revert-all it loads nothing (a process without the
     // runtime has nothing applied), so that scripts can pass the same flags
     // both ways.
-    let load_runtime = match runtime_to_load(p)? {
+    let load_runtime = match runtime_to_load(&p.load, p.force)? {
         Some(Err(e)) => {
             eprintln!("ulp: {e}");
             if as_json {
@@ -245,7 +252,7 @@ pub fn run(p: &Parsed) -> Result<u8, UsageError> {
         None => None,
     };
 
-    let selection = match p.value("process") {
+    let selection = match p.process.as_deref() {
         Some(spec) => {
             let (selection, why) = fleet::Selection::named(spec);
             match why {
