@@ -137,7 +137,7 @@ impl Selection {
         let mut pids = select::resolve(spec);
         let mut why = None;
         if let (Ok(pid), [_]) = (spec.parse::<Pid>(), pids.as_slice()) {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if !ulp_process::exists(pid) {
                 pids.clear();
                 why = Some(NotSelected::NoSuchProcess(pid));
             }
