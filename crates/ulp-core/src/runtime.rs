@@ -136,12 +136,14 @@ impl Runtime {
             ulp_process::read_mem(pid, rt.interface, &mut head)?;
             let magic = u64::from_le_bytes(head[..8].try_into().unwrap());
             let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
-            if magic == 0 {
+            if magic != MAGIC {
                 // Mapped, but its constructor has not run yet: the process
-                // is still starting. Not patchable (yet).
+                // is still starting, and the loader may not even have put
+                // the data segment in place (the bytes there can be the
+                // file's, or zero). Not patchable (yet).
                 return Err(RuntimeError::NotLoaded);
             }
-            if magic != MAGIC || version != PROTOCOL_VERSION {
+            if version != PROTOCOL_VERSION {
                 return Err(RuntimeError::Incompatible {
                     path: rt.path,
                     version,
