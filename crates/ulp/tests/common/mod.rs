@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use ulp_fixtures::{copy_files, fixtures_dir, interop_dir, Target, TempDir};
+pub use ulp_fixtures::{
+    copy_files, fixtures_dir, interop_dir, wait_all_blocked, wait_in_syscall, wait_until, Target,
+    TempDir,
+};
 
 pub fn ulp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ulp")
@@ -202,14 +205,20 @@ impl Rng {
 /// Runs `ulp ARGS` in `dir`, killing it (and failing) if it runs past
 /// `limit`: a hung ulp is as much a failure as a hung target.
 pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
-    let mut child = Command::new(ulp_bin())
-        .args(args)
-        .current_dir(dir)
+    let mut cmd = Command::new(ulp_bin());
+    cmd.args(args).current_dir(dir);
+    run_bounded(cmd, &format!("ulp {args:?}"), limit)
+}
+
+/// Runs `cmd` (stdin closed; `what` names it), killing it (and failing)
+/// if it runs past `limit`; returns status, stdout, stderr.
+pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> (i32, String, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("running ulp");
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -224,13 +233,13 @@ pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, 
     });
     let start = Instant::now();
     let status = loop {
-        if let Some(st) = child.try_wait().expect("waiting for ulp") {
+        if let Some(st) = child.try_wait().expect("waiting for a child") {
             break st;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ulp {args:?} did not finish within {limit:?}");
+            panic!("{what} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -301,6 +310,15 @@ impl PidNs {
         (t, pid)
     }
 
+    /// Starts `program` in the namespace without the runtime; returns it
+    /// and its pid in the namespace.
+    pub fn start_plain(&self, dir: &Path, program: &Path) -> (Target, String) {
+        let program = program.to_string_lossy();
+        let mut t = Target::spawn(self.command(dir, "env", &[&program]));
+        let pid = t.ask("pid");
+        (t, pid)
+    }
+
     /// Runs `ulp ARGS` in the namespace, in `dir`.
     pub fn ulp(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
         let out = self
@@ -313,6 +331,13 @@ impl PidNs {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs `ulp ARGS` in the namespace, in `dir`, killing it (and
+    /// failing) if it runs past `limit`.
+    pub fn ulp_bounded(&self, dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
+        let cmd = self.command(dir, ulp_bin(), args);
+        run_bounded(cmd, &format!("ulp {args:?} in the namespace"), limit)
     }
 }
 
