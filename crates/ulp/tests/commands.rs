@@ -12,10 +12,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// Parses the one JSON document a `--json` run prints.
 fn doc(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"))

@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// Copies demo_prog and the variant build of libulpdemo (another build-id)
 /// into `DIR/variant`; returns the program's path.
 fn variant_prog(demo: &Demo) -> std::path::PathBuf {
@@ -699,8 +695,7 @@ fn disable_seccomp_lets_a_filtered_process_load_the_patch() {
     assert_eq!(t.ask("word"), "new");
     assert_eq!(t.ask("open"), "EPERM");
     // Reverting needs no file: works without the option.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "1");
 }
 
@@ -819,15 +814,13 @@ fn root_prefix_reaches_a_chrooted_process() {
         "{log}"
     );
     // A library named by its path as the process sees it.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert-all=/app/libulpdemo.so.1"]);
-    assert_eq!(code, 0, "{out}");
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert-all=/app/libulpdemo.so.1"]);
     assert!(
         out.contains("SUCCESS reverted all patches from '/app/libulpdemo.so.1'"),
         "{out}"
     );
     assert_eq!(t.ask("answer"), "1");
-    let (code, out, _) = demo.ulp(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "2");
     // A glob, expanded here, in byte order.
     let (code, out, _) = demo.ulp(&[

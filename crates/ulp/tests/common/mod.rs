@@ -18,6 +18,11 @@ pub fn ulp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ulp")
 }
 
+/// The last line of `ulp trigger`'s report, as libpulp prints it.
+pub fn summary(patched: u32, skipped: u32, failed: u32) -> String {
+    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
+}
+
 /// Runs `ulp ARGS` in `dir`; returns status, stdout, stderr.
 pub fn ulp(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out: Output = Command::new(ulp_bin())
@@ -117,6 +122,15 @@ impl Demo {
 
     pub fn ulp(&self, args: &[&str]) -> (i32, String, String) {
         ulp(self.dir.path(), args)
+    }
+
+    /// Runs `ulp ARGS` in the directory, which must exit 0; returns its
+    /// stdout.
+    #[track_caller]
+    pub fn ulp_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ulp(args);
+        assert_eq!(code, 0, "ulp {args:?}:\n{out}{err}");
+        out
     }
 }
 
