@@ -39,13 +39,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_maps_show_the_file(t.pid, &dir);
 
     let out = demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
 
     // `patches` names the library as the program loaded it, as libpulp.
@@ -77,9 +71,10 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
-            summary(1, 0, 0)
+        success_report(
+            "demo_prog",
+            &pid,
+            "reverted all patches from 'libulpdemo.so.1'"
         )
     );
     assert_eq!(t.ask("answer"), "1");

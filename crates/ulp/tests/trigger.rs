@@ -15,13 +15,7 @@ fn apply_observe_revert_observe() {
 
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!((code, err.as_str()), (0, ""), "stdout: {out}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
     assert_eq!(t.ask("pid"), pid, "same process throughout");
@@ -47,13 +41,7 @@ fn apply_observe_revert_observe() {
     );
 
     let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("word"), "old");
 
@@ -276,10 +264,7 @@ fn libpulp_packed_container_applies_with_the_readme_transcript() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  greet_prog (pid: {pid}): SUCCESS greet_livepatch1.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("greet_prog", &pid, "greet_livepatch1.so")
     );
     assert_eq!(t.ask("bob"), "howdy, bob!");
     assert_eq!(t.ask("answer"), "42");

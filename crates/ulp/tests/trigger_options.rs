@@ -187,10 +187,7 @@ fn name_patterns_match_comm_and_executable_name() {
     assert_eq!(code, 0);
     assert_eq!(
         out,
-        format!(
-            "  options_long_pr (pid: {pid_l}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("options_long_pr", &pid_l, "demo_livepatch.so")
     );
     assert_eq!(l.ask("answer"), "2");
     // ? and [...] work; a pattern never matches ulp itself.
@@ -246,9 +243,10 @@ fn revert_all_and_replace_in_one_stop() {
     let out = ok(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1"]);
     assert_eq!(
         out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
-            summary(1, 0, 0)
+        success_report(
+            "demo_prog",
+            &pid,
+            "reverted all patches from 'libulpdemo.so.1'"
         )
     );
     assert_eq!(t.ask("answer"), "1");
@@ -686,10 +684,7 @@ fn disable_seccomp_lets_a_filtered_process_load_the_patch() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  options_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("options_prog", &pid, "demo_livepatch.so")
     );
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
@@ -796,13 +791,7 @@ fn root_prefix_reaches_a_chrooted_process() {
     // With -R: FILE is read here; the runtime opens PREFIX + realpath(FILE).
     let (code, out, err) = demo.ulp(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
     let (_, log, _) = demo.ulp(&["messages", "-p", &pid]);

@@ -23,6 +23,15 @@ pub fn summary(patched: u32, skipped: u32, failed: u32) -> String {
     format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
 }
 
+/// The whole report of a trigger that changed one process: its SUCCESS
+/// line (`what`: the live patch, or what was reverted) and the summary.
+pub fn success_report(prog: &str, pid: &dyn std::fmt::Display, what: &str) -> String {
+    format!(
+        "  {prog} (pid: {pid}): SUCCESS {what}\n{}",
+        summary(1, 0, 0)
+    )
+}
+
 /// Runs `ulp ARGS` in `dir`; returns status, stdout, stderr.
 pub fn ulp(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out: Output = Command::new(ulp_bin())
