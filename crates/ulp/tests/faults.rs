@@ -109,6 +109,7 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
                 std::hint::spin_loop();
             }
         }
+        // Not a readiness wait: the random moment ulp is killed at.
         std::thread::sleep(delay);
         let was_traced = traced(t.pid);
         // Traced but not stopped: the main thread is running the call.

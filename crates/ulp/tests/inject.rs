@@ -276,6 +276,7 @@ fn killing_ulp_while_it_loads_the_runtime_leaves_the_process_whole() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Not a readiness wait: the random moment ulp is killed at.
         std::thread::sleep(delay);
         let _ = child.kill();
         let _ = child.wait();
