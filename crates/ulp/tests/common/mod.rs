@@ -32,6 +32,12 @@ pub fn success_report(prog: &str, pid: &dyn std::fmt::Display, what: &str) -> St
     )
 }
 
+/// What `id FLAG` says about the user running the tests (`-u`, `-un`...).
+pub fn id(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().expect("running id");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// Runs `ulp ARGS` in `dir`; returns status, stdout, stderr.
 pub fn ulp(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out: Output = Command::new(ulp_bin())
@@ -116,6 +122,17 @@ impl Demo {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("LD_PRELOAD", &self.runtime);
+        Target::spawn(cmd)
+    }
+
+    /// Starts demo_prog with the runtime preloaded and extra environment.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Target {
+        let mut cmd = Command::new(self.dir.join("demo_prog"));
+        cmd.current_dir(self.dir.path())
+            .env("LD_PRELOAD", &self.runtime);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Target::spawn(cmd)
     }
 
