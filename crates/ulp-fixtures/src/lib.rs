@@ -12,6 +12,7 @@
 //!   waits for a state of a process (read from /proc), where a test would
 //!   otherwise sleep and hope.
 //! * [`interop_dir`]: the containers packed by libpulp itself.
+//! * [`Rng`]: xorshift64*, for randomized tests that replay.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -309,4 +310,40 @@ pub fn wait_all_blocked(pid: i32) {
         let tids = task_ids(pid);
         !tids.is_empty() && tids.iter().all(|&t| blocked_syscall(pid, t).is_some())
     });
+}
+
+/// xorshift64*: a deterministic pseudo-random sequence, so that a failure
+/// can be replayed. `Rng(state)` starts from `state` as it is (not 0);
+/// [`Rng::new`] mixes a seed first.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Starts from `seed`, mixed (and never 0).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Fills `buf` with the low bytes of the next numbers.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next() as u8;
+        }
+    }
 }

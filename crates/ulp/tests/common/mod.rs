@@ -10,8 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use ulp_fixtures::{
-    copy_files, fixtures_dir, interop_dir, wait_all_blocked, wait_in_syscall, wait_until, Target,
-    TempDir,
+    copy_files, fixtures_dir, interop_dir, wait_all_blocked, wait_in_syscall, wait_until, Rng,
+    Target, TempDir,
 };
 
 pub fn ulp_bin() -> &'static str {
@@ -225,21 +225,6 @@ pub fn interop_unpacked(tag: &str, container: &str, extra: &[&str]) -> TempDir {
     )
     .expect("copying the unpacked interop container");
     dir
-}
-
-/// xorshift64*: deterministic, seeded per iteration.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// Runs `ulp ARGS` in `dir`, killing it (and failing) if it runs past
