@@ -256,23 +256,33 @@ pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> (i32, Strin
         let _ = err_pipe.read_to_string(&mut s);
         s
     });
+    let status = wait_bounded(&mut child, what, limit);
+    (
+        status.code().unwrap_or(-1),
+        out_reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    )
+}
+
+/// Waits for `child` (`what` names it) at most `limit`; past that, kills
+/// and reaps it and fails.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
     let start = Instant::now();
-    let status = loop {
+    loop {
         if let Some(st) = child.try_wait().expect("waiting for a child") {
-            break st;
+            return st;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             panic!("{what} did not finish within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (
-        status.code().unwrap_or(-1),
-        out_reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    )
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A PID namespace with its own /proc, so that `ulp` without `-p` sees
