@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{compile, deadline, Target, TempDir};
+use common::{deadline, run_c, wait_in_syscall};
 use ulp_process::Stopped;
 
 const PAUSE_C: &str = r#"
@@ -45,11 +45,8 @@ fn nonexistent_pid_is_gone() {
 
 #[test]
 fn already_traced_names_the_tracer() {
-    let dir = TempDir::new("traced");
-    let exe = compile(&dir, "pause", PAUSE_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    t.ready();
-    let pid = t.pid();
+    let (_dir, t, _) = run_c("pause", PAUSE_C, &[], &[]);
+    let pid = t.pid;
 
     // Another thread of this process holds it.
     let (held_tx, held_rx) = mpsc::channel();
@@ -121,12 +118,10 @@ int main(void) {
 
 #[test]
 fn unstoppable_thread_times_out() {
-    let dir = TempDir::new("vfork");
-    let exe = compile(&dir, "vfork", VFORK_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    t.ready();
-    let pid = t.pid();
-    std::thread::sleep(Duration::from_millis(50));
+    let (_dir, t, _) = run_c("vfork", VFORK_C, &[], &[]);
+    let pid = t.pid;
+    // The main thread waits for its child in vfork.
+    wait_in_syscall(pid, pid, libc::SYS_vfork);
     let start = Instant::now();
     let err = Stopped::seize_all(pid, deadline(200)).unwrap_err();
     assert!(

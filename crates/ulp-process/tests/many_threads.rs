@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{compile, deadline, Target, TempDir};
+use common::{deadline, run_c};
 use ulp_process::{thread_state, threads, Stopped};
 
 const MANY_C: &str = r#"
@@ -26,11 +26,8 @@ int main(void) {
 
 #[test]
 fn every_thread_of_a_128_thread_busy_process_is_stopped() {
-    let dir = TempDir::new("many");
-    let exe = compile(&dir, "many", MANY_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    t.ready();
-    let pid = t.pid();
+    let (_dir, t, _) = run_c("many", MANY_C, &[], &[]);
+    let pid = t.pid;
     for round in 0..20 {
         let s = Stopped::seize_all(pid, deadline(10_000)).unwrap();
         let held = s.tids();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{compile, cpu_has, deadline, Target, TempDir};
+use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until};
 use ulp_process::Stopped;
 
 const ECHO_C: &str = r#"
@@ -47,16 +47,14 @@ int main(void) {
 
 #[test]
 fn remote_call_returns_values_and_aligns_stack() {
-    let dir = TempDir::new("call");
-    let exe = compile(&dir, "echo", ECHO_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let addrs = t.ready();
+    let (_dir, mut t, addrs) = run_c("echo", ECHO_C, &[], &[]);
     let (getpid, sum6, rsp_at_entry) = (addrs[0], addrs[1], addrs[2]);
-    let pid = t.pid();
+    let pid = t.pid;
+    wait_in_syscall(pid, pid, libc::SYS_read);
 
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert_eq!(s.tids(), vec![pid]);
-    // Blocked in read(0, ...) (system call 0); give it a moment to get there.
+    // Blocked in read(0, ...) (system call 0).
     let before = s.regs(pid).unwrap();
     assert_eq!(
         s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
@@ -97,13 +95,10 @@ fn remote_call_returns_values_and_aligns_stack() {
 
 #[test]
 fn blocked_read_restarts_without_eintr() {
-    let dir = TempDir::new("read");
-    let exe = compile(&dir, "echo", ECHO_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let getpid = t.ready()[0];
-    let pid = t.pid();
+    let (_dir, mut t, a) = run_c("echo", ECHO_C, &[], &[]);
+    let (getpid, pid) = (a[0], t.pid);
     // Make sure it is blocked inside read() before we interrupt it.
-    wait_in_syscall(pid, libc::SYS_read);
+    wait_in_syscall(pid, pid, libc::SYS_read);
     for round in 0..5 {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
@@ -121,27 +116,13 @@ fn blocked_read_restarts_without_eintr() {
             t.expect("", Duration::from_secs(5)),
             format!("got line {round}")
         );
-        wait_in_syscall(pid, libc::SYS_read);
+        wait_in_syscall(pid, pid, libc::SYS_read);
     }
     // Plain seize and release, no call, must not disturb it either.
     let s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     drop(s);
     t.send("last\n");
     assert_eq!(t.expect("", Duration::from_secs(5)), "got last");
-}
-
-/// Waits (bounded) until the thread is sleeping in the given system call.
-fn wait_in_syscall(pid: i32, nr: i64) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) {
-            if s.split_whitespace().next() == Some(&nr.to_string()) {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("process {pid} never blocked in system call {nr}");
 }
 
 const EPOLL_C: &str = r#"
@@ -177,13 +158,10 @@ int main(void) {
 
 #[test]
 fn epoll_wait_is_rerun_not_eintr() {
-    let dir = TempDir::new("epoll");
-    let exe = compile(&dir, "epoll", EPOLL_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let getpid = t.ready()[0];
-    let pid = t.pid();
+    let (_dir, mut t, a) = run_c("epoll", EPOLL_C, &[], &[]);
+    let (getpid, pid) = (a[0], t.pid);
     for round in 0..3 {
-        wait_in_syscall(pid, libc::SYS_epoll_wait);
+        wait_in_syscall(pid, pid, libc::SYS_epoll_wait);
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(s.syscall_of(pid).unwrap(), Some(libc::SYS_epoll_wait));
         if round > 0 {
@@ -228,14 +206,13 @@ int main(void) {
 
 #[test]
 fn nanosleep_is_neither_shortened_nor_interrupted() {
-    let dir = TempDir::new("sleep");
-    let exe = compile(&dir, "sleeper", SLEEPER_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let getpid = t.ready()[0];
-    let pid = t.pid();
+    let (_dir, mut t, a) = run_c("sleeper", SLEEPER_C, &[], &[]);
+    let (getpid, pid) = (a[0], t.pid);
     t.expect("slept", Duration::from_secs(5));
     // Several cycles at different points of the sleep.
     for round in 0..6u64 {
+        // Not a readiness wait: it moves the call to another point of the
+        // 200 ms sleep each round.
         std::thread::sleep(Duration::from_millis(35 * round + 10));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
@@ -382,18 +359,15 @@ int main(void) {
 
 #[test]
 fn vector_registers_survive_remote_calls() {
-    let dir = TempDir::new("vec");
     let wide = cpu_has("avx512f");
     let flags: &[&str] = if wide {
         &["-mavx512f", "-DWIDE"]
     } else {
         &["-mavx2"]
     };
-    let exe = compile(&dir, "vector", VECTOR_C, flags);
-    let mut t = Target::spawn(&exe, &[]);
-    let a = t.ready();
+    let (_dir, mut t, a) = run_c("vector", VECTOR_C, flags, &[]);
     let (clobber, stop_flag, counter) = (a[0], a[1], a[2]);
-    let pid = t.pid();
+    let pid = t.pid;
     let read_counter = || {
         let mut b = [0u8; 8];
         ulp_process::read_mem(pid, counter, &mut b).unwrap();
@@ -456,7 +430,7 @@ int main(void) {
     sa.sa_sigaction = on_usr1;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
-    printf("ready %lx\n", (unsigned long)(uintptr_t)&slow);
+    printf("ready %lx %lx\n", (unsigned long)(uintptr_t)&slow, (unsigned long)(uintptr_t)&in_slow);
     fflush(stdout);
     char buf[64];
     for (;;) {
@@ -470,15 +444,18 @@ int main(void) {
 
 #[test]
 fn signal_during_call_is_delivered_after_release() {
-    let dir = TempDir::new("sig");
-    let exe = compile(&dir, "signal", SIGNAL_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let slow = t.ready()[0];
-    let pid = t.pid();
-    wait_in_syscall(pid, libc::SYS_read);
+    let (_dir, mut t, a) = run_c("signal", SIGNAL_C, &[], &[]);
+    let (slow, pid) = (a[0], t.pid);
+    wait_in_syscall(pid, pid, libc::SYS_read);
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+    let in_slow = a[1];
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        // Once the call is inside `slow`.
+        wait_until("the call running slow()", || {
+            let mut b = [0u8; 4];
+            ulp_process::read_mem(pid, in_slow, &mut b).unwrap();
+            b != [0; 4]
+        });
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid, libc::SIGUSR1) };
     });
@@ -496,18 +473,13 @@ fn signal_during_call_is_delivered_after_release() {
 
 #[test]
 fn stopped_process_stays_stopped() {
-    let dir = TempDir::new("stop");
-    let exe = compile(&dir, "echo", ECHO_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let getpid = t.ready()[0];
-    let pid = t.pid();
+    let (_dir, mut t, a) = run_c("echo", ECHO_C, &[], &[]);
+    let (getpid, pid) = (a[0], t.pid);
     // SAFETY: plain kill(2) of our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let end = Instant::now() + Duration::from_secs(5);
-    while ulp_process::thread_state(pid, pid) != Some('T') {
-        assert!(Instant::now() < end, "target never stopped");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the target stopped by SIGSTOP", || {
+        ulp_process::thread_state(pid, pid) == Some('T')
+    });
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert_eq!(
         s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
@@ -525,12 +497,9 @@ fn stopped_process_stays_stopped() {
 
 #[test]
 fn timed_out_call_can_be_awaited_or_abandoned() {
-    let dir = TempDir::new("slow");
-    let exe = compile(&dir, "signal", SIGNAL_C, &[]);
-    let mut t = Target::spawn(&exe, &[]);
-    let slow = t.ready()[0];
-    let pid = t.pid();
-    wait_in_syscall(pid, libc::SYS_read);
+    let (_dir, mut t, a) = run_c("signal", SIGNAL_C, &[], &[]);
+    let (slow, pid) = (a[0], t.pid);
+    wait_in_syscall(pid, pid, libc::SYS_read);
 
     // Timeout, then keep waiting: the call completes normally.
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();

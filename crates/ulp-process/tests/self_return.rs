@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{compile, cpu_has, deadline, Target, TempDir};
+use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until, Target, TempDir};
 use ulp_process::{ReturnPath, Stopped};
 
 /// Modes (argv[1]): "vector" runs a loop that checks known values in
@@ -181,10 +181,7 @@ fn start(mode: &str) -> Option<Prog> {
         eprintln!("skipped: no AVX2");
         return None;
     }
-    let dir = TempDir::new("selfret");
-    let exe = compile(&dir, "selfret", PROG_C, &["-mavx2"]);
-    let mut t = Target::spawn(&exe, &[mode]);
-    let a = t.ready();
+    let (dir, t, a) = run_c("selfret", PROG_C, &["-mavx2"], &[mode]);
     Some(Prog {
         t,
         slow: a[0],
@@ -201,7 +198,7 @@ fn start(mode: &str) -> Option<Prog> {
 
 impl Prog {
     fn pid(&self) -> i32 {
-        self.t.pid()
+        self.t.pid
     }
 
     fn counter(&self) -> u64 {
@@ -210,14 +207,23 @@ impl Prog {
         u64::from_le_bytes(b)
     }
 
-    /// The check loop keeps counting (bounded wait).
+    /// The check loop keeps counting (bounded wait): the main thread runs
+    /// its own code.
     fn assert_running(&self, what: &str) {
         let before = self.counter();
-        let end = Instant::now() + Duration::from_secs(5);
-        while self.counter() == before {
-            assert!(Instant::now() < end, "check loop stopped running ({what})");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(&format!("check loop running ({what})"), || {
+            self.counter() != before
+        });
+    }
+
+    /// Waits (bounded) until no tracer holds the main thread: a tracer
+    /// whose OS thread exited detaches as that thread finishes exiting,
+    /// after `join` may have returned.
+    fn wait_untraced(&self) {
+        let pid = self.pid();
+        wait_until("the main thread untraced", || {
+            ulp_process::tracer_of(pid, pid).is_none()
+        });
     }
 
     fn finish_vector(mut self) {
@@ -246,19 +252,6 @@ impl Prog {
     }
 }
 
-fn wait_in_syscall(pid: i32, nr: i64) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < end {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) {
-            if s.split_whitespace().next() == Some(&nr.to_string()) {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("process {pid} never blocked in system call {nr}");
-}
-
 #[test]
 fn collected_calls_restore_every_register() {
     let Some(p) = start("vector") else { return };
@@ -281,11 +274,11 @@ fn vanished_tracer_leaves_registers_intact() {
     let Some(p) = start("vector") else { return };
     for round in 0..3 {
         p.vanishing_tracer(Duration::from_millis(10));
-        // 50 ms in `slow`, 50 ms waiting in the routine, then rt_sigreturn.
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(ulp_process::comm(p.pid()).is_ok(), "target died");
-        assert_eq!(ulp_process::tracer_of(p.pid(), p.pid()), None);
+        // 50 ms in `slow`, 50 ms waiting in the routine, then rt_sigreturn
+        // back to the check loop, untraced.
+        p.wait_untraced();
         p.assert_running(&format!("round {round}"));
+        assert!(ulp_process::comm(p.pid()).is_ok(), "target died");
     }
     p.finish_vector();
 }
@@ -300,8 +293,8 @@ fn slow_tracer_finds_the_call_returned() {
         .call_returning(p.slow, &[], &p.path, deadline(10))
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
-    // The thread returns by itself meanwhile.
-    std::thread::sleep(Duration::from_millis(200));
+    // The thread returns by itself meanwhile: back in its check loop.
+    p.assert_running("the call returned by itself");
     assert_eq!(s.caller(pid).wait(deadline(2000)).unwrap(), 7);
     s.release().unwrap();
     p.assert_running("after a slow collection");
@@ -313,7 +306,6 @@ fn slow_tracer_finds_the_call_returned() {
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();
-    std::thread::sleep(Duration::from_millis(150));
     p.assert_running("after a released call");
     p.finish_vector();
 }
@@ -324,8 +316,11 @@ fn vanished_tracer_restarts_sleep_and_read() {
     let Some(mut p) = start("sleep") else { return };
     p.t.expect("slept", Duration::from_secs(5));
     for round in 0..3u64 {
+        // Not a readiness wait: it moves the call to another point of the
+        // 200 ms sleep each round.
         std::thread::sleep(Duration::from_millis(40 * round + 20));
         p.vanishing_tracer(Duration::from_millis(10));
+        p.wait_untraced();
     }
     for _ in 0..4 {
         let l = p.t.line(Duration::from_secs(5)).expect("sleeper stopped");
@@ -339,9 +334,12 @@ fn vanished_tracer_restarts_sleep_and_read() {
     let Some(mut p) = start("read") else { return };
     let pid = p.pid();
     for round in 0..3 {
-        wait_in_syscall(pid, libc::SYS_read);
+        wait_in_syscall(pid, pid, libc::SYS_read);
         p.vanishing_tracer(Duration::from_millis(10));
-        std::thread::sleep(Duration::from_millis(150));
+        // The call returns by itself and the read is restarted: blocked
+        // in it again, untraced, before the line is sent.
+        wait_in_syscall(pid, pid, libc::SYS_read);
+        p.wait_untraced();
         p.t.send(&format!("line {round}\n"));
         assert_eq!(
             p.t.expect("", Duration::from_secs(5)),
@@ -350,7 +348,7 @@ fn vanished_tracer_restarts_sleep_and_read() {
     }
     // And collected by a live tracer.
     for round in 0..3 {
-        wait_in_syscall(pid, libc::SYS_read);
+        wait_in_syscall(pid, pid, libc::SYS_read);
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
             s.caller(pid)
@@ -377,6 +375,8 @@ fn collected_calls_keep_sleeps_whole() {
     let pid = p.pid();
     p.t.expect("slept", Duration::from_secs(5));
     for round in 0..4u64 {
+        // Not a readiness wait: it moves the call to another point of the
+        // 200 ms sleep each round.
         std::thread::sleep(Duration::from_millis(30 * round + 20));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(

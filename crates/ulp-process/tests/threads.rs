@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{compile, deadline, Target, TempDir};
+use common::{deadline, run_c};
 use ulp_process::{maps, thread_state, threads, Stopped};
 
 const THREADS_C: &str = r#"
@@ -51,11 +51,8 @@ int main(void) {
 
 #[test]
 fn seize_all_catches_every_thread_and_poke_writes_code() {
-    let dir = TempDir::new("threads");
-    let exe = compile(&dir, "threads", THREADS_C, &["-fcf-protection=none"]);
-    let mut t = Target::spawn(&exe, &[]);
-    let marker = t.ready()[0];
-    let pid = t.pid();
+    let (_dir, mut t, a) = run_c("threads", THREADS_C, &["-fcf-protection=none"], &[]);
+    let (marker, pid) = (a[0], t.pid);
     t.send("ping\n");
     assert_eq!(t.expect("pong", Duration::from_secs(5)), "pong 7");
 

@@ -11,36 +11,6 @@ fn id_hex(id: u8) -> String {
     hex(&[id; 32])
 }
 
-/// `apply`/`revert`/`undo` result lines: (code, nwrites, writes summary).
-fn results<'a>(lines: &'a [String], what: &str) -> Vec<(i32, &'a str, String)> {
-    let heads = with_prefix(lines, &format!("{what} rc="));
-    let writes = with_prefix(lines, &format!("{what} writes:"));
-    assert_eq!(heads.len(), writes.len());
-    heads
-        .iter()
-        .zip(writes)
-        .map(|(h, w)| {
-            let code: i32 = h
-                .split("code=")
-                .nth(1)
-                .and_then(|s| s.split(' ').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let rc: i32 = h[format!("{what} rc=").len()..]
-                .split(' ')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert_eq!(rc, code, "{h}");
-            let msg = h.split_once(" msg=").unwrap().1;
-            let w = w[format!("{what} writes:").len()..].trim().to_string();
-            (code, msg, w)
-        })
-        .collect()
-}
-
 fn calls(lines: &[String]) -> Vec<&str> {
     lines
         .iter()
@@ -243,12 +213,7 @@ fn stacked_patches_revert_in_both_orders() {
 fn refusals_return_their_code_and_no_writes() {
     let f = fixtures();
     let v = &f.plain;
-    let good = metadata(
-        5,
-        &v.lib,
-        vec![unit(&v.lib, "answer", "new_answer")],
-        vec![],
-    );
+    let good = one_function(5, &v.lib, "answer", "new_answer");
 
     let mut wrong_id = good.clone();
     wrong_id.build_id[0] ^= 0xff;
@@ -356,12 +321,7 @@ fn refusals_return_their_code_and_no_writes() {
 fn unpadded_functions_are_rewritten() {
     let f = fixtures();
     let v = &f.unpadded;
-    let meta = metadata(
-        7,
-        &v.lib,
-        vec![unit(&v.lib, "answer", "new_answer")],
-        vec![],
-    );
+    let meta = one_function(7, &v.lib, "answer", "new_answer");
     let req = request_file(&v.dir, "unpadded.req", &f.patch1, &meta, b"");
     let out = run(
         v,
@@ -450,12 +410,7 @@ fn already_applied_not_applied_and_undo() {
 fn the_main_program_is_a_target_too() {
     let f = fixtures();
     let v = &f.plain;
-    let meta = metadata(
-        8,
-        &v.harness,
-        vec![unit(&v.harness, "prog_value", "new_prog_value")],
-        vec![],
-    );
+    let meta = one_function(8, &v.harness, "prog_value", "new_prog_value");
     let req = request_file(&v.dir, "prog.req", &f.patch_prog, &meta, b"");
     // The program has no TLS block: a TLS reference into it is refused.
     let mut tls = meta.clone();

@@ -30,27 +30,6 @@ fn text_file(v: &Variant, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// The `raw` results: (code, message, writes summary).
-fn raw_results(lines: &[String]) -> Vec<(i32, String, String)> {
-    let heads = with_prefix(lines, "raw rc=");
-    let writes = with_prefix(lines, "raw writes:");
-    heads
-        .iter()
-        .zip(writes)
-        .map(|(h, w)| {
-            let code = h
-                .split("code=")
-                .nth(1)
-                .and_then(|s| s.split(' ').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            let msg = h.split_once(" msg=").unwrap().1.to_string();
-            (code, msg, w["raw writes:".len()..].trim().to_string())
-        })
-        .collect()
-}
-
 fn ids(lines: &[String]) -> Vec<String> {
     // Registry dumps, each as the ids of its records in order.
     let mut out = Vec::new();
@@ -108,7 +87,7 @@ fn replace_and_revert_all_are_one_step_that_undo_takes_back() {
         by_path = by_path.display(),
     );
     let out = run(v, &script, &[]);
-    let raw = raw_results(&out);
+    let raw = results(&out, "raw");
     let lib_path = v.lib.to_str().unwrap();
 
     // REPLACE of {1, 2} by 3 (the same container as 2, so the stub of

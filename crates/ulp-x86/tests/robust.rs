@@ -9,29 +9,11 @@ mod common;
 use std::path::Path;
 
 use common::{functions, gcc, SAMPLE_C};
-use ulp_fixtures::TempDir;
+use ulp_fixtures::{Rng, TempDir};
 use ulp_x86::{
     analyze_entry, decode, decode_all, relocate, trampoline_len_bound, Insn, JMP_ABS_LEN,
     JMP_REL32_LEN, MAX_INSN_LEN,
 };
-
-/// xorshift64*: deterministic, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
-}
 
 /// Checks what the decoder says about `code` at `addr` for consistency.
 fn check_insn(code: &[u8], addr: u64, insn: &Insn) {

@@ -12,10 +12,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// Parses the one JSON document a `--json` run prints.
 fn doc(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"))
@@ -48,22 +44,6 @@ fn patches_of(demo: &Demo, pid: &str) -> String {
         Some(at) => out[..at].to_string(),
         None => out,
     }
-}
-
-/// Starts demo_prog with the runtime preloaded and extra environment.
-fn start_with_env(demo: &Demo, env: &[(&str, &str)]) -> Target {
-    let mut cmd = Command::new(demo.dir.join("demo_prog"));
-    cmd.current_dir(demo.dir.path())
-        .env("LD_PRELOAD", &demo.runtime);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Target::spawn(cmd)
-}
-
-fn id(flag: &str) -> String {
-    let out = Command::new("id").arg(flag).output().expect("running id");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 // ---------------------------------------------------------------------
@@ -484,7 +464,7 @@ fn opt_outs_disable_live_patching_when_they_match() {
             }
         }
         // Matching: disabled by user, patches refused, enable refused.
-        let mut t = start_with_env(&demo, &[(var, &matching)]);
+        let mut t = demo.start_with_env(&[(var, &matching)]);
         let pid = t.pid.to_string();
         let text = patches_of(&demo, &pid);
         assert!(
@@ -520,7 +500,7 @@ fn opt_outs_disable_live_patching_when_they_match() {
         drop(t);
 
         // Not matching: enabled, patches apply.
-        let mut t = start_with_env(&demo, &[(var, &other)]);
+        let mut t = demo.start_with_env(&[(var, &other)]);
         let pid = t.pid.to_string();
         let text = patches_of(&demo, &pid);
         assert!(

@@ -11,17 +11,13 @@
 //! the patch or by its own choice, never by a crash.
 //!
 //! The runs use no `-p`, so they happen in a PID namespace of their own
-//! (as in trigger_options.rs), where ulp sees only this test's processes.
+//! (common's `PidNs`, as in trigger_options.rs), where ulp sees only this test's processes.
 
 mod common;
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ulp_fixtures::WAIT;
 
 /// Processes started in all.
 const TOTAL: u32 = 2000;
@@ -31,108 +27,6 @@ const ALIVE: u32 = 120;
 const LIMIT: Duration = Duration::from_secs(180);
 /// One `ulp trigger` run, at most.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// A PID namespace with its own /proc; its init is a `sleep` killed with
-/// the `unshare` holding it, and the kernel then kills everything else in
-/// the namespace.
-struct Ns {
-    holder: Child,
-    init: u32,
-}
-
-impl Ns {
-    fn new() -> Ns {
-        let holder = Command::new("unshare")
-            .args([
-                "--fork",
-                "--pid",
-                "--mount-proc",
-                "--kill-child=SIGKILL",
-                "sleep",
-                "600",
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("running unshare (util-linux)");
-        let children = format!("/proc/{0}/task/{0}/children", holder.id());
-        let until = Instant::now() + WAIT;
-        let init = loop {
-            let text = std::fs::read_to_string(&children).unwrap_or_default();
-            if let Some(pid) = text.split_whitespace().next() {
-                let pid: u32 = pid.parse().unwrap();
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
-                if comm.is_ok_and(|c| c.trim() == "sleep") {
-                    break pid;
-                }
-            }
-            assert!(Instant::now() < until, "unshare did not start its child");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Ns { holder, init }
-    }
-
-    /// `PROGRAM ARGS` run inside the namespace, in `dir`.
-    fn command(&self, dir: &Path, program: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.init.to_string())
-            .args(["-p", "-m"])
-            .arg(format!("--wd={}", dir.display()))
-            .arg("--")
-            .arg(program)
-            .args(args);
-        cmd
-    }
-
-    /// Runs `ulp ARGS` in the namespace, killing the namespace's ulp
-    /// (through the test's failure, which drops the namespace) if it runs
-    /// past [`RUN_LIMIT`].
-    fn ulp(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
-        let mut child = self
-            .command(dir, ulp_bin(), args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running ulp in the namespace");
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let start = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().expect("waiting for ulp") {
-                break st;
-            }
-            if start.elapsed() > RUN_LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ulp {args:?} did not finish within {RUN_LIMIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        (
-            status.code().unwrap_or(-1),
-            out.join().unwrap(),
-            err.join().unwrap(),
-        )
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 /// `key=value` from a `status` line of the launcher.
 fn stat(line: &str, key: &str) -> u32 {
@@ -151,7 +45,7 @@ fn processes_exiting_during_triggers_are_never_failures() {
         &["exit_prog", "exit_fleet"],
     );
     let dir = demo.dir.path();
-    let ns = Ns::new();
+    let ns = PidNs::new();
     let total = TOTAL.to_string();
     let alive = ALIVE.to_string();
     let prog = demo.path("exit_prog");
@@ -170,7 +64,11 @@ fn processes_exiting_during_triggers_are_never_failures() {
             "not done within {LIMIT:?}: {}",
             fleet.ask("status")
         );
-        let (code, out, err) = ns.ulp(dir, &["trigger", "--timeout", "20", "demo_livepatch.so"]);
+        let (code, out, err) = ns.ulp_bounded(
+            dir,
+            &["trigger", "--timeout", "20", "demo_livepatch.so"],
+            RUN_LIMIT,
+        );
         runs += 1;
         let ctx = format!("run {runs}:\n{out}{err}");
         assert_eq!(code, 0, "{ctx}");

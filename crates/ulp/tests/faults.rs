@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{main_traced, settled, status_field, traced, ulp_bin, Demo, Rng};
+use common::{main_traced, settled, status_field, traced, ulp_bin, wait_bounded, Demo, Rng};
 
 fn trigger_cmd(demo: &Demo, pid: &str, revert: bool) -> Command {
     let mut cmd = Command::new(ulp_bin());
@@ -109,6 +109,7 @@ fn killing_ulp_at_any_moment_leaves_the_target_running() {
                 std::hint::spin_loop();
             }
         }
+        // Not a readiness wait: the random moment ulp is killed at.
         std::thread::sleep(delay);
         let was_traced = traced(t.pid);
         // Traced but not stopped: the main thread is running the call.
@@ -373,18 +374,11 @@ fn ulp_in(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("running ulp");
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ulp {args:?} did not finish in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_bounded(
+        &mut child,
+        &format!("ulp {args:?}"),
+        Duration::from_secs(30),
+    )
 }
 
 /// For every N until the trigger runs to its end: a fresh target, the

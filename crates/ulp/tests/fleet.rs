@@ -173,6 +173,7 @@ fn a_process_that_dies_mid_trigger_is_reported_alone() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // Not a readiness wait: the random moment of the run the victim dies at.
         std::thread::sleep(delay);
         drop(victim); // SIGKILL and reap
         let out = child.wait_with_output().unwrap();

@@ -12,10 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// `text` is exactly these messages, each one line
 /// `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE` as libpulp's tool writes them
 /// (a message may itself hold more lines).

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// The directory as the process's loader names it (`$ORIGIN` is the
 /// resolved directory of the executable).
 fn loader_dir(demo: &Demo) -> PathBuf {
@@ -42,28 +38,19 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     let pid = t.pid.to_string();
     assert_maps_show_the_file(t.pid, &dir);
 
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
 
     // `patches` names the library as the program loaded it, as libpulp.
-    let (code, out, err) = demo.ulp(&["patches", "-p", &pid]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = demo.ulp_ok(&["patches", "-p", &pid]);
     let block = format!(
         "  Livepatchable libraries:\n    in {}/libulpdemo.so.1:\n      livepatch: demo_livepatch.so loaded on ",
         dir.display()
     );
     assert!(out.contains(&block), "{out}");
     assert!(!out.contains("libulpdemo.so.1.0.0"), "{out}");
-    let (code, out, _) = demo.ulp(&["patches", "--json", "-p", &pid]);
-    assert_eq!(code, 0);
+    let out = demo.ulp_ok(&["patches", "--json", "-p", &pid]);
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     let libs = doc["processes"][0]["libraries"].as_array().unwrap();
     assert!(
@@ -84,9 +71,10 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
-            summary(1, 0, 0)
+        success_report(
+            "demo_prog",
+            &pid,
+            "reverted all patches from 'libulpdemo.so.1'"
         )
     );
     assert_eq!(t.ask("answer"), "1");
@@ -95,8 +83,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert_eq!(code, 0, "not applied any more");
 
     // Nothing left of it: libpulp's words, a skip.
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1"]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1"]);
     assert_eq!(
         out,
         format!(
@@ -107,10 +94,8 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
 
     // By its whole loader name: the same library.
     let whole = format!("{}/libulpdemo.so.1", dir.display());
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, &format!("--revert-all={whole}")]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, &format!("--revert-all={whole}")]);
     assert!(
         out.contains(&format!("SUCCESS reverted all patches from '{whole}'")),
         "{out}"
@@ -119,8 +104,7 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
 
     // The file's name is not a name the loader has for it (nor libpulp's
     // runtime): not loaded under that name, a skip.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1.0.0"]);
-    assert_eq!(code, 0, "{out}");
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1.0.0"]);
     assert!(out.contains(": SKIPPED "), "{out}");
     assert!(out.contains("not loaded"), "{out}");
     assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
@@ -133,8 +117,7 @@ fn patches_check_and_coverage_agree_on_the_soname_link() {
     let mut patched = demo.start(&[]);
     let mut unpatched = demo.start(&[]);
     let (p, u) = (patched.pid.to_string(), unpatched.pid.to_string());
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &p, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["trigger", "-p", &p, "demo_livepatch.so"]);
     assert_eq!(patched.ask("answer"), "2");
     assert_eq!(unpatched.ask("answer"), "1");
 
@@ -146,24 +129,21 @@ fn patches_check_and_coverage_agree_on_the_soname_link() {
     // patched one is not. (Coverage looks at every process: other tests'
     // patches may be listed too, so only this library's line is looked at.)
     let lib = format!("{}/libulpdemo.so.1", dir.display());
-    let (code, out, err) = demo.ulp(&["patches", "-p", &u]);
-    assert_eq!(code, 0, "{out}{err}");
+    let out = demo.ulp_ok(&["patches", "-p", &u]);
     assert!(
         out.contains("Unpatched processes (they map a library that is patched elsewhere):\n"),
         "{out}"
     );
     let line = unpatched_line(&out, &u, &lib).unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains("demo_livepatch.so"), "{out}");
-    let (code, out, _) = demo.ulp(&["patches", "-p", &p]);
-    assert_eq!(code, 0);
+    let out = demo.ulp_ok(&["patches", "-p", &p]);
     assert!(
         unpatched_line(&out, &p, &lib).is_none_or(|l| !l.contains("demo_livepatch.so")),
         "{out}"
     );
 
     // Applied there too: coverage and check agree it is everywhere.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &u, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-p", &u, "demo_livepatch.so"]);
     let (code, _, _) = demo.ulp(&["check", "-p", &u, "demo_livepatch.so"]);
     assert_eq!(code, 1);
     let (_, out, _) = demo.ulp(&["patches", "-p", &u]);

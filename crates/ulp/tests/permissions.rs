@@ -26,10 +26,6 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 #[test]
 fn a_user_cannot_patch_roots_process_and_is_told_why() {
     if !is_root() {

@@ -13,22 +13,6 @@ use ulp_abi::errors;
 use ulp_core::reason::Reason;
 use ulp_core::trigger::{self, Outcome};
 
-/// Starts demo_prog with the runtime preloaded and extra environment.
-fn start_with_env(demo: &Demo, env: &[(&str, &str)]) -> Target {
-    let mut cmd = Command::new(demo.dir.join("demo_prog"));
-    cmd.current_dir(demo.dir.path())
-        .env("LD_PRELOAD", &demo.runtime);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Target::spawn(cmd)
-}
-
-fn id(flag: &str) -> String {
-    let out = Command::new("id").arg(flag).output().expect("running id");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// `ulp messages -p PID`, each line without its `[YYYY-MM-DD HH:MM:SS] `.
 fn messages(demo: &Demo, pid: i32) -> Vec<String> {
     let (code, out, err) = demo.ulp(&["messages", "-p", &pid.to_string()]);
@@ -89,7 +73,7 @@ fn opt_outs_by_numeric_id_and_extended_glob_log_libpulps_lines() {
         ));
     }
     for (var, value, matched) in &cases {
-        let mut t = start_with_env(&demo, &[(var, value)]);
+        let mut t = demo.start_with_env(&[(var, value)]);
         let pid = t.pid.to_string();
         let (code, out, err) = demo.ulp(&["patches", "-p", &pid]);
         assert_eq!(code, 0, "{out}{err}");
@@ -127,7 +111,7 @@ fn opt_outs_by_numeric_id_and_extended_glob_log_libpulps_lines() {
         ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut t = start_with_env(&demo, &env);
+    let mut t = demo.start_with_env(&env);
     let pid = t.pid.to_string();
     let (_, out, _) = demo.ulp(&["patches", "-p", &pid]);
     assert!(out.contains("\n  Livepatching status: enabled\n"), "{out}");

@@ -21,10 +21,6 @@ fn semantics_dir() -> PathBuf {
     fixtures_dir().join("semantics")
 }
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 /// A scratch directory with some semantics fixtures and the runtime.
 struct Sem {
     dir: TempDir,

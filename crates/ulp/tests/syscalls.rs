@@ -182,8 +182,8 @@ fn blocked_system_calls_resume_transparently() {
         .expect("opening the FIFO");
     let mut sent = 0usize;
     let mut conns = 0u32;
-    // Let every thread reach its blocking call.
-    std::thread::sleep(Duration::from_millis(100));
+    // Every thread has reached its blocking call.
+    wait_all_blocked(pid);
 
     let mut rotated = Vec::new();
     for i in 0..CYCLES + 4 {
@@ -192,8 +192,9 @@ fn blocked_system_calls_resume_transparently() {
             sent += 500;
             connect_with_id(port, conns);
             conns += 1;
-            // Triggers ~50 ms apart: sleeps (50 ms) and timed waits
-            // (250 ms) both end between triggers and span them.
+            // Not a readiness wait: triggers ~50 ms apart, so that sleeps
+            // (50 ms) and timed waits (250 ms) both end between triggers
+            // and span them.
             std::thread::sleep(Duration::from_millis(40));
         });
         // Everything sent has arrived before the next trigger, so that the
@@ -271,6 +272,8 @@ fn send_signals(pid: i32, sig: i32, stop: Arc<AtomicBool>) -> std::thread::JoinH
             let r = unsafe { sigqueue(pid, sig, sent) };
             if r == 0 {
                 sent += 1;
+                // Not a readiness wait: paces the sender so that the
+                // signals spread over the cycles.
                 if sent.is_multiple_of(20) {
                     std::thread::sleep(Duration::from_micros(500));
                 }
@@ -307,7 +310,8 @@ fn queued_signals_arrive_exactly_once_and_none_is_invented() {
         &["other=0", "dup=0", "spurious=0"],
         "{sent} sent: {line}"
     );
-    // Nothing more arrives later.
+    // Nothing more arrives later (not a readiness wait: the time a signal
+    // nobody sent would have to show up; there is no event to wait for).
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(t.ask("sigs"), line);
     assert_clean(pid);
@@ -349,7 +353,8 @@ fn a_waiting_parent_never_sees_its_child_stop_or_continue() {
         cycle(&demo, &mut t, child, i, || {});
     }
     assert_eq!(t.ask("wake"), "ok");
-    // Give a late stop or continue notification the time to arrive.
+    // Not a readiness wait: the time a late stop or continue notification
+    // would have to arrive (there is no event to wait for).
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         read_events(&events),

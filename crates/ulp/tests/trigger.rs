@@ -5,10 +5,6 @@ mod common;
 
 use common::*;
 
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
 #[test]
 fn apply_observe_revert_observe() {
     let demo = Demo::new("apply");
@@ -19,13 +15,7 @@ fn apply_observe_revert_observe() {
 
     let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!((code, err.as_str()), (0, ""), "stdout: {out}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
     assert_eq!(t.ask("pid"), pid, "same process throughout");
@@ -50,27 +40,18 @@ fn apply_observe_revert_observe() {
         "{out}"
     );
 
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("word"), "old");
 
-    let (code, out, _) = demo.ulp(&["patches", "-p", &pid]);
-    assert_eq!(code, 0);
+    let out = demo.ulp_ok(&["patches", "-p", &pid]);
     assert!(
         !out.contains("livepatch:"),
         "reverted patch still listed: {out}"
     );
 
-    let (code, out, _) = demo.ulp(&["messages", "-p", &pid]);
-    assert_eq!(code, 0);
+    let out = demo.ulp_ok(&["messages", "-p", &pid]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("libpulp loaded..."), "{out}");
     assert!(
@@ -91,8 +72,7 @@ fn apply_twice_is_skipped_and_revert_of_unapplied_is_an_error() {
     let pid = t.pid.to_string();
     let (code, _, _) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0);
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0);
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(
         out,
         format!(
@@ -154,8 +134,7 @@ fn threads_busy_and_blocked_see_no_trace_of_patching() {
         let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
         assert_eq!(code, 0, "cycle {i}: {out}{err}");
         assert_eq!(t.ask("answer"), "2", "cycle {i}");
-        let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-        assert_eq!(code, 0, "cycle {i}: {out}{err}");
+        demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
         assert_eq!(t.ask("answer"), "1", "cycle {i}");
     }
     let stats = t.ask("stats");
@@ -195,7 +174,7 @@ fn bad_input_leaves_the_target_untouched() {
         demo.dir.join("mismatch.so"),
     )
     .unwrap();
-    let (code, out, err) = demo.ulp(&[
+    demo.ulp_ok(&[
         "packer",
         "-l",
         "mismatch.so",
@@ -203,7 +182,6 @@ fn bad_input_leaves_the_target_untouched() {
         "variant/libulpdemo.so.1",
         "demo_livepatch.dsc",
     ]);
-    assert_eq!(code, 0, "{out}{err}");
 
     // libpulp's `No metadata in .so` (269): exit 269 & 0xff.
     let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "notelf.so"]);
@@ -286,10 +264,7 @@ fn libpulp_packed_container_applies_with_the_readme_transcript() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  greet_prog (pid: {pid}): SUCCESS greet_livepatch1.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("greet_prog", &pid, "greet_livepatch1.so")
     );
     assert_eq!(t.ask("bob"), "howdy, bob!");
     assert_eq!(t.ask("answer"), "42");
@@ -358,14 +333,12 @@ fn reference_to_exported_data_reaches_the_copy_the_program_uses() {
         "demo_livepatch3.so\n@libulpdemo.so.1\ndemo_bump:new_demo_bump\n#demo_counter:ulpr_demo_counter\n",
     )
     .unwrap();
-    let (code, out, err) = demo.ulp(&["packer", "demo_livepatch3.dsc"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["packer", "demo_livepatch3.dsc"]);
     let mut t = demo.start(&[]);
     let pid = t.pid.to_string();
     assert_eq!(t.ask("bump"), "1");
     assert_eq!(t.ask("counter"), "1");
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch3.so"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch3.so"]);
     assert_eq!(
         t.ask("bump"),
         "101",
@@ -376,8 +349,7 @@ fn reference_to_exported_data_reaches_the_copy_the_program_uses() {
         "101",
         "the program sees what the patch wrote"
     );
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch3.so"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch3.so"]);
     assert_eq!(t.ask("bump"), "102");
     assert_eq!(t.ask("counter"), "102");
 }
@@ -391,7 +363,7 @@ fn the_runtime_never_runs_on_a_thread_inside_malloc() {
     let mut t = demo.start(&["-m"]);
     let pid = t.pid.to_string();
     for i in 0..30 {
-        let (code, out, err) = demo.ulp(&[
+        demo.ulp_ok(&[
             "trigger",
             "--timeout",
             "10",
@@ -399,9 +371,8 @@ fn the_runtime_never_runs_on_a_thread_inside_malloc() {
             &pid,
             "demo_livepatch.so",
         ]);
-        assert_eq!(code, 0, "cycle {i}: {out}{err}");
         assert_eq!(t.ask("answer"), "2", "cycle {i}");
-        let (code, out, err) = demo.ulp(&[
+        demo.ulp_ok(&[
             "trigger",
             "--timeout",
             "10",
@@ -410,7 +381,6 @@ fn the_runtime_never_runs_on_a_thread_inside_malloc() {
             "--revert",
             "demo_livepatch.so",
         ]);
-        assert_eq!(code, 0, "cycle {i}: {out}{err}");
         assert_eq!(t.ask("answer"), "1", "cycle {i}");
     }
     // The main thread still allocates: its counter moves. Two asks in a
@@ -447,12 +417,10 @@ fn a_w_x_locked_process_is_patched_without_changing_page_protections() {
     let pid = t.pid.to_string();
     assert_eq!(t.ask("wx"), "denied", "the process is W^X locked");
     assert_eq!(t.ask("answer"), "1");
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
-    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}{err}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("wx"), "denied", "still locked");
 }

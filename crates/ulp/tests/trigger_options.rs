@@ -5,110 +5,16 @@
 //!
 //! Runs without `-p` and with name patterns would see the processes of
 //! every other test running at the same time; they run inside a PID
-//! namespace of their own ([`Ns`]), where ulp and the targets see only each
+//! namespace of their own ([`PidNs`]), where ulp and the targets see only each
 //! other.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ulp_fixtures::WAIT;
-
-fn summary(patched: u32, skipped: u32, failed: u32) -> String {
-    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
-}
-
-/// A PID namespace (with its own /proc) to run targets and ulp in. Its
-/// init is a `sleep` that dies with the `unshare` holding it (SIGKILL on
-/// drop), and the kernel then kills everything else in the namespace.
-struct Ns {
-    holder: Child,
-    /// Host pid of the namespace's init.
-    init: u32,
-}
-
-impl Ns {
-    fn new() -> Ns {
-        let holder = Command::new("unshare")
-            .args([
-                "--fork",
-                "--pid",
-                "--mount-proc",
-                "--kill-child=SIGKILL",
-                "sleep",
-                "600",
-            ])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("running unshare (util-linux)");
-        let children = format!("/proc/{0}/task/{0}/children", holder.id());
-        let until = Instant::now() + WAIT;
-        let init = loop {
-            let text = std::fs::read_to_string(&children).unwrap_or_default();
-            if let Some(pid) = text.split_whitespace().next() {
-                let pid: u32 = pid.parse().unwrap();
-                // Wait until the child has become the sleep, inside.
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"));
-                if comm.is_ok_and(|c| c.trim() == "sleep") {
-                    break pid;
-                }
-            }
-            assert!(Instant::now() < until, "unshare did not start its child");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Ns { holder, init }
-    }
-
-    /// `PROGRAM ARGS` run inside the namespace, in `dir`.
-    fn command(&self, dir: &Path, program: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("-t")
-            .arg(self.init.to_string())
-            .args(["-p", "-m"])
-            .arg(format!("--wd={}", dir.display()))
-            .arg("--")
-            .arg(program)
-            .args(args);
-        cmd
-    }
-
-    /// Starts `program` in the namespace (with the runtime preloaded when
-    /// `runtime` is given); returns it and its pid in the namespace.
-    fn start(&self, dir: &Path, program: &Path, runtime: Option<&Path>) -> (Target, String) {
-        let mut args: Vec<String> = Vec::new();
-        if let Some(rt) = runtime {
-            args.push(format!("LD_PRELOAD={}", rt.display()));
-        }
-        args.push(program.to_string_lossy().into_owned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut t = Target::spawn(self.command(dir, "env", &args));
-        let pid = t.ask("pid");
-        (t, pid)
-    }
-
-    /// Runs `ulp ARGS` in the namespace, in `dir`.
-    fn ulp(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
-        let out = self
-            .command(dir, ulp_bin(), args)
-            .output()
-            .expect("running ulp in the namespace");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 /// Copies demo_prog and the variant build of libulpdemo (another build-id)
 /// into `DIR/variant`; returns the program's path.
@@ -133,14 +39,14 @@ fn json(out: &str) -> serde_json::Value {
 #[test]
 fn no_p_and_a_glob_patch_every_process_with_the_runtime_twice() {
     let demo = Demo::new("opt-all");
-    let ns = Ns::new();
+    let ns = PidNs::new();
     let dir = demo.dir.path();
     let prog = demo.dir.join("demo_prog");
-    let (mut a, pid_a) = ns.start(dir, &prog, Some(&demo.runtime));
-    let (mut b, pid_b) = ns.start(dir, &prog, Some(&demo.runtime));
-    let (mut v, pid_v) = ns.start(dir, &variant_prog(&demo), Some(&demo.runtime));
+    let (mut a, pid_a) = ns.start(dir, &prog, &demo.runtime);
+    let (mut b, pid_b) = ns.start(dir, &prog, &demo.runtime);
+    let (mut v, pid_v) = ns.start(dir, &variant_prog(&demo), &demo.runtime);
     // Not a target at all: no runtime.
-    let (mut plain, _) = ns.start(dir, &prog, None);
+    let (mut plain, _) = ns.start_plain(dir, &prog);
 
     let (code, out, err) = ns.ulp(dir, &["trigger", "*.so"]);
     assert_eq!((code, err.as_str()), (0, ""), "{out}");
@@ -244,14 +150,14 @@ fn no_p_and_a_glob_patch_every_process_with_the_runtime_twice() {
 #[test]
 fn name_patterns_match_comm_and_executable_name() {
     let demo = Demo::new("opt-name");
-    let ns = Ns::new();
+    let ns = PidNs::new();
     let dir = demo.dir.path();
     // comm is cut at 15 characters: "options_long_pr".
     let long = demo.dir.join("options_long_program");
     std::fs::copy(demo.dir.join("demo_prog"), &long).unwrap();
-    let (mut d, pid_d) = ns.start(dir, &demo.dir.join("demo_prog"), Some(&demo.runtime));
-    let (mut l, pid_l) = ns.start(dir, &long, Some(&demo.runtime));
-    let (_plain, pid_p) = ns.start(dir, &demo.dir.join("demo_prog"), None);
+    let (mut d, pid_d) = ns.start(dir, &demo.dir.join("demo_prog"), &demo.runtime);
+    let (mut l, pid_l) = ns.start(dir, &long, &demo.runtime);
+    let (_plain, pid_p) = ns.start_plain(dir, &demo.dir.join("demo_prog"));
 
     // Pattern on comm and exe: both demo_prog, with and without runtime.
     let (code, out, err) = ns.ulp(dir, &["trigger", "-p", "demo_*", "demo_livepatch.so"]);
@@ -281,10 +187,7 @@ fn name_patterns_match_comm_and_executable_name() {
     assert_eq!(code, 0);
     assert_eq!(
         out,
-        format!(
-            "  options_long_pr (pid: {pid_l}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("options_long_pr", &pid_l, "demo_livepatch.so")
     );
     assert_eq!(l.ask("answer"), "2");
     // ? and [...] work; a pattern never matches ulp itself.
@@ -340,9 +243,10 @@ fn revert_all_and_replace_in_one_stop() {
     let out = ok(&["trigger", "-p", &pid, "--revert-all=libulpdemo.so.1"]);
     assert_eq!(
         out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS reverted all patches from 'libulpdemo.so.1'\n{}",
-            summary(1, 0, 0)
+        success_report(
+            "demo_prog",
+            &pid,
+            "reverted all patches from 'libulpdemo.so.1'"
         )
     );
     assert_eq!(t.ask("answer"), "1");
@@ -676,7 +580,7 @@ fn timeout_bounds_a_process_that_cannot_be_stopped_and_retries_are_counted() {
     let pid = t.pid.to_string();
     // The main thread waits in vfork for 4 s, where ptrace cannot stop it.
     assert_eq!(t.ask("vfork 4"), "vforking");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_in_syscall(t.pid, t.pid, libc::SYS_vfork);
     let started = Instant::now();
     let (code, out, _) = demo.ulp(&[
         "trigger",
@@ -780,17 +684,13 @@ fn disable_seccomp_lets_a_filtered_process_load_the_patch() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
-        format!(
-            "  options_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
+        success_report("options_prog", &pid, "demo_livepatch.so")
     );
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
     assert_eq!(t.ask("open"), "EPERM");
     // Reverting needs no file: works without the option.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "1");
 }
 
@@ -891,13 +791,7 @@ fn root_prefix_reaches_a_chrooted_process() {
     // With -R: FILE is read here; the runtime opens PREFIX + realpath(FILE).
     let (code, out, err) = demo.ulp(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out,
-        format!(
-            "  demo_prog (pid: {pid}): SUCCESS demo_livepatch.so\n{}",
-            summary(1, 0, 0)
-        )
-    );
+    assert_eq!(out, success_report("demo_prog", &pid, "demo_livepatch.so"));
     assert_eq!(t.ask("answer"), "2");
     assert_eq!(t.ask("word"), "new");
     let (_, log, _) = demo.ulp(&["messages", "-p", &pid]);
@@ -909,15 +803,13 @@ fn root_prefix_reaches_a_chrooted_process() {
         "{log}"
     );
     // A library named by its path as the process sees it.
-    let (code, out, _) = demo.ulp(&["trigger", "-p", &pid, "--revert-all=/app/libulpdemo.so.1"]);
-    assert_eq!(code, 0, "{out}");
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "--revert-all=/app/libulpdemo.so.1"]);
     assert!(
         out.contains("SUCCESS reverted all patches from '/app/libulpdemo.so.1'"),
         "{out}"
     );
     assert_eq!(t.ask("answer"), "1");
-    let (code, out, _) = demo.ulp(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
-    assert_eq!(code, 0, "{out}");
+    demo.ulp_ok(&["trigger", "-R", prefix, "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(t.ask("answer"), "2");
     // A glob, expanded here, in byte order.
     let (code, out, _) = demo.ulp(&[

@@ -279,6 +279,12 @@ pub fn metadata(id: u8, target: &Path, units: Vec<Unit>, refs: Vec<Reference>) -
     }
 }
 
+/// Metadata with patch id `[id; 32]` that replaces one function `old` of
+/// `target` by `new`, with no references.
+pub fn one_function(id: u8, target: &Path, old: &str, new: &str) -> Metadata {
+    metadata(id, target, vec![unit(target, old, new)], vec![])
+}
+
 /// Writes the APPLY request for `container` and `meta` into `dir` and
 /// returns its path.
 pub fn request_file(
@@ -332,12 +338,7 @@ pub fn patch1_request(v: &Variant, id: u8) -> PathBuf {
 /// The request of patch 2 for `v`: answer only.
 pub fn patch2_request(v: &Variant, id: u8) -> PathBuf {
     let f = fixtures();
-    let meta = metadata(
-        id,
-        &v.lib,
-        vec![unit(&v.lib, "answer", "new_answer2")],
-        vec![],
-    );
+    let meta = one_function(id, &v.lib, "answer", "new_answer2");
     request_file(&v.dir, &format!("patch2-{id}.req"), &f.patch2, &meta, b"")
 }
 
@@ -381,5 +382,36 @@ pub fn with_prefix<'a>(lines: &'a [String], prefix: &str) -> Vec<&'a str> {
         .iter()
         .filter(|l| l.starts_with(prefix))
         .map(String::as_str)
+        .collect()
+}
+
+/// The harness's result lines of `what` (`apply`, `revert`, `undo`,
+/// `raw`...): (code, message, writes summary), in order.
+pub fn results<'a>(lines: &'a [String], what: &str) -> Vec<(i32, &'a str, String)> {
+    let heads = with_prefix(lines, &format!("{what} rc="));
+    let writes = with_prefix(lines, &format!("{what} writes:"));
+    assert_eq!(heads.len(), writes.len());
+    heads
+        .iter()
+        .zip(writes)
+        .map(|(h, w)| {
+            let code: i32 = h
+                .split("code=")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            let rc: i32 = h[format!("{what} rc=").len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(rc, code, "{h}");
+            let msg = h.split_once(" msg=").unwrap().1;
+            let w = w[format!("{what} writes:").len()..].trim().to_string();
+            (code, msg, w)
+        })
         .collect()
 }

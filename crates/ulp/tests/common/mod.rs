@@ -9,10 +9,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use ulp_fixtures::{copy_files, fixtures_dir, interop_dir, Target, TempDir};
+pub use ulp_fixtures::{
+    copy_files, fixtures_dir, interop_dir, wait_all_blocked, wait_in_syscall, wait_until, Rng,
+    Target, TempDir,
+};
 
 pub fn ulp_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ulp")
+}
+
+/// The last line of `ulp trigger`'s report, as libpulp prints it.
+pub fn summary(patched: u32, skipped: u32, failed: u32) -> String {
+    format!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.\n")
+}
+
+/// The whole report of a trigger that changed one process: its SUCCESS
+/// line (`what`: the live patch, or what was reverted) and the summary.
+pub fn success_report(prog: &str, pid: &dyn std::fmt::Display, what: &str) -> String {
+    format!(
+        "  {prog} (pid: {pid}): SUCCESS {what}\n{}",
+        summary(1, 0, 0)
+    )
+}
+
+/// What `id FLAG` says about the user running the tests (`-u`, `-un`...).
+pub fn id(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().expect("running id");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Runs `ulp ARGS` in `dir`; returns status, stdout, stderr.
@@ -102,6 +125,17 @@ impl Demo {
         Target::spawn(cmd)
     }
 
+    /// Starts demo_prog with the runtime preloaded and extra environment.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Target {
+        let mut cmd = Command::new(self.dir.join("demo_prog"));
+        cmd.current_dir(self.dir.path())
+            .env("LD_PRELOAD", &self.runtime);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Target::spawn(cmd)
+    }
+
     /// Starts demo_prog with `args` and no runtime: a process started
     /// before live patching was set up.
     pub fn start_plain(&self, args: &[&str]) -> Target {
@@ -114,6 +148,15 @@ impl Demo {
 
     pub fn ulp(&self, args: &[&str]) -> (i32, String, String) {
         ulp(self.dir.path(), args)
+    }
+
+    /// Runs `ulp ARGS` in the directory, which must exit 0; returns its
+    /// stdout.
+    #[track_caller]
+    pub fn ulp_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ulp(args);
+        assert_eq!(code, 0, "ulp {args:?}:\n{out}{err}");
+        out
     }
 }
 
@@ -184,32 +227,23 @@ pub fn interop_unpacked(tag: &str, container: &str, extra: &[&str]) -> TempDir {
     dir
 }
 
-/// xorshift64*: deterministic, seeded per iteration.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Runs `ulp ARGS` in `dir`, killing it (and failing) if it runs past
 /// `limit`: a hung ulp is as much a failure as a hung target.
 pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
-    let mut child = Command::new(ulp_bin())
-        .args(args)
-        .current_dir(dir)
+    let mut cmd = Command::new(ulp_bin());
+    cmd.args(args).current_dir(dir);
+    run_bounded(cmd, &format!("ulp {args:?}"), limit)
+}
+
+/// Runs `cmd` (stdin closed; `what` names it), killing it (and failing)
+/// if it runs past `limit`; returns status, stdout, stderr.
+pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> (i32, String, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("running ulp");
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
     let mut out_pipe = child.stdout.take().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -222,23 +256,33 @@ pub fn ulp_bounded(dir: &Path, args: &[&str], limit: Duration) -> (i32, String, 
         let _ = err_pipe.read_to_string(&mut s);
         s
     });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("waiting for ulp") {
-            break st;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ulp {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_bounded(&mut child, what, limit);
     (
         status.code().unwrap_or(-1),
         out_reader.join().unwrap(),
         err_reader.join().unwrap(),
     )
+}
+
+/// Waits for `child` (`what` names it) at most `limit`; past that, kills
+/// and reaps it and fails.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    what: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("waiting for a child") {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A PID namespace with its own /proc, so that `ulp` without `-p` sees
@@ -301,6 +345,15 @@ impl PidNs {
         (t, pid)
     }
 
+    /// Starts `program` in the namespace without the runtime; returns it
+    /// and its pid in the namespace.
+    pub fn start_plain(&self, dir: &Path, program: &Path) -> (Target, String) {
+        let program = program.to_string_lossy();
+        let mut t = Target::spawn(self.command(dir, "env", &[&program]));
+        let pid = t.ask("pid");
+        (t, pid)
+    }
+
     /// Runs `ulp ARGS` in the namespace, in `dir`.
     pub fn ulp(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
         let out = self
@@ -313,6 +366,13 @@ impl PidNs {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs `ulp ARGS` in the namespace, in `dir`, killing it (and
+    /// failing) if it runs past `limit`.
+    pub fn ulp_bounded(&self, dir: &Path, args: &[&str], limit: Duration) -> (i32, String, String) {
+        let cmd = self.command(dir, ulp_bin(), args);
+        run_bounded(cmd, &format!("ulp {args:?} in the namespace"), limit)
     }
 }
 
