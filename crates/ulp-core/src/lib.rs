@@ -19,6 +19,7 @@ pub mod coverage;
 pub mod error;
 pub mod fleet;
 pub mod inject;
+pub mod inventory;
 pub mod live_patching;
 pub mod objects;
 pub mod reason;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use ulp_container::format::bug_labels;
-use ulp_core::live_patching::{self, LivePatching};
+use ulp_core::inventory::{self, Inventory};
 use ulp_core::runtime::{format_utc, AppliedPatch, Runtime, RuntimeError};
 use ulp_core::Pid;
 
@@ -69,37 +69,8 @@ pub struct Args {
     pub common: Common,
 }
 
-/// One library of a process, with the patches applied to it.
-struct Library {
-    path: String,
-    build_id: Option<Vec<u8>>,
-    livepatchable: bool,
-    patches: Vec<AppliedPatch>,
-}
-
-/// What `patches` tells about one process.
-struct Report {
-    pid: Pid,
-    name: String,
-    state: LivePatching,
-    /// The runtime's write journal is set: an interrupted ulp left code
-    /// writes unfinished (the next trigger completes them).
-    writes_pending: bool,
-    libraries: Vec<Library>,
-}
-
 fn runtime_processes(p: &Args) -> Vec<Pid> {
-    let mut pids: Vec<Pid> = match p.process.as_deref() {
-        Some(spec) => resolve_processes(spec),
-        None => ulp_process::all_pids()
-            .into_iter()
-            .filter(|&pid| Runtime::find(pid).is_ok())
-            .collect(),
-    };
-    if let Some(user) = p.user.as_deref() {
-        pids.retain(|&pid| ulp_core::select::owner_matches(pid, user));
-    }
-    pids
+    inventory::runtime_processes(p.process.as_deref(), p.user.as_deref())
 }
 
 pub fn run(p: &Args) -> Result<u8, UsageError> {
@@ -154,7 +125,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 continue;
             }
         };
-        match report(pid, &rt) {
+        match inventory::of(pid, &rt) {
             Ok(mut r) => {
                 if only_patched {
                     r.libraries.retain(|l| !l.patches.is_empty());
@@ -228,48 +199,6 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     Ok(status)
 }
 
-/// Reads everything `patches` shows about one process.
-fn report(pid: Pid, rt: &Runtime) -> Result<Report, ulp_process::Error> {
-    let state = live_patching::get(rt)?;
-    let writes_pending = rt.writes_pending()?;
-    let applied = rt.patches()?;
-    let mut libraries = Vec::new();
-    // Named as the process's loader names them, as libpulp prints them
-    // (the SONAME link a program loaded, not the file it resolves to).
-    for obj in ulp_core::objects::named_objects(pid)? {
-        if obj.path == rt.path {
-            continue;
-        }
-        let elf = obj.open(pid).ok();
-        let livepatchable = elf.as_ref().is_some_and(|e| e.livepatchable().is_ok());
-        let patches: Vec<AppliedPatch> = applied
-            .iter()
-            .filter(|a| obj.is_path(pid, &a.target_path))
-            .cloned()
-            .collect();
-        if !livepatchable && patches.is_empty() {
-            continue;
-        }
-        libraries.push(Library {
-            path: obj.name.clone(),
-            // The copy the process runs, which may differ from the file
-            // now at that path (an upgrade renamed a new build over it).
-            build_id: obj
-                .build_id_in_memory(pid)
-                .or_else(|| elf.and_then(|e| e.build_id())),
-            livepatchable,
-            patches,
-        });
-    }
-    Ok(Report {
-        pid,
-        name: process_name(pid),
-        state,
-        writes_pending,
-        libraries,
-    })
-}
-
 fn container_file(a: &AppliedPatch) -> String {
     Path::new(&a.container_path).file_name().map_or_else(
         || a.container_path.clone(),
@@ -278,7 +207,7 @@ fn container_file(a: &AppliedPatch) -> String {
 }
 
 /// The `patches` block of one process (COMPAT.md, "Output of patches").
-fn text(r: &Report, build_ids: bool) -> String {
+fn text(r: &Inventory, build_ids: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "PID: {}, name: {}", r.pid, r.name);
     let _ = writeln!(s, "  Livepatching status: {}", r.state);
@@ -315,7 +244,7 @@ fn text(r: &Report, build_ids: bool) -> String {
     s
 }
 
-fn to_json(r: &Report) -> Value {
+fn to_json(r: &Inventory) -> Value {
     let libraries: Vec<Value> = r
         .libraries
         .iter()
