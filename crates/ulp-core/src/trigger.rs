@@ -609,7 +609,10 @@ fn run(
     // of its writes left them pending: make them first, so that the code
     // matches the registry this call starts from.
     if let Err(e) = complete_pending_writes(rt, deadline, opts, &mut faults) {
-        report.outcome = unless_exited(life, Outcome::Failed(Reason::new(errors::EINSNQ, e)));
+        report.outcome = unless_exited(
+            life,
+            Outcome::Failed(Reason::new(errors::EINSNQ, e.to_string())),
+        );
         return report;
     }
     let detail = &mut report.detail;
@@ -618,8 +621,10 @@ fn run(
         Err(e) => {
             // Exited during the call (before any write): a skip, whatever
             // the runtime recorded in a process that is no more.
-            report.outcome =
-                unless_exited(life, Outcome::Failed(Reason::new(errors::ETARGETHOOK, e)));
+            report.outcome = unless_exited(
+                life,
+                Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())),
+            );
             return report;
         }
     };
@@ -637,7 +642,7 @@ fn run(
     // An entry about to be rewritten must hold what its library file has:
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
-        .map_err(|why| (0, Unwritten::Nothing(why)))
+        .map_err(|why| (0, Unwritten::Nothing(why.to_string())))
         .and_then(|()| write_with_retries(rt, &writes, deadline, opts, &mut faults))
     {
         Ok(made) => {
@@ -727,22 +732,20 @@ fn call(
     req: &[u8],
     deadline: Instant,
     opts: &Options,
-) -> Result<(i32, String, Vec<Write>), String> {
+) -> Result<(i32, String, Vec<Write>), crate::Error> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
-    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)
-        .map_err(|e| e.to_string())?;
-    rt.write_request(opcode, req).map_err(|e| e.to_string())?;
+    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)?;
+    rt.write_request(opcode, req)?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.
-    let path = return_path(rt).map_err(|e| e.to_string())?;
+    let path = return_path(rt)?;
     let ret = stopped
         .caller(tid)
-        .call_returning(rt.entry, &[], &path, deadline)
-        .map_err(|e| e.to_string())?;
+        .call_returning(rt.entry, &[], &path, deadline)?;
     let result = rt.read_result();
-    stopped.release().map_err(|e| e.to_string())?;
-    let (msg, writes) = result.map_err(|e| e.to_string())?;
+    stopped.release()?;
+    let (msg, writes) = result?;
     Ok((ret as i32, msg, writes))
 }
 

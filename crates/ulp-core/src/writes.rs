@@ -22,6 +22,7 @@ use ulp_process::{Pid, Stopped};
 
 use crate::runtime::Runtime;
 use crate::trigger::{hex, Options};
+use crate::Error;
 
 /// Why the writes of a plan are not all made, or what failed after.
 pub(crate) enum Unwritten {
@@ -88,7 +89,7 @@ pub(crate) fn write_with_retries(
 /// Checks every REWRITE write that replaces a function's own first bytes
 /// (not a jump of ours) against the library file the process mapped: the
 /// copy in memory must hold exactly the file's bytes.
-pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), String> {
+pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result<(), Error> {
     use std::io::{Read, Seek, SeekFrom};
     let firsts: Vec<&Write> = writes
         .iter()
@@ -97,14 +98,14 @@ pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result
     if firsts.is_empty() {
         return Ok(());
     }
-    let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    let maps = ulp_process::maps(pid)?;
     for w in firsts {
         let len = w.len as usize;
         let Some(m) = maps.iter().find(|m| m.contains(w.addr) && m.inode != 0) else {
-            return Err(format!(
+            return Err(Error::refused(format!(
                 "the code at {:#x} to be rewritten is not in a mapped file",
                 w.addr
-            ));
+            )));
         };
         let path = m.path.clone().unwrap_or_default();
         let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
@@ -125,19 +126,19 @@ pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result
                 .is_ok()
         });
         if !read {
-            return Err(format!(
+            return Err(Error::refused(format!(
                 "cannot read '{path}' to check the code at {:#x} before rewriting it",
                 w.addr
-            ));
+            )));
         }
         if on_disk[..] != w.old[..len] {
-            return Err(format!(
+            return Err(Error::refused(format!(
                 "the function code at {:#x} in '{path}' differs from the file ({} in memory, {} in \
                  the file): another tool's hook? nothing was changed",
                 w.addr,
                 hex(&w.old[..len]),
                 hex(&on_disk)
-            ));
+            )));
         }
     }
     Ok(())
@@ -150,18 +151,20 @@ pub(crate) fn complete_pending_writes(
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
-) -> Result<(), String> {
-    if !rt.writes_pending().map_err(|e| e.to_string())? {
+) -> Result<(), Error> {
+    if !rt.writes_pending()? {
         return Ok(());
     }
-    let (_, writes) = rt.read_result().map_err(|e| e.to_string())?;
+    let (_, writes) = rt.read_result()?;
     write_with_retries(rt, &writes, deadline, opts, faults)
         .map(|_| ())
         .map_err(|(_, why)| {
             let why = match why {
                 Unwritten::Nothing(why) | Unwritten::Bookkeeping(why) => why,
             };
-            format!("completing the writes an interrupted ulp left pending: {why}")
+            Error::refused(format!(
+                "completing the writes an interrupted ulp left pending: {why}"
+            ))
         })
 }
 
