@@ -129,7 +129,7 @@ fn seize_caller(
     let forbidden = Forbidden::of(&maps);
     let mut tids = ulp_process::threads(pid).map_err(failed)?;
     // The main thread first: in most programs it waits for input.
-    tids.sort_by_key(|&t| (t != pid, t));
+    tids.sort_by_key(|&t| (!t.is_main_of(pid), t));
     let mut first_error = None;
     for tid in tids {
         let stopped = match Stopped::seize_threads_with(pid, &[tid], deadline, options) {

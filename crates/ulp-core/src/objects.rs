@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn build_id_of_this_process_from_its_memory() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let objects = mapped_objects(pid).unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let me = objects
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn this_process_named_by_its_loader() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let objects = named_objects(pid).unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let me = objects.iter().find(|o| Path::new(&o.path) == exe).unwrap();

@@ -159,7 +159,7 @@ pub(crate) fn signal_name(sig: i32) -> String {
 
 fn who(f: &mut fmt::Formatter<'_>, pid: Pid, tid: Option<Tid>) -> fmt::Result {
     match tid {
-        Some(tid) if tid != pid => write!(f, "thread {tid} of process {pid}"),
+        Some(tid) if !tid.is_main_of(pid) => write!(f, "thread {tid} of process {pid}"),
         _ => write!(f, "process {pid}"),
     }
 }
@@ -188,7 +188,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Gone { pid, tid } => match tid {
-                Some(tid) if tid != pid => write!(f, "thread {tid} of process {pid} exited"),
+                Some(tid) if !tid.is_main_of(*pid) => {
+                    write!(f, "thread {tid} of process {pid} exited")
+                }
                 _ => write!(f, "process {pid} exited (or does not exist); check the pid"),
             },
             Error::AttachDenied {

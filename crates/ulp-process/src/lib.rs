@@ -44,6 +44,7 @@
 
 mod error;
 pub mod frame;
+mod ids;
 mod linkmap;
 mod mem;
 mod proc;
@@ -54,6 +55,7 @@ mod sys;
 
 pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
+pub use ids::{Pid, Tid};
 pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
 pub use proc::{
@@ -66,8 +68,3 @@ pub use procfs::{
 };
 pub use regs::Regs;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
-
-/// A process id (thread-group id).
-pub type Pid = i32;
-/// A thread id (as in /proc/PID/task).
-pub type Tid = i32;

@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn this_process_lists_itself_first_and_libc() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let list = link_map(pid).unwrap();
         assert_eq!(list[0].name, "", "the main program has no name");
         assert!(list.iter().any(|e| e.name.contains("libc.so")), "{list:?}");

@@ -51,7 +51,7 @@ pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         // SAFETY: `local` describes `rest`, which is valid for writes of its
         // length for the duration of the call; the remote iovec is only
         // interpreted by the kernel in the target's address space.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(pid.get(), &local, 1, &remote, 1, 0) };
         if n > 0 {
             done += n as usize;
             continue;
@@ -106,7 +106,7 @@ pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Error> {
         };
         // SAFETY: `local` describes `rest`, valid for reads of its length;
         // process_vm_writev only reads from the local buffer.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_writev(pid.get(), &local, 1, &remote, 1, 0) };
         if n > 0 {
             done += n as usize;
             continue;

@@ -120,8 +120,8 @@ pub fn maps(pid: Pid) -> Result<Vec<Mapping>, Error> {
         .collect()
 }
 
-fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
-    let mut out: Vec<i32> = fs::read_dir(dir)?
+fn numeric_entries<T: std::str::FromStr + Ord>(dir: &Path) -> io::Result<Vec<T>> {
+    let mut out: Vec<T> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
         .collect();
@@ -201,12 +201,12 @@ fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
 /// The tracer of a thread (`TracerPid`), if any.
 pub fn tracer_of(pid: Pid, tid: Tid) -> Option<Tracer> {
     let t: Tid = status_field(pid, tid, "TracerPid")?.parse().ok()?;
-    if t == 0 {
+    if t.get() == 0 {
         return None;
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
-    let is_self = t == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
+    let is_self = t.get() == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
     let comm = fs::read_to_string(format!("/proc/{t}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
@@ -257,7 +257,7 @@ pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
 /// until their tracer reaps them, and the last thread of an exiting
 /// process may take a while to tear its memory down.
 pub(crate) fn process_alive(pid: Pid) -> bool {
-    if !thread_ended(pid, pid) {
+    if !thread_ended(pid, pid.main_thread()) {
         return true;
     }
     threads(pid)
@@ -417,27 +417,30 @@ mod tests {
     #[test]
     fn own_process() {
         // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        assert!(threads(me).unwrap().contains(&me));
+        let me = Pid::new(unsafe { libc::getpid() });
+        assert!(threads(me).unwrap().contains(&me.main_thread()));
         assert!(!comm(me).unwrap().is_empty());
         assert!(exe(me).is_some());
         assert!(all_pids().contains(&me));
         let m = maps(me).unwrap();
         let here = own_process as *const () as usize as u64;
         assert!(m.iter().any(|m| m.contains(here) && m.is_executable()));
-        assert_eq!(thread_state(me, me).map(|c| c != 'Z'), Some(true));
+        assert_eq!(
+            thread_state(me, me.main_thread()).map(|c| c != 'Z'),
+            Some(true)
+        );
     }
 
     #[test]
     fn an_incarnation_ends_with_its_process() {
-        let me = Incarnation::of(std::process::id() as Pid);
+        let me = Incarnation::of(Pid::this());
         assert!(!me.exited());
-        assert!(!thread_ended(me.pid, me.pid));
+        assert!(!thread_ended(me.pid, me.pid.main_thread()));
         let mut child = std::process::Command::new("true").spawn().unwrap();
-        let life = Incarnation::of(child.id() as Pid);
+        let life = Incarnation::of(Pid::new(child.id() as i32));
         // Exited, not reaped yet: a zombie is no live process.
         let end = Instant::now() + Duration::from_secs(10);
-        while thread_state(life.pid, life.pid) != Some('Z') {
+        while thread_state(life.pid, life.pid.main_thread()) != Some('Z') {
             assert!(Instant::now() < end, "the child never exited");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -446,6 +449,6 @@ mod tests {
         assert!(life.exited());
         assert!(life.exited_within(Duration::ZERO));
         // A pid that never was is not an exit.
-        assert!(!Incarnation::of(i32::MAX).exited());
+        assert!(!Incarnation::of(Pid::new(i32::MAX)).exited());
     }
 }

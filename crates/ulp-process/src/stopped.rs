@@ -291,7 +291,7 @@ impl Stopped {
             .map(|h| h.tid)
             .ok_or(Error::NotHeld {
                 pid: self.pid,
-                tid: self.pid,
+                tid: self.pid.main_thread(),
                 why: "no thread of this guard is stopped",
             })
     }
