@@ -79,13 +79,13 @@ impl Forbidden {
             };
             let base = path.rsplit('/').next().unwrap_or(path);
             if base.starts_with("ld-linux") || base.starts_with("ld64.so") {
-                f.loader.push((m.start, m.end));
+                f.loader.push((m.start.get(), m.end.get()));
             } else if base.starts_with("libc.so")
                 || base.starts_with("libc-")
                 || base.starts_with("libpthread")
                 || base.starts_with("libdl")
             {
-                f.libc.push((m.start, m.end));
+                f.libc.push((m.start.get(), m.end.get()));
             }
         }
         f

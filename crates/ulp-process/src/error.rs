@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::{Pid, PtraceScope, Tid};
+use crate::{Pid, PtraceScope, RemoteAddr, Tid};
 
 /// Who holds a thread we could not attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub enum Error {
     /// Reading or writing the target's memory failed.
     Memory {
         pid: Pid,
-        addr: u64,
+        addr: RemoteAddr,
         len: usize,
         write: bool,
         errno: i32,

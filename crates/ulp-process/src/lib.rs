@@ -42,6 +42,7 @@
 //! only with the feature `fault-injection`, with the test hooks
 //! (`ULP_TEST_*`), which no release build has.
 
+mod addr;
 mod error;
 pub mod frame;
 mod ids;
@@ -53,6 +54,7 @@ mod regs;
 mod stopped;
 mod sys;
 
+pub use addr::RemoteAddr;
 pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
 pub use ids::{Pid, Tid};

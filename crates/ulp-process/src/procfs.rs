@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Tracer};
-use crate::{Pid, Tid};
+use crate::{Pid, RemoteAddr, Tid};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
+    pub start: RemoteAddr,
+    pub end: RemoteAddr,
     /// Four characters, e.g. `r-xp`.
     pub perms: String,
     pub offset: u64,
@@ -26,7 +26,7 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn contains(&self, addr: u64) -> bool {
+    pub fn contains(&self, addr: RemoteAddr) -> bool {
         self.start <= addr && addr < self.end
     }
     pub fn is_readable(&self) -> bool {
@@ -90,8 +90,8 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
     // itself contain spaces.
     let path = rest.trim_start_matches(' ');
     Some(Mapping {
-        start,
-        end,
+        start: RemoteAddr::new(start),
+        end: RemoteAddr::new(end),
         perms,
         offset: u64::from_str_radix(&offset, 16).ok()?,
         dev,
@@ -370,8 +370,8 @@ mod tests {
             "7f0c2a000000-7f0c2a022000 r-xp 00001000 fd:01 1234567                    /usr/lib/x86_64-linux-gnu/libc.so.6",
         )
         .unwrap();
-        assert_eq!(m.start, 0x7f0c2a000000);
-        assert_eq!(m.end, 0x7f0c2a022000);
+        assert_eq!(m.start, RemoteAddr::new(0x7f0c2a000000));
+        assert_eq!(m.end, RemoteAddr::new(0x7f0c2a022000));
         assert_eq!(m.perms, "r-xp");
         assert_eq!(m.offset, 0x1000);
         assert_eq!(m.dev, "fd:01");
@@ -424,7 +424,9 @@ mod tests {
         assert!(all_pids().contains(&me));
         let m = maps(me).unwrap();
         let here = own_process as *const () as usize as u64;
-        assert!(m.iter().any(|m| m.contains(here) && m.is_executable()));
+        assert!(m
+            .iter()
+            .any(|m| m.contains(RemoteAddr::new(here)) && m.is_executable()));
         assert_eq!(
             thread_state(me, me.main_thread()).map(|c| c != 'Z'),
             Some(true)

@@ -37,9 +37,11 @@ fn nonexistent_pid_is_gone() {
     );
     assert!(ulp_process::maps(pid).unwrap_err().is_gone());
     assert!(ulp_process::threads(pid).unwrap_err().is_gone());
-    assert!(ulp_process::read_mem(pid, 0x1000, &mut [0u8; 8])
-        .unwrap_err()
-        .is_gone());
+    assert!(
+        ulp_process::read_mem(pid, ulp_process::RemoteAddr::new(0x1000), &mut [0u8; 8])
+            .unwrap_err()
+            .is_gone()
+    );
     assert!(Stopped::seize_all(Pid::new(0x3fff_ffff), deadline(1000))
         .unwrap_err()
         .is_gone());

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until};
-use ulp_process::{Pid, Stopped};
+use ulp_process::{Pid, RemoteAddr, Stopped};
 
 const ECHO_C: &str = r#"
 #include <errno.h>
@@ -58,25 +58,29 @@ fn remote_call_returns_values_and_aligns_stack() {
     let before = s.regs(pid.main_thread()).unwrap();
     assert_eq!(
         s.caller(pid.main_thread())
-            .call(getpid, &[], deadline(2000))
+            .call(RemoteAddr::new(getpid), &[], deadline(2000))
             .unwrap(),
         pid.get() as u64
     );
     assert_eq!(
         s.caller(pid.main_thread())
-            .call(sum6, &[1, 2, 3, 4, 5, 6], deadline(2000))
+            .call(RemoteAddr::new(sum6), &[1, 2, 3, 4, 5, 6], deadline(2000))
             .unwrap(),
         91
     );
     assert_eq!(
         s.caller(pid.main_thread())
-            .call(sum6, &[u64::MAX, 0, 0, 0, 0, 1], deadline(2000))
+            .call(
+                RemoteAddr::new(sum6),
+                &[u64::MAX, 0, 0, 0, 0, 1],
+                deadline(2000)
+            )
             .unwrap(),
         5
     );
     let rsp = s
         .caller(pid.main_thread())
-        .call(rsp_at_entry, &[], deadline(2000))
+        .call(RemoteAddr::new(rsp_at_entry), &[], deadline(2000))
         .unwrap();
     assert_eq!(rsp % 16, 8, "rsp at entry {rsp:#x} is not call-aligned");
     assert!(
@@ -90,7 +94,7 @@ fn remote_call_returns_values_and_aligns_stack() {
     );
     assert!(s
         .caller(pid.main_thread())
-        .call(sum6, &[0; 7], deadline(2000))
+        .call(RemoteAddr::new(sum6), &[0; 7], deadline(2000))
         .is_err());
     s.release().unwrap();
 
@@ -113,7 +117,7 @@ fn blocked_read_restarts_without_eintr() {
         );
         assert_eq!(
             s.caller(pid.main_thread())
-                .call(getpid, &[], deadline(2000))
+                .call(RemoteAddr::new(getpid), &[], deadline(2000))
                 .unwrap(),
             pid.get() as u64
         );
@@ -177,7 +181,7 @@ fn epoll_wait_is_rerun_not_eintr() {
         if round > 0 {
             assert_eq!(
                 s.caller(pid.main_thread())
-                    .call(getpid, &[], deadline(2000))
+                    .call(RemoteAddr::new(getpid), &[], deadline(2000))
                     .unwrap(),
                 pid.get() as u64
             );
@@ -229,7 +233,7 @@ fn nanosleep_is_neither_shortened_nor_interrupted() {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
             s.caller(pid.main_thread())
-                .call(getpid, &[], deadline(2000))
+                .call(RemoteAddr::new(getpid), &[], deadline(2000))
                 .unwrap(),
             pid.get() as u64
         );
@@ -384,7 +388,7 @@ fn vector_registers_survive_remote_calls() {
     let pid = Pid::new(t.pid);
     let read_counter = || {
         let mut b = [0u8; 8];
-        ulp_process::read_mem(pid, counter, &mut b).unwrap();
+        ulp_process::read_mem(pid, RemoteAddr::new(counter), &mut b).unwrap();
         u64::from_le_bytes(b)
     };
     for round in 0..50 {
@@ -392,7 +396,7 @@ fn vector_registers_survive_remote_calls() {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         let n = s
             .caller(pid.main_thread())
-            .call(clobber, &[], deadline(2000))
+            .call(RemoteAddr::new(clobber), &[], deadline(2000))
             .unwrap();
         assert_eq!(n, (1 << 16) - 1, "round {round}");
         s.release().unwrap();
@@ -406,7 +410,7 @@ fn vector_registers_survive_remote_calls() {
             std::thread::yield_now();
         }
     }
-    ulp_process::write_mem(pid, stop_flag, &1i32.to_le_bytes()).unwrap();
+    ulp_process::write_mem(pid, RemoteAddr::new(stop_flag), &1i32.to_le_bytes()).unwrap();
     let l = t.expect("", Duration::from_secs(5));
     assert!(l.starts_with("INTACT"), "target reported {l:?}");
 }
@@ -470,7 +474,7 @@ fn signal_during_call_is_delivered_after_release() {
         // Once the call is inside `slow`.
         wait_until("the call running slow()", || {
             let mut b = [0u8; 4];
-            ulp_process::read_mem(pid, in_slow, &mut b).unwrap();
+            ulp_process::read_mem(pid, RemoteAddr::new(in_slow), &mut b).unwrap();
             b != [0; 4]
         });
         // SAFETY: plain kill(2) of our own child.
@@ -478,7 +482,7 @@ fn signal_during_call_is_delivered_after_release() {
     });
     assert_eq!(
         s.caller(pid.main_thread())
-            .call(slow, &[], deadline(5000))
+            .call(RemoteAddr::new(slow), &[], deadline(5000))
             .unwrap(),
         7
     );
@@ -505,7 +509,7 @@ fn stopped_process_stays_stopped() {
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert_eq!(
         s.caller(pid.main_thread())
-            .call(getpid, &[], deadline(2000))
+            .call(RemoteAddr::new(getpid), &[], deadline(2000))
             .unwrap(),
         pid.get() as u64
     );
@@ -529,7 +533,7 @@ fn timed_out_call_can_be_awaited_or_abandoned() {
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     let err = s
         .caller(pid.main_thread())
-        .call(slow, &[], deadline(50))
+        .call(RemoteAddr::new(slow), &[], deadline(50))
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert!(err.to_string().contains("still inside the call"), "{err}");
@@ -547,7 +551,7 @@ fn timed_out_call_can_be_awaited_or_abandoned() {
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
         .caller(pid.main_thread())
-        .call(slow, &[], deadline(50))
+        .call(RemoteAddr::new(slow), &[], deadline(50))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();

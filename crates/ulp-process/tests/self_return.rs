@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until, Target, TempDir};
-use ulp_process::{Pid, ReturnPath, Stopped};
+use ulp_process::{Pid, RemoteAddr, ReturnPath, Stopped};
 
 /// Modes (argv[1]): "vector" runs a loop that checks known values in
 /// vector, general registers and MXCSR on the main thread; "sleep" sleeps
@@ -203,7 +203,7 @@ impl Prog {
 
     fn counter(&self) -> u64 {
         let mut b = [0u8; 8];
-        ulp_process::read_mem(self.pid(), self.counter, &mut b).unwrap();
+        ulp_process::read_mem(self.pid(), RemoteAddr::new(self.counter), &mut b).unwrap();
         u64::from_le_bytes(b)
     }
 
@@ -227,7 +227,12 @@ impl Prog {
     }
 
     fn finish_vector(mut self) {
-        ulp_process::write_mem(self.pid(), self.stop_flag, &1i32.to_le_bytes()).unwrap();
+        ulp_process::write_mem(
+            self.pid(),
+            RemoteAddr::new(self.stop_flag),
+            &1i32.to_le_bytes(),
+        )
+        .unwrap();
         let l = self.t.expect("", Duration::from_secs(5));
         assert!(l.starts_with("INTACT"), "target reported {l:?}");
     }
@@ -239,7 +244,7 @@ impl Prog {
         std::thread::spawn(move || {
             let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
             let r = s.caller(pid.main_thread()).call_returning(
-                slow,
+                RemoteAddr::new(slow),
                 &[],
                 &path,
                 Instant::now() + after,
@@ -263,7 +268,7 @@ fn collected_calls_restore_every_register() {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         let v = s
             .caller(pid.main_thread())
-            .call_returning(p.slow, &[], &p.path, deadline(5000))
+            .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
             .unwrap();
         assert_eq!(v, 7, "round {round}");
         s.release().unwrap();
@@ -293,7 +298,7 @@ fn slow_tracer_finds_the_call_returned() {
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     let err = s
         .caller(pid.main_thread())
-        .call_returning(p.slow, &[], &p.path, deadline(10))
+        .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(10))
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     // The thread returns by itself meanwhile: back in its check loop.
@@ -305,7 +310,7 @@ fn slow_tracer_finds_the_call_returned() {
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
         .caller(pid.main_thread())
-        .call_returning(p.slow, &[], &p.path, deadline(10))
+        .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(10))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();
@@ -355,7 +360,7 @@ fn vanished_tracer_restarts_sleep_and_read() {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
             s.caller(pid.main_thread())
-                .call_returning(p.slow, &[], &p.path, deadline(5000))
+                .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );
@@ -384,7 +389,7 @@ fn collected_calls_keep_sleeps_whole() {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
             s.caller(pid.main_thread())
-                .call_returning(p.slow, &[], &p.path, deadline(5000))
+                .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{deadline, run_c};
-use ulp_process::{maps, thread_state, threads, Pid, Stopped};
+use ulp_process::{maps, thread_state, threads, Pid, RemoteAddr, Stopped};
 
 const THREADS_C: &str = r#"
 #include <pthread.h>
@@ -52,7 +52,7 @@ int main(void) {
 #[test]
 fn seize_all_catches_every_thread_and_poke_writes_code() {
     let (_dir, mut t, a) = run_c("threads", THREADS_C, &["-fcf-protection=none"], &[]);
-    let (marker, pid) = (a[0], Pid::new(t.pid));
+    let (marker, pid) = (RemoteAddr::new(a[0]), Pid::new(t.pid));
     t.send("ping\n");
     assert_eq!(t.expect("pong", Duration::from_secs(5)), "pong 7");
 
