@@ -79,13 +79,13 @@ impl Forbidden {
             };
             let base = path.rsplit('/').next().unwrap_or(path);
             if base.starts_with("ld-linux") || base.starts_with("ld64.so") {
-                f.loader.push((m.start, m.end));
+                f.loader.push((m.start.get(), m.end.get()));
             } else if base.starts_with("libc.so")
                 || base.starts_with("libc-")
                 || base.starts_with("libpthread")
                 || base.starts_with("libdl")
             {
-                f.libc.push((m.start, m.end));
+                f.libc.push((m.start.get(), m.end.get()));
             }
         }
         f
@@ -129,7 +129,7 @@ fn seize_caller(
     let forbidden = Forbidden::of(&maps);
     let mut tids = ulp_process::threads(pid).map_err(failed)?;
     // The main thread first: in most programs it waits for input.
-    tids.sort_by_key(|&t| (t != pid, t));
+    tids.sort_by_key(|&t| (!t.is_main_of(pid), t));
     let mut first_error = None;
     for tid in tids {
         let stopped = match Stopped::seize_threads_with(pid, &[tid], deadline, options) {

@@ -138,7 +138,7 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
         return out;
     }
     let names: BTreeSet<&str> = patched.keys().map(|(n, _)| n.as_str()).collect();
-    let me = std::process::id() as Pid;
+    let me = Pid::this();
     for &pid in candidates.iter().filter(|&&p| p != me) {
         let objects = match mapped_objects(pid) {
             Ok(o) => o,

@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn said_as_the_sentences_were() {
-        let gone = Error::from(ulp_process::Error::Gone { pid: 7, tid: None });
+        let gone = Error::from(ulp_process::Error::Gone {
+            pid: crate::Pid::new(7),
+            tid: None,
+        });
         assert_eq!(
             gone.to_string(),
             "process 7 exited (or does not exist); check the pid"

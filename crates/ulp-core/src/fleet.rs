@@ -119,7 +119,7 @@ impl Selection {
     /// by the workers (from their maps, nothing attached), in parallel
     /// with the patching.
     pub fn every() -> Selection {
-        let me = std::process::id() as Pid;
+        let me = Pid::this();
         let mut pids: Vec<Pid> = ulp_process::all_pids()
             .into_iter()
             .filter(|&p| p != me)
@@ -554,14 +554,14 @@ mod tests {
 
     #[test]
     fn results_come_in_pid_order_whatever_finishes_first() {
-        let pids: Vec<Pid> = (1..=20).collect();
+        let pids: Vec<Pid> = (1..=20).map(Pid::new).collect();
         let mut seen = Vec::new();
         // Later pids finish first.
         for_each_process(
             &pids,
             4,
             |pid| {
-                std::thread::sleep(std::time::Duration::from_millis((21 - pid) as u64));
+                std::thread::sleep(std::time::Duration::from_millis((21 - pid.get()) as u64));
                 pid
             },
             |pid| seen.push(pid),
@@ -581,7 +581,7 @@ mod tests {
             },
         };
         let result = |lines: Option<Vec<Line>>| ProcessResult {
-            pid: 1,
+            pid: Pid::new(1),
             name: "x".into(),
             lines,
             no_runtime: false,

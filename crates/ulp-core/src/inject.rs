@@ -38,7 +38,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use ulp_abi::errors;
-use ulp_process::{Mapping, Pid, SIGRETURN_CODE};
+use ulp_process::{Mapping, Pid, RemoteAddr, SIGRETURN_CODE};
 
 use crate::caller;
 use crate::error::{Context, Error};
@@ -177,10 +177,10 @@ fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcom
 /// Where, in the process, the call starts and returns.
 struct Entry {
     /// `dlopen`, or glibc's older `__libc_dlopen_mode`.
-    dlopen: u64,
+    dlopen: RemoteAddr,
     mode: u64,
     /// A `mov $15, %rax; syscall` of the C library.
-    sigreturn: u64,
+    sigreturn: RemoteAddr,
 }
 
 /// Loads `file` into `pid` with one remote `dlopen` (see the module
@@ -256,9 +256,9 @@ fn entry_points(pid: Pid, maps: &[Mapping]) -> Result<Entry, Error> {
         .open_sections(pid, &[".dynsym", ".dynstr"])
         .context(|| format!("reading the C library of process {pid}"))?;
     let (dlopen, mode) = if let Some(s) = elf.dynamic_symbol("dlopen") {
-        (libc.bias + s.value, RTLD_NOW)
+        (RemoteAddr::new(libc.bias + s.value), RTLD_NOW)
     } else if let Some(s) = elf.dynamic_symbol("__libc_dlopen_mode") {
-        (libc.bias + s.value, RTLD_NOW | RTLD_DLOPEN)
+        (RemoteAddr::new(libc.bias + s.value), RTLD_NOW | RTLD_DLOPEN)
     } else {
         return Err(Error::refused(format!(
             "the C library of process {pid} ('{}') has no dlopen",
@@ -279,7 +279,7 @@ fn sigreturn_in(
     pid: Pid,
     maps: &[Mapping],
     obj: &crate::objects::MappedObject,
-) -> Result<u64, Error> {
+) -> Result<RemoteAddr, Error> {
     type Cache = Mutex<std::collections::HashMap<(String, u64), Option<u64>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
-use ulp_process::{Mapping, Pid};
+use ulp_process::{Mapping, Pid, RemoteAddr};
 
 /// One mapped file.
 #[derive(Clone, Debug)]
@@ -141,7 +141,10 @@ pub fn named_objects(pid: Pid) -> Result<Vec<MappedObject>, ulp_process::Error> 
         Ok(list) => {
             for e in list {
                 // The object whose file maps the dynamic section.
-                let Some(m) = maps.iter().find(|m| m.contains(e.ld) && m.inode != 0) else {
+                let Some(m) = maps
+                    .iter()
+                    .find(|m| m.contains(RemoteAddr::new(e.ld)) && m.inode != 0)
+                else {
                     continue;
                 };
                 let Some(o) = objects.iter_mut().find(|o| {
@@ -227,7 +230,7 @@ pub fn objects_from_maps(maps: &[Mapping]) -> Vec<MappedObject> {
             path: path.to_string(),
             name: path.strip_suffix(DELETED).unwrap_or(path).to_string(),
             dynamic: None,
-            bias: m.start,
+            bias: m.start.get(),
             dev: m.dev.clone(),
             inode: m.inode,
         });
@@ -248,7 +251,7 @@ pub fn bias_for(obj: &MappedObject, elf: &ElfFile) -> u64 {
 /// `len` bytes of `pid`'s memory at `addr`.
 fn read_memory(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    ulp_process::read_mem(pid, addr, &mut buf).ok()?;
+    ulp_process::read_mem(pid, RemoteAddr::new(addr), &mut buf).ok()?;
     Some(buf)
 }
 
@@ -382,7 +385,7 @@ mod tests {
 
     #[test]
     fn build_id_of_this_process_from_its_memory() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let objects = mapped_objects(pid).unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let me = objects
@@ -404,7 +407,7 @@ mod tests {
 
     #[test]
     fn this_process_named_by_its_loader() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let objects = named_objects(pid).unwrap();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let me = objects.iter().find(|o| Path::new(&o.path) == exe).unwrap();

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
 use ulp_abi::{offset, PatchRecord, Write, INTERFACE_SYMBOL, MAGIC, PROTOCOL_VERSION, RING_SIZE};
-use ulp_process::Pid;
+use ulp_process::{Pid, RemoteAddr};
 
 use crate::objects::{mapped_objects, MappedObject};
 
@@ -53,9 +53,9 @@ pub struct Runtime {
     pub pid: Pid,
     pub path: String,
     /// Address of `__ulp_interface` in the process.
-    pub interface: u64,
+    pub interface: RemoteAddr,
     /// Address of `__ulp_entry` in the process.
-    pub entry: u64,
+    pub entry: RemoteAddr,
 }
 
 /// Where a runtime file's two symbols are, for one process.
@@ -129,8 +129,8 @@ impl Runtime {
             let rt = Runtime {
                 pid,
                 path: obj.path.clone(),
-                interface: symbols.bias.wrapping_add(symbols.interface),
-                entry: symbols.bias.wrapping_add(symbols.entry),
+                interface: RemoteAddr::new(symbols.bias.wrapping_add(symbols.interface)),
+                entry: RemoteAddr::new(symbols.bias.wrapping_add(symbols.entry)),
             };
             let mut head = [0u8; 16];
             ulp_process::read_mem(pid, rt.interface, &mut head)?;
@@ -245,7 +245,7 @@ impl Runtime {
         let size = PatchRecord::SIZE;
         let mut raw = vec![0u8; count * size];
         if count > 0 {
-            ulp_process::read_mem(self.pid, addr, &mut raw)?;
+            ulp_process::read_mem(self.pid, RemoteAddr::new(addr), &mut raw)?;
         }
         let mut out = Vec::with_capacity(count);
         for r in raw.chunks_exact(size).filter_map(PatchRecord::from_bytes) {
@@ -270,7 +270,7 @@ impl Runtime {
             // Read up to the end of the page only: the next one may be unmapped.
             let at = addr + out.len() as u64;
             let n = chunk.len().min((4096 - (at % 4096)) as usize);
-            ulp_process::read_mem(self.pid, at, &mut chunk[..n])?;
+            ulp_process::read_mem(self.pid, RemoteAddr::new(at), &mut chunk[..n])?;
             if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
                 out.extend_from_slice(&chunk[..end]);
                 break;

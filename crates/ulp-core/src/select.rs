@@ -140,7 +140,7 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
             return vec![pid];
         }
     }
-    let me = std::process::id() as Pid;
+    let me = Pid::this();
     let mut pids: Vec<Pid> = ulp_process::all_pids()
         .into_iter()
         .filter(|&pid| pid != me && !ulp_process::is_kernel_thread(pid))
@@ -214,7 +214,7 @@ impl std::fmt::Display for NoProcess<'_> {
 /// (`libpulp.so*`) mapped, ascending. Processes whose maps cannot be read
 /// (another user's, without privileges) are left out.
 pub fn with_runtime() -> Vec<Pid> {
-    let me = std::process::id() as Pid;
+    let me = Pid::this();
     let mut pids: Vec<Pid> = ulp_process::all_pids()
         .into_iter()
         .filter(|&pid| pid != me && has_runtime(pid))
@@ -335,11 +335,11 @@ mod tests {
     #[test]
     fn owners() {
         assert_eq!(user_name(0).as_deref(), Some("root"));
-        let me = std::process::id() as Pid;
+        let me = Pid::this();
         let uid = login_uid(me).expect("own loginuid");
         assert!(owner_matches(me, &uid.to_string()));
         assert!(!owner_matches(me, &uid.wrapping_add(1).to_string()));
-        assert!(!owner_matches(1 << 30, "*"), "no such process");
+        assert!(!owner_matches(Pid::new(1 << 30), "*"), "no such process");
     }
 
     #[test]

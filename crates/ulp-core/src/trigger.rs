@@ -776,7 +776,7 @@ pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error
     Ok(ReturnPath {
         routine,
         routine_end,
-        done: rt.interface + offset::CALL_DONE as u64,
+        done: (rt.interface + offset::CALL_DONE as u64).get(),
     })
 }
 

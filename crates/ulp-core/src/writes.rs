@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ulp_abi::{write_kind, Write};
-use ulp_process::{Pid, Stopped};
+use ulp_process::{Pid, RemoteAddr, Stopped};
 
 use crate::runtime::Runtime;
 use crate::trigger::{hex, Options};
@@ -101,7 +101,10 @@ pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result
     let maps = ulp_process::maps(pid)?;
     for w in firsts {
         let len = w.len as usize;
-        let Some(m) = maps.iter().find(|m| m.contains(w.addr) && m.inode != 0) else {
+        let Some(m) = maps
+            .iter()
+            .find(|m| m.contains(RemoteAddr::new(w.addr)) && m.inode != 0)
+        else {
             return Err(Error::refused(format!(
                 "the code at {:#x} to be rewritten is not in a mapped file",
                 w.addr
@@ -115,7 +118,7 @@ pub(crate) fn check_rewrites_against_files(pid: Pid, writes: &[Write]) -> Result
             ulp_process::in_root(pid, &path),
             PathBuf::from(&path),
         ];
-        let offset = m.offset + (w.addr - m.start);
+        let offset = m.offset + (RemoteAddr::new(w.addr) - m.start);
         let mut on_disk = vec![0u8; len];
         let read = candidates.iter().any(|c| {
             std::fs::File::open(c)
@@ -196,7 +199,7 @@ fn write_all(
     for w in writes {
         let mut b = [0u8; 16];
         stopped
-            .peek(w.addr, &mut b[..w.len as usize])
+            .peek(RemoteAddr::new(w.addr), &mut b[..w.len as usize])
             .map_err(fatal)?;
         now.push(b);
     }
@@ -281,7 +284,7 @@ fn poke_words(
         let a = addr + off as u64;
         let n = (8 - (a & 7) as usize).min(data.len() - off);
         faults.kill_point();
-        stopped.poke(a, &data[off..off + n])?;
+        stopped.poke(RemoteAddr::new(a), &data[off..off + n])?;
         faults.poked();
         off += n;
     }
@@ -297,7 +300,7 @@ fn write_at_once(
     faults: &mut Faults,
 ) -> Result<(), ulp_process::Error> {
     faults.kill_point();
-    stopped.write_code_at_once(addr, data)?;
+    stopped.write_code_at_once(RemoteAddr::new(addr), data)?;
     faults.poked();
     Ok(())
 }

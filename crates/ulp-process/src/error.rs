@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::{Pid, PtraceScope, Tid};
+use crate::{Pid, PtraceScope, RemoteAddr, Tid};
 
 /// Who holds a thread we could not attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub enum Error {
     /// Reading or writing the target's memory failed.
     Memory {
         pid: Pid,
-        addr: u64,
+        addr: RemoteAddr,
         len: usize,
         write: bool,
         errno: i32,
@@ -159,7 +159,7 @@ pub(crate) fn signal_name(sig: i32) -> String {
 
 fn who(f: &mut fmt::Formatter<'_>, pid: Pid, tid: Option<Tid>) -> fmt::Result {
     match tid {
-        Some(tid) if tid != pid => write!(f, "thread {tid} of process {pid}"),
+        Some(tid) if !tid.is_main_of(pid) => write!(f, "thread {tid} of process {pid}"),
         _ => write!(f, "process {pid}"),
     }
 }
@@ -188,7 +188,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Gone { pid, tid } => match tid {
-                Some(tid) if tid != pid => write!(f, "thread {tid} of process {pid} exited"),
+                Some(tid) if !tid.is_main_of(*pid) => {
+                    write!(f, "thread {tid} of process {pid} exited")
+                }
                 _ => write!(f, "process {pid} exited (or does not exist); check the pid"),
             },
             Error::AttachDenied {

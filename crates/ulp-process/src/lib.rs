@@ -42,8 +42,10 @@
 //! only with the feature `fault-injection`, with the test hooks
 //! (`ULP_TEST_*`), which no release build has.
 
+mod addr;
 mod error;
 pub mod frame;
+mod ids;
 mod linkmap;
 mod mem;
 mod proc;
@@ -52,8 +54,10 @@ mod regs;
 mod stopped;
 mod sys;
 
+pub use addr::RemoteAddr;
 pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
+pub use ids::{Pid, Tid};
 pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, write_mem};
 pub use proc::{
@@ -66,8 +70,3 @@ pub use procfs::{
 };
 pub use regs::Regs;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
-
-/// A process id (thread-group id).
-pub type Pid = i32;
-/// A thread id (as in /proc/PID/task).
-pub type Tid = i32;

@@ -13,7 +13,7 @@
 
 use crate::error::Error;
 use crate::mem::read_mem;
-use crate::Pid;
+use crate::{Pid, RemoteAddr};
 
 /// One entry of the loader's list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn link_map(pid: Pid) -> Result<Vec<LinkMapEntry>, Error> {
         // struct r_debug: int r_version; struct link_map *r_map; ...;
         // r_debug_extended adds `r_next` at 40.
         let mut head = [0u8; 48];
-        read_mem(pid, r_debug, &mut head)?;
+        read_mem(pid, RemoteAddr::new(r_debug), &mut head)?;
         let version = u32::from_le_bytes(head[..4].try_into().unwrap());
         let mut lm = u64_at(&head, 8);
         while lm != 0 {
@@ -73,7 +73,7 @@ pub fn link_map(pid: Pid) -> Result<Vec<LinkMapEntry>, Error> {
             }
             // struct link_map: l_addr, l_name, l_ld, l_next, l_prev.
             let mut e = [0u8; 32];
-            read_mem(pid, lm, &mut e)?;
+            read_mem(pid, RemoteAddr::new(lm), &mut e)?;
             let name_at = u64_at(&e, 8);
             let name = if name_at == 0 {
                 String::new()
@@ -113,7 +113,7 @@ fn r_debug_address(pid: Pid) -> Result<u64, Error> {
         return Err(invalid(pid, "no program headers in the auxiliary vector"));
     }
     let mut phdrs = vec![0u8; phnum as usize * 56];
-    read_mem(pid, phdr, &mut phdrs)?;
+    read_mem(pid, RemoteAddr::new(phdr), &mut phdrs)?;
     let headers: Vec<&[u8]> = phdrs.chunks_exact(56).collect();
     let kind = |p: &[u8]| u32::from_le_bytes(p[..4].try_into().unwrap());
     // The load bias: where the headers are minus where PT_PHDR says they
@@ -136,7 +136,7 @@ fn r_debug_address(pid: Pid) -> Result<u64, Error> {
     let start = bias.wrapping_add(u64_at(dynamic, 16));
     let count = (u64_at(dynamic, 40) / 16).min(4096) as usize;
     let mut dyns = vec![0u8; count * 16];
-    read_mem(pid, start, &mut dyns)?;
+    read_mem(pid, RemoteAddr::new(start), &mut dyns)?;
     for d in dyns.chunks_exact(16) {
         match u64_at(d, 0) {
             DT_NULL => break,
@@ -155,7 +155,7 @@ fn read_cstr(pid: Pid, addr: u64) -> Result<String, Error> {
     while out.len() < MAX_NAME {
         let chunk = (4096 - (at & 4095) as usize).min(MAX_NAME - out.len());
         let mut b = vec![0u8; chunk];
-        read_mem(pid, at, &mut b)?;
+        read_mem(pid, RemoteAddr::new(at), &mut b)?;
         if let Some(end) = b.iter().position(|&c| c == 0) {
             out.extend_from_slice(&b[..end]);
             return Ok(String::from_utf8_lossy(&out).into_owned());
@@ -172,14 +172,17 @@ mod tests {
 
     #[test]
     fn this_process_lists_itself_first_and_libc() {
-        let pid = std::process::id() as Pid;
+        let pid = Pid::this();
         let list = link_map(pid).unwrap();
         assert_eq!(list[0].name, "", "the main program has no name");
         assert!(list.iter().any(|e| e.name.contains("libc.so")), "{list:?}");
         // Every entry's dynamic section is mapped in this process.
         let maps = crate::maps(pid).unwrap();
         for e in &list {
-            assert!(maps.iter().any(|m| m.contains(e.ld)), "{e:?}");
+            assert!(
+                maps.iter().any(|m| m.contains(RemoteAddr::new(e.ld))),
+                "{e:?}"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::error::Error;
-use crate::Pid;
+use crate::{Pid, RemoteAddr};
 
 fn errno() -> i32 {
     io::Error::last_os_error()
@@ -23,7 +23,7 @@ fn mem_error(pid: Pid, addr: u64, len: usize, write: bool, errno: i32) -> Error 
     } else {
         Error::Memory {
             pid,
-            addr,
+            addr: RemoteAddr::new(addr),
             len,
             write,
             errno,
@@ -35,7 +35,8 @@ fn mem_error(pid: Pid, addr: u64, len: usize, write: bool, errno: i32) -> Error 
 ///
 /// Uses `process_vm_readv`; if that cannot read everything (for example a
 /// page without read permission), falls back to `/proc/PID/mem`.
-pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+pub fn read_mem(pid: Pid, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error> {
+    let addr = addr.get();
     let mut done = 0usize;
     let mut last_errno = 0;
     while done < buf.len() {
@@ -51,7 +52,7 @@ pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         // SAFETY: `local` describes `rest`, which is valid for writes of its
         // length for the duration of the call; the remote iovec is only
         // interpreted by the kernel in the target's address space.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_readv(pid.get(), &local, 1, &remote, 1, 0) };
         if n > 0 {
             done += n as usize;
             continue;
@@ -92,7 +93,8 @@ pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
 ///
 /// Only for writable mappings (data, heap, stack); fails with EFAULT on
 /// code. Use `Stopped::poke` for code.
-pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Error> {
+pub fn write_mem(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
+    let addr = addr.get();
     let mut done = 0usize;
     while done < data.len() {
         let rest = &data[done..];
@@ -106,7 +108,7 @@ pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<(), Error> {
         };
         // SAFETY: `local` describes `rest`, valid for reads of its length;
         // process_vm_writev only reads from the local buffer.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        let n = unsafe { libc::process_vm_writev(pid.get(), &local, 1, &remote, 1, 0) };
         if n > 0 {
             done += n as usize;
             continue;

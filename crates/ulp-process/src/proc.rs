@@ -189,12 +189,13 @@ pub fn has_capability(cap: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Tid;
 
     #[test]
     fn own_process() {
-        let me = std::process::id() as Pid;
+        let me = Pid::this();
         assert!(exists(me));
-        assert!(!exists(i32::MAX));
+        assert!(!exists(Pid::new(i32::MAX)));
         // SAFETY: geteuid and getuid cannot fail.
         let (euid, uid) = unsafe { (libc::geteuid(), libc::getuid()) };
         assert_eq!(owner_uid(me), Some(euid));
@@ -207,7 +208,7 @@ mod tests {
             PathBuf::from(format!("/proc/{me}/root/etc"))
         );
         assert!(environ(me).is_ok());
-        assert_eq!(credentials(i32::MAX), Credentials::default());
+        assert_eq!(credentials(Pid::new(i32::MAX)), Credentials::default());
     }
 
     #[test]
@@ -231,8 +232,8 @@ mod tests {
     #[test]
     fn a_refused_attach_names_the_scope() {
         let denied = crate::Error::AttachDenied {
-            pid: 7,
-            tid: 7,
+            pid: Pid::new(7),
+            tid: Tid::new(7),
             tracer: None,
             ptrace_scope: Some(PtraceScope::Ancestors),
         };

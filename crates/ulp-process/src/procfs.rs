@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Tracer};
-use crate::{Pid, Tid};
+use crate::{Pid, RemoteAddr, Tid};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
+    pub start: RemoteAddr,
+    pub end: RemoteAddr,
     /// Four characters, e.g. `r-xp`.
     pub perms: String,
     pub offset: u64,
@@ -26,7 +26,7 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn contains(&self, addr: u64) -> bool {
+    pub fn contains(&self, addr: RemoteAddr) -> bool {
         self.start <= addr && addr < self.end
     }
     pub fn is_readable(&self) -> bool {
@@ -90,8 +90,8 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
     // itself contain spaces.
     let path = rest.trim_start_matches(' ');
     Some(Mapping {
-        start,
-        end,
+        start: RemoteAddr::new(start),
+        end: RemoteAddr::new(end),
         perms,
         offset: u64::from_str_radix(&offset, 16).ok()?,
         dev,
@@ -120,8 +120,8 @@ pub fn maps(pid: Pid) -> Result<Vec<Mapping>, Error> {
         .collect()
 }
 
-fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
-    let mut out: Vec<i32> = fs::read_dir(dir)?
+fn numeric_entries<T: std::str::FromStr + Ord>(dir: &Path) -> io::Result<Vec<T>> {
+    let mut out: Vec<T> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
         .collect();
@@ -201,12 +201,12 @@ fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
 /// The tracer of a thread (`TracerPid`), if any.
 pub fn tracer_of(pid: Pid, tid: Tid) -> Option<Tracer> {
     let t: Tid = status_field(pid, tid, "TracerPid")?.parse().ok()?;
-    if t == 0 {
+    if t.get() == 0 {
         return None;
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
-    let is_self = t == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
+    let is_self = t.get() == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
     let comm = fs::read_to_string(format!("/proc/{t}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
@@ -257,7 +257,7 @@ pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
 /// until their tracer reaps them, and the last thread of an exiting
 /// process may take a while to tear its memory down.
 pub(crate) fn process_alive(pid: Pid) -> bool {
-    if !thread_ended(pid, pid) {
+    if !thread_ended(pid, pid.main_thread()) {
         return true;
     }
     threads(pid)
@@ -370,8 +370,8 @@ mod tests {
             "7f0c2a000000-7f0c2a022000 r-xp 00001000 fd:01 1234567                    /usr/lib/x86_64-linux-gnu/libc.so.6",
         )
         .unwrap();
-        assert_eq!(m.start, 0x7f0c2a000000);
-        assert_eq!(m.end, 0x7f0c2a022000);
+        assert_eq!(m.start, RemoteAddr::new(0x7f0c2a000000));
+        assert_eq!(m.end, RemoteAddr::new(0x7f0c2a022000));
         assert_eq!(m.perms, "r-xp");
         assert_eq!(m.offset, 0x1000);
         assert_eq!(m.dev, "fd:01");
@@ -417,27 +417,32 @@ mod tests {
     #[test]
     fn own_process() {
         // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
-        assert!(threads(me).unwrap().contains(&me));
+        let me = Pid::new(unsafe { libc::getpid() });
+        assert!(threads(me).unwrap().contains(&me.main_thread()));
         assert!(!comm(me).unwrap().is_empty());
         assert!(exe(me).is_some());
         assert!(all_pids().contains(&me));
         let m = maps(me).unwrap();
         let here = own_process as *const () as usize as u64;
-        assert!(m.iter().any(|m| m.contains(here) && m.is_executable()));
-        assert_eq!(thread_state(me, me).map(|c| c != 'Z'), Some(true));
+        assert!(m
+            .iter()
+            .any(|m| m.contains(RemoteAddr::new(here)) && m.is_executable()));
+        assert_eq!(
+            thread_state(me, me.main_thread()).map(|c| c != 'Z'),
+            Some(true)
+        );
     }
 
     #[test]
     fn an_incarnation_ends_with_its_process() {
-        let me = Incarnation::of(std::process::id() as Pid);
+        let me = Incarnation::of(Pid::this());
         assert!(!me.exited());
-        assert!(!thread_ended(me.pid, me.pid));
+        assert!(!thread_ended(me.pid, me.pid.main_thread()));
         let mut child = std::process::Command::new("true").spawn().unwrap();
-        let life = Incarnation::of(child.id() as Pid);
+        let life = Incarnation::of(Pid::new(child.id() as i32));
         // Exited, not reaped yet: a zombie is no live process.
         let end = Instant::now() + Duration::from_secs(10);
-        while thread_state(life.pid, life.pid) != Some('Z') {
+        while thread_state(life.pid, life.pid.main_thread()) != Some('Z') {
             assert!(Instant::now() < end, "the child never exited");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -446,6 +451,6 @@ mod tests {
         assert!(life.exited());
         assert!(life.exited_within(Duration::ZERO));
         // A pid that never was is not an exit.
-        assert!(!Incarnation::of(i32::MAX).exited());
+        assert!(!Incarnation::of(Pid::new(i32::MAX)).exited());
     }
 }

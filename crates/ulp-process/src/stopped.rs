@@ -49,7 +49,7 @@ use crate::error::Error;
 use crate::procfs;
 use crate::regs::Regs;
 use crate::sys::{self, Errno, WaitStatus};
-use crate::{Pid, Tid};
+use crate::{Pid, RemoteAddr, Tid};
 
 mod call;
 mod code;
@@ -291,7 +291,7 @@ impl Stopped {
             .map(|h| h.tid)
             .ok_or(Error::NotHeld {
                 pid: self.pid,
-                tid: self.pid,
+                tid: self.pid.main_thread(),
                 why: "no thread of this guard is stopped",
             })
     }
@@ -525,7 +525,7 @@ impl Stopped {
         }
         Error::Memory {
             pid: self.pid,
-            addr,
+            addr: RemoteAddr::new(addr),
             len,
             write,
             errno: e.0,

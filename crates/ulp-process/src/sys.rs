@@ -6,7 +6,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use crate::Tid;
+use crate::{Pid, Tid};
 
 /// A raw errno value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ fn request(req: libc::c_uint, tid: Tid, addr: usize, data: usize) -> Result<libc
     let r = unsafe {
         libc::ptrace(
             req,
-            tid,
+            tid.get(),
             addr as *mut libc::c_void,
             data as *mut libc::c_void,
         )
@@ -163,7 +163,7 @@ pub(crate) fn peek_word(tid: Tid, addr: u64) -> Result<u64, Errno> {
     let r = unsafe {
         libc::ptrace(
             libc::PTRACE_PEEKDATA,
-            tid,
+            tid.get(),
             addr as *mut libc::c_void,
             std::ptr::null_mut::<libc::c_void>(),
         )
@@ -185,22 +185,22 @@ pub(crate) fn poke_word(tid: Tid, addr: u64, word: u64) -> Result<(), Errno> {
 /// (`si_code < 0`, except tkill) keep their siginfo through
 /// rt_tgsigqueueinfo; the kernel forbids forging the others, which are
 /// re-raised with tgkill (the signal number is preserved, the sender is not).
-pub(crate) fn reraise(pid: i32, tid: Tid, info: &libc::siginfo_t) -> Result<(), Errno> {
+pub(crate) fn reraise(pid: Pid, tid: Tid, info: &libc::siginfo_t) -> Result<(), Errno> {
     let sig = info.si_signo;
     let r = if info.si_code < 0 && info.si_code != libc::SI_TKILL {
         // SAFETY: `info` is a valid siginfo_t for the duration of the call.
         unsafe {
             libc::syscall(
                 libc::SYS_rt_tgsigqueueinfo,
-                pid,
-                tid,
+                pid.get(),
+                tid.get(),
                 sig,
                 info as *const libc::siginfo_t,
             )
         }
     } else {
         // SAFETY: tgkill takes plain integers.
-        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }
+        unsafe { libc::syscall(libc::SYS_tgkill, pid.get(), tid.get(), sig) }
     };
     if r == -1 {
         Err(last_errno())
@@ -260,8 +260,8 @@ pub(crate) fn wait_thread(tid: Tid, deadline: Instant) -> Result<Option<WaitStat
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r == tid {
+        let r = unsafe { libc::waitpid(tid.get(), &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == tid.get() {
             return Ok(Some(WaitStatus::decode(status)));
         }
         if r == -1 {

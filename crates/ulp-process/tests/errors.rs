@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{deadline, run_c, wait_in_syscall};
-use ulp_process::Stopped;
+use ulp_process::{Pid, Stopped};
 
 const PAUSE_C: &str = r#"
 #include <stdio.h>
@@ -22,7 +22,7 @@ int main(void) {
 #[test]
 fn nonexistent_pid_is_gone() {
     let mut child = Command::new("true").spawn().unwrap();
-    let pid = child.id() as i32;
+    let pid = Pid::new(child.id() as i32);
     child.wait().unwrap();
     let err = Stopped::seize_all(pid, deadline(1000)).unwrap_err();
     assert!(err.is_gone(), "{err:?}");
@@ -30,15 +30,19 @@ fn nonexistent_pid_is_gone() {
         err.to_string().contains(&format!("process {pid} exited")),
         "{err}"
     );
-    assert!(Stopped::seize_threads(pid, &[pid], deadline(1000))
-        .unwrap_err()
-        .is_gone());
+    assert!(
+        Stopped::seize_threads(pid, &[pid.main_thread()], deadline(1000))
+            .unwrap_err()
+            .is_gone()
+    );
     assert!(ulp_process::maps(pid).unwrap_err().is_gone());
     assert!(ulp_process::threads(pid).unwrap_err().is_gone());
-    assert!(ulp_process::read_mem(pid, 0x1000, &mut [0u8; 8])
-        .unwrap_err()
-        .is_gone());
-    assert!(Stopped::seize_all(0x3fff_ffff, deadline(1000))
+    assert!(
+        ulp_process::read_mem(pid, ulp_process::RemoteAddr::new(0x1000), &mut [0u8; 8])
+            .unwrap_err()
+            .is_gone()
+    );
+    assert!(Stopped::seize_all(Pid::new(0x3fff_ffff), deadline(1000))
         .unwrap_err()
         .is_gone());
 }
@@ -46,7 +50,7 @@ fn nonexistent_pid_is_gone() {
 #[test]
 fn already_traced_names_the_tracer() {
     let (_dir, t, _) = run_c("pause", PAUSE_C, &[], &[]);
-    let pid = t.pid;
+    let pid = Pid::new(t.pid);
 
     // Another thread of this process holds it.
     let (held_tx, held_rx) = mpsc::channel();
@@ -73,7 +77,7 @@ fn already_traced_names_the_tracer() {
         .spawn()
     {
         let end = Instant::now() + Duration::from_secs(5);
-        while ulp_process::tracer_of(pid, pid).is_none() {
+        while ulp_process::tracer_of(pid, pid.main_thread()).is_none() {
             assert!(Instant::now() < end, "strace never attached");
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -88,7 +92,7 @@ fn already_traced_names_the_tracer() {
     }
     // And free again afterwards.
     let end = Instant::now() + Duration::from_secs(5);
-    while ulp_process::tracer_of(pid, pid).is_some() {
+    while ulp_process::tracer_of(pid, pid.main_thread()).is_some() {
         assert!(Instant::now() < end, "tracer never went away");
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -119,9 +123,9 @@ int main(void) {
 #[test]
 fn unstoppable_thread_times_out() {
     let (_dir, t, _) = run_c("vfork", VFORK_C, &[], &[]);
-    let pid = t.pid;
+    let pid = Pid::new(t.pid);
     // The main thread waits for its child in vfork.
-    wait_in_syscall(pid, pid, libc::SYS_vfork);
+    wait_in_syscall(pid.get(), pid.get(), libc::SYS_vfork);
     let start = Instant::now();
     let err = Stopped::seize_all(pid, deadline(200)).unwrap_err();
     assert!(

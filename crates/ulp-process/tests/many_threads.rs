@@ -4,7 +4,7 @@
 mod common;
 
 use common::{deadline, run_c};
-use ulp_process::{thread_state, threads, Stopped};
+use ulp_process::{thread_state, threads, Pid, Stopped};
 
 const MANY_C: &str = r#"
 #include <pthread.h>
@@ -27,7 +27,7 @@ int main(void) {
 #[test]
 fn every_thread_of_a_128_thread_busy_process_is_stopped() {
     let (_dir, t, _) = run_c("many", MANY_C, &[], &[]);
-    let pid = t.pid;
+    let pid = Pid::new(t.pid);
     for round in 0..20 {
         let s = Stopped::seize_all(pid, deadline(10_000)).unwrap();
         let held = s.tids();

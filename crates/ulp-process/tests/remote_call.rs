@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until};
-use ulp_process::Stopped;
+use ulp_process::{Pid, RemoteAddr, Stopped};
 
 const ECHO_C: &str = r#"
 #include <errno.h>
@@ -49,44 +49,53 @@ int main(void) {
 fn remote_call_returns_values_and_aligns_stack() {
     let (_dir, mut t, addrs) = run_c("echo", ECHO_C, &[], &[]);
     let (getpid, sum6, rsp_at_entry) = (addrs[0], addrs[1], addrs[2]);
-    let pid = t.pid;
-    wait_in_syscall(pid, pid, libc::SYS_read);
+    let pid = Pid::new(t.pid);
+    wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
 
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-    assert_eq!(s.tids(), vec![pid]);
+    assert_eq!(s.tids(), vec![pid.main_thread()]);
     // Blocked in read(0, ...) (system call 0).
-    let before = s.regs(pid).unwrap();
+    let before = s.regs(pid.main_thread()).unwrap();
     assert_eq!(
-        s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
-        pid as u64
+        s.caller(pid.main_thread())
+            .call(RemoteAddr::new(getpid), &[], deadline(2000))
+            .unwrap(),
+        pid.get() as u64
     );
     assert_eq!(
-        s.caller(pid)
-            .call(sum6, &[1, 2, 3, 4, 5, 6], deadline(2000))
+        s.caller(pid.main_thread())
+            .call(RemoteAddr::new(sum6), &[1, 2, 3, 4, 5, 6], deadline(2000))
             .unwrap(),
         91
     );
     assert_eq!(
-        s.caller(pid)
-            .call(sum6, &[u64::MAX, 0, 0, 0, 0, 1], deadline(2000))
+        s.caller(pid.main_thread())
+            .call(
+                RemoteAddr::new(sum6),
+                &[u64::MAX, 0, 0, 0, 0, 1],
+                deadline(2000)
+            )
             .unwrap(),
         5
     );
     let rsp = s
-        .caller(pid)
-        .call(rsp_at_entry, &[], deadline(2000))
+        .caller(pid.main_thread())
+        .call(RemoteAddr::new(rsp_at_entry), &[], deadline(2000))
         .unwrap();
     assert_eq!(rsp % 16, 8, "rsp at entry {rsp:#x} is not call-aligned");
     assert!(
         rsp + 128 < before.rsp(),
         "the call's frame must be below the red zone"
     );
-    let after = s.regs(pid).unwrap();
+    let after = s.regs(pid.main_thread()).unwrap();
     assert_eq!(
         (after.rip(), after.rsp(), after.rax(), after.orig_rax()),
         (before.rip(), before.rsp(), before.rax(), before.orig_rax())
     );
-    assert!(s.caller(pid).call(sum6, &[0; 7], deadline(2000)).is_err());
+    assert!(s
+        .caller(pid.main_thread())
+        .call(RemoteAddr::new(sum6), &[0; 7], deadline(2000))
+        .is_err());
     s.release().unwrap();
 
     t.send("hello\n");
@@ -96,19 +105,21 @@ fn remote_call_returns_values_and_aligns_stack() {
 #[test]
 fn blocked_read_restarts_without_eintr() {
     let (_dir, mut t, a) = run_c("echo", ECHO_C, &[], &[]);
-    let (getpid, pid) = (a[0], t.pid);
+    let (getpid, pid) = (a[0], Pid::new(t.pid));
     // Make sure it is blocked inside read() before we interrupt it.
-    wait_in_syscall(pid, pid, libc::SYS_read);
+    wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
     for round in 0..5 {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.syscall_of(pid).unwrap(),
+            s.syscall_of(pid.main_thread()).unwrap(),
             Some(libc::SYS_read),
             "round {round}"
         );
         assert_eq!(
-            s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
-            pid as u64
+            s.caller(pid.main_thread())
+                .call(RemoteAddr::new(getpid), &[], deadline(2000))
+                .unwrap(),
+            pid.get() as u64
         );
         s.release().unwrap();
         t.send(&format!("line {round}\n"));
@@ -116,7 +127,7 @@ fn blocked_read_restarts_without_eintr() {
             t.expect("", Duration::from_secs(5)),
             format!("got line {round}")
         );
-        wait_in_syscall(pid, pid, libc::SYS_read);
+        wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
     }
     // Plain seize and release, no call, must not disturb it either.
     let s = Stopped::seize_all(pid, deadline(2000)).unwrap();
@@ -159,15 +170,20 @@ int main(void) {
 #[test]
 fn epoll_wait_is_rerun_not_eintr() {
     let (_dir, mut t, a) = run_c("epoll", EPOLL_C, &[], &[]);
-    let (getpid, pid) = (a[0], t.pid);
+    let (getpid, pid) = (a[0], Pid::new(t.pid));
     for round in 0..3 {
-        wait_in_syscall(pid, pid, libc::SYS_epoll_wait);
+        wait_in_syscall(pid.get(), pid.get(), libc::SYS_epoll_wait);
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-        assert_eq!(s.syscall_of(pid).unwrap(), Some(libc::SYS_epoll_wait));
+        assert_eq!(
+            s.syscall_of(pid.main_thread()).unwrap(),
+            Some(libc::SYS_epoll_wait)
+        );
         if round > 0 {
             assert_eq!(
-                s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
-                pid as u64
+                s.caller(pid.main_thread())
+                    .call(RemoteAddr::new(getpid), &[], deadline(2000))
+                    .unwrap(),
+                pid.get() as u64
             );
         }
         s.release().unwrap();
@@ -207,7 +223,7 @@ int main(void) {
 #[test]
 fn nanosleep_is_neither_shortened_nor_interrupted() {
     let (_dir, mut t, a) = run_c("sleeper", SLEEPER_C, &[], &[]);
-    let (getpid, pid) = (a[0], t.pid);
+    let (getpid, pid) = (a[0], Pid::new(t.pid));
     t.expect("slept", Duration::from_secs(5));
     // Several cycles at different points of the sleep.
     for round in 0..6u64 {
@@ -216,8 +232,10 @@ fn nanosleep_is_neither_shortened_nor_interrupted() {
         std::thread::sleep(Duration::from_millis(35 * round + 10));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
-            pid as u64
+            s.caller(pid.main_thread())
+                .call(RemoteAddr::new(getpid), &[], deadline(2000))
+                .unwrap(),
+            pid.get() as u64
         );
         s.release().unwrap();
     }
@@ -367,16 +385,19 @@ fn vector_registers_survive_remote_calls() {
     };
     let (_dir, mut t, a) = run_c("vector", VECTOR_C, flags, &[]);
     let (clobber, stop_flag, counter) = (a[0], a[1], a[2]);
-    let pid = t.pid;
+    let pid = Pid::new(t.pid);
     let read_counter = || {
         let mut b = [0u8; 8];
-        ulp_process::read_mem(pid, counter, &mut b).unwrap();
+        ulp_process::read_mem(pid, RemoteAddr::new(counter), &mut b).unwrap();
         u64::from_le_bytes(b)
     };
     for round in 0..50 {
         let before = read_counter();
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-        let n = s.caller(pid).call(clobber, &[], deadline(2000)).unwrap();
+        let n = s
+            .caller(pid.main_thread())
+            .call(RemoteAddr::new(clobber), &[], deadline(2000))
+            .unwrap();
         assert_eq!(n, (1 << 16) - 1, "round {round}");
         s.release().unwrap();
         // The loop keeps running between rounds.
@@ -389,7 +410,7 @@ fn vector_registers_survive_remote_calls() {
             std::thread::yield_now();
         }
     }
-    ulp_process::write_mem(pid, stop_flag, &1i32.to_le_bytes()).unwrap();
+    ulp_process::write_mem(pid, RemoteAddr::new(stop_flag), &1i32.to_le_bytes()).unwrap();
     let l = t.expect("", Duration::from_secs(5));
     assert!(l.starts_with("INTACT"), "target reported {l:?}");
 }
@@ -445,23 +466,28 @@ int main(void) {
 #[test]
 fn signal_during_call_is_delivered_after_release() {
     let (_dir, mut t, a) = run_c("signal", SIGNAL_C, &[], &[]);
-    let (slow, pid) = (a[0], t.pid);
-    wait_in_syscall(pid, pid, libc::SYS_read);
+    let (slow, pid) = (a[0], Pid::new(t.pid));
+    wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     let in_slow = a[1];
     let killer = std::thread::spawn(move || {
         // Once the call is inside `slow`.
         wait_until("the call running slow()", || {
             let mut b = [0u8; 4];
-            ulp_process::read_mem(pid, in_slow, &mut b).unwrap();
+            ulp_process::read_mem(pid, RemoteAddr::new(in_slow), &mut b).unwrap();
             b != [0; 4]
         });
         // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        unsafe { libc::kill(pid.get(), libc::SIGUSR1) };
     });
-    assert_eq!(s.caller(pid).call(slow, &[], deadline(5000)).unwrap(), 7);
+    assert_eq!(
+        s.caller(pid.main_thread())
+            .call(RemoteAddr::new(slow), &[], deadline(5000))
+            .unwrap(),
+        7
+    );
     killer.join().unwrap();
-    assert_eq!(s.owed_signals(pid), vec![libc::SIGUSR1]);
+    assert_eq!(s.owed_signals(pid.main_thread()), vec![libc::SIGUSR1]);
     s.release().unwrap();
     t.send("x");
     let me = std::process::id();
@@ -474,43 +500,48 @@ fn signal_during_call_is_delivered_after_release() {
 #[test]
 fn stopped_process_stays_stopped() {
     let (_dir, mut t, a) = run_c("echo", ECHO_C, &[], &[]);
-    let (getpid, pid) = (a[0], t.pid);
+    let (getpid, pid) = (a[0], Pid::new(t.pid));
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    unsafe { libc::kill(pid.get(), libc::SIGSTOP) };
     wait_until("the target stopped by SIGSTOP", || {
-        ulp_process::thread_state(pid, pid) == Some('T')
+        ulp_process::thread_state(pid, pid.main_thread()) == Some('T')
     });
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert_eq!(
-        s.caller(pid).call(getpid, &[], deadline(2000)).unwrap(),
-        pid as u64
+        s.caller(pid.main_thread())
+            .call(RemoteAddr::new(getpid), &[], deadline(2000))
+            .unwrap(),
+        pid.get() as u64
     );
     s.release().unwrap();
     // Still stopped by job control: input is not consumed.
     t.send("while stopped\n");
     assert_eq!(t.line(Duration::from_millis(200)), None);
-    assert_eq!(ulp_process::thread_state(pid, pid), Some('T'));
+    assert_eq!(ulp_process::thread_state(pid, pid.main_thread()), Some('T'));
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    unsafe { libc::kill(pid.get(), libc::SIGCONT) };
     assert_eq!(t.expect("", Duration::from_secs(5)), "got while stopped");
 }
 
 #[test]
 fn timed_out_call_can_be_awaited_or_abandoned() {
     let (_dir, mut t, a) = run_c("signal", SIGNAL_C, &[], &[]);
-    let (slow, pid) = (a[0], t.pid);
-    wait_in_syscall(pid, pid, libc::SYS_read);
+    let (slow, pid) = (a[0], Pid::new(t.pid));
+    wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
 
     // Timeout, then keep waiting: the call completes normally.
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-    let err = s.caller(pid).call(slow, &[], deadline(50)).unwrap_err();
+    let err = s
+        .caller(pid.main_thread())
+        .call(RemoteAddr::new(slow), &[], deadline(50))
+        .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert!(err.to_string().contains("still inside the call"), "{err}");
     assert!(
-        s.regs(pid).is_err(),
+        s.regs(pid.main_thread()).is_err(),
         "a running thread has no readable registers"
     );
-    assert_eq!(s.caller(pid).wait(deadline(5000)).unwrap(), 7);
+    assert_eq!(s.caller(pid.main_thread()).wait(deadline(5000)).unwrap(), 7);
     s.release().unwrap();
     t.send("a");
     t.expect("got=0", Duration::from_secs(5));
@@ -519,8 +550,8 @@ fn timed_out_call_can_be_awaited_or_abandoned() {
     // own code (still blocked in read, no EINTR).
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
-        .caller(pid)
-        .call(slow, &[], deadline(50))
+        .caller(pid.main_thread())
+        .call(RemoteAddr::new(slow), &[], deadline(50))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until, Target, TempDir};
-use ulp_process::{ReturnPath, Stopped};
+use ulp_process::{Pid, RemoteAddr, ReturnPath, Stopped};
 
 /// Modes (argv[1]): "vector" runs a loop that checks known values in
 /// vector, general registers and MXCSR on the main thread; "sleep" sleeps
@@ -197,13 +197,13 @@ fn start(mode: &str) -> Option<Prog> {
 }
 
 impl Prog {
-    fn pid(&self) -> i32 {
-        self.t.pid
+    fn pid(&self) -> Pid {
+        Pid::new(self.t.pid)
     }
 
     fn counter(&self) -> u64 {
         let mut b = [0u8; 8];
-        ulp_process::read_mem(self.pid(), self.counter, &mut b).unwrap();
+        ulp_process::read_mem(self.pid(), RemoteAddr::new(self.counter), &mut b).unwrap();
         u64::from_le_bytes(b)
     }
 
@@ -222,12 +222,17 @@ impl Prog {
     fn wait_untraced(&self) {
         let pid = self.pid();
         wait_until("the main thread untraced", || {
-            ulp_process::tracer_of(pid, pid).is_none()
+            ulp_process::tracer_of(pid, pid.main_thread()).is_none()
         });
     }
 
     fn finish_vector(mut self) {
-        ulp_process::write_mem(self.pid(), self.stop_flag, &1i32.to_le_bytes()).unwrap();
+        ulp_process::write_mem(
+            self.pid(),
+            RemoteAddr::new(self.stop_flag),
+            &1i32.to_le_bytes(),
+        )
+        .unwrap();
         let l = self.t.expect("", Duration::from_secs(5));
         assert!(l.starts_with("INTACT"), "target reported {l:?}");
     }
@@ -238,9 +243,12 @@ impl Prog {
         let (pid, slow, path) = (self.pid(), self.slow, self.path);
         std::thread::spawn(move || {
             let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
-            let r = s
-                .caller(pid)
-                .call_returning(slow, &[], &path, Instant::now() + after);
+            let r = s.caller(pid.main_thread()).call_returning(
+                RemoteAddr::new(slow),
+                &[],
+                &path,
+                Instant::now() + after,
+            );
             // The tracer dies here: no release, no Drop; the kernel detaches
             // the thread when this OS thread exits.
             std::mem::forget(s);
@@ -259,8 +267,8 @@ fn collected_calls_restore_every_register() {
     for round in 0..10 {
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         let v = s
-            .caller(pid)
-            .call_returning(p.slow, &[], &p.path, deadline(5000))
+            .caller(pid.main_thread())
+            .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
             .unwrap();
         assert_eq!(v, 7, "round {round}");
         s.release().unwrap();
@@ -289,20 +297,20 @@ fn slow_tracer_finds_the_call_returned() {
     let pid = p.pid();
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     let err = s
-        .caller(pid)
-        .call_returning(p.slow, &[], &p.path, deadline(10))
+        .caller(pid.main_thread())
+        .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(10))
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     // The thread returns by itself meanwhile: back in its check loop.
     p.assert_running("the call returned by itself");
-    assert_eq!(s.caller(pid).wait(deadline(2000)).unwrap(), 7);
+    assert_eq!(s.caller(pid.main_thread()).wait(deadline(2000)).unwrap(), 7);
     s.release().unwrap();
     p.assert_running("after a slow collection");
     // Timed out and released: the call finishes and returns by itself.
     let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
     assert!(s
-        .caller(pid)
-        .call_returning(p.slow, &[], &p.path, deadline(10))
+        .caller(pid.main_thread())
+        .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(10))
         .unwrap_err()
         .is_timeout());
     s.release().unwrap();
@@ -334,11 +342,11 @@ fn vanished_tracer_restarts_sleep_and_read() {
     let Some(mut p) = start("read") else { return };
     let pid = p.pid();
     for round in 0..3 {
-        wait_in_syscall(pid, pid, libc::SYS_read);
+        wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
         p.vanishing_tracer(Duration::from_millis(10));
         // The call returns by itself and the read is restarted: blocked
         // in it again, untraced, before the line is sent.
-        wait_in_syscall(pid, pid, libc::SYS_read);
+        wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
         p.wait_untraced();
         p.t.send(&format!("line {round}\n"));
         assert_eq!(
@@ -348,11 +356,11 @@ fn vanished_tracer_restarts_sleep_and_read() {
     }
     // And collected by a live tracer.
     for round in 0..3 {
-        wait_in_syscall(pid, pid, libc::SYS_read);
+        wait_in_syscall(pid.get(), pid.get(), libc::SYS_read);
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.caller(pid)
-                .call_returning(p.slow, &[], &p.path, deadline(5000))
+            s.caller(pid.main_thread())
+                .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );
@@ -380,8 +388,8 @@ fn collected_calls_keep_sleeps_whole() {
         std::thread::sleep(Duration::from_millis(30 * round + 20));
         let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
         assert_eq!(
-            s.caller(pid)
-                .call_returning(p.slow, &[], &p.path, deadline(5000))
+            s.caller(pid.main_thread())
+                .call_returning(RemoteAddr::new(p.slow), &[], &p.path, deadline(5000))
                 .unwrap(),
             7
         );

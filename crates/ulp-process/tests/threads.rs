@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{deadline, run_c};
-use ulp_process::{maps, thread_state, threads, Stopped};
+use ulp_process::{maps, thread_state, threads, Pid, RemoteAddr, Stopped};
 
 const THREADS_C: &str = r#"
 #include <pthread.h>
@@ -52,7 +52,7 @@ int main(void) {
 #[test]
 fn seize_all_catches_every_thread_and_poke_writes_code() {
     let (_dir, mut t, a) = run_c("threads", THREADS_C, &["-fcf-protection=none"], &[]);
-    let (marker, pid) = (a[0], t.pid);
+    let (marker, pid) = (RemoteAddr::new(a[0]), Pid::new(t.pid));
     t.send("ping\n");
     assert_eq!(t.expect("pong", Duration::from_secs(5)), "pong 7");
 
@@ -83,8 +83,8 @@ fn seize_all_catches_every_thread_and_poke_writes_code() {
     }
 
     // Extending a guard from one thread to all of them.
-    let mut s = Stopped::seize_threads(pid, &[pid], deadline(2000)).unwrap();
-    assert_eq!(s.tids(), vec![pid]);
+    let mut s = Stopped::seize_threads(pid, &[pid.main_thread()], deadline(2000)).unwrap();
+    assert_eq!(s.tids(), vec![pid.main_thread()]);
     s.seize_rest(deadline(5000)).unwrap();
     assert!(s.tids().len() >= 32);
 
@@ -109,7 +109,12 @@ fn seize_all_catches_every_thread_and_poke_writes_code() {
     let mut now = [0u8; 6];
     s.peek(marker, &mut now).unwrap();
     assert_eq!(now, [0xb8, 9, 0, 0, 0, 0xc3]);
-    assert_eq!(s.caller(pid).call(marker, &[], deadline(2000)).unwrap(), 9);
+    assert_eq!(
+        s.caller(pid.main_thread())
+            .call(marker, &[], deadline(2000))
+            .unwrap(),
+        9
+    );
     // Unaligned multi-word write and read across word boundaries.
     let mut wide = [0u8; 21];
     s.peek(marker - 7, &mut wide).unwrap();
@@ -117,7 +122,12 @@ fn seize_all_catches_every_thread_and_poke_writes_code() {
     s.poke(marker, &orig).unwrap();
     s.peek(marker, &mut now).unwrap();
     assert_eq!(now, orig);
-    assert_eq!(s.caller(pid).call(marker, &[], deadline(2000)).unwrap(), 7);
+    assert_eq!(
+        s.caller(pid.main_thread())
+            .call(marker, &[], deadline(2000))
+            .unwrap(),
+        7
+    );
     s.release().unwrap();
 
     // Still running normally.

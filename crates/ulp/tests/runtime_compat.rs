@@ -87,7 +87,7 @@ fn opt_outs_by_numeric_id_and_extended_glob_log_libpulps_lines() {
 
         // A trigger is refused with libpulp's error; nothing changes.
         let c = container(&demo, "demo_livepatch.so");
-        match trigger::apply(t.pid, &c, &trigger::Options::default()) {
+        match trigger::apply(ulp_core::Pid::new(t.pid), &c, &trigger::Options::default()) {
             Outcome::Skipped(r) => assert_eq!(r.error, errors::EUSRBLOCKED, "{r:?}"),
             other => panic!("{var}={value}: {other:?}"),
         }
@@ -194,7 +194,7 @@ fn a_container_dlopen_refuses_fails_with_failure_in_dlopen() {
 
     // The reason is libpulp's error with dlerror's text; it exits 31.
     let c = container(&demo, "demo_livepatch_undef.so");
-    let outcome = trigger::apply(t.pid, &c, &trigger::Options::default());
+    let outcome = trigger::apply(ulp_core::Pid::new(t.pid), &c, &trigger::Options::default());
     assert_eq!(
         outcome,
         Outcome::Failed(Reason::new(errors::EDLOPEN, dlerror.clone()))

@@ -11,7 +11,7 @@ use super::{Stop, Stopped};
 use crate::error::Error;
 use crate::frame::{self, ReturnPath};
 use crate::sys::{self, WaitStatus};
-use crate::{Pid, Tid};
+use crate::{Pid, RemoteAddr, Tid};
 
 use super::detach::DETACH_GRACE;
 
@@ -159,9 +159,14 @@ impl Caller<'_> {
     /// [`Caller::call_returning`] and [`Caller::call_sigreturn`].
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
-    pub fn call(&mut self, func: u64, args: &[u64], deadline: Instant) -> Result<u64, Error> {
+    pub fn call(
+        &mut self,
+        func: RemoteAddr,
+        args: &[u64],
+        deadline: Instant,
+    ) -> Result<u64, Error> {
         self.stopped
-            .start_call(self.tid, func, args, Return::Trap, deadline)
+            .start_call(self.tid, func.get(), args, Return::Trap, deadline)
             .map(|(v, _)| v)
     }
 
@@ -184,13 +189,13 @@ impl Caller<'_> {
     /// returns by itself.
     pub fn call_returning(
         &mut self,
-        func: u64,
+        func: RemoteAddr,
         args: &[u64],
         path: &ReturnPath,
         deadline: Instant,
     ) -> Result<u64, Error> {
         self.stopped
-            .start_call(self.tid, func, args, Return::Path(path), deadline)
+            .start_call(self.tid, func.get(), args, Return::Path(path), deadline)
             .map(|(v, _)| v)
     }
 
@@ -219,10 +224,10 @@ impl Caller<'_> {
     /// stopped after the call.
     pub fn call_sigreturn(
         &mut self,
-        func: u64,
+        func: RemoteAddr,
         data: &[u8],
         args: &[u64],
-        sigreturn: u64,
+        sigreturn: RemoteAddr,
         then: &mut dyn FnMut() -> Option<ReturnPath>,
         deadline: Instant,
     ) -> Result<bool, Error> {
@@ -238,12 +243,12 @@ impl Caller<'_> {
             });
         }
         let ret = Return::Sigreturn {
-            at: sigreturn,
+            at: sigreturn.get(),
             data,
             then,
         };
         self.stopped
-            .start_call(self.tid, func, args, ret, deadline)
+            .start_call(self.tid, func.get(), args, ret, deadline)
             .map(|(_, resumed)| resumed)
     }
 
@@ -520,7 +525,7 @@ impl Stopped {
     /// Writes a call frame into the thread's stack: process_vm_writev, or
     /// word by word with PTRACE_POKEDATA when that is refused.
     fn write_frame(&self, tid: Tid, addr: u64, bytes: &[u8]) -> Result<(), Error> {
-        if crate::mem::write_mem(self.pid, addr, bytes).is_ok() {
+        if crate::mem::write_mem(self.pid, RemoteAddr::new(addr), bytes).is_ok() {
             return Ok(());
         }
         for (k, w) in bytes.chunks(8).enumerate() {
@@ -665,7 +670,7 @@ impl Stopped {
     /// The call's return value once the resume routine has reported it.
     fn call_result(&self, ret: SelfReturn) -> Result<Option<u64>, Error> {
         let mut b = [0u8; 16];
-        crate::mem::read_mem(self.pid, ret.path.done, &mut b)?;
+        crate::mem::read_mem(self.pid, RemoteAddr::new(ret.path.done), &mut b)?;
         let cookie = u64::from_le_bytes(b[..8].try_into().unwrap());
         Ok((cookie == ret.cookie).then(|| u64::from_le_bytes(b[8..].try_into().unwrap())))
     }

@@ -6,11 +6,13 @@
 use super::Stopped;
 use crate::error::Error;
 use crate::sys::{self, Errno};
+use crate::RemoteAddr;
 
 impl Stopped {
     /// Reads code or data bytes with PTRACE_PEEKDATA (works on pages without
     /// read permission). Any stopped thread of the guard is used.
-    pub fn peek(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+    pub fn peek(&self, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error> {
+        let addr = addr.get();
         let tid = self.any_stopped()?;
         let mut off = 0usize;
         while off < buf.len() {
@@ -30,7 +32,8 @@ impl Stopped {
     /// read-modify-write), which works on read-only and W^X-locked pages
     /// where `write_mem` fails. Any stopped thread of the guard is used;
     /// threads not held by this guard keep running meanwhile.
-    pub fn poke(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+    pub fn poke(&mut self, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
+        let addr = addr.get();
         let tid = self.any_stopped()?;
         let mut off = 0usize;
         while off < data.len() {
@@ -60,7 +63,9 @@ impl Stopped {
     /// [`Stopped::poke`] when `/proc/PID/mem` is refused and `data` lies
     /// within one aligned word (one poke is just as whole); otherwise the
     /// error.
-    pub fn write_code_at_once(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+    pub fn write_code_at_once(&mut self, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
+        let at = addr;
+        let addr = addr.get();
         use std::os::unix::fs::FileExt;
         let tid = self.any_stopped()?;
         let written = std::fs::OpenOptions::new()
@@ -69,7 +74,7 @@ impl Stopped {
             .and_then(|f| f.write_at(data, addr));
         match written {
             Ok(n) if n == data.len() => Ok(()),
-            _ if (addr & 7) + data.len() as u64 <= 8 => self.poke(addr, data),
+            _ if (addr & 7) + data.len() as u64 <= 8 => self.poke(at, data),
             Ok(_) => Err(self.mem_error(tid, addr, data.len(), true, Errno(libc::EIO))),
             Err(e) => Err(self.mem_error(
                 tid,

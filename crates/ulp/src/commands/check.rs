@@ -72,7 +72,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         if json {
             print_json(&json!({
                 "file": file,
-                "pid": pid,
+                "pid": pid.get(),
                 "name": name,
                 "runtime": runtime,
                 "applied": applied,
@@ -99,7 +99,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             if json {
                 print_json(&json!({
                     "file": file,
-                    "pid": pid,
+                    "pid": pid.get(),
                     "name": name,
                     "runtime": false,
                     "error": ulp_abi::errors::ENOLIBPULP.phrase,

@@ -62,7 +62,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 if !json {
                     lines.iter().for_each(|l| println!("{l}"));
                 }
-                logs.push(json!({ "pid": pid, "name": name, "messages": lines }));
+                logs.push(json!({ "pid": pid.get(), "name": name, "messages": lines }));
             }
             Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => {}
             // A pid named without the runtime: libpulp's words (exit 1).
@@ -70,15 +70,15 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 if !p.common.quiet {
                     super::log_stderr("error gathering target process information.");
                 }
-                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                warnings.push(json!({ "pid": pid.get(), "name": name, "warning": e.to_string() }));
             }
             Err(e @ RuntimeError::NotLoaded) => {
                 eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
-                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                warnings.push(json!({ "pid": pid.get(), "name": name, "warning": e.to_string() }));
             }
             Err(e) => {
                 eprintln!("ulp: {name} (pid: {pid}): {e}");
-                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                errors.push(json!({ "pid": pid.get(), "name": name, "error": e.to_string() }));
             }
         }
     }

@@ -112,7 +112,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                         ulp_abi::errors::ENOLIBPULP.phrase
                     ));
                 }
-                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                warnings.push(json!({ "pid": pid.get(), "name": name, "warning": e.to_string() }));
                 status = 1;
                 continue;
             }
@@ -120,7 +120,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             Err(RuntimeError::Process(e)) if all && vanished(pid, &e) => continue,
             Err(e) => {
                 eprintln!("ulp: {name} (pid: {pid}): {e}");
-                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                errors.push(json!({ "pid": pid.get(), "name": name, "error": e.to_string() }));
                 status = 1;
                 continue;
             }
@@ -141,7 +141,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             Err(e) if all && vanished(pid, &e) => continue,
             Err(e) => {
                 eprintln!("ulp: {name} (pid: {pid}): {e}");
-                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                errors.push(json!({ "pid": pid.get(), "name": name, "error": e.to_string() }));
                 status = 1;
             }
         }
@@ -163,7 +163,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             .iter()
             .map(|u| {
                 json!({
-                    "pid": u.pid,
+                    "pid": u.pid.get(),
                     "name": u.name,
                     "library": u.library,
                     "build_id": hex(&u.build_id),
@@ -273,7 +273,7 @@ fn to_json(r: &Inventory) -> Value {
         })
         .collect();
     json!({
-        "pid": r.pid,
+        "pid": r.pid.get(),
         "name": r.name,
         "status": r.state.to_string(),
         "state": r.state.key(),

@@ -139,7 +139,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                     Err(outcome) => {
                         let e = outcome.to_string();
                         eprintln!("ulp: {name} (pid: {pid}): cannot load the runtime: {e}");
-                        errors.push(json!({ "pid": pid, "name": name, "error": e }));
+                        errors.push(json!({ "pid": pid.get(), "name": name, "error": e }));
                         continue;
                     }
                 }
@@ -151,12 +151,12 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             Err(RuntimeError::Process(e)) if by_name && vanished(pid, &e) => continue,
             Err(e @ RuntimeError::NotLoaded) => {
                 eprintln!("ulp: warning: {name} (pid: {pid}): {e}");
-                warnings.push(json!({ "pid": pid, "name": name, "warning": e.to_string() }));
+                warnings.push(json!({ "pid": pid.get(), "name": name, "warning": e.to_string() }));
                 continue;
             }
             Err(e) => {
                 eprintln!("ulp: {name} (pid: {pid}): cannot {action} live patching: {e}");
-                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                errors.push(json!({ "pid": pid.get(), "name": name, "error": e.to_string() }));
                 continue;
             }
         };
@@ -177,7 +177,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                     log_stderr(&format!("{head}: livepatching is {now} {action}d."));
                 }
                 done.push(json!({
-                    "pid": pid,
+                    "pid": pid.get(),
                     "name": name,
                     "changed": change.changed() || loaded,
                     "runtime_loaded": loaded,
@@ -188,7 +188,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             }
             Err(e) => {
                 eprintln!("ulp: {name} (pid: {pid}): cannot {action} live patching: {e}");
-                errors.push(json!({ "pid": pid, "name": name, "error": e.to_string() }));
+                errors.push(json!({ "pid": pid.get(), "name": name, "error": e.to_string() }));
             }
         }
     }

@@ -260,7 +260,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 Some(NotSelected::NoSuchProcess(pid)) => {
                     let msg = format!("no process {pid} exists");
                     eprintln!("ulp: {msg}");
-                    errors.push(json!({ "pid": pid, "error": msg }));
+                    errors.push(json!({ "pid": pid.get(), "error": msg }));
                 }
                 Some(NotSelected::NoMatch) => {
                     let msg = ulp_core::select::NoProcess {
@@ -319,7 +319,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 );
             }
             let w = Outcome::NoRuntime.to_string();
-            warnings.push(json!({ "pid": r.pid, "name": r.name, "warning": w }));
+            warnings.push(json!({ "pid": r.pid.get(), "name": r.name, "warning": w }));
         }
         for l in lines {
             if let Outcome::Failed(r) = &l.report.outcome {
@@ -333,7 +333,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         }
         if as_json {
             json_procs.push(json!({
-                "pid": r.pid,
+                "pid": r.pid.get(),
                 "name": r.name,
                 "status": status_name(status),
                 "results": lines.iter().map(line_json).collect::<Vec<_>>(),
