@@ -39,7 +39,9 @@ install -d "$root/bin" "$root/lib" "$root/share/man/man1" \
 install -m 0755 "$BUILD_DIR/ulp" "$root/bin/ulp"
 install -m 0755 "$BUILD_DIR/libpulp.so" "$root/lib/libpulp.so.0"
 install -m 0644 docs/ulp.1 "$root/share/man/man1/ulp.1"
-install -m 0644 completions/ulp.bash "$root/share/bash-completion/completions/ulp"
+# Generated from the option definitions by the ulp just installed.
+"$BUILD_DIR/ulp" --bash-completion >"$root/share/bash-completion/completions/ulp"
+chmod 0644 "$root/share/bash-completion/completions/ulp"
 
 echo "installed ulp into $root:"
 echo "  $root/bin/ulp"

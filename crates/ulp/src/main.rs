@@ -5,7 +5,6 @@
 
 mod args;
 mod commands;
-#[cfg(test)]
 mod completion;
 
 use std::process::ExitCode;
@@ -17,6 +16,12 @@ pub const EX_USAGE: u8 = 64;
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let definition = commands::definition();
+    // The bash completion, generated from the same definition (the install
+    // script writes it; it is not an option of any command).
+    if argv == ["--bash-completion"] {
+        print!("{}", completion::bash(&definition));
+        return ExitCode::SUCCESS;
+    }
     let names = commands::names();
     let words: Vec<&str> = names.iter().map(String::as_str).collect();
     let parsed = match args::scan(&argv, &words, &args::specs(&definition)) {

@@ -153,7 +153,15 @@ fn man_page_is_valid_roff() {
 
 #[test]
 fn bash_completion_completes_commands_options_and_words() {
-    let script = repo().join("completions/ulp.bash");
+    // What the install script writes: `ulp --bash-completion`.
+    let dir = ulp_fixtures::TempDir::new("completion");
+    let script = dir.path().join("ulp.bash");
+    let out = Command::new(env!("CARGO_BIN_EXE_ulp"))
+        .arg("--bash-completion")
+        .output()
+        .expect("running ulp --bash-completion");
+    assert!(out.status.success());
+    std::fs::write(&script, &out.stdout).unwrap();
     let complete = |words: &str| {
         let prog = format!(
             "source '{}'; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
