@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         print!("{}", completion::bash(&definition));
         return ExitCode::SUCCESS;
     }
-    let names = commands::names();
+    let names = commands::names(&definition);
     let words: Vec<&str> = names.iter().map(String::as_str).collect();
     let parsed = match args::scan(&argv, &words, &args::specs(&definition)) {
         Ok(p) => p,
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
     let Some(command) = parsed.command.clone() else {
         if parsed.has("help") {
-            print!("{}", commands::help(None));
+            print!("{}", commands::help(definition, None));
             return ExitCode::SUCCESS;
         }
         return usage_error(&UsageError(match parsed.operands.first() {
@@ -51,10 +51,15 @@ fn main() -> ExitCode {
         }));
     };
     if parsed.has("help") {
-        print!("{}", commands::help(Some(&command)));
+        print!("{}", commands::help(definition, Some(&command)));
         return ExitCode::SUCCESS;
     }
-    match commands::run(&command, &parsed, args::for_clap(&argv, &parsed)) {
+    match commands::run(
+        definition,
+        &command,
+        &parsed,
+        args::for_clap(&argv, &parsed),
+    ) {
         Ok(code) => ExitCode::from(code),
         Err(e) => usage_error(&e),
     }

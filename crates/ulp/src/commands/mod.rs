@@ -88,25 +88,22 @@ pub fn definition() -> clap::Command {
                 }
             })
     };
-    let mut cli = finish(Cli::command()).help_template(TOP_HELP_TEMPLATE);
-    for name in names() {
-        cli = cli.mut_subcommand(&name, finish);
-    }
-    cli
+    let cli = finish(Cli::command()).help_template(TOP_HELP_TEMPLATE);
+    let words = names(&cli);
+    words
+        .iter()
+        .fold(cli, |cli, name| cli.mut_subcommand(name, finish))
 }
 
-/// Every command word, for the argument scan.
-pub fn names() -> Vec<String> {
-    use clap::CommandFactory;
-    Cli::command()
-        .get_subcommands()
+/// Every command word of the definition, for the argument scan.
+pub fn names(cli: &clap::Command) -> Vec<String> {
+    cli.get_subcommands()
         .map(|c| c.get_name().to_string())
         .collect()
 }
 
-/// The help of `command` (or of ulp itself).
-pub fn help(command: Option<&str>) -> String {
-    let mut cli = definition();
+/// The help of `command` (or of ulp itself), from the [`definition`].
+pub fn help(mut cli: clap::Command, command: Option<&str>) -> String {
     match command.and_then(|c| cli.find_subcommand_mut(c)) {
         Some(c) => c.render_help().to_string(),
         None => cli.render_help().to_string(),
@@ -114,10 +111,14 @@ pub fn help(command: Option<&str>) -> String {
 }
 
 /// Checks `command` got only its own options, then parses the words
-/// with clap and runs it; returns its exit status.
-pub fn run(command: &str, p: &Parsed, words: Vec<String>) -> Result<u8, UsageError> {
+/// with clap (the [`definition`]) and runs it; returns its exit status.
+pub fn run(
+    cli: clap::Command,
+    command: &str,
+    p: &Parsed,
+    words: Vec<String>,
+) -> Result<u8, UsageError> {
     use clap::FromArgMatches;
-    let cli = definition();
     let Some(cmd) = cli.find_subcommand(command) else {
         return Err(UsageError(format!("unknown command '{command}'")));
     };
