@@ -170,7 +170,7 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
             };
             out.unpatched.push(Unpatched {
                 pid,
-                name: ulp_process::comm(pid).unwrap_or_else(|_| "?".into()),
+                name: crate::select::process_name(pid),
                 library: obj.name.clone(),
                 build_id: id,
                 why,

@@ -26,6 +26,7 @@ use ulp_container::container::{self, Container};
 
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::select::process_name;
 use crate::trigger::{self, Outcome, Report};
 use crate::{inject, objects, select, trust, Pid};
 
@@ -321,10 +322,6 @@ fn for_each_process<R: Send>(
             }
         }
     });
-}
-
-fn process_name(pid: Pid) -> String {
-    ulp_process::comm(pid).unwrap_or_else(|_| "?".into())
 }
 
 /// Everything done with one process, on the worker thread that handles

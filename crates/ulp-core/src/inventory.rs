@@ -78,7 +78,7 @@ pub fn of(pid: Pid, rt: &Runtime) -> Result<Inventory, ulp_process::Error> {
     }
     Ok(Inventory {
         pid,
-        name: ulp_process::comm(pid).unwrap_or_else(|_| "?".into()),
+        name: crate::select::process_name(pid),
         state,
         writes_pending,
         libraries,

@@ -308,6 +308,12 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The name ulp shows for a process: its `comm` (cut at 15 characters by
+/// the kernel), or `?` when it cannot be read (it exited meanwhile).
+pub fn process_name(pid: Pid) -> String {
+    ulp_process::comm(pid).unwrap_or_else(|_| "?".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,9 +185,7 @@ pub(crate) fn resolve_processes(spec: &str) -> Vec<Pid> {
 pub(crate) fn vanished(pid: Pid, e: &ulp_process::Error) -> bool {
     e.is_gone() || !ulp_process::exists(pid)
 }
-pub(crate) fn process_name(pid: Pid) -> String {
-    ulp_process::comm(pid).unwrap_or_else(|_| "?".into())
-}
+pub(crate) use ulp_core::select::process_name;
 
 /// Prints `value` as the one JSON document of a `--json` run. A closed
 /// stdout (`ulp ... --json | head`) is not worth a panic.
