@@ -31,11 +31,6 @@ impl Reason {
     pub fn unknown(detail: impl Into<String>) -> Reason {
         Reason::new(errors::EUNKNOWN, detail)
     }
-
-    /// The exit status of a run that failed for this reason.
-    pub fn exit_code(&self) -> u8 {
-        self.error.exit_code()
-    }
 }
 
 impl fmt::Display for Reason {
@@ -73,6 +68,6 @@ mod tests {
         assert_eq!(same.to_string(), "Patch already applied: p.so");
         let case = Reason::new(errors::EBUILDID, "build id mismatch: 'l' has 01");
         assert_eq!(case.to_string(), "Build ID mismatch: 'l' has 01");
-        assert_eq!(r.exit_code(), 31);
+        assert_eq!(r.error.exit_code(), 31);
     }
 }

@@ -200,7 +200,7 @@ fn a_container_dlopen_refuses_fails_with_failure_in_dlopen() {
         Outcome::Failed(Reason::new(errors::EDLOPEN, dlerror.clone()))
     );
     if let Outcome::Failed(r) = outcome {
-        assert_eq!(r.exit_code(), 31);
+        assert_eq!(r.error.exit_code(), 31);
     }
     let (code, out, _) = demo.ulp(&["patches", "-p", &pid]);
     assert_eq!(code, 0);
