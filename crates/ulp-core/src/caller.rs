@@ -180,7 +180,10 @@ const PATIENCE: Duration = Duration::from_millis(250);
 
 /// [`seize_caller`], tried again while the process is busy: for
 /// [`PATIENCE`] and at least `retries` more times (`-r`), within
-/// `deadline`. Any other failure is returned at once.
+/// `deadline`. Any other failure is returned at once, and so is a busy
+/// process that has exited meanwhile: a process inside `exit` has every
+/// thread in the C library, and waiting for it to leave there is waiting
+/// for nothing (the caller tells the exit from a failure).
 pub fn find_caller(
     pid: Pid,
     deadline: Instant,
@@ -188,6 +191,7 @@ pub fn find_caller(
     retries: u32,
 ) -> Result<(Stopped, Tid), Error> {
     let start = Instant::now();
+    let life = ulp_process::Incarnation::of(pid);
     let mut attempt: u32 = 0;
     loop {
         match seize_caller(pid, deadline, options) {
@@ -195,7 +199,7 @@ pub fn find_caller(
             Err(NoCaller::Failed(e)) => return Err(e),
             Err(NoCaller::Busy(e)) => {
                 let patient = start.elapsed() < PATIENCE || attempt < retries;
-                if !patient || Instant::now() >= deadline {
+                if !patient || Instant::now() >= deadline || life.exited() {
                     return Err(e);
                 }
                 attempt += 1;
