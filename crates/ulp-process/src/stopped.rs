@@ -43,7 +43,7 @@
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::procfs;
@@ -387,26 +387,62 @@ impl Stopped {
                 }
             }
         }
-        for tid in pending {
-            if let Err(e) = self.wait_attach_stop(tid, deadline) {
-                failure.get_or_insert(e);
+        // Wait for every thread at once, not one after the other: in a
+        // process that is exiting, the leader's exit is reported only
+        // once the other threads' exits are reaped, and those are ours to
+        // reap (they are traced): waiting on the leader alone would wait
+        // for the deadline.
+        let mut start = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        while !pending.is_empty() {
+            let mut progress = false;
+            let mut k = 0;
+            while k < pending.len() {
+                let tid = pending[k];
+                let status = match sys::wait_thread(tid, Instant::now()) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        k += 1;
+                        continue;
+                    }
+                    Err(_) => WaitStatus::Exited(0),
+                };
+                pending.swap_remove(k);
+                progress = true;
+                if let Err(e) = self.take_attach_stop(tid, status) {
+                    failure.get_or_insert(e);
+                }
+            }
+            let now = Instant::now();
+            if pending.is_empty() {
+                break;
+            }
+            if now >= deadline {
+                failure.get_or_insert(Error::Timeout {
+                    pid: self.pid,
+                    tid: pending.iter().min().copied(),
+                    op: "waiting for the thread to stop after PTRACE_INTERRUPT".into(),
+                });
+                break;
+            }
+            if progress {
+                start = now;
+                nap = Duration::from_micros(20);
+            }
+            // The stops come in microseconds: spin briefly, then nap.
+            if now - start < Duration::from_micros(200) {
+                std::thread::yield_now();
+            } else {
+                sys::nap_for(nap.min(deadline - now));
+                nap = (nap * 2).min(Duration::from_micros(100));
             }
         }
         failure.map_or(Ok(()), Err)
     }
 
-    fn wait_attach_stop(&mut self, tid: Tid, deadline: Instant) -> Result<(), Error> {
-        let status = match sys::wait_thread(tid, deadline) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                return Err(Error::Timeout {
-                    pid: self.pid,
-                    tid: Some(tid),
-                    op: "waiting for the thread to stop after PTRACE_INTERRUPT".into(),
-                })
-            }
-            Err(_) => WaitStatus::Exited(0),
-        };
+    /// Records the stop (or exit) `status` that `tid` reported after its
+    /// PTRACE_INTERRUPT.
+    fn take_attach_stop(&mut self, tid: Tid, status: WaitStatus) -> Result<(), Error> {
         let Some(i) = self.index(tid) else {
             return Ok(());
         };
