@@ -61,6 +61,10 @@ const WAITING_SYSCALLS: &[i64] = &[
     441, // epoll_pwait2
 ];
 
+/// `restart_syscall`, as `Stopped::syscall_of` names a restarted wait
+/// whose original call it cannot tell.
+const RESTART_SYSCALL: i64 = 219;
+
 /// Code ranges of the C library and of the dynamic loader in a process.
 struct Forbidden {
     libc: Vec<(u64, u64)>,
@@ -106,6 +110,12 @@ fn verdict(f: &Forbidden, rip: u64, syscall: Option<i64>) -> Result<(), &'static
         return Err("inside the dynamic loader");
     }
     if let Some(nr) = syscall {
+        if nr == RESTART_SYSCALL {
+            // A wait the kernel restarted, whose original call is not known
+            // (see `Stopped::syscall_of`): a call returning by itself would
+            // end it with EINTR.
+            return Err("in a restarted system call");
+        }
         if WAITING_SYSCALLS.contains(&nr) {
             return Ok(());
         }
@@ -233,6 +243,11 @@ mod tests {
         assert_eq!(verdict(&f, 0x1800, Some(202)), Err("inside the C library"));
         assert_eq!(verdict(&f, 0x1800, Some(9)), Err("inside the C library"));
         assert_eq!(verdict(&f, 0x1800, None), Err("inside the C library"));
+        // A restarted wait of unknown origin, wherever it is.
+        assert_eq!(
+            verdict(&f, 0x9000, Some(219)),
+            Err("in a restarted system call")
+        );
         // The loader, even in read (it reads libraries while holding its lock).
         assert_eq!(
             verdict(&f, 0x5800, Some(0)),

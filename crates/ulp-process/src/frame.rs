@@ -40,7 +40,9 @@
 //! would not apply it any more): a thread stopped in a restartable call
 //! re-issues it. -ERESTART_RESTARTBLOCK re-issues the original call too (the
 //! sigreturn resets the restart block): a relative sleep restarts whole,
-//! longer, never shorter.
+//! longer, never shorter. A thread already in `restart_syscall` re-issues
+//! the call being restarted, whose number the caller puts in `orig_rax`
+//! (see the `restart` module).
 
 /// `sizeof(struct ucontext)` on x86-64 (kernel layout).
 pub const UC_SIZE: u64 = 304;
@@ -123,18 +125,21 @@ fn put(buf: &mut [u8], at: u64, v: u64) {
     buf[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+/// Whether the kernel would restart the system call the thread is stopped
+/// in (`orig_rax >= 0` and an -ERESTART* result).
+pub(crate) fn restarts(regs: &libc::user_regs_struct) -> bool {
+    regs.orig_rax as i64 >= 0
+        && matches!(
+            -(regs.rax as i64),
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        )
+}
+
 /// The registers the thread resumes with when rt_sigreturn restores
 /// `regs` (the restart rule applied, see the module documentation).
 pub(crate) fn resumed_regs(regs: &libc::user_regs_struct) -> libc::user_regs_struct {
     let mut r = *regs;
-    let nr = regs.orig_rax as i64;
-    let rax = regs.rax as i64;
-    if nr >= 0
-        && matches!(
-            -rax,
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-        )
-    {
+    if restarts(regs) {
         r.rax = regs.orig_rax;
         r.rip = regs.rip.wrapping_sub(2);
     }

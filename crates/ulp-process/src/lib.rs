@@ -51,6 +51,7 @@ mod mem;
 mod proc;
 mod procfs;
 mod regs;
+mod restart;
 mod stopped;
 mod sys;
 

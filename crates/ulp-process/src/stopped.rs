@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::procfs;
 use crate::regs::Regs;
+use crate::restart;
 use crate::sys::{self, Errno, WaitStatus};
 use crate::{Pid, RemoteAddr, Tid};
 
@@ -241,10 +242,26 @@ impl Stopped {
     }
 
     /// `Some(system call number)` when the thread is stopped inside a system
-    /// call (`orig_rax >= 0`), else `None`.
+    /// call (`orig_rax >= 0`), else `None`. A call the kernel restarted
+    /// through the restart block (`restart_syscall`) is named by the call it
+    /// restarts when the instructions that issued it tell (see the `restart`
+    /// module), else it stays `restart_syscall` (219).
     pub fn syscall_of(&self, tid: Tid) -> Result<Option<i64>, Error> {
-        let nr = self.regs(tid)?.orig_rax();
+        let regs = self.regs(tid)?;
+        let nr = regs.orig_rax();
+        if nr == restart::NR_RESTART_SYSCALL {
+            return Ok(Some(self.restarted_call(tid, &regs.0).unwrap_or(nr)));
+        }
         Ok((nr >= 0).then_some(nr))
+    }
+
+    /// For a thread in `restart_syscall`: the call it restarts, read off the
+    /// code before its `rip`.
+    pub(crate) fn restarted_call(&self, tid: Tid, regs: &libc::user_regs_struct) -> Option<i64> {
+        let mut code = [0u8; restart::CODE_BEFORE];
+        let at = regs.rip.checked_sub(restart::CODE_BEFORE as u64)?;
+        self.peek_with(tid, at, &mut code).ok()?;
+        restart::issued_call(&code)
     }
 
     /// Signals that arrived for `tid` while it was held (delivered when it is

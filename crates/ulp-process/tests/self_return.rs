@@ -8,17 +8,22 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until, Target, TempDir};
+use ulp_fixtures::blocked_syscall;
+
+/// `restart_syscall` (x86-64).
+const RESTART_SYSCALL: i64 = 219;
 use ulp_process::{Pid, RemoteAddr, ReturnPath, Stopped};
 
 /// Modes (argv[1]): "vector" runs a loop that checks known values in
 /// vector, general registers and MXCSR on the main thread; "sleep" sleeps
-/// 200 ms in a loop and reports each sleep (slept / SHORT / EINTR); "read"
+/// 200 ms (or argv[2] ms) in a loop and reports each sleep (slept / SHORT / EINTR); "read"
 /// echoes stdin lines (EINTR reported). `slow` changes registers, spins
 /// 50 ms and returns 7. The resume routine follows ulp_process::frame.
 const PROG_C: &str = r#"
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -136,14 +141,15 @@ int main(int argc, char **argv) {
         printf(bad ? "CORRUPT %lu\n" : "INTACT %lu\n", counter);
     } else if (!strcmp(argv[1], "sleep")) {
         for (;;) {
-            struct timespec a, b, req = { 0, 200000000 };
+            long want = argc > 2 ? atol(argv[2]) * 1000000L : 200000000L;
+            struct timespec a, b, req = { want / 1000000000L, want % 1000000000L };
             clock_gettime(CLOCK_MONOTONIC, &a);
             int r = nanosleep(&req, NULL);
             int e = errno;
             clock_gettime(CLOCK_MONOTONIC, &b);
             long ns = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
             if (r != 0) printf("EINTR %d\n", e);
-            else if (ns < 200000000L) printf("SHORT %ld\n", ns);
+            else if (ns < want) printf("SHORT %ld\n", ns);
             else printf("slept %ld\n", ns);
             fflush(stdout);
         }
@@ -177,11 +183,15 @@ struct Prog {
 }
 
 fn start(mode: &str) -> Option<Prog> {
+    start_with(&[mode])
+}
+
+fn start_with(args: &[&str]) -> Option<Prog> {
     if !cpu_has("avx2") {
         eprintln!("skipped: no AVX2");
         return None;
     }
-    let (dir, t, a) = run_c("selfret", PROG_C, &["-mavx2"], &[mode]);
+    let (dir, t, a) = run_c("selfret", PROG_C, &["-mavx2"], args);
     Some(Prog {
         t,
         slow: a[0],
@@ -369,6 +379,72 @@ fn vanished_tracer_restarts_sleep_and_read() {
         assert_eq!(
             p.t.expect("", Duration::from_secs(5)),
             format!("got again {round}")
+        );
+    }
+}
+
+#[test]
+fn restarted_sleep_returning_by_itself_sleeps_whole() {
+    // A collected call leaves the sleep to the kernel's restart_syscall; a
+    // thread caught there again by a call that then returns by itself
+    // (its tracer gone) must re-issue the sleep: rt_sigreturn resets the
+    // restart block, so restart_syscall itself would fail with EINTR.
+    let Some(mut p) = start_with(&["sleep", "1000"]) else {
+        return;
+    };
+    let pid = p.pid();
+    let tid = pid.main_thread();
+    let (slow, path) = (p.slow, p.path);
+    let sleeping = || {
+        wait_until("the sleeper back in its sleep", || {
+            matches!(
+                blocked_syscall(pid.get(), tid.get()),
+                Some(libc::SYS_clock_nanosleep | RESTART_SYSCALL)
+            )
+        })
+    };
+    let mut restarted = false;
+    for _ in 0..10 {
+        sleeping();
+        let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+        let v = s
+            .caller(tid)
+            .call_returning(RemoteAddr::new(slow), &[], &path, deadline(5000));
+        assert_eq!(v.unwrap(), 7);
+        s.release().unwrap();
+        // Straight away: the restarted sleep has most of a second to go.
+        restarted = std::thread::spawn(move || {
+            let mut s = Stopped::seize_all(pid, deadline(2000)).unwrap();
+            let restarted = s.regs(tid).unwrap().orig_rax() == RESTART_SYSCALL;
+            if restarted {
+                assert_eq!(s.syscall_of(tid).unwrap(), Some(libc::SYS_clock_nanosleep));
+            }
+            let r = s.caller(tid).call_returning(
+                RemoteAddr::new(slow),
+                &[],
+                &path,
+                Instant::now() + Duration::from_millis(10),
+            );
+            assert!(r.unwrap_err().is_timeout());
+            // The tracer vanishes: the call returns by itself.
+            std::mem::forget(s);
+            restarted
+        })
+        .join()
+        .unwrap();
+        p.wait_untraced();
+        if restarted {
+            break;
+        }
+    }
+    assert!(restarted, "the sleep was never caught in restart_syscall");
+    sleeping();
+    for _ in 0..2 {
+        let l = p.t.line(Duration::from_secs(5)).expect("sleeper stopped");
+        assert!(
+            l.starts_with("slept"),
+            "sleeper reported {l:?}: {:?}",
+            p.t.seen
         );
     }
 }

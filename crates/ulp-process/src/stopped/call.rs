@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::{Stop, Stopped};
 use crate::error::Error;
 use crate::frame::{self, ReturnPath};
+use crate::restart;
 use crate::sys::{self, WaitStatus};
 use crate::{Pid, RemoteAddr, Tid};
 
@@ -299,6 +300,10 @@ impl Stopped {
         // a tool that dies from here on leaves a thread that runs the call
         // and returns by itself.
         let mut data_addr = None;
+        let frame_regs = match &how {
+            Return::Trap => regs,
+            Return::Path(_) | Return::Sigreturn { .. } => self.frame_regs(tid, &regs)?,
+        };
         let (sp, ret) = match &how {
             Return::Trap => {
                 let sp = (regs.rsp.wrapping_sub(RED_ZONE) & !0xf).wrapping_sub(8);
@@ -308,7 +313,7 @@ impl Stopped {
             Return::Path(p) => {
                 let cookie = next_cookie();
                 let wait_us = frame::WAIT.as_micros() as u64;
-                let f = frame::build(&regs, &xstate, p, cookie, wait_us);
+                let f = frame::build(&frame_regs, &xstate, p, cookie, wait_us);
                 self.write_frame(tid, f.addr, &f.bytes)?;
                 let ret = SelfReturn {
                     path: **p,
@@ -329,7 +334,7 @@ impl Stopped {
                     sigmask: Some(sigmask),
                     data,
                 };
-                let f = frame::build_with(&regs, &xstate, &path, 0, 0, &extra);
+                let f = frame::build_with(&frame_regs, &xstate, &path, 0, 0, &extra);
                 self.write_frame(tid, f.addr, &f.bytes)?;
                 data_addr = Some(f.data);
                 let ret = SelfReturn {
@@ -394,6 +399,36 @@ impl Stopped {
                     .map(|resumed| (0, resumed))
             }
             _ => self.finish_call(tid, deadline).map(|v| (v, false)),
+        }
+    }
+
+    /// The registers a frame that returns by itself restores (through
+    /// `rt_sigreturn`, which resets the restart block): a thread waiting in
+    /// `restart_syscall` must re-issue the call that is restarted, so its
+    /// number goes where the frame's restart rule finds it. A restarted call
+    /// whose number the code does not tell cannot return by itself without
+    /// failing with EINTR: the call is refused (the thread is left as it is).
+    fn frame_regs(
+        &self,
+        tid: Tid,
+        regs: &libc::user_regs_struct,
+    ) -> Result<libc::user_regs_struct, Error> {
+        if !restart::in_restarted_call(regs) || !frame::restarts(regs) {
+            return Ok(*regs);
+        }
+        match self.restarted_call(tid, regs) {
+            Some(nr) => Ok(libc::user_regs_struct {
+                orig_rax: nr as u64,
+                ..*regs
+            }),
+            None => Err(Error::Invalid {
+                pid: self.pid,
+                what: format!(
+                    "thread {tid:?} waits in a system call restarted by the kernel \
+                     (restart_syscall) whose original call its code does not tell; a call \
+                     on it could end that wait with EINTR, so it is not used"
+                ),
+            }),
         }
     }
 
