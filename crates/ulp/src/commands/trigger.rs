@@ -76,8 +76,10 @@ names -R.
 --disable-seccomp suspends the processes' seccomp filters while ulp is
 attached (PTRACE_O_SUSPEND_SECCOMP), for targets whose filter forbids what
 loading a patch needs (opening the file, mapping it). The kernel allows it
-only when ulp has CAP_SYS_ADMIN and runs without seccomp itself; otherwise
-each process gets an ERROR saying so.
+only when ulp has CAP_SYS_ADMIN and runs without seccomp itself. Without
+CAP_SYS_ADMIN ulp refuses at once, before touching any process (exit 1, as
+libpulp); under a seccomp filter of its own, each process gets an ERROR
+saying so.
 
 As root, ulp refuses to load a FILE that another user could change (it
 would run that user's code as root): FILE, a directory on its path or a
@@ -155,6 +157,11 @@ pub struct Args {
 
 /// libpulp's exit status for `trigger -u` (ENOSYS).
 const EXIT_NO_USER_WILDCARD: u8 = 38;
+/// libpulp's exit status (EPERM) for --disable-seccomp without
+/// CAP_SYS_ADMIN.
+const EXIT_NO_SYS_ADMIN: u8 = 1;
+/// CAP_SYS_ADMIN, which PTRACE_O_SUSPEND_SECCOMP needs.
+const CAP_SYS_ADMIN: u32 = 21;
 
 pub fn run(p: &Args) -> Result<u8, UsageError> {
     if p.user.as_deref().is_some() {
@@ -163,6 +170,19 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             super::log_stderr("error: user wildcard is currently unsupported in trigger");
         }
         return Ok(EXIT_NO_USER_WILDCARD);
+    }
+    if p.disable_seccomp && !ulp_process::has_capability(CAP_SYS_ADMIN) {
+        // Refused before any process is touched, with libpulp's words.
+        if !p.common.quiet {
+            super::log_stderr(
+                "error: disabling seccomp requires CAP_SYS_ADMIN, but user does not provide it.\n\
+                 suggestion: run ulp as root.",
+            );
+        }
+        if p.common.json {
+            print_json(&json!({ "error": "disabling seccomp requires CAP_SYS_ADMIN" }));
+        }
+        return Ok(EXIT_NO_SYS_ADMIN);
     }
     let mut opts = trigger::Options::default();
     if let Some(r) = p.retries.as_deref() {
