@@ -31,6 +31,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../fixtures/bench/mallocbench.c"),
     ),
     ("hello.c", include_str!("../../../fixtures/bench/hello.c")),
+    (
+        "loaderbench.c",
+        include_str!("../../../fixtures/bench/loaderbench.c"),
+    ),
 ];
 
 /// The name the fleet's copies of the target run under (its comm), so
@@ -142,6 +146,11 @@ impl Kit {
         )?;
         kit.gcc(&["-O2", "-pthread"], &src("mallocbench.c"), "mallocbench")?;
         kit.gcc(&["-O2"], &src("hello.c"), "hello")?;
+        kit.gcc(
+            &["-O2", "-pthread", "-ldl"],
+            &src("loaderbench.c"),
+            "loaderbench",
+        )?;
         // Write the fresh files back now: a page cache page not yet
         // written counts as dirty in /proc/PID/smaps, which would make the
         // runtime's shared code look like private memory of each target.
@@ -156,6 +165,7 @@ impl Kit {
             "callcost_nopad",
             "mallocbench",
             "hello",
+            "loaderbench",
         ] {
             let p = dir.join(name);
             std::fs::File::open(&p)
