@@ -53,20 +53,58 @@ const RTLD_NOW: u64 = 2;
 /// `__libc_dlopen_mode` (needed by that older entry point).
 const RTLD_DLOPEN: u64 = 0x8000_0000;
 
-/// The runtime file found next to the `ulp` executable: the installed
-/// layout (`PREFIX/bin/ulp`, `PREFIX/lib/libpulp.so.0`) or the build
-/// directory (`target/release/ulp`, `target/release/libpulp.so`).
+/// The Debian multiarch triple of the platform this ulp was built for
+/// (`x86_64-linux-gnu`...): where a distribution package puts the runtime
+/// (`/usr/lib/<triple>/libpulp.so.0`). `None` on a platform without one.
+pub const MULTIARCH: Option<&str> = multiarch();
+
+const fn multiarch() -> Option<&'static str> {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return None;
+    }
+    if cfg!(all(target_arch = "x86_64", target_pointer_width = "64")) {
+        Some("x86_64-linux-gnu")
+    } else if cfg!(target_arch = "x86_64") {
+        Some("x86_64-linux-gnux32")
+    } else if cfg!(target_arch = "x86") {
+        Some("i386-linux-gnu")
+    } else if cfg!(target_arch = "aarch64") {
+        Some("aarch64-linux-gnu")
+    } else if cfg!(all(target_arch = "powerpc64", target_endian = "little")) {
+        Some("powerpc64le-linux-gnu")
+    } else if cfg!(target_arch = "riscv64") {
+        Some("riscv64-linux-gnu")
+    } else if cfg!(target_arch = "s390x") {
+        Some("s390x-linux-gnu")
+    } else {
+        None
+    }
+}
+
+/// The runtime file found next to the `ulp` executable, in this order:
+/// the `make install` layout (`PREFIX/bin/ulp`, `PREFIX/lib/libpulp.so.0`),
+/// the Debian package's multiarch layout (`/usr/bin/ulp`,
+/// `/usr/lib/x86_64-linux-gnu/libpulp.so.0`), or the build directory
+/// (`target/release/ulp`, `target/release/libpulp.so`). Relative to the
+/// executable, so an unpacked package tree works too.
 pub fn default_runtime() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [
-        dir.join("../lib/libpulp.so.0"),
-        dir.join("libpulp.so.0"),
-        dir.join("libpulp.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .and_then(|p| p.canonicalize().ok())
+    runtime_candidates(dir)
+        .into_iter()
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+}
+
+/// Where [`default_runtime`] looks, for an executable in `dir`.
+pub fn runtime_candidates(dir: &Path) -> Vec<PathBuf> {
+    let mut c = vec![dir.join("../lib/libpulp.so.0")];
+    if let Some(triple) = MULTIARCH {
+        c.push(dir.join("../lib").join(triple).join("libpulp.so.0"));
+    }
+    c.push(dir.join("libpulp.so.0"));
+    c.push(dir.join("libpulp.so"));
+    c
 }
 
 /// Checks that `path` is a runtime this ulp can talk to (it exports the
@@ -325,4 +363,23 @@ fn sigreturn_in(
                 "the C library of process {pid} is not mapped as expected"
             ))
         })
+}
+
+#[cfg(test)]
+mod runtime_location_tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_is_looked_for_in_the_install_package_and_build_layouts() {
+        let c = runtime_candidates(Path::new("/p/bin"));
+        let mut want = vec![PathBuf::from("/p/bin/../lib/libpulp.so.0")];
+        if let Some(t) = MULTIARCH {
+            want.push(PathBuf::from(format!("/p/bin/../lib/{t}/libpulp.so.0")));
+        }
+        want.push(PathBuf::from("/p/bin/libpulp.so.0"));
+        want.push(PathBuf::from("/p/bin/libpulp.so"));
+        assert_eq!(c, want);
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        assert_eq!(MULTIARCH, Some("x86_64-linux-gnu"));
+    }
 }

@@ -244,8 +244,8 @@ pub(crate) fn runtime_to_load(
         }
         None => ulp_core::inject::default_runtime().ok_or_else(|| {
             UsageError(
-                "--load-runtime: no libpulp.so.0 next to ulp (../lib or the same directory); \
-                 name it with --runtime=PATH"
+                "--load-runtime: no libpulp.so.0 next to ulp (../lib, ../lib/<multiarch> or \
+                 the same directory); name it with --runtime=PATH"
                     .into(),
             )
         })?,

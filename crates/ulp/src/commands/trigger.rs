@@ -59,8 +59,9 @@ while the other threads keep running; it returns to its own code by itself
 even if ulp is killed meanwhile, and the runtime is then loaded whole or
 not at all. A process whose environment sets LIBPULP_DISABLE_ON_* to match
 it is SKIPPED, not loaded into. The runtime is --runtime=PATH, by default
-libpulp.so.0 in ../lib next to the ulp executable (or next to it); as root,
-one that another user could change is refused unless --force. It stays
+libpulp.so.0 in ../lib or ../lib/<multiarch> (the Debian package's place:
+../lib/x86_64-linux-gnu) next to the ulp executable, or next to it; as
+root, one that another user could change is refused unless --force. It stays
 loaded: later triggers and `ulp patches` find the process like any other.
 With --revert or --revert-all it loads nothing: a process that has the
 runtime is reverted as usual, one without it is SKIPPED (`No patches
