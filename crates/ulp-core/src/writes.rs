@@ -42,7 +42,8 @@ pub(crate) struct Made {
 }
 
 /// Makes `writes` with every thread stopped, retrying while a thread is in
-/// the way; then clears the runtime's write journal. Err: (attempts, why).
+/// the way, and clears the runtime's write journal before the threads are
+/// released. Err: (attempts, why).
 pub(crate) fn write_with_retries(
     rt: &Runtime,
     writes: &[Write],
@@ -62,13 +63,8 @@ pub(crate) fn write_with_retries(
             last_err = why;
             continue;
         }
-        match write_all(rt.pid, writes, deadline, opts, faults) {
+        match write_all(rt, writes, deadline, opts, faults) {
             Ok((threads, stopped)) => {
-                // Every write is made: nothing is pending any more.
-                if let Err(e) = rt.clear_pending_writes() {
-                    let why = format!("clearing the runtime's write journal failed: {e}");
-                    return Err((attempts, Unwritten::Bookkeeping(why)));
-                }
                 return Ok(Made {
                     attempts,
                     threads,
@@ -176,19 +172,31 @@ enum WriteError {
     Busy(String),
     /// Nothing is written (what was is put back).
     Fatal(String),
-    /// Every write is made; releasing the threads failed.
+    /// Every write is made; clearing the runtime's write journal or
+    /// releasing the threads failed.
     Released(String),
 }
 
-/// Step 3: with every thread stopped, check and make the writes. Returns
-/// how many threads were stopped and for how long.
+/// Step 3: with every thread stopped, check and make the writes, then
+/// clear the runtime's write journal. Returns how many threads were
+/// stopped and for how long.
+///
+/// The journal is cleared while the threads are still stopped, not after
+/// they are released: a process that sees the new code may exit at once,
+/// and a write to its memory that races its exit can leave this tool
+/// holding the last reference to its address space, so that the tool's
+/// system call tears the whole address space down itself, which on a
+/// busy host can block for tens of seconds (it waits for locks of files
+/// that every process maps), unbounded by any deadline. A stopped process
+/// does not exit under us.
 fn write_all(
-    pid: Pid,
+    rt: &Runtime,
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
 ) -> Result<(usize, Duration), WriteError> {
+    let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
@@ -246,10 +254,15 @@ fn write_all(
         done.push(*w);
     }
     faults.kill_point();
+    // Every write is made: nothing is pending any more.
+    let cleared = rt.clear_pending_writes();
     stopped.release().map_err(|e| {
         WriteError::Released(format!(
             "releasing the threads after the writes failed: {e}"
         ))
+    })?;
+    cleared.map_err(|e| {
+        WriteError::Released(format!("clearing the runtime's write journal failed: {e}"))
     })?;
     Ok((tids.len(), start.elapsed()))
 }
