@@ -25,7 +25,7 @@ use serde_json::Value;
 const ANSIBLE_CORE: &str = "ansible-core==2.19.*";
 const ANSIBLE_VERSION_PREFIX: &str = "2.19.";
 /// One ansible-playbook run (the machine may be loaded).
-const PLAYBOOK_LIMIT: Duration = Duration::from_secs(300);
+const PLAYBOOK_LIMIT: Duration = Duration::from_secs(600);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
