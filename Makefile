@@ -7,11 +7,13 @@
 # Measuring (README.md, "Performance"):
 #   make bench                      release build + the benchmark suite (table, bench-results.json)
 #   make bench BENCH_ARGS=--quick   a smoke run of the same (under a minute)
+# The Ansible collection (ansible/collections/ansible_collections/ulp/livepatch):
+#   make ansible-sanity             ansible-test sanity (ansible-core from PyPI, in target/ansible-venv)
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all demo test install uninstall bench
+.PHONY: all demo test install uninstall bench ansible-sanity
 all:
 	cargo build --release --workspace
 
@@ -33,3 +35,13 @@ BENCH_ARGS ?=
 bench:
 	cargo build --release --workspace
 	"$${CARGO_TARGET_DIR:-target}/release/ulp-bench" $(BENCH_ARGS)
+
+ANSIBLE_VENV ?= $${CARGO_TARGET_DIR:-$(CURDIR)/target}/ansible-venv
+ANSIBLE_SANITY_TESTS ?= compile validate-modules yamllint pep8 shebang line-endings \
+  empty-init ansible-doc runtime-metadata no-assert no-smart-quotes use-argspec-type-path
+ansible-sanity:
+	[ -x "$(ANSIBLE_VENV)/bin/ansible-test" ] || { python3 -m venv "$(ANSIBLE_VENV)" && \
+	  "$(ANSIBLE_VENV)/bin/pip" install -q 'ansible-core==2.19.*'; }
+	cd ansible/collections/ansible_collections/ulp/livepatch && \
+	  HOME="$$(mktemp -d)" "$(ANSIBLE_VENV)/bin/ansible-test" sanity --python 3.11 --requirements \
+	  $(addprefix --test ,$(ANSIBLE_SANITY_TESTS))
