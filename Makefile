@@ -36,12 +36,18 @@ bench:
 	cargo build --release --workspace
 	"$${CARGO_TARGET_DIR:-target}/release/ulp-bench" $(BENCH_ARGS)
 
-ANSIBLE_VENV ?= $${CARGO_TARGET_DIR:-$(CURDIR)/target}/ansible-venv
+ANSIBLE_VENV ?= $(CURDIR)/target/ansible-venv
+# ansible-test keeps its own environments under $HOME/.ansible/test: a home
+# of its own under target/, never the user's; its pip bootstrap (normally
+# downloaded from ci-files.testing.ansible.com) is scripts/ansible-test-get-pip.py.
+ANSIBLE_TEST_HOME ?= $(CURDIR)/target/ansible-test-home
 ANSIBLE_SANITY_TESTS ?= compile validate-modules yamllint pep8 shebang line-endings \
   empty-init ansible-doc runtime-metadata no-assert no-smart-quotes use-argspec-type-path
 ansible-sanity:
 	[ -x "$(ANSIBLE_VENV)/bin/ansible-test" ] || { python3 -m venv "$(ANSIBLE_VENV)" && \
 	  "$(ANSIBLE_VENV)/bin/pip" install -q 'ansible-core==2.19.*'; }
+	mkdir -p "$(ANSIBLE_TEST_HOME)/.ansible/test/cache"
+	cp scripts/ansible-test-get-pip.py "$(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_24_2.py"
 	cd ansible/collections/ansible_collections/ulp/livepatch && \
-	  HOME="$$(mktemp -d)" "$(ANSIBLE_VENV)/bin/ansible-test" sanity --python 3.11 --requirements \
+	  HOME="$(ANSIBLE_TEST_HOME)" "$(ANSIBLE_VENV)/bin/ansible-test" sanity --python 3.11 --requirements \
 	  $(addprefix --test ,$(ANSIBLE_SANITY_TESTS))
