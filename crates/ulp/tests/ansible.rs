@@ -198,9 +198,7 @@ fn the_ansible_collection_applies_reverts_and_reports() {
         work: demo.dir.path(),
         home: TempDir::new("ansible-home"),
     };
-    let both = vec![(n1, String::new()), (n2, String::new())];
-    let with =
-        |s: &str| -> Vec<(i64, String)> { both.iter().map(|(p, _)| (*p, s.to_string())).collect() };
+    let with = |s: &str| -> Vec<(i64, String)> { vec![(n1, s.to_string()), (n2, s.to_string())] };
 
     // Check mode: what would change, nothing changed.
     let doc = ansible.play(
