@@ -18,7 +18,7 @@ description:
     processes that still run an unpatched copy of a library patched
     elsewhere on the host, with why.
 author:
-  - ulp contributors
+  - ulp contributors (!UNKNOWN)
 options:
   pid:
     description:

@@ -20,7 +20,7 @@ description:
   - Processes must have the live-patching runtime C(libpulp.so.0) loaded
     (started with C(LD_PRELOAD)), or O(load_runtime) must be set.
 author:
-  - ulp contributors
+  - ulp contributors (!UNKNOWN)
 options:
   container:
     description:
