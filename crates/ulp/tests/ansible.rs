@@ -55,9 +55,15 @@ fn venv_version(venv: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The venv with ansible-core (made once for both tests of this file).
+fn ensure_venv() -> Result<PathBuf, String> {
+    static VENV: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
 /// The venv with ansible-core, made when missing; Err(reason) when it
 /// cannot be.
-fn ensure_venv() -> Result<PathBuf, String> {
+fn make_venv() -> Result<PathBuf, String> {
     let venv = venv_dir();
     if venv_version(&venv).is_some_and(|v| v.starts_with(ANSIBLE_VERSION_PREFIX)) {
         return Ok(venv);
@@ -163,11 +169,7 @@ fn the_ansible_collection_applies_reverts_and_reports() {
     let started = Instant::now();
     let venv = match ensure_venv() {
         Ok(v) => v,
-        Err(reason) => {
-            println!("skipped: ansible-core could not be installed: {reason}");
-            eprintln!("skipped: ansible-core could not be installed: {reason}");
-            return;
-        }
+        Err(reason) => return skipped(&reason),
     };
     eprintln!("ansible: venv ready in {:.1?}", started.elapsed());
 
@@ -324,4 +326,65 @@ fn the_ansible_collection_applies_reverts_and_reports() {
     );
 
     eprintln!("ansible: the whole test took {:.1?}", started.elapsed());
+}
+
+fn skipped(reason: &str) {
+    println!("skipped: ansible-core could not be installed: {reason}");
+    eprintln!("skipped: ansible-core could not be installed: {reason}");
+}
+
+/// The sanity tests `make ansible-sanity` runs (keep the two lists alike).
+const SANITY_TESTS: &[&str] = &[
+    "compile",
+    "validate-modules",
+    "yamllint",
+    "pep8",
+    "shebang",
+    "line-endings",
+    "empty-init",
+    "ansible-doc",
+    "runtime-metadata",
+    "no-assert",
+    "no-smart-quotes",
+    "use-argspec-type-path",
+    "ignores",
+];
+
+/// `ansible-test sanity` on the collection (about 15 s once its
+/// environments exist under target/ansible-test-home; a first run installs
+/// their requirements from PyPI). Its pip bootstrap, normally downloaded
+/// from ci-files.testing.ansible.com, is scripts/ansible-test-get-pip.py.
+#[test]
+fn the_collection_passes_ansible_test_sanity() {
+    let started = Instant::now();
+    let venv = match ensure_venv() {
+        Ok(v) => v,
+        Err(reason) => return skipped(&reason),
+    };
+    let home = venv.with_file_name("ansible-test-home");
+    let cache = home.join(".ansible/test/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::copy(
+        repo_root().join("scripts/ansible-test-get-pip.py"),
+        cache.join("get_pip_24_2.py"),
+    )
+    .unwrap();
+    // The venv's own Python version (3.11 on the CI machine).
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("running the venv's python");
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut cmd = Command::new(venv.join("bin/ansible-test"));
+    cmd.args(["sanity", "--python", &python, "--requirements"])
+        .args(SANITY_TESTS.iter().flat_map(|t| ["--test", t]))
+        .current_dir(repo_root().join("ansible/collections/ansible_collections/ulp/livepatch"))
+        .env("HOME", &home)
+        .env("PYTHONWARNINGS", "ignore");
+    let (code, out, err) = run_bounded(cmd, "ansible-test sanity", Duration::from_secs(900));
+    eprintln!(
+        "ansible: ansible-test sanity took {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "ansible-test sanity:\n{out}\n{err}");
 }
