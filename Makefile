@@ -4,12 +4,14 @@
 # Installing for real use (README.md, "Installing"):
 #   make install PREFIX=/usr/local   ulp, libpulp.so.0, man page, bash completion
 #   make uninstall PREFIX=/usr/local
-#   make deb                         the Debian package target/deb/ulp_VERSION_amd64.deb
+#   make deb                         the Debian package target/deb/ulp_VERSION-1_amd64.deb
 #                                    (/usr/bin/ulp, /usr/lib/<multiarch>/libpulp.so.0;
 #                                    no global preload; scripts/deb.sh)
 # Measuring (README.md, "Performance"):
 #   make bench                      release build + the benchmark suite (table, bench-results.json)
 #   make bench BENCH_ARGS=--quick   a smoke run of the same (under a minute)
+# The Ansible collection (ansible/collections/ansible_collections/ulp/livepatch):
+#   make ansible-sanity             ansible-test sanity (ansible-core from PyPI, in target/ansible-venv)
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -17,7 +19,7 @@ DESTDIR ?=
 # or PREFIX/lib/<multiarch> for PREFIX=/usr).
 LIBDIR ?=
 
-.PHONY: all demo test install uninstall deb bench
+.PHONY: all demo test install uninstall deb bench ansible-sanity
 all:
 	cargo build --release --workspace
 
@@ -48,3 +50,19 @@ BENCH_ARGS ?=
 bench:
 	cargo build --release --workspace
 	"$${CARGO_TARGET_DIR:-target}/release/ulp-bench" $(BENCH_ARGS)
+
+ANSIBLE_VENV ?= $(CURDIR)/target/ansible-venv
+# ansible-test keeps its own environments under $HOME/.ansible/test: a home
+# of its own under target/, never the user's; its pip bootstrap (normally
+# downloaded from ci-files.testing.ansible.com) is scripts/ansible-test-get-pip.py.
+ANSIBLE_TEST_HOME ?= $(CURDIR)/target/ansible-test-home
+ANSIBLE_SANITY_TESTS ?= compile validate-modules yamllint pep8 shebang line-endings \
+  empty-init ansible-doc runtime-metadata no-assert no-smart-quotes use-argspec-type-path ignores
+ansible-sanity:
+	[ -x "$(ANSIBLE_VENV)/bin/ansible-test" ] || { python3 -m venv "$(ANSIBLE_VENV)" && \
+	  "$(ANSIBLE_VENV)/bin/pip" install -q 'ansible-core==2.19.*'; }
+	mkdir -p "$(ANSIBLE_TEST_HOME)/.ansible/test/cache"
+	cp scripts/ansible-test-get-pip.py "$(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_24_2.py"
+	cd ansible/collections/ansible_collections/ulp/livepatch && \
+	  HOME="$(ANSIBLE_TEST_HOME)" "$(ANSIBLE_VENV)/bin/ansible-test" sanity --python 3.11 --requirements \
+	  $(addprefix --test ,$(ANSIBLE_SANITY_TESTS))
