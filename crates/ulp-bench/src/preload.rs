@@ -54,6 +54,36 @@ fn order(i: usize) -> [bool; 2] {
     }
 }
 
+/// `reps` runs of `program ARGS` without and with the runtime, interleaved;
+/// each prints the time of its own work in ns. Returns the seconds,
+/// `[without, with]`.
+fn self_timed(
+    kit: &Kit,
+    reps: usize,
+    program: &str,
+    args: &[&str],
+) -> Result<[Vec<f64>; 2], String> {
+    let mut t: [Vec<f64>; 2] = Default::default();
+    for i in 0..reps {
+        for pre in order(i) {
+            let mut cmd = kit.command(program, pre);
+            cmd.args(args);
+            let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&kit.dir))?;
+            let ns: f64 = r
+                .stdout
+                .trim()
+                .parse()
+                .ok()
+                .filter(|_| r.code == 0)
+                .ok_or_else(|| {
+                    format!("{program} {} failed: {}", args.join(" "), r.both().trim())
+                })?;
+            t[pre as usize].push(ns * 1e-9);
+        }
+    }
+    Ok(t)
+}
+
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let valgrind = have_valgrind(kit);
 
@@ -93,22 +123,8 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let pairs: u64 = if cfg.quick { 300_000 } else { 2_000_000 };
     let reps = cfg.reps(21, 3);
     for threads in [1, 2] {
-        let mut t: [Vec<f64>; 2] = Default::default();
-        for i in 0..reps {
-            for pre in order(i) {
-                let mut cmd = kit.command("mallocbench", pre);
-                cmd.arg(threads.to_string()).arg(pairs.to_string());
-                let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&kit.dir))?;
-                let ns: f64 = r
-                    .stdout
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|_| r.code == 0)
-                    .ok_or_else(|| format!("mallocbench failed: {}", r.both().trim()))?;
-                t[pre as usize].push(ns * 1e-9);
-            }
-        }
+        let (th, n) = (threads.to_string(), pairs.to_string());
+        let t = self_timed(kit, reps, "mallocbench", &[&th, &n])?;
         let libpulp = if threads == 1 { "3.7×" } else { "~40×" };
         rows.push(
             Row::new(
@@ -160,24 +176,10 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             "threads created and joined one after another",
         ),
     ] {
-        let mut t: [Vec<f64>; 2] = Default::default();
-        for i in 0..reps {
-            for pre in order(i) {
-                let mut cmd = kit.command("loaderbench", pre);
-                cmd.arg(args[0]).arg(rounds.to_string()).args(&args[1..]);
-                let r = procs::run(&mut cmd, TOOL_TIMEOUT, Some(&kit.dir))?;
-                let ns: f64 = r
-                    .stdout
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|_| r.code == 0)
-                    .ok_or_else(|| {
-                        format!("loaderbench {} failed: {}", args[0], r.both().trim())
-                    })?;
-                t[pre as usize].push(ns * 1e-9);
-            }
-        }
+        let n = rounds.to_string();
+        let mut a = vec![args[0], n.as_str()];
+        a.extend(&args[1..]);
+        let t = self_timed(kit, reps, "loaderbench", &a)?;
         rows.push(
             Row::new(
                 format!("{what}, preloaded: median"),
