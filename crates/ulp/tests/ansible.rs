@@ -2,7 +2,8 @@
 //! by a real ansible-core against localhost, on real targets: apply, its
 //! idempotence, check mode, revert, revert_all and replace, `pid` as an int
 //! and a list, a glob that matches nothing, a failing container, and the
-//! `info` facts.
+//! `info` facts; and the example rollout playbook (canary, health check,
+//! revert on a failed check) run as a user would run it.
 //!
 //! ansible-core lives in a virtual environment under the cargo target
 //! directory (`target/ansible-venv`), created on the first run and reused
@@ -116,13 +117,24 @@ impl Ansible<'_> {
             ),
         )
         .unwrap();
-        let playbook = self.venv.join("bin/ansible-playbook");
         let book = book.to_string_lossy().into_owned();
-        let mut cmd = self.ns.command(
-            self.work,
-            &playbook.to_string_lossy(),
-            &["-i", "localhost,", "-c", "local", &book],
-        );
+        let start = Instant::now();
+        let (code, stdout, stderr) =
+            self.playbook(name, &["-i", "localhost,", "-c", "local", &book]);
+        eprintln!("ansible: playbook {name}: {:.1?}", start.elapsed());
+        assert_eq!(code, 0, "playbook {name}:\n{stdout}\n{stderr}");
+        let text =
+            std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{name}: {e}\n{stdout}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `ansible-playbook ARGS` in the namespace, with Ansible's files kept
+    /// in this test's home: (exit code, stdout, stderr).
+    fn playbook(&self, name: &str, args: &[&str]) -> (i32, String, String) {
+        let playbook = self.venv.join("bin/ansible-playbook");
+        let mut cmd = self
+            .ns
+            .command(self.work, &playbook.to_string_lossy(), args);
         let h = self.home.path();
         let collections = repo_root().join("ansible/collections");
         cmd.env("ANSIBLE_COLLECTIONS_PATH", &collections)
@@ -138,14 +150,7 @@ impl Ansible<'_> {
             .env("PYTHONWARNINGS", "ignore")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("HOME", h);
-        let start = Instant::now();
-        let (code, stdout, stderr) =
-            run_bounded(cmd, &format!("ansible-playbook {name}"), PLAYBOOK_LIMIT);
-        eprintln!("ansible: playbook {name}: {:.1?}", start.elapsed());
-        assert_eq!(code, 0, "playbook {name}:\n{stdout}\n{stderr}");
-        let text =
-            std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{name}: {e}\n{stdout}"));
-        serde_json::from_str(&text).unwrap()
+        run_bounded(cmd, &format!("ansible-playbook {name}"), PLAYBOOK_LIMIT)
     }
 }
 
@@ -326,6 +331,81 @@ fn the_ansible_collection_applies_reverts_and_reports() {
     );
 
     eprintln!("ansible: the whole test took {:.1?}", started.elapsed());
+}
+
+#[test]
+fn the_rollout_playbook_applies_and_reverts_on_a_failed_check() {
+    let venv = match ensure_venv() {
+        Ok(v) => v,
+        Err(reason) => return skipped(&reason),
+    };
+    let demo = Demo::new("rollout");
+    let ns = PidNs::new();
+    let program = demo.dir.join("demo_prog");
+    let (mut t, pid) = ns.start(demo.dir.path(), &program, &demo.runtime);
+    let ansible = Ansible {
+        venv,
+        ns: &ns,
+        work: demo.dir.path(),
+        home: TempDir::new("rollout-home"),
+    };
+    let inventory = demo.dir.join("inventory.ini");
+    std::fs::write(
+        &inventory,
+        "[livepatch]\nlocalhost ansible_connection=local\n",
+    )
+    .unwrap();
+    let rollout = repo_root()
+        .join("ansible/collections/ansible_collections/ulp/livepatch/playbooks/rollout.yml");
+    // Installed into a directory that does not exist yet on the host.
+    let dest = demo.dir.join("installed/demo_livepatch.so");
+    let vars = |check: &str| {
+        format!(
+            "{{\"container_src\": \"{}\", \"container_dest\": \"{}\", \"health_check\": \"{check}\", \"ulp_bin\": \"{}\", \"ansible_become\": false}}",
+            demo.path("demo_livepatch.so"),
+            dest.display(),
+            ulp_bin(),
+        )
+    };
+    let run = |check: &str| {
+        let v = vars(check);
+        let args = [
+            "-i",
+            &*inventory.to_string_lossy(),
+            &*rollout.to_string_lossy(),
+            "-e",
+            &v,
+        ]
+        .map(str::to_string);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ansible.playbook("rollout", &args)
+    };
+
+    // A healthy canary: applied there, then (a no-op) in the batches.
+    let (code, out, err) = run("true");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(dest.is_file(), "the container was not installed");
+    assert_eq!(t.ask("answer"), "2", "applied by the rollout");
+
+    // Reverted by hand, then a canary whose check fails: the rollout
+    // applies, sees the failure, reverts there and stops.
+    let dest_arg = dest.to_string_lossy();
+    let (code, out, err) = ns.ulp(
+        demo.dir.path(),
+        &["trigger", "-p", &pid, "--revert", &dest_arg],
+    );
+    assert!(code == 0 && out.contains("SUCCESS"), "{out}{err}");
+    assert_eq!(t.ask("answer"), "1");
+    let (code, out, err) = run("false");
+    assert_ne!(
+        code, 0,
+        "a failed health check must fail the rollout:\n{out}"
+    );
+    assert!(
+        out.contains("failed its health check: the patch was reverted there"),
+        "{out}\n{err}"
+    );
+    assert_eq!(t.ask("answer"), "1", "reverted after the failed check");
 }
 
 fn skipped(reason: &str) {
