@@ -57,7 +57,8 @@ ANSIBLE_VENV ?= $(CURDIR)/target/ansible-venv
 # downloaded from ci-files.testing.ansible.com) is scripts/ansible-test-get-pip.py.
 ANSIBLE_TEST_HOME ?= $(CURDIR)/target/ansible-test-home
 ANSIBLE_SANITY_TESTS ?= compile validate-modules yamllint pep8 shebang line-endings \
-  empty-init ansible-doc runtime-metadata no-assert no-smart-quotes use-argspec-type-path ignores
+  empty-init ansible-doc runtime-metadata no-assert no-smart-quotes use-argspec-type-path ignores \
+  import pylint
 ansible-sanity:
 	[ -x "$(ANSIBLE_VENV)/bin/ansible-test" ] || { python3 -m venv "$(ANSIBLE_VENV)" && \
 	  "$(ANSIBLE_VENV)/bin/pip" install -q 'ansible-core==2.19.*'; }

@@ -428,6 +428,8 @@ const SANITY_TESTS: &[&str] = &[
     "no-smart-quotes",
     "use-argspec-type-path",
     "ignores",
+    "import",
+    "pylint",
 ];
 
 /// `ansible-test sanity` on the collection (about 15 s once its
