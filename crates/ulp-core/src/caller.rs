@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use ulp_process::{Mapping, Pid, SeizeOptions, Stopped, Tid};
+use ulp_process::{Incarnation, Mapping, Pid, SeizeOptions, Stopped, Tid};
 
 use crate::error::Error;
 
@@ -135,6 +135,8 @@ fn seize_caller(
     options: SeizeOptions,
 ) -> Result<(Stopped, Tid), NoCaller> {
     let failed = |e: ulp_process::Error| NoCaller::Failed(e.into());
+    // Read again here, not taken from the pre-check: this is the moment the
+    // thread is chosen, and a `dlopen` since may have mapped more code.
     let maps = ulp_process::maps(pid).map_err(failed)?;
     let forbidden = Forbidden::of(&maps);
     let mut tids = ulp_process::threads(pid).map_err(failed)?;
@@ -194,14 +196,17 @@ const PATIENCE: Duration = Duration::from_millis(250);
 /// process that has exited meanwhile: a process inside `exit` has every
 /// thread in the C library, and waiting for it to leave there is waiting
 /// for nothing (the caller tells the exit from a failure).
+///
+/// `life` is the process as the caller first saw it (its stat is not read
+/// again here unless the process is busy).
 pub fn find_caller(
-    pid: Pid,
+    life: &Incarnation,
     deadline: Instant,
     options: SeizeOptions,
     retries: u32,
 ) -> Result<(Stopped, Tid), Error> {
     let start = Instant::now();
-    let life = ulp_process::Incarnation::of(pid);
+    let pid = life.pid;
     let mut attempt: u32 = 0;
     loop {
         match seize_caller(pid, deadline, options) {

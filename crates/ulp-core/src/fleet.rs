@@ -328,7 +328,13 @@ fn for_each_process<R: Send>(
 /// it (the ptrace rule: one thread speaks to a tracee).
 fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     let (operation, files, opts) = (run.operation, run.files, run.options);
-    let found = Runtime::find(pid);
+    // The maps are read once here: they tell whether the process is a
+    // target at all, and serve its first operation's pre-check. Its stat
+    // is read only once it is known to be one (`Target::seen`).
+    let (found, maps) = match ulp_process::maps(pid) {
+        Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
+        Err(e) => (Err(RuntimeError::Process(e)), None),
+    };
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (run.load_runtime, &found) {
         if matches!(operation, Operation::Revert | Operation::RevertAll(_)) {
             // Nothing is applied where the runtime never was.
@@ -367,7 +373,10 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
             (lines_with(operation, files, |_| Outcome::NoRuntime), true)
         }
         // Anything else (gone, incompatible) is reported per patch.
-        _ => (process_one(pid, operation, files, opts), false),
+        found => {
+            let mut target = trigger::Target::seen(pid, found, maps);
+            (process_one(&mut target, operation, files, opts), false)
+        }
     };
     ProcessResult {
         pid,
@@ -407,7 +416,7 @@ fn examine_loading(pid: Pid, explicit: bool, run: &Run, runtime: &Path) -> Proce
         })
     } else {
         match inject::ensure_runtime(pid, runtime, opts) {
-            Ok(_) => process_one(pid, operation, files, opts),
+            Ok(rt) => process_one(&mut trigger::Target::loaded(rt), operation, files, opts),
             Err(outcome) => lines_with(operation, files, |_| outcome.clone()),
         }
     };
@@ -466,7 +475,7 @@ fn labels(operation: &Operation, files: &[File]) -> Vec<(String, Option<String>,
 
 /// Every operation of the run in one process, in FILE order.
 fn process_one(
-    pid: Pid,
+    target: &mut trigger::Target,
     operation: &Operation,
     files: &[File],
     opts: &trigger::Options,
@@ -478,7 +487,7 @@ fn process_one(
             label,
             patch,
             library,
-            report: trigger::revert_all_report(pid, lib, opts),
+            report: trigger::revert_all_in(target, lib, opts),
         }];
     }
     files
@@ -490,12 +499,12 @@ fn process_one(
                     outcome: Outcome::Failed(e.clone()),
                     detail: Default::default(),
                 },
-                (Ok(c), Operation::Revert) => trigger::revert_report(pid, c, opts),
+                (Ok(c), Operation::Revert) => trigger::revert_in(target, c, opts),
                 (Ok(c), Operation::Replace(_)) => {
                     let lib = library.as_deref().unwrap_or(&c.metadata.target_name);
-                    trigger::replace_report(pid, lib, c, opts)
+                    trigger::replace_in(target, lib, c, opts)
                 }
-                (Ok(c), _) => trigger::apply_report(pid, c, opts),
+                (Ok(c), _) => trigger::apply_in(target, c, opts),
             };
             Line {
                 label,

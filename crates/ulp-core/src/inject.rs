@@ -176,10 +176,15 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, Error> {
 /// trigger.
 pub fn ensure_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
     let life = ulp_process::Incarnation::of(pid);
-    load_runtime(pid, file, opts).map_err(|o| crate::trigger::unless_exited(&life, o))
+    load_runtime(&life, file, opts).map_err(|o| crate::trigger::unless_exited(&life, o))
 }
 
-fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcome> {
+fn load_runtime(
+    life: &ulp_process::Incarnation,
+    file: &Path,
+    opts: &Options,
+) -> Result<Runtime, Outcome> {
+    let pid = life.pid;
     match Runtime::find(pid) {
         Ok(rt) => return Ok(rt),
         Err(RuntimeError::NotLoaded) => {}
@@ -194,7 +199,7 @@ fn load_runtime(pid: Pid, file: &Path, opts: &Options) -> Result<Runtime, Outcom
     if let Some(why) = opted_out(pid).map_err(failed(errors::ETARGETHOOK))? {
         return Err(Outcome::Skipped(Reason::new(errors::EUSRBLOCKED, why)));
     }
-    load(pid, file, opts).map_err(failed(errors::EDLOPEN))?;
+    load(life, file, opts).map_err(failed(errors::EDLOPEN))?;
     match Runtime::find(pid) {
         Ok(rt) => Ok(rt),
         Err(RuntimeError::NotLoaded) => Err(Outcome::Failed(Reason::new(
@@ -224,7 +229,8 @@ struct Entry {
 /// Loads `file` into `pid` with one remote `dlopen` (see the module
 /// documentation). Returns when the call is over, whether it loaded the
 /// runtime or not.
-fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), Error> {
+fn load(life: &ulp_process::Incarnation, file: &Path, opts: &Options) -> Result<(), Error> {
+    let pid = life.pid;
     let deadline = Instant::now() + opts.timeout;
     let maps = ulp_process::maps(pid)?;
     let entry = entry_points(pid, &maps)?;
@@ -232,7 +238,7 @@ fn load(pid: Pid, file: &Path, opts: &Options) -> Result<(), Error> {
     let mut data = inside.into_bytes();
     data.push(0);
 
-    let (mut stopped, tid) = caller::find_caller(pid, deadline, opts.seize(), opts.retries)?;
+    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries)?;
     let mut resume_path = || {
         let rt = Runtime::find(pid).ok()?;
         trigger::return_path(&rt).ok()

@@ -130,8 +130,17 @@ pub fn mapped_objects(pid: Pid) -> Result<Vec<MappedObject>, ulp_process::Error>
 /// in its file's directory when that link leads to the file, else by its
 /// path.
 pub fn named_objects(pid: Pid) -> Result<Vec<MappedObject>, ulp_process::Error> {
-    let maps = ulp_process::maps(pid)?;
-    let mut objects = objects_from_maps(&maps);
+    named_objects_in(pid, &ulp_process::maps(pid)?)
+}
+
+/// [`named_objects`] from maps of `pid` already read (a moment ago: the
+/// loader's list is read now, and an object it lists that these maps do
+/// not show keeps its path as its name).
+pub fn named_objects_in(
+    pid: Pid,
+    maps: &[Mapping],
+) -> Result<Vec<MappedObject>, ulp_process::Error> {
+    let mut objects = objects_from_maps(maps);
     let root = chroot_of(pid);
     for o in &mut objects {
         let path = o.path.strip_suffix(DELETED).unwrap_or(&o.path);

@@ -7,9 +7,9 @@ use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
 use ulp_abi::{offset, PatchRecord, Write, INTERFACE_SYMBOL, MAGIC, PROTOCOL_VERSION, RING_SIZE};
-use ulp_process::{Pid, RemoteAddr};
+use ulp_process::{Mapping, Pid, RemoteAddr};
 
-use crate::objects::{mapped_objects, MappedObject};
+use crate::objects::{objects_from_maps, MappedObject};
 
 /// Why the runtime of a process cannot be used.
 #[derive(Debug)]
@@ -118,10 +118,15 @@ impl Runtime {
     /// Finds the runtime in `pid` from its maps and the runtime file's
     /// dynamic symbols; checks the magic and protocol version in memory.
     pub fn find(pid: Pid) -> Result<Runtime, RuntimeError> {
-        // Seen alive: if it exits from now on, a trigger tells the exit
-        // from a wrong pid (`Incarnation::of` remembers it).
-        ulp_process::Incarnation::of(pid);
-        let objects = mapped_objects(pid)?;
+        Runtime::find_in(pid, &ulp_process::maps(pid)?)
+    }
+
+    /// [`Runtime::find`] from maps of `pid` already read. A process
+    /// without the runtime costs no read but its maps: nothing of it is
+    /// read before a mapped file looks like a runtime by its name (a
+    /// trigger without `-p` looks at every process on the host).
+    pub fn find_in(pid: Pid, maps: &[Mapping]) -> Result<Runtime, RuntimeError> {
+        let objects = objects_from_maps(maps);
         for obj in objects.iter().filter(|o| looks_like_runtime(o)) {
             let Some(symbols) = runtime_symbols(pid, obj) else {
                 continue;

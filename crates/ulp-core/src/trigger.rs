@@ -41,10 +41,10 @@ use ulp_abi::{code, offset, op, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
-use ulp_process::{Incarnation, Pid, ReturnPath, SeizeOptions};
+use ulp_process::{Incarnation, Mapping, Pid, ReturnPath, SeizeOptions};
 
 use crate::caller;
-use crate::objects::{chroot_of, named_objects, MappedObject};
+use crate::objects::{chroot_of, named_objects, named_objects_in, MappedObject};
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::writes::{
@@ -181,15 +181,129 @@ pub fn replace(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Ou
     replace_report(pid, lib, container, opts).outcome
 }
 
+/// A process as a trigger first sees it: which process it is (told
+/// apart from a later one with its pid), its runtime, and the maps that
+/// were read to find it. Every operation of one run in that process
+/// starts from it, so the runtime is found once per process.
+#[derive(Debug)]
+pub struct Target {
+    pub life: Incarnation,
+    /// The runtime, or the outcome every operation in the process has.
+    pub runtime: Result<Runtime, Outcome>,
+    /// The maps the runtime was found in, for the first operation's
+    /// pre-check; a later operation reads them again (the one before it
+    /// may have loaded a container, and a process may `dlopen` at any
+    /// time).
+    maps: Option<Vec<Mapping>>,
+}
+
+impl Target {
+    /// Looks at `pid`: takes its incarnation first (so that an exit from
+    /// then on is told from a wrong pid), then finds its runtime.
+    pub fn find(pid: Pid) -> Target {
+        let life = Incarnation::of(pid);
+        let (found, maps) = match ulp_process::maps(pid) {
+            Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
+            Err(e) => (Err(RuntimeError::Process(e)), None),
+        };
+        Target {
+            life,
+            runtime: found.map_err(runtime_outcome),
+            maps,
+        }
+    }
+
+    /// A process whose maps (`maps`, when they could be read) were just
+    /// read to find its runtime (`found`). Its stat is read now, not
+    /// before: a caller looking at every process reads it only for the
+    /// processes it acts on ([`Incarnation::of_seen`]).
+    pub fn seen(
+        pid: Pid,
+        found: Result<Runtime, RuntimeError>,
+        maps: Option<Vec<Mapping>>,
+    ) -> Target {
+        Target {
+            life: Incarnation::of_seen(pid),
+            runtime: found.map_err(runtime_outcome),
+            maps,
+        }
+    }
+
+    /// A process whose runtime `rt` was just loaded (or found) by
+    /// `--load-runtime`.
+    pub fn loaded(rt: Runtime) -> Target {
+        Target {
+            life: Incarnation::of_seen(rt.pid),
+            runtime: Ok(rt),
+            maps: None,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.life.pid
+    }
+
+    /// The runtime, or the outcome that stands for the operation.
+    fn runtime(&self) -> Result<Runtime, Outcome> {
+        self.runtime
+            .clone()
+            .map_err(|o| unless_exited(&self.life, o))
+    }
+
+    /// The objects of the process for one operation, read at most once.
+    fn objects(&mut self) -> Objects {
+        Objects {
+            pid: self.pid(),
+            maps: self.maps.take(),
+            read: None,
+        }
+    }
+}
+
+/// The objects a process maps ([`named_objects`]), read at most once in
+/// one operation's pre-check, from the maps its runtime was found in when
+/// they are fresh.
+struct Objects {
+    pid: Pid,
+    maps: Option<Vec<Mapping>>,
+    read: Option<Result<Vec<MappedObject>, Outcome>>,
+}
+
+impl Objects {
+    fn get(&mut self) -> Result<&[MappedObject], Outcome> {
+        let (pid, maps) = (self.pid, &mut self.maps);
+        self.read
+            .get_or_insert_with(|| {
+                match maps.take() {
+                    Some(maps) => named_objects_in(pid, &maps),
+                    None => named_objects(pid),
+                }
+                .map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())))
+            })
+            .as_deref()
+            .map_err(Clone::clone)
+    }
+}
+
 /// [`apply`] with details.
 pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
+    apply_in(&mut Target::find(pid), container, opts)
+}
+
+/// [`apply_report`] in a process already looked at.
+pub fn apply_in(target: &mut Target, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
-    let life = Incarnation::of(pid);
-    let rt = match precheck(pid, container, opts) {
+    let life = target.life;
+    let rt = match target.runtime() {
         Ok(rt) => rt,
+        Err(o) => return Report::bare(o),
+    };
+    let mut objects = target.objects();
+    let matched = match precheck(&rt, &mut objects, container, opts) {
+        Ok(m) => m,
         Err(o) => return Report::bare(unless_exited(&life, o)),
     };
-    let buf = match apply_request(pid, container, opts, None) {
+    let buf = match apply_request(&rt, &mut objects, matched, container, opts, None) {
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
@@ -206,21 +320,27 @@ pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
 
 /// [`revert`] with details.
 pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report {
+    revert_in(&mut Target::find(pid), container, opts)
+}
+
+/// [`revert_report`] in a process already looked at.
+pub fn revert_in(target: &mut Target, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
-    let life = Incarnation::of(pid);
-    let rt = match find_runtime(pid) {
+    let life = target.life;
+    let rt = match target.runtime() {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(unless_exited(&life, o)),
+        Err(o) => return Report::bare(o),
     };
+    let mut objects = target.objects();
     // A patch that is not applied is an error only where it could be: in
     // a process that does not load its target build it is a skip (so a
     // revert in every process fails only where something is wrong).
     // Applied means for the build this process has: the same patch id may
     // be applied here from a container made for this build (see
     // `is_applied`), and must not be reverted in its name.
-    let applied = is_applied(&rt, container, opts).unwrap_or(false);
+    let applied = applied_in(&rt, &mut objects, container, opts).unwrap_or(false);
     if !applied {
-        if let Err(o) = precheck(pid, container, opts) {
+        if let Err(o) = precheck(&rt, &mut objects, container, opts) {
             return with_runtime(&rt, unless_exited(&life, o));
         }
     }
@@ -238,11 +358,16 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
 /// [`revert_all`] with details. A process that does not have `lib` loaded,
 /// or no patch of it applied, is skipped without being stopped.
 pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
+    revert_all_in(&mut Target::find(pid), lib, opts)
+}
+
+/// [`revert_all_report`] in a process already looked at.
+pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
-    let life = Incarnation::of(pid);
-    let rt = match find_runtime(pid) {
+    let (pid, life) = (target.pid(), target.life);
+    let rt = match target.runtime() {
         Ok(rt) => rt,
-        Err(o) => return Report::bare(unless_exited(&life, o)),
+        Err(o) => return Report::bare(o),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
@@ -252,12 +377,10 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
     // basename or its SONAME)? If not, as libpulp: "No patches installed"
     // when the library is loaded, "Target library not loaded" when it is
     // not; both are skips.
-    let objects = match named_objects(pid) {
+    let mut objects = target.objects();
+    let objects = match objects.get() {
         Ok(objects) => objects,
-        Err(e) => {
-            let failed = Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string()));
-            return with_runtime(&rt, unless_exited(&life, failed));
-        }
+        Err(failed) => return with_runtime(&rt, unless_exited(&life, failed)),
     };
     let loaded: Vec<&MappedObject> = objects.iter().filter(|o| o.is_library(pid, lib)).collect();
     let patched = match rt.patches() {
@@ -293,16 +416,26 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
 /// [`replace`] with details: pre-checked like an apply (a process where
 /// the new patch does not apply is skipped, and keeps its old patches).
 pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options) -> Report {
+    replace_in(&mut Target::find(pid), lib, container, opts)
+}
+
+/// [`replace_report`] in a process already looked at.
+pub fn replace_in(target: &mut Target, lib: &str, container: &Container, opts: &Options) -> Report {
     let deadline = Instant::now() + opts.timeout;
-    let life = Incarnation::of(pid);
-    let rt = match precheck(pid, container, opts) {
+    let life = target.life;
+    let rt = match target.runtime() {
         Ok(rt) => rt,
+        Err(o) => return Report::bare(o),
+    };
+    let mut objects = target.objects();
+    let matched = match precheck(&rt, &mut objects, container, opts) {
+        Ok(m) => m,
         Err(o) => return Report::bare(unless_exited(&life, o)),
     };
     if lib.is_empty() {
         return with_runtime(&rt, Outcome::Failed(Reason::unknown("empty library name")));
     }
-    let buf = match apply_request(pid, container, opts, Some(lib)) {
+    let buf = match apply_request(&rt, &mut objects, matched, container, opts, Some(lib)) {
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
@@ -327,14 +460,11 @@ fn with_runtime(rt: &Runtime, outcome: Outcome) -> Report {
     }
 }
 
-fn find_runtime(pid: Pid) -> Result<Runtime, Outcome> {
-    match Runtime::find(pid) {
-        Ok(rt) => Ok(rt),
-        Err(RuntimeError::NotLoaded) => Err(Outcome::NoRuntime),
-        Err(e) => Err(Outcome::Failed(Reason::new(
-            errors::ENOLIBPULP,
-            e.to_string(),
-        ))),
+/// What a runtime that cannot be used means for every operation.
+fn runtime_outcome(e: RuntimeError) -> Outcome {
+    match e {
+        RuntimeError::NotLoaded => Outcome::NoRuntime,
+        e => Outcome::Failed(Reason::new(errors::ENOLIBPULP, e.to_string())),
     }
 }
 
@@ -359,11 +489,14 @@ pub fn with_prefix(opts: &Options, path: &str) -> String {
 
 /// The APPLY request (or REPLACE, with `replace_lib`) for `container`.
 fn apply_request(
-    pid: Pid,
+    rt: &Runtime,
+    objects: &mut Objects,
+    matched: Option<MappedObject>,
     container: &Container,
     opts: &Options,
     replace_lib: Option<&str>,
 ) -> Result<Vec<u8>, Outcome> {
+    let pid = rt.pid;
     let path = path_in_target(container, opts)
         .map_err(|e| Outcome::Failed(Reason::new(errors::EDLOPEN, e.to_string())))?;
     if opts.root.is_none() {
@@ -382,7 +515,7 @@ fn apply_request(
     }
     let ulp = container.metadata.encode();
     let comments = container.comments.clone().unwrap_or_default();
-    let sizes = unit_sizes(pid, &container.metadata, opts);
+    let sizes = unit_sizes(pid, objects, matched, &container.metadata, opts);
     let apply = ApplyRequest {
         container_path: path.as_bytes(),
         ulp: &ulp,
@@ -418,11 +551,17 @@ fn open_object(obj: &MappedObject, pid: Pid, _opts: &Options) -> Result<ElfFile,
     obj.open(pid)
 }
 
-/// Step 1: everything that can be known without stopping the process.
-fn precheck(pid: Pid, container: &Container, opts: &Options) -> Result<Runtime, Outcome> {
-    let rt = find_runtime(pid)?;
-    match target_state(pid, &container.metadata, opts)? {
-        TargetState::Loaded => Ok(rt),
+/// Step 1: everything that can be known without stopping the process
+/// (its runtime is found already). Returns the target object when its
+/// build-id was read from memory (see [`TargetState::Loaded`]).
+fn precheck(
+    rt: &Runtime,
+    objects: &mut Objects,
+    container: &Container,
+    opts: &Options,
+) -> Result<Option<MappedObject>, Outcome> {
+    match target_state(rt.pid, objects.get()?, &container.metadata, opts) {
+        TargetState::Loaded(matched) => Ok(matched),
         TargetState::NotLoaded(why) | TargetState::OtherBuild(why) => Err(Outcome::Skipped(why)),
     }
 }
@@ -430,8 +569,16 @@ fn precheck(pid: Pid, container: &Container, opts: &Options) -> Result<Runtime, 
 /// Why `container` cannot apply in `pid`, seen from outside (its target
 /// library is not loaded, or is another build); `None` when it can.
 pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<Reason> {
-    match target_state(pid, &container.metadata, opts) {
-        Ok(TargetState::Loaded) => None,
+    let mut objects = Objects {
+        pid,
+        maps: None,
+        read: None,
+    };
+    match objects
+        .get()
+        .map(|objects| target_state(pid, objects, &container.metadata, opts))
+    {
+        Ok(TargetState::Loaded(_)) => None,
         Ok(TargetState::NotLoaded(why) | TargetState::OtherBuild(why)) => Some(why),
         Err(Outcome::Skipped(r) | Outcome::Failed(r)) => Some(r),
         Err(o) => Some(Reason::unknown(o.to_string())),
@@ -440,8 +587,9 @@ pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Optio
 
 /// A patch's target in a process, as seen from outside.
 enum TargetState {
-    /// An object with the target's name and build-id is loaded.
-    Loaded,
+    /// An object with the target's name and build-id is loaded; it is
+    /// given when its build-id was read from its memory (not its file).
+    Loaded(Option<MappedObject>),
     /// No object has the target's name (the reason to print).
     NotLoaded(Reason),
     /// Objects with that name are loaded, none of the patch's build.
@@ -454,24 +602,23 @@ enum TargetState {
 /// the old one, which the running process keeps, shown ` (deleted)` in its
 /// maps). The file is read only when the memory cannot be. The runtime
 /// checks the loaded copy again before changing anything.
-fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, Outcome> {
-    let objects = named_objects(pid)
-        .map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())))?;
+fn target_state(pid: Pid, objects: &[MappedObject], md: &Metadata, opts: &Options) -> TargetState {
     let mut other = None;
     for obj in objects
         .iter()
         .filter(|o| o.is_library(pid, &md.target_name))
     {
-        let have = obj
-            .build_id_in_memory(pid)
+        let in_memory = obj.build_id_in_memory(pid);
+        let from_memory = in_memory.is_some();
+        let have = in_memory
             .or_else(|| open_object(obj, pid, opts).ok()?.build_id())
             .unwrap_or_default();
         if have == md.build_id {
-            return Ok(TargetState::Loaded);
+            return TargetState::Loaded(from_memory.then(|| obj.clone()));
         }
         other.get_or_insert((obj.name.clone(), have));
     }
-    Ok(match other {
+    match other {
         None => TargetState::NotLoaded(Reason::new(
             errors::ENOTARGETLIB,
             format!("library '{}' is not loaded", md.target_name),
@@ -484,7 +631,7 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
                 hex(&md.build_id)
             ),
         )),
-    })
+    }
 }
 
 /// The size of each unit's old function, from the symbol tables of the
@@ -492,7 +639,16 @@ fn target_state(pid: Pid, md: &Metadata, opts: &Options) -> Result<TargetState, 
 /// cannot see in memory), as the request's `sizes`: 0 where unknown.
 /// Read once per (build, patch) in one ulp run: the build-id names the
 /// file's contents, so a fleet of processes costs one read of the file.
-fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
+///
+/// `matched` is the target object the pre-check found by its build-id in
+/// memory, if it did; else it is looked for among `objects`.
+fn unit_sizes(
+    pid: Pid,
+    objects: &mut Objects,
+    matched: Option<MappedObject>,
+    md: &Metadata,
+    opts: &Options,
+) -> Vec<u8> {
     type Cache = std::sync::Mutex<std::collections::HashMap<(Vec<u8>, [u8; 32]), Vec<u8>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let key = (md.build_id.clone(), md.patch_id);
@@ -500,11 +656,14 @@ fn unit_sizes(pid: Pid, md: &Metadata, opts: &Options) -> Vec<u8> {
     if let Some(sizes) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return sizes;
     }
-    let Some(obj) = named_objects(pid).ok().and_then(|objects| {
+    let Some(obj) = matched.or_else(|| {
         objects
-            .into_iter()
+            .get()
+            .ok()?
+            .iter()
             .filter(|o| o.is_library(pid, &md.target_name))
             .find(|o| o.build_id_in_memory(pid).as_deref() == Some(&md.build_id[..]))
+            .cloned()
     }) else {
         return vec![0; 8 * md.units.len()];
     };
@@ -546,12 +705,30 @@ pub fn is_applied(
     container: &Container,
     opts: &Options,
 ) -> Result<bool, crate::Error> {
+    let mut objects = Objects {
+        pid: rt.pid,
+        maps: None,
+        read: None,
+    };
+    applied_in(rt, &mut objects, container, opts)
+}
+
+/// [`is_applied`] with the process's objects read at most once.
+fn applied_in(
+    rt: &Runtime,
+    objects: &mut Objects,
+    container: &Container,
+    opts: &Options,
+) -> Result<bool, crate::Error> {
     let md = &container.metadata;
     let patches = rt.patches()?;
     if !patches.iter().any(|p| p.patch_id == md.patch_id) {
         return Ok(false);
     }
-    match target_state(rt.pid, md, opts) {
+    match objects
+        .get()
+        .map(|objects| target_state(rt.pid, objects, md, opts))
+    {
         Ok(TargetState::OtherBuild(_)) => Ok(false),
         Ok(_) => Ok(true),
         Err(o) => Err(crate::Error::refused(o.to_string())),
@@ -616,7 +793,7 @@ fn run(
         return report;
     }
     let detail = &mut report.detail;
-    let (rc, msg, writes) = match call(rt, opcode, req, deadline, opts) {
+    let (rc, msg, writes) = match call(rt, life, opcode, req, deadline, opts) {
         Ok(r) => r,
         Err(e) => {
             // Exited during the call (before any write): a skip, whatever
@@ -680,7 +857,14 @@ fn run(
     }
     // The registry says the operation happened but the code does not: take
     // the registry back so both agree on the old state.
-    let undo = match call(rt, op::UNDO, &[], deadline + Duration::from_secs(5), opts) {
+    let undo = match call(
+        rt,
+        life,
+        op::UNDO,
+        &[],
+        deadline + Duration::from_secs(5),
+        opts,
+    ) {
         Ok((code::OK, _, _)) => String::new(),
         Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
@@ -728,6 +912,7 @@ fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
 /// result code, the runtime's message and the writes it asks for.
 fn call(
     rt: &Runtime,
+    life: &Incarnation,
     opcode: u32,
     req: &[u8],
     deadline: Instant,
@@ -735,7 +920,7 @@ fn call(
 ) -> Result<(i32, String, Vec<Write>), crate::Error> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
-    let (mut stopped, tid) = caller::find_caller(rt.pid, deadline, opts.seize(), opts.retries)?;
+    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries)?;
     rt.write_request(opcode, req)?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.

@@ -291,6 +291,11 @@ fn start_time(pid: Pid) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// A start time no process has (`u64::MAX` clock ticks since boot): the
+/// start of a process seen alive whose stat was gone when read, so that
+/// any later look tells it exited.
+const GONE_BEFORE_SEEN: u64 = u64::MAX;
+
 /// One process, told apart from a later one that gets the same pid: its
 /// pid and start time. [`Incarnation::exited`] says whether it has ended,
 /// which makes any failure to act on it moot.
@@ -321,6 +326,20 @@ impl Incarnation {
             None => seen.lock().ok().and_then(|m| m.get(&pid).copied()),
         };
         Incarnation { pid, start }
+    }
+
+    /// [`Incarnation::of`] for a process this tool has just seen alive (it
+    /// read its /proc files a moment ago, e.g. its maps): when its start
+    /// time cannot be read any more, it has exited since, and counts as
+    /// exited (not as a pid that never was). This lets a tool read a
+    /// process's stat only once it knows it will act on it, not for every
+    /// process it looks at.
+    pub fn of_seen(pid: Pid) -> Incarnation {
+        let mut life = Incarnation::of(pid);
+        if life.start.is_none() {
+            life.start = Some(GONE_BEFORE_SEEN);
+        }
+        life
     }
 
     /// Whether the process has exited: /proc has no such pid any more,
@@ -452,5 +471,8 @@ mod tests {
         assert!(life.exited_within(Duration::ZERO));
         // A pid that never was is not an exit.
         assert!(!Incarnation::of(Pid::new(i32::MAX)).exited());
+        // One seen alive a moment ago whose stat is gone now has exited.
+        assert!(Incarnation::of_seen(Pid::new(i32::MAX)).exited());
+        assert!(!Incarnation::of_seen(Pid::this()).exited());
     }
 }
