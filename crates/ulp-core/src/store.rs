@@ -71,7 +71,8 @@ pub struct Record {
     pub patch_id: String,
     /// The container file's own build id, hex, when it has one.
     pub container_build_id: Option<String>,
-    /// Where the container was recorded from.
+    /// Where the container was recorded from (absolute, links not
+    /// resolved).
     pub original_path: String,
     /// RFC 3339, UTC.
     pub recorded_at: String,
@@ -89,7 +90,7 @@ impl Record {
             build_id: hex(&m.build_id),
             patch_id: hex(&m.patch_id),
             container_build_id: container.build_id.as_deref().map(hex),
-            original_path: original_path.to_string_lossy().into_owned(),
+            original_path: absolute(original_path).to_string_lossy().into_owned(),
             recorded_at: rfc3339(now()),
             ulp_version: env!("CARGO_PKG_VERSION").to_string(),
         }
@@ -591,6 +592,44 @@ mod tests {
     #[test]
     fn resolve_precedence() {
         assert_eq!(resolve(Some("/x")), PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn record_replaces_whole_and_leaves_no_temporaries() {
+        use ulp_container::format::Metadata;
+        let dir = std::env::temp_dir().join(format!("ulp-store-rec-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("fix.so");
+        let c = Container {
+            path: src.clone(),
+            metadata: Metadata {
+                patch_id: [0xab; ulp_container::format::PATCH_ID_LEN],
+                build_id: vec![1, 2, 3],
+                target_name: "libfoo.so.1".into(),
+                units: Vec::new(),
+                refs: Vec::new(),
+            },
+            revert: None,
+            comments: None,
+            build_id: None,
+        };
+        let store = Store::new(dir.join("store"));
+        for content in [&b"first"[..], b"second"] {
+            fs::write(&src, content).unwrap();
+            let s = store.record(&c, &src).unwrap();
+            assert_eq!(fs::read(s.container_path()).unwrap(), content);
+            assert_eq!(s.dir, store.dir.join("ab".repeat(32)));
+            assert_eq!(s.record.build_id, "010203");
+            assert_eq!(s.record.container_build_id, None);
+        }
+        // One record, no temporary left behind.
+        let names: Vec<_> = fs::read_dir(&store.dir).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let l = store.list().unwrap();
+        assert_eq!((l.records.len(), l.corrupt.len()), (1, 0));
+        assert_eq!(l.records[0].record.original_path, src.to_str().unwrap());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

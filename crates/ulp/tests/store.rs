@@ -119,7 +119,11 @@ fn persist_applies_records_and_revert_removes() {
     assert_eq!(m["patch_id"], id.as_str());
     assert_eq!(m["target"], "libulpdemo.so.1");
     assert_eq!(m["container"], "demo_livepatch.so");
-    assert_eq!(m["original_path"], "demo_livepatch.so");
+    let cwd = std::fs::canonicalize(demo.dir.path()).unwrap();
+    assert_eq!(
+        m["original_path"],
+        cwd.join("demo_livepatch.so").to_str().unwrap()
+    );
     assert_eq!(m["ulp_version"], env!("CARGO_PKG_VERSION"));
     let build_id = demo.ulp_ok(&["dump", "-b", "demo_livepatch.so"]);
     assert_eq!(m["build_id"], build_id.trim(), "{m}");
