@@ -5,7 +5,8 @@
 //! patches, message log; [`live_patching`]: a process's live-patching
 //! state, switched off and on), and choosing the processes and files a
 //! command works on ([`select`]), and whether root may load a file another
-//! user could change ([`trust`]), and the redirect method of every
+//! user could change ([`trust`]), and the patch store of `--persist`
+//! ([`store`]), and the redirect method of every
 //! function of a file ([`redirect`]). A failure is an [`Error`] (what
 //! failed below, or why ulp refuses); a process left unchanged says why
 //! with a [`Reason`].
@@ -26,6 +27,7 @@ pub mod reason;
 pub mod redirect;
 pub mod runtime;
 pub mod select;
+pub mod store;
 pub mod trigger;
 pub mod trust;
 mod writes;

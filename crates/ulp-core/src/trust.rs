@@ -85,23 +85,21 @@ fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
-impl fmt::Display for Untrusted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Untrusted {
+    /// What is wrong and the fix, without the refusal and without
+    /// `--force` (for callers whose override is another).
+    pub fn problem(&self) -> String {
         let p = self.path.display();
-        write!(f, "refusing '{}' as root: ", self.file.display())?;
         if let Some(e) = &self.unreadable {
-            return write!(
-                f,
-                "cannot examine '{p}' ({e}) to tell whether another user could change it; \
-                 pass --force to use it anyway"
+            return format!(
+                "cannot examine '{p}' ({e}) to tell whether another user could change it"
             );
         }
         let prefix = self.what();
         if let Some(uid) = self.owner {
-            write!(
-                f,
+            format!(
                 "{prefix} is owned by {}, who could change it and so run code as root; \
-                 `chown root '{p}'` (and check its contents), or pass --force to use it anyway",
+                 `chown root '{p}'` (and check its contents)",
                 user_name(uid)
             )
         } else {
@@ -111,12 +109,27 @@ impl fmt::Display for Untrusted {
                 (true, false) => "its group",
                 _ => "others",
             };
-            write!(
-                f,
+            format!(
                 "{prefix} (mode {:04o}) is writable by {by}, who could change it and so run \
-                 code as root; `chmod go-w '{p}'`, or pass --force to use it anyway",
+                 code as root; `chmod go-w '{p}'`",
                 mode & 0o7777
             )
+        }
+    }
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refusing '{}' as root: {}",
+            self.file.display(),
+            self.problem()
+        )?;
+        if self.unreadable.is_some() {
+            f.write_str("; pass --force to use it anyway")
+        } else {
+            f.write_str(", or pass --force to use it anyway")
         }
     }
 }

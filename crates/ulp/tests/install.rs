@@ -176,6 +176,8 @@ fn bash_completion_completes_commands_options_and_words() {
     assert_eq!(complete("ulp se"), ["set_patchable"]);
     assert_eq!(complete("ulp -p 1 set_patchable e"), ["enable"]);
     assert_eq!(complete("ulp patches --only"), ["--only-livepatched"]);
+    assert_eq!(complete("ulp patches --sto"), ["--stored", "--store"]);
+    assert_eq!(complete("ulp trigger --pers"), ["--persist"]);
     assert_eq!(
         complete("ulp extract -"),
         [

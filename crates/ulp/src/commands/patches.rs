@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use ulp_container::format::bug_labels;
 use ulp_core::inventory::{self, Inventory};
 use ulp_core::runtime::{format_utc, AppliedPatch, Runtime, RuntimeError};
+use ulp_core::store::{self, Store};
 use ulp_core::Pid;
 
 use super::{hex, no_operands, print_json, process_name, resolve_processes, vanished};
@@ -18,7 +19,8 @@ use crate::args::{Common, UsageError};
 #[command(
     about = "list processes with the runtime and their patches, and those still running unpatched copies of patched libraries",
     override_usage = "\
-ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]",
+ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]
+       ulp patches --stored [--store DIR]",
     before_help = "\
 List the processes that have the live-patching runtime loaded (all of them,
 or those named by -p, or owned by USER: -u takes a user name, a shell
@@ -42,9 +44,24 @@ not applied yet) and what to do (not with --only-livepatched):
   Unpatched processes (they map a library that is patched elsewhere):
     <name> (pid: <pid>): <library path>: <reason>
 
-The processes are only read, never stopped.",
+The processes are only read, never stopped.
+
+--stored lists the patch store instead (--store DIR, else the directory
+$ULP_STORE names, else /var/lib/ulp/patches), what `ulp trigger --persist`
+recorded: each record's container copy, target library and build id, and
+since when; then each corrupt record (files missing, metadata that does not
+parse, or as root files another user could change) with the reason:
+
+  Stored patches in <store>:
+    <container path in the store>
+      target: <library> (build id: <build id>), since <time, RFC 3339 UTC>
+    corrupt: <record path>: <reason>
+
+A store that does not exist is empty. As root, a store that another user
+could change is refused.",
     after_help = "\
-Exit status: 0; 1 when -p names no readable process or one without the
+Exit status: 0; with --stored, 1 when the store cannot be read (not when it
+does not exist) or is refused; 1 when -p names no readable process or one without the
 runtime (`[time] ulp: error gathering target process information: Libpulp
 not found in target process` on stderr), or a process's runtime cannot be
 read.",
@@ -63,6 +80,12 @@ pub struct Args {
     /// show only libraries with applied patches, and only processes that have some
     #[arg(long)]
     pub only_livepatched: bool,
+    /// list the patch store's records (ulp trigger --persist) instead of processes
+    #[arg(long)]
+    pub stored: bool,
+    /// the patch store (default: $ULP_STORE, else /var/lib/ulp/patches); with --stored
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub store: Option<String>,
     #[arg(value_hint = ValueHint::Other, hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
@@ -75,6 +98,23 @@ fn runtime_processes(p: &Args) -> Vec<Pid> {
 
 pub fn run(p: &Args) -> Result<u8, UsageError> {
     no_operands("patches", &p.operands)?;
+    if p.store.as_deref() == Some("") {
+        return Err(UsageError("--store needs a directory".into()));
+    }
+    if p.stored {
+        if p.process.is_some() || p.user.is_some() || p.only_livepatched {
+            return Err(UsageError(
+                "--stored lists the patch store: -p, -u and --only-livepatched do not go with it"
+                    .into(),
+            ));
+        }
+        return Ok(stored(p));
+    }
+    if p.store.is_some() {
+        return Err(UsageError(
+            "--store goes with --stored (it names the patch store to list)".into(),
+        ));
+    }
     let json = p.common.json;
     let only_patched = p.only_livepatched;
     // Listing every process (or every one of a name): one that exits
@@ -197,6 +237,79 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         }
     }
     Ok(status)
+}
+
+/// `--stored`: the records of the patch store.
+fn stored(p: &Args) -> u8 {
+    let store = Store::new(store::resolve(p.store.as_deref()));
+    let dir = store.dir.display().to_string();
+    let listing = match store.list() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ulp: {e}");
+            if p.common.json {
+                print_json(&json!({
+                    "store": dir,
+                    "records": [],
+                    "corrupt": [],
+                    "errors": [{ "error": e.to_string() }],
+                }));
+            }
+            return 1;
+        }
+    };
+    if p.common.json {
+        let records: Vec<Value> = listing
+            .records
+            .iter()
+            .map(|s| {
+                let r = &s.record;
+                json!({
+                    "path": s.container_path(),
+                    "record": s.dir,
+                    "container": r.container,
+                    "target": r.target,
+                    "build_id": r.build_id,
+                    "patch_id": r.patch_id,
+                    "container_build_id": r.container_build_id,
+                    "original_path": r.original_path,
+                    "recorded_at": r.recorded_at,
+                    "ulp_version": r.ulp_version,
+                })
+            })
+            .collect();
+        let corrupt: Vec<Value> = listing
+            .corrupt
+            .iter()
+            .map(|c| json!({ "path": c.path, "reason": c.reason }))
+            .collect();
+        print_json(&json!({
+            "store": dir,
+            "records": records,
+            "corrupt": corrupt,
+            "errors": [],
+        }));
+        return 0;
+    }
+    if listing.records.is_empty() && listing.corrupt.is_empty() {
+        println!("No stored patches in {dir}.");
+        return 0;
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "Stored patches in {dir}:");
+    for r in &listing.records {
+        let _ = writeln!(s, "  {}", r.container_path().display());
+        let _ = writeln!(
+            s,
+            "    target: {} (build id: {}), since {}",
+            r.record.target, r.record.build_id, r.record.recorded_at
+        );
+    }
+    for c in &listing.corrupt {
+        let _ = writeln!(s, "  corrupt: {}: {}", c.path.display(), c.reason);
+    }
+    print!("{s}");
+    0
 }
 
 fn container_file(a: &AppliedPatch) -> String {

@@ -11,6 +11,8 @@ use ulp_core::fleet::{self, Line, NotSelected, Operation, ProcessResult, Status,
 use ulp_core::trigger::{self, Outcome, ALREADY_APPLIED};
 use ulp_core::Pid;
 
+use ulp_core::store::{self, Store, Stored};
+
 use super::{print_json, runtime_to_load, LoadRuntime};
 use crate::args::{Common, UsageError};
 
@@ -19,7 +21,7 @@ use crate::args::{Common, UsageError};
     about = "apply (or revert) live-patch containers (without -p: in every process that has the runtime loaded)",
     override_usage = "\
 ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
-                   [--disable-seccomp] [--force] FILE|'GLOB'...
+                   [--disable-seccomp] [--force] [--persist [--store DIR]] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]",
     before_help = "\
@@ -90,6 +92,21 @@ is fine: others cannot replace root's entries in it). The ERROR names the
 path and the fix (`chown root`, `chmod go-w`); --force loads it anyway.
 Reverting loads nothing and is not checked.
 
+--persist also records each FILE in the patch store (--store DIR, else the
+directory $ULP_STORE names, else /var/lib/ulp/patches, created 0755 on first
+record): a copy of the container and its metadata, written atomically, so
+the record survives FILE being deleted. It is recorded whatever each
+process's outcome, also when no running process has its target yet (`ulp:
+Recorded in DIR: FILE` after the summary line); a FILE that fails its checks
+(unreadable, no container, refused as below) is not recorded, with an
+error. --revert --persist removes FILE's record; --revert-all=LIB --persist
+removes every record whose target is LIB (with FILE..., the records of LIB
+are replaced by FILE's). As root, a store that another user could change (it
+or a directory above it not root's, or writable by group or others) is
+refused before any process is touched, whatever --force says. `ulp patches
+--stored` lists the records. (Applying them when a process starts comes
+later.)
+
 Several processes are patched in parallel (-j), each stopped only for its
 own patch; on a terminal a progress bar shows on stderr meanwhile.
 
@@ -111,8 +128,9 @@ Exit status: 0 when nothing failed (skips are not failures); on failure
 libpulp's error numbers of the failed results, or-ed together and masked
 to 8 bits (a dlopen failure, 287, exits 31; `No metadata in .so` 13;
 `Patch not applied` 16; `Error attaching to process` 2), or 1 when that
-leaves 0 or only an argument failed (a glob without match, no such pid);
-38 for -u; 64 on a usage error.",
+leaves 0 or only an argument failed (a glob without match, no such pid)
+or, with --persist, the store (refused, a FILE not recorded or a record not
+removed); 38 for -u; 64 on a usage error.",
     mut_arg("quiet", |a| a.help("print only ERROR lines and the summary line")),
     mut_arg("verbose", |a| a.help("also print, under each result, the runtime's path, its message, the number of code writes and how long the threads were stopped; and on stderr libpulp's trace lines for a skip (build id mismatch, target library not loaded)")),
     mut_arg("json", |a| a.help("print one JSON document instead (see README)"))
@@ -147,6 +165,12 @@ pub struct Args {
     /// as root, load FILEs that other users could change
     #[arg(long)]
     pub force: bool,
+    /// also record each FILE in the patch store, to stay (with --revert: remove its record; with --revert-all=LIB: remove LIB's records)
+    #[arg(long)]
+    pub persist: bool,
+    /// the patch store (default: $ULP_STORE, else /var/lib/ulp/patches); with --persist
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+    pub store: Option<String>,
     /// accepted, and refused as libpulp does (exit 38)
     #[arg(short, long, value_name = "USER", value_hint = ValueHint::Username)]
     pub user: Option<String>,
@@ -209,6 +233,16 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         opts.root = Some(PathBuf::from(r));
     }
     opts.suspend_seccomp = p.disable_seccomp;
+    let store = match (p.persist, p.store.as_deref()) {
+        (_, Some("")) => return Err(UsageError("--store needs a directory".into())),
+        (false, Some(_)) => {
+            return Err(UsageError(
+                "--store goes with --persist (it names the patch store to record in)".into(),
+            ))
+        }
+        (false, None) => None,
+        (true, dir) => Some(Store::new(store::resolve(dir))),
+    };
     let jobs = match p.jobs.as_deref() {
         None => fleet::default_jobs(),
         Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
@@ -256,6 +290,17 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         errors.push(json!({ "error": msg }));
     }
     let files = read.files;
+
+    // --persist: the store is checked before any process is touched.
+    if let Some(store) = &store {
+        if let Err(e) = store.check_trust() {
+            eprintln!("ulp: {e}");
+            if as_json {
+                print_json(&json!({ "error": e.to_string() }));
+            }
+            return Ok(1);
+        }
+    }
 
     // --load-runtime: the runtime file, checked once before any process.
     // With --revert or --revert-all it loads nothing (a process without the
@@ -367,6 +412,10 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     });
     progress.clear();
 
+    let persisted = store
+        .as_ref()
+        .map(|store| persist(store, &operation, &files, &mut errors, &mut warnings));
+
     if as_json {
         let library = match &operation {
             Operation::RevertAll(l) | Operation::Replace(Some(l)) => json!(l),
@@ -381,11 +430,167 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             "warnings": warnings,
             "errors": errors,
             "summary": {"patched": patched, "skipped": skipped, "failed": failed},
+            "stored": persisted.as_ref().map(Persisted::to_json),
         }));
     } else {
         println!("ulp: Processes patched: {patched}, Skipped: {skipped}, Failed: {failed}.");
+        if let Some(p) = &persisted {
+            p.print();
+        }
     }
     Ok(exit_status(failure_bits, !errors.is_empty()))
+}
+
+/// What `--persist` did to the store.
+struct Persisted {
+    dir: String,
+    /// FILE as shown, and its record.
+    recorded: Vec<(String, Stored)>,
+    /// The records removed (FILE as shown for --revert, else the record's
+    /// original path), and each record.
+    removed: Vec<(String, Stored)>,
+    /// FILEs (--revert) that had no record.
+    not_found: Vec<String>,
+}
+
+impl Persisted {
+    fn print(&self) {
+        for (f, _) in &self.recorded {
+            println!("ulp: Recorded in {}: {f}", self.dir);
+        }
+        for (f, _) in &self.removed {
+            println!("ulp: Removed from {}: {f}", self.dir);
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let one = |(f, s): &(String, Stored)| {
+            json!({
+                "file": f,
+                "path": s.container_path(),
+                "record": s.dir,
+                "patch_id": s.record.patch_id,
+                "target": s.record.target,
+                "build_id": s.record.build_id,
+            })
+        };
+        json!({
+            "store": self.dir,
+            "recorded": self.recorded.iter().map(one).collect::<Vec<_>>(),
+            "removed": self.removed.iter().map(one).collect::<Vec<_>>(),
+            "not_found": self.not_found,
+        })
+    }
+}
+
+/// `--persist`: records the FILEs applied, removes the records of what was
+/// reverted. A failure is an error of the run (stderr, `errors`).
+fn persist(
+    store: &Store,
+    operation: &Operation,
+    files: &[fleet::File],
+    errors: &mut Vec<Value>,
+    warnings: &mut Vec<Value>,
+) -> Persisted {
+    let dir = store.dir.display().to_string();
+    let mut out = Persisted {
+        dir: dir.clone(),
+        recorded: Vec::new(),
+        removed: Vec::new(),
+        not_found: Vec::new(),
+    };
+    let mut fail = |file: Option<&str>, msg: String| {
+        eprintln!("ulp: {msg}");
+        match file {
+            Some(f) => errors.push(json!({ "file": f, "error": msg })),
+            None => errors.push(json!({ "error": msg })),
+        }
+    };
+    // The records of LIB, removed (--revert-all).
+    let remove_lib =
+        |lib: &str, out: &mut Persisted, fail: &mut dyn FnMut(Option<&str>, String)| {
+            let listing = match store.list() {
+                Ok(l) => l,
+                Err(e) => return fail(None, format!("records of '{lib}' not removed: {e}")),
+            };
+            for s in listing
+                .records
+                .into_iter()
+                .filter(|s| s.record.targets(lib))
+            {
+                match store.remove(&s.record.patch_id) {
+                    Ok(Some(_)) => out.removed.push((s.record.original_path.clone(), s)),
+                    Ok(None) => {}
+                    Err(e) => fail(
+                        None,
+                        format!("record '{}' not removed: {e}", s.dir.display()),
+                    ),
+                }
+            }
+        };
+    match operation {
+        Operation::RevertAll(lib) => {
+            remove_lib(lib, &mut out, &mut fail);
+            return out;
+        }
+        Operation::Replace(lib) => {
+            // The records of each library replaced go first, once: the
+            // FILEs recorded below are its records then.
+            let mut libs: Vec<&str> = Vec::new();
+            for f in files {
+                if let Ok(c) = &f.container {
+                    let l = lib.as_deref().unwrap_or(&c.metadata.target_name);
+                    if !libs.contains(&l) {
+                        libs.push(l);
+                    }
+                }
+            }
+            for l in libs {
+                remove_lib(l, &mut out, &mut fail);
+            }
+        }
+        _ => {}
+    }
+    for f in files {
+        let c = match &f.container {
+            Ok(c) => c,
+            Err(r) => {
+                let what = if *operation == Operation::Revert {
+                    "its record not removed"
+                } else {
+                    "not recorded"
+                };
+                fail(Some(&f.shown), format!("{} {what} in {dir}: {r}", f.shown));
+                continue;
+            }
+        };
+        match operation {
+            Operation::Revert => match store.remove(&ulp_abi::hex::hex(&c.metadata.patch_id)) {
+                Ok(Some(d)) => out.removed.push((
+                    f.shown.clone(),
+                    Stored {
+                        record: store::Record::of(c, std::path::Path::new(&f.shown)),
+                        dir: d,
+                    },
+                )),
+                Ok(None) => {
+                    let msg = format!("{} has no record in {dir}: nothing removed", f.shown);
+                    eprintln!("ulp: {msg}");
+                    warnings.push(json!({ "file": f.shown, "warning": msg }));
+                    out.not_found.push(f.shown.clone());
+                }
+                Err(e) => fail(
+                    Some(&f.shown),
+                    format!("{}: record not removed: {e}", f.shown),
+                ),
+            },
+            _ => match store.record(c, std::path::Path::new(&f.shown)) {
+                Ok(s) => out.recorded.push((f.shown.clone(), s)),
+                Err(e) => fail(Some(&f.shown), format!("{} not recorded: {e}", f.shown)),
+            },
+        }
+    }
+    out
 }
 
 /// The operation's name in `--json`.
