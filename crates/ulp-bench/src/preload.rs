@@ -84,6 +84,16 @@ fn self_timed(
     Ok(t)
 }
 
+/// The row of a [`self_timed`] measure: the preloaded median against the
+/// plain one, at most 2 % slower.
+fn self_timed_row(measure: String, t: &[Vec<f64>; 2], note: String) -> Row {
+    Row::new(measure, Unit::Secs, median(&t[1]))
+        .baseline(median(&t[0]))
+        .target(Target::RatioAtMost(1.02))
+        .samples(&t[1])
+        .note(note)
+}
+
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let valgrind = have_valgrind(kit);
 
@@ -126,19 +136,13 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         let (th, n) = (threads.to_string(), pairs.to_string());
         let t = self_timed(kit, reps, "mallocbench", &[&th, &n])?;
         let libpulp = if threads == 1 { "3.7×" } else { "~40×" };
-        rows.push(
-            Row::new(
-                format!("malloc-heavy, {threads} thread(s), preloaded: median"),
-                Unit::Secs,
-                median(&t[1]),
-            )
-            .baseline(median(&t[0]))
-            .target(Target::RatioAtMost(1.02))
-            .samples(&t[1])
-            .note(format!(
+        rows.push(self_timed_row(
+            format!("malloc-heavy, {threads} thread(s), preloaded: median"),
+            &t,
+            format!(
                 "{pairs} malloc/free pairs per thread, 16 B..4 kB, median of {reps} runs each, interleaved; libpulp: {libpulp}"
-            )),
-        );
+            ),
+        ));
         if valgrind {
             let small = (pairs / 10).to_string();
             let th = threads.to_string();
@@ -180,19 +184,11 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         let mut a = vec![args[0], n.as_str()];
         a.extend(&args[1..]);
         let t = self_timed(kit, reps, "loaderbench", &a)?;
-        rows.push(
-            Row::new(
-                format!("{what}, preloaded: median"),
-                Unit::Secs,
-                median(&t[1]),
-            )
-            .baseline(median(&t[0]))
-            .target(Target::RatioAtMost(1.02))
-            .samples(&t[1])
-            .note(format!(
-                "{rounds} {note}, median of {reps} runs each, interleaved"
-            )),
-        );
+        rows.push(self_timed_row(
+            format!("{what}, preloaded: median"),
+            &t,
+            format!("{rounds} {note}, median of {reps} runs each, interleaved"),
+        ));
         if valgrind {
             // Per round: the run with no rounds (start and exit) subtracted.
             let n = rounds / 10;
