@@ -331,10 +331,7 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     // The maps are read once here: they tell whether the process is a
     // target at all, and serve its first operation's pre-check. Its stat
     // is read only once it is known to be one (`Target::seen`).
-    let (found, maps) = match ulp_process::maps(pid) {
-        Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
-        Err(e) => (Err(RuntimeError::Process(e)), None),
-    };
+    let (found, maps) = Runtime::find_with_maps(pid);
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (run.load_runtime, &found) {
         if matches!(operation, Operation::Revert | Operation::RevertAll(_)) {
             // Nothing is applied where the runtime never was.

@@ -121,6 +121,15 @@ impl Runtime {
         Runtime::find_in(pid, &ulp_process::maps(pid)?)
     }
 
+    /// [`Runtime::find`], and the maps it was found in when they could be
+    /// read (for the caller's next look at the process).
+    pub fn find_with_maps(pid: Pid) -> (Result<Runtime, RuntimeError>, Option<Vec<Mapping>>) {
+        match ulp_process::maps(pid) {
+            Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
+            Err(e) => (Err(RuntimeError::Process(e)), None),
+        }
+    }
+
     /// [`Runtime::find`] from maps of `pid` already read. A process
     /// without the runtime costs no read but its maps: nothing of it is
     /// read before a mapped file looks like a runtime by its name (a

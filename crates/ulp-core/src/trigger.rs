@@ -202,10 +202,7 @@ impl Target {
     /// then on is told from a wrong pid), then finds its runtime.
     pub fn find(pid: Pid) -> Target {
         let life = Incarnation::of(pid);
-        let (found, maps) = match ulp_process::maps(pid) {
-            Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
-            Err(e) => (Err(RuntimeError::Process(e)), None),
-        };
+        let (found, maps) = Runtime::find_with_maps(pid);
         Target {
             life,
             runtime: found.map_err(runtime_outcome),
@@ -252,11 +249,7 @@ impl Target {
 
     /// The objects of the process for one operation, read at most once.
     fn objects(&mut self) -> Objects {
-        Objects {
-            pid: self.pid(),
-            maps: self.maps.take(),
-            read: None,
-        }
+        Objects::new(self.pid(), self.maps.take())
     }
 }
 
@@ -270,6 +263,16 @@ struct Objects {
 }
 
 impl Objects {
+    /// The objects of `pid`, to be read from `maps` when given, else from
+    /// its /proc maps.
+    fn new(pid: Pid, maps: Option<Vec<Mapping>>) -> Objects {
+        Objects {
+            pid,
+            maps,
+            read: None,
+        }
+    }
+
     fn get(&mut self) -> Result<&[MappedObject], Outcome> {
         let (pid, maps) = (self.pid, &mut self.maps);
         self.read
@@ -569,11 +572,7 @@ fn precheck(
 /// Why `container` cannot apply in `pid`, seen from outside (its target
 /// library is not loaded, or is another build); `None` when it can.
 pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<Reason> {
-    let mut objects = Objects {
-        pid,
-        maps: None,
-        read: None,
-    };
+    let mut objects = Objects::new(pid, None);
     match objects
         .get()
         .map(|objects| target_state(pid, objects, &container.metadata, opts))
@@ -705,11 +704,7 @@ pub fn is_applied(
     container: &Container,
     opts: &Options,
 ) -> Result<bool, crate::Error> {
-    let mut objects = Objects {
-        pid: rt.pid,
-        maps: None,
-        read: None,
-    };
+    let mut objects = Objects::new(rt.pid, None);
     applied_in(rt, &mut objects, container, opts)
 }
 
