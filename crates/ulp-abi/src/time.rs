@@ -1,7 +1,8 @@
-//! The one date format of ulp, shared by the runtime (the timestamps of
-//! its message log) and the tool (`ulp patches`): `YYYY-MM-DD HH:MM:SS`,
-//! UTC, from seconds since the Unix epoch. No allocation, so the runtime
-//! formats into a fixed line buffer.
+//! The date formats of ulp, from seconds since the Unix epoch, UTC: the
+//! one shared by the runtime (the timestamps of its message log) and the
+//! tool (`ulp patches`), `YYYY-MM-DD HH:MM:SS`; and RFC 3339
+//! (`YYYY-MM-DDTHH:MM:SSZ`, [`Rfc3339`]) for the patch store's records. No
+//! allocation, so the runtime formats into a fixed line buffer.
 
 use core::fmt;
 
@@ -46,6 +47,21 @@ impl fmt::Display for Civil {
             f,
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
             self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rfc3339(pub Civil);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            c.year, c.month, c.day, c.hour, c.minute, c.second
         )
     }
 }

@@ -186,11 +186,7 @@ fn now() -> i64 {
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(secs: i64) -> String {
-    let c = ulp_abi::time::civil(secs);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    ulp_abi::time::Rfc3339(ulp_abi::time::civil(secs)).to_string()
 }
 
 /// A record found in the store.

@@ -263,19 +263,15 @@ fn stored(p: &Args) -> u8 {
             .records
             .iter()
             .map(|s| {
-                let r = &s.record;
-                json!({
-                    "path": s.container_path(),
-                    "record": s.dir,
-                    "container": r.container,
-                    "target": r.target,
-                    "build_id": r.build_id,
-                    "patch_id": r.patch_id,
-                    "container_build_id": r.container_build_id,
-                    "original_path": r.original_path,
-                    "recorded_at": r.recorded_at,
-                    "ulp_version": r.ulp_version,
-                })
+                // The record's metadata as stored, less its format number,
+                // and where the record and its container copy are.
+                let mut v = s.record.to_json();
+                if let Value::Object(m) = &mut v {
+                    m.remove("format");
+                    m.insert("path".into(), json!(s.container_path()));
+                    m.insert("record".into(), json!(s.dir));
+                }
+                v
             })
             .collect();
         let corrupt: Vec<Value> = listing
