@@ -61,10 +61,6 @@ const WAITING_SYSCALLS: &[i64] = &[
     441, // epoll_pwait2
 ];
 
-/// `restart_syscall`, as `Stopped::syscall_of` names a restarted wait
-/// whose original call it cannot tell.
-const RESTART_SYSCALL: i64 = 219;
-
 /// Code ranges of the C library and of the dynamic loader in a process.
 struct Forbidden {
     libc: Vec<(u64, u64)>,
@@ -110,7 +106,9 @@ fn verdict(f: &Forbidden, rip: u64, syscall: Option<i64>) -> Result<(), &'static
         return Err("inside the dynamic loader");
     }
     if let Some(nr) = syscall {
-        if nr == RESTART_SYSCALL {
+        // `restart_syscall`: how `Stopped::syscall_of` names a restarted
+        // wait whose original call it cannot tell.
+        if nr == ulp_process::NR_RESTART_SYSCALL {
             // A wait the kernel restarted, whose original call is not known
             // (see `Stopped::syscall_of`): a call returning by itself would
             // end it with EINTR.

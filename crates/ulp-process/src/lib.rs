@@ -70,4 +70,5 @@ pub use procfs::{
     Mapping,
 };
 pub use regs::Regs;
+pub use restart::NR_RESTART_SYSCALL;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};

@@ -17,7 +17,7 @@
 //! wrappers load it into `eax` just before the `syscall` instruction.
 
 /// `restart_syscall` on x86-64.
-pub(crate) const NR_RESTART_SYSCALL: i64 = 219;
+pub const NR_RESTART_SYSCALL: i64 = 219;
 
 /// The system calls that leave a restart block (x86-64 numbers): poll,
 /// nanosleep, futex (timed waits), clock_nanosleep.

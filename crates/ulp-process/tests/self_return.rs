@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{cpu_has, deadline, run_c, wait_in_syscall, wait_until, Target, TempDir};
 use ulp_fixtures::blocked_syscall;
-
-/// `restart_syscall` (x86-64).
-const RESTART_SYSCALL: i64 = 219;
+use ulp_process::NR_RESTART_SYSCALL as RESTART_SYSCALL;
 use ulp_process::{Pid, RemoteAddr, ReturnPath, Stopped};
 
 /// Modes (argv[1]): "vector" runs a loop that checks known values in
