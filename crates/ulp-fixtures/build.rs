@@ -182,6 +182,17 @@ fn main() {
         &["-O2", "-Wall", "-pthread", &s("sys_prog.c"), "-l:libz.so.1"],
         &out.join("sys_prog"),
     );
+    // Started after patches were recorded in the store (tests/store_start.rs):
+    // its own plugin directory is its RUNPATH.
+    gcc(
+        &[
+            "-O2",
+            "-Wall",
+            &s("start_prog.c"),
+            "-Wl,--enable-new-dtags,-rpath,$ORIGIN/plugins",
+        ],
+        &out.join("start_prog"),
+    );
     // No padding: functions the entry rewrite must refuse (or take).
     gcc(
         &[

@@ -1,7 +1,8 @@
 //! The one interface shared by the `ulp` tool and the runtime
 //! (`libpulp.so.0`) that lives inside patched processes.
 //!
-//! The runtime exports two symbols:
+//! The runtime exports two symbols for the tool (and `dlopen`, interposed
+//! for the patch store):
 //!
 //! * [`INTERFACE_SYMBOL`]: a static [`Interface`] block. The tool reads it
 //!   (and writes its request area) through process memory; it never needs to
@@ -39,6 +40,19 @@ pub mod hex;
 pub mod names;
 pub mod time;
 
+/// The patch store's place and file names, shared by the tool (which
+/// records) and the runtime (which applies the records at start).
+pub mod store {
+    /// Where records go when neither `--store` nor `ULP_STORE` says.
+    pub const DEFAULT_DIR: &str = "/var/lib/ulp/patches";
+    /// The environment variable that names the store.
+    pub const ENV: &str = "ULP_STORE";
+    /// The metadata file of a record.
+    pub const METADATA: &str = "record.json";
+    /// The record format's version (the `format` field).
+    pub const FORMAT: u64 = 1;
+}
+
 #[cfg(feature = "optout")]
 extern crate std;
 #[cfg(feature = "optout")]
@@ -46,7 +60,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -253,11 +267,20 @@ pub struct PatchRecord {
     /// The container's `.ulp.comments` text (may be empty).
     pub comments: u64,
     pub nunits: u64,
+    /// [`record_flag`] bits.
+    pub flags: u64,
+}
+
+/// The bits of [`PatchRecord::flags`].
+pub mod record_flag {
+    /// Applied by the runtime itself from the patch store, when the
+    /// process started or when its target arrived by `dlopen` (protocol 8).
+    pub const AT_START: u64 = 1;
 }
 
 impl PatchRecord {
     /// Bytes one record takes in the published array.
-    pub const SIZE: usize = 72;
+    pub const SIZE: usize = 80;
 
     /// The record as the runtime publishes it (little-endian, the layout
     /// of this `#[repr(C)]` struct on x86-64).
@@ -269,6 +292,7 @@ impl PatchRecord {
         b[48..56].copy_from_slice(&self.target_path.to_le_bytes());
         b[56..64].copy_from_slice(&self.comments.to_le_bytes());
         b[64..72].copy_from_slice(&self.nunits.to_le_bytes());
+        b[72..80].copy_from_slice(&self.flags.to_le_bytes());
         b
     }
 
@@ -287,6 +311,7 @@ impl PatchRecord {
             target_path: u64_at(48)?,
             comments: u64_at(56)?,
             nunits: u64_at(64)?,
+            flags: u64_at(72)?,
         })
     }
 }
@@ -691,11 +716,12 @@ mod tests {
             target_path: 0x2000,
             comments: 0,
             nunits: 3,
+            flags: record_flag::AT_START,
         };
         assert_eq!(&r.to_bytes()[..], memory_of(&r));
         let back = PatchRecord::from_bytes(&r.to_bytes()).unwrap();
         assert_eq!(back.to_bytes(), r.to_bytes());
-        assert!(PatchRecord::from_bytes(&r.to_bytes()[..71]).is_none());
+        assert!(PatchRecord::from_bytes(&r.to_bytes()[..79]).is_none());
     }
 
     #[test]

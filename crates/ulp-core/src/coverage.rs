@@ -43,6 +43,9 @@ pub enum Why {
     RuntimeUnusable(String),
     /// Patchable, but these patches (container file names) are not applied.
     NotApplied(Vec<String>),
+    /// A stored patch (`ulp trigger --persist`) its runtime refused to
+    /// apply when the process started: the runtime's message.
+    Refused(String),
 }
 
 impl Why {
@@ -55,6 +58,7 @@ impl Why {
             Why::NotPermitted(_) => "not_permitted",
             Why::RuntimeUnusable(_) => "runtime_unusable",
             Why::NotApplied(_) => "not_applied",
+            Why::Refused(_) => "refused",
         }
     }
 }
@@ -78,6 +82,7 @@ impl fmt::Display for Why {
                 "patchable, but not applied here: {} (run `ulp trigger`)",
                 c.join(", ")
             ),
+            Why::Refused(m) => write!(f, "its runtime refused the stored patch: {m}"),
         }
     }
 }
@@ -101,9 +106,35 @@ pub struct Coverage {
     pub unreadable: usize,
 }
 
+/// A record of the patch store, as [`scan`] counts it: a build patched
+/// "elsewhere" too, so that a process started with the runtime that did
+/// not apply it (refused, or not preloaded) is listed.
+#[derive(Clone, Debug)]
+pub struct StoredPatch {
+    /// The container's target name (basename or SONAME).
+    pub target: String,
+    pub build_id: Vec<u8>,
+    pub patch_id: [u8; 32],
+    /// The container's file name.
+    pub container: String,
+}
+
+impl StoredPatch {
+    /// Whether the mapped file `basename` may be the target: its name, or
+    /// a file the name links to as distributions install them
+    /// (`libz.so.1` -> `libz.so.1.2.13`). The build-id decides.
+    fn may_be(&self, basename: &str) -> bool {
+        basename == self.target
+            || basename
+                .strip_prefix(self.target.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    }
+}
+
 /// Finds, among `candidates`, the processes that map a build patched in
-/// any process of the system, without all its patches.
-pub fn scan(candidates: &[Pid]) -> Coverage {
+/// any process of the system, or that a record of the patch store is for,
+/// without all its patches.
+pub fn scan(candidates: &[Pid], stored: &[StoredPatch]) -> Coverage {
     let all = ulp_process::all_pids();
     // (library file name, build id) -> the patches applied to it anywhere.
     let mut patched: BTreeMap<(String, Vec<u8>), Patched> = BTreeMap::new();
@@ -134,10 +165,11 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
         }
     }
     let mut out = Coverage::default();
-    if patched.is_empty() {
+    if patched.is_empty() && stored.is_empty() {
         return out;
     }
     let names: BTreeSet<&str> = patched.keys().map(|(n, _)| n.as_str()).collect();
+    let wanted = |base: &str| names.contains(base) || stored.iter().any(|s| s.may_be(base));
     let me = Pid::this();
     for &pid in candidates.iter().filter(|&&p| p != me) {
         let objects = match mapped_objects(pid) {
@@ -148,7 +180,7 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
                 continue;
             }
         };
-        if !objects.iter().any(|o| names.contains(o.basename())) {
+        if !objects.iter().any(|o| wanted(o.basename())) {
             continue;
         }
         // Named as the loader names them (what the registries record and
@@ -158,14 +190,24 @@ pub fn scan(candidates: &[Pid]) -> Coverage {
             Err(_) => objects,
         };
         let runtime = Runtime::find(pid);
-        for obj in objects.iter().filter(|o| names.contains(o.basename())) {
+        for obj in objects.iter().filter(|o| wanted(o.basename())) {
             let Some(id) = obj.build_id_in_memory(pid) else {
                 continue;
             };
-            let Some(p) = patched.get(&(obj.basename().to_string(), id.clone())) else {
+            let mut p = patched
+                .get(&(obj.basename().to_string(), id.clone()))
+                .cloned()
+                .unwrap_or_default();
+            for s in stored
+                .iter()
+                .filter(|s| s.build_id == id && s.may_be(obj.basename()))
+            {
+                p.patches.insert(s.patch_id, s.container.clone());
+            }
+            if p.patches.is_empty() {
                 continue;
-            };
-            let Some(why) = why_unpatched(pid, &runtime, obj, p) else {
+            }
+            let Some(why) = why_unpatched(pid, &runtime, obj, &p) else {
                 continue;
             };
             out.unpatched.push(Unpatched {
@@ -221,6 +263,20 @@ fn why_unpatched(
         .collect();
     if missing.is_empty() {
         return None;
+    }
+    // A stored patch the runtime refused at start says why in its log.
+    if let Ok(lines) = rt.messages() {
+        if let Some(line) = lines.iter().rev().find(|l| {
+            l.contains("stored patch")
+                && (l.contains("refused") || l.contains("not applied"))
+                && p.patches.iter().any(|(id, name)| {
+                    !have.contains(id)
+                        && (l.contains(name.as_str()) || l.contains(&ulp_abi::hex::hex(id)))
+                })
+        }) {
+            let text = line.split_once("] ulp: ").map_or(line.as_str(), |(_, t)| t);
+            return Some(Why::Refused(text.to_string()));
+        }
     }
     Some(match attach_refusal(pid) {
         Some(why) => Why::NotPermitted(why),

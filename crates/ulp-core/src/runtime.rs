@@ -269,6 +269,7 @@ impl Runtime {
                 container_path: self.read_cstr(r.container_path)?,
                 target_path: self.read_cstr(r.target_path)?,
                 comments: self.read_cstr(r.comments)?,
+                at_start: r.flags & ulp_abi::record_flag::AT_START != 0,
             });
         }
         Ok(out)
@@ -327,6 +328,9 @@ pub struct AppliedPatch {
     pub container_path: String,
     pub target_path: String,
     pub comments: String,
+    /// Applied by the runtime itself from the patch store, at process
+    /// start or when its target arrived by `dlopen`.
+    pub at_start: bool,
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for seconds since the epoch: the runtime's

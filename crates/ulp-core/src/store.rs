@@ -38,14 +38,7 @@ use ulp_container::container::Container;
 
 use crate::trust;
 
-/// Where records go when neither `--store` nor `ULP_STORE` says.
-pub const DEFAULT_DIR: &str = "/var/lib/ulp/patches";
-/// The environment variable that names the store.
-pub const ENV: &str = "ULP_STORE";
-/// The metadata file of a record.
-pub const METADATA: &str = "record.json";
-/// The record format's version (the `format` field).
-pub const FORMAT: u64 = 1;
+pub use ulp_abi::store::{DEFAULT_DIR, ENV, FORMAT, METADATA};
 
 /// The store directory: `--store DIR`, else `ULP_STORE`, else the default.
 pub fn resolve(option: Option<&str>) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The ulp runtime, built as `libpulp.so.0` and preloaded into processes
 //! (`LD_PRELOAD`) so that the `ulp` tool can live-patch them.
 //!
-//! It exports exactly two symbols, described in `ulp_abi`: the block
+//! It exports three symbols. Two are described in `ulp_abi`: the block
 //! `__ulp_interface` (request, result, registry of applied patches, message
 //! ring) and the function `__ulp_entry`, which the tool runs on one thread
 //! of the process while the other threads keep running. The call returns
@@ -9,7 +9,10 @@
 //! brings the thread back to its own code by itself if the tool is gone. The runtime loads
 //! containers, resolves their functions and references, keeps the registry
 //! and answers with the code writes the tool then makes itself, with every
-//! thread stopped. It never writes code.
+//! thread stopped. The third is `dlopen` (`dlopen.rs`), for the patch
+//! store (`stored.rs`): when the store exists at start, the runtime applies
+//! its records itself, before `main` and after each `dlopen`; those are
+//! the only code writes the runtime makes.
 //!
 //! Rules for everything in this crate, since it runs inside other people's
 //! processes:
@@ -19,9 +22,11 @@
 //! * No panic crosses the FFI boundary: `__ulp_entry`, the constructor and
 //!   the `dl_iterate_phdr` callback each catch unwinding and turn it into a
 //!   result code (the workspace builds with `panic = "unwind"` for this).
-//! * No threads, no signal handlers, no interposed libc functions: nothing
-//!   on the host's hot paths. The constructor only reads three environment
-//!   variables (and looks up names only when one is set) and logs a line.
+//! * No threads, no signal handlers, nothing on the host's hot paths. One
+//!   libc function is interposed, `dlopen`, and while there is no patch
+//!   store it is a jump to the C library's. The constructor only reads
+//!   three environment variables (and looks up names only when one is
+//!   set), logs a line and looks for the patch store (one `stat`).
 //! * Allocation, `dlopen` and other locking libc calls happen only inside
 //!   `__ulp_entry`, which the tool runs while every other thread keeps
 //!   running, so a lock held by another thread is released in due course.
@@ -31,12 +36,14 @@
 //! * One call at a time: `BUSY` refuses a concurrent call instead of
 //!   sharing the registry.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ulp_abi::{code, op, state};
 
 pub mod container;
+pub mod dlopen;
+mod elf_file;
 pub mod interface;
 pub mod objects;
 pub mod optout;
@@ -47,6 +54,7 @@ pub mod resume;
 pub mod rewrite;
 pub mod ring;
 pub mod site;
+mod stored;
 pub mod switch;
 
 use interface::SharedInterface;
@@ -56,28 +64,83 @@ use interface::SharedInterface;
 #[allow(non_upper_case_globals)]
 pub static __ulp_interface: SharedInterface = SharedInterface::new();
 
-/// Set while a call runs.
+/// Set while a call runs (or the runtime applies stored patches).
 static BUSY: AtomicBool = AtomicBool::new(false);
+/// The thread that holds BUSY (0: none): a `dlopen` made by that very
+/// thread inside a call (a container's) does not wait for it.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// BUSY, held: released on drop.
+struct Busy;
+
+impl Busy {
+    /// BUSY now, or `None` when another call holds it.
+    fn try_take() -> Option<Busy> {
+        if BUSY.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: gettid cannot fail.
+        OWNER.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        Some(Busy)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        OWNER.store(0, Ordering::Relaxed);
+        BUSY.store(false, Ordering::Release);
+    }
+}
 
 /// Performs `Interface::req_op` on the request and fills the result area;
 /// returns the result code (also stored in `res_code`). The tool runs it
 /// with the resume routine (`resume.rs`) as its return address.
 #[no_mangle]
 pub extern "C" fn __ulp_entry() -> i32 {
-    if BUSY.swap(true, Ordering::Acquire) {
+    let Some(_busy) = Busy::try_take() else {
         // Another call owns the result area: answer with the code only.
         return code::FAILED;
-    }
-    let rc = match catch_unwind(dispatch) {
+    };
+    match catch_unwind(dispatch) {
         Ok(rc) => rc,
         Err(_) => {
             let msg = "internal error in the runtime (see its messages)";
             let _ = catch_unwind(|| interface::set_result(code::FAILED, msg, &[]));
             code::FAILED
         }
-    };
-    BUSY.store(false, Ordering::Release);
-    rc
+    }
+}
+
+/// After a successful `dlopen` while the patch store is armed
+/// (`dlopen.rs`): applies the stored patches of what it loaded. Waits
+/// (yielding, two seconds at most) for a call of another thread to end;
+/// inside a call of this thread (its `dlopen` of a container) does
+/// nothing.
+pub(crate) fn after_dlopen() {
+    let _ = catch_unwind(|| {
+        // SAFETY: gettid cannot fail.
+        let me = unsafe { libc::gettid() };
+        if OWNER.load(Ordering::Relaxed) == me {
+            return;
+        }
+        let start = ring::monotonic_ns();
+        let busy = loop {
+            if let Some(b) = Busy::try_take() {
+                break b;
+            }
+            if ring::monotonic_ns().saturating_sub(start) > 2_000_000_000 {
+                ring::log(format_args!(
+                    "stored patches not checked after a dlopen: the runtime stayed busy"
+                ));
+                return;
+            }
+            // SAFETY: no preconditions.
+            unsafe { libc::sched_yield() };
+        };
+        // SAFETY: we hold BUSY.
+        unsafe { registry::with_registry(|reg| stored::after_dlopen(reg)) };
+        drop(busy);
+    });
 }
 
 fn dispatch() -> i32 {
@@ -118,8 +181,9 @@ fn dispatch() -> i32 {
 }
 
 /// Runs at load time (preload or dlopen): logs the "loaded" line, replaces
-/// the panic hook of this library's copy of std (so nothing is printed) and
-/// checks the opt-outs.
+/// the panic hook of this library's copy of std (so nothing is printed),
+/// checks the opt-outs and applies the patch store's records
+/// (`stored.rs`).
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn constructor() {
     let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -138,6 +202,10 @@ extern "C" fn constructor() {
             // libpulp's line: `Matched uid 1000: livepatching disabled
             // by user request.`
             ring::log(format_args!("{o}"));
+        }
+        if let Some(_busy) = Busy::try_take() {
+            // SAFETY: we hold BUSY.
+            unsafe { registry::with_registry(|reg| stored::at_start(reg)) };
         }
     }));
 }

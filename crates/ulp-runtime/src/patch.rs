@@ -425,6 +425,7 @@ fn apply_request(
             })
             .collect(),
         handle,
+        at_start: false,
     };
     reg.patches.push(patch);
     reg.last = Some(LastChange::Applied { id: meta.patch_id });

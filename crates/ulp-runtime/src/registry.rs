@@ -40,6 +40,8 @@ pub(crate) struct Patch {
     /// From `dlopen`; closed only by UNDO of this patch's APPLY, never
     /// after a revert (a thread may still run the container's code).
     pub(crate) handle: *mut c_void,
+    /// Applied by the runtime itself from the patch store (`stored.rs`).
+    pub(crate) at_start: bool,
 }
 
 impl Patch {
@@ -55,6 +57,11 @@ impl Patch {
             target_path: self.target_path.as_ptr() as u64,
             comments: self.comments.as_ptr() as u64,
             nunits: self.units.len() as u64,
+            flags: if self.at_start {
+                ulp_abi::record_flag::AT_START
+            } else {
+                0
+            },
         }
     }
 }

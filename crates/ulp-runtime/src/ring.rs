@@ -64,6 +64,17 @@ impl fmt::Write for LineBuf {
 }
 
 /// Seconds since the Unix epoch, from `clock_gettime(CLOCK_REALTIME)`.
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn now() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -1,5 +1,6 @@
 //! The built `libpulp.so` as the loader and the tool see it: SONAME, no
-//! text relocations, no GLIBC_PRIVATE reference, exactly two exports.
+//! text relocations, no GLIBC_PRIVATE reference, exactly three exports
+//! (the two of the protocol and the interposed `dlopen`).
 
 mod support;
 
@@ -26,7 +27,7 @@ fn soname_and_no_text_relocations() {
 }
 
 #[test]
-fn no_glibc_private_and_only_the_two_exports() {
+fn no_glibc_private_and_only_the_three_exports() {
     let syms = readelf(&["--dyn-syms", "-W"]);
     assert!(!syms.contains("GLIBC_PRIVATE"), "{syms}");
     let mut exported: Vec<(String, String)> = syms
@@ -44,6 +45,8 @@ fn no_glibc_private_and_only_the_two_exports() {
         [
             ("__ulp_entry".to_string(), "FUNC".to_string()),
             ("__ulp_interface".to_string(), "OBJECT".to_string()),
+            // Interposed for the patch store (dlopen.rs).
+            ("dlopen".to_string(), "FUNC".to_string()),
         ]
     );
 }

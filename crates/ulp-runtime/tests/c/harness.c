@@ -46,8 +46,9 @@ struct record {
   uint64_t target_path;
   uint64_t comments;
   uint64_t nunits;
+  uint64_t flags;
 };
-_Static_assert(sizeof(struct record) == 72, "PatchRecord layout");
+_Static_assert(sizeof(struct record) == 80, "PatchRecord layout");
 
 static char *iface;
 static int (*entry)(void);

@@ -19,7 +19,7 @@ use crate::args::{Common, UsageError};
 #[command(
     about = "list processes with the runtime and their patches, and those still running unpatched copies of patched libraries",
     override_usage = "\
-ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched]
+ulp patches [-p PID|NAME] [-u USER] [-b] [--only-livepatched] [--store DIR]
        ulp patches --stored [--store DIR]",
     before_help = "\
 List the processes that have the live-patching runtime loaded (all of them,
@@ -34,12 +34,18 @@ patches' comments:
     Livepatchable libraries:
       in <library path>:
         livepatch: <container file name> loaded on <date, UTC>
+          applied by its runtime from the patch store, at start or at dlopen
           bug labels: <labels>
+(the middle line only for a patch the runtime applied itself from the patch
+store).
 
 Then, when some process still runs a library build that is patched in
-other processes without having all of those patches, one line for each,
-with the reason (no runtime, opted out, disabled, not permitted, or simply
-not applied yet) and what to do (not with --only-livepatched):
+other processes, or that a record of the patch store is for (--store DIR,
+else $ULP_STORE, else /var/lib/ulp/patches), without having all of those
+patches, one line for each,
+with the reason (no runtime, opted out, disabled, not permitted, a stored
+patch its runtime refused, with the runtime's message, or simply not
+applied yet) and what to do (not with --only-livepatched):
 
   Unpatched processes (they map a library that is patched elsewhere):
     <name> (pid: <pid>): <library path>: <reason>
@@ -83,7 +89,7 @@ pub struct Args {
     /// list the patch store's records (ulp trigger --persist) instead of processes
     #[arg(long)]
     pub stored: bool,
-    /// the patch store (default: $ULP_STORE, else /var/lib/ulp/patches); with --stored
+    /// the patch store (default: $ULP_STORE, else /var/lib/ulp/patches): its records count in the unpatched list
     #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub store: Option<String>,
     #[arg(value_hint = ValueHint::Other, hide = true)]
@@ -109,11 +115,6 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             ));
         }
         return Ok(stored(p));
-    }
-    if p.store.is_some() {
-        return Err(UsageError(
-            "--store goes with --stored (it names the patch store to list)".into(),
-        ));
     }
     let json = p.common.json;
     let only_patched = p.only_livepatched;
@@ -194,7 +195,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     let coverage = if only_patched {
         Default::default()
     } else {
-        ulp_core::coverage::scan(&candidates)
+        ulp_core::coverage::scan(&candidates, &stored_patches(p.store.as_deref()))
     };
     if json {
         let processes: Vec<Value> = reports.iter().map(to_json).collect();
@@ -240,6 +241,39 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
 }
 
 /// `--stored`: the records of the patch store.
+/// The patch store's records, for the unpatched list (a store that is
+/// missing, unreadable or refused counts as empty here: `--stored` says
+/// why).
+fn stored_patches(dir: Option<&str>) -> Vec<ulp_core::coverage::StoredPatch> {
+    let Ok(listing) = Store::new(store::resolve(dir)).list() else {
+        return Vec::new();
+    };
+    listing
+        .records
+        .into_iter()
+        .filter_map(|s| {
+            let r = s.record;
+            Some(ulp_core::coverage::StoredPatch {
+                target: r.target,
+                build_id: unhex(&r.build_id)?,
+                patch_id: unhex(&r.patch_id)?.try_into().ok()?,
+                container: r.container,
+            })
+        })
+        .collect()
+}
+
+/// Bytes from hex text; `None` when it is not.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = core::str::from_utf8(pair).ok().filter(|p| p.len() == 2)?;
+            u8::from_str_radix(pair, 16).ok()
+        })
+        .collect()
+}
+
 fn stored(p: &Args) -> u8 {
     let store = Store::new(store::resolve(p.store.as_deref()));
     let dir = store.dir.display().to_string();
@@ -344,6 +378,12 @@ fn text(r: &Inventory, build_ids: bool) -> String {
                 container_file(a),
                 format_utc(a.applied_at)
             );
+            if a.at_start {
+                let _ = writeln!(
+                    s,
+                    "        applied by its runtime from the patch store, at start or at dlopen"
+                );
+            }
             let labels = bug_labels(&a.comments);
             if !labels.is_empty() {
                 let _ = writeln!(s, "        bug labels: {}", labels.join(", "));
@@ -369,6 +409,7 @@ fn to_json(r: &Inventory) -> Value {
                         "applied_at": a.applied_at,
                         "applied_at_utc": format_utc(a.applied_at),
                         "bug_labels": bug_labels(&a.comments),
+                        "applied_at_start": a.at_start,
                         "comments": a.comments,
                     })
                 })
