@@ -388,15 +388,23 @@ fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config)
             }
         }
     }
+    let timed_out = p.seen.elapsed() >= config.per_process;
     if !found.is_empty() {
-        return Look::Target(found);
+        // The runtime is loaded through the C library's dlopen: a target
+        // mapped before the C library (the loader maps in breadth-first
+        // order) waits for it. A program without the loader gets its
+        // refusal at once.
+        if p.libc_at.is_some() || !has_loader || timed_out {
+            return Look::Target(found);
+        }
+        return Look::Again;
     }
     let settled = match p.libc_at {
         Some(at) => at.elapsed() >= AFTER_LIBC,
         // A program without the dynamic loader maps nothing more.
         None => !has_loader && !objects.is_empty(),
     };
-    if settled || p.seen.elapsed() >= config.per_process {
+    if settled || timed_out {
         Look::Done
     } else {
         Look::Again

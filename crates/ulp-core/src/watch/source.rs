@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ulp_process::Pid;
 
@@ -61,6 +61,8 @@ pub enum Source {
     Poll {
         known: HashSet<Pid>,
         interval: Duration,
+        /// When the list was last read.
+        read_at: Instant,
     },
 }
 
@@ -135,6 +137,7 @@ impl Source {
         Source::Poll {
             known: ulp_process::all_pids().into_iter().collect(),
             interval,
+            read_at: Instant::now(),
         }
     }
 
@@ -146,15 +149,25 @@ impl Source {
         }
     }
 
-    /// Waits at most `timeout` (a poll: at most its interval) and returns
-    /// the processes that have started a program since the last call.
+    /// Waits at most `timeout` and returns the processes that have started
+    /// a program since the last call (a poll reads the process list at most
+    /// once an interval, and returns nothing in between).
     /// `Err(Lost)` when the kernel dropped events (its buffer overflowed):
     /// the caller scans instead.
     pub fn next(&mut self, timeout: Duration) -> Result<Vec<Pid>, Lost> {
         match self {
             Source::Netlink(fd) => read_events(fd, timeout),
-            Source::Poll { known, interval } => {
-                std::thread::sleep(timeout.min(*interval));
+            Source::Poll {
+                known,
+                interval,
+                read_at,
+            } => {
+                let due = interval.saturating_sub(read_at.elapsed());
+                std::thread::sleep(timeout.min(due));
+                if read_at.elapsed() < *interval {
+                    return Ok(Vec::new());
+                }
+                *read_at = Instant::now();
                 let now: HashSet<Pid> = ulp_process::all_pids().into_iter().collect();
                 let mut new: Vec<Pid> = now.difference(known).copied().collect();
                 new.sort_unstable();
