@@ -349,3 +349,43 @@ fn watch_refuses_a_bad_runtime_and_bad_options() {
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("ulp watch: "), "{err}");
 }
+
+#[test]
+fn programs_that_exit_at_once_get_one_line_at_most() {
+    let (demo, store) = demo_with_record("wexit");
+    let dir = demo.dir.path();
+    let mut w = Watch::start(dir, &store, &demo.runtime, "wexit", &[]);
+    w.expect("store: 1 record", LIMIT);
+    // Each exits right after its ready line (a limit of 0 ms).
+    let mut targets: Vec<Target> = (0..20)
+        .map(|_| start_plain(dir, &demo.dir.join("wexit"), &["0"]))
+        .collect();
+    for t in &mut targets {
+        let l = t.expect("", LIMIT);
+        assert!(l == "unpatched 1" || l.starts_with("patched "), "{l}");
+    }
+    // A bound for the watch to finish with them (its --timeout is 2 s):
+    // each gets its line by then or never (most exit before they are
+    // looked at).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let log = w.drain();
+        let done = targets.iter().all(|t| {
+            log.iter()
+                .any(|l| l.contains(&format!(" {} (wexit)", t.pid)))
+        });
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = w.stop();
+    for t in &targets {
+        let about: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains(&format!(" {} (", t.pid)))
+            .collect();
+        assert!(about.len() <= 1, "{about:#?}");
+        assert!(about.iter().all(|l| !l.contains("refused")), "{about:#?}");
+    }
+}
