@@ -332,6 +332,26 @@ fn records_added_while_watching_take_effect() {
 }
 
 #[test]
+fn json_logs_are_one_object_a_line() {
+    let (demo, store) = demo_with_record("wjson");
+    let dir = demo.dir.path();
+    let mut w = Watch::start(dir, &store, &demo.runtime, "wjson", &["--json", "--poll"]);
+    let first: serde_json::Value = serde_json::from_str(&w.expect("\"started\"", LIMIT)).unwrap();
+    assert_eq!(first["source"], "polling the process list");
+    assert_eq!(first["store"], store.to_str().unwrap());
+    let mut t = start_plain(dir, &demo.dir.join("wjson"), &[]);
+    t.expect("patched", Duration::from_secs(40));
+    let l = w.expect("\"patched\"", LIMIT);
+    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(v["pid"], t.pid);
+    assert_eq!(v["target"], "libulpdemo.so.1");
+    assert_eq!(v["file"], "demo_livepatch.so");
+    for l in w.stop() {
+        serde_json::from_str::<serde_json::Value>(&l).unwrap_or_else(|e| panic!("{l}: {e}"));
+    }
+}
+
+#[test]
 fn watch_refuses_a_bad_runtime_and_bad_options() {
     let dir = TempDir::new("watch-usage");
     let (code, _, err) = ulp(dir.path(), &["watch", "--timeout", "0"]);

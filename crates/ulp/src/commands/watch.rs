@@ -173,10 +173,11 @@ fn line(e: &Event) -> String {
             source,
             fallback,
         } => match fallback {
-            Some(why) => format!(
-                "watching {} ({source}: {why}; run as root for events)",
+            Some(why) if !ulp_core::trust::running_as_root() => format!(
+                "watching {} ({source}: {why}; as root it listens to them)",
                 store.display()
             ),
+            Some(why) => format!("watching {} ({source}: {why})", store.display()),
             None => format!("watching {} ({source})", store.display()),
         },
         Event::StoreRead { records } => {
