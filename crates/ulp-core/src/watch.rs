@@ -16,7 +16,7 @@
 //! the records, as `ulp trigger --load-runtime -p PID CONTAINER...` does
 //! ([`inject::ensure_runtime`], [`trigger::apply_in`]). While its threads
 //! are still in the loader or the C library the process is busy
-//! ([`crate::caller`]); it is tried again with a short backoff until
+//! (the caller rule, `caller.rs`); it is tried again with a short backoff until
 //! [`Config::per_process`] has passed, then given up with the reason.
 //!
 //! The store is read again whenever its directory changes (and every few

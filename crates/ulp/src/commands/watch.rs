@@ -23,7 +23,8 @@ names, else /var/lib/ulp/patches) to every process that starts a program
 mapping a library build a record is for, right after its dynamic loader has
 mapped its libraries. A process without the runtime gets it loaded first,
 as with `ulp trigger --load-runtime -p PID` (--runtime=PATH, by default
-libpulp.so.0 next to ulp as for trigger); one whose environment opts out
+libpulp.so.0 next to ulp as for trigger; as root, one another user could
+change is refused); a process whose environment opts out
 (LIBPULP_DISABLE_ON_*) is refused. Processes that were running before watch
 started are left to `ulp trigger`. -p NAME limits watch to the processes
 whose name or executable's file name matches the shell pattern NAME (quote
