@@ -144,9 +144,10 @@ impl Entry {
 /// The store as last read.
 struct Records {
     store: Store,
-    /// The store directory's (inode, mtime ns) when read, `None` when it
-    /// did not exist.
-    stamp: Option<(u64, i64)>,
+    /// The store directory's (inode, mtime ns, ctime ns) when read (a
+    /// record added or removed changes its mtime, a chmod its ctime),
+    /// `None` when it did not exist.
+    stamp: Option<(u64, i64, i64)>,
     read_at: Instant,
     entries: Vec<Arc<Entry>>,
     /// Build id (lowercase hex) -> entries.
@@ -173,9 +174,13 @@ impl Records {
         }
     }
 
-    fn dir_stamp(&self) -> Option<(u64, i64)> {
+    fn dir_stamp(&self) -> Option<(u64, i64, i64)> {
         let m = std::fs::metadata(&self.store.dir).ok()?;
-        Some((m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+        Some((
+            m.ino(),
+            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ))
     }
 
     /// Reads the store again when it changed (or `force`).

@@ -409,3 +409,33 @@ fn programs_that_exit_at_once_get_one_line_at_most() {
         assert!(about.iter().all(|l| !l.contains("refused")), "{about:#?}");
     }
 }
+
+#[test]
+fn an_untrusted_store_is_refused_until_fixed() {
+    if id("-u") != "0" {
+        eprintln!("skipped: the store's trust rule applies as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (demo, store) = demo_with_record("wtrust");
+    let dir = demo.dir.path();
+    let mode = |m: u32| {
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(0o777);
+    let mut w = Watch::start(dir, &store, &demo.runtime, "wtrust", &[]);
+    let l = w.expect("store refused: ", LIMIT);
+    assert!(l.contains("is writable by its group and by others"), "{l}");
+    assert!(
+        l.contains("no record is applied until this is fixed"),
+        "{l}"
+    );
+    let mut t = start_plain(dir, &demo.dir.join("wtrust"), &["500"]);
+    assert_eq!(t.expect("unpatched", LIMIT), "unpatched 1");
+    // Fixed: read again (within the watch's periodic re-read).
+    mode(0o755);
+    w.expect("store: 1 record", LIMIT);
+    let mut t = start_plain(dir, &demo.dir.join("wtrust"), &[]);
+    t.expect("patched", Duration::from_secs(40));
+    w.stop();
+}
