@@ -55,7 +55,8 @@ pub struct Config {
     pub poll: bool,
     /// How often the process list is scanned (with `poll`).
     pub poll_interval: Duration,
-    /// How long one process is looked at and tried, from when it is seen.
+    /// How long one process is looked at (from when it is seen), and how
+    /// long a worker tries it while it is busy (from when it takes it).
     pub per_process: Duration,
     /// Worker threads that patch processes.
     pub jobs: usize,
@@ -419,7 +420,6 @@ fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config)
 /// A process for a worker.
 struct Job {
     pid: Pid,
-    seen: Instant,
     entries: Vec<Arc<Entry>>,
 }
 
@@ -516,7 +516,6 @@ pub fn run(config: &Config, stop: &AtomicBool, emit: &(dyn Fn(Event) + Sync)) {
                         if let Ok(mut q) = queue.jobs.lock() {
                             q.push_back(Job {
                                 pid: p.pid,
-                                seen: p.seen,
                                 entries,
                             });
                         }
@@ -575,10 +574,11 @@ fn is_exit(outcome: &Outcome) -> bool {
 }
 
 /// Loads the runtime into `job.pid` if needed and applies its records,
-/// retrying while it is busy, until `per_process` after it was seen.
+/// retrying while it is busy, for at most `per_process` from now (the time
+/// it waited in the queue is not held against it).
 fn patch(config: &Config, job: Job, emit: &(dyn Fn(Event) + Sync)) {
     let pid = job.pid;
-    let deadline = job.seen + config.per_process;
+    let deadline = Instant::now() + config.per_process;
     let name = select::process_name(pid);
     let life = ulp_process::Incarnation::of(pid);
     let mut left: Vec<Arc<Entry>> = Vec::new();

@@ -36,7 +36,7 @@ A new process is only read (/proc/PID/maps and the build ids of the files it
 maps) until it is known to map a recorded target: a process that maps none
 is never stopped, traced or slowed. One that does is tried again while it is
 busy (a thread still in the loader or the C library), for at most --timeout
-seconds (default 2) from when it was seen, then refused with the reason.
+seconds (default 2), then refused with the reason.
 
 The store is read again whenever it changes, so records added or removed
 while watch runs take effect for the processes started after. As root, a
@@ -75,7 +75,7 @@ pub struct Args {
     /// only processes whose name matches the shell pattern NAME
     #[arg(short, long, value_name = "NAME")]
     pub process: Option<String>,
-    /// give up on a process S seconds after it started (default 2)
+    /// give up on a busy process after S seconds (default 2)
     #[arg(long, value_name = "S", value_hint = ValueHint::Other)]
     pub timeout: Option<String>,
     #[arg(value_hint = ValueHint::Other, hide = true)]
