@@ -12,9 +12,13 @@
 #   /usr/share/man/man1/ulp.1.gz                     the manual page
 #   /usr/share/bash-completion/completions/ulp       bash completion
 #   /usr/share/doc/ulp/{README.md,COMPAT.md,copyright,changelog.Debian.gz}
+#   /lib/systemd/system/ulp-watch.service            `ulp watch` as a service
+#                                                    (Debian 12's place for
+#                                                    units), not enabled
 #
 # No maintainer scripts: installing it preloads nothing (/etc/ld.so.preload
-# is not touched); programs opt in with LD_PRELOAD.
+# is not touched), and enables or starts no service (systemctl enable --now
+# ulp-watch does); programs opt in with LD_PRELOAD.
 #
 # Usage: scripts/deb.sh            (or: make deb)
 # Environment:
@@ -92,6 +96,10 @@ chmod 0644 "$lib"
 readelf --dyn-syms "$lib" | grep -q ' __ulp_' || die "the stripped runtime lost its dynamic symbols"
 
 gzip -9n "$stage/usr/share/man/man1/ulp.1"
+
+# The service, shipped and not enabled (no maintainer script).
+install -d "$stage/lib/systemd/system"
+install -m 0644 scripts/ulp-watch.service "$stage/lib/systemd/system/ulp-watch.service"
 
 doc=$stage/usr/share/doc/ulp
 install -d "$doc"

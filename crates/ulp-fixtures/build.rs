@@ -108,6 +108,18 @@ fn main() {
         ],
         &out.join("options_prog"),
     );
+    // The target of crates/ulp/tests/watch.rs and the watch bench: started
+    // without the runtime, it waits for a live patch.
+    gcc(
+        &[
+            "-O2",
+            &s("watch_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("watch_prog"),
+    );
     // The target of crates/ulp/tests/stress.rs and the library it opens
     // and closes over and over.
     gcc(

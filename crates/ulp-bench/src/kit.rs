@@ -35,11 +35,18 @@ const SOURCES: &[(&str, &str)] = &[
         "loaderbench.c",
         include_str!("../../../fixtures/bench/loaderbench.c"),
     ),
+    (
+        "watchbench.c",
+        include_str!("../../../fixtures/bench/watchbench.c"),
+    ),
 ];
 
 /// The name the fleet's copies of the target run under (its comm), so
 /// `ulp trigger -p NAME` finds exactly them.
 pub const FLEET_NAME: &str = "ulpb_fleet";
+/// The program the watch measure starts (`ulp watch -p WATCH_NAME`: the
+/// watch leaves every other process of the machine alone).
+pub const WATCH_NAME: &str = "ulpb_watch";
 
 const LIB_FLAGS: &[&str] = &[
     "-O2",
@@ -133,6 +140,7 @@ impl Kit {
         kit.gcc(&with_lib, &src("bench_target.c"), "bench_target")?;
         kit.gcc(&with_lib, &src("bench_target.c"), FLEET_NAME)?;
         kit.gcc(&with_lib, &src("callcost.c"), "callcost")?;
+        kit.gcc(&with_lib, &src("watchbench.c"), WATCH_NAME)?;
         kit.gcc(
             &[
                 "-O2",
@@ -161,6 +169,7 @@ impl Kit {
             "bench_livepatch.so",
             "bench_target",
             FLEET_NAME,
+            WATCH_NAME,
             "callcost",
             "callcost_nopad",
             "mallocbench",

@@ -6,7 +6,8 @@
 //! Measures (one module each): `latency` (apply/revert, one process),
 //! `pause` (what a probe thread in the target feels), `fleet` (many
 //! processes), `callcost` (one call: unpadded, padded, patched), `preload`
-//! (start, malloc, memory with the runtime merely preloaded).
+//! (start, malloc, memory with the runtime merely preloaded), `watch`
+//! (exec to patched under `ulp watch`, a burst of process starts).
 //!
 //! Every process it starts is killed when it is done with it, on error,
 //! and on SIGINT/SIGTERM/SIGHUP (see `procs`); every wait is bounded.
@@ -19,6 +20,7 @@ mod pause;
 mod preload;
 mod procs;
 mod report;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -36,7 +38,7 @@ baseline, ratio, target, verdict); writes the rows as JSON too.
   --quick          a smoke run: few repetitions, a fleet of 20 (< 1 minute)
   --out FILE       where the JSON goes (default bench-results.json)
   --fleet LIST     fleet sizes (default 100,400,1000; --quick: 20)
-  --only LIST      some of: latency,pause,fleet,callcost,preload
+  --only LIST      some of: latency,pause,fleet,callcost,preload,watch
   --ulp PATH       the ulp binary (default: next to ulp-bench)
   --runtime PATH   the runtime libpulp.so (default: next to ulp-bench)
   --workdir DIR    scratch directory (default: a new one under /tmp)
@@ -49,7 +51,7 @@ Needs gcc; valgrind for the instruction counts. Run as root, or with
 ptrace allowed on your own processes.
 ";
 
-const MEASURES: &[&str] = &["latency", "pause", "fleet", "callcost", "preload"];
+const MEASURES: &[&str] = &["latency", "pause", "fleet", "callcost", "preload", "watch"];
 
 pub struct Config {
     pub quick: bool,
@@ -281,12 +283,13 @@ fn main() -> ExitCode {
         }
     };
     type Measure = fn(&kit::Kit, &Config, &mut Vec<Row>) -> Result<(), String>;
-    let table: [(&str, Measure); 5] = [
+    let table: [(&str, Measure); 6] = [
         ("latency", latency::run),
         ("pause", pause::run),
         ("fleet", fleet::run),
         ("callcost", callcost::run),
         ("preload", preload::run),
+        ("watch", watch::run),
     ];
     let mut rows = Vec::new();
     let mut errors = Vec::new();

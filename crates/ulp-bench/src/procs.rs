@@ -72,7 +72,7 @@ pub fn install_signal_handlers() {
 }
 
 /// Makes the child die with the suite, even if the suite is SIGKILLed.
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and allocates nothing.
     unsafe {
         cmd.pre_exec(|| {

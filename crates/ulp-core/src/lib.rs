@@ -6,7 +6,8 @@
 //! state, switched off and on), and choosing the processes and files a
 //! command works on ([`select`]), and whether root may load a file another
 //! user could change ([`trust`]), and the patch store of `--persist`
-//! ([`store`]), and the redirect method of every
+//! ([`store`]) and applying its records to processes as they start
+//! ([`watch`]), and the redirect method of every
 //! function of a file ([`redirect`]). A failure is an [`Error`] (what
 //! failed below, or why ulp refuses); a process left unchanged says why
 //! with a [`Reason`].
@@ -30,6 +31,7 @@ pub mod select;
 pub mod store;
 pub mod trigger;
 pub mod trust;
+pub mod watch;
 mod writes;
 
 pub use error::Error;

@@ -49,7 +49,7 @@ fn patches_of(demo: &Demo, pid: &str) -> String {
 // ---------------------------------------------------------------------
 // The command line.
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "trigger",
     "patches",
     "messages",
@@ -60,6 +60,7 @@ const COMMANDS: [&str; 10] = [
     "packer",
     "dump",
     "extract",
+    "watch",
 ];
 
 #[test]

@@ -93,6 +93,7 @@ fn debian_package_installs_a_working_ulp_and_purges_cleanly() {
         "usr/share/doc/ulp/copyright",
         "usr/share/doc/ulp/changelog.Debian.gz",
         "usr/share/lintian/overrides/ulp",
+        "lib/systemd/system/ulp-watch.service",
     ]
     .into_iter()
     .map(String::from)

@@ -129,6 +129,7 @@ fn man_page_is_valid_roff() {
         "packer",
         "dump",
         "extract",
+        "watch",
         "LIBPULP_DISABLE_ON_PATH",
         "--json",
     ] {
@@ -178,6 +179,8 @@ fn bash_completion_completes_commands_options_and_words() {
     assert_eq!(complete("ulp patches --only"), ["--only-livepatched"]);
     assert_eq!(complete("ulp patches --sto"), ["--stored", "--store"]);
     assert_eq!(complete("ulp trigger --pers"), ["--persist"]);
+    assert_eq!(complete("ulp wa"), ["watch"]);
+    assert_eq!(complete("ulp watch --po"), ["--poll"]);
     assert_eq!(
         complete("ulp extract -"),
         [

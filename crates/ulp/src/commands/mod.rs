@@ -13,6 +13,7 @@ mod patches;
 mod post;
 mod set_patchable;
 mod trigger;
+mod watch;
 
 use clap::ValueHint;
 use std::path::Path;
@@ -37,6 +38,7 @@ pub enum Command {
     Packer(packer::Args),
     Dump(dump::Args),
     Extract(extract::Args),
+    Watch(watch::Args),
 }
 
 /// `ulp` itself: the words outside a command (`ulp --help`, `ulp -V`).
@@ -49,7 +51,8 @@ pub enum Command {
     about = "ulp: userspace live patching (a drop-in replacement for libpulp's ulp)",
     after_help = "\
 Patching running processes needs libpulp.so.0 in them: preloaded, or loaded
-with --load-runtime. Building live patches: post, livepatchable, packer,
+with --load-runtime; `ulp watch` applies the patch store's records to
+processes as they start. Building live patches: post, livepatchable, packer,
 dump, extract. `ulp COMMAND --help` tells each command's options.
 
 Exit status: 0 success, 1 failure (a failed trigger: libpulp's error number,
@@ -145,6 +148,7 @@ pub fn run(
         Some(Command::Livepatchable(a)) => livepatchable::run(&a),
         Some(Command::Extract(a)) => extract::run(&a),
         Some(Command::SetPatchable(a)) => set_patchable::run(&a),
+        Some(Command::Watch(a)) => watch::run(&a),
         None => Err(UsageError("no command given".into())),
     }
 }
