@@ -24,6 +24,8 @@ use crate::runtime::{Runtime, RuntimeError};
 struct Patched {
     /// patch id -> container file name.
     patches: BTreeMap<[u8; 32], String>,
+    /// patch id -> why the store's record of it is never used.
+    refused: BTreeMap<[u8; 32], String>,
 }
 
 /// Why a process that maps a patched build does not have its patches.
@@ -43,8 +45,9 @@ pub enum Why {
     RuntimeUnusable(String),
     /// Patchable, but these patches (container file names) are not applied.
     NotApplied(Vec<String>),
-    /// A stored patch (`ulp trigger --persist`) its runtime refused to
-    /// apply when the process started: the runtime's message.
+    /// A stored patch (`ulp trigger --persist`) that is refused: its
+    /// container copy fails its checks, or its runtime refused it when
+    /// the process started (the runtime's message).
     Refused(String),
 }
 
@@ -82,7 +85,7 @@ impl fmt::Display for Why {
                 "patchable, but not applied here: {} (run `ulp trigger`)",
                 c.join(", ")
             ),
-            Why::Refused(m) => write!(f, "its runtime refused the stored patch: {m}"),
+            Why::Refused(m) => write!(f, "the stored patch is refused: {m}"),
         }
     }
 }
@@ -117,6 +120,9 @@ pub struct StoredPatch {
     pub patch_id: [u8; 32],
     /// The container's file name.
     pub container: String,
+    /// Why the record is never used, when its container copy fails its
+    /// checks (the runtime and `ulp watch` refuse it too).
+    pub refused: Option<String>,
 }
 
 impl StoredPatch {
@@ -203,6 +209,9 @@ pub fn scan(candidates: &[Pid], stored: &[StoredPatch]) -> Coverage {
                 .filter(|s| s.build_id == id && s.may_be(obj.basename()))
             {
                 p.patches.insert(s.patch_id, s.container.clone());
+                if let Some(why) = &s.refused {
+                    p.refused.insert(s.patch_id, why.clone());
+                }
             }
             if p.patches.is_empty() {
                 continue;
@@ -230,6 +239,13 @@ fn why_unpatched(
     obj: &MappedObject,
     p: &Patched,
 ) -> Option<Why> {
+    // Only refused records of the store: no runtime or tool would apply
+    // them, whatever the process.
+    if let Some(why) = p.refused.values().next() {
+        if p.patches.keys().all(|id| p.refused.contains_key(id)) {
+            return Some(Why::Refused(why.clone()));
+        }
+    }
     let rt = match runtime {
         Ok(rt) => rt,
         Err(RuntimeError::NotLoaded) => {
@@ -263,6 +279,15 @@ fn why_unpatched(
         .collect();
     if missing.is_empty() {
         return None;
+    }
+    // A stored patch whose container copy fails its checks: that reason,
+    // whoever would have applied it.
+    if let Some(why) = p
+        .refused
+        .iter()
+        .find_map(|(id, why)| (!have.contains(id)).then_some(why))
+    {
+        return Some(Why::Refused(why.clone()));
     }
     // A stored patch the runtime refused at start says why in its log.
     if let Ok(lines) = rt.messages() {

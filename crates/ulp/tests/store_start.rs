@@ -303,11 +303,24 @@ fn untrusted_and_corrupt_records_are_refused_and_programs_start_normally() {
         text.lines()
             .any(|l| l.contains(&format!("(pid: {})", u.pid))
                 && l.contains("libc.so.6")
-                && l.contains("its runtime refused the stored patch")
-                && l.contains("not an ELF file")),
+                && l.contains("the stored patch is refused: its container copy")
+                && l.contains("outside the file")),
         "{text}"
     );
-    for p in [&mut t, &mut u] {
+    // A program without the runtime (what `ulp watch` would patch) is
+    // listed with the same reason, not as one that merely lacks the
+    // runtime.
+    let mut cmd = Command::new(s.dir.join("start_prog"));
+    cmd.current_dir(s.dir.path()).env_remove("LD_PRELOAD");
+    let mut plain = Target::spawn(cmd);
+    let text = s.ulp_ok(&["patches", "--store", s.store.to_str().unwrap()]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("(pid: {})", plain.pid))
+                && l.contains("the stored patch is refused: its container copy")),
+        "{text}"
+    );
+    for p in [&mut t, &mut u, &mut plain] {
         p.send("quit\n");
     }
 }

@@ -44,8 +44,8 @@ other processes, or that a record of the patch store is for (--store DIR,
 else $ULP_STORE, else /var/lib/ulp/patches), without having all of those
 patches, one line for each,
 with the reason (no runtime, opted out, disabled, not permitted, a stored
-patch its runtime refused, with the runtime's message, or simply not
-applied yet) and what to do (not with --only-livepatched):
+patch that is refused (its container copy fails its checks, or its runtime
+refused it: the runtime's message), or simply not applied yet) and what to do (not with --only-livepatched):
 
   Unpatched processes (they map a library that is patched elsewhere):
     <name> (pid: <pid>): <library path>: <reason>
@@ -252,8 +252,12 @@ fn stored_patches(dir: Option<&str>) -> Vec<ulp_core::coverage::StoredPatch> {
         .records
         .into_iter()
         .filter_map(|s| {
+            let refused = ulp_container::container::read(&s.container_path())
+                .err()
+                .map(|e| format!("its container copy: {e}"));
             let r = s.record;
             Some(ulp_core::coverage::StoredPatch {
+                refused,
                 target: r.target,
                 build_id: unhex(&r.build_id)?,
                 patch_id: unhex(&r.patch_id)?.try_into().ok()?,
