@@ -51,6 +51,10 @@ pub mod store {
     pub const METADATA: &str = "record.json";
     /// The record format's version (the `format` field).
     pub const FORMAT: u64 = 1;
+    /// [`DEFAULT_DIR`] and [`ENV`] for C (the runtime reads them before it
+    /// may allocate).
+    pub const DEFAULT_DIR_C: &core::ffi::CStr = c"/var/lib/ulp/patches";
+    pub const ENV_C: &core::ffi::CStr = c"ULP_STORE";
 }
 
 #[cfg(feature = "optout")]
@@ -722,6 +726,15 @@ mod tests {
         let back = PatchRecord::from_bytes(&r.to_bytes()).unwrap();
         assert_eq!(back.to_bytes(), r.to_bytes());
         assert!(PatchRecord::from_bytes(&r.to_bytes()[..79]).is_none());
+    }
+
+    #[test]
+    fn store_names_for_c_are_the_same() {
+        assert_eq!(
+            store::DEFAULT_DIR_C.to_bytes(),
+            store::DEFAULT_DIR.as_bytes()
+        );
+        assert_eq!(store::ENV_C.to_bytes(), store::ENV.as_bytes());
     }
 
     #[test]

@@ -53,14 +53,8 @@ fn real() -> Option<DlopenFn> {
     let mut at = REAL.load(Ordering::Acquire);
     if at == 0 {
         // SAFETY: a NUL-terminated name; RTLD_NEXT searches the objects
-        // after this one.
-        at = unsafe {
-            libc::dlvsym(libc::RTLD_NEXT, c"dlopen".as_ptr(), c"GLIBC_2.34".as_ptr()) as usize
-        };
-        if at == 0 {
-            // SAFETY: as above (a C library older than 2.34).
-            at = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as usize };
-        }
+        // after this one (the C library's default version of the name).
+        at = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlopen".as_ptr()) as usize };
         if at == 0 || at == dlopen as *const () as usize {
             return None;
         }
@@ -143,29 +137,38 @@ fn caller_path(file: *const c_char, caller: usize) -> Option<std::ffi::CString> 
         p.push(b'/');
         p.extend_from_slice(name);
         let c = std::ffi::CString::new(p).ok()?;
-        // SAFETY: a NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::F_OK) } == 0 {
+        if crate::sys::exists(&c) {
             return Some(c);
         }
     }
     None
 }
 
+/// `dladdr1`, looked up on first use (an import would cost every process
+/// a symbol lookup at start).
+type Dladdr1Fn =
+    unsafe extern "C" fn(*const c_void, *mut libc::Dl_info, *mut *mut c_void, c_int) -> c_int;
+static DLADDR1: AtomicUsize = AtomicUsize::new(0);
+
 /// The link map of the object that holds `addr`.
 fn object_of(addr: usize) -> Option<*const LinkMap> {
+    let mut f = DLADDR1.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: a NUL-terminated name.
+        f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"dladdr1".as_ptr()) as usize };
+        if f == 0 {
+            return None;
+        }
+        DLADDR1.store(f, Ordering::Release);
+    }
+    // SAFETY: the address of the C library's dladdr1.
+    let dladdr1 = unsafe { core::mem::transmute::<usize, Dladdr1Fn>(f) };
     // SAFETY: Dl_info is plain data; zeroes are a valid value.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    let mut map: *const LinkMap = core::ptr::null();
+    let mut map: *mut c_void = core::ptr::null_mut();
     // SAFETY: valid out-pointers; RTLD_DL_LINKMAP stores a link map.
-    let ok = unsafe {
-        libc::dladdr1(
-            addr as *const c_void,
-            &mut info,
-            (&mut map as *mut *const LinkMap).cast(),
-            RTLD_DL_LINKMAP,
-        )
-    };
-    (ok != 0 && !map.is_null()).then_some(map)
+    let ok = unsafe { dladdr1(addr as *const c_void, &mut info, &mut map, RTLD_DL_LINKMAP) };
+    (ok != 0 && !map.is_null()).then_some(map.cast_const().cast())
 }
 
 /// `dladdr1`'s request for the link map.

@@ -56,6 +56,7 @@ pub mod ring;
 pub mod site;
 mod stored;
 pub mod switch;
+mod sys;
 
 use interface::SharedInterface;
 
@@ -134,8 +135,7 @@ pub(crate) fn after_dlopen() {
                 ));
                 return;
             }
-            // SAFETY: no preconditions.
-            unsafe { libc::sched_yield() };
+            sys::sched_yield();
         };
         // SAFETY: we hold BUSY.
         unsafe { registry::with_registry(|reg| stored::after_dlopen(reg)) };

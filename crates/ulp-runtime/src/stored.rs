@@ -40,10 +40,9 @@
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ulp_abi::{state, store, ApplyRequest, Write};
@@ -55,6 +54,7 @@ use crate::objects::{self, LoadedObject};
 use crate::patch;
 use crate::registry::Registry;
 use crate::ring::{self, Hex, Text};
+use crate::sys::{self, errno_text, Stat};
 
 /// Set once the store was found at start: `dlopen` then looks at it.
 pub(crate) static ARMED: AtomicBool = AtomicBool::new(false);
@@ -96,13 +96,20 @@ pub(crate) unsafe fn at_start(reg: &mut Registry) {
     if interface::state() != state::ENABLED {
         return;
     }
-    let dir = match std::env::var_os(store::ENV) {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(store::DEFAULT_DIR),
+    // No allocation until the store is known to exist: a process that
+    // never allocates must not pay for the allocator's start here.
+    // SAFETY: NUL-terminated names; getenv's result is read at once.
+    let named = unsafe { libc::getenv(store::ENV_C.as_ptr()) };
+    let path: &CStr = if named.is_null() || unsafe { *named } == 0 {
+        store::DEFAULT_DIR_C
+    } else {
+        // SAFETY: a NUL-terminated string from the environment.
+        unsafe { CStr::from_ptr(named) }
     };
-    if fs::metadata(&dir).is_err() || !preloaded() {
+    if sys::stat(path, true).is_err() || !preloaded() {
         return;
     }
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
     let slot = &mut *STORE.0.get();
     let st = slot.insert(Store {
         dir,
@@ -150,24 +157,24 @@ pub(crate) unsafe fn after_dlopen(reg: &mut Registry) {
 impl Store {
     /// Reads the records again when the directory changed since last time.
     fn refresh(&mut self) {
-        let meta = match fs::metadata(&self.dir) {
-            Ok(m) => m,
+        let stamp = match ctime(&self.dir) {
+            Ok(st) => st,
             Err(e) => {
                 if self.stamp.take().is_some() || !self.recs.is_empty() {
                     ring::log(format_args!(
-                        "patch store '{}' is gone ({e}): no stored patches",
-                        self.dir.display()
+                        "patch store '{}' is gone ({}): no stored patches",
+                        self.dir.display(),
+                        errno_text(e)
                     ));
                 }
                 self.recs.clear();
                 return;
             }
         };
-        let stamp = Some((meta.ctime(), meta.ctime_nsec(), meta.ino()));
-        if stamp == self.stamp {
+        if Some(stamp) == self.stamp {
             return;
         }
-        self.stamp = stamp;
+        self.stamp = Some(stamp);
         let old = core::mem::take(&mut self.recs);
         if let Err(why) = trusted_dir_path(&self.dir) {
             ring::log(format_args!(
@@ -176,22 +183,22 @@ impl Store {
             ));
             return;
         }
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
+        let names = match sys::read_dir(&cpath(&self.dir)) {
+            Ok(n) => n,
             Err(e) => {
                 ring::log(format_args!(
-                    "patch store '{}' cannot be read: {e}",
-                    self.dir.display()
+                    "patch store '{}' cannot be read: {}",
+                    self.dir.display(),
+                    errno_text(e)
                 ));
                 return;
             }
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name.as_bytes().starts_with(b".") {
+        for name in names {
+            if name.starts_with(b".") {
                 continue; // a record being written or removed
             }
-            let path = entry.path();
+            let path = self.dir.join(std::ffi::OsStr::from_bytes(&name));
             match read_record(&path) {
                 Ok(mut rec) => {
                     if let Some(o) = old.iter().find(|o| o.name == rec.name) {
@@ -205,7 +212,6 @@ impl Store {
                 )),
             }
         }
-        self.recs.sort_by(|a, b| a.name.cmp(&b.name));
     }
 
     /// Applies every record whose target is loaded and which is not
@@ -297,23 +303,52 @@ fn function_sizes(target: &LoadedObject, meta: &Metadata) -> Vec<u8> {
         .collect()
 }
 
+/// `path` for the C library (a path with a NUL inside cannot exist).
+fn cpath(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// The directory's (ctime, ctime_nsec, inode): what changes when an entry
+/// is added, removed or renamed.
+fn ctime(dir: &Path) -> Result<(i64, i64, u64), i32> {
+    let path = cpath(dir);
+    // SAFETY: a NUL-terminated path and a buffer of the kernel's struct.
+    unsafe {
+        let mut st: libc::stat = core::mem::zeroed();
+        if libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            0,
+        ) != 0
+        {
+            return Err(*libc::__errno_location());
+        }
+        Ok((st.st_ctime, st.st_ctime_nsec, st.st_ino))
+    }
+}
+
+/// `lstat` of `path`, or why not.
+fn lstat(path: &Path, what: &str) -> Result<Stat, String> {
+    sys::stat(&cpath(path), false).map_err(|e| format!("cannot examine {what} ({})", errno_text(e)))
+}
+
 /// The store's trust rule for one entry: owned by root or by this
 /// process's user, not writable by group or others (a directory with the
 /// sticky bit excepted).
-fn trusted(what: &str, meta: &fs::Metadata) -> Result<(), String> {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != 0 && meta.uid() != me {
+fn trusted(what: &str, st: &Stat) -> Result<(), String> {
+    let me = sys::geteuid();
+    if st.uid != 0 && st.uid != me {
         return Err(format!(
             "{what} is owned by uid {}, not by root or this process's user (uid {me})",
-            meta.uid()
+            st.uid
         ));
     }
-    let mode = meta.mode();
-    if mode & 0o022 != 0 && !(meta.is_dir() && mode & 0o1000 != 0) {
+    if st.mode & 0o022 != 0 && !(st.is_dir() && st.mode & 0o1000 != 0) {
         return Err(format!(
             "{what} is writable by group or others (mode {:04o})",
-            mode & 0o7777
+            st.mode & 0o7777
         ));
     }
     Ok(())
@@ -321,20 +356,19 @@ fn trusted(what: &str, meta: &fs::Metadata) -> Result<(), String> {
 
 /// The rule for the store directory and every directory above it.
 fn trusted_dir_path(dir: &Path) -> Result<(), String> {
-    let real = fs::canonicalize(dir).map_err(|e| format!("cannot resolve it ({e})"))?;
+    let real = fs::canonicalize(dir).map_err(|e| format!("cannot resolve it ({})", e.kind()))?;
     let mut at = PathBuf::new();
     for part in real.components() {
         at.push(part);
-        let meta = fs::symlink_metadata(&at)
-            .map_err(|e| format!("cannot examine '{}' ({e})", at.display()))?;
-        trusted(&format!("directory '{}'", at.display()), &meta)?;
+        let what = format!("directory '{}'", at.display());
+        trusted(&what, &lstat(&at, &what)?)?;
     }
     Ok(())
 }
 
 /// Reads and checks one record directory (module comment).
 fn read_record(dir: &Path) -> Result<Rec, String> {
-    let meta = fs::symlink_metadata(dir).map_err(|e| format!("cannot examine it ({e})"))?;
+    let meta = lstat(dir, "it")?;
     if !meta.is_dir() {
         return Err("not a record directory".into());
     }
@@ -344,16 +378,16 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
         .map(|n| n.as_bytes().to_vec())
         .unwrap_or_default();
     let mpath = dir.join(store::METADATA);
-    let mmeta = fs::symlink_metadata(&mpath)
-        .map_err(|e| format!("its {} is missing ({e})", store::METADATA))?;
-    if !mmeta.is_file() || mmeta.len() > 64 * 1024 {
+    let mmeta = lstat(&mpath, store::METADATA)?;
+    if !mmeta.is_file() || mmeta.size > 64 * 1024 {
         return Err(format!(
             "its {} is not a small regular file",
             store::METADATA
         ));
     }
     trusted(store::METADATA, &mmeta)?;
-    let text = fs::read(&mpath).map_err(|e| format!("cannot read {} ({e})", store::METADATA))?;
+    let text =
+        fs::read(&mpath).map_err(|e| format!("cannot read {} ({})", store::METADATA, e.kind()))?;
     let bad = |field: &str| format!("{} has no valid field '{field}'", store::METADATA);
     if json_number(&text, b"format") != Some(store::FORMAT) {
         return Err(bad("format"));
@@ -370,8 +404,10 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
         ));
     }
     let cpath = dir.join(std::ffi::OsStr::from_bytes(&container));
-    let cmeta = fs::symlink_metadata(&cpath)
-        .map_err(|e| format!("its container copy '{}' is missing ({e})", Text(&container)))?;
+    let cmeta = lstat(
+        &cpath,
+        &format!("its container copy '{}'", Text(&container)),
+    )?;
     if !cmeta.is_file() {
         return Err(format!(
             "its container copy '{}' is not a regular file",
@@ -501,13 +537,13 @@ struct Mem(libc::c_int);
 impl Mem {
     fn open() -> Mem {
         // SAFETY: a NUL-terminated path; the descriptor is closed on drop.
-        Mem(unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+        Mem(unsafe { libc::open64(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
     }
 
     fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), String> {
         // SAFETY: `out` is writable for its length; the kernel checks
         // the address.
-        let n = unsafe { libc::pread(self.0, out.as_mut_ptr().cast(), out.len(), addr as i64) };
+        let n = unsafe { sys::pread(self.0, out.as_mut_ptr().cast(), out.len(), addr) };
         if self.0 >= 0 && n == out.len() as isize {
             return Ok(());
         }
@@ -517,7 +553,7 @@ impl Mem {
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
         if self.0 >= 0 {
             // SAFETY: as for `read`.
-            let n = unsafe { libc::pwrite(self.0, data.as_ptr().cast(), data.len(), addr as i64) };
+            let n = unsafe { sys::pwrite(self.0, data.as_ptr().cast(), data.len(), addr) };
             if n == data.len() as isize {
                 return Ok(());
             }
@@ -548,13 +584,13 @@ fn write_protected(addr: u64, data: &[u8]) -> Result<(), String> {
     // SAFETY: the range lies in one mapping (checked); its protection is
     // restored right after the copy.
     unsafe {
-        if libc::mprotect(start as *mut _, len, prot | libc::PROT_WRITE) != 0 {
+        if !sys::mprotect(start, len, prot | libc::PROT_WRITE) {
             return Err(format!(
                 "cannot write the code at {addr:#x}: /proc/self/mem and mprotect both refused"
             ));
         }
         core::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len());
-        libc::mprotect(start as *mut _, len, prot);
+        sys::mprotect(start, len, prot);
     }
     Ok(())
 }

@@ -1,0 +1,151 @@
+//! The system calls of the patch store's code (`stored.rs`, `dlopen.rs`),
+//! made through `syscall(2)`, which the runtime imports anyway: every
+//! function the runtime imports from the C library is one more symbol the
+//! loader looks up in every process that preloads it, before `main`
+//! (about 700 instructions each), whether the store is used or not.
+
+use core::ffi::{c_int, c_void, CStr};
+
+/// The fields of `struct stat` the store's checks use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stat {
+    pub(crate) uid: u32,
+    pub(crate) mode: u32,
+    pub(crate) size: u64,
+}
+
+impl Stat {
+    pub(crate) fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    pub(crate) fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+/// `fstatat(AT_FDCWD, path)`, following a final symbolic link or not;
+/// `Err(errno)` on failure.
+pub(crate) fn stat(path: &CStr, follow: bool) -> Result<Stat, i32> {
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: a NUL-terminated path and a buffer of the kernel's `struct
+    // stat` (x86-64's, which `libc::stat` is).
+    unsafe {
+        let mut st: libc::stat = core::mem::zeroed();
+        let rc = libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            flags,
+        );
+        if rc != 0 {
+            return Err(*libc::__errno_location());
+        }
+        Ok(Stat {
+            uid: st.st_uid,
+            mode: st.st_mode,
+            size: st.st_size as u64,
+        })
+    }
+}
+
+/// The text for an errno value, without the C library's `strerror`.
+pub(crate) fn errno_text(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOENT => "no such file or directory",
+        libc::EACCES => "permission denied",
+        libc::ENOTDIR => "not a directory",
+        libc::ELOOP => "too many symbolic links",
+        libc::ENAMETOOLONG => "name too long",
+        libc::EIO => "input/output error",
+        _ => "system error",
+    }
+}
+
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::syscall(libc::SYS_geteuid) as u32 }
+}
+
+pub(crate) fn sched_yield() {
+    // SAFETY: no arguments.
+    unsafe { libc::syscall(libc::SYS_sched_yield) };
+}
+
+/// Whether `path` exists (`access(F_OK)`).
+pub(crate) fn exists(path: &CStr) -> bool {
+    // SAFETY: a NUL-terminated path.
+    unsafe { libc::syscall(libc::SYS_access, path.as_ptr(), libc::F_OK) == 0 }
+}
+
+/// `pread`: bytes read, or a negative value.
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+pub(crate) unsafe fn pread(fd: c_int, buf: *mut c_void, len: usize, at: u64) -> isize {
+    libc::syscall(libc::SYS_pread64, fd, buf, len, at as i64) as isize
+}
+
+/// `pwrite`: bytes written, or a negative value.
+///
+/// # Safety
+/// `buf` is readable for `len` bytes.
+pub(crate) unsafe fn pwrite(fd: c_int, buf: *const c_void, len: usize, at: u64) -> isize {
+    libc::syscall(libc::SYS_pwrite64, fd, buf, len, at as i64) as isize
+}
+
+/// `mprotect`: true when it succeeded.
+///
+/// # Safety
+/// As `mprotect(2)`: the caller answers for what the new protection does
+/// to code that uses the pages.
+pub(crate) unsafe fn mprotect(addr: u64, len: usize, prot: c_int) -> bool {
+    libc::syscall(libc::SYS_mprotect, addr, len, prot) == 0
+}
+
+/// The names in directory `path` (without `.` and `..`), by `getdents64`.
+pub(crate) fn read_dir(path: &CStr) -> Result<Vec<Vec<u8>>, i32> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open64(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        // SAFETY: errno of this thread.
+        return Err(unsafe { *libc::__errno_location() });
+    }
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let result = loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            // SAFETY: errno of this thread.
+            break Err(unsafe { *libc::__errno_location() });
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen;
+        // u8 d_type; char d_name[]; }
+        let mut at = 0usize;
+        while at + 19 <= n as usize {
+            let reclen = u16::from_le_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen < 19 || at + reclen > n as usize {
+                break;
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+            at += reclen;
+        }
+    };
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    result.map(|()| names)
+}
