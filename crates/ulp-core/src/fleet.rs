@@ -331,7 +331,9 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     // The maps are read once here: they tell whether the process is a
     // target at all, and serve its first operation's pre-check. Its stat
     // is read only once it is known to be one (`Target::seen`).
+    let looked = std::time::Instant::now();
     let (found, maps) = Runtime::find_with_maps(pid);
+    let find_time = looked.elapsed();
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (run.load_runtime, &found) {
         if matches!(operation, Operation::Revert | Operation::RevertAll(_)) {
             // Nothing is applied where the runtime never was.
@@ -371,7 +373,7 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
         }
         // Anything else (gone, incompatible) is reported per patch.
         found => {
-            let mut target = trigger::Target::seen(pid, found, maps);
+            let mut target = trigger::Target::seen(pid, found, maps).found_in(find_time);
             (process_one(&mut target, operation, files, opts), false)
         }
     };

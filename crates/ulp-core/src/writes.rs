@@ -39,6 +39,11 @@ pub(crate) struct Made {
     /// Threads stopped for them, and for how long.
     pub(crate) threads: usize,
     pub(crate) stopped: Duration,
+    /// The last attempt's phases: stopping every thread, the checks and
+    /// writes (and clearing the journal), releasing the threads.
+    pub(crate) seize: Duration,
+    pub(crate) write: Duration,
+    pub(crate) release: Duration,
 }
 
 /// Makes `writes` with every thread stopped, retrying while a thread is in
@@ -64,13 +69,7 @@ pub(crate) fn write_with_retries(
             continue;
         }
         match write_all(rt, writes, deadline, opts, faults) {
-            Ok((threads, stopped)) => {
-                return Ok(Made {
-                    attempts,
-                    threads,
-                    stopped,
-                });
-            }
+            Ok(made) => return Ok(Made { attempts, ..made }),
             Err(WriteError::Busy(why)) => last_err = why,
             Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
             Err(WriteError::Released(why)) => return Err((attempts, Unwritten::Bookkeeping(why))),
@@ -179,7 +178,7 @@ enum WriteError {
 
 /// Step 3: with every thread stopped, check and make the writes, then
 /// clear the runtime's write journal. Returns how many threads were
-/// stopped and for how long.
+/// stopped, for how long and in which phases (`attempts` is the caller's).
 ///
 /// The journal is cleared while the threads are still stopped, not after
 /// they are released: a process that sees the new code may exit at once,
@@ -195,11 +194,12 @@ fn write_all(
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
-) -> Result<(usize, Duration), WriteError> {
+) -> Result<Made, WriteError> {
     let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    let seize = start.elapsed();
     // Where the plan stands: at its start, or where a killed earlier tool
     // left it (its journal), possibly in the middle of a write of several
     // words. Anything else means someone else changed the code.
@@ -256,6 +256,7 @@ fn write_all(
     faults.kill_point();
     // Every write is made: nothing is pending any more.
     let cleared = rt.clear_pending_writes();
+    let written = start.elapsed();
     stopped.release().map_err(|e| {
         WriteError::Released(format!(
             "releasing the threads after the writes failed: {e}"
@@ -264,7 +265,15 @@ fn write_all(
     cleared.map_err(|e| {
         WriteError::Released(format!("clearing the runtime's write journal failed: {e}"))
     })?;
-    Ok((tids.len(), start.elapsed()))
+    let stopped = start.elapsed();
+    Ok(Made {
+        attempts: 0,
+        threads: tids.len(),
+        stopped,
+        seize,
+        write: written - seize,
+        release: stopped - written,
+    })
 }
 
 /// Makes one write of kind `kind`: a stub or a rewritten entry with one

@@ -752,6 +752,15 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
             } else if l.report.outcome.is_change() {
                 let _ = writeln!(out, "{indent}code writes: 0 (no thread stopped)");
             }
+            if d.phases.total > Duration::ZERO {
+                let phases: Vec<String> = d
+                    .phases
+                    .named()
+                    .iter()
+                    .map(|(name, t)| format!("{name} {:.3}", t.as_secs_f64() * 1000.0))
+                    .collect();
+                let _ = writeln!(out, "{indent}phases (ms): {}", phases.join(", "));
+            }
         }
     }
     print!("{out}");
@@ -787,7 +796,18 @@ fn line_json(l: &Line) -> Value {
         "threads_stopped": d.threads,
         "stopped_us": d.stopped.map(|t| t.as_micros() as u64),
         "attempts": d.attempts,
+        "phases_us": phases_json(&d.phases),
     })
+}
+
+/// The phases of one result ([`trigger::Phases`]), in microseconds.
+fn phases_json(p: &trigger::Phases) -> Value {
+    let map: serde_json::Map<String, Value> = p
+        .named()
+        .iter()
+        .map(|(name, t)| (name.to_string(), json!(t.as_micros() as u64)))
+        .collect();
+    Value::Object(map)
 }
 
 #[cfg(test)]
