@@ -123,6 +123,7 @@ fn phase_note(name: &str) -> &'static str {
         "check" => "in-tool: objects, build-ids, unit sizes, request built",
         "caller_stop" => "in-tool: one thread seized and checked for the runtime's call",
         "call" => "in-tool: the runtime's call (container dlopen, resolve, plan) and its answer",
+        "got" => "in-tool: GOT slots of the changed functions found (none here: no --redirect-got)",
         "stop_all" => "in-tool: every thread seized for the writes",
         "writes" => "in-tool: threads and bytes checked, code written, journal cleared",
         "resume" => "in-tool: every thread released",

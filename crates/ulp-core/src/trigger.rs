@@ -67,6 +67,9 @@ pub struct Options {
     /// Suspend the target's seccomp filters while it is attached
     /// (PTRACE_O_SUSPEND_SECCOMP; needs CAP_SYS_ADMIN).
     pub suspend_seccomp: bool,
+    /// `--redirect-got`: after the code writes, point the GOT slots that
+    /// hold a patched function's old entry at its new function (`got.rs`).
+    pub redirect_got: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             retries: 3,
             root: None,
             suspend_seccomp: false,
+            redirect_got: false,
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct Detail {
     pub stopped: Option<Duration>,
     /// Attempts at the writes (more than one when a thread was in the way).
     pub attempts: u32,
+    /// GOT slots pointed at a new function (`--redirect-got`), and put
+    /// back to an old entry (crate::got).
+    pub got: crate::got::Moved,
     /// Where the time of the operation went ([`Phases`]).
     pub phases: Phases,
 }
@@ -165,6 +172,9 @@ pub struct Phases {
     /// The runtime's call (loading the container, resolving, planning),
     /// reading its answer, releasing its thread.
     pub call: Duration,
+    /// Finding the GOT slots of the functions the writes change, before
+    /// stopping every thread (only when one may need a change: `got.rs`).
+    pub got: Duration,
     /// Stopping every thread for the writes (the last attempt).
     pub stop_all: Duration,
     /// Checking the threads and bytes, making the writes, clearing the
@@ -178,12 +188,13 @@ pub struct Phases {
 
 impl Phases {
     /// The phases as (name, duration), in order.
-    pub fn named(&self) -> [(&'static str, Duration); 8] {
+    pub fn named(&self) -> [(&'static str, Duration); 9] {
         [
             ("find", self.find),
             ("check", self.check),
             ("caller_stop", self.caller_stop),
             ("call", self.call),
+            ("got", self.got),
             ("stop_all", self.stop_all),
             ("writes", self.writes),
             ("resume", self.resume),
@@ -929,6 +940,8 @@ fn run_timed(
             detail.phases.stop_all = made.seize;
             detail.phases.writes = made.write;
             detail.phases.resume = made.release;
+            detail.got = made.got;
+            detail.phases.got = made.got_find;
             detail.attempts = made.attempts;
             detail.writes = writes.len();
             detail.threads = made.threads;

@@ -44,6 +44,10 @@ pub(crate) struct Made {
     pub(crate) seize: Duration,
     pub(crate) write: Duration,
     pub(crate) release: Duration,
+    /// GOT slots moved in that stop (`got.rs`), and how long finding
+    /// them took (before the stop).
+    pub(crate) got: crate::got::Moved,
+    pub(crate) got_find: Duration,
 }
 
 /// Makes `writes` with every thread stopped, retrying while a thread is in
@@ -197,6 +201,11 @@ fn write_all(
 ) -> Result<Made, WriteError> {
     let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
+    // The GOT slots of the functions the plan changes, found from outside
+    // (only when one may need a change: got.rs).
+    let looked = Instant::now();
+    let slots = crate::got::find(pid, writes, opts.redirect_got);
+    let got_find = looked.elapsed();
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
     let seize = start.elapsed();
@@ -239,6 +248,10 @@ fn write_all(
     // stopped, so the order matters only if we die in the middle; then
     // every function runs one whole version, and with a flag every
     // function of the change the same one.
+    // Before any code write, a GOT slot that leads past an entry about to
+    // change goes back to that entry (got.rs: a kill then leaves every
+    // path through the entry, which the code writes keep whole).
+    let restored = crate::got::before_writes(&mut stopped, &slots).map_err(fatal)?;
     let mut done: Vec<Write> = Vec::new();
     for w in &todo {
         let new = &w.new[..w.len as usize];
@@ -253,6 +266,12 @@ fn write_all(
         }
         done.push(*w);
     }
+    // `--redirect-got`: slots at an entry that now leads elsewhere go there.
+    let redirected = if opts.redirect_got {
+        crate::got::after_writes(&mut stopped, &slots)
+    } else {
+        0
+    };
     faults.kill_point();
     // Every write is made: nothing is pending any more.
     let cleared = rt.clear_pending_writes();
@@ -273,6 +292,11 @@ fn write_all(
         seize,
         write: written - seize,
         release: stopped - written,
+        got: crate::got::Moved {
+            redirected,
+            restored,
+        },
+        got_find,
     })
 }
 

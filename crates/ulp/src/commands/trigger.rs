@@ -162,6 +162,9 @@ pub struct Args {
     /// suspend seccomp while attached (needs CAP_SYS_ADMIN)
     #[arg(long)]
     pub disable_seccomp: bool,
+    /// also point the GOT slots (of every loaded object) that hold a patched function's address at the new function, so a call through the PLT costs what it did before the patch; reverts put them back (off by default: a function pointer read from a moved slot is then the new function's address, unequal to one taken before the patch, and each trigger reads every loaded object's relocations; see README)
+    #[arg(long)]
+    pub redirect_got: bool,
     /// as root, load FILEs that other users could change
     #[arg(long)]
     pub force: bool,
@@ -233,6 +236,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         opts.root = Some(PathBuf::from(r));
     }
     opts.suspend_seccomp = p.disable_seccomp;
+    opts.redirect_got = p.redirect_got;
     let store = match (p.persist, p.store.as_deref()) {
         (_, Some("")) => return Err(UsageError("--store needs a directory".into())),
         (false, Some(_)) => {
@@ -406,7 +410,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             }));
         } else {
             progress.clear();
-            print_process(r.pid, &r.name, lines, quiet, verbose);
+            print_process(r.pid, &r.name, lines, quiet, verbose, p.redirect_got);
         }
         progress.draw();
     });
@@ -694,7 +698,14 @@ impl Progress {
 /// One process's result lines, indented as libpulp's are: `  NAME (pid:
 /// PID): RESULT` for one result; with several, the name line alone and
 /// each result under it (`    RESULT`).
-fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: bool) {
+fn print_process(
+    pid: Pid,
+    name: &str,
+    lines: &[Line],
+    quiet: bool,
+    verbose: bool,
+    redirect_got: bool,
+) {
     let head = format!("  {name} (pid: {pid}): ");
     let several = lines.len() > 1;
     if lines.iter().all(|l| l.report.outcome == Outcome::NoRuntime) {
@@ -752,6 +763,13 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
             } else if l.report.outcome.is_change() {
                 let _ = writeln!(out, "{indent}code writes: 0 (no thread stopped)");
             }
+            if d.got != Default::default() || (redirect_got && d.stopped.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "{indent}GOT slots: {} pointed at new functions, {} put back to old entries",
+                    d.got.redirected, d.got.restored
+                );
+            }
             if d.phases.total > Duration::ZERO {
                 let phases: Vec<String> = d
                     .phases
@@ -796,6 +814,8 @@ fn line_json(l: &Line) -> Value {
         "threads_stopped": d.threads,
         "stopped_us": d.stopped.map(|t| t.as_micros() as u64),
         "attempts": d.attempts,
+        "got_slots": d.got.redirected,
+        "got_slots_restored": d.got.restored,
         "phases_us": phases_json(&d.phases),
     })
 }
