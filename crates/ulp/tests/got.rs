@@ -176,3 +176,48 @@ fn stacked_patches_move_the_slot_along_and_revert_all_restores_it() {
     assert_eq!(t.ask("answer"), "1");
     assert_eq!(t.ask("ptr"), "1");
 }
+
+#[test]
+fn a_revert_killed_between_code_writes_leaves_no_slot_at_reverted_code() {
+    // ULP_TEST_KILL_AFTER_WRITES=N: ulp SIGKILLs itself after N code words
+    // (every thread stopped). The slots are put back before the first
+    // code word: whatever N, the slot holds the old entry and every call
+    // runs one whole version; the next trigger completes the code writes.
+    use std::os::unix::process::ExitStatusExt;
+    let demo = Demo::new("got-kill");
+    let mut killed = 0;
+    for n in 0..16u32 {
+        let mut t = start(&demo, "got_prog_now");
+        let pid = t.pid.to_string();
+        let slot = hex(&t.ask("slot"));
+        let old = hex(&t.ask("old"));
+        trigger_json(&demo, &["-p", &pid, "--redirect-got", "demo_livepatch.so"]);
+        assert_ne!(word(t.pid, slot), old);
+        let st = Command::new(ulp_bin())
+            .args(["trigger", "-p", &pid, "--revert", "demo_livepatch.so"])
+            .current_dir(demo.dir.path())
+            .env("ULP_TEST_KILL_AFTER_WRITES", n.to_string())
+            .output()
+            .expect("running ulp")
+            .status;
+        if st.signal() != Some(9) {
+            assert!(st.success(), "{st:?}");
+            assert_eq!(word(t.pid, slot), old);
+            assert_eq!(t.ask("answer"), "1");
+            break;
+        }
+        killed += 1;
+        let ctx = format!("revert killed after {n} code words");
+        if let Err(e) = settled(t.pid) {
+            panic!("{ctx}: {e}");
+        }
+        assert_eq!(word(t.pid, slot), old, "{ctx}: the slot");
+        let (a, p) = (t.ask("answer"), t.ask("ptr"));
+        assert!(a == p && (a == "1" || a == "2"), "{ctx}: {a} {p}");
+        // The next trigger completes the journal: the revert is done.
+        demo.ulp(&["trigger", "-p", &pid, "--revert", "demo_livepatch.so"]);
+        assert_eq!(t.ask("answer"), "1", "{ctx}: completed");
+        assert_eq!(word(t.pid, slot), old, "{ctx}: completed");
+    }
+    assert!(killed > 0, "the revert was never killed");
+}
