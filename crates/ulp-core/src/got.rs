@@ -122,16 +122,30 @@ fn destination(point: u64, read: &mut dyn FnMut(u64, &mut [u8]) -> bool) -> Opti
     Some(target)
 }
 
-/// One loaded object's dynamic symbols and GOT relocations, read from its
-/// file (shared by the processes that map the same file).
+/// One loaded object's dynamic symbol table and relocation sections, as
+/// its file holds them (only those: a few tens of kB even for the C
+/// library), shared by the processes that map the same file.
 #[derive(Debug, Default)]
 struct FileInfo {
-    /// Defined dynamic functions: (value, name).
-    functions: Vec<(u64, String)>,
-    /// JUMP_SLOT and GLOB_DAT relocations: (r_offset, symbol name).
-    got: Vec<(u64, String)>,
-    /// Whether the file is a shared object (its bias is where it is mapped).
+    /// `.dynsym`'s raw entries and the string table they name.
+    dynsym: Vec<u8>,
+    dynstr: Vec<u8>,
+    /// The raw `Elf64_Rela` entries of every RELA section that refers to
+    /// `.dynsym` (`.rela.dyn`, `.rela.plt`).
+    rela: Vec<u8>,
+    /// Whether the file is a shared object (ET_DYN: its bias is where it is
+    /// mapped; a non-PIE executable's is 0).
     shared: bool,
+}
+
+const SYM_SIZE: usize = 24;
+const RELA_SIZE: usize = 24;
+const SHT_RELA: u32 = 4;
+const SHT_DYNSYM: u32 = 11;
+const ET_DYN: u16 = 3;
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -142,61 +156,104 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-fn cstr(strings: &[u8], at: usize) -> Option<String> {
-    let s = strings.get(at..)?;
-    let end = s.iter().position(|&b| b == 0)?;
-    Some(String::from_utf8_lossy(&s[..end]).into_owned())
-}
-
-/// Reads `obj`'s `.dynsym`, `.dynstr`, `.rela.dyn` and `.rela.plt`.
-fn read_file(pid: Pid, obj: &MappedObject) -> Option<FileInfo> {
-    let elf = obj
-        .open_sections(pid, &[".dynsym", ".dynstr", ".rela.dyn", ".rela.plt"])
-        .ok()?;
-    let shared = elf.is_shared_object();
-    let syms = elf.section(".dynsym").unwrap_or_default();
-    let strings = elf.section(".dynstr").unwrap_or_default();
-    // (name, value, defined function) by index.
-    let mut table: Vec<(String, u64, bool)> = Vec::with_capacity(syms.len() / 24);
-    for raw in syms.chunks_exact(24) {
-        let name = u32_at(raw, 0)
-            .and_then(|o| cstr(strings, o as usize))
-            .unwrap_or_default();
-        let info = raw[4];
-        let shndx = u16::from_le_bytes([raw[6], raw[7]]);
-        let value = u64_at(raw, 8).unwrap_or(0);
-        // STT_FUNC (2) or STT_GNU_IFUNC (10), defined.
-        let function = shndx != 0 && matches!(info & 0xf, 2 | 10);
-        table.push((name, value, function));
-    }
-    let functions = table
-        .iter()
-        .filter(|(n, _, f)| *f && !n.is_empty())
-        .map(|(n, v, _)| (*v, n.clone()))
-        .collect();
-    let mut got = Vec::new();
-    for section in [".rela.dyn", ".rela.plt"] {
-        for raw in elf.section(section).unwrap_or_default().chunks_exact(24) {
-            let (Some(offset), Some(info)) = (u64_at(raw, 0), u64_at(raw, 8)) else {
-                continue;
-            };
-            let (r_type, sym) = ((info & 0xffff_ffff) as u32, (info >> 32) as usize);
-            if !matches!(r_type, R_X86_64_JUMP_SLOT | R_X86_64_GLOB_DAT) || sym == 0 {
-                continue;
+impl FileInfo {
+    /// Reads the ELF header, the section headers, `.dynsym`, its string
+    /// table and the RELA sections linked to it from `path`.
+    fn read(path: &std::path::Path) -> Option<FileInfo> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path).ok()?;
+        let read = |off: u64, len: u64| -> Option<Vec<u8>> {
+            // No section of a sane library is anywhere near this.
+            if len > 256 << 20 {
+                return None;
             }
-            if let Some((name, _, _)) = table.get(sym).filter(|(n, _, _)| !n.is_empty()) {
-                got.push((offset, name.clone()));
+            let mut b = vec![0u8; len as usize];
+            f.read_exact_at(&mut b, off).ok()?;
+            Some(b)
+        };
+        let eh = read(0, 64)?;
+        if eh[..4] != *b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+            return None;
+        }
+        let shoff = u64_at(&eh, 0x28)?;
+        let shentsize = u64::from(u16_at(&eh, 0x3a)?);
+        let shnum = u64::from(u16_at(&eh, 0x3c)?);
+        if shentsize < 64 || shnum == 0 {
+            return None;
+        }
+        let sh = read(shoff, shentsize * shnum)?;
+        // (type, link, offset, size) of section `i`.
+        let header = |i: u64| -> Option<(u32, u32, u64, u64)> {
+            let at = (i * shentsize) as usize;
+            Some((
+                u32_at(&sh, at + 4)?,
+                u32_at(&sh, at + 0x28)?,
+                u64_at(&sh, at + 0x18)?,
+                u64_at(&sh, at + 0x20)?,
+            ))
+        };
+        let dynsym = (0..shnum).find(|&i| header(i).is_some_and(|h| h.0 == SHT_DYNSYM))?;
+        let (_, strndx, off, size) = header(dynsym)?;
+        let (_, _, str_off, str_size) = header(u64::from(strndx))?;
+        let mut rela = Vec::new();
+        for i in 0..shnum {
+            if let Some((SHT_RELA, link, off, size)) = header(i) {
+                if u64::from(link) == dynsym {
+                    rela.extend(read(off, size)?);
+                }
             }
         }
+        Some(FileInfo {
+            dynsym: read(off, size)?,
+            dynstr: read(str_off, str_size)?,
+            rela,
+            shared: u16_at(&eh, 0x10)? == ET_DYN,
+        })
     }
-    Some(FileInfo {
-        functions,
-        got,
-        shared,
-    })
+
+    /// The name of symbol entry `raw` (its bytes in `.dynstr`).
+    fn name<'a>(&'a self, raw: &[u8]) -> &'a [u8] {
+        let at = u32_at(raw, 0).unwrap_or(0) as usize;
+        let s = self.dynstr.get(at..).unwrap_or_default();
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    /// The names of the defined functions (STT_FUNC, STT_GNU_IFUNC) at
+    /// file address `value`.
+    fn functions_at(&self, value: u64) -> Vec<Vec<u8>> {
+        self.dynsym
+            .chunks_exact(SYM_SIZE)
+            .filter(|raw| {
+                let defined = u16_at(raw, 6).is_some_and(|shndx| shndx != 0);
+                defined && matches!(raw[4] & 0xf, 2 | 10) && u64_at(raw, 8) == Some(value)
+            })
+            .map(|raw| self.name(raw).to_vec())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    /// The file addresses of the GOT slots (JUMP_SLOT and GLOB_DAT
+    /// relocations) against a symbol named one of `names`.
+    fn slots_of(&self, names: &[Vec<u8>]) -> Vec<u64> {
+        self.rela
+            .chunks_exact(RELA_SIZE)
+            .filter_map(|raw| {
+                let (offset, info) = (u64_at(raw, 0)?, u64_at(raw, 8)?);
+                let (r_type, sym) = ((info & 0xffff_ffff) as u32, (info >> 32) as usize);
+                if !matches!(r_type, R_X86_64_JUMP_SLOT | R_X86_64_GLOB_DAT) || sym == 0 {
+                    return None;
+                }
+                let entry = self.dynsym.get(sym * SYM_SIZE..(sym + 1) * SYM_SIZE)?;
+                let name = self.name(entry);
+                names.iter().any(|n| n[..] == *name).then_some(offset)
+            })
+            .collect()
+    }
 }
 
-/// [`read_file`], once per file (device, inode and path) in one ulp run.
+/// [`FileInfo::read`] of `obj` (through `/proc/PID/root` first, as
+/// [`MappedObject::open`]), once per file (device, inode and path) in one
+/// ulp run.
 fn file_info(pid: Pid, obj: &MappedObject) -> Option<Arc<FileInfo>> {
     type Cache = Mutex<HashMap<(String, u64, String), Option<Arc<FileInfo>>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -205,7 +262,10 @@ fn file_info(pid: Pid, obj: &MappedObject) -> Option<Arc<FileInfo>> {
     if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return found;
     }
-    let info = read_file(pid, obj).map(Arc::new);
+    let path = obj.path.strip_suffix(" (deleted)").unwrap_or(&obj.path);
+    let info = FileInfo::read(&ulp_process::in_root(pid, path))
+        .or_else(|| FileInfo::read(std::path::Path::new(path)))
+        .map(Arc::new);
     if let Ok(mut c) = cache.lock() {
         c.insert(key, info.clone());
     }
@@ -261,21 +321,14 @@ fn slots_in(pid: Pid, maps: &[Mapping], points: &[u64]) -> Slots {
         };
         let b = bias(obj, info);
         // The function starts at the point, or at an `endbr64` before it.
-        let at = |entry: u64| -> Vec<&str> {
-            info.functions
-                .iter()
-                .filter(|(v, _)| v.wrapping_add(b) == entry)
-                .map(|(_, n)| n.as_str())
-                .collect()
-        };
-        let (entry, names) = match at(point) {
+        let (entry, names) = match info.functions_at(point.wrapping_sub(b)) {
             names if !names.is_empty() => (point, names),
             _ => {
                 let mut e = [0u8; 4];
                 let before = point.wrapping_sub(4);
                 let endbr = ulp_process::read_mem(pid, RemoteAddr::new(before), &mut e).is_ok()
                     && e == ENDBR64;
-                match at(before) {
+                match info.functions_at(before.wrapping_sub(b)) {
                     names if endbr && !names.is_empty() => (before, names),
                     _ => continue,
                 }
@@ -285,10 +338,9 @@ fn slots_in(pid: Pid, maps: &[Mapping], points: &[u64]) -> Slots {
             .iter()
             .flat_map(|(o, i)| {
                 let b = bias(o, i);
-                i.got
-                    .iter()
-                    .filter(|(_, n)| names.contains(&n.as_str()))
-                    .map(move |(off, _)| b.wrapping_add(*off))
+                i.slots_of(&names)
+                    .into_iter()
+                    .map(move |off| b.wrapping_add(off))
             })
             .collect();
         slots.sort_unstable();
