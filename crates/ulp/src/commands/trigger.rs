@@ -21,7 +21,7 @@ use crate::args::{Common, UsageError};
     about = "apply (or revert) live-patch containers (without -p: in every process that has the runtime loaded)",
     override_usage = "\
 ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
-                   [--disable-seccomp] [--force] [--persist [--store DIR]] FILE|'GLOB'...
+                   [--disable-seccomp] [--redirect-got] [--force] [--persist [--store DIR]] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]",
     before_help = "\
@@ -75,6 +75,16 @@ unchanged and unchecked (libpulp's rule): PREFIX is where this host's root
 appears in the process's view (a bind mount, or /proc/1/root when the
 process has a /proc). Without -R, a chrooted process gets an ERROR that
 names -R.
+
+--redirect-got also points the GOT slots (JUMP_SLOT, GLOB_DAT, in every
+loaded object) that hold a patched function's address at the new
+function, in the same stop as the code writes, so a call from another
+object through the PLT costs what it did before the patch; calls inside the
+library, function pointers taken before and slots not bound yet keep going
+through the old entry's redirect. Every revert puts such slots back first,
+with or without the option. Off by default: a pointer read from a moved
+slot is the new function's address, unequal to one taken before, and the
+slots are found by reading every loaded object's relocations.
 
 --disable-seccomp suspends the processes' seccomp filters while ulp is
 attached (PTRACE_O_SUSPEND_SECCOMP), for targets whose filter forbids what
