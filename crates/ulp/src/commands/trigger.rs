@@ -258,7 +258,8 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         (true, dir) => Some(Store::new(store::resolve(dir))),
     };
     let jobs = match p.jobs.as_deref() {
-        None => fleet::default_jobs(),
+        // One per CPU, looked up only if there are several processes.
+        None => 0,
         Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
             UsageError(format!(
                 "-j needs a number of processes at once (1 or more), got '{j}'"
