@@ -221,3 +221,54 @@ fn a_revert_killed_between_code_writes_leaves_no_slot_at_reverted_code() {
     }
     assert!(killed > 0, "the revert was never killed");
 }
+
+#[test]
+fn a_rewritten_entry_gets_its_slots_moved_and_put_back() {
+    // unpadded_lib.so has no padding: its entry is rewritten (a jmp rel32,
+    // perhaps through a far stub), and the slot goes where that leads.
+    let dir = TempDir::new("got-rewrite");
+    copy_files(
+        &fixtures_dir(),
+        dir.path(),
+        &["unpadded_lib.so", "unpadded_prog", "unpadded_patch.so"],
+    );
+    let runtime = install_runtime(dir.path());
+    for (name, new) in [("first", "new_up"), ("second", "new_up2")] {
+        let container = format!("{name}.so");
+        std::fs::copy(dir.join("unpadded_patch.so"), dir.join(&container)).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.dsc")),
+            format!("{container}\n@unpadded_lib.so\nup_answer:{new}\n"),
+        )
+        .unwrap();
+        let (code, out, err) = ulp(dir.path(), &["packer", &format!("{name}.dsc")]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let mut cmd = Command::new(dir.join("unpadded_prog"));
+    cmd.current_dir(dir.path()).env("LD_PRELOAD", &runtime);
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    // Bound (if lazily) by a first call.
+    assert_eq!(t.ask("answer"), "42");
+    let run = |args: &[&str]| -> Value {
+        let mut all = vec!["trigger", "--json", "-p", &pid];
+        all.extend_from_slice(args);
+        let (code, out, err) = ulp(dir.path(), &all);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["processes"][0]["results"][0].clone()
+    };
+    let r = run(&["--redirect-got", "first.so"]);
+    assert!(r["got_slots"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(t.ask("answer"), "99");
+    let r = run(&["--redirect-got", "second.so"]);
+    assert!(r["got_slots_restored"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["got_slots"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(t.ask("answer"), "100");
+    let r = run(&["--revert", "second.so"]);
+    assert!(r["got_slots_restored"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(t.ask("answer"), "99");
+    let r = run(&["--revert", "first.so"]);
+    assert_eq!(r["got_slots_restored"], 0, "{r}");
+    assert_eq!(t.ask("answer"), "42");
+}
