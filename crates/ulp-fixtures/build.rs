@@ -94,6 +94,25 @@ fn main() {
         ],
         &out.join("demo_prog"),
     );
+    // crates/ulp/tests/got.rs: calls through the PLT, its GOT slot bound
+    // at load (-z now) or at the first call (-z lazy).
+    for (name, bind) in [
+        ("got_prog_now", "-Wl,-z,now"),
+        ("got_prog_lazy", "-Wl,-z,lazy"),
+    ] {
+        gcc(
+            &[
+                "-O2",
+                &s("got_prog.c"),
+                &ldir,
+                "-l:libulpdemo.so.1",
+                "-ldl",
+                "-Wl,-rpath,$ORIGIN",
+                bind,
+            ],
+            &out.join(name),
+        );
+    }
     // Runs a program under PR_SET_MDWE (W^X locked, as systemd's
     // MemoryDenyWriteExecute=).
     gcc(&["-O2", &s("mdwe_exec.c")], &out.join("mdwe_exec"));

@@ -139,8 +139,37 @@ pub fn have_valgrind(kit: &Kit) -> bool {
     .is_ok_and(|r| r.code == 0)
 }
 
+/// The state of a call through a GOT slot `--redirect-got` moved.
+const GOT_STATE: &str = "patched, GOT redirected";
+
+/// What `ulp trigger --redirect-got -v` says of the GOT slots it moved in
+/// a live bench_target (which calls bench_fn through its PLT).
+fn live_got(kit: &Kit) -> String {
+    let moved = kit.start_target("bench_target", &[]).and_then(|mut t| {
+        t.expect("call", "2")?;
+        let r = kit.trigger_with(t.pid, false, &["--redirect-got", "-v"])?;
+        t.expect("call", "3")?;
+        kit.trigger(t.pid, true)?;
+        t.expect("call", "2")?;
+        Ok(r.stdout)
+    });
+    match moved {
+        Ok(out) => out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("GOT slots: "))
+            .map(|l| {
+                format!(
+                    "in a live bench_target, `ulp trigger --redirect-got -v` said: GOT slots: {l}"
+                )
+            })
+            .unwrap_or_else(|| "ulp printed no GOT line in a live bench_target".into()),
+        Err(e) => format!("live --redirect-got failed: {e}"),
+    }
+}
+
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let patch = kit.patch.to_string_lossy().into_owned();
+    let got_note = live_got(kit);
     let live = live_form(kit);
     // The form ulp wrote; callcost.c applies ulp's rule itself otherwise.
     let (form, live_note) = match &live {
@@ -166,13 +195,18 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             format!("could not read ulp's bytes in a live process: {e}"),
         ),
     };
-    let states: [(&str, &str, Vec<String>); 3] = [
+    let states: [(&str, &str, Vec<String>); 4] = [
         ("built without padding", "callcost_nopad", vec![]),
         ("padded, unpatched", "callcost", vec![]),
         (
             "patched",
             "callcost",
-            vec!["patch".into(), patch, form.into()],
+            vec!["patch".into(), patch.clone(), form.into()],
+        ),
+        (
+            GOT_STATE,
+            "callcost",
+            vec!["patch".into(), patch, form.into(), "got".into()],
         ),
     ];
 
@@ -197,6 +231,24 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
                 .note("callgrind, per call of bench_fn through the PLT, loop included");
             if *name != "built without padding" {
                 row = row.baseline(base_i);
+            }
+            if *name == GOT_STATE {
+                // Over the unpatched call: the slot leads straight to the
+                // new function, so nothing should be added.
+                let (extra, extra_ind) = (i - per[1].0, b - per[1].1);
+                let ok = extra <= 0.05 && extra_ind < 0.5;
+                row = row
+                    .baseline(per[1].0)
+                    .target(Target::Custom("+0 instr over padded, unpatched".into()))
+                    .verdict(if ok {
+                        "met".to_string()
+                    } else {
+                        format!("MISSED: +{extra:.1} instr, +{extra_ind:.0} indirect jump")
+                    })
+                    .note(format!(
+                        "callgrind; the patched state with the program's GOT slot of bench_fn pointed at \
+                         new_bench_fn, as `ulp trigger --redirect-got` does ({got_note}); baseline: padded, unpatched"
+                    ));
             }
             if *name == "patched" {
                 let extra = i - base_i;
@@ -233,7 +285,7 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     // Times, natively, the three states interleaved.
     let n: u64 = if cfg.quick { 10_000_000 } else { 50_000_000 };
     let reps = cfg.reps(9, 3);
-    let mut ns: [Vec<f64>; 3] = Default::default();
+    let mut ns: [Vec<f64>; 4] = Default::default();
     for _ in 0..reps {
         for (k, (_, prog, args)) in states.iter().enumerate() {
             let mut cmd = kit.command(prog, false);
@@ -258,6 +310,11 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             ));
         if k > 0 {
             row = row.baseline(base);
+        }
+        if *name == GOT_STATE {
+            row = row.baseline(median(&ns[1])).note(format!(
+                "{n} calls per run, median of {reps} runs, interleaved; baseline: padded, unpatched"
+            ));
         }
         rows.push(row);
     }

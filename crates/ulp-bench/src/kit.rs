@@ -219,11 +219,17 @@ impl Kit {
     /// `ulp trigger -p PID [--revert] bench_livepatch.so`, which must
     /// succeed.
     pub fn trigger(&self, pid: i32, revert: bool) -> Result<Ran, String> {
+        self.trigger_with(pid, revert, &[])
+    }
+
+    /// [`Kit::trigger`] with more options (`-v`, `--redirect-got`).
+    pub fn trigger_with(&self, pid: i32, revert: bool, more: &[&str]) -> Result<Ran, String> {
         let p = pid.to_string();
         let mut args = vec!["trigger", "-p", &p, "--timeout", "10"];
         if revert {
             args.push("--revert");
         }
+        args.extend_from_slice(more);
         args.push("bench_livepatch.so");
         let r = self.ulp(&args)?;
         if r.code != 0 || !r.stdout.contains("SUCCESS") {

@@ -17,6 +17,8 @@ fn secs(d: Duration) -> f64 {
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let reps = cfg.reps(60, 6);
     let mut start = Vec::new();
+    // Per apply: (phase name, seconds) as `ulp trigger -v` prints them.
+    let mut phases: Vec<Vec<(String, f64)>> = Vec::new();
     let (mut apply, mut revert, mut reapply) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
         let r = kit.ulp(&["--version"])?;
@@ -26,7 +28,9 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         start.push(secs(r.elapsed));
         let mut t = kit.start_target("bench_target", &[])?;
         t.expect("call", "2")?;
-        apply.push(secs(kit.trigger(t.pid, false)?.elapsed));
+        let r = kit.trigger_with(t.pid, false, &["-v"])?;
+        apply.push(secs(r.elapsed));
+        phases.push(parse_phases(&r.stdout)?);
         t.expect("call", "3")?;
         revert.push(secs(kit.trigger(t.pid, true)?.elapsed));
         t.expect("call", "2")?;
@@ -44,6 +48,18 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
                 "{reps} fresh targets, `ulp trigger -p PID` end to end; baseline = `ulp --version` start+exit; {libpulp}"
             )),
     );
+    for (i, (name, _)) in phases[0].iter().enumerate() {
+        let v: Vec<f64> = phases.iter().filter_map(|p| Some(p.get(i)?.1)).collect();
+        rows.push(
+            Row::new(
+                format!("apply phase {name}: median"),
+                Unit::Secs,
+                median(&v),
+            )
+            .samples(&v)
+            .note(phase_note(name)),
+        );
+    }
     rows.push(
         Row::new(
             "apply, 1 process: p90",
@@ -82,4 +98,36 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             .note("`ulp --version`, the fixed cost inside every end-to-end number"),
     );
     Ok(())
+}
+
+/// The phases of one apply from `ulp trigger -v`'s line
+/// `phases (ms): find 0.123, check ..., total ...`.
+fn parse_phases(stdout: &str) -> Result<Vec<(String, f64)>, String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("phases (ms): "))
+        .ok_or_else(|| format!("no phases line in `ulp trigger -v`: {stdout}"))?;
+    line.split(", ")
+        .map(|p| {
+            let (name, ms) = p.split_once(' ').ok_or("bad phases line")?;
+            let ms: f64 = ms.parse().map_err(|_| format!("bad phase {p:?}"))?;
+            Ok((name.to_string(), ms * 1e-3))
+        })
+        .collect()
+}
+
+/// What a phase of the apply row covers (ulp_core::trigger::Phases).
+fn phase_note(name: &str) -> &'static str {
+    match name {
+        "find" => "in-tool: /proc/PID/maps read, runtime found in them (its symbols, magic)",
+        "check" => "in-tool: objects, build-ids, unit sizes, request built",
+        "caller_stop" => "in-tool: one thread seized and checked for the runtime's call",
+        "call" => "in-tool: the runtime's call (container dlopen, resolve, plan) and its answer",
+        "got" => "in-tool: GOT slots of the changed functions found (none here: no --redirect-got)",
+        "stop_all" => "in-tool: every thread seized for the writes",
+        "writes" => "in-tool: threads and bytes checked, code written, journal cleared",
+        "resume" => "in-tool: every thread released",
+        "total" => "in-tool: find to end of the operation (not process start/exit)",
+        _ => "",
+    }
 }

@@ -160,7 +160,9 @@ pub struct Run<'a> {
     pub operation: &'a Operation,
     pub files: &'a [File],
     pub options: &'a trigger::Options,
-    /// At most this many processes at once (1 or more).
+    /// At most this many processes at once; 0: one per CPU
+    /// ([`default_jobs`], looked up only when there are several processes
+    /// to handle: reading the CPU count and quota costs tens of µs).
     pub jobs: usize,
     /// `--load-runtime`: the runtime file to load into a process without
     /// it (already checked: `inject::check_runtime_file`).
@@ -273,9 +275,15 @@ impl Run<'_> {
 /// in pid order, as soon as it and every one before it are done.
 pub fn run(selection: &Selection, run: &Run, emit: impl FnMut(ProcessResult)) {
     let explicit = selection.explicit;
+    let targets = run.targets(selection);
+    let jobs = match run.jobs {
+        0 if targets.len() > 1 => default_jobs(),
+        0 => 1,
+        n => n,
+    };
     for_each_process(
-        run.targets(selection),
-        run.jobs,
+        targets,
+        jobs,
         |pid| {
             let mut r = examine(pid, explicit, run);
             if run.trace && !matches!(run.operation, Operation::RevertAll(_)) {
@@ -297,6 +305,14 @@ fn for_each_process<R: Send>(
     work: impl Fn(Pid) -> R + Sync,
     mut emit: impl FnMut(R),
 ) {
+    if jobs.min(pids.len()) <= 1 {
+        // One worker: this thread, in order (no thread to start for the
+        // common `-p PID`; the ptrace rule holds, one thread per pid).
+        for &pid in pids {
+            emit(work(pid));
+        }
+        return;
+    }
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, R)>();
     std::thread::scope(|scope| {
@@ -331,7 +347,9 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     // The maps are read once here: they tell whether the process is a
     // target at all, and serve its first operation's pre-check. Its stat
     // is read only once it is known to be one (`Target::seen`).
+    let looked = std::time::Instant::now();
     let (found, maps) = Runtime::find_with_maps(pid);
+    let find_time = looked.elapsed();
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (run.load_runtime, &found) {
         if matches!(operation, Operation::Revert | Operation::RevertAll(_)) {
             // Nothing is applied where the runtime never was.
@@ -371,7 +389,7 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
         }
         // Anything else (gone, incompatible) is reported per patch.
         found => {
-            let mut target = trigger::Target::seen(pid, found, maps);
+            let mut target = trigger::Target::seen(pid, found, maps).found_in(find_time);
             (process_one(&mut target, operation, files, opts), false)
         }
     };

@@ -1,5 +1,6 @@
 //! What the `ulp` command does, as a library: applying and reverting live
-//! patches in running processes ([`trigger`], its write engine `writes`,
+//! patches in running processes ([`trigger`], its write engine `writes`
+//! and the GOT slots of patched functions, [`got`],
 //! and [`fleet`]: one trigger over many processes, in parallel), and
 //! reading what a process's runtime knows ([`runtime`]: state, applied
 //! patches, message log; [`live_patching`]: a process's live-patching
@@ -20,6 +21,7 @@ mod caller;
 pub mod coverage;
 pub mod error;
 pub mod fleet;
+pub mod got;
 pub mod inject;
 pub mod inventory;
 pub mod live_patching;

@@ -67,6 +67,9 @@ pub struct Options {
     /// Suspend the target's seccomp filters while it is attached
     /// (PTRACE_O_SUSPEND_SECCOMP; needs CAP_SYS_ADMIN).
     pub suspend_seccomp: bool,
+    /// `--redirect-got`: after the code writes, point the GOT slots that
+    /// hold a patched function's old entry at its new function (`got.rs`).
+    pub redirect_got: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             retries: 3,
             root: None,
             suspend_seccomp: false,
+            redirect_got: false,
         }
     }
 }
@@ -142,6 +146,61 @@ pub struct Detail {
     pub stopped: Option<Duration>,
     /// Attempts at the writes (more than one when a thread was in the way).
     pub attempts: u32,
+    /// GOT slots pointed at a new function (`--redirect-got`), and put
+    /// back to an old entry (crate::got).
+    pub got: crate::got::Moved,
+    /// Where the time of the operation went ([`Phases`]).
+    pub phases: Phases,
+}
+
+/// Where the time of one operation in one process went, phase by phase
+/// (a few clock reads; printed by `ulp trigger -v` and `--json`). A phase
+/// that did not happen is zero. `total` is from the runtime look-up (or
+/// the operation's start, for a later operation in the same process) to
+/// the end; the phases need not add up to it exactly (the gaps are
+/// bookkeeping between them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Reading the maps and finding the runtime in them (the process's
+    /// first operation only).
+    pub find: Duration,
+    /// The pre-check from outside and building the request (objects,
+    /// build-ids, sizes), pending writes of a killed tool completed.
+    pub check: Duration,
+    /// Stopping the thread that runs the runtime's call.
+    pub caller_stop: Duration,
+    /// The runtime's call (loading the container, resolving, planning),
+    /// reading its answer, releasing its thread.
+    pub call: Duration,
+    /// Finding the GOT slots of the functions the writes change, before
+    /// stopping every thread (only when one may need a change: `got.rs`).
+    pub got: Duration,
+    /// Stopping every thread for the writes (the last attempt).
+    pub stop_all: Duration,
+    /// Checking the threads and bytes, making the writes, clearing the
+    /// runtime's journal (the last attempt).
+    pub writes: Duration,
+    /// Releasing every thread after the writes.
+    pub resume: Duration,
+    /// The whole operation.
+    pub total: Duration,
+}
+
+impl Phases {
+    /// The phases as (name, duration), in order.
+    pub fn named(&self) -> [(&'static str, Duration); 9] {
+        [
+            ("find", self.find),
+            ("check", self.check),
+            ("caller_stop", self.caller_stop),
+            ("call", self.call),
+            ("got", self.got),
+            ("stop_all", self.stop_all),
+            ("writes", self.writes),
+            ("resume", self.resume),
+            ("total", self.total),
+        ]
+    }
 }
 
 /// An outcome and its details.
@@ -195,6 +254,9 @@ pub struct Target {
     /// may have loaded a container, and a process may `dlopen` at any
     /// time).
     maps: Option<Vec<Mapping>>,
+    /// How long finding the runtime took, for the first operation's
+    /// [`Phases::find`] (taken by it).
+    found_in: Option<Duration>,
 }
 
 impl Target {
@@ -202,12 +264,21 @@ impl Target {
     /// then on is told from a wrong pid), then finds its runtime.
     pub fn find(pid: Pid) -> Target {
         let life = Incarnation::of(pid);
+        let start = Instant::now();
         let (found, maps) = Runtime::find_with_maps(pid);
         Target {
             life,
             runtime: found.map_err(runtime_outcome),
             maps,
+            found_in: Some(start.elapsed()),
         }
+    }
+
+    /// This target, whose runtime look-up took `took` (for
+    /// [`Phases::find`]).
+    pub fn found_in(mut self, took: Duration) -> Target {
+        self.found_in = Some(took);
+        self
     }
 
     /// A process whose maps (`maps`, when they could be read) were just
@@ -223,6 +294,7 @@ impl Target {
             life: Incarnation::of_seen(pid),
             runtime: found.map_err(runtime_outcome),
             maps,
+            found_in: None,
         }
     }
 
@@ -233,6 +305,7 @@ impl Target {
             life: Incarnation::of_seen(rt.pid),
             runtime: Ok(rt),
             maps: None,
+            found_in: None,
         }
     }
 
@@ -247,10 +320,27 @@ impl Target {
             .map_err(|o| unless_exited(&self.life, o))
     }
 
+    /// The clock of one operation: its start, and the runtime look-up's
+    /// time for the first one.
+    fn clock(&mut self) -> Clock {
+        let find = self.found_in.take().unwrap_or_default();
+        Clock {
+            start: Instant::now() - find,
+            find,
+        }
+    }
+
     /// The objects of the process for one operation, read at most once.
     fn objects(&mut self) -> Objects {
         Objects::new(self.pid(), self.maps.take())
     }
+}
+
+/// When one operation started, for its [`Phases`].
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    find: Duration,
 }
 
 /// The objects a process maps ([`named_objects`]), read at most once in
@@ -295,6 +385,7 @@ pub fn apply_report(pid: Pid, container: &Container, opts: &Options) -> Report {
 
 /// [`apply_report`] in a process already looked at.
 pub fn apply_in(target: &mut Target, container: &Container, opts: &Options) -> Report {
+    let clock = target.clock();
     let deadline = Instant::now() + opts.timeout;
     let life = target.life;
     let rt = match target.runtime() {
@@ -317,6 +408,7 @@ pub fn apply_in(target: &mut Target, container: &Container, opts: &Options) -> R
         &buf,
         deadline,
         opts,
+        clock,
         Outcome::Applied,
     )
 }
@@ -328,6 +420,7 @@ pub fn revert_report(pid: Pid, container: &Container, opts: &Options) -> Report 
 
 /// [`revert_report`] in a process already looked at.
 pub fn revert_in(target: &mut Target, container: &Container, opts: &Options) -> Report {
+    let clock = target.clock();
     let deadline = Instant::now() + opts.timeout;
     let life = target.life;
     let rt = match target.runtime() {
@@ -354,6 +447,7 @@ pub fn revert_in(target: &mut Target, container: &Container, opts: &Options) -> 
         &container.metadata.patch_id,
         deadline,
         opts,
+        clock,
         Outcome::Reverted,
     )
 }
@@ -366,6 +460,7 @@ pub fn revert_all_report(pid: Pid, lib: &str, opts: &Options) -> Report {
 
 /// [`revert_all_report`] in a process already looked at.
 pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
+    let clock = target.clock();
     let deadline = Instant::now() + opts.timeout;
     let (pid, life) = (target.pid(), target.life);
     let rt = match target.runtime() {
@@ -412,6 +507,7 @@ pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
         lib.as_bytes(),
         deadline,
         opts,
+        clock,
         Outcome::Reverted,
     )
 }
@@ -424,6 +520,7 @@ pub fn replace_report(pid: Pid, lib: &str, container: &Container, opts: &Options
 
 /// [`replace_report`] in a process already looked at.
 pub fn replace_in(target: &mut Target, lib: &str, container: &Container, opts: &Options) -> Report {
+    let clock = target.clock();
     let deadline = Instant::now() + opts.timeout;
     let life = target.life;
     let rt = match target.runtime() {
@@ -449,6 +546,7 @@ pub fn replace_in(target: &mut Target, lib: &str, container: &Container, opts: &
         &buf,
         deadline,
         opts,
+        clock,
         Outcome::Applied,
     )
 }
@@ -766,6 +864,7 @@ pub(crate) fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
 }
 
 /// Steps 2 to 4 for one operation.
+#[allow(clippy::too_many_arguments)]
 fn run(
     rt: &Runtime,
     life: &Incarnation,
@@ -773,9 +872,28 @@ fn run(
     req: &[u8],
     deadline: Instant,
     opts: &Options,
+    clock: Clock,
     done: Outcome,
 ) -> Report {
     let mut report = with_runtime(rt, done);
+    report.detail.phases.find = clock.find;
+    let mut report = run_timed(rt, life, opcode, req, deadline, opts, clock, report);
+    report.detail.phases.total = clock.start.elapsed();
+    report
+}
+
+/// [`run`], its phases timed from `clock`.
+#[allow(clippy::too_many_arguments)]
+fn run_timed(
+    rt: &Runtime,
+    life: &Incarnation,
+    opcode: u32,
+    req: &[u8],
+    deadline: Instant,
+    opts: &Options,
+    clock: Clock,
+    mut report: Report,
+) -> Report {
     let mut faults = Faults::default();
     // An earlier ulp killed after the runtime's record but before the end
     // of its writes left them pending: make them first, so that the code
@@ -788,7 +906,8 @@ fn run(
         return report;
     }
     let detail = &mut report.detail;
-    let (rc, msg, writes) = match call(rt, life, opcode, req, deadline, opts) {
+    detail.phases.check = clock.start.elapsed().saturating_sub(clock.find);
+    let (rc, msg, writes) = match call(rt, life, opcode, req, deadline, opts, &mut detail.phases) {
         Ok(r) => r,
         Err(e) => {
             // Exited during the call (before any write): a skip, whatever
@@ -818,6 +937,11 @@ fn run(
         .and_then(|()| write_with_retries(rt, &writes, deadline, opts, &mut faults))
     {
         Ok(made) => {
+            detail.phases.stop_all = made.seize;
+            detail.phases.writes = made.write;
+            detail.phases.resume = made.release;
+            detail.got = made.got;
+            detail.phases.got = made.got_find;
             detail.attempts = made.attempts;
             detail.writes = writes.len();
             detail.threads = made.threads;
@@ -859,6 +983,7 @@ fn run(
         &[],
         deadline + Duration::from_secs(5),
         opts,
+        &mut Phases::default(),
     ) {
         Ok((code::OK, _, _)) => String::new(),
         Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
@@ -912,10 +1037,14 @@ fn call(
     req: &[u8],
     deadline: Instant,
     opts: &Options,
+    phases: &mut Phases,
 ) -> Result<(i32, String, Vec<Write>), crate::Error> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
+    let start = Instant::now();
     let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries)?;
+    phases.caller_stop = start.elapsed();
+    let start = Instant::now();
     rt.write_request(opcode, req)?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.
@@ -925,6 +1054,7 @@ fn call(
         .call_returning(rt.entry, &[], &path, deadline)?;
     let result = rt.read_result();
     stopped.release()?;
+    phases.call = start.elapsed();
     let (msg, writes) = result?;
     Ok((ret as i32, msg, writes))
 }

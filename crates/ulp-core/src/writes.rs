@@ -39,6 +39,15 @@ pub(crate) struct Made {
     /// Threads stopped for them, and for how long.
     pub(crate) threads: usize,
     pub(crate) stopped: Duration,
+    /// The last attempt's phases: stopping every thread, the checks and
+    /// writes (and clearing the journal), releasing the threads.
+    pub(crate) seize: Duration,
+    pub(crate) write: Duration,
+    pub(crate) release: Duration,
+    /// GOT slots moved in that stop (`got.rs`), and how long finding
+    /// them took (before the stop).
+    pub(crate) got: crate::got::Moved,
+    pub(crate) got_find: Duration,
 }
 
 /// Makes `writes` with every thread stopped, retrying while a thread is in
@@ -64,13 +73,7 @@ pub(crate) fn write_with_retries(
             continue;
         }
         match write_all(rt, writes, deadline, opts, faults) {
-            Ok((threads, stopped)) => {
-                return Ok(Made {
-                    attempts,
-                    threads,
-                    stopped,
-                });
-            }
+            Ok(made) => return Ok(Made { attempts, ..made }),
             Err(WriteError::Busy(why)) => last_err = why,
             Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
             Err(WriteError::Released(why)) => return Err((attempts, Unwritten::Bookkeeping(why))),
@@ -179,7 +182,7 @@ enum WriteError {
 
 /// Step 3: with every thread stopped, check and make the writes, then
 /// clear the runtime's write journal. Returns how many threads were
-/// stopped and for how long.
+/// stopped, for how long and in which phases (`attempts` is the caller's).
 ///
 /// The journal is cleared while the threads are still stopped, not after
 /// they are released: a process that sees the new code may exit at once,
@@ -195,11 +198,17 @@ fn write_all(
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
-) -> Result<(usize, Duration), WriteError> {
+) -> Result<Made, WriteError> {
     let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
+    // The GOT slots of the functions the plan changes, found from outside
+    // (only when one may need a change: got.rs).
+    let looked = Instant::now();
+    let slots = crate::got::find(pid, writes, opts.redirect_got);
+    let got_find = looked.elapsed();
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    let seize = start.elapsed();
     // Where the plan stands: at its start, or where a killed earlier tool
     // left it (its journal), possibly in the middle of a write of several
     // words. Anything else means someone else changed the code.
@@ -239,6 +248,10 @@ fn write_all(
     // stopped, so the order matters only if we die in the middle; then
     // every function runs one whole version, and with a flag every
     // function of the change the same one.
+    // Before any code write, a GOT slot that leads past an entry about to
+    // change goes back to that entry (got.rs: a kill then leaves every
+    // path through the entry, which the code writes keep whole).
+    let restored = crate::got::before_writes(&mut stopped, &slots).map_err(fatal)?;
     let mut done: Vec<Write> = Vec::new();
     for w in &todo {
         let new = &w.new[..w.len as usize];
@@ -253,9 +266,16 @@ fn write_all(
         }
         done.push(*w);
     }
+    // `--redirect-got`: slots at an entry that now leads elsewhere go there.
+    let redirected = if opts.redirect_got {
+        crate::got::after_writes(&mut stopped, &slots)
+    } else {
+        0
+    };
     faults.kill_point();
     // Every write is made: nothing is pending any more.
     let cleared = rt.clear_pending_writes();
+    let written = start.elapsed();
     stopped.release().map_err(|e| {
         WriteError::Released(format!(
             "releasing the threads after the writes failed: {e}"
@@ -264,7 +284,20 @@ fn write_all(
     cleared.map_err(|e| {
         WriteError::Released(format!("clearing the runtime's write journal failed: {e}"))
     })?;
-    Ok((tids.len(), start.elapsed()))
+    let stopped = start.elapsed();
+    Ok(Made {
+        attempts: 0,
+        threads: tids.len(),
+        stopped,
+        seize,
+        write: written - seize,
+        release: stopped - written,
+        got: crate::got::Moved {
+            redirected,
+            restored,
+        },
+        got_find,
+    })
 }
 
 /// Makes one write of kind `kind`: a stub or a rewritten entry with one

@@ -299,7 +299,8 @@ fn revert_all_and_replace_in_one_stop() {
         lines[3].starts_with("    code writes: 11, threads stopped: 4 for "),
         "{out}"
     );
-    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[4].starts_with("    phases (ms): find "), "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
     assert_eq!(t.ask("answer"), "3");
     assert_eq!(t.ask("word"), "old");
     let (_, patches, _) = demo.ulp(&["patches", "-p", &pid]);
@@ -494,7 +495,10 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
     // Switched at once: a slot each (three words), two stubs and two
     // entries to the slots, the flag, two stubs straight to the new code.
     assert!(lines[4].starts_with("      code writes: 13, "), "{out}");
-    assert_eq!(lines[5], "    SUCCESS demo_livepatch2.so");
+    // Where the time went, phase by phase.
+    assert!(lines[5].starts_with("      phases (ms): find "), "{out}");
+    assert!(lines[5].contains(", total "), "{out}");
+    assert_eq!(lines[6], "    SUCCESS demo_livepatch2.so");
 
     // --json: one document, every kind of result.
     let (code, out, _) = demo.ulp(&[

@@ -21,7 +21,7 @@ use crate::args::{Common, UsageError};
     about = "apply (or revert) live-patch containers (without -p: in every process that has the runtime loaded)",
     override_usage = "\
 ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
-                   [--disable-seccomp] [--force] [--persist [--store DIR]] FILE|'GLOB'...
+                   [--disable-seccomp] [--redirect-got] [--force] [--persist [--store DIR]] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]",
     before_help = "\
@@ -75,6 +75,16 @@ unchanged and unchecked (libpulp's rule): PREFIX is where this host's root
 appears in the process's view (a bind mount, or /proc/1/root when the
 process has a /proc). Without -R, a chrooted process gets an ERROR that
 names -R.
+
+--redirect-got also points the GOT slots (JUMP_SLOT, GLOB_DAT, in every
+loaded object) that hold a patched function's address at the new
+function, in the same stop as the code writes, so a call from another
+object through the PLT costs what it did before the patch; calls inside the
+library, function pointers taken before and slots not bound yet keep going
+through the old entry's redirect. Every revert puts such slots back first,
+with or without the option. Off by default: a pointer read from a moved
+slot is the new function's address, unequal to one taken before, and the
+slots are found by reading every loaded object's relocations.
 
 --disable-seccomp suspends the processes' seccomp filters while ulp is
 attached (PTRACE_O_SUSPEND_SECCOMP), for targets whose filter forbids what
@@ -162,6 +172,9 @@ pub struct Args {
     /// suspend seccomp while attached (needs CAP_SYS_ADMIN)
     #[arg(long)]
     pub disable_seccomp: bool,
+    /// also point the GOT slots (of every loaded object) that hold a patched function's address at the new function, so a call through the PLT costs what it did before the patch; reverts put them back (off by default: a function pointer read from a moved slot is then the new function's address, unequal to one taken before the patch, and each trigger reads every loaded object's relocations; see README)
+    #[arg(long)]
+    pub redirect_got: bool,
     /// as root, load FILEs that other users could change
     #[arg(long)]
     pub force: bool,
@@ -233,6 +246,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         opts.root = Some(PathBuf::from(r));
     }
     opts.suspend_seccomp = p.disable_seccomp;
+    opts.redirect_got = p.redirect_got;
     let store = match (p.persist, p.store.as_deref()) {
         (_, Some("")) => return Err(UsageError("--store needs a directory".into())),
         (false, Some(_)) => {
@@ -244,7 +258,8 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         (true, dir) => Some(Store::new(store::resolve(dir))),
     };
     let jobs = match p.jobs.as_deref() {
-        None => fleet::default_jobs(),
+        // One per CPU, looked up only if there are several processes.
+        None => 0,
         Some(j) => j.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
             UsageError(format!(
                 "-j needs a number of processes at once (1 or more), got '{j}'"
@@ -406,7 +421,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             }));
         } else {
             progress.clear();
-            print_process(r.pid, &r.name, lines, quiet, verbose);
+            print_process(r.pid, &r.name, lines, quiet, verbose, p.redirect_got);
         }
         progress.draw();
     });
@@ -694,7 +709,14 @@ impl Progress {
 /// One process's result lines, indented as libpulp's are: `  NAME (pid:
 /// PID): RESULT` for one result; with several, the name line alone and
 /// each result under it (`    RESULT`).
-fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: bool) {
+fn print_process(
+    pid: Pid,
+    name: &str,
+    lines: &[Line],
+    quiet: bool,
+    verbose: bool,
+    redirect_got: bool,
+) {
     let head = format!("  {name} (pid: {pid}): ");
     let several = lines.len() > 1;
     if lines.iter().all(|l| l.report.outcome == Outcome::NoRuntime) {
@@ -752,6 +774,22 @@ fn print_process(pid: Pid, name: &str, lines: &[Line], quiet: bool, verbose: boo
             } else if l.report.outcome.is_change() {
                 let _ = writeln!(out, "{indent}code writes: 0 (no thread stopped)");
             }
+            if d.got != Default::default() || (redirect_got && d.stopped.is_some()) {
+                let _ = writeln!(
+                    out,
+                    "{indent}GOT slots: {} pointed at new functions, {} put back to old entries",
+                    d.got.redirected, d.got.restored
+                );
+            }
+            if d.phases.total > Duration::ZERO {
+                let phases: Vec<String> = d
+                    .phases
+                    .named()
+                    .iter()
+                    .map(|(name, t)| format!("{name} {:.3}", t.as_secs_f64() * 1000.0))
+                    .collect();
+                let _ = writeln!(out, "{indent}phases (ms): {}", phases.join(", "));
+            }
         }
     }
     print!("{out}");
@@ -787,7 +825,20 @@ fn line_json(l: &Line) -> Value {
         "threads_stopped": d.threads,
         "stopped_us": d.stopped.map(|t| t.as_micros() as u64),
         "attempts": d.attempts,
+        "got_slots": d.got.redirected,
+        "got_slots_restored": d.got.restored,
+        "phases_us": phases_json(&d.phases),
     })
+}
+
+/// The phases of one result ([`trigger::Phases`]), in microseconds.
+fn phases_json(p: &trigger::Phases) -> Value {
+    let map: serde_json::Map<String, Value> = p
+        .named()
+        .iter()
+        .map(|(name, t)| (name.to_string(), json!(t.as_micros() as u64)))
+        .collect();
+    Value::Object(map)
 }
 
 #[cfg(test)]
