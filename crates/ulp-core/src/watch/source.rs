@@ -22,30 +22,36 @@ const NLMSG_OVERRUN: u16 = 4;
 
 /// `struct nlmsghdr` (<linux/netlink.h>): 16 bytes, native endian.
 ///
-///     u32 nlmsg_len;    header and payload
-///     u16 nlmsg_type;
-///     u16 nlmsg_flags;
-///     u32 nlmsg_seq;
-///     u32 nlmsg_pid;    the sender's port id
+/// ```text
+/// u32 nlmsg_len;    header and payload
+/// u16 nlmsg_type;
+/// u16 nlmsg_flags;
+/// u32 nlmsg_seq;
+/// u32 nlmsg_pid;    the sender's port id
+/// ```
 const NLMSG_HDRLEN: usize = 16;
 
 /// `struct cn_msg` (<linux/connector.h>): 20 bytes, then `len` bytes of
 /// data.
 ///
-///     struct cb_id { u32 idx; u32 val; } id;   CN_IDX_PROC, CN_VAL_PROC
-///     u32 seq;
-///     u32 ack;
-///     u16 len;                                 of the data
-///     u16 flags;
+/// ```text
+/// struct cb_id { u32 idx; u32 val; } id;   CN_IDX_PROC, CN_VAL_PROC
+/// u32 seq;
+/// u32 ack;
+/// u16 len;                                 of the data
+/// u16 flags;
+/// ```
 const CN_MSG_LEN: usize = 20;
 
 /// `struct proc_event` (<linux/cn_proc.h>), the data of a process event:
 ///
-///     u32 what;            PROC_EVENT_*
-///     u32 cpu;
-///     u64 timestamp_ns;
-///     union event_data     for PROC_EVENT_EXEC: struct exec_proc_event
-///                          { i32 process_pid; i32 process_tgid; }
+/// ```text
+/// u32 what;            PROC_EVENT_*
+/// u32 cpu;
+/// u64 timestamp_ns;
+/// union event_data     for PROC_EVENT_EXEC: struct exec_proc_event
+///                      { i32 process_pid; i32 process_tgid; }
+/// ```
 const EVENT_WHAT: usize = 0;
 const EVENT_DATA: usize = 16;
 
