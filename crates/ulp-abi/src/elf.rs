@@ -96,6 +96,7 @@ pub const STB_LOCAL: u8 = 0;
 
 pub const R_X86_64_64: u32 = 1;
 pub const R_X86_64_GLOB_DAT: u32 = 6;
+pub const R_X86_64_JUMP_SLOT: u32 = 7;
 pub const R_X86_64_RELATIVE: u32 = 8;
 
 /// `n_type` of the GNU build-id note (name "GNU").

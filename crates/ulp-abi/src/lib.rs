@@ -37,6 +37,7 @@ extern crate alloc;
 pub mod elf;
 pub mod errors;
 pub mod hex;
+pub mod le;
 pub mod names;
 pub mod time;
 

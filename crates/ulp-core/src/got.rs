@@ -36,15 +36,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use ulp_abi::elf::{self, ET_DYN, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT, SHT_DYNSYM, SHT_RELA};
+use ulp_abi::le::{u16_at, u32_at, u64_at};
+use ulp_x86::ENDBR64;
 
 use ulp_abi::{stub_target, write_kind, Write, STUB_LEN};
 use ulp_process::{Mapping, Pid, RemoteAddr, Stopped};
 
 use crate::objects::{objects_from_maps, MappedObject};
 
-const R_X86_64_GLOB_DAT: u32 = 6;
-const R_X86_64_JUMP_SLOT: u32 = 7;
-const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 /// The entry jump to the stub before it (`jmp .-14`).
 const ENTRY_JUMP: [u8; 2] = [0xeb, 0xf0];
 
@@ -138,23 +138,8 @@ struct FileInfo {
     shared: bool,
 }
 
-const SYM_SIZE: usize = 24;
-const RELA_SIZE: usize = 24;
-const SHT_RELA: u32 = 4;
-const SHT_DYNSYM: u32 = 11;
-const ET_DYN: u16 = 3;
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
+const SYM_SIZE: usize = elf::SYM_SIZE as usize;
+const RELA_SIZE: usize = elf::RELA_SIZE as usize;
 
 impl FileInfo {
     /// Reads the ELF header, the section headers, `.dynsym`, its string

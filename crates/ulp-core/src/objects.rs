@@ -11,6 +11,7 @@
 //! `ulp_abi::names`).
 
 use std::path::{Path, PathBuf};
+use ulp_abi::le::{u16_at, u32_at, u64_at};
 
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
@@ -262,18 +263,6 @@ fn read_memory(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
     ulp_process::read_mem(pid, RemoteAddr::new(addr), &mut buf).ok()?;
     Some(buf)
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 /// The program headers of an ELF object mapped in a process, read where

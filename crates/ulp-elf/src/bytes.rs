@@ -14,28 +14,7 @@ pub(crate) fn slice(data: &[u8], off: u64, len: u64) -> Option<&[u8]> {
     data.get(start..end)
 }
 
-fn array<const N: usize>(data: &[u8], off: u64) -> Option<[u8; N]> {
-    let b = slice(data, off, N as u64)?;
-    let mut a = [0u8; N];
-    a.copy_from_slice(b);
-    Some(a)
-}
-
-pub(crate) fn u8_at(data: &[u8], off: u64) -> Option<u8> {
-    array::<1>(data, off).map(|a| a[0])
-}
-
-pub(crate) fn u16_at(data: &[u8], off: u64) -> Option<u16> {
-    array(data, off).map(u16::from_le_bytes)
-}
-
-pub(crate) fn u32_at(data: &[u8], off: u64) -> Option<u32> {
-    array(data, off).map(u32::from_le_bytes)
-}
-
-pub(crate) fn u64_at(data: &[u8], off: u64) -> Option<u64> {
-    array(data, off).map(u64::from_le_bytes)
-}
+pub(crate) use ulp_abi::le::{u16_at, u32_at, u64_at, u8_at};
 
 /// The NUL-terminated string starting at `off` (without the NUL), if the
 /// NUL is inside `data`.

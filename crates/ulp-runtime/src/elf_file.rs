@@ -6,6 +6,7 @@
 
 use ulp_abi::elf::{gnu_build_id, ELFCLASS64, ELFDATA2LSB, ELFMAG, SHDR_SIZE, SYM_SIZE};
 use ulp_abi::elf::{SHT_NOBITS, SHT_NOTE, SHT_SYMTAB};
+use ulp_abi::le::{u16_at, u32_at, u64_at};
 
 /// One section header's fields the runtime uses.
 #[derive(Clone, Copy)]
@@ -21,27 +22,6 @@ pub(crate) struct ElfFile {
     data: Vec<u8>,
     sections: Vec<Section>,
     names: Section,
-}
-
-fn u16_at(d: &[u8], at: u64) -> Option<u16> {
-    let at = usize::try_from(at).ok()?;
-    Some(u16::from_le_bytes(
-        d.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(d: &[u8], at: u64) -> Option<u32> {
-    let at = usize::try_from(at).ok()?;
-    Some(u32::from_le_bytes(
-        d.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn u64_at(d: &[u8], at: u64) -> Option<u64> {
-    let at = usize::try_from(at).ok()?;
-    Some(u64::from_le_bytes(
-        d.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
 }
 
 impl ElfFile {

@@ -208,6 +208,19 @@ pub(crate) fn fail_json(e: &dyn std::fmt::Display) -> u8 {
 }
 
 /// Refuses operands for a command that takes none.
+/// The value of `--timeout`: a positive number of seconds.
+pub(crate) fn timeout_seconds(t: &str) -> Result<std::time::Duration, UsageError> {
+    t.parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0 && s.is_finite())
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--timeout needs a positive number of seconds, got '{t}'"
+            ))
+        })
+}
+
 pub(crate) fn no_operands(command: &str, operands: &[String]) -> Result<(), UsageError> {
     match operands.first() {
         None => Ok(()),

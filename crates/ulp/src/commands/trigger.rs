@@ -229,16 +229,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             .map_err(|_| UsageError(format!("-r needs a number, got '{r}'")))?;
     }
     if let Some(t) = p.timeout.as_deref() {
-        let secs: f64 = t
-            .parse()
-            .ok()
-            .filter(|s: &f64| *s > 0.0 && s.is_finite())
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "--timeout needs a positive number of seconds, got '{t}'"
-                ))
-            })?;
-        opts.timeout = Duration::from_secs_f64(secs);
+        opts.timeout = super::timeout_seconds(t)?;
     }
     // -R PREFIX is a path in the target's view: not checked here (libpulp
     // does not either).

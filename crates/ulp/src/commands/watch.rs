@@ -113,16 +113,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     }
     let mut per_process = Duration::from_secs(2);
     if let Some(t) = p.timeout.as_deref() {
-        let secs: f64 = t
-            .parse()
-            .ok()
-            .filter(|s: &f64| *s > 0.0 && s.is_finite())
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "--timeout needs a positive number of seconds, got '{t}'"
-                ))
-            })?;
-        per_process = Duration::from_secs_f64(secs);
+        per_process = super::timeout_seconds(t)?;
     }
     let load = super::LoadRuntime {
         load_runtime: true,
