@@ -36,6 +36,7 @@ extern crate alloc;
 
 pub mod elf;
 pub mod errors;
+pub mod format;
 pub mod hex;
 pub mod le;
 pub mod names;
@@ -58,8 +59,6 @@ pub mod store {
     pub const ENV_C: &core::ffi::CStr = c"ULP_STORE";
 }
 
-#[cfg(feature = "optout")]
-extern crate std;
 #[cfg(feature = "optout")]
 pub mod optout;
 
@@ -107,6 +106,11 @@ pub mod op {
     /// (the others are removed); `ALREADY_APPLIED` when it is applied and
     /// nothing else is to be removed.
     pub const REPLACE: u32 = 5;
+    /// No request. In a debug build of the runtime only (the tests'):
+    /// panics, so the tests see what a panic does in a process (a
+    /// refusal, live patching off, the process running). A release build
+    /// answers it as an unknown operation.
+    pub const TEST_PANIC: u32 = 0x7e57;
 }
 
 /// Result codes of the entry point (also stored in `Interface::res_code`).
@@ -160,6 +164,10 @@ pub mod state {
     /// Switched off by `ulp set_patchable disable` (the tool writes this
     /// field directly; the runtime only reads it).
     pub const DISABLED_BY_TOOL: u32 = 2;
+    /// Switched off by the runtime itself after an internal error (a
+    /// panic, logged in its ring): the operation it interrupted may be half
+    /// done, so nothing more is applied in this process (protocol 8).
+    pub const DISABLED_BY_ERROR: u32 = 3;
 }
 
 /// `Write::kind`: what a write changes, which tells the tool how to check

@@ -16,11 +16,11 @@
 //! constructor stays cheap for every process that does not opt out (user
 //! and group names may need NSS).
 
+use alloc::ffi::CString;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ffi::CStr;
 use core::fmt;
-use std::ffi::{CStr, CString, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::vec;
-use std::vec::Vec;
 
 /// glibc's `FNM_EXTMATCH` (`<fnmatch.h>`), which the libc crate lacks:
 /// ksh-style extended patterns.
@@ -85,7 +85,7 @@ pub const GROUPS_VAR: &str = "LIBPULP_DISABLE_ON_GROUPS";
 /// `uid` (its real user) and `gids` (its real group, then the
 /// supplementary ones) are asked only when their variable is set.
 pub fn check_with(
-    var: impl Fn(&str) -> Option<OsString>,
+    var: impl Fn(&str) -> Option<Vec<u8>>,
     exe: impl FnOnce() -> Option<Vec<u8>>,
     uid: impl FnOnce() -> libc::uid_t,
     gids: impl FnOnce() -> Vec<libc::gid_t>,
@@ -136,7 +136,7 @@ pub fn glob_matches(pattern: &[u8], subject: &[u8]) -> bool {
 /// one of `subjects`.
 pub fn matching(
     variable: &'static str,
-    patterns: &OsString,
+    patterns: &[u8],
     ids: &[u32],
     subjects: &[Vec<u8>],
 ) -> Option<OptOut> {
@@ -145,7 +145,7 @@ pub fn matching(
         GROUPS_VAR => (Matched::Gid, Matched::Group),
         _ => (Matched::Path, Matched::Path),
     };
-    for pattern in patterns.as_bytes().split(|&b| b == b':' || b == b',') {
+    for pattern in patterns.split(|&b| b == b':' || b == b',') {
         if pattern.is_empty() {
             continue;
         }
@@ -154,7 +154,7 @@ pub fn matching(
                 variable,
                 matched: by_id,
                 pattern: pattern.to_vec(),
-                subject: std::format!("{id}").into_bytes(),
+                subject: alloc::format!("{id}").into_bytes(),
             });
         }
         if let Some(subject) = subjects.iter().find(|s| glob_matches(pattern, s)) {
@@ -223,11 +223,6 @@ pub fn group_name(gid: libc::gid_t) -> Option<Vec<u8>> {
     })
 }
 
-/// `OsString` from bytes, for tests and callers holding raw values.
-pub fn os(bytes: &[u8]) -> OsString {
-    std::ffi::OsStr::from_bytes(bytes).to_os_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,12 +242,12 @@ mod tests {
             (b"bash", None),
         ];
         for (pats, want) in table {
-            let got = matching(PATH_VAR, &os(pats), &[], &subj).map(|o| o.pattern);
+            let got = matching(PATH_VAR, pats, &[], &subj).map(|o| o.pattern);
             assert_eq!(
                 got.as_deref(),
                 want,
                 "{:?}",
-                std::string::String::from_utf8_lossy(pats)
+                alloc::string::String::from_utf8_lossy(pats)
             );
         }
     }
@@ -260,44 +255,36 @@ mod tests {
     #[test]
     fn any_group_may_match() {
         let groups = [b"users".to_vec(), b"wheel".to_vec()];
-        let o = matching(GROUPS_VAR, &os(b"adm,whe*"), &[100, 10], &groups).unwrap();
+        let o = matching(GROUPS_VAR, b"adm,whe*", &[100, 10], &groups).unwrap();
         assert_eq!((o.matched, &o.subject[..]), (Matched::Group, &b"wheel"[..]));
-        let o = matching(GROUPS_VAR, &os(b"adm:10"), &[100, 10], &groups).unwrap();
+        let o = matching(GROUPS_VAR, b"adm:10", &[100, 10], &groups).unwrap();
         assert_eq!((o.matched, &o.subject[..]), (Matched::Gid, &b"10"[..]));
     }
 
     #[test]
     fn numeric_entries_are_ids_and_the_lines_are_libpulps() {
         let names = [b"root".to_vec()];
-        let line = |o: Option<OptOut>| o.map(|o| std::format!("{o}"));
+        let line = |o: Option<OptOut>| o.map(|o| alloc::format!("{o}"));
         assert_eq!(
-            line(matching(USERS_VAR, &os(b"1000:+(ro)ot"), &[1000], &names)),
+            line(matching(USERS_VAR, b"1000:+(ro)ot", &[1000], &names)),
             Some("Matched uid 1000: livepatching disabled by user request.".into())
         );
         assert_eq!(
-            line(matching(USERS_VAR, &os(b"1000:+(ro)ot"), &[0], &names)),
+            line(matching(USERS_VAR, b"1000:+(ro)ot", &[0], &names)),
             Some("Matched user pattern +(ro)ot: livepatching disabled by user request.".into())
         );
         // A number that is not the id is still a pattern for the name.
         assert_eq!(
-            line(matching(
-                USERS_VAR,
-                &os(b"1001"),
-                &[1000],
-                &[b"1001".to_vec()]
-            )),
+            line(matching(USERS_VAR, b"1001", &[1000], &[b"1001".to_vec()])),
             Some("Matched user pattern 1001: livepatching disabled by user request.".into())
         );
+        assert_eq!(line(matching(USERS_VAR, b"1001,1x", &[1000], &names)), None);
         assert_eq!(
-            line(matching(USERS_VAR, &os(b"1001,1x"), &[1000], &names)),
-            None
-        );
-        assert_eq!(
-            line(matching(GROUPS_VAR, &os(b"5"), &[5], &[])),
+            line(matching(GROUPS_VAR, b"5", &[5], &[])),
             Some("Matched gid 5: livepatching disabled by user request.".into())
         );
         assert_eq!(
-            line(matching(PATH_VAR, &os(b"/x/*"), &[], &[b"/x/y".to_vec()])),
+            line(matching(PATH_VAR, b"/x/*", &[], &[b"/x/y".to_vec()])),
             Some("Matched path pattern /x/*: livepatching disabled by user request.".into())
         );
         assert_eq!(numeric(b"0042"), Some(42));

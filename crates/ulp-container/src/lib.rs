@@ -14,7 +14,8 @@
 //! - `extract`: `ulp extract`'s JSON description of a target library,
 //!   which the packer also accepts as the target.
 
-pub mod format;
+/// The section formats live in `ulp-abi` (no_std: the runtime reads them).
+pub use ulp_abi::format;
 
 #[cfg(feature = "pack")]
 pub mod container;

@@ -30,8 +30,7 @@
 //! A loaded runtime stays: it is never unloaded (a later trigger or revert
 //! uses it, and `ulp patches` lists the process from then on).
 
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -132,10 +131,10 @@ pub fn check_runtime_file(path: &Path, check_trust: bool) -> Result<(), Error> {
 pub fn opted_out(pid: Pid) -> Result<Option<String>, Error> {
     let environ = ulp_process::environ(pid)
         .context(|| format!("cannot read the environment of process {pid}"))?;
-    let var = |name: &str| -> Option<OsString> {
+    let var = |name: &str| -> Option<Vec<u8>> {
         environ.split(|&b| b == 0).find_map(|entry| {
             let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
-            Some(OsString::from_vec(value.to_vec()))
+            Some(value.to_vec())
         })
     };
     let ids = ulp_process::credentials(pid);

@@ -30,6 +30,9 @@ pub enum LivePatching {
     DisabledByUser,
     /// Switched off by `ulp set_patchable disable`.
     DisabledByTool,
+    /// Switched off by the runtime after an internal error (its ring says
+    /// which): for good.
+    DisabledByError,
     /// A value this ulp does not know.
     Unknown(u32),
 }
@@ -40,6 +43,7 @@ impl LivePatching {
             state::ENABLED => LivePatching::Enabled,
             state::DISABLED_BY_USER => LivePatching::DisabledByUser,
             state::DISABLED_BY_TOOL => LivePatching::DisabledByTool,
+            state::DISABLED_BY_ERROR => LivePatching::DisabledByError,
             other => LivePatching::Unknown(other),
         }
     }
@@ -51,6 +55,7 @@ impl LivePatching {
             LivePatching::Enabled => "enabled",
             LivePatching::DisabledByUser => "disabled_by_user",
             LivePatching::DisabledByTool => "disabled_by_tool",
+            LivePatching::DisabledByError => "disabled_by_error",
             LivePatching::Unknown(_) => "unknown",
         }
     }
@@ -66,6 +71,9 @@ impl fmt::Display for LivePatching {
             // libpulp says the same for both: its set_patchable sets the
             // user's state.
             LivePatching::DisabledByTool => f.write_str("disabled by user"),
+            LivePatching::DisabledByError => {
+                f.write_str("disabled (internal error of the runtime: see ulp messages)")
+            }
             LivePatching::Unknown(v) => write!(f, "disabled (unknown state {v})"),
         }
     }
@@ -89,6 +97,9 @@ impl Change {
 pub enum SetError {
     /// `enable` of a process whose user opted out at start.
     DisabledByUser,
+    /// `enable` of a process whose runtime switched itself off after an
+    /// internal error.
+    DisabledByError,
     /// The state word holds a value this ulp does not know.
     UnknownState(u32),
     Process(ulp_process::Error),
@@ -100,6 +111,11 @@ impl fmt::Display for SetError {
             SetError::DisabledByUser => f.write_str(
                 "live patching was disabled by user (LIBPULP_DISABLE_ON_PATH/USERS/GROUPS \
                  matched when the process started); ulp does not override that",
+            ),
+            SetError::DisabledByError => f.write_str(
+                "live patching was switched off by the runtime after an internal error (see \
+                 `ulp messages`); a patch it was applying may be half recorded, so ulp does not \
+                 switch it on again: restart the process",
             ),
             SetError::UnknownState(v) => write!(
                 f,
@@ -131,6 +147,8 @@ pub fn set(rt: &Runtime, enable: bool) -> Result<Change, SetError> {
         (LivePatching::Unknown(v), _) => return Err(SetError::UnknownState(v)),
         (LivePatching::DisabledByUser, true) => return Err(SetError::DisabledByUser),
         (LivePatching::DisabledByUser, false) => LivePatching::DisabledByUser,
+        (LivePatching::DisabledByError, true) => return Err(SetError::DisabledByError),
+        (LivePatching::DisabledByError, false) => LivePatching::DisabledByError,
         (_, true) => LivePatching::Enabled,
         (_, false) => LivePatching::DisabledByTool,
     };

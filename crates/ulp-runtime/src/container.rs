@@ -1,6 +1,9 @@
 //! Opening a container: `dlopen` (a refusal is libpulp's EDLOPEN, logged
 //! with libpulp's lines), its link map, and its loaded segments.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::ffi::{c_char, c_void, CStr};
 
 use ulp_abi::errors;

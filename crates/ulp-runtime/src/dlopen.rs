@@ -13,9 +13,11 @@
 //! first ([`caller_path`]) so that a program that relies on its
 //! `RUNPATH` still finds its library.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::sync::atomic::{AtomicUsize, Ordering};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::stored::ARMED;
 
@@ -73,7 +75,7 @@ unsafe extern "C" fn slow(file: *const c_char, mode: c_int, caller: usize) -> *m
     // Called from here, the C library takes this library for the caller:
     // the caller's own search path is applied first (also on the first,
     // unarmed call, which comes here to find the C library's `dlopen`).
-    let path = catch_unwind(AssertUnwindSafe(|| caller_path(file, caller))).unwrap_or(None);
+    let path = crate::guard::guarded(|| caller_path(file, caller)).flatten();
     let handle = match &path {
         Some(p) => real(p.as_ptr(), mode),
         None => real(file, mode),
@@ -103,7 +105,7 @@ const DT_RUNPATH: u64 = 29;
 /// in the directories of the caller's search list that ours lacks (its
 /// own `RUNPATH`/`RPATH` directories, `$ORIGIN` expanded by the loader).
 /// `None`: let the C library search as for us.
-fn caller_path(file: *const c_char, caller: usize) -> Option<std::ffi::CString> {
+fn caller_path(file: *const c_char, caller: usize) -> Option<alloc::ffi::CString> {
     if file.is_null() {
         return None;
     }
@@ -136,7 +138,7 @@ fn caller_path(file: *const c_char, caller: usize) -> Option<std::ffi::CString> 
         let mut p = dir;
         p.push(b'/');
         p.extend_from_slice(name);
-        let c = std::ffi::CString::new(p).ok()?;
+        let c = alloc::ffi::CString::new(p).ok()?;
         if crate::sys::exists(&c) {
             return Some(c);
         }

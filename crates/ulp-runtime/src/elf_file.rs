@@ -4,6 +4,9 @@
 //! `.symtab` (what the tool otherwise sends with a request). Every offset
 //! is checked: a hostile file is `None`, never a fault.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ulp_abi::elf::{gnu_build_id, ELFCLASS64, ELFDATA2LSB, ELFMAG, SHDR_SIZE, SYM_SIZE};
 use ulp_abi::elf::{SHT_NOBITS, SHT_NOTE, SHT_SYMTAB};
 use ulp_abi::le::{u16_at, u32_at, u64_at};

@@ -8,6 +8,9 @@
 //! same time (registry, ring, state). Calls are serialised by the `BUSY`
 //! flag in `lib.rs`; the constructor runs before any call can be made.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::cell::UnsafeCell;
 use core::ptr::{self, addr_of, addr_of_mut};
 use core::sync::atomic::{fence, Ordering};

@@ -36,14 +36,19 @@
 //! * One call at a time: `BUSY` refuses a concurrent call instead of
 //!   sharing the registry.
 
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ulp_abi::{code, op, state};
 
 pub mod container;
 pub mod dlopen;
 mod elf_file;
+mod guard;
 pub mod interface;
 pub mod objects;
 pub mod optout;
@@ -57,6 +62,14 @@ pub mod site;
 mod stored;
 pub mod switch;
 mod sys;
+
+/// What `std`'s prelude would give every module (the runtime is `no_std`).
+mod prelude {
+    pub(crate) use alloc::format;
+    pub(crate) use alloc::string::{String, ToString};
+    pub(crate) use alloc::vec;
+    pub(crate) use alloc::vec::Vec;
+}
 
 use interface::SharedInterface;
 
@@ -80,8 +93,7 @@ impl Busy {
         if BUSY.swap(true, Ordering::Acquire) {
             return None;
         }
-        // SAFETY: gettid cannot fail.
-        OWNER.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        OWNER.store(sys::gettid(), Ordering::Relaxed);
         Some(Busy)
     }
 }
@@ -102,11 +114,11 @@ pub extern "C" fn __ulp_entry() -> i32 {
         // Another call owns the result area: answer with the code only.
         return code::FAILED;
     };
-    match catch_unwind(dispatch) {
-        Ok(rc) => rc,
-        Err(_) => {
+    match guard::guarded(dispatch) {
+        Some(rc) => rc,
+        None => {
             let msg = "internal error in the runtime (see its messages)";
-            let _ = catch_unwind(|| interface::set_result(code::FAILED, msg, &[]));
+            let _ = guard::guarded(|| interface::set_result(code::FAILED, msg, &[]));
             code::FAILED
         }
     }
@@ -118,9 +130,8 @@ pub extern "C" fn __ulp_entry() -> i32 {
 /// inside a call of this thread (its `dlopen` of a container) does
 /// nothing.
 pub(crate) fn after_dlopen() {
-    let _ = catch_unwind(|| {
-        // SAFETY: gettid cannot fail.
-        let me = unsafe { libc::gettid() };
+    let _ = guard::guarded(|| {
+        let me = sys::gettid();
         if OWNER.load(Ordering::Relaxed) == me {
             return;
         }
@@ -159,6 +170,8 @@ fn dispatch() -> i32 {
             op::UNDO => patch::undo(reg),
             op::REVERT_ALL => patch::revert_all(reg, &request),
             op::REPLACE => patch::replace(reg, &request),
+            #[cfg(debug_assertions)]
+            op::TEST_PANIC => panic!("the test operation's panic"),
             other => {
                 ring::log(format_args!("call refused: unknown operation {other}"));
                 Err(patch::Failure {
@@ -180,13 +193,11 @@ fn dispatch() -> i32 {
     }
 }
 
-/// Runs at load time (preload or dlopen): logs the "loaded" line, replaces
-/// the panic hook of this library's copy of std (so nothing is printed),
-/// checks the opt-outs and applies the patch store's records
-/// (`stored.rs`).
+/// Runs at load time (preload or dlopen): logs the "loaded" line, checks
+/// the opt-outs and applies the patch store's records (`stored.rs`).
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn constructor() {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
+    let _ = guard::guarded(|| {
         interface::publish_header();
         // libpulp's first line, word for word, then which ulp this is.
         ring::log_untimed(format_args!(
@@ -194,9 +205,6 @@ extern "C" fn constructor() {
             env!("CARGO_PKG_VERSION"),
             ulp_abi::PROTOCOL_VERSION
         ));
-        std::panic::set_hook(Box::new(|info| {
-            ring::log(format_args!("internal error: {info}"));
-        }));
         if let Some(o) = optout::check() {
             interface::set_state(state::DISABLED_BY_USER);
             // libpulp's line: `Matched uid 1000: livepatching disabled
@@ -207,8 +215,93 @@ extern "C" fn constructor() {
             // SAFETY: we hold BUSY.
             unsafe { registry::with_registry(|reg| stored::at_start(reg)) };
         }
-    }));
+    });
 }
+
+/// A panic (module `guard`): logged, live patching off for good in this
+/// process, and back to the innermost guard of the thread. Without one
+/// (cannot happen: every entry is guarded) the process is aborted rather
+/// than left running code in an unknown state.
+#[cfg(not(test))]
+#[panic_handler]
+fn on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    ring::log(format_args!(
+        "internal error: {}; live patching is off in this process from now on",
+        info.message()
+    ));
+    interface::set_state(state::DISABLED_BY_ERROR);
+    guard::leave();
+    // SAFETY: no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// The C library's allocator (`malloc`, and `posix_memalign` for
+/// alignments above its 16 bytes).
+#[cfg(not(test))]
+mod allocator {
+    use core::alloc::{GlobalAlloc, Layout};
+
+    struct Malloc;
+
+    // SAFETY: malloc/free/realloc/posix_memalign honour the layout's size
+    // and (up to 16, or by posix_memalign) its alignment.
+    unsafe impl GlobalAlloc for Malloc {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            if l.align() <= 16 {
+                return libc::malloc(l.size()).cast();
+            }
+            let mut p = core::ptr::null_mut();
+            if libc::posix_memalign(&mut p, l.align(), l.size()) != 0 {
+                return core::ptr::null_mut();
+            }
+            p.cast()
+        }
+
+        unsafe fn dealloc(&self, p: *mut u8, _: Layout) {
+            libc::free(p.cast());
+        }
+
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+            if l.align() <= 16 {
+                return libc::realloc(p.cast(), new_size).cast();
+            }
+            let n = self.alloc(Layout::from_size_align_unchecked(new_size, l.align()));
+            if !n.is_null() {
+                core::ptr::copy_nonoverlapping(p, n, l.size().min(new_size));
+                self.dealloc(p, l);
+            }
+            n
+        }
+    }
+
+    #[global_allocator]
+    static MALLOC: Malloc = Malloc;
+}
+
+// Code of the core library, built to unwind, names the Rust personality
+// routine in its unwind tables; nothing here ever unwinds (panics jump, see
+// `guard`), so no frame of ours is ever given to it. Hidden, and answering
+// "continue unwinding" to a foreign exception passing through (what a C
+// frame does).
+#[cfg(not(test))]
+core::arch::global_asm!(
+    ".globl rust_eh_personality",
+    ".hidden rust_eh_personality",
+    ".type rust_eh_personality,@function",
+    "rust_eh_personality:",
+    "mov eax, 8",
+    "ret",
+    ".size rust_eh_personality, .-rust_eh_personality",
+    // Named by the same code's cleanup paths, which only an unwinding
+    // panic reaches: never here. Defined so that the runtime needs no
+    // unwinder library (libgcc_s) in the process.
+    ".globl _Unwind_Resume",
+    ".hidden _Unwind_Resume",
+    ".type _Unwind_Resume,@function",
+    "_Unwind_Resume:",
+    "ud2",
+    ".size _Unwind_Resume, .-_Unwind_Resume",
+);
 
 /// The constructor's entry in `.init_array` (not in unit-test builds,
 /// which keep the test harness's panic output).

@@ -5,8 +5,10 @@
 //! checked against these segments, so a wrong offset in a request becomes a
 //! refusal, not a fault inside someone else's process.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::ffi::{c_int, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use ulp_abi::elf::{gnu_build_id, PT_DYNAMIC, PT_GNU_RELRO, PT_LOAD, PT_NOTE, PT_TLS, SYM_SIZE};
 use ulp_abi::elf::{DT_NULL, DT_RELA, DT_RELAENT, DT_RELASZ, DT_SONAME, DT_STRTAB, DT_SYMTAB};
@@ -230,10 +232,7 @@ pub fn basename(path: &[u8]) -> &[u8] {
 
 /// The executable's path, from `/proc/self/exe` (empty when unreadable).
 pub fn exe_path() -> Vec<u8> {
-    use std::os::unix::ffi::OsStringExt;
-    std::fs::read_link("/proc/self/exe")
-        .map(|p| p.into_os_string().into_vec())
-        .unwrap_or_default()
+    crate::sys::readlink(c"/proc/self/exe").unwrap_or_default()
 }
 
 struct Walk {
@@ -260,17 +259,18 @@ pub fn loaded_objects() -> Option<Vec<LoadedObject>> {
 }
 
 unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
-    // A panic must not unwind into the loader: catch it and stop the walk.
-    let r = catch_unwind(AssertUnwindSafe(|| {
+    // A panic must not leave the loader's lock held: a guard of its own,
+    // so it comes back here and stops the walk.
+    let r = crate::guard::guarded(|| {
         // SAFETY: `data` is the `Walk` of `loaded_objects`; `info` is valid
         // for `size` bytes during the callback.
         let walk = unsafe { &mut *data.cast::<Walk>() };
         let object = unsafe { describe(&*info, size, walk.objects.is_empty(), &walk.exe) };
         walk.objects.push(object);
-    }));
+    });
     match r {
-        Ok(()) => 0,
-        Err(_) => {
+        Some(()) => 0,
+        None => {
             // SAFETY: as above.
             unsafe { (*data.cast::<Walk>()).failed = true };
             1

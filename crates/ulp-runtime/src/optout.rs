@@ -2,18 +2,19 @@
 //! `ulp_abi::optout`, shared with the tool, which checks a process from
 //! outside before loading the runtime into it).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
 pub use ulp_abi::optout::{OptOut, GROUPS_VAR, PATH_VAR, USERS_VAR};
 
 /// Checks this process's environment, executable, user and groups.
 pub fn check() -> Option<OptOut> {
-    use std::os::unix::ffi::OsStringExt;
     ulp_abi::optout::check_with(
-        |v| std::env::var_os(v),
-        || {
-            std::fs::read_link("/proc/self/exe")
-                .ok()
-                .map(|p| p.into_os_string().into_vec())
-        },
+        crate::sys::getenv,
+        || crate::sys::readlink(c"/proc/self/exe"),
         // SAFETY: getuid cannot fail.
         || unsafe { libc::getuid() },
         group_ids,

@@ -41,15 +41,18 @@
 //! Every operation is all or nothing: all checks come before the first
 //! change (registry, container memory), so a refused patch leaves nothing.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::ffi::CString;
 use core::fmt::Write as _;
-use std::ffi::CString;
 
 use ulp_abi::errors::{self, UlpError};
+use ulp_abi::format::{decode_comments, Metadata, PATCH_ID_LEN};
 use ulp_abi::ReplaceRequest;
 use ulp_abi::{code, entry_jump, state, stub_bytes, write_kind};
 use ulp_abi::{ApplyRequest, Write};
 use ulp_abi::{MAX_WRITES, STUB_LEN};
-use ulp_container::format::{decode_comments, Metadata, PATCH_ID_LEN};
 
 use crate::container::open_container;
 use crate::interface;
@@ -108,6 +111,9 @@ fn disabled_reason() -> &'static str {
     match interface::state() {
         state::DISABLED_BY_USER => "disabled by user (LIBPULP_DISABLE_ON_*)",
         state::DISABLED_BY_TOOL => "disabled by `ulp set_patchable`",
+        state::DISABLED_BY_ERROR => {
+            "disabled after an internal error of the runtime (see its messages)"
+        }
         _ => "disabled",
     }
 }

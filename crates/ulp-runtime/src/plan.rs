@@ -4,6 +4,9 @@
 //! ([`switch_plan`], the slot code in `switch.rs`); otherwise, or when no
 //! switch can be made, each on its own write ([`plain_plan`]).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ulp_abi::{entry_jump, parse_stub, stub_bytes, write_kind, Write};
 use ulp_abi::{ENTRY_NOP, MAX_WRITES, STUB_LEN};
 

@@ -3,12 +3,15 @@
 //! published to the tool (`ulp patches`), read from outside under a
 //! seqlock (`interface::publish`).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::ffi::CString;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
-use std::ffi::CString;
 
+use ulp_abi::format::PATCH_ID_LEN;
 use ulp_abi::PatchRecord;
-use ulp_container::format::PATCH_ID_LEN;
 
 use crate::interface;
 

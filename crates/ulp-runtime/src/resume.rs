@@ -25,6 +25,9 @@
 //! No Rust code runs here and nothing is touched but the frame and the done
 //! word: `rsp` stays at the ucontext until `rt_sigreturn`.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ulp_abi::frame;
 
 core::arch::global_asm!(

@@ -26,6 +26,9 @@
 //! each): pieces already in place are skipped, so a write cut short by a
 //! killed tool is completed, never trusted.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::cell::UnsafeCell;
 
 use ulp_abi::{write_kind, Write};

@@ -7,6 +7,9 @@
 //! `[YYYY-MM-DD HH:MM:SS] ulp: ` (`ulp_abi::time`, the date `ulp patches`
 //! prints too).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use core::fmt::{self, Write as _};
 
 use ulp_abi::time::civil;

@@ -5,6 +5,9 @@
 //! A function without that padding may still be redirected by an entry
 //! rewrite (`rewrite.rs`).
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ulp_abi::errors;
 use ulp_abi::{entry_jump, parse_stub, ENTRY_NOP, STUB_LEN};
 

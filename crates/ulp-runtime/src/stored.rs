@@ -38,15 +38,17 @@
 //! that fails puts back the ones made and takes the patch out of the
 //! registry again: the process keeps its old code, whole.
 
+use alloc::ffi::CString;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
+use core::ffi::CStr;
 use core::sync::atomic::{AtomicBool, Ordering};
-use std::ffi::{CStr, CString};
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 
+use ulp_abi::format::Metadata;
 use ulp_abi::{state, store, ApplyRequest, Write};
-use ulp_container::format::Metadata;
 
 use crate::elf_file::ElfFile;
 use crate::interface;
@@ -73,7 +75,7 @@ struct Rec {
 }
 
 struct Store {
-    dir: PathBuf,
+    dir: CString,
     /// The directory's (ctime, ctime_nsec, inode) when last read.
     stamp: Option<(i64, i64, u64)>,
     recs: Vec<Rec>,
@@ -109,7 +111,7 @@ pub(crate) unsafe fn at_start(reg: &mut Registry) {
     if sys::stat(path, true).is_err() || !preloaded() {
         return;
     }
-    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let dir = CString::from(path);
     let slot = &mut *STORE.0.get();
     let st = slot.insert(Store {
         dir,
@@ -163,7 +165,7 @@ impl Store {
                 if self.stamp.take().is_some() || !self.recs.is_empty() {
                     ring::log(format_args!(
                         "patch store '{}' is gone ({}): no stored patches",
-                        self.dir.display(),
+                        Text(self.dir.as_bytes()),
                         errno_text(e)
                     ));
                 }
@@ -179,16 +181,16 @@ impl Store {
         if let Err(why) = trusted_dir_path(&self.dir) {
             ring::log(format_args!(
                 "patch store '{}' refused: {why}",
-                self.dir.display()
+                Text(self.dir.as_bytes())
             ));
             return;
         }
-        let names = match sys::read_dir(&cpath(&self.dir)) {
+        let names = match sys::read_dir(&self.dir) {
             Ok(n) => n,
             Err(e) => {
                 ring::log(format_args!(
                     "patch store '{}' cannot be read: {}",
-                    self.dir.display(),
+                    Text(self.dir.as_bytes()),
                     errno_text(e)
                 ));
                 return;
@@ -198,7 +200,7 @@ impl Store {
             if name.starts_with(b".") {
                 continue; // a record being written or removed
             }
-            let path = self.dir.join(std::ffi::OsStr::from_bytes(&name));
+            let path = join(&self.dir, &name);
             match read_record(&path) {
                 Ok(mut rec) => {
                     if let Some(o) = old.iter().find(|o| o.name == rec.name) {
@@ -208,7 +210,7 @@ impl Store {
                 }
                 Err(why) => ring::log(format_args!(
                     "stored patch '{}' refused: {why}",
-                    path.display()
+                    Text(path.as_bytes())
                 )),
             }
         }
@@ -289,8 +291,9 @@ fn apply_one(reg: &mut Registry, rec: &Rec, target: &LoadedObject) {
 /// the tool sends with a request), when that file is the very build the
 /// patch is for; 0 where unknown.
 fn function_sizes(target: &LoadedObject, meta: &Metadata) -> Vec<u8> {
-    let file = fs::read(Path::new(std::ffi::OsStr::from_bytes(&target.path)))
+    let file = CString::new(target.path.clone())
         .ok()
+        .and_then(|p| sys::read_file(&p, 1 << 30).ok())
         .and_then(ElfFile::parse)
         .filter(|f| f.build_id() == Some(&meta.build_id[..]));
     meta.units
@@ -303,22 +306,24 @@ fn function_sizes(target: &LoadedObject, meta: &Metadata) -> Vec<u8> {
         .collect()
 }
 
-/// `path` for the C library (a path with a NUL inside cannot exist).
-fn cpath(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+/// `dir/name`.
+fn join(dir: &CStr, name: &[u8]) -> CString {
+    let mut p = dir.to_bytes().to_vec();
+    p.push(b'/');
+    p.extend_from_slice(name);
+    CString::new(p).unwrap_or_default()
 }
 
 /// The directory's (ctime, ctime_nsec, inode): what changes when an entry
 /// is added, removed or renamed.
-fn ctime(dir: &Path) -> Result<(i64, i64, u64), i32> {
-    let path = cpath(dir);
+fn ctime(dir: &CStr) -> Result<(i64, i64, u64), i32> {
     // SAFETY: a NUL-terminated path and a buffer of the kernel's struct.
     unsafe {
         let mut st: libc::stat = core::mem::zeroed();
         if libc::syscall(
             libc::SYS_newfstatat,
             libc::AT_FDCWD,
-            path.as_ptr(),
+            dir.as_ptr(),
             &mut st as *mut libc::stat,
             0,
         ) != 0
@@ -330,8 +335,8 @@ fn ctime(dir: &Path) -> Result<(i64, i64, u64), i32> {
 }
 
 /// `lstat` of `path`, or why not.
-fn lstat(path: &Path, what: &str) -> Result<Stat, String> {
-    sys::stat(&cpath(path), false).map_err(|e| format!("cannot examine {what} ({})", errno_text(e)))
+fn lstat(path: &CStr, what: &str) -> Result<Stat, String> {
+    sys::stat(path, false).map_err(|e| format!("cannot examine {what} ({})", errno_text(e)))
 }
 
 /// The store's trust rule for one entry: owned by root or by this
@@ -355,29 +360,37 @@ fn trusted(what: &str, st: &Stat) -> Result<(), String> {
 }
 
 /// The rule for the store directory and every directory above it.
-fn trusted_dir_path(dir: &Path) -> Result<(), String> {
-    let real = fs::canonicalize(dir).map_err(|e| format!("cannot resolve it ({})", e.kind()))?;
-    let mut at = PathBuf::new();
-    for part in real.components() {
-        at.push(part);
-        let what = format!("directory '{}'", at.display());
-        trusted(&what, &lstat(&at, &what)?)?;
+fn trusted_dir_path(dir: &CStr) -> Result<(), String> {
+    let real = sys::realpath(dir).map_err(|e| format!("cannot resolve it ({})", errno_text(e)))?;
+    let mut at = Vec::with_capacity(real.len());
+    let parts =
+        core::iter::once(&b""[..]).chain(real.split(|&b| b == b'/').filter(|p| !p.is_empty()));
+    for part in parts {
+        if at.last() != Some(&b'/') {
+            at.push(b'/');
+        }
+        at.extend_from_slice(part);
+        let path = CString::new(at.clone()).unwrap_or_default();
+        let what = format!("directory '{}'", Text(&at));
+        trusted(&what, &lstat(&path, &what)?)?;
     }
     Ok(())
 }
 
 /// Reads and checks one record directory (module comment).
-fn read_record(dir: &Path) -> Result<Rec, String> {
+fn read_record(dir: &CStr) -> Result<Rec, String> {
     let meta = lstat(dir, "it")?;
     if !meta.is_dir() {
         return Err("not a record directory".into());
     }
     trusted("the record directory", &meta)?;
     let name = dir
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mpath = dir.join(store::METADATA);
+        .to_bytes()
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or_default()
+        .to_vec();
+    let mpath = join(dir, store::METADATA.as_bytes());
     let mmeta = lstat(&mpath, store::METADATA)?;
     if !mmeta.is_file() || mmeta.size > 64 * 1024 {
         return Err(format!(
@@ -386,8 +399,8 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
         ));
     }
     trusted(store::METADATA, &mmeta)?;
-    let text =
-        fs::read(&mpath).map_err(|e| format!("cannot read {} ({})", store::METADATA, e.kind()))?;
+    let text = sys::read_file(&mpath, 64 * 1024)
+        .map_err(|e| format!("cannot read {} ({})", store::METADATA, errno_text(e)))?;
     let bad = |field: &str| format!("{} has no valid field '{field}'", store::METADATA);
     if json_number(&text, b"format") != Some(store::FORMAT) {
         return Err(bad("format"));
@@ -403,7 +416,7 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
             Text(&patch_id)
         ));
     }
-    let cpath = dir.join(std::ffi::OsStr::from_bytes(&container));
+    let cpath = join(dir, &container);
     let cmeta = lstat(
         &cpath,
         &format!("its container copy '{}'", Text(&container)),
@@ -415,7 +428,7 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
         ));
     }
     trusted("its container copy", &cmeta)?;
-    let elf = fs::read(&cpath)
+    let elf = sys::read_file(&cpath, 1 << 30)
         .ok()
         .and_then(ElfFile::parse)
         .ok_or_else(|| {
@@ -443,7 +456,7 @@ fn read_record(dir: &Path) -> Result<Rec, String> {
     let comments = elf.section(b".ulp.comments").unwrap_or_default().to_vec();
     Ok(Rec {
         name,
-        container: CString::new(cpath.as_os_str().as_bytes()).map_err(|_| bad("container"))?,
+        container: cpath,
         meta,
         ulp,
         comments,
@@ -597,7 +610,7 @@ fn write_protected(addr: u64, data: &[u8]) -> Result<(), String> {
 
 /// The protection of the mapping that holds `[addr, end)` whole.
 fn protection_of(addr: u64, end: u64) -> Option<libc::c_int> {
-    let maps = fs::read("/proc/self/maps").ok()?;
+    let maps = sys::read_file(c"/proc/self/maps", 64 << 20).ok()?;
     maps.split(|&b| b == b'\n').find_map(|line| {
         let mut f = line.split(|&b| b == b' ');
         let range = core::str::from_utf8(f.next()?).ok()?;

@@ -21,6 +21,9 @@
 //! then finds the bytes and the flag as they were when the slot was made
 //! live (the flag stays 1), so it goes where the switch sent it.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use ulp_x86::{jmp_abs, jmp_rel32};
 
 /// Room allocated for one slot: the longest form is 7 + 2 + 14 + 14 bytes.

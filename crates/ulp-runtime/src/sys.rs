@@ -4,6 +4,8 @@
 //! loader looks up in every process that preloads it, before `main`
 //! (about 700 instructions each), whether the store is used or not.
 
+use alloc::vec;
+use alloc::vec::Vec;
 use core::ffi::{c_int, c_void, CStr};
 
 /// The fields of `struct stat` the store's checks use.
@@ -59,8 +61,14 @@ pub(crate) fn errno_text(errno: i32) -> &'static str {
         libc::ELOOP => "too many symbolic links",
         libc::ENAMETOOLONG => "name too long",
         libc::EIO => "input/output error",
+        libc::EFBIG => "file too large",
         _ => "system error",
     }
+}
+
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 pub(crate) fn geteuid() -> u32 {
@@ -148,4 +156,89 @@ pub(crate) fn read_dir(path: &CStr) -> Result<Vec<Vec<u8>>, i32> {
     // SAFETY: our own descriptor, closed once.
     unsafe { libc::close(fd) };
     result.map(|()| names)
+}
+
+/// The target of the symbolic link `path` (`/proc/self/exe`), or `None`.
+pub(crate) fn readlink(path: &CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a NUL-terminated path and a buffer of its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlink,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n <= 0 || n as usize >= buf.len() {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// The value of environment variable `name`, or `None` (the name is made
+/// C text on the stack: nothing is allocated unless it is set).
+pub(crate) fn getenv(name: &str) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    let bytes = name.as_bytes();
+    if bytes.len() >= buf.len() || bytes.contains(&0) {
+        return None;
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a NUL-terminated name; the value is copied at once.
+    unsafe {
+        let v = libc::getenv(buf.as_ptr().cast());
+        (!v.is_null()).then(|| CStr::from_ptr(v).to_bytes().to_vec())
+    }
+}
+
+/// The whole file at `path`, at most `limit` bytes (`Err(errno)`; EFBIG
+/// when it is larger).
+pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open64(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        // SAFETY: errno of this thread.
+        return Err(unsafe { *libc::__errno_location() });
+    }
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let result = loop {
+        // SAFETY: `chunk` is writable for its length.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 {
+            // SAFETY: errno of this thread.
+            let e = unsafe { *libc::__errno_location() };
+            if e == libc::EINTR {
+                continue;
+            }
+            break Err(e);
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        if out.len() + n as usize > limit {
+            break Err(libc::EFBIG);
+        }
+        out.extend_from_slice(&chunk[..n as usize]);
+    };
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
+    result.map(|()| out)
+}
+
+/// `realpath(3)`: the path with every link and `.`/`..` resolved.
+pub(crate) fn realpath(path: &CStr) -> Result<Vec<u8>, i32> {
+    // SAFETY: a NUL-terminated path; realpath allocates the answer with
+    // malloc, freed here after the copy.
+    unsafe {
+        let p = libc::realpath(path.as_ptr(), core::ptr::null_mut());
+        if p.is_null() {
+            return Err(*libc::__errno_location());
+        }
+        let out = CStr::from_ptr(p).to_bytes().to_vec();
+        libc::free(p.cast());
+        Ok(out)
+    }
 }

@@ -24,7 +24,7 @@
 //! cross-check against objdump they are about one string in seven, and
 //! every length both decoders give agrees.
 
-use std::fmt;
+use core::fmt;
 
 use crate::opcode::*;
 
@@ -245,7 +245,7 @@ impl fmt::Display for DecodeError {
     }
 }
 
-impl std::error::Error for DecodeError {}
+impl core::error::Error for DecodeError {}
 
 /// Decodes the instruction at the start of `code`, which is at address
 /// `addr`. `code` may extend past the instruction (it usually holds the rest

@@ -41,7 +41,11 @@
 //!   sees an unknown frame. Callers that cannot accept this refuse such
 //!   plans.
 
-use std::fmt;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
 
 use crate::decode::{
     decode, decode_all, starts_with_endbr64, DecodeError, DecodeErrorKind, Insn, Kind, ENDBR64,
@@ -194,7 +198,7 @@ impl fmt::Display for Refusal {
     }
 }
 
-impl std::error::Error for Refusal {}
+impl core::error::Error for Refusal {}
 
 /// The plan ulp uses for a function without patchable padding: a 5-byte
 /// `jmp rel32` after the function's `endbr64` (if any), over instructions

@@ -37,6 +37,10 @@
 //! No input makes this crate panic: every read is bounds-checked and every
 //! address computation wraps.
 
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
 mod decode;
 mod entry;
 mod method;

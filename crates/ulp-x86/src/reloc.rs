@@ -22,7 +22,10 @@
 //! * everything else: copied. Legacy prefixes of relative branches (`bnd`,
 //!   branch hints) are dropped.
 
-use std::fmt;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
 
 use crate::decode::{Insn, Kind, ENDBR64};
 use crate::entry::{EntryPlan, JMP_ABS_LEN, JMP_REL32_LEN};
@@ -63,7 +66,7 @@ impl fmt::Display for RelocError {
     }
 }
 
-impl std::error::Error for RelocError {}
+impl core::error::Error for RelocError {}
 
 /// The displacement from `next` (the address after a rel32 field's
 /// instruction) to `target`, if within ±2 GiB.

@@ -1,6 +1,6 @@
 //! Shared by the runtime's integration tests: the C fixtures in `tests/c`,
 //! compiled once per test binary with gcc; APPLY requests built with
-//! `ulp_abi` and `ulp_container::format`; and runs of the C harness, which
+//! `ulp_abi` and `ulp_abi::format`; and runs of the C harness, which
 //! loads the built `libpulp.so` and plays the tool's part in-process.
 
 #![allow(dead_code)]
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use ulp_abi::format::{Metadata, Reference, Unit};
 use ulp_abi::ApplyRequest;
-use ulp_container::format::{Metadata, Reference, Unit};
 
 const C_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c");
 

@@ -5,7 +5,10 @@
 //! more than the input could describe: every length is checked against the
 //! bytes that remain before anything is reserved.
 
-use std::fmt;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
 
 pub const TYPE_APPLY: u8 = 1;
 pub const TYPE_REVERT: u8 = 2;
@@ -63,7 +66,7 @@ impl fmt::Display for DecodeError {
     }
 }
 
-impl std::error::Error for DecodeError {}
+impl core::error::Error for DecodeError {}
 
 struct Reader<'a> {
     data: &'a [u8],
@@ -305,6 +308,8 @@ fn put_cstr(out: &mut Vec<u8>, s: &str) {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     const INTEROP: &str = concat!(
@@ -313,7 +318,7 @@ mod tests {
     );
 
     fn interop(name: &str) -> Option<Vec<u8>> {
-        std::fs::read(format!("{INTEROP}/{name}")).ok()
+        std::fs::read(alloc::format!("{INTEROP}/{name}")).ok()
     }
 
     #[test]

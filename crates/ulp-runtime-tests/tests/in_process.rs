@@ -415,7 +415,7 @@ fn the_main_program_is_a_target_too() {
     // The program has no TLS block: a TLS reference into it is refused.
     let mut tls = meta.clone();
     tls.patch_id = [9; 32];
-    tls.refs.push(ulp_container::format::Reference {
+    tls.refs.push(ulp_abi::format::Reference {
         target_name: "nothing".into(),
         patch_name: "ulpr_nothing".into(),
         target_offset: 0,
@@ -576,7 +576,7 @@ fn a_libpulp_packed_container_applies_and_reverts() {
     let v = interop();
     let ulp = std::fs::read(interop_dir().join("ulp.bin")).unwrap();
     let comments = std::fs::read(interop_dir().join("ulp.comments.bin")).unwrap();
-    let meta = ulp_container::format::Metadata::decode(&ulp).unwrap();
+    let meta = ulp_abi::format::Metadata::decode(&ulp).unwrap();
     let container = v.dir.join("greet_livepatch1.so");
     let req = request_file(&v.dir, "greet.req", &container, &meta, &comments);
     let script = format!(
@@ -623,4 +623,40 @@ fn a_libpulp_packed_container_applies_and_reverts() {
         "{}",
         rec[0]
     );
+}
+
+/// A panic inside the runtime (the debug build's test operation) never
+/// aborts the process and never unwinds into its code: the call answers
+/// FAILED, the ring says what happened, live patching is off from then on
+/// (an APPLY is refused as disabled), and the process goes on running its
+/// code.
+#[test]
+fn a_panic_in_the_runtime_is_a_refusal_and_the_process_runs_on() {
+    let f = fixtures();
+    let v = &f.plain;
+    std::fs::write(v.dir.join("empty.req"), b"").unwrap();
+    let good = patch1_request(v, 7);
+    let script = format!(
+        "raw {} {}\nstate\nring\ncall answer\napply {}\ncall answer\n",
+        ulp_abi::op::TEST_PANIC,
+        v.dir.join("empty.req").display(),
+        good.display(),
+    );
+    let out = run(v, &script, &[]);
+    let raw = results(&out, "raw");
+    assert_eq!(raw[0].0, code::FAILED, "{out:#?}");
+    assert!(raw[0].1.contains("internal error"), "{out:#?}");
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("ring: ")
+                && l.contains("internal error: the test operation's panic")),
+        "{out:#?}"
+    );
+    assert!(
+        out.contains(&format!("state={}", ulp_abi::state::DISABLED_BY_ERROR)),
+        "{out:#?}"
+    );
+    let applied = results(&out, "apply");
+    assert_eq!(applied[0].0, code::DISABLED, "{out:#?}");
+    assert_eq!(calls(&out), ["answer=41", "answer=41"]);
 }

@@ -1,6 +1,8 @@
 //! The built `libpulp.so` as the loader and the tool see it: SONAME, no
 //! text relocations, no GLIBC_PRIVATE reference, exactly three exports
-//! (the two of the protocol and the interposed `dlopen`).
+//! (the two of the protocol and the interposed `dlopen`), and what a
+//! process that preloads it pays: the C library as its only dependency
+//! (no unwinder), no thread-local storage, few imports.
 
 mod support;
 
@@ -24,6 +26,23 @@ fn soname_and_no_text_relocations() {
         "{dynamic}"
     );
     assert!(!dynamic.contains("TEXTREL"), "{dynamic}");
+}
+
+#[test]
+fn only_the_c_library_no_tls_and_few_imports() {
+    let dynamic = readelf(&["-d", "-W"]);
+    let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert_eq!(needed.len(), 1, "{dynamic}");
+    assert!(needed[0].contains("[libc.so.6]"), "{dynamic}");
+    let segments = readelf(&["-l", "-W"]);
+    assert!(!segments.contains(" TLS "), "{segments}");
+    let imports = readelf(&["--dyn-syms", "-W"])
+        .lines()
+        .filter(|l| l.contains(" UND ") && !l.contains(" WEAK "))
+        .count();
+    // Each one is a symbol lookup in every process that preloads the
+    // runtime, before main.
+    assert!(imports <= 40, "{imports} imported functions");
 }
 
 #[test]

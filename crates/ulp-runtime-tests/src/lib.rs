@@ -1,0 +1,1 @@
+//! Tests of the runtime (`crates/ulp-runtime`) as built: see `tests/`.
