@@ -21,7 +21,7 @@ struct LinkMap {
 fn dlerror_text() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated string.
     unsafe {
-        let e = libc::dlerror();
+        let e = crate::lazy::dlerror();
         if e.is_null() {
             "unknown error".into()
         } else {
@@ -48,7 +48,7 @@ impl Drop for Opened {
     fn drop(&mut self) {
         // SAFETY: a handle from a successful dlopen, closed once. Nothing
         // points into the container yet: no write was returned.
-        unsafe { libc::dlclose(self.handle) };
+        unsafe { crate::lazy::dlclose(self.handle) };
     }
 }
 
@@ -60,8 +60,8 @@ pub(crate) fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Fail
     // SAFETY: `path` is NUL-terminated; dlerror is cleared first so that
     // the text read after a failure is this call's.
     let handle = unsafe {
-        libc::dlerror();
-        libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL)
+        crate::lazy::dlerror();
+        crate::dlopen::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL)
     };
     if handle.is_null() {
         let why = dlerror_text();
@@ -78,7 +78,7 @@ pub(crate) fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Fail
     // SAFETY: RTLD_DI_LINKMAP stores a `struct link_map *`, whose first two
     // fields are `l_addr` and `l_name`.
     let (bias, name) = unsafe {
-        let rc = libc::dlinfo(
+        let rc = crate::lazy::dlinfo(
             handle,
             libc::RTLD_DI_LINKMAP,
             (&mut map as *mut *mut LinkMap).cast(),

@@ -187,7 +187,7 @@ fn search_dirs(handle: *mut c_void) -> Vec<Vec<u8>> {
     // header), then a buffer of that size (8-aligned) with the header's
     // two fields copied in, which the loader fills.
     unsafe {
-        if libc::dlinfo(handle, libc::RTLD_DI_SERINFOSIZE, head.as_mut_ptr().cast()) != 0 {
+        if crate::lazy::dlinfo(handle, libc::RTLD_DI_SERINFOSIZE, head.as_mut_ptr().cast()) != 0 {
             return Vec::new();
         }
         let size = head[0] as usize;
@@ -198,7 +198,7 @@ fn search_dirs(handle: *mut c_void) -> Vec<Vec<u8>> {
         let mut buf = vec![0u64; size.div_ceil(8)];
         buf[0] = head[0];
         buf[1] = head[1];
-        if libc::dlinfo(handle, libc::RTLD_DI_SERINFO, buf.as_mut_ptr().cast()) != 0 {
+        if crate::lazy::dlinfo(handle, libc::RTLD_DI_SERINFO, buf.as_mut_ptr().cast()) != 0 {
             return Vec::new();
         }
         (0..count)

@@ -50,6 +50,7 @@ pub mod dlopen;
 mod elf_file;
 mod guard;
 pub mod interface;
+mod lazy;
 pub mod objects;
 pub mod optout;
 pub mod patch;
@@ -232,7 +233,8 @@ fn on_panic(info: &core::panic::PanicInfo<'_>) -> ! {
     interface::set_state(state::DISABLED_BY_ERROR);
     guard::leave();
     // SAFETY: no preconditions.
-    unsafe { libc::abort() }
+    unsafe { lazy::abort() };
+    loop {}
 }
 
 /// The C library's allocator (`malloc`, and `posix_memalign` for
@@ -248,22 +250,22 @@ mod allocator {
     unsafe impl GlobalAlloc for Malloc {
         unsafe fn alloc(&self, l: Layout) -> *mut u8 {
             if l.align() <= 16 {
-                return libc::malloc(l.size()).cast();
+                return crate::lazy::malloc(l.size()).cast();
             }
             let mut p = core::ptr::null_mut();
-            if libc::posix_memalign(&mut p, l.align(), l.size()) != 0 {
+            if crate::lazy::posix_memalign(&mut p, l.align(), l.size()) != 0 {
                 return core::ptr::null_mut();
             }
             p.cast()
         }
 
         unsafe fn dealloc(&self, p: *mut u8, _: Layout) {
-            libc::free(p.cast());
+            crate::lazy::free(p.cast());
         }
 
         unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
             if l.align() <= 16 {
-                return libc::realloc(p.cast(), new_size).cast();
+                return crate::lazy::realloc(p.cast(), new_size).cast();
             }
             let n = self.alloc(Layout::from_size_align_unchecked(new_size, l.align()));
             if !n.is_null() {

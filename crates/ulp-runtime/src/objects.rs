@@ -250,7 +250,7 @@ pub fn loaded_objects() -> Option<Vec<LoadedObject>> {
     };
     // SAFETY: the callback only reads what the loader hands it and the
     // `Walk` passed as `data`, which outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
+    unsafe { crate::lazy::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
     if walk.failed {
         None
     } else {

@@ -570,7 +570,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
             // can be running. Balances the apply's dlopen; the container is
             // unloaded unless it was loaded before.
             // SAFETY: the handle from that dlopen, closed once.
-            unsafe { libc::dlclose(patch.handle) };
+            unsafe { crate::lazy::dlclose(patch.handle) };
             Ok(Done {
                 msg: format!(
                     "undid apply of patch '{}'",
@@ -597,7 +597,7 @@ fn undo_last(reg: &mut Registry) -> Result<Done, Failure> {
                     let patch = reg.patches.remove(index);
                     // As for an APPLY: none of the writes was made.
                     // SAFETY: the handle from that dlopen, closed once.
-                    unsafe { libc::dlclose(patch.handle) };
+                    unsafe { crate::lazy::dlclose(patch.handle) };
                     let _ = write!(
                         msg,
                         "apply of patch '{}' and ",

@@ -330,28 +330,22 @@ fn map_near(near: u64, reach: &dyn Fn(u64) -> bool) -> Option<u64> {
         if !(0x10000..0x7fff_0000_0000).contains(&hint) || !reach(hint) {
             continue;
         }
-        // SAFETY: a new anonymous mapping at an address nothing occupies
+        // A new anonymous mapping at an address nothing occupies
         // (MAP_FIXED_NOREPLACE fails instead of replacing a mapping).
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                NEAR_MAP as usize,
-                libc::PROT_READ | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
+        let Some(got) = crate::sys::mmap_anonymous(
+            hint,
+            NEAR_MAP as usize,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+        ) else {
             continue;
-        }
-        let got = p as u64;
+        };
         if got == hint {
             return Some(got);
         }
         // An old kernel that treats the flag as a hint only.
         // SAFETY: the mapping just made, unmapped once.
-        unsafe { libc::munmap(p, NEAR_MAP as usize) };
+        unsafe { crate::sys::munmap(got, NEAR_MAP as usize) };
     }
     None
 }

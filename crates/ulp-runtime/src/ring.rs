@@ -69,23 +69,12 @@ impl fmt::Write for LineBuf {
 /// Seconds since the Unix epoch, from `clock_gettime(CLOCK_REALTIME)`.
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = crate::sys::clock(libc::CLOCK_MONOTONIC);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn now() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec
+    crate::sys::clock(libc::CLOCK_REALTIME).tv_sec
 }
 
 /// Appends MESSAGE as it is: no timestamp, no `ulp: ` (only the first

@@ -550,7 +550,7 @@ struct Mem(libc::c_int);
 impl Mem {
     fn open() -> Mem {
         // SAFETY: a NUL-terminated path; the descriptor is closed on drop.
-        Mem(unsafe { libc::open64(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+        Mem(sys::open(c"/proc/self/mem", libc::O_RDWR | libc::O_CLOEXEC))
     }
 
     fn read(&self, addr: u64, out: &mut [u8]) -> Result<(), String> {
@@ -578,8 +578,7 @@ impl Mem {
 impl Drop for Mem {
     fn drop(&mut self) {
         if self.0 >= 0 {
-            // SAFETY: our own descriptor, closed once.
-            unsafe { libc::close(self.0) };
+            sys::close(self.0);
         }
     }
 }

@@ -115,12 +115,7 @@ pub(crate) unsafe fn mprotect(addr: u64, len: usize, prot: c_int) -> bool {
 /// The names in directory `path` (without `.` and `..`), by `getdents64`.
 pub(crate) fn read_dir(path: &CStr) -> Result<Vec<Vec<u8>>, i32> {
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe {
-        libc::open64(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let fd = open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
     if fd < 0 {
         // SAFETY: errno of this thread.
         return Err(unsafe { *libc::__errno_location() });
@@ -153,8 +148,7 @@ pub(crate) fn read_dir(path: &CStr) -> Result<Vec<Vec<u8>>, i32> {
             at += reclen;
         }
     };
-    // SAFETY: our own descriptor, closed once.
-    unsafe { libc::close(fd) };
+    close(fd);
     result.map(|()| names)
 }
 
@@ -196,8 +190,7 @@ pub(crate) fn getenv(name: &str) -> Option<Vec<u8>> {
 /// The whole file at `path`, at most `limit` bytes (`Err(errno)`; EFBIG
 /// when it is larger).
 pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
-    // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let fd = unsafe { libc::open64(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = open(path, libc::O_RDONLY | libc::O_CLOEXEC);
     if fd < 0 {
         // SAFETY: errno of this thread.
         return Err(unsafe { *libc::__errno_location() });
@@ -206,7 +199,7 @@ pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
     let mut chunk = vec![0u8; 64 * 1024];
     let result = loop {
         // SAFETY: `chunk` is writable for its length.
-        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        let n = unsafe { read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
         if n < 0 {
             // SAFETY: errno of this thread.
             let e = unsafe { *libc::__errno_location() };
@@ -223,8 +216,7 @@ pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
         }
         out.extend_from_slice(&chunk[..n as usize]);
     };
-    // SAFETY: our own descriptor, closed once.
-    unsafe { libc::close(fd) };
+    close(fd);
     result.map(|()| out)
 }
 
@@ -233,12 +225,98 @@ pub(crate) fn realpath(path: &CStr) -> Result<Vec<u8>, i32> {
     // SAFETY: a NUL-terminated path; realpath allocates the answer with
     // malloc, freed here after the copy.
     unsafe {
-        let p = libc::realpath(path.as_ptr(), core::ptr::null_mut());
+        let p = crate::lazy::realpath(path.as_ptr(), core::ptr::null_mut());
         if p.is_null() {
             return Err(*libc::__errno_location());
         }
         let out = CStr::from_ptr(p).to_bytes().to_vec();
-        libc::free(p.cast());
+        crate::lazy::free(p.cast());
         Ok(out)
+    }
+}
+
+/// `open(path, flags)`: a descriptor, or -1 (errno set).
+pub(crate) fn open(path: &CStr, flags: c_int) -> c_int {
+    // SAFETY: a NUL-terminated path.
+    unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, 0) as c_int }
+}
+
+pub(crate) fn close(fd: c_int) {
+    // SAFETY: closing a descriptor the caller owns.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// `read`: bytes read, or a negative value (errno set).
+///
+/// # Safety
+/// `buf` is writable for `len` bytes.
+pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize {
+    libc::syscall(libc::SYS_read, fd, buf, len) as isize
+}
+
+/// `clock_gettime(clock)`.
+pub(crate) fn clock(clock: libc::clockid_t) -> libc::timespec {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clock_gettime,
+            clock,
+            &mut ts as *mut libc::timespec,
+        )
+    };
+    ts
+}
+
+/// A new anonymous mapping (`mmap`), or `None`.
+pub(crate) fn mmap_anonymous(hint: u64, len: usize, prot: c_int, flags: c_int) -> Option<u64> {
+    // SAFETY: an anonymous mapping; the kernel checks the hint and flags.
+    let p = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            hint,
+            len,
+            prot,
+            flags | libc::MAP_ANONYMOUS,
+            -1i32,
+            0i64,
+        )
+    };
+    (p != -1).then_some(p as u64)
+}
+
+/// `munmap`.
+///
+/// # Safety
+/// Nothing may use the mapping any more.
+pub(crate) unsafe fn munmap(addr: u64, len: usize) {
+    libc::syscall(libc::SYS_munmap, addr, len);
+}
+
+pub(crate) fn getuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::syscall(libc::SYS_getuid) as u32 }
+}
+
+pub(crate) fn getgid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::syscall(libc::SYS_getgid) as u32 }
+}
+
+/// The supplementary groups.
+pub(crate) fn getgroups() -> Vec<u32> {
+    // SAFETY: a count query, then a buffer of that many entries.
+    unsafe {
+        let n = libc::syscall(libc::SYS_getgroups, 0, core::ptr::null_mut::<u32>());
+        if n <= 0 {
+            return Vec::new();
+        }
+        let mut ids = vec![0u32; n as usize];
+        let got = libc::syscall(libc::SYS_getgroups, n, ids.as_mut_ptr());
+        ids.truncate(got.max(0) as usize);
+        ids
     }
 }
