@@ -80,6 +80,38 @@ pub const PATH_VAR: &str = "LIBPULP_DISABLE_ON_PATH";
 pub const USERS_VAR: &str = "LIBPULP_DISABLE_ON_USERS";
 pub const GROUPS_VAR: &str = "LIBPULP_DISABLE_ON_GROUPS";
 
+/// The C library functions the rules use, as pointers: the tool passes
+/// [`Lookups::LIBC`]; the runtime passes its own, found on first use
+/// (an import costs every preloading process a symbol lookup at start).
+#[derive(Clone, Copy)]
+pub struct Lookups {
+    pub fnmatch:
+        unsafe extern "C" fn(*const libc::c_char, *const libc::c_char, libc::c_int) -> libc::c_int,
+    pub getpwuid_r: unsafe extern "C" fn(
+        libc::uid_t,
+        *mut libc::passwd,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
+    pub getgrgid_r: unsafe extern "C" fn(
+        libc::gid_t,
+        *mut libc::group,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut libc::group,
+    ) -> libc::c_int,
+}
+
+impl Lookups {
+    /// The C library's, linked.
+    pub const LIBC: Lookups = Lookups {
+        fnmatch: libc::fnmatch,
+        getpwuid_r: libc::getpwuid_r,
+        getgrgid_r: libc::getgrgid_r,
+    };
+}
+
 /// Checks the three variables, in that order; the first match wins.
 /// `var` reads the process's environment; `exe` (its executable's path),
 /// `uid` (its real user) and `gids` (its real group, then the
@@ -89,25 +121,30 @@ pub fn check_with(
     exe: impl FnOnce() -> Option<Vec<u8>>,
     uid: impl FnOnce() -> libc::uid_t,
     gids: impl FnOnce() -> Vec<libc::gid_t>,
+    lookups: &Lookups,
 ) -> Option<OptOut> {
     if let Some(patterns) = var(PATH_VAR) {
         if let Some(exe) = exe() {
-            if let Some(o) = matching(PATH_VAR, &patterns, &[], &[exe]) {
+            if let Some(o) = matching(PATH_VAR, &patterns, &[], &[exe], lookups) {
                 return Some(o);
             }
         }
     }
     if let Some(patterns) = var(USERS_VAR) {
         let uid = uid();
-        let names: Vec<Vec<u8>> = user_name(uid).into_iter().collect();
-        if let Some(o) = matching(USERS_VAR, &patterns, &[uid], &names) {
+        let names: Vec<Vec<u8>> = user_name(uid, lookups).into_iter().collect();
+        if let Some(o) = matching(USERS_VAR, &patterns, &[uid], &names, lookups) {
             return Some(o);
         }
     }
     if let Some(patterns) = var(GROUPS_VAR) {
         let gids = gids();
-        let names: Vec<Vec<u8>> = gids.iter().copied().filter_map(group_name).collect();
-        if let Some(o) = matching(GROUPS_VAR, &patterns, &gids, &names) {
+        let names: Vec<Vec<u8>> = gids
+            .iter()
+            .copied()
+            .filter_map(|g| group_name(g, lookups))
+            .collect();
+        if let Some(o) = matching(GROUPS_VAR, &patterns, &gids, &names, lookups) {
             return Some(o);
         }
     }
@@ -123,12 +160,12 @@ fn numeric(entry: &[u8]) -> Option<u32> {
 }
 
 /// Whether the extended glob `pattern` matches `subject`.
-pub fn glob_matches(pattern: &[u8], subject: &[u8]) -> bool {
+pub fn glob_matches(pattern: &[u8], subject: &[u8], lookups: &Lookups) -> bool {
     let (Ok(cpat), Ok(csub)) = (CString::new(pattern), CString::new(subject)) else {
         return false;
     };
     // SAFETY: both are NUL-terminated strings.
-    unsafe { libc::fnmatch(cpat.as_ptr(), csub.as_ptr(), FNM_EXTMATCH) == 0 }
+    unsafe { (lookups.fnmatch)(cpat.as_ptr(), csub.as_ptr(), FNM_EXTMATCH) == 0 }
 }
 
 /// The first entry of `patterns` that matches: a numeric entry equal to
@@ -139,6 +176,7 @@ pub fn matching(
     patterns: &[u8],
     ids: &[u32],
     subjects: &[Vec<u8>],
+    lookups: &Lookups,
 ) -> Option<OptOut> {
     let (by_id, by_name) = match variable {
         USERS_VAR => (Matched::Uid, Matched::User),
@@ -157,7 +195,7 @@ pub fn matching(
                 subject: alloc::format!("{id}").into_bytes(),
             });
         }
-        if let Some(subject) = subjects.iter().find(|s| glob_matches(pattern, s)) {
+        if let Some(subject) = subjects.iter().find(|s| glob_matches(pattern, s, lookups)) {
             return Some(OptOut {
                 variable,
                 matched: by_name,
@@ -186,14 +224,15 @@ fn lookup_name(
     None
 }
 
-pub fn user_name(uid: libc::uid_t) -> Option<Vec<u8>> {
+pub fn user_name(uid: libc::uid_t, lookups: &Lookups) -> Option<Vec<u8>> {
     lookup_name(|buf| {
         // SAFETY: zeroed passwd is a valid out-value; all pointers are valid
         // for the call and the name is copied before `buf` goes away.
         unsafe {
             let mut pw: libc::passwd = core::mem::zeroed();
             let mut out: *mut libc::passwd = core::ptr::null_mut();
-            let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
+            let rc =
+                (lookups.getpwuid_r)(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out);
             if rc != 0 {
                 return Err(rc);
             }
@@ -205,13 +244,14 @@ pub fn user_name(uid: libc::uid_t) -> Option<Vec<u8>> {
     })
 }
 
-pub fn group_name(gid: libc::gid_t) -> Option<Vec<u8>> {
+pub fn group_name(gid: libc::gid_t, lookups: &Lookups) -> Option<Vec<u8>> {
     lookup_name(|buf| {
         // SAFETY: as in `user_name`.
         unsafe {
             let mut gr: libc::group = core::mem::zeroed();
             let mut out: *mut libc::group = core::ptr::null_mut();
-            let rc = libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out);
+            let rc =
+                (lookups.getgrgid_r)(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out);
             if rc != 0 {
                 return Err(rc);
             }
@@ -242,7 +282,7 @@ mod tests {
             (b"bash", None),
         ];
         for (pats, want) in table {
-            let got = matching(PATH_VAR, pats, &[], &subj).map(|o| o.pattern);
+            let got = matching(PATH_VAR, pats, &[], &subj, &Lookups::LIBC).map(|o| o.pattern);
             assert_eq!(
                 got.as_deref(),
                 want,
@@ -255,9 +295,9 @@ mod tests {
     #[test]
     fn any_group_may_match() {
         let groups = [b"users".to_vec(), b"wheel".to_vec()];
-        let o = matching(GROUPS_VAR, b"adm,whe*", &[100, 10], &groups).unwrap();
+        let o = matching(GROUPS_VAR, b"adm,whe*", &[100, 10], &groups, &Lookups::LIBC).unwrap();
         assert_eq!((o.matched, &o.subject[..]), (Matched::Group, &b"wheel"[..]));
-        let o = matching(GROUPS_VAR, b"adm:10", &[100, 10], &groups).unwrap();
+        let o = matching(GROUPS_VAR, b"adm:10", &[100, 10], &groups, &Lookups::LIBC).unwrap();
         assert_eq!((o.matched, &o.subject[..]), (Matched::Gid, &b"10"[..]));
     }
 
@@ -266,25 +306,58 @@ mod tests {
         let names = [b"root".to_vec()];
         let line = |o: Option<OptOut>| o.map(|o| alloc::format!("{o}"));
         assert_eq!(
-            line(matching(USERS_VAR, b"1000:+(ro)ot", &[1000], &names)),
+            line(matching(
+                USERS_VAR,
+                b"1000:+(ro)ot",
+                &[1000],
+                &names,
+                &Lookups::LIBC
+            )),
             Some("Matched uid 1000: livepatching disabled by user request.".into())
         );
         assert_eq!(
-            line(matching(USERS_VAR, b"1000:+(ro)ot", &[0], &names)),
+            line(matching(
+                USERS_VAR,
+                b"1000:+(ro)ot",
+                &[0],
+                &names,
+                &Lookups::LIBC
+            )),
             Some("Matched user pattern +(ro)ot: livepatching disabled by user request.".into())
         );
         // A number that is not the id is still a pattern for the name.
         assert_eq!(
-            line(matching(USERS_VAR, b"1001", &[1000], &[b"1001".to_vec()])),
+            line(matching(
+                USERS_VAR,
+                b"1001",
+                &[1000],
+                &[b"1001".to_vec()],
+                &Lookups::LIBC
+            )),
             Some("Matched user pattern 1001: livepatching disabled by user request.".into())
         );
-        assert_eq!(line(matching(USERS_VAR, b"1001,1x", &[1000], &names)), None);
         assert_eq!(
-            line(matching(GROUPS_VAR, b"5", &[5], &[])),
+            line(matching(
+                USERS_VAR,
+                b"1001,1x",
+                &[1000],
+                &names,
+                &Lookups::LIBC
+            )),
+            None
+        );
+        assert_eq!(
+            line(matching(GROUPS_VAR, b"5", &[5], &[], &Lookups::LIBC)),
             Some("Matched gid 5: livepatching disabled by user request.".into())
         );
         assert_eq!(
-            line(matching(PATH_VAR, b"/x/*", &[], &[b"/x/y".to_vec()])),
+            line(matching(
+                PATH_VAR,
+                b"/x/*",
+                &[],
+                &[b"/x/y".to_vec()],
+                &Lookups::LIBC
+            )),
             Some("Matched path pattern /x/*: livepatching disabled by user request.".into())
         );
         assert_eq!(numeric(b"0042"), Some(42));

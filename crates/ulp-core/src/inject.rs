@@ -156,6 +156,7 @@ pub fn opted_out(pid: Pid) -> Result<Option<String>, Error> {
             }
             gids
         },
+        &ulp_abi::optout::Lookups::LIBC,
     );
     Ok(found.map(|o| {
         format!(

@@ -41,7 +41,7 @@ macro_rules! lazy {
         /// # Safety
         /// As the C library's function of that name.
         #[cfg_attr(test, allow(dead_code))] // the allocator and panic handler are not in tests
-        pub(crate) unsafe fn $name($($arg: $t),*) -> $ret {
+        pub(crate) unsafe extern "C" fn $name($($arg: $t),*) -> $ret {
             static AT: AtomicUsize = AtomicUsize::new(0);
             let at = resolve(&AT, concat!(stringify!($name), "\0").as_bytes());
             // SAFETY: the C library's function of that name and type.
@@ -65,4 +65,19 @@ lazy! {
     ) -> c_int;
     fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char;
     fn abort() -> ();
+    fn fnmatch(pattern: *const c_char, subject: *const c_char, flags: c_int) -> c_int;
+    fn getpwuid_r(
+        uid: libc::uid_t,
+        pw: *mut libc::passwd,
+        buf: *mut c_char,
+        len: usize,
+        out: *mut *mut libc::passwd
+    ) -> c_int;
+    fn getgrgid_r(
+        gid: libc::gid_t,
+        gr: *mut libc::group,
+        buf: *mut c_char,
+        len: usize,
+        out: *mut *mut libc::group
+    ) -> c_int;
 }

@@ -14,6 +14,11 @@ pub fn check() -> Option<OptOut> {
         || crate::sys::readlink(c"/proc/self/exe"),
         crate::sys::getuid,
         group_ids,
+        &ulp_abi::optout::Lookups {
+            fnmatch: crate::lazy::fnmatch,
+            getpwuid_r: crate::lazy::getpwuid_r,
+            getgrgid_r: crate::lazy::getgrgid_r,
+        },
     )
 }
 
