@@ -19,6 +19,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../fixtures/bench/bench_livepatch.c"),
     ),
     (
+        "bench_switch.c",
+        include_str!("../../../fixtures/bench/bench_switch.c"),
+    ),
+    (
         "bench_target.c",
         include_str!("../../../fixtures/bench/bench_target.c"),
     ),
@@ -47,6 +51,9 @@ pub const FLEET_NAME: &str = "ulpb_fleet";
 /// The program the watch measure starts (`ulp watch -p WATCH_NAME`: the
 /// watch leaves every other process of the machine alone).
 pub const WATCH_NAME: &str = "ulpb_watch";
+/// The two-function live patch (bench_fn and bench_fn2, switched at once
+/// by the runtime's switch plan), packed in the kit directory.
+pub const SWITCH_PATCH: &str = "bench_switch.so";
 
 const LIB_FLAGS: &[&str] = &[
     "-O2",
@@ -129,6 +136,20 @@ impl Kit {
         if pack.code != 0 {
             return Err(format!("ulp packer failed: {}", pack.both()));
         }
+        kit.gcc(
+            &["-O2", "-fPIC", "-shared", "-Wl,--build-id"],
+            &src("bench_switch.c"),
+            SWITCH_PATCH,
+        )?;
+        std::fs::write(
+            dir.join("bench_switch.dsc"),
+            format!("! The benchmark's two-function live patch.\n{SWITCH_PATCH}\n@libbench.so.1\nbench_fn:switch_bench_fn\nbench_fn2:switch_bench_fn2\n"),
+        )
+        .map_err(|e| format!("writing the switch .dsc: {e}"))?;
+        let pack = kit.ulp(&["packer", "bench_switch.dsc"])?;
+        if pack.code != 0 {
+            return Err(format!("ulp packer (bench_switch) failed: {}", pack.both()));
+        }
         let with_lib = [
             "-O2",
             "-pthread",
@@ -167,6 +188,7 @@ impl Kit {
             "libbench.so.1",
             "nopad/libbench.so.1",
             "bench_livepatch.so",
+            SWITCH_PATCH,
             "bench_target",
             FLEET_NAME,
             WATCH_NAME,
@@ -224,13 +246,25 @@ impl Kit {
 
     /// [`Kit::trigger`] with more options (`-v`, `--redirect-got`).
     pub fn trigger_with(&self, pid: i32, revert: bool, more: &[&str]) -> Result<Ran, String> {
+        self.trigger_file(pid, revert, more, "bench_livepatch.so")
+    }
+
+    /// [`Kit::trigger_with`] for another container of the kit directory
+    /// (`file`, e.g. [`SWITCH_PATCH`]).
+    pub fn trigger_file(
+        &self,
+        pid: i32,
+        revert: bool,
+        more: &[&str],
+        file: &str,
+    ) -> Result<Ran, String> {
         let p = pid.to_string();
         let mut args = vec!["trigger", "-p", &p, "--timeout", "10"];
         if revert {
             args.push("--revert");
         }
         args.extend_from_slice(more);
-        args.push("bench_livepatch.so");
+        args.push(file);
         let r = self.ulp(&args)?;
         if r.code != 0 || !r.stdout.contains("SUCCESS") {
             return Err(format!(

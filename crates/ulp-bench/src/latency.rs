@@ -102,7 +102,7 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
 
 /// The phases of one apply from `ulp trigger -v`'s line
 /// `phases (ms): find 0.123, check ..., total ...`.
-fn parse_phases(stdout: &str) -> Result<Vec<(String, f64)>, String> {
+pub fn parse_phases(stdout: &str) -> Result<Vec<(String, f64)>, String> {
     let line = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("phases (ms): "))

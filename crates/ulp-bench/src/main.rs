@@ -7,19 +7,23 @@
 //! `pause` (what a probe thread in the target feels), `fleet` (many
 //! processes), `callcost` (one call: unpadded, padded, patched), `preload`
 //! (start, malloc, memory with the runtime merely preloaded), `watch`
-//! (exec to patched under `ulp watch`, a burst of process starts).
+//! (exec to patched under `ulp watch`, a burst of process starts),
+//! `switch` (a two-function patch: the runtime's switch plan), `inject`
+//! (`--load-runtime` into a busy process started without the runtime).
 //!
 //! Every process it starts is killed when it is done with it, on error,
 //! and on SIGINT/SIGTERM/SIGHUP (see `procs`); every wait is bounded.
 
 mod callcost;
 mod fleet;
+mod inject;
 mod kit;
 mod latency;
 mod pause;
 mod preload;
 mod procs;
 mod report;
+mod switch;
 mod watch;
 
 use std::path::PathBuf;
@@ -38,7 +42,8 @@ baseline, ratio, target, verdict); writes the rows as JSON too.
   --quick          a smoke run: few repetitions, a fleet of 20 (< 1 minute)
   --out FILE       where the JSON goes (default bench-results.json)
   --fleet LIST     fleet sizes (default 100,400,1000; --quick: 20)
-  --only LIST      some of: latency,pause,fleet,callcost,preload,watch
+  --only LIST      some of: latency,pause,fleet,callcost,preload,watch,
+                   switch,inject
   --ulp PATH       the ulp binary (default: next to ulp-bench)
   --runtime PATH   the runtime libpulp.so (default: next to ulp-bench)
   --workdir DIR    scratch directory (default: a new one under /tmp)
@@ -51,7 +56,9 @@ Needs gcc; valgrind for the instruction counts. Run as root, or with
 ptrace allowed on your own processes.
 ";
 
-const MEASURES: &[&str] = &["latency", "pause", "fleet", "callcost", "preload", "watch"];
+const MEASURES: &[&str] = &[
+    "latency", "pause", "fleet", "callcost", "preload", "watch", "switch", "inject",
+];
 
 pub struct Config {
     pub quick: bool,
@@ -283,13 +290,15 @@ fn main() -> ExitCode {
         }
     };
     type Measure = fn(&kit::Kit, &Config, &mut Vec<Row>) -> Result<(), String>;
-    let table: [(&str, Measure); 6] = [
+    let table: [(&str, Measure); 8] = [
         ("latency", latency::run),
         ("pause", pause::run),
         ("fleet", fleet::run),
         ("callcost", callcost::run),
         ("preload", preload::run),
         ("watch", watch::run),
+        ("switch", switch::run),
+        ("inject", inject::run),
     ];
     let mut rows = Vec::new();
     let mut errors = Vec::new();

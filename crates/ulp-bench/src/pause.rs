@@ -17,7 +17,7 @@ use crate::report::{median, percentile, Row, Target, Unit};
 use crate::Config;
 
 /// The probe's longest gap since the last reset, in seconds.
-fn read_gap(t: &mut crate::procs::Proc) -> Result<f64, String> {
+pub fn read_gap(t: &mut crate::procs::Proc) -> Result<f64, String> {
     let a = t.ask("gap")?;
     let ns: f64 = a
         .split_whitespace()

@@ -35,7 +35,7 @@ fn instructions(kit: &Kit, program: &str, args: &[&str], preload: bool) -> Resul
 }
 
 /// The kB value of `key` in a /proc/PID file of "Key: N kB" lines.
-fn proc_kib(pid: i32, file: &str, key: &str) -> Result<f64, String> {
+pub fn proc_kib(pid: i32, file: &str, key: &str) -> Result<f64, String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .map_err(|e| format!("reading /proc/{pid}/{file}: {e}"))?;
     s.lines()
@@ -46,7 +46,7 @@ fn proc_kib(pid: i32, file: &str, key: &str) -> Result<f64, String> {
 
 /// Which side goes first alternates, so neither always runs right after
 /// the other.
-fn order(i: usize) -> [bool; 2] {
+pub fn order(i: usize) -> [bool; 2] {
     if i % 2 == 0 {
         [false, true]
     } else {
