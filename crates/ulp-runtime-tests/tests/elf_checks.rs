@@ -42,7 +42,7 @@ fn only_the_c_library_no_tls_and_few_imports() {
         .count();
     // Each one is a symbol lookup in every process that preloads the
     // runtime, before main.
-    assert!(imports <= 40, "{imports} imported functions");
+    assert!(imports <= 12, "{imports} imported functions");
 }
 
 #[test]
