@@ -35,20 +35,36 @@ fn resolve(slot: &AtomicUsize, name: &'static [u8]) -> usize {
 }
 
 macro_rules! lazy {
-    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $t:ty),*) -> $ret:ty; )*) => { $(
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// As the C library's function of that name.
-        #[cfg_attr(test, allow(dead_code))] // the allocator and panic handler are not in tests
-        pub(crate) unsafe extern "C" fn $name($($arg: $t),*) -> $ret {
-            static AT: AtomicUsize = AtomicUsize::new(0);
-            let at = resolve(&AT, concat!(stringify!($name), "\0").as_bytes());
-            // SAFETY: the C library's function of that name and type.
-            let f = core::mem::transmute::<usize, unsafe extern "C" fn($($t),*) -> $ret>(at);
-            f($($arg),*)
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $t:ty),*) -> $ret:ty; )*) => {
+        $(
+            /// The function's address, once found.
+            #[allow(non_snake_case)]
+            mod $name {
+                pub(super) static AT: super::AtomicUsize = super::AtomicUsize::new(0);
+            }
+
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// As the C library's function of that name.
+            #[cfg_attr(test, allow(dead_code))] // the allocator and panic handler are not in tests
+            pub(crate) unsafe extern "C" fn $name($($arg: $t),*) -> $ret {
+                let at = resolve(&$name::AT, concat!(stringify!($name), "\0").as_bytes());
+                // SAFETY: the C library's function of that name and type.
+                let f = core::mem::transmute::<usize, unsafe extern "C" fn($($t),*) -> $ret>(at);
+                f($($arg),*)
+            }
+        )*
+
+        /// Finds every function now. Called on the way into the runtime,
+        /// before anything that may run under the loader's locks (the
+        /// `dl_iterate_phdr` callback allocates): `dlsym` takes the
+        /// loader's lock, and taking it there could deadlock against a
+        /// `dlopen` of another thread.
+        pub(crate) fn prepare() {
+            $( resolve(&$name::AT, concat!(stringify!($name), "\0").as_bytes()); )*
         }
-    )* };
+    };
 }
 
 lazy! {

@@ -115,7 +115,10 @@ pub extern "C" fn __ulp_entry() -> i32 {
         // Another call owns the result area: answer with the code only.
         return code::FAILED;
     };
-    match guard::guarded(dispatch) {
+    match guard::guarded(|| {
+        lazy::prepare();
+        dispatch()
+    }) {
         Some(rc) => rc,
         None => {
             let msg = "internal error in the runtime (see its messages)";
@@ -149,6 +152,7 @@ pub(crate) fn after_dlopen() {
             }
             sys::sched_yield();
         };
+        lazy::prepare();
         // SAFETY: we hold BUSY.
         unsafe { registry::with_registry(|reg| stored::after_dlopen(reg)) };
         drop(busy);

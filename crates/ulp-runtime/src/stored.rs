@@ -108,7 +108,12 @@ pub(crate) unsafe fn at_start(reg: &mut Registry) {
         // SAFETY: a NUL-terminated string from the environment.
         unsafe { CStr::from_ptr(named) }
     };
-    if sys::stat(path, true).is_err() || !preloaded() {
+    if sys::stat(path, true).is_err() {
+        return;
+    }
+    // Before the first walk of the loaded objects (its callback allocates).
+    crate::lazy::prepare();
+    if !preloaded() {
         return;
     }
     let dir = CString::from(path);
