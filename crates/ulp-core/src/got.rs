@@ -136,6 +136,9 @@ struct FileInfo {
     /// Whether the file is a shared object (ET_DYN: its bias is where it is
     /// mapped; a non-PIE executable's is 0).
     shared: bool,
+    /// [`FileInfo::slots_of`]'s answers so far: a fleet asks the same
+    /// question of the same file in every process.
+    slots: Mutex<HashMap<Vec<Vec<u8>>, Vec<u64>>>,
 }
 
 const SYM_SIZE: usize = elf::SYM_SIZE as usize;
@@ -193,6 +196,7 @@ impl FileInfo {
             dynstr: read(str_off, str_size)?,
             rela,
             shared: u16_at(&eh, 0x10)? == ET_DYN,
+            slots: Mutex::default(),
         })
     }
 
@@ -218,8 +222,19 @@ impl FileInfo {
     }
 
     /// The file addresses of the GOT slots (JUMP_SLOT and GLOB_DAT
-    /// relocations) against a symbol named one of `names`.
+    /// relocations) against a symbol named one of `names` (remembered).
     fn slots_of(&self, names: &[Vec<u8>]) -> Vec<u64> {
+        if let Some(found) = self.slots.lock().ok().and_then(|m| m.get(names).cloned()) {
+            return found;
+        }
+        let found = self.scan_slots(names);
+        if let Ok(mut m) = self.slots.lock() {
+            m.insert(names.to_vec(), found.clone());
+        }
+        found
+    }
+
+    fn scan_slots(&self, names: &[Vec<u8>]) -> Vec<u64> {
         self.rela
             .chunks_exact(RELA_SIZE)
             .filter_map(|raw| {
