@@ -1,0 +1,527 @@
+//! The comparison of the before and after objects of one file, and the
+//! checks against the target.
+//!
+//! - Two functions are the same when they have the same size, the same
+//!   bytes once every relocated field is zeroed, and the same relocations
+//!   (offset, type, target named with compiler numbers ignored, addend;
+//!   a merged string or constant by its contents).
+//! - Line numbers only: same size and relocations, and every run of
+//!   differing bytes lies in a 4-byte little-endian field whose old value
+//!   is a line of the original file that the diffs kept and whose new value
+//!   is where that line is now (a `__LINE__` that moved). Such a function
+//!   is listed and not replaced.
+//! - A changed `f.cold` part changes `f`; another changed compiler-made
+//!   clone (`.part`, `.isra`, `.constprop`) changes every function that
+//!   refers to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diff::Patched;
+use crate::objfile::{linked_bytes, normalize, rtype, Item, LinkedSymbol, ObjectInfo};
+use crate::{target_symbol, Replaced};
+
+/// A mutable variable of the file that the target has: the container
+/// reaches it through `__ulp_ref_NAME`.
+#[derive(Clone, Debug)]
+pub struct RefVar {
+    pub name: String,
+    pub global: bool,
+    pub target_address: u64,
+}
+
+/// How a function changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Same,
+    LineNumbers,
+    Code,
+}
+
+/// What one file's comparison found.
+#[derive(Clone, Debug, Default)]
+pub struct FileAnalysis {
+    pub path: String,
+    pub replaced: Vec<Replaced>,
+    pub added: Vec<String>,
+    pub line_only: Vec<String>,
+    pub references: Vec<RefVar>,
+}
+
+fn same_relocs(a: &Item, b: &Item) -> bool {
+    a.relocs.len() == b.relocs.len()
+        && a.relocs.iter().zip(&b.relocs).all(|(x, y)| {
+            x.offset == y.offset && x.r_type == y.r_type && x.key == y.key && x.addend == y.addend
+        })
+}
+
+/// How `after` differs from `before` (see the module comment);
+/// `lines` maps original lines to patched ones.
+pub fn change(before: &Item, after: &Item, lines: &BTreeMap<usize, usize>) -> Change {
+    if before.size != after.size || !same_relocs(before, after) {
+        return Change::Code;
+    }
+    let (b, a) = (before.masked(), after.masked());
+    if b == a {
+        return Change::Same;
+    }
+    let mut i = 0;
+    let n = b.len();
+    while i < n {
+        if b[i] == a[i] {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < n && b[i] != a[i] {
+            i += 1;
+        }
+        let e = i;
+        if e - s > 4 {
+            return Change::Code;
+        }
+        let ok = (e.saturating_sub(4)..=s).any(|w| {
+            if w + 4 > n {
+                return false;
+            }
+            let old = u32::from_le_bytes([b[w], b[w + 1], b[w + 2], b[w + 3]]) as usize;
+            let new = u32::from_le_bytes([a[w], a[w + 1], a[w + 2], a[w + 3]]) as usize;
+            old != new && lines.get(&old) == Some(&new)
+        });
+        if !ok {
+            return Change::Code;
+        }
+    }
+    Change::LineNumbers
+}
+
+/// The 1-based lines of the definition of function `name` in `text`: a
+/// line starting at column 0 with `name (` in it, whose parenthesis is
+/// followed by `{` before any `;`, to its matching `}`.
+pub fn extent(text: &str, name: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let is_ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut line_start = 0;
+    let mut line_no = 1;
+    while line_start < bytes.len() {
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(bytes.len(), |p| line_start + p);
+        let line = &text[line_start..line_end];
+        if !line.starts_with([' ', '\t', '#', '/', '*']) {
+            let mut from = 0;
+            while let Some(p) = line[from..].find(name) {
+                let at = from + p;
+                from = at + name.len();
+                let before_ok = at == 0 || !is_ident(line.as_bytes()[at - 1]);
+                let rest = line[from..].trim_start();
+                if !(before_ok && rest.starts_with('(')) {
+                    continue;
+                }
+                // Find `{` or `;` after the parameter list.
+                let mut i = line_start + from;
+                let mut depth = 0i32;
+                let mut body = None;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'(' => depth += 1,
+                        b')' => depth -= 1,
+                        b';' if depth == 0 => break,
+                        b'{' if depth == 0 => {
+                            body = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                let Some(open) = body else { break };
+                let end = matching_brace(bytes, open)?;
+                let end_line = line_no + text[line_start..end].matches('\n').count();
+                return Some((line_no, end_line));
+            }
+        }
+        line_start = line_end + 1;
+        line_no += 1;
+    }
+    None
+}
+
+/// The index of the `}` matching the `{` at `open`, skipping strings,
+/// character constants and comments.
+fn matching_brace(b: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = open;
+    while i < b.len() {
+        match b[i] {
+            b'"' | b'\'' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether a relocation key names function `f` (its symbol or section).
+fn names_function(key: &str, f: &Item) -> bool {
+    let k = f.key();
+    key == k || key == normalize(&format!(".text.{}", f.name)) || key == normalize(&f.section)
+}
+
+/// Compares an unchanged function of the before object with the target's
+/// copy; `Err` says how they differ and which flag is probably missing.
+fn matches_target(obj: &Item, t: &LinkedSymbol, target_data: &[u8]) -> Result<(), String> {
+    let Some(mut tb) = linked_bytes(target_data, t.address, t.size) else {
+        return Ok(());
+    };
+    let mut ob = obj.masked();
+    let endbr = [0xf3, 0x0f, 0x1e, 0xfa];
+    let pad_before_t =
+        t.address > 0 && linked_bytes(target_data, t.address - 1, 1).is_some_and(|b| b == [0x90]);
+    let pad_before_o = obj.before.last() == Some(&0x90);
+    let hint_of = |tb: &[u8], ob: &[u8]| -> String {
+        if tb.starts_with(&endbr) != ob.starts_with(&endbr) {
+            return format!(
+                "-fcf-protection (the target's function {} endbr64)",
+                if tb.starts_with(&endbr) {
+                    "starts with"
+                } else {
+                    "has no"
+                }
+            );
+        }
+        if pad_before_t != pad_before_o {
+            return "-fpatchable-function-entry (NOP padding before the entries differs)".into();
+        }
+        if tb.len() != ob.len() {
+            return "-O level (or another code generation flag: -fPIC, \
+                    -fno-semantic-interposition, -fstack-protector...)"
+                .into();
+        }
+        "-fPIC or the -O level (or another code generation flag)".into()
+    };
+    if tb.len() != ob.len() {
+        return Err(format!(
+            "'{}' is {} bytes in the target and {} bytes here: flag probably missing or different: {}",
+            obj.name,
+            tb.len(),
+            ob.len(),
+            hint_of(&tb, &ob)
+        ));
+    }
+    for r in &obj.relocs {
+        let from = r.offset as usize;
+        let back = if matches!(
+            r.r_type,
+            rtype::GOTPCRELX | rtype::REX_GOTPCRELX | rtype::GOTPCREL
+        ) {
+            3
+        } else {
+            0
+        };
+        let lo = from.saturating_sub(back);
+        let hi = (from + r.size as usize).min(tb.len());
+        if lo < hi {
+            tb[lo..hi].fill(0);
+            ob[lo..hi].fill(0);
+        }
+    }
+    for at in [0usize, 4] {
+        if tb.get(at..at + 2) == Some(&[0x66, 0x90]) && ob.get(at..at + 2) == Some(&[0x90, 0x90]) {
+            tb[at..at + 2].fill(0);
+            ob[at..at + 2].fill(0);
+        }
+    }
+    let hint = hint_of(&tb, &ob);
+    if tb != ob {
+        return Err(format!(
+            "'{}' has other bytes in the target: flag probably missing or different: {}",
+            obj.name, hint
+        ));
+    }
+    Ok(())
+}
+
+/// Compares one file's objects and checks them against the target (see
+/// the module comment). `Err` is a refusal naming the symbol.
+pub fn analyse(
+    path: &str,
+    basename: &str,
+    before: &ObjectInfo,
+    after: &ObjectInfo,
+    patched: &Patched,
+    tsyms: &[LinkedSymbol],
+    target_data: &[u8],
+) -> Result<FileAnalysis, String> {
+    let mut out = FileAnalysis {
+        path: path.to_string(),
+        ..FileAnalysis::default()
+    };
+    if after.has_constructors {
+        return Err(format!(
+            "'{path}' has constructors or destructors: the container would run them again \
+             when it is loaded: not supported"
+        ));
+    }
+    // Data.
+    for b in &before.variables {
+        let Some(a) = after.variable(&b.key()) else {
+            continue;
+        };
+        if a.size != b.size {
+            return Err(format!(
+                "variable '{}' of '{path}': its size changes from {} to {} bytes: a live \
+                 patch cannot change existing data (add a new variable instead)",
+                b.name, b.size, a.size
+            ));
+        }
+        if a.masked() != b.masked() || !same_relocs(a, b) {
+            return Err(format!(
+                "variable '{}' of '{path}': its initial value changes: a live patch cannot \
+                 change the value of existing data (running processes keep theirs)",
+                b.name
+            ));
+        }
+    }
+    // Functions.
+    let lines = patched.line_map();
+    let mut changed: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for f in &after.functions {
+        match before.function(&f.key()) {
+            None => {
+                if !f.is_clone() {
+                    out.added.push(f.name.clone());
+                }
+            }
+            Some(b) => match change(b, f, &lines) {
+                Change::Same => {}
+                Change::LineNumbers => out.line_only.push(f.name.clone()),
+                Change::Code => {
+                    changed.insert(f.name.clone(), None);
+                }
+            },
+        }
+    }
+    for b in &before.functions {
+        if !b.is_clone() && after.function(&b.key()).is_none() {
+            return Err(format!(
+                "function '{}' of '{path}' is gone from the patched object: removing a \
+                 function is not supported (if the compiler now inlines it everywhere, mark \
+                 it __attribute__((noinline)))",
+                b.name
+            ));
+        }
+    }
+    // Clones and cold parts change their parents and callers.
+    loop {
+        let mut more = Vec::new();
+        for c in changed.keys().filter(|c| c.contains('.')) {
+            let Some(ci) = after.functions.iter().find(|f| &f.name == c) else {
+                continue;
+            };
+            if let Some(parent) = c.split(".cold").next().filter(|_| c.contains(".cold")) {
+                if !changed.contains_key(parent) && after.functions.iter().any(|f| f.name == parent)
+                {
+                    more.push((parent.to_string(), format!("its cold part '{c}' changed")));
+                }
+                continue;
+            }
+            for f in &after.functions {
+                if f.name != *c
+                    && !changed.contains_key(&f.name)
+                    && f.relocs.iter().any(|r| names_function(&r.key, ci))
+                {
+                    more.push((
+                        f.name.clone(),
+                        format!("calls '{c}', a changed compiler-made clone"),
+                    ));
+                }
+            }
+        }
+        if more.is_empty() {
+            break;
+        }
+        for (n, why) in more {
+            changed.entry(n).or_insert(Some(why));
+        }
+    }
+    // The replaced functions, found in the target.
+    for (name, why) in &changed {
+        if name.contains('.') {
+            continue;
+        }
+        let f = after
+            .functions
+            .iter()
+            .find(|f| &f.name == name)
+            .expect("a function of the object");
+        let t = target_symbol(tsyms, name, f.global, basename, true)
+            .map_err(|e| format!("function '{name}' of '{path}': {e}"))?;
+        if t.is_none() {
+            return Err(format!(
+                "function '{name}' of '{path}' changes but has no symbol in the target: the \
+                 target's build inlined it into its callers; rebuild the target with \
+                 __attribute__((noinline)) on it (or -fno-inline)"
+            ));
+        }
+        if !f.global {
+            let first = tsyms.iter().find(|s| &s.name == name);
+            if first.is_some_and(|s| s.global || s.file.as_deref() != Some(basename)) {
+                return Err(format!(
+                    "static function '{name}' of '{path}': the target has another symbol \
+                     '{name}' before it, and a .dsc names the target's function by name only: \
+                     not supported yet"
+                ));
+            }
+        }
+        let touched = extent(&patched.text, name)
+            .is_some_and(|(s, e)| (s..=e + 1).any(|l| patched.touched(l)));
+        let reason = match (touched, why) {
+            (true, _) => "changed code".to_string(),
+            (false, Some(w)) => w.clone(),
+            (false, None) => "inlines a changed function".to_string(),
+        };
+        out.replaced.push(Replaced {
+            name: name.clone(),
+            new_name: format!("__ulp_new_{name}"),
+            file: path.to_string(),
+            reason,
+        });
+    }
+    // The unchanged functions must be the target's.
+    let mut compared = 0;
+    for f in &after.functions {
+        if compared == 2 {
+            break;
+        }
+        if f.is_clone() || f.size < 4 || changed.contains_key(&f.name) {
+            continue;
+        }
+        let Some(b) = before.function(&f.key()) else {
+            continue;
+        };
+        if change(b, f, &BTreeMap::new()) != Change::Same
+            || b.relocs.iter().any(|r| rtype::is_tls(r.r_type))
+        {
+            continue;
+        }
+        let Ok(Some(t)) = target_symbol(tsyms, &b.name, b.global, basename, true) else {
+            continue;
+        };
+        compared += 1;
+        matches_target(b, t, target_data).map_err(|why| {
+            format!(
+                "the object compiled from '{path}' does not match the target: {why}; \
+                 check the compilation database's flags for it"
+            )
+        })?;
+    }
+    // Variables: the mutable ones the target has are references.
+    for v in &after.variables {
+        if v.tls || !v.mutable || normalize(&v.name) != v.name {
+            continue;
+        }
+        if let Some(t) = target_symbol(tsyms, &v.name, v.global, basename, false)
+            .map_err(|e| format!("variable '{}' of '{path}': {e}", v.name))?
+        {
+            out.references.push(RefVar {
+                name: v.name.clone(),
+                global: v.global,
+                target_address: t.address,
+            });
+        }
+    }
+    // What the container runs: the replaced functions and the local
+    // functions they reach.
+    let mut reach: BTreeSet<String> = changed.keys().cloned().collect();
+    let mut todo: Vec<String> = reach.iter().cloned().collect();
+    while let Some(n) = todo.pop() {
+        let Some(f) = after.functions.iter().find(|f| f.name == n) else {
+            continue;
+        };
+        for r in &f.relocs {
+            for g in after.functions.iter().filter(|g| !g.global) {
+                if names_function(&r.key, g) && reach.insert(g.name.clone()) {
+                    todo.push(g.name.clone());
+                }
+            }
+        }
+    }
+    for n in &reach {
+        let Some(f) = after.functions.iter().find(|f| &f.name == n) else {
+            continue;
+        };
+        for r in &f.relocs {
+            let Some(v) = after
+                .variables
+                .iter()
+                .find(|v| r.key == v.key() || r.key == normalize(&v.section))
+            else {
+                continue;
+            };
+            let existed = before.variable(&v.key()).is_some();
+            if v.tls && existed {
+                return Err(format!(
+                    "thread-local variable '{}' of '{path}' (used by '{n}'): references to \
+                     thread-local variables are not supported yet by ulp build",
+                    v.name
+                ));
+            }
+            if v.mutable && existed && normalize(&v.name) != v.name {
+                return Err(format!(
+                    "static local variable '{}' (used by '{n}' in '{path}'): static variables \
+                     inside functions are not supported yet by ulp build (move it to file scope)",
+                    v.name
+                ));
+            }
+            if v.mutable && existed && !v.tls && !out.references.iter().any(|x| x.name == v.name) {
+                return Err(format!(
+                    "variable '{}' of '{path}' (used by '{n}') has no symbol in the target: \
+                     the container would get a copy of it, which splits the program's state",
+                    v.name
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_definition() {
+        let text = "int f(int);\nstatic int\nhelper (int x)\n{\n  if (x) { return \"}\"[0]; }\n  return 0;\n}\nint f(int y) { return helper(y); }\n";
+        assert_eq!(extent(text, "helper"), Some((3, 7)));
+        assert_eq!(extent(text, "f"), Some((8, 8)));
+        assert_eq!(extent(text, "nope"), None);
+    }
+}

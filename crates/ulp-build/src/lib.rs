@@ -1,0 +1,656 @@
+//! `ulp build`: a live-patch container from source diffs.
+//!
+//! 1. The diffs are applied ([`diff`]) to copies of the files they touch, in
+//!    a temporary directory; the source tree is never written.
+//! 2. Each touched file is compiled twice with its own flags from the
+//!    compilation database ([`compdb`]) plus `-ffunction-sections
+//!    -fdata-sections`: the original (before) and the copy (after), in
+//!    parallel.
+//! 3. The two objects are compared function by function ([`objfile`]):
+//!    bytes with relocated fields masked, and relocations by target name
+//!    and addend (compiler numbers after a period ignored, merged strings
+//!    and constants by their contents). See [`compare`].
+//! 4. The patched file is compiled a third time for the container, with
+//!    every mutable variable of the file that the target has turned into
+//!    a pointer (`-Dv=(*__ulp_ref_v)`) that the runtime fills with the
+//!    target's address (`#v:__ulp_ref_v:TOFF:POFF` in the .dsc), and a
+//!    global alias `__ulp_new_f` for each replaced function `f`.
+//! 5. The container is linked with the compiler driver (`-shared`), the
+//!    .dsc written, and both packed by [`ulp_container::pack::pack`], the
+//!    packer's own code.
+//!
+//! Anything refused is refused before a file is written.
+
+pub mod compare;
+pub mod compdb;
+pub mod diff;
+pub mod objfile;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use compare::FileAnalysis;
+use objfile::LinkedSymbol;
+
+/// What `ulp build` is given.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub compile_commands: PathBuf,
+    pub target: PathBuf,
+    /// OUT.so; the .dsc goes beside it.
+    pub output: PathBuf,
+    pub description: Option<String>,
+    /// The tree the diff paths are relative to (default: the database's
+    /// directory).
+    pub source: Option<PathBuf>,
+    pub diffs: Vec<PathBuf>,
+}
+
+/// A replaced function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    pub name: String,
+    /// The new function's name in the container.
+    pub new_name: String,
+    pub file: String,
+    /// `changed code` or `inlines a changed function` (or a clone's note).
+    pub reason: String,
+}
+
+/// What a successful build made.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub container: PathBuf,
+    pub dsc: PathBuf,
+    pub replaced: Vec<Replaced>,
+    /// New functions (in the container, not redirected).
+    pub added: Vec<String>,
+    /// Functions whose only change is line numbers (not replaced).
+    pub line_numbers_only: Vec<String>,
+    /// Target variables the container reaches through reference pointers.
+    pub references: Vec<String>,
+    /// Wall time of the before/after compiles, of the container compile,
+    /// and of the whole build, in milliseconds.
+    pub compare_compile_ms: u128,
+    pub container_compile_ms: u128,
+    pub total_ms: u128,
+}
+
+/// Why a build failed: `usage` ones exit 64, the others 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub usage: bool,
+    pub message: String,
+}
+
+impl Error {
+    pub fn usage(m: impl Into<String>) -> Error {
+        Error {
+            usage: true,
+            message: m.into(),
+        }
+    }
+    pub fn new(m: impl Into<String>) -> Error {
+        Error {
+            usage: false,
+            message: m.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A temporary directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, Error> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("ulp-build-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)
+            .map_err(|e| Error::new(format!("cannot create '{}': {e}", p.display())))?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("ULP_BUILD_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The bug labels `ulp patches` shows, found in `text`: `CVE-YYYY-N`,
+/// `bsc#N`, `jsc#X`, `boo#N`, `bnc#N`.
+pub fn labels(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '#' || c == '-')) {
+        let word = word.trim_matches('-');
+        let ok = if let Some(rest) = word.strip_prefix("CVE-") {
+            let mut parts = rest.split('-');
+            matches!((parts.next(), parts.next(), parts.next()),
+                (Some(y), Some(n), None) if y.len() == 4 && y.chars().all(|c| c.is_ascii_digit())
+                    && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        } else {
+            ["bsc#", "jsc#", "boo#", "bnc#"].iter().any(|p| {
+                word.strip_prefix(p).is_some_and(|r| {
+                    !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+            })
+        };
+        if ok && !out.iter().any(|w| w == word) {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+/// One touched file being built.
+struct Unit {
+    /// The diff's path (relative to the source tree).
+    path: String,
+    basename: String,
+    entry: compdb::Entry,
+    patched: diff::Patched,
+    /// The file argument as the database writes it.
+    as_written: String,
+    dir: PathBuf,
+}
+
+fn run_all(mut jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<String>, Error> {
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for (what, cmd, dir) in jobs.drain(..) {
+        let child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::new(format!("cannot run '{}' ({what}): {e}", cmd[0])))?;
+        children.push((what, child));
+    }
+    let mut errs = Vec::new();
+    let mut failure = None;
+    for (what, child) in children {
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::new(format!("{what}: {e}")))?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && failure.is_none() {
+            let shown: Vec<&str> = text.lines().take(20).collect();
+            failure = Some(Error::new(format!("{what} failed:\n{}", shown.join("\n"))));
+        }
+        errs.push(text);
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(errs),
+    }
+}
+
+fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(p).map_err(|e| Error::new(format!("cannot read {what} '{}': {e}", p.display())))
+}
+
+/// The target's symbol `name`: a global one, or a local one of the
+/// source file `basename`. Errors when several locals match.
+fn target_symbol<'a>(
+    tsyms: &'a [LinkedSymbol],
+    name: &str,
+    global: bool,
+    basename: &str,
+    function: bool,
+) -> Result<Option<&'a LinkedSymbol>, String> {
+    let found: Vec<&LinkedSymbol> = tsyms
+        .iter()
+        .filter(|s| s.name == name && s.function == function)
+        .filter(|s| {
+            if global {
+                s.global
+            } else {
+                !s.global && s.file.as_deref() == Some(basename)
+            }
+        })
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(format!(
+            "the target has {} local symbols '{name}' of files named '{basename}': \
+             which one is meant cannot be told",
+            found.len()
+        )),
+    }
+}
+
+/// Builds the live patch (see the module comment).
+pub fn build(o: &Options) -> Result<Report, Error> {
+    let start = Instant::now();
+    let out_name = o.output.to_string_lossy().into_owned();
+    let Some(stem) = out_name.strip_suffix(".so") else {
+        return Err(Error::usage(format!(
+            "--output '{out_name}' must end with .so (the .dsc is written beside it)"
+        )));
+    };
+    if o.diffs.is_empty() {
+        return Err(Error::usage("'build' needs at least one DIFF"));
+    }
+    let dsc_path = PathBuf::from(format!("{stem}.dsc"));
+    let output = compdb::normalize(&std::env::current_dir().unwrap_or_default().join(&o.output));
+    let dsc_path = compdb::normalize(&std::env::current_dir().unwrap_or_default().join(&dsc_path));
+    if let Some(parent) = output.parent() {
+        if !parent.is_dir() {
+            return Err(Error::new(format!(
+                "--output: the directory '{}' does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let db = compdb::read(&o.compile_commands).map_err(Error::new)?;
+    let source = match &o.source {
+        Some(s) => compdb::canonical(s),
+        None => compdb::canonical(o.compile_commands.parent().unwrap_or(Path::new("."))),
+    };
+    let source = if source.as_os_str().is_empty() {
+        compdb::canonical(Path::new("."))
+    } else {
+        source
+    };
+    if !source.is_dir() {
+        return Err(Error::new(format!(
+            "the source tree '{}' is not a directory",
+            source.display()
+        )));
+    }
+    let mut diffs = Vec::new();
+    for d in &o.diffs {
+        let text = String::from_utf8(read_file(d, "the diff")?)
+            .map_err(|_| Error::new(format!("the diff '{}' is not text", d.display())))?;
+        diffs.push((d.display().to_string(), text));
+    }
+    let patched = diff::apply_all(&diffs, |p| {
+        let full = source.join(p);
+        std::fs::read_to_string(&full).map_err(|e| {
+            format!(
+                "the diff names '{p}', which cannot be read in the source tree ('{}'): {e}",
+                full.display()
+            )
+        })
+    })
+    .map_err(Error::new)?;
+
+    let target_data = read_file(&o.target, "the target")?;
+    let tsyms = objfile::linked_symbols(&target_data)
+        .map_err(|e| Error::new(format!("'{}': {e}", o.target.display())))?;
+    if !tsyms.iter().any(|s| !s.global) {
+        return Err(Error::new(format!(
+            "the target '{}' has no .symtab (stripped): ulp build needs its local symbols \
+             (separate debug files are not supported yet)",
+            o.target.display()
+        )));
+    }
+
+    let scratch = Scratch::new()?;
+    let mut units: Vec<Unit> = Vec::new();
+    for (n, (path, p)) in patched.into_iter().enumerate() {
+        let abs = compdb::canonical(&source.join(&path));
+        let entry = db
+            .iter()
+            .find(|e| compdb::canonical(&e.file) == abs)
+            .cloned()
+            .ok_or_else(|| {
+                let header = matches!(
+                    abs.extension().and_then(|e| e.to_str()),
+                    Some("h" | "hh" | "hpp" | "hxx" | "inc" | "def")
+                );
+                Error::new(if header {
+                    format!(
+                        "'{path}' is a header: diffs of headers are not supported yet \
+                         (which files include it is not known)"
+                    )
+                } else {
+                    format!(
+                        "'{path}' has no entry in the compilation database '{}'",
+                        o.compile_commands.display()
+                    )
+                })
+            })?;
+        let basename = abs
+            .file_name()
+            .map(|b| b.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = scratch.0.join(format!("{n}"));
+        std::fs::create_dir_all(dir.join("after"))
+            .and_then(|()| std::fs::create_dir_all(dir.join("container")))
+            .map_err(|e| Error::new(format!("'{}': {e}", dir.display())))?;
+        units.push(Unit {
+            path,
+            basename,
+            entry,
+            patched: p,
+            as_written: String::new(),
+            dir,
+        });
+    }
+
+    // Before and after, all in parallel.
+    let sections = vec![
+        "-ffunction-sections".to_string(),
+        "-fdata-sections".to_string(),
+    ];
+    let mut jobs = Vec::new();
+    for u in &mut units {
+        let before_o = u.dir.join("before.o");
+        let (cmd, written) =
+            compdb::command_for(&u.entry, None, &before_o, &sections).map_err(Error::new)?;
+        u.as_written = written;
+        jobs.push((
+            format!("compiling '{}' (before the diff)", u.path),
+            cmd,
+            u.entry.directory.clone(),
+        ));
+        let copy = u.dir.join("after").join(&u.basename);
+        std::fs::write(&copy, &u.patched.text)
+            .map_err(|e| Error::new(format!("'{}': {e}", copy.display())))?;
+        let mut extra = sections.clone();
+        extra.extend(copy_flags(u, &copy));
+        let (cmd, _) = compdb::command_for(&u.entry, Some(&copy), &u.dir.join("after.o"), &extra)
+            .map_err(Error::new)?;
+        jobs.push((
+            format!("compiling '{}' (after the diff)", u.path),
+            cmd,
+            u.entry.directory.clone(),
+        ));
+    }
+    let t0 = Instant::now();
+    run_all(jobs)?;
+    let compare_compile_ms = t0.elapsed().as_millis();
+
+    // Compare.
+    let mut analyses: Vec<FileAnalysis> = Vec::new();
+    for u in &units {
+        let before = objfile::read_object(&read_file(&u.dir.join("before.o"), "the object")?)
+            .map_err(Error::new)?;
+        let after = objfile::read_object(&read_file(&u.dir.join("after.o"), "the object")?)
+            .map_err(Error::new)?;
+        let a = compare::analyse(
+            &u.path,
+            &u.basename,
+            &before,
+            &after,
+            &u.patched,
+            &tsyms,
+            &target_data,
+        )
+        .map_err(Error::new)?;
+        analyses.push(a);
+    }
+    if analyses.iter().all(|a| a.replaced.is_empty()) {
+        let lines: Vec<String> = analyses.iter().flat_map(|a| a.line_only.clone()).collect();
+        return Err(Error::new(if lines.is_empty() {
+            "the diffs change no function: nothing to patch".to_string()
+        } else {
+            format!(
+                "the diffs change no function but line numbers ({}): nothing to patch",
+                lines.join(", ")
+            )
+        }));
+    }
+    // New names must not collide across files.
+    let mut seen = BTreeSet::new();
+    for a in &analyses {
+        for r in &a.replaced {
+            if !seen.insert(r.name.clone()) {
+                return Err(Error::new(format!(
+                    "function '{}' is replaced in two files: not supported yet",
+                    r.name
+                )));
+            }
+        }
+    }
+
+    // The container's compile.
+    let mut jobs = Vec::new();
+    for (u, a) in units.iter().zip(&analyses) {
+        let copy = u.dir.join("container").join(&u.basename);
+        let mut text = u.patched.text.clone();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&trailer(a));
+        std::fs::write(&copy, text)
+            .map_err(|e| Error::new(format!("'{}': {e}", copy.display())))?;
+        let mut extra = sections.clone();
+        extra.extend(copy_flags(u, &copy));
+        extra.extend(
+            ["-Wshadow", "-Wno-error", "-Wno-int-conversion"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        for v in &a.references {
+            extra.push(format!("-D{}=(*__ulp_ref_{})", v.name, v.name));
+        }
+        let (cmd, _) =
+            compdb::command_for(&u.entry, Some(&copy), &u.dir.join("container.o"), &extra)
+                .map_err(Error::new)?;
+        jobs.push((
+            format!("compiling '{}' for the container", u.path),
+            cmd,
+            u.entry.directory.clone(),
+        ));
+    }
+    let t1 = Instant::now();
+    let stderrs = match run_all(jobs) {
+        Ok(s) => s,
+        Err(e) => {
+            let named: Vec<String> = analyses
+                .iter()
+                .flat_map(|a| a.references.iter())
+                .filter(|v| e.message.contains(&format!("__ulp_ref_{}", v.name)))
+                .map(|v| format!("'{}'", v.name))
+                .collect();
+            if named.is_empty() {
+                return Err(e);
+            }
+            return Err(Error::new(format!(
+                "variable {} cannot be reached through a reference pointer: its name is used \
+                 otherwise in the file or in a constant initializer ({})",
+                named.join(", "),
+                e.message
+            )));
+        }
+    };
+    let container_compile_ms = t1.elapsed().as_millis();
+    for (err, a) in stderrs.iter().zip(&analyses) {
+        for line in err.lines().filter(|l| l.contains("shadows")) {
+            if let Some(v) = a
+                .references
+                .iter()
+                .find(|v| line.contains(&format!("__ulp_ref_{}'", v.name)))
+            {
+                return Err(Error::new(format!(
+                    "variable '{}' of '{}': a declaration in the file has the same name \
+                     (a local or a parameter), so it cannot be turned into a reference: \
+                     rename one ({})",
+                    v.name,
+                    a.path,
+                    line.trim()
+                )));
+            }
+        }
+    }
+
+    // Link.
+    let container_tmp = scratch.0.join("container.so");
+    let mut link = vec![units[0].entry.arguments[0].clone()];
+    link.extend(
+        units[0]
+            .entry
+            .arguments
+            .iter()
+            .filter(|a| {
+                a.starts_with("-m") || a.starts_with("-fuse-ld") || a.starts_with("--sysroot")
+            })
+            .cloned(),
+    );
+    link.extend(
+        ["-shared", "-Wl,--build-id", "-o"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    link.push(container_tmp.display().to_string());
+    for u in &units {
+        link.push(u.dir.join("container.o").display().to_string());
+    }
+    run_all(vec![(
+        "linking the container".into(),
+        link,
+        scratch.0.clone(),
+    )])?;
+
+    // References: the pointers' places in the container.
+    let cdata = read_file(&container_tmp, "the container")?;
+    let csyms = objfile::linked_symbols(&cdata).map_err(Error::new)?;
+    let mut dsc = String::new();
+    if let Some(d) = &o.description {
+        for line in d.lines() {
+            dsc.push_str(&format!("!{line}\n"));
+        }
+        for l in labels(d) {
+            dsc.push_str(&format!("!{l}\n"));
+        }
+    }
+    dsc.push_str(&format!("{}\n", output.display()));
+    dsc.push_str(&format!(
+        "@{}\n",
+        compdb::normalize(&std::env::current_dir().unwrap_or_default().join(&o.target)).display()
+    ));
+    let mut report = Report {
+        container: output.clone(),
+        dsc: dsc_path.clone(),
+        compare_compile_ms,
+        container_compile_ms,
+        ..Report::default()
+    };
+    for (u, a) in units.iter().zip(&analyses) {
+        for r in &a.replaced {
+            dsc.push_str(&format!("{}:{}\n", r.name, r.new_name));
+            report.replaced.push(r.clone());
+        }
+        report.added.extend(a.added.iter().cloned());
+        report.line_numbers_only.extend(a.line_only.iter().cloned());
+        for v in &a.references {
+            let pname = format!("__ulp_ref_{}", v.name);
+            let place = csyms.iter().find(|s| {
+                s.name == pname
+                    && !s.function
+                    && (if v.global {
+                        s.global
+                    } else {
+                        s.file.as_deref() == Some(u.basename.as_str())
+                    })
+            });
+            let Some(place) = place else { continue };
+            dsc.push_str(&format!(
+                "#{}:{}:{:#x}:{:#x}\n",
+                v.name, pname, v.target_address, place.address
+            ));
+            report.references.push(v.name.clone());
+        }
+    }
+    let tmp_dsc = scratch.0.join("container.dsc");
+    std::fs::write(&tmp_dsc, &dsc)
+        .map_err(|e| Error::new(format!("'{}': {e}", tmp_dsc.display())))?;
+    let opts = ulp_container::pack::PackOptions {
+        container_override: Some(container_tmp.clone()),
+        ..Default::default()
+    };
+    ulp_container::pack::pack(&tmp_dsc, &opts)
+        .map_err(|e| Error::new(format!("packing the container: {e}")))?;
+    install(&container_tmp, &output)?;
+    if let Err(e) = std::fs::write(&dsc_path, &dsc) {
+        let _ = std::fs::remove_file(&output);
+        return Err(Error::new(format!(
+            "cannot write '{}': {e}",
+            dsc_path.display()
+        )));
+    }
+    report.total_ms = start.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Moves the finished container to its place (a copy when the rename
+/// crosses file systems), never leaving half a file there.
+fn install(from: &Path, to: &Path) -> Result<(), Error> {
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
+    }
+    let tmp = to.with_extension("so.ulp-tmp");
+    std::fs::copy(from, &tmp)
+        .and_then(|_| std::fs::rename(&tmp, to))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::new(format!("cannot write '{}': {e}", to.display()))
+        })
+}
+
+/// The flags that make a copy in the scratch directory compile as the
+/// original did: its quoted includes from the original's directory, and
+/// `__FILE__` as the database writes the file.
+fn copy_flags(u: &Unit, copy: &Path) -> Vec<String> {
+    let orig_dir = u.entry.file.parent().unwrap_or(Path::new("/"));
+    vec![
+        "-iquote".into(),
+        orig_dir.display().to_string(),
+        format!("-fmacro-prefix-map={}={}", copy.display(), u.as_written),
+    ]
+}
+
+/// What is appended to the container's copy of a file: a global alias for
+/// each replaced function, and the reference pointers kept (their address
+/// taken, so the compiler cannot take them for constants).
+fn trailer(a: &FileAnalysis) -> String {
+    let mut t = String::from("\n/* Added by ulp build. */\n");
+    for r in &a.replaced {
+        t.push_str(&format!(
+            "extern __typeof__({0}) {1} __attribute__((alias(\"{0}\"), visibility(\"default\")));\n",
+            r.name, r.new_name
+        ));
+    }
+    if !a.references.is_empty() {
+        t.push_str("__attribute__((used)) static void *const __ulp_keep_refs[] = {\n");
+        for v in &a.references {
+            t.push_str(&format!("    (void *)&__ulp_ref_{},\n", v.name));
+        }
+        t.push_str("};\n");
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::labels;
+
+    #[test]
+    fn finds_bug_labels() {
+        assert_eq!(
+            labels("Fix overflow (CVE-2026-12345, bsc#1234567); see boo#9 and CVE-x"),
+            ["CVE-2026-12345", "bsc#1234567", "boo#9"]
+        );
+        assert!(labels("nothing here").is_empty());
+    }
+}
