@@ -371,3 +371,19 @@ fn build_time_against_a_plain_compile() {
     assert_eq!(code, 0, "{out}{err}");
     eprintln!("plain compile {plain:?}, ulp build {built:?}");
 }
+
+#[test]
+fn build_replaces_the_callers_of_an_inlined_function() {
+    let tree = Tree::new("build-inline", &["-O2", "-fPIC"], false);
+    let (code, out, err) = tree.build("inline.patch", "fix_inline.so", &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"function\": \"bld_next\""), "{out}");
+    assert!(
+        out.contains("\"reason\": \"inlines a changed function\""),
+        "{out}"
+    );
+    let dsc = std::fs::read_to_string(tree.dir.join("fix_inline.dsc")).unwrap();
+    assert!(dsc.contains("\nbld_next:__ulp_new_bld_next\n"), "{dsc}");
+    let dump = tree.ulp_ok(&["dump", "fix_inline.so"]);
+    assert!(dump.contains("old_fname: bld_next"), "{dump}");
+}
