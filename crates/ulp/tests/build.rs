@@ -387,3 +387,220 @@ fn build_replaces_the_callers_of_an_inlined_function() {
     let dump = tree.ulp_ok(&["dump", "fix_inline.so"]);
     assert!(dump.contains("old_fname: bld_next"), "{dump}");
 }
+
+/// zlib's source directory, from the crate `libz-sys` (a dev-dependency of
+/// ulp-build, fetched by cargo; only its sources are used).
+fn zlib_sources() -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pkg = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "libz-sys")
+        .expect("libz-sys in the workspace's dependencies");
+    let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
+    manifest.parent().unwrap().join("src/zlib")
+}
+
+/// A unified diff of `name` from `old` to `new`, as `diff -u` writes it.
+fn unified(dir: &Path, name: &str, old: &str, new: &str) -> PathBuf {
+    let (a, b) = (
+        dir.join(format!("{name}.old")),
+        dir.join(format!("{name}.new")),
+    );
+    std::fs::write(&a, old).unwrap();
+    std::fs::write(&b, new).unwrap();
+    let out = Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            &format!("a/{name}"),
+            "--label",
+            &format!("b/{name}"),
+        ])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "diff -u");
+    let patch = dir.join(format!("{name}.patch"));
+    std::fs::write(&patch, out.stdout).unwrap();
+    patch
+}
+
+/// zlib built from its sources as libz.so.1 with a generated compilation
+/// database; a one-line fix of a static function (`adler32_combine_`)
+/// built by `ulp build` and applied to a program compressing under load.
+#[test]
+fn build_a_fix_of_a_static_function_of_zlib() {
+    let dir = TempDir::new("build-zlib");
+    let src = zlib_sources();
+    let tree = dir.join("zlib");
+    std::fs::create_dir_all(&tree).unwrap();
+    let mut sources = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".c") || name.ends_with(".h") {
+            std::fs::copy(&p, tree.join(&name)).unwrap();
+            if name.ends_with(".c") {
+                sources.push(name);
+            }
+        }
+    }
+    sources.sort();
+    let flags = [
+        "-O2",
+        "-fPIC",
+        "-D_LARGEFILE64_SOURCE=1",
+        "-DHAVE_UNISTD_H",
+        "-DHAVE_STDARG_H",
+    ];
+    let mut entries = Vec::new();
+    let mut children = Vec::new();
+    for s in &sources {
+        let obj = s.replace(".c", ".o");
+        let mut args: Vec<String> = vec!["gcc".into()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(["-c".into(), s.clone(), "-o".into(), obj]);
+        let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        entries.push(format!(
+            "{{\"directory\": {:?}, \"file\": {s:?}, \"arguments\": [{}]}}",
+            tree.display().to_string(),
+            quoted.join(", ")
+        ));
+        children.push(
+            Command::new("gcc")
+                .args(&args[1..])
+                .current_dir(&tree)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    std::fs::write(
+        tree.join("compile_commands.json"),
+        format!("[\n{}\n]\n", entries.join(",\n")),
+    )
+    .unwrap();
+    let mut link = vec![
+        "gcc",
+        "-shared",
+        "-Wl,--build-id",
+        "-Wl,-soname,libz.so.1",
+        "-o",
+        "../libz.so.1.3.1",
+    ];
+    let objs: Vec<String> = sources.iter().map(|s| s.replace(".c", ".o")).collect();
+    link.extend(objs.iter().map(String::as_str));
+    sh(&tree, &link);
+    std::os::unix::fs::symlink("libz.so.1.3.1", dir.join("libz.so.1")).unwrap();
+    let prog = source_fixtures().join("zprog.c");
+    sh(
+        dir.path(),
+        &[
+            "gcc",
+            "-O2",
+            "-pthread",
+            "-Izlib",
+            "-o",
+            "zprog",
+            prog.to_str().unwrap(),
+            "-L.",
+            "-l:libz.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+    );
+    let runtime = install_runtime(dir.path());
+
+    // The fix: a negative length gives 1, not 0xffffffff.
+    let old = std::fs::read_to_string(tree.join("adler32.c")).unwrap();
+    let new = old.replacen("        return 0xffffffffUL;", "        return 1UL;", 1);
+    assert_ne!(old, new, "adler32.c changed upstream");
+    let patch = unified(dir.path(), "adler32.c", &old, &new);
+    let db = tree.join("compile_commands.json");
+    let (code, out, err) = ulp(
+        Path::new("/"),
+        &[
+            "build",
+            "--compile-commands",
+            db.to_str().unwrap(),
+            "--target",
+            dir.join("libz.so.1").to_str().unwrap(),
+            "--output",
+            dir.join("zfix.so").to_str().unwrap(),
+            "--description",
+            "adler32_combine: 1 for a negative length",
+            patch.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("adler32_combine"), "{out}");
+
+    let mut cmd = Command::new(dir.join("zprog"));
+    cmd.current_dir(dir.path()).env("LD_PRELOAD", &runtime);
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("combine"), "ffffffff");
+    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "zfix.so"]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(t.ask("combine"), "1");
+    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "--revert", "zfix.so"]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(t.ask("combine"), "ffffffff");
+    let line = t.ask("wrong");
+    assert!(line.starts_with("0 "), "wrong results under load: {line}");
+
+    // The bound, on zlib's largest file: a build of a one-line
+    // change to deflate.c against one plain compile of it.
+    let old = std::fs::read_to_string(tree.join("deflate.c")).unwrap();
+    let new = old.replacen(
+        "    if (strm == Z_NULL ||\n",
+        "    if (strm == Z_NULL || strm->state == Z_NULL ||\n",
+        1,
+    );
+    assert_ne!(old, new, "deflate.c changed upstream");
+    let patch = unified(dir.path(), "deflate.c", &old, &new);
+    let t0 = Instant::now();
+    let mut plain = vec!["gcc"];
+    plain.extend(flags);
+    plain.extend(["-c", "deflate.c", "-o", "/dev/null"]);
+    sh(&tree, &plain);
+    let plain = t0.elapsed();
+    let t0 = Instant::now();
+    let (code, out, err) = ulp(
+        Path::new("/"),
+        &[
+            "build",
+            "--compile-commands",
+            db.to_str().unwrap(),
+            "--target",
+            dir.join("libz.so.1").to_str().unwrap(),
+            "--output",
+            dir.join("zfix2.so").to_str().unwrap(),
+            patch.to_str().unwrap(),
+        ],
+    );
+    let built = t0.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced deflateStateCheck"), "{out}");
+    eprintln!("deflate.c: plain compile {plain:?}, ulp build {built:?}\n{out}");
+}
