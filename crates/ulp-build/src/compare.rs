@@ -495,10 +495,11 @@ pub fn analyse(
                 ));
             }
             if v.mutable && existed && normalize(&v.name) != v.name {
+                let shown = v.name.split('.').next().unwrap_or(&v.name);
                 return Err(format!(
-                    "static local variable '{}' (used by '{n}' in '{path}'): static variables \
-                     inside functions are not supported yet by ulp build (move it to file scope)",
-                    v.name
+                    "static local variable '{shown}' (used by '{n}' in '{path}'): static \
+                     variables inside functions are not supported yet by ulp build (move it \
+                     to file scope)"
                 ));
             }
             if v.mutable && existed && !v.tls && !out.references.iter().any(|x| x.name == v.name) {

@@ -25,6 +25,7 @@ pub mod compare;
 pub mod compdb;
 pub mod diff;
 pub mod objfile;
+pub mod source;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -176,6 +177,7 @@ fn run_all(mut jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<String>,
         let child = Command::new(&cmd[0])
             .args(&cmd[1..])
             .current_dir(&dir)
+            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -428,6 +430,9 @@ pub fn build(o: &Options) -> Result<Report, Error> {
     for (u, a) in units.iter().zip(&analyses) {
         let copy = u.dir.join("container").join(&u.basename);
         let mut text = u.patched.text.clone();
+        for v in &a.references {
+            text = source::blank_initializer(&text, &v.name);
+        }
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -460,7 +465,7 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             let named: Vec<String> = analyses
                 .iter()
                 .flat_map(|a| a.references.iter())
-                .filter(|v| e.message.contains(&format!("__ulp_ref_{}", v.name)))
+                .filter(|v| mentions(&e.message, &format!("__ulp_ref_{}", v.name)))
                 .map(|v| format!("'{}'", v.name))
                 .collect();
             if named.is_empty() {
@@ -480,7 +485,7 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             if let Some(v) = a
                 .references
                 .iter()
-                .find(|v| line.contains(&format!("__ulp_ref_{}'", v.name)))
+                .find(|v| mentions(line, &format!("__ulp_ref_{}", v.name)))
             {
                 return Err(Error::new(format!(
                     "variable '{}' of '{}': a declaration in the file has the same name \
@@ -591,6 +596,13 @@ pub fn build(o: &Options) -> Result<Report, Error> {
     }
     report.total_ms = start.elapsed().as_millis();
     Ok(report)
+}
+
+/// Whether `text` has the identifier `word` (not as part of a longer one).
+fn mentions(text: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word)
+        .any(|(at, _)| !text[..at].ends_with(ident) && !text[at + word.len()..].starts_with(ident))
 }
 
 /// Moves the finished container to its place (a copy when the rename

@@ -604,3 +604,96 @@ fn build_a_fix_of_a_static_function_of_zlib() {
     assert!(out.contains("replaced deflateStateCheck"), "{out}");
     eprintln!("deflate.c: plain compile {plain:?}, ulp build {built:?}\n{out}");
 }
+
+const REFS_C: &str = r#"#include <stdio.h>
+struct cfg { int a; int b; };
+static struct cfg conf = { .a = 1, .b = 2 };
+static int hits[4];
+static __thread int tls_n;
+static int plain = 5;
+
+int use_conf(int x) { conf.a += x; return conf.a + conf.b; }
+int use_hits(int i) { hits[i & 3]++; return hits[i & 3]; }
+int use_tls(void) { return ++tls_n; }
+int use_local(void) { static int calls; return ++calls; }
+int use_plain(int y) { plain += y; return plain; }
+int shadowy(int plain_) { int n = plain_; return n; }
+"#;
+
+/// A library of one file `r.c`; `ulp build` of `edit` applied to it.
+fn build_refs(tag: &str, from: &str, to: &str) -> (i32, String, String, TempDir) {
+    let dir = TempDir::new(tag);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("r.c"), REFS_C).unwrap();
+    std::fs::write(
+        dir.join("compile_commands.json"),
+        r#"[{"directory": "src", "file": "r.c", "command": "gcc -O2 -fPIC -c r.c -o r.o"}]"#,
+    )
+    .unwrap();
+    sh(&src, &["gcc", "-O2", "-fPIC", "-c", "r.c", "-o", "r.o"]);
+    sh(
+        dir.path(),
+        &[
+            "gcc",
+            "-shared",
+            "-Wl,--build-id",
+            "-o",
+            "libr.so",
+            "src/r.o",
+        ],
+    );
+    let new = REFS_C.replacen(from, to, 1);
+    assert_ne!(new, REFS_C);
+    let patch = unified(dir.path(), "src/r.c", REFS_C, &new);
+    let (code, out, err) = ulp(
+        dir.path(),
+        &[
+            "build",
+            "--compile-commands",
+            "compile_commands.json",
+            "--target",
+            "libr.so",
+            "--output",
+            "out.so",
+            patch.to_str().unwrap(),
+        ],
+    );
+    (code, out, err, dir)
+}
+
+#[test]
+fn build_references_and_what_it_refuses_about_variables() {
+    // A struct with a designated initializer, an array: references.
+    let (code, out, err, dir) = build_refs("build-refs-ok", "conf.a += x;", "conf.a += 2 * x;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains("\n#conf:__ulp_ref_conf:0x"), "{dsc}");
+    assert!(dsc.contains("\n#hits:__ulp_ref_hits:0x"), "{dsc}");
+    // Thread-local, static local, a local of the same name: refused.
+    for (tag, from, to, what) in [
+        (
+            "tls",
+            "return ++tls_n;",
+            "return tls_n += 2;",
+            "thread-local variable 'tls_n'",
+        ),
+        (
+            "local",
+            "return ++calls;",
+            "return calls += 2;",
+            "static local variable 'calls'",
+        ),
+        (
+            "shadow",
+            "int n = plain_;",
+            "int plain = plain_ + 1; int n = plain;",
+            "variable 'plain' of 'src/r.c': a declaration in the file has the same name",
+        ),
+    ] {
+        let (code, out, err, dir) = build_refs(&format!("build-refs-{tag}"), from, to);
+        assert_eq!(code, 1, "{tag}: {out}{err}");
+        assert!(err.contains(what), "{tag}: {err}");
+        assert!(!dir.join("out.so").exists() && !dir.join("out.dsc").exists());
+    }
+}

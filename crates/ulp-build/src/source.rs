@@ -1,0 +1,159 @@
+//! Small edits of C source text for the container's compile.
+
+/// Blanks (with spaces, newlines kept, so line numbers stay) the
+/// initializer of every file-scope declarator `name = ...` in `text`: the
+/// container's copy of a variable turned into a reference pointer
+/// (`-Dname=(*__ulp_ref_name)`) must not keep the variable's initializer,
+/// which would not fit a pointer (`{ .a = 1 }`). Comments, strings,
+/// character constants and preprocessor lines are skipped; file scope is
+/// outside every brace and parenthesis.
+pub fn blank_initializer(text: &str, name: &str) -> String {
+    let mut b = text.as_bytes().to_vec();
+    let n = b.len();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    let mut depth = 0i32;
+    let mut line_start = true;
+    while i < n {
+        let c = b[i];
+        // Skip what is not code.
+        if let Some(end) = skip_non_code(&b, i, line_start) {
+            line_start = b[end - 1] == b'\n';
+            i = end;
+            continue;
+        }
+        if c == b'\n' {
+            line_start = true;
+            i += 1;
+            continue;
+        }
+        if !c.is_ascii_whitespace() {
+            line_start = false;
+        }
+        match c {
+            b'{' | b'(' | b'[' => depth += 1,
+            b'}' | b')' | b']' => depth -= 1,
+            _ => {}
+        }
+        if depth == 0
+            && ident(c)
+            && (i == 0 || !ident(b[i - 1]))
+            && b[i..].starts_with(name.as_bytes())
+            && b.get(i + name.len()).is_none_or(|&d| !ident(d))
+        {
+            // After the name: array brackets, then `=`?
+            let mut j = i + name.len();
+            loop {
+                while j < n && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if j < n && b[j] == b'[' {
+                    while j < n && b[j] != b']' {
+                        j += 1;
+                    }
+                    j += 1;
+                    continue;
+                }
+                break;
+            }
+            if j < n && b[j] == b'=' && b.get(j + 1) != Some(&b'=') {
+                let end = initializer_end(&b, j + 1);
+                for x in &mut b[j..end] {
+                    if *x != b'\n' {
+                        *x = b' ';
+                    }
+                }
+                i = end;
+                continue;
+            }
+            i += name.len();
+            continue;
+        }
+        if ident(c) {
+            while i < n && ident(b[i]) {
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    String::from_utf8(b).unwrap_or_else(|_| text.to_string())
+}
+
+/// When a comment, string, character constant or preprocessor line starts
+/// at `i`: the index just after it.
+fn skip_non_code(b: &[u8], i: usize, line_start: bool) -> Option<usize> {
+    let n = b.len();
+    match b[i] {
+        b'/' if b.get(i + 1) == Some(&b'/') => {
+            let mut j = i;
+            while j < n && b[j] != b'\n' {
+                j += 1;
+            }
+            Some(j)
+        }
+        b'/' if b.get(i + 1) == Some(&b'*') => {
+            let mut j = i + 2;
+            while j + 1 < n && !(b[j] == b'*' && b[j + 1] == b'/') {
+                j += 1;
+            }
+            Some((j + 2).min(n))
+        }
+        q @ (b'"' | b'\'') => {
+            let mut j = i + 1;
+            while j < n && b[j] != q && b[j] != b'\n' {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            Some((j + 1).min(n))
+        }
+        b'#' if line_start => {
+            let mut j = i;
+            while j < n && !(b[j] == b'\n' && b[j - 1] != b'\\') {
+                j += 1;
+            }
+            Some((j + 1).min(n))
+        }
+        _ => None,
+    }
+}
+
+/// The index of the `,` or `;` that ends an initializer starting at `i`.
+fn initializer_end(b: &[u8], mut i: usize) -> usize {
+    let n = b.len();
+    let mut depth = 0i32;
+    while i < n {
+        if let Some(end) = skip_non_code(b, i, false) {
+            i = end;
+            continue;
+        }
+        match b[i] {
+            b'{' | b'(' | b'[' => depth += 1,
+            b'}' | b')' | b']' => depth -= 1,
+            b',' | b';' if depth == 0 => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blank_initializer;
+
+    #[test]
+    fn blanks_only_file_scope_initializers() {
+        let text = "#define X v = 1\nstatic struct s v = { .a = 1,\n  .b = \"}\" };\nint f(int v) { int w = v; v = 2; return w; }\nstatic int a = 1, v2 = 3, *p;\n";
+        let out = blank_initializer(text, "v");
+        assert_eq!(
+            out,
+            "#define X v = 1\nstatic struct s v            \n            ;\nint f(int v) { int w = v; v = 2; return w; }\nstatic int a = 1, v2 = 3, *p;\n"
+        );
+        assert_eq!(out.len(), text.len());
+        let out = blank_initializer("static int tab[4] = {1, 2}, n = 2;\n", "tab");
+        assert_eq!(out, "static int tab[4]         , n = 2;\n");
+    }
+}
