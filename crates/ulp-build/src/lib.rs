@@ -169,9 +169,16 @@ struct Unit {
     /// The file argument as the database writes it.
     as_written: String,
     dir: PathBuf,
+    /// The guess for the container's compile made before any compile, from
+    /// the target: the file's variables that become references, and the
+    /// functions that get a `__ulp_new_` alias.
+    guess_refs: Vec<String>,
+    guess_aliases: Vec<String>,
 }
 
-fn run_all(mut jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<String>, Error> {
+/// Runs the jobs (what, command, directory) in parallel; returns each
+/// one's success and standard error.
+fn run_jobs(mut jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<(bool, String)>, Error> {
     let mut children: Vec<(String, Child)> = Vec::new();
     for (what, cmd, dir) in jobs.drain(..) {
         let child = Command::new(&cmd[0])
@@ -185,23 +192,33 @@ fn run_all(mut jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<String>,
             .map_err(|e| Error::new(format!("cannot run '{}' ({what}): {e}", cmd[0])))?;
         children.push((what, child));
     }
-    let mut errs = Vec::new();
-    let mut failure = None;
+    let mut out = Vec::new();
     for (what, child) in children {
-        let out = child
+        let done = child
             .wait_with_output()
             .map_err(|e| Error::new(format!("{what}: {e}")))?;
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() && failure.is_none() {
-            let shown: Vec<&str> = text.lines().take(20).collect();
-            failure = Some(Error::new(format!("{what} failed:\n{}", shown.join("\n"))));
-        }
-        errs.push(text);
+        out.push((
+            done.status.success(),
+            String::from_utf8_lossy(&done.stderr).into_owned(),
+        ));
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(errs),
+    Ok(out)
+}
+
+/// The error of a failed job: its name and the first lines of its messages.
+fn job_failure(what: &str, stderr: &str) -> Error {
+    let shown: Vec<&str> = stderr.lines().take(20).collect();
+    Error::new(format!("{what} failed:\n{}", shown.join("\n")))
+}
+
+/// Runs the jobs in parallel; the first failure is the error.
+fn run_all(jobs: Vec<(String, Vec<String>, PathBuf)>) -> Result<Vec<String>, Error> {
+    let names: Vec<String> = jobs.iter().map(|j| j.0.clone()).collect();
+    let results = run_jobs(jobs)?;
+    if let Some((i, (_, err))) = results.iter().enumerate().find(|(_, (ok, _))| !ok) {
+        return Err(job_failure(&names[i], err));
     }
+    Ok(results.into_iter().map(|(_, e)| e).collect())
 }
 
 fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, Error> {
@@ -346,6 +363,8 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             patched: p,
             as_written: String::new(),
             dir,
+            guess_refs: Vec::new(),
+            guess_aliases: Vec::new(),
         });
     }
 
@@ -378,8 +397,41 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             u.entry.directory.clone(),
         ));
     }
+    // The container's compile, guessed from the target and run alongside.
+    for u in &mut units {
+        let (refs, aliases) = guess(&tsyms, &u.basename, &u.patched.text);
+        u.guess_refs = refs;
+        u.guess_aliases = aliases;
+    }
+    // A name two files define (static functions) would be defined twice in
+    // the container: no alias; if such a function is replaced, the exact
+    // compile below runs.
+    let all: Vec<String> = units.iter().flat_map(|u| u.guess_aliases.clone()).collect();
+    for u in &mut units {
+        u.guess_aliases
+            .retain(|f| all.iter().filter(|g| *g == f).count() == 1);
+    }
+    for u in &units {
+        jobs.push(container_job(
+            u,
+            &u.guess_refs,
+            &u.guess_aliases,
+            "container.guess.o",
+        )?);
+    }
     let t0 = Instant::now();
-    run_all(jobs)?;
+    let results = run_jobs(jobs)?;
+    for (i, (ok, err)) in results.iter().enumerate() {
+        if !ok && i < 2 * units.len() {
+            let u = &units[i / 2];
+            let when = if i % 2 == 0 { "before" } else { "after" };
+            return Err(job_failure(
+                &format!("compiling '{}' ({when} the diff)", u.path),
+                err,
+            ));
+        }
+    }
+    let guess_results: Vec<(bool, String)> = results[2 * units.len()..].to_vec();
     let compare_compile_ms = t0.elapsed().as_millis();
 
     // Compare.
@@ -425,79 +477,77 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         }
     }
 
-    // The container's compile.
-    let mut jobs = Vec::new();
-    for (u, a) in units.iter().zip(&analyses) {
-        let copy = u.dir.join("container").join(&u.basename);
-        let mut text = u.patched.text.clone();
-        for v in &a.references {
-            text = source::blank_initializer(&text, &v.name);
-        }
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        text.push_str(&trailer(a));
-        std::fs::write(&copy, text)
-            .map_err(|e| Error::new(format!("'{}': {e}", copy.display())))?;
-        let mut extra = sections.clone();
-        extra.extend(copy_flags(u, &copy));
-        extra.extend(
-            ["-Wshadow", "-Wno-error", "-Wno-int-conversion"]
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        for v in &a.references {
-            extra.push(format!("-D{}=(*__ulp_ref_{})", v.name, v.name));
-        }
-        let (cmd, _) =
-            compdb::command_for(&u.entry, Some(&copy), &u.dir.join("container.o"), &extra)
-                .map_err(Error::new)?;
-        jobs.push((
-            format!("compiling '{}' for the container", u.path),
-            cmd,
-            u.entry.directory.clone(),
-        ));
-    }
+    // The container's object: the guessed compile when the guess was right
+    // (the same variables, an alias for every replaced function, no
+    // warning about them), else a compile with what the comparison found.
     let t1 = Instant::now();
-    let stderrs = match run_all(jobs) {
-        Ok(s) => s,
-        Err(e) => {
-            let named: Vec<String> = analyses
-                .iter()
-                .flat_map(|a| a.references.iter())
-                .filter(|v| mentions(&e.message, &format!("__ulp_ref_{}", v.name)))
-                .map(|v| format!("'{}'", v.name))
-                .collect();
-            if named.is_empty() {
-                return Err(e);
-            }
-            return Err(Error::new(format!(
-                "variable {} cannot be reached through a reference pointer: its name is used \
-                 otherwise in the file or in a constant initializer ({})",
-                named.join(", "),
-                e.message
-            )));
+    let guessed = units
+        .iter()
+        .zip(&analyses)
+        .zip(&guess_results)
+        .all(|((u, a), (ok, err))| {
+            let mut exact: Vec<&String> = a.references.iter().map(|v| &v.name).collect();
+            let mut guessed: Vec<&String> = u.guess_refs.iter().collect();
+            exact.sort();
+            guessed.sort();
+            *ok && exact == guessed
+                && a.replaced.iter().all(|r| u.guess_aliases.contains(&r.name))
+                && !err
+                    .lines()
+                    .any(|l| l.contains("shadows") && l.contains("__ulp_ref_"))
+        });
+    if guessed {
+        for u in &units {
+            std::fs::rename(u.dir.join("container.guess.o"), u.dir.join("container.o"))
+                .map_err(|e| Error::new(format!("'{}': {e}", u.dir.display())))?;
         }
-    };
-    let container_compile_ms = t1.elapsed().as_millis();
-    for (err, a) in stderrs.iter().zip(&analyses) {
-        for line in err.lines().filter(|l| l.contains("shadows")) {
-            if let Some(v) = a
-                .references
-                .iter()
-                .find(|v| mentions(line, &format!("__ulp_ref_{}", v.name)))
-            {
+    } else {
+        let mut jobs = Vec::new();
+        for (u, a) in units.iter().zip(&analyses) {
+            let refs: Vec<String> = a.references.iter().map(|v| v.name.clone()).collect();
+            let aliases: Vec<String> = a.replaced.iter().map(|r| r.name.clone()).collect();
+            jobs.push(container_job(u, &refs, &aliases, "container.o")?);
+        }
+        let stderrs = match run_all(jobs) {
+            Ok(s) => s,
+            Err(e) => {
+                let named: Vec<String> = analyses
+                    .iter()
+                    .flat_map(|a| a.references.iter())
+                    .filter(|v| mentions(&e.message, &format!("__ulp_ref_{}", v.name)))
+                    .map(|v| format!("'{}'", v.name))
+                    .collect();
+                if named.is_empty() {
+                    return Err(e);
+                }
                 return Err(Error::new(format!(
-                    "variable '{}' of '{}': a declaration in the file has the same name \
-                     (a local or a parameter), so it cannot be turned into a reference: \
-                     rename one ({})",
-                    v.name,
-                    a.path,
-                    line.trim()
+                    "variable {} cannot be reached through a reference pointer: its name is \
+                     used otherwise in the file or in a constant initializer ({})",
+                    named.join(", "),
+                    e.message
                 )));
             }
+        };
+        for (err, a) in stderrs.iter().zip(&analyses) {
+            for line in err.lines().filter(|l| l.contains("shadows")) {
+                if let Some(v) = a
+                    .references
+                    .iter()
+                    .find(|v| mentions(line, &format!("__ulp_ref_{}", v.name)))
+                {
+                    return Err(Error::new(format!(
+                        "variable '{}' of '{}': a declaration in the file has the same name \
+                         (a local or a parameter), so it cannot be turned into a reference: \
+                         rename one ({})",
+                        v.name,
+                        a.path,
+                        line.trim()
+                    )));
+                }
+            }
         }
     }
+    let container_compile_ms = t1.elapsed().as_millis();
 
     // Link.
     let container_tmp = scratch.0.join("container.so");
@@ -633,24 +683,88 @@ fn copy_flags(u: &Unit, copy: &Path) -> Vec<String> {
 }
 
 /// What is appended to the container's copy of a file: a global alias for
-/// each replaced function, and the reference pointers kept (their address
-/// taken, so the compiler cannot take them for constants).
-fn trailer(a: &FileAnalysis) -> String {
+/// each function in `aliases`, and the reference pointers kept (their
+/// address taken, so the compiler cannot take them for constants).
+fn trailer(aliases: &[String], refs: &[String]) -> String {
     let mut t = String::from("\n/* Added by ulp build. */\n");
-    for r in &a.replaced {
+    for f in aliases {
         t.push_str(&format!(
-            "extern __typeof__({0}) {1} __attribute__((alias(\"{0}\"), visibility(\"default\")));\n",
-            r.name, r.new_name
+            "extern __typeof__({f}) __ulp_new_{f} __attribute__((alias(\"{f}\"), visibility(\"default\")));\n"
         ));
     }
-    if !a.references.is_empty() {
+    if !refs.is_empty() {
         t.push_str("__attribute__((used)) static void *const __ulp_keep_refs[] = {\n");
-        for v in &a.references {
-            t.push_str(&format!("    (void *)&__ulp_ref_{},\n", v.name));
+        for v in refs {
+            t.push_str(&format!("    (void *)&__ulp_ref_{v},\n"));
         }
         t.push_str("};\n");
     }
     t
+}
+
+/// The compile of the container's copy of `u`: the variables `refs` made
+/// reference pointers (their initializers blanked, `-Dv=(*__ulp_ref_v)`),
+/// an alias for each of `aliases`.
+fn container_job(
+    u: &Unit,
+    refs: &[String],
+    aliases: &[String],
+    object: &str,
+) -> Result<(String, Vec<String>, PathBuf), Error> {
+    let copy = u.dir.join("container").join(&u.basename);
+    let mut text = u.patched.text.clone();
+    for v in refs {
+        text = source::blank_initializer(&text, v);
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&trailer(aliases, refs));
+    std::fs::write(&copy, text).map_err(|e| Error::new(format!("'{}': {e}", copy.display())))?;
+    let mut extra = vec![
+        "-ffunction-sections".to_string(),
+        "-fdata-sections".to_string(),
+    ];
+    extra.extend(copy_flags(u, &copy));
+    extra.extend(
+        ["-Wshadow", "-Wno-error", "-Wno-int-conversion"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    for v in refs {
+        extra.push(format!("-D{v}=(*__ulp_ref_{v})"));
+    }
+    let (cmd, _) = compdb::command_for(&u.entry, Some(&copy), &u.dir.join(object), &extra)
+        .map_err(Error::new)?;
+    Ok((
+        format!("compiling '{}' for the container", u.path),
+        cmd,
+        u.entry.directory.clone(),
+    ))
+}
+
+/// The guess, from the target alone, of what the container's compile
+/// needs: the mutable variables of this file the target has (its statics
+/// after the file's `STT_FILE` symbol, and globals) that the patched text
+/// declares at file scope, and the target's functions whose definition the
+/// patched text has (the replaced ones are among them).
+fn guess(tsyms: &[LinkedSymbol], basename: &str, text: &str) -> (Vec<String>, Vec<String>) {
+    let ours = |s: &&LinkedSymbol| {
+        !s.name.contains('.') && (s.global || s.file.as_deref() == Some(basename))
+    };
+    let mut refs: Vec<String> = Vec::new();
+    let mut aliases: Vec<String> = Vec::new();
+    for s in tsyms.iter().filter(ours) {
+        if s.function {
+            if !aliases.contains(&s.name) && compare::extent(text, &s.name).is_some() {
+                aliases.push(s.name.clone());
+            }
+        } else if s.mutable && !s.tls && !refs.contains(&s.name) && source::declares(text, &s.name)
+        {
+            refs.push(s.name.clone());
+        }
+    }
+    (refs, aliases)
 }
 
 #[cfg(test)]

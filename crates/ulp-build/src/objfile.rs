@@ -279,6 +279,9 @@ pub struct LinkedSymbol {
     pub function: bool,
     /// The `STT_FILE` name a local symbol follows (`None` for globals).
     pub file: Option<String>,
+    /// Data in a section written at run time (not `.data.rel.ro`).
+    pub mutable: bool,
+    pub tls: bool,
 }
 
 /// The `.symtab` of a linked file (empty when stripped), in table order.
@@ -299,7 +302,15 @@ pub fn linked_symbols(data: &[u8]) -> Result<Vec<LinkedSymbol>, String> {
             continue;
         }
         let global = sym.is_global();
+        let section = sym
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok());
+        let mutable = section.as_ref().is_some_and(|sec| {
+            mutable_section(sec.name().unwrap_or_default(), sh_flags(sec.flags()))
+        });
         out.push(LinkedSymbol {
+            mutable,
+            tls: sym.kind() == SymbolKind::Tls,
             name: sym.name().unwrap_or_default().to_string(),
             address: sym.address(),
             size: sym.size(),

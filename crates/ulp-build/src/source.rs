@@ -9,15 +9,40 @@
 /// outside every brace and parenthesis.
 pub fn blank_initializer(text: &str, name: &str) -> String {
     let mut b = text.as_bytes().to_vec();
+    // Backwards, so that earlier positions stay valid.
+    for (at, next) in declarators(&b, name).into_iter().rev() {
+        if next == b'=' {
+            let end = initializer_end(&b, at + 1);
+            for x in &mut b[at..end] {
+                if *x != b'\n' {
+                    *x = b' ';
+                }
+            }
+        }
+    }
+    String::from_utf8(b).unwrap_or_else(|_| text.to_string())
+}
+
+/// Whether `text` declares `name` at file scope (`T name;`, `T name = ...`,
+/// `T name[N], ...`; `extern` declarations too).
+pub fn declares(text: &str, name: &str) -> bool {
+    declarators(text.as_bytes(), name)
+        .iter()
+        .any(|&(_, next)| matches!(next, b'=' | b';' | b','))
+}
+
+/// The file-scope occurrences of identifier `name`: for each, the index
+/// just after it and any array brackets, and the byte found there.
+fn declarators(b: &[u8], name: &str) -> Vec<(usize, u8)> {
     let n = b.len();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
     let mut i = 0;
     let mut depth = 0i32;
     let mut line_start = true;
     while i < n {
         let c = b[i];
-        // Skip what is not code.
-        if let Some(end) = skip_non_code(&b, i, line_start) {
+        if let Some(end) = skip_non_code(b, i, line_start) {
             line_start = b[end - 1] == b'\n';
             i = end;
             continue;
@@ -35,49 +60,35 @@ pub fn blank_initializer(text: &str, name: &str) -> String {
             b'}' | b')' | b']' => depth -= 1,
             _ => {}
         }
-        if depth == 0
-            && ident(c)
-            && (i == 0 || !ident(b[i - 1]))
-            && b[i..].starts_with(name.as_bytes())
-            && b.get(i + name.len()).is_none_or(|&d| !ident(d))
-        {
-            // After the name: array brackets, then `=`?
-            let mut j = i + name.len();
-            loop {
-                while j < n && b[j].is_ascii_whitespace() {
-                    j += 1;
-                }
-                if j < n && b[j] == b'[' {
-                    while j < n && b[j] != b']' {
-                        j += 1;
-                    }
-                    j += 1;
-                    continue;
-                }
-                break;
-            }
-            if j < n && b[j] == b'=' && b.get(j + 1) != Some(&b'=') {
-                let end = initializer_end(&b, j + 1);
-                for x in &mut b[j..end] {
-                    if *x != b'\n' {
-                        *x = b' ';
-                    }
-                }
-                i = end;
-                continue;
-            }
-            i += name.len();
-            continue;
-        }
         if ident(c) {
+            let start = i;
             while i < n && ident(b[i]) {
                 i += 1;
+            }
+            if depth == 0 && &b[start..i] == name.as_bytes() {
+                let mut j = i;
+                loop {
+                    while j < n && b[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if j < n && b[j] == b'[' {
+                        while j < n && b[j] != b']' {
+                            j += 1;
+                        }
+                        j += 1;
+                        continue;
+                    }
+                    break;
+                }
+                if j < n && !(b[j] == b'=' && b.get(j + 1) == Some(&b'=')) {
+                    out.push((j, b[j]));
+                }
             }
             continue;
         }
         i += 1;
     }
-    String::from_utf8(b).unwrap_or_else(|_| text.to_string())
+    out
 }
 
 /// When a comment, string, character constant or preprocessor line starts
@@ -155,5 +166,15 @@ mod tests {
         assert_eq!(out.len(), text.len());
         let out = blank_initializer("static int tab[4] = {1, 2}, n = 2;\n", "tab");
         assert_eq!(out, "static int tab[4]         , n = 2;\n");
+        assert!(super::declares(
+            "extern int g;\nint f(int g) { return g; }",
+            "g"
+        ));
+        assert!(super::declares("static long a, g[2];", "g"));
+        assert!(!super::declares(
+            "int f(int g) { int g2 = g; return g2; }",
+            "g"
+        ));
+        assert!(!super::declares("struct s { int g; };", "g"));
     }
 }
