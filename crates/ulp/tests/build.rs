@@ -101,10 +101,15 @@ impl Tree {
     /// `ulp build` of the fixture diff `patch` into OUT.so, run from
     /// another directory (`/`).
     fn build(&self, patch: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+        let diff = source_fixtures().join(patch);
+        self.build_with(diff.to_str().unwrap(), out, extra)
+    }
+
+    /// `ulp build` of the diff file `diff` into OUT.so, run from `/`.
+    fn build_with(&self, diff: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
         let db = self.dir.join("compile_commands.json");
         let target = self.dir.join("libbld.so.1");
         let output = self.dir.join(out);
-        let diff = source_fixtures().join(patch);
         let mut args = vec![
             "build",
             "--compile-commands",
@@ -115,7 +120,7 @@ impl Tree {
             output.to_str().unwrap(),
         ];
         args.extend(extra);
-        args.push(diff.to_str().unwrap());
+        args.push(diff);
         ulp(Path::new("/"), &args)
     }
 
@@ -696,4 +701,48 @@ fn build_references_and_what_it_refuses_about_variables() {
         assert!(err.contains(what), "{tag}: {err}");
         assert!(!dir.join("out.so").exists() && !dir.join("out.dsc").exists());
     }
+}
+
+#[test]
+fn build_new_and_removed_functions_and_another_source_directory() {
+    // A new static function called by a changed one: in the container,
+    // listed as new, not redirected.
+    let (code, out, err, dir) = build_refs(
+        "build-new",
+        "int use_plain(int y) { plain += y; return plain; }",
+        "static __attribute__((noinline)) int twice(int v) { return v * 2 + 1; }\nint use_plain(int y) { plain += twice(y); return plain; }",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced use_plain: changed code"), "{out}");
+    assert!(out.contains("new twice"), "{out}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(!dsc.contains("twice:"), "{dsc}");
+    // A removed function: refused, named.
+    let (code, out, err, dir) = build_refs(
+        "build-removed",
+        "int shadowy(int plain_) { int n = plain_; return n; }\n",
+        "",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("function 'shadowy'") && err.contains("removing a function"),
+        "{err}"
+    );
+    assert!(!dir.join("out.so").exists());
+    // Diff paths relative to --source (not the database's directory).
+    let tree = Tree::new("build-source", &["-O2", "-fPIC"], false);
+    let text = std::fs::read_to_string(source_fixtures().join("scale.patch"))
+        .unwrap()
+        .replace("a/src/core.c", "a/core.c")
+        .replace("b/src/core.c", "b/core.c");
+    let patch = tree.dir.join("scale-in-src.patch");
+    std::fs::write(&patch, text).unwrap();
+    let src = tree.dir.join("src");
+    let (code, out, err) = tree.build_with(
+        patch.to_str().unwrap(),
+        "fix.so",
+        &["--source", src.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced scale: changed code"), "{out}");
 }
