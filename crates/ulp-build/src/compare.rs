@@ -384,13 +384,13 @@ pub fn analyse(
             .expect("a function of the object");
         let t = target_symbol(tsyms, name, f.global, basename, true)
             .map_err(|e| format!("function '{name}' of '{path}': {e}"))?;
-        if t.is_none() {
+        let Some(t) = t else {
             return Err(format!(
                 "function '{name}' of '{path}' changes but has no symbol in the target: the \
                  target's build inlined it into its callers; rebuild the target with \
                  __attribute__((noinline)) on it (or -fno-inline)"
             ));
-        }
+        };
         if !f.global {
             let first = tsyms.iter().find(|s| &s.name == name);
             if first.is_some_and(|s| s.global || s.file.as_deref() != Some(basename)) {
@@ -413,6 +413,7 @@ pub fn analyse(
             new_name: format!("__ulp_new_{name}"),
             file: path.to_string(),
             reason,
+            target_address: t.address,
         });
     }
     // The unchanged functions must be the target's.

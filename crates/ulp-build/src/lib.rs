@@ -48,7 +48,14 @@ pub struct Options {
     /// directory).
     pub source: Option<PathBuf>,
     pub diffs: Vec<PathBuf>,
+    /// Called, before anything is written, with the target and the replaced
+    /// functions (name, address in the target): an `Err(message)` refuses
+    /// the build (`ulp build` checks that each can be redirected).
+    pub check_units: Option<UnitCheck>,
 }
+
+/// See [`Options::check_units`].
+pub type UnitCheck = fn(&Path, &[(String, u64)]) -> Result<(), String>;
 
 /// A replaced function.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub struct Replaced {
     pub file: String,
     /// `changed code` or `inlines a changed function` (or a clone's note).
     pub reason: String,
+    /// Its address in the target.
+    pub target_address: u64,
 }
 
 /// What a successful build made.
@@ -551,6 +560,15 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         }
     }
     let container_compile_ms = t1.elapsed().as_millis();
+
+    if let Some(check) = o.check_units {
+        let units: Vec<(String, u64)> = analyses
+            .iter()
+            .flat_map(|a| a.replaced.iter())
+            .map(|r| (r.name.clone(), r.target_address))
+            .collect();
+        check(&o.target, &units).map_err(Error::new)?;
+    }
 
     // Link.
     let container_tmp = scratch.0.join("container.so");

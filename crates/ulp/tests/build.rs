@@ -623,6 +623,7 @@ int use_tls(void) { return ++tls_n; }
 int use_local(void) { static int calls; return ++calls; }
 int use_plain(int y) { plain += y; return plain; }
 int shadowy(int plain_) { int n = plain_; return n; }
+int wrap(int x) { return use_conf(x) + 1; }
 "#;
 
 /// A library of one file `r.c`; `ulp build` of `edit` applied to it.
@@ -675,7 +676,9 @@ fn build_references_and_what_it_refuses_about_variables() {
     let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
     assert!(dsc.contains("\n#conf:__ulp_ref_conf:0x"), "{dsc}");
     assert!(dsc.contains("\n#hits:__ulp_ref_hits:0x"), "{dsc}");
-    // Thread-local, static local, a local of the same name: refused.
+    // Thread-local, static local, a local of the same name, a function
+    // whose entry cannot take a jump (a call in its first 5 bytes, no
+    // padding): refused.
     for (tag, from, to, what) in [
         (
             "tls",
@@ -694,6 +697,12 @@ fn build_references_and_what_it_refuses_about_variables() {
             "int n = plain_;",
             "int plain = plain_ + 1; int n = plain;",
             "variable 'plain' of 'src/r.c': a declaration in the file has the same name",
+        ),
+        (
+            "entry",
+            "return use_conf(x) + 1;",
+            "return use_conf(x) + 2;",
+            "function 'wrap' cannot be redirected in the target",
         ),
     ] {
         let (code, out, err, dir) = build_refs(&format!("build-refs-{tag}"), from, to);

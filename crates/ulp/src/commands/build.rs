@@ -1,7 +1,7 @@
 //! `ulp build`: a packed live patch from source diffs (`ulp_build`).
 
 use clap::ValueHint;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -82,6 +82,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         description: p.description.clone(),
         source: p.source.as_deref().map(PathBuf::from),
         diffs: p.operands.iter().map(PathBuf::from).collect(),
+        check_units: Some(redirectable),
     };
     let json = p.common.json;
     match ulp_build::build(&opts) {
@@ -137,4 +138,25 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
             Ok(1)
         }
     }
+}
+
+/// Refuses a build whose replaced functions the runtime could not redirect
+/// in the target (no padding and an entry that cannot be rewritten), with
+/// `ulp livepatchable --functions`' reason.
+fn redirectable(target: &Path, units: &[(String, u64)]) -> Result<(), String> {
+    let elf = ulp_elf::ElfFile::open(target).map_err(|e| e.to_string())?;
+    let functions = ulp_core::redirect::classify(&elf);
+    for (name, address) in units {
+        let Some(f) = functions.iter().find(|f| f.address == *address) else {
+            continue;
+        };
+        if let Err(why) = &f.method {
+            return Err(format!(
+                "function '{name}' cannot be redirected in the target '{}': {}",
+                target.display(),
+                why.reason
+            ));
+        }
+    }
+    Ok(())
 }
