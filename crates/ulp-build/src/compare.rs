@@ -50,7 +50,11 @@ pub struct FileAnalysis {
 fn same_relocs(a: &Item, b: &Item) -> bool {
     a.relocs.len() == b.relocs.len()
         && a.relocs.iter().zip(&b.relocs).all(|(x, y)| {
-            x.offset == y.offset && x.r_type == y.r_type && x.key == y.key && x.addend == y.addend
+            x.offset == y.offset
+                && x.r_type == y.r_type
+                && x.key == y.key
+                && x.addend == y.addend
+                && x.content == y.content
         })
 }
 
@@ -291,7 +295,10 @@ pub fn analyse(
         ));
     }
     // Data.
-    for b in &before.variables {
+    // Mutable data only: changed read-only data (tables, switch tables)
+    // goes into the container with the functions that use it, which differ
+    // through their relocations' contents.
+    for b in before.variables.iter().filter(|v| v.mutable) {
         let Some(a) = after.variable(&b.key()) else {
             continue;
         };
@@ -518,6 +525,79 @@ pub fn analyse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compiles C `text` as `ulp build` does; returns the object.
+    fn compile(text: &str, tag: &str) -> ObjectInfo {
+        let dir = std::env::temp_dir().join(format!("ulp-build-cmp-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.c"), text).unwrap();
+        let ok = std::process::Command::new("gcc")
+            .args([
+                "-O2",
+                "-fPIC",
+                "-ffunction-sections",
+                "-fdata-sections",
+                "-c",
+                "t.c",
+            ])
+            .current_dir(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let o = crate::objfile::read_object(&std::fs::read(dir.join("t.o")).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        o
+    }
+
+    fn change_of(before: &str, after: &str, name: &str, lines: &BTreeMap<usize, usize>) -> Change {
+        let (b, a) = (compile(before, "b"), compile(after, "a"));
+        change(b.function(name).unwrap(), a.function(name).unwrap(), lines)
+    }
+
+    #[test]
+    fn tables_strings_and_line_numbers() {
+        let sw = |v: u32| {
+            format!(
+                "int f(int x) {{ switch (x) {{ case 0: return 11; case 1: return 22; \
+                 case 2: return {v}; case 3: return 41; case 4: return 59; case 5: return 6; \
+                 case 6: return 99; }} return 0; }}\n"
+            )
+        };
+        let none = BTreeMap::new();
+        // A switch table (CSWTCH) in read-only data: the code is the same.
+        assert_eq!(change_of(&sw(37), &sw(37), "f", &none), Change::Same);
+        assert_eq!(change_of(&sw(37), &sw(38), "f", &none), Change::Code);
+        // Strings compare by contents, not by their offsets.
+        let strs = |first: &str| {
+            format!(
+                "int puts(const char *);\nvoid a(void) {{ puts(\"{first}\"); }}\n\
+                 void b(void) {{ puts(\"unchanged\"); }}\n"
+            )
+        };
+        assert_eq!(
+            change_of(&strs("one"), &strs("a longer one"), "b", &none),
+            Change::Same
+        );
+        assert_eq!(
+            change_of(&strs("one"), &strs("a longer one"), "a", &none),
+            Change::Code
+        );
+        // __LINE__ moved by a line added above: line numbers only.
+        let lined = |blank: &str| {
+            format!("void report(int);\n{blank}void g(void) {{\n  report(__LINE__);\n}}\n")
+        };
+        let moved: BTreeMap<usize, usize> = [(1, 1), (2, 3), (3, 4), (4, 5)].into_iter().collect();
+        assert_eq!(
+            change_of(&lined(""), &lined("\n"), "g", &moved),
+            Change::LineNumbers
+        );
+        // Without the line map it is a change of code.
+        assert_eq!(
+            change_of(&lined(""), &lined("\n"), "g", &none),
+            Change::Code
+        );
+    }
 
     #[test]
     fn finds_a_definition() {

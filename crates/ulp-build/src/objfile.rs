@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use object::elf::{SHF_MERGE, SHF_STRINGS, SHF_WRITE};
+use object::elf::{SHF_ALLOC, SHF_EXECINSTR, SHF_MERGE, SHF_STRINGS, SHF_WRITE};
 use object::{
     Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionFlags,
     SectionIndex, SymbolKind,
@@ -39,6 +39,13 @@ pub struct Reloc {
     pub target: String,
     /// The addend (0 when `key` already names the merged constant).
     pub addend: i64,
+    /// For a target in read-only data (a constant table, a jump table, a
+    /// `CSWTCH` switch table, `.data.rel.ro`): that section's contents
+    /// (bytes with relocated fields zeroed, and its relocations), so that
+    /// a function whose code is the same but whose table changed differs.
+    pub content: Option<String>,
+    /// The section the target is in (internal: for `content`).
+    target_section: Option<SectionIndex>,
 }
 
 /// A function or a variable of an object.
@@ -163,18 +170,33 @@ pub fn read_object(data: &[u8]) -> Result<ObjectInfo, String> {
                 continue;
             };
             let mut addend = r.addend();
-            let (target, key) = if sym.kind() == SymbolKind::Section {
-                let idx = sym.section_index();
-                let sname = idx.map(section_name).unwrap_or_default();
-                let mut key = normalize(&sname);
-                if let Some(sec) = idx.and_then(|i| file.section_by_index(i).ok()) {
+            let target_section = sym.section_index();
+            let section_symbol = sym.kind() == SymbolKind::Section;
+            let sname = target_section.map(section_name).unwrap_or_default();
+            let (target, mut key) = if section_symbol {
+                (sname.clone(), normalize(&sname))
+            } else {
+                let n = sym.name().unwrap_or_default().to_string();
+                let k = normalize(&n);
+                (n, k)
+            };
+            // A piece of a mergeable section (a string, a constant), reached
+            // through the section or a local label (`.LC0`): by contents.
+            if section_symbol || sym.is_local() {
+                if let Some(sec) = target_section.and_then(|i| file.section_by_index(i).ok()) {
                     let fl = sh_flags(sec.flags());
                     if fl & u64::from(SHF_MERGE) != 0 {
-                        let at = if rtype::is_pc_relative(r_type) {
-                            addend + 4
+                        let base = if section_symbol {
+                            0
                         } else {
-                            addend
+                            sym.address() as i64
                         };
+                        let at = base
+                            + if rtype::is_pc_relative(r_type) {
+                                addend + 4
+                            } else {
+                                addend
+                            };
                         let d = sec.data().unwrap_or(&[]);
                         if at >= 0 && (at as usize) < d.len() {
                             let rest = &d[at as usize..];
@@ -185,17 +207,12 @@ pub fn read_object(data: &[u8]) -> Result<ObjectInfo, String> {
                                 let n = (sec.align().max(1) as usize).min(rest.len());
                                 &rest[..n]
                             };
-                            key = format!("{key}:{piece:?}");
+                            key = format!("{}:{piece:?}", normalize(&sname));
                             addend = 0;
                         }
                     }
                 }
-                (sname, key)
-            } else {
-                let n = sym.name().unwrap_or_default().to_string();
-                let k = normalize(&n);
-                (n, k)
-            };
+            }
             list.push((
                 off,
                 Reloc {
@@ -205,10 +222,41 @@ pub fn read_object(data: &[u8]) -> Result<ObjectInfo, String> {
                     key,
                     target,
                     addend,
+                    content: None,
+                    target_section,
                 },
             ));
         }
         relocs.insert(s.index(), list);
+    }
+    // The contents of the read-only data sections (not mergeable: those are
+    // compared piece by piece above), then given to the relocations to them.
+    let mut contents: HashMap<SectionIndex, String> = HashMap::new();
+    for s in file.sections() {
+        let fl = sh_flags(s.flags());
+        let name = s.name().unwrap_or_default();
+        let alloc = fl & u64::from(SHF_ALLOC) != 0;
+        let exec = fl & u64::from(SHF_EXECINSTR) != 0;
+        let merge = fl & u64::from(SHF_MERGE) != 0;
+        if !alloc || exec || merge || mutable_section(name, fl) {
+            continue;
+        }
+        let mut bytes = s.data().unwrap_or(&[]).to_vec();
+        let mut text = String::new();
+        for (off, r) in relocs.get(&s.index()).map(Vec::as_slice).unwrap_or(&[]) {
+            let from = *off as usize;
+            let to = (from + r.size as usize).min(bytes.len());
+            if from < to {
+                bytes[from..to].fill(0);
+            }
+            text.push_str(&format!("{off}:{}:{}:{};", r.r_type, r.key, r.addend));
+        }
+        contents.insert(s.index(), format!("{bytes:?}|{text}"));
+    }
+    for list in relocs.values_mut() {
+        for (_, r) in list.iter_mut() {
+            r.content = r.target_section.and_then(|i| contents.get(&i).cloned());
+        }
     }
     for sym in file.symbols() {
         let kind = sym.kind();
