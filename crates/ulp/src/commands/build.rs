@@ -28,7 +28,7 @@ only change is a moved __LINE__ is listed and not replaced. The changed
 code reaches the running library's own variables through references.
 
 Refused, naming the symbol (nothing written): a changed initial value or
-size of existing data, a removed function, a changed function the target
+size of an existing writable variable, a removed function, a changed function the target
 has no symbol for (inlined: rebuild with __attribute__((noinline))), an
 object whose unchanged functions differ from the target's (flags that do
 not match its build), static variables inside functions and thread-local
