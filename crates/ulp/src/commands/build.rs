@@ -28,11 +28,13 @@ only change is a moved __LINE__ is listed and not replaced. The changed
 code reaches the running library's own variables through references.
 
 Refused, naming the symbol (nothing written): a changed initial value or
-size of an existing writable variable, a removed function, a changed function the target
-has no symbol for (inlined: rebuild with __attribute__((noinline))), an
-object whose unchanged functions differ from the target's (flags that do
-not match its build), static variables inside functions and thread-local
-variables used by the changed code, diffs of headers or new files.",
+size of an existing writable variable, a removed function, a changed
+function the target has no symbol for (inlined: rebuild with
+__attribute__((noinline))), an object whose unchanged functions differ
+from the target's (flags that do not match its build), static variables
+inside functions and thread-local variables used by the changed code, a
+replaced function that cannot be redirected, diffs of headers or new
+files.",
     after_help = "\
 Exit status: 0 on success, 1 when the build is refused or fails, 64 usage error.",
     mut_arg("json", |a| a.help("print what was built (or the error) as one JSON document"))
