@@ -12,8 +12,8 @@ use crate::args::{Common, UsageError};
 #[command(
     about = "build a packed live patch from source diffs",
     override_usage = "\
-ulp build --compile-commands PATH --target LIB --output OUT.so [--description TEXT]
-          [--source DIR] DIFF...",
+ulp build --compile-commands FILE.json --target LIB --output OUT.so
+          [--description TEXT] [--source DIR] DIFF...",
     before_help = "\
 Apply the unified diffs DIFF (as `git diff` writes them, paths relative to
 the source tree) to copies of the files they touch, compile each touched file
@@ -49,7 +49,7 @@ pub struct Args {
     /// the live patch to write (OUT.so; OUT.dsc is written beside it)
     #[arg(short, long, value_name = "FILE", value_hint = ValueHint::AnyPath)]
     pub output: Option<String>,
-    /// the patch's description, a comment of the .dsc (bug labels in it are listed too)
+    /// the patch's description, a .dsc comment (its bug labels are listed too)
     #[arg(long, value_name = "TEXT", value_hint = ValueHint::Other)]
     pub description: Option<String>,
     /// the tree the diff paths are relative to (default: the database's directory)
@@ -66,7 +66,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         v.clone()
             .ok_or_else(|| UsageError(format!("'build' needs {what}")))
     };
-    let compile_commands = need(&p.compile_commands, "--compile-commands PATH")?;
+    let compile_commands = need(&p.compile_commands, "--compile-commands FILE.json")?;
     let target = need(&p.target, "--target LIB")?;
     let output = need(&p.output, "--output OUT.so")?;
     if p.operands.is_empty() {
