@@ -451,71 +451,88 @@ pub fn analyse(
             )
         })?;
     }
-    // Variables: the mutable ones the target has are references.
-    for v in &after.variables {
-        if v.tls || !v.mutable || normalize(&v.name) != v.name {
-            continue;
+    // What the container runs: the replaced functions, the local functions
+    // they reach, and the data they reach (through the data too: a table of
+    // pointers to variables). Global functions are reached through the
+    // PLT: the target's.
+    let item_of = |key: &str| -> Vec<(bool, usize)> {
+        let mut found = Vec::new();
+        for (i, g) in after.functions.iter().enumerate() {
+            if !g.global && names_function(key, g) {
+                found.push((true, i));
+            }
         }
-        if let Some(t) = target_symbol(tsyms, &v.name, v.global, basename, false)
-            .map_err(|e| format!("variable '{}' of '{path}': {e}", v.name))?
-        {
-            out.references.push(RefVar {
-                name: v.name.clone(),
-                global: v.global,
-                target_address: t.address,
-            });
+        for (i, v) in after.variables.iter().enumerate() {
+            if key == v.key() || key == normalize(&v.section) {
+                found.push((false, i));
+            }
+        }
+        found
+    };
+    let mut seen: BTreeSet<(bool, usize)> = BTreeSet::new();
+    let mut todo: Vec<((bool, usize), String)> = Vec::new();
+    for (i, f) in after.functions.iter().enumerate() {
+        if changed.contains_key(&f.name) && seen.insert((true, i)) {
+            todo.push(((true, i), f.name.clone()));
         }
     }
-    // What the container runs: the replaced functions and the local
-    // functions they reach.
-    let mut reach: BTreeSet<String> = changed.keys().cloned().collect();
-    let mut todo: Vec<String> = reach.iter().cloned().collect();
-    while let Some(n) = todo.pop() {
-        let Some(f) = after.functions.iter().find(|f| f.name == n) else {
-            continue;
+    let mut reached_vars: Vec<(usize, String)> = Vec::new();
+    while let Some(((is_fn, i), via)) = todo.pop() {
+        let item = if is_fn {
+            &after.functions[i]
+        } else {
+            reached_vars.push((i, via.clone()));
+            &after.variables[i]
         };
-        for r in &f.relocs {
-            for g in after.functions.iter().filter(|g| !g.global) {
-                if names_function(&r.key, g) && reach.insert(g.name.clone()) {
-                    todo.push(g.name.clone());
+        let via = if is_fn { item.name.clone() } else { via };
+        for r in &item.relocs {
+            for next in item_of(&r.key) {
+                if seen.insert(next) {
+                    todo.push((next, via.clone()));
                 }
             }
         }
     }
-    for n in &reach {
-        let Some(f) = after.functions.iter().find(|f| &f.name == n) else {
+    reached_vars.sort();
+    for (i, n) in &reached_vars {
+        let v = &after.variables[*i];
+        let existed = before.variable(&v.key()).is_some();
+        if !v.mutable || !existed {
             continue;
-        };
-        for r in &f.relocs {
-            let Some(v) = after
-                .variables
-                .iter()
-                .find(|v| r.key == v.key() || r.key == normalize(&v.section))
-            else {
-                continue;
-            };
-            let existed = before.variable(&v.key()).is_some();
-            if v.tls && existed {
-                return Err(format!(
-                    "thread-local variable '{}' of '{path}' (used by '{n}'): references to \
-                     thread-local variables are not supported yet by ulp build",
-                    v.name
-                ));
+        }
+        if v.tls {
+            return Err(format!(
+                "thread-local variable '{}' of '{path}' (used by '{n}'): references to \
+                 thread-local variables are not supported yet by ulp build",
+                v.name
+            ));
+        }
+        if normalize(&v.name) != v.name {
+            let shown = v.name.split('.').next().unwrap_or(&v.name);
+            return Err(format!(
+                "static local variable '{shown}' (used by '{n}' in '{path}'): static \
+                 variables inside functions are not supported yet by ulp build (move it \
+                 to file scope)"
+            ));
+        }
+        match target_symbol(tsyms, &v.name, v.global, basename, false)
+            .map_err(|e| format!("variable '{}' of '{path}': {e}", v.name))?
+        {
+            Some(t) => {
+                if !out.references.iter().any(|x| x.name == v.name) {
+                    out.references.push(RefVar {
+                        name: v.name.clone(),
+                        global: v.global,
+                        target_address: t.address,
+                    });
+                }
             }
-            if v.mutable && existed && normalize(&v.name) != v.name {
-                let shown = v.name.split('.').next().unwrap_or(&v.name);
-                return Err(format!(
-                    "static local variable '{shown}' (used by '{n}' in '{path}'): static \
-                     variables inside functions are not supported yet by ulp build (move it \
-                     to file scope)"
-                ));
-            }
-            if v.mutable && existed && !v.tls && !out.references.iter().any(|x| x.name == v.name) {
+            None => {
                 return Err(format!(
                     "variable '{}' of '{path}' (used by '{n}') has no symbol in the target: \
                      the container would get a copy of it, which splits the program's state",
                     v.name
-                ));
+                ))
             }
         }
     }

@@ -181,7 +181,7 @@ struct Unit {
     /// The guess for the container's compile made before any compile, from
     /// the target: the file's variables that become references, and the
     /// functions that get a `__ulp_new_` alias.
-    guess_refs: Vec<String>,
+    guess_refs: Vec<compare::RefVar>,
     guess_aliases: Vec<String>,
 }
 
@@ -424,9 +424,10 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             .retain(|f| all.iter().filter(|g| *g == f).count() == 1);
     }
     for u in &units {
+        let refs: Vec<String> = u.guess_refs.iter().map(|v| v.name.clone()).collect();
         jobs.push(container_job(
             u,
-            &u.guess_refs,
+            &refs,
             &u.guess_aliases,
             "container.guess.o",
         )?);
@@ -498,11 +499,10 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         .zip(&analyses)
         .zip(&guess_results)
         .all(|((u, a), (ok, err))| {
-            let mut exact: Vec<&String> = a.references.iter().map(|v| &v.name).collect();
-            let mut guessed: Vec<&String> = u.guess_refs.iter().collect();
-            exact.sort();
-            guessed.sort();
-            *ok && exact == guessed
+            *ok && a
+                .references
+                .iter()
+                .all(|v| u.guess_refs.iter().any(|g| g.name == v.name))
                 && a.replaced.iter().all(|r| u.guess_aliases.contains(&r.name))
                 && !err
                     .lines()
@@ -629,7 +629,19 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         }
         report.added.extend(a.added.iter().cloned());
         report.line_numbers_only.extend(a.line_only.iter().cloned());
-        for v in &a.references {
+        // Every variable made a pointer gets its reference (a guessed
+        // compile may have more than the changed code reaches: their
+        // pointers are filled too, so no copy in the container is left
+        // pointing nowhere).
+        let made = if guessed {
+            &u.guess_refs
+        } else {
+            &a.references
+        };
+        report
+            .references
+            .extend(a.references.iter().map(|v| v.name.clone()));
+        for v in made {
             let pname = format!("__ulp_ref_{}", v.name);
             let place = csyms.iter().find(|s| {
                 s.name == pname
@@ -645,7 +657,6 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                 "#{}:{}:{:#x}:{:#x}\n",
                 v.name, pname, v.target_address, place.address
             ));
-            report.references.push(v.name.clone());
         }
     }
     let tmp_dsc = scratch.0.join("container.dsc");
@@ -769,20 +780,31 @@ fn container_job(
 /// after the file's `STT_FILE` symbol, and globals) that the patched text
 /// declares at file scope, and the target's functions whose definition the
 /// patched text has (the replaced ones are among them).
-fn guess(tsyms: &[LinkedSymbol], basename: &str, text: &str) -> (Vec<String>, Vec<String>) {
+fn guess(
+    tsyms: &[LinkedSymbol],
+    basename: &str,
+    text: &str,
+) -> (Vec<compare::RefVar>, Vec<String>) {
     let ours = |s: &&LinkedSymbol| {
         !s.name.contains('.') && (s.global || s.file.as_deref() == Some(basename))
     };
-    let mut refs: Vec<String> = Vec::new();
+    let mut refs: Vec<compare::RefVar> = Vec::new();
     let mut aliases: Vec<String> = Vec::new();
     for s in tsyms.iter().filter(ours) {
         if s.function {
             if !aliases.contains(&s.name) && compare::extent(text, &s.name).is_some() {
                 aliases.push(s.name.clone());
             }
-        } else if s.mutable && !s.tls && !refs.contains(&s.name) && source::declares(text, &s.name)
+        } else if s.mutable
+            && !s.tls
+            && !refs.iter().any(|r| r.name == s.name)
+            && source::declares(text, &s.name)
         {
-            refs.push(s.name.clone());
+            refs.push(compare::RefVar {
+                name: s.name.clone(),
+                global: s.global,
+                target_address: s.address,
+            });
         }
     }
     (refs, aliases)

@@ -694,8 +694,8 @@ fn build_references_and_what_it_refuses_about_variables() {
         ),
         (
             "shadow",
-            "int n = plain_;",
-            "int plain = plain_ + 1; int n = plain;",
+            "int use_plain(int y) { plain += y; return plain; }",
+            "int use_plain(int y) { plain += y; { int plain = y * 2; y += plain; } return plain + y; }",
             "variable 'plain' of 'src/r.c': a declaration in the file has the same name",
         ),
         (
