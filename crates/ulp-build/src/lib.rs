@@ -526,7 +526,10 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                 let named: Vec<String> = analyses
                     .iter()
                     .flat_map(|a| a.references.iter())
-                    .filter(|v| mentions(&e.message, &format!("__ulp_ref_{}", v.name)))
+                    .filter(|v| {
+                        mentions(&e.message, &format!("__ulp_ref_{}", v.name))
+                            || mentions(&e.message, &v.name)
+                    })
                     .map(|v| format!("'{}'", v.name))
                     .collect();
                 if named.is_empty() {
