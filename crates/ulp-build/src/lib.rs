@@ -793,15 +793,17 @@ fn guess(
     };
     let mut refs: Vec<compare::RefVar> = Vec::new();
     let mut aliases: Vec<String> = Vec::new();
+    let defined = source::defined_functions(text);
+    let declared = source::declared_names(text);
     for s in tsyms.iter().filter(ours) {
         if s.function {
-            if !aliases.contains(&s.name) && compare::extent(text, &s.name).is_some() {
+            if !aliases.contains(&s.name) && defined.contains(&s.name) {
                 aliases.push(s.name.clone());
             }
         } else if s.mutable
             && !s.tls
             && !refs.iter().any(|r| r.name == s.name)
-            && source::declares(text, &s.name)
+            && declared.contains(&s.name)
         {
             refs.push(compare::RefVar {
                 name: s.name.clone(),

@@ -98,14 +98,17 @@ pub struct ObjectInfo {
     pub variables: Vec<Item>,
     /// Whether it has constructors or destructors (`.init_array`...).
     pub has_constructors: bool,
+    /// Compared names ([`Item::key`]) to indexes, the first of each.
+    function_keys: HashMap<String, usize>,
+    variable_keys: HashMap<String, usize>,
 }
 
 impl ObjectInfo {
     pub fn function(&self, key: &str) -> Option<&Item> {
-        self.functions.iter().find(|f| f.key() == key)
+        self.function_keys.get(key).map(|&i| &self.functions[i])
     }
     pub fn variable(&self, key: &str) -> Option<&Item> {
-        self.variables.iter().find(|f| f.key() == key)
+        self.variable_keys.get(key).map(|&i| &self.variables[i])
     }
 }
 
@@ -313,6 +316,12 @@ pub fn read_object(data: &[u8]) -> Result<ObjectInfo, String> {
         } else {
             info.variables.push(item);
         }
+    }
+    for (i, f) in info.functions.iter().enumerate() {
+        info.function_keys.entry(f.key()).or_insert(i);
+    }
+    for (i, v) in info.variables.iter().enumerate() {
+        info.variable_keys.entry(v.key()).or_insert(i);
     }
     Ok(info)
 }

@@ -10,7 +10,7 @@
 pub fn blank_initializer(text: &str, name: &str) -> String {
     let mut b = text.as_bytes().to_vec();
     // Backwards, so that earlier positions stay valid.
-    for (at, next) in declarators(&b, name).into_iter().rev() {
+    for (_, _, at, next) in declarators(&b, Some(name)).into_iter().rev() {
         if next == b'=' {
             let end = initializer_end(&b, at + 1);
             for x in &mut b[at..end] {
@@ -26,14 +26,24 @@ pub fn blank_initializer(text: &str, name: &str) -> String {
 /// Whether `text` declares `name` at file scope (`T name;`, `T name = ...`,
 /// `T name[N], ...`; `extern` declarations too).
 pub fn declares(text: &str, name: &str) -> bool {
-    declarators(text.as_bytes(), name)
+    declarators(text.as_bytes(), Some(name))
         .iter()
-        .any(|&(_, next)| matches!(next, b'=' | b';' | b','))
+        .any(|&(_, _, _, next)| matches!(next, b'=' | b';' | b','))
 }
 
-/// The file-scope occurrences of identifier `name`: for each, the index
-/// just after it and any array brackets, and the byte found there.
-fn declarators(b: &[u8], name: &str) -> Vec<(usize, u8)> {
+/// Every name `text` declares at file scope (see [`declares`]), in one pass.
+pub fn declared_names(text: &str) -> std::collections::HashSet<String> {
+    declarators(text.as_bytes(), None)
+        .into_iter()
+        .filter(|&(_, _, _, next)| matches!(next, b'=' | b';' | b','))
+        .map(|(start, end, _, _)| text[start..end].to_string())
+        .collect()
+}
+
+/// The file-scope occurrences of identifier `name` (of every identifier
+/// with `None`): for each, where it starts and ends, where what follows it
+/// and any array brackets starts, and that byte.
+fn declarators(b: &[u8], name: Option<&str>) -> Vec<(usize, usize, usize, u8)> {
     let n = b.len();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut out = Vec::new();
@@ -65,7 +75,7 @@ fn declarators(b: &[u8], name: &str) -> Vec<(usize, u8)> {
             while i < n && ident(b[i]) {
                 i += 1;
             }
-            if depth == 0 && &b[start..i] == name.as_bytes() {
+            if depth == 0 && name.is_none_or(|name| &b[start..i] == name.as_bytes()) {
                 let mut j = i;
                 loop {
                     while j < n && b[j].is_ascii_whitespace() {
@@ -81,7 +91,7 @@ fn declarators(b: &[u8], name: &str) -> Vec<(usize, u8)> {
                     break;
                 }
                 if j < n && !(b[j] == b'=' && b.get(j + 1) == Some(&b'=')) {
-                    out.push((j, b[j]));
+                    out.push((start, i, j, b[j]));
                 }
             }
             continue;
@@ -176,5 +186,109 @@ mod tests {
             "g"
         ));
         assert!(!super::declares("struct s { int g; };", "g"));
+        let mut names: Vec<String> =
+            super::declared_names("static int a[2] = {1}, b;\nextern long c;\nint f(int d);\n")
+                .into_iter()
+                .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+}
+
+/// The names of the functions `text` defines at file scope, in one pass:
+/// an identifier followed by `(` outside any parenthesis and brace, whose
+/// parameter list's `)` is followed by `{` (attributes in between are
+/// skipped as parenthesised words).
+pub fn defined_functions(text: &str) -> std::collections::HashSet<String> {
+    let b = text.as_bytes();
+    let n = b.len();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = std::collections::HashSet::new();
+    let mut braces = 0i32;
+    let mut parens = 0i32;
+    let mut candidate: Option<(usize, usize)> = None;
+    // Whether the last code byte outside parentheses closed a parenthesis.
+    let mut after_paren = false;
+    let mut line_start = true;
+    let mut i = 0;
+    while i < n {
+        if let Some(end) = skip_non_code(b, i, line_start) {
+            line_start = b[end - 1] == b'\n';
+            i = end;
+            continue;
+        }
+        let c = b[i];
+        if c == b'\n' {
+            line_start = true;
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        line_start = false;
+        if ident(c) {
+            let start = i;
+            while i < n && ident(b[i]) {
+                i += 1;
+            }
+            if braces == 0 && parens == 0 {
+                let mut j = i;
+                while j < n && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let word = &text[start..i];
+                if j < n && b[j] == b'(' && !word.starts_with("__attribute") {
+                    candidate = Some((start, i));
+                }
+                if !word.starts_with("__attribute") {
+                    after_paren = false;
+                }
+            }
+            continue;
+        }
+        match c {
+            b'(' => parens += 1,
+            b')' => {
+                parens -= 1;
+                if parens == 0 && braces == 0 {
+                    after_paren = true;
+                }
+                i += 1;
+                continue;
+            }
+            b'{' => {
+                if braces == 0 && parens == 0 && after_paren {
+                    if let Some((s, e)) = candidate.take() {
+                        out.insert(text[s..e].to_string());
+                    }
+                }
+                braces += 1;
+            }
+            b'}' => braces -= 1,
+            b';' | b'=' | b',' if braces == 0 && parens == 0 => candidate = None,
+            _ => {}
+        }
+        if braces == 0 && parens == 0 {
+            after_paren = false;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod defined_tests {
+    #[test]
+    fn finds_function_definitions_once() {
+        let text = "static int f(int);\nint g(void) { return f(1); }\n\
+                    static __attribute__((noinline)) int\nscale (int x)\n{\n  return x;\n}\n\
+                    struct s { int (*p)(void); };\nstatic int (*fp)(int) = 0;\n\
+                    int h(a) int a; { return a; }\n#define M(x) { x }\n";
+        let d = super::defined_functions(text);
+        let mut v: Vec<&String> = d.iter().collect();
+        v.sort();
+        assert_eq!(v, ["g", "scale"]);
     }
 }
