@@ -508,6 +508,17 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                     .lines()
                     .any(|l| l.contains("shadows") && l.contains("__ulp_ref_"))
         });
+    // ULP_BUILD_DEBUG: why a guessed compile was not used (development aid).
+    if !guessed && std::env::var_os("ULP_BUILD_DEBUG").is_some() {
+        for (u, (ok, err)) in units.iter().zip(&guess_results) {
+            let head: Vec<&str> = err.lines().take(12).collect();
+            eprintln!(
+                "ulp: build: guessed compile of '{}' not used (compiled: {ok}):\n{}",
+                u.path,
+                head.join("\n")
+            );
+        }
+    }
     if guessed {
         for u in &units {
             std::fs::rename(u.dir.join("container.guess.o"), u.dir.join("container.o"))
@@ -795,6 +806,12 @@ fn guess(
     let mut aliases: Vec<String> = Vec::new();
     let defined = source::defined_functions(text);
     let declared = source::declared_names(text);
+    // A variable whose address the text takes may be in a constant
+    // initializer, where a reference pointer cannot stand: left out of the
+    // guess (if the changed code reaches it, the exact compile decides).
+    let taken = source::address_taken(text);
+    // A name the text also defines as a macro is not the variable there.
+    let macros = source::macro_names(text);
     for s in tsyms.iter().filter(ours) {
         if s.function {
             if !aliases.contains(&s.name) && defined.contains(&s.name) {
@@ -804,6 +821,8 @@ fn guess(
             && !s.tls
             && !refs.iter().any(|r| r.name == s.name)
             && declared.contains(&s.name)
+            && !taken.contains(&s.name)
+            && !macros.contains(&s.name)
         {
             refs.push(compare::RefVar {
                 name: s.name.clone(),

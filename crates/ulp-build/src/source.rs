@@ -31,12 +31,26 @@ pub fn declares(text: &str, name: &str) -> bool {
         .any(|&(_, _, _, next)| matches!(next, b'=' | b';' | b','))
 }
 
-/// Every name `text` declares at file scope (see [`declares`]), in one pass.
+/// Every name `text` declares at file scope (see [`declares`]), in one
+/// pass, but those declared as arrays of unknown size (`T name[] = {...}`:
+/// a pointer to such an array has no `sizeof`).
 pub fn declared_names(text: &str) -> std::collections::HashSet<String> {
-    declarators(text.as_bytes(), None)
-        .into_iter()
-        .filter(|&(_, _, _, next)| matches!(next, b'=' | b';' | b','))
-        .map(|(start, end, _, _)| text[start..end].to_string())
+    let all = declarators(text.as_bytes(), None);
+    let unsized_: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|&&(_, end, after, _)| {
+            text[end..after]
+                .split_whitespace()
+                .collect::<String>()
+                .contains("[]")
+        })
+        .map(|&(start, end, _, _)| &text[start..end])
+        .collect();
+    all.iter()
+        .filter(|&&(_, _, _, next)| matches!(next, b'=' | b';' | b','))
+        .map(|&(start, end, _, _)| &text[start..end])
+        .filter(|name| !unsized_.contains(name))
+        .map(str::to_string)
         .collect()
 }
 
@@ -186,10 +200,11 @@ mod tests {
             "g"
         ));
         assert!(!super::declares("struct s { int g; };", "g"));
-        let mut names: Vec<String> =
-            super::declared_names("static int a[2] = {1}, b;\nextern long c;\nint f(int d);\n")
-                .into_iter()
-                .collect();
+        let mut names: Vec<String> = super::declared_names(
+            "static int a[2] = {1}, b;\nextern long c;\nint f(int d);\nint u[ ] = {1};\n",
+        )
+        .into_iter()
+        .collect();
         names.sort();
         assert_eq!(names, ["a", "b", "c"]);
     }
@@ -291,4 +306,75 @@ mod defined_tests {
         v.sort();
         assert_eq!(v, ["g", "scale"]);
     }
+}
+
+/// The identifiers whose address `text` takes (`&name`, outside comments
+/// and strings): such a variable in a constant initializer cannot become a
+/// reference pointer (`&(*p)` is not constant).
+pub fn address_taken(text: &str) -> std::collections::HashSet<String> {
+    let b = text.as_bytes();
+    let n = b.len();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = std::collections::HashSet::new();
+    let mut i = 0;
+    let mut line_start = true;
+    while i < n {
+        if let Some(end) = skip_non_code(b, i, line_start) {
+            line_start = b[end - 1] == b'\n';
+            i = end;
+            continue;
+        }
+        line_start = b[i] == b'\n';
+        if b[i] == b'&' && b.get(i + 1) != Some(&b'&') && (i == 0 || b[i - 1] != b'&') {
+            let mut j = i + 1;
+            while j < n && (b[j] == b' ' || b[j] == b'\t') {
+                j += 1;
+            }
+            let start = j;
+            while j < n && ident(b[j]) {
+                j += 1;
+            }
+            if j > start {
+                out.insert(text[start..j].to_string());
+            }
+            i = j.max(i + 1);
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod address_tests {
+    #[test]
+    fn finds_taken_addresses() {
+        let t = super::address_taken(
+            "static int *p = &a;\nint f(int x) { return x && b & c ? g(& d) : 0; } /* &e */\n",
+        );
+        let mut v: Vec<String> = t.into_iter().collect();
+        v.sort();
+        assert_eq!(v, ["a", "c", "d"]);
+        let m = super::macro_names("#define A 1\n  #  define B(x) x\n#defineC\n#undef D\n");
+        let mut v: Vec<String> = m.into_iter().collect();
+        v.sort();
+        assert_eq!(v, ["A", "B"]);
+    }
+}
+
+/// The names `text` defines as macros (`#define NAME`).
+pub fn macro_names(text: &str) -> std::collections::HashSet<String> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix('#')?.trim_start();
+            let rest = rest.strip_prefix("define")?;
+            if !rest.starts_with([' ', '\t']) {
+                return None;
+            }
+            let rest = rest.trim_start();
+            let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+            (end > 0).then(|| rest[..end].to_string())
+        })
+        .collect()
 }
