@@ -210,87 +210,111 @@ mod tests {
     }
 }
 
-/// The names of the functions `text` defines at file scope, in one pass:
-/// an identifier followed by `(` outside any parenthesis and brace, whose
-/// parameter list's `)` is followed by `{` (attributes in between are
-/// skipped as parenthesised words).
+/// The names of the functions `text` defines, in one pass over its lines:
+/// a line starting at column 0 (not a preprocessor line, comment or brace)
+/// with `name (`, whose parameter list's `)` is followed by `{` (attribute
+/// groups in between skipped). Line-based rather than brace-counting, so
+/// braces left unbalanced by `#if`/`#else` branches do not matter.
 pub fn defined_functions(text: &str) -> std::collections::HashSet<String> {
     let b = text.as_bytes();
     let n = b.len();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
     let mut out = std::collections::HashSet::new();
-    let mut braces = 0i32;
-    let mut parens = 0i32;
-    let mut candidate: Option<(usize, usize)> = None;
-    // Whether the last code byte outside parentheses closed a parenthesis.
-    let mut after_paren = false;
-    let mut line_start = true;
-    let mut i = 0;
-    while i < n {
-        if let Some(end) = skip_non_code(b, i, line_start) {
-            line_start = b[end - 1] == b'\n';
+    let mut at = 0;
+    while at < n {
+        let line_end = text[at..].find('\n').map_or(n, |p| at + p);
+        let first = b[at];
+        if !(first.is_ascii_whitespace() || matches!(first, b'#' | b'/' | b'*' | b'{' | b'}')) {
+            if let Some(name) = defined_on_line(b, at, line_end, ident) {
+                out.insert(name);
+            }
+        }
+        at = line_end + 1;
+    }
+    out
+}
+
+/// See [`defined_functions`]: the function a line starting at `at` defines.
+fn defined_on_line(
+    b: &[u8],
+    at: usize,
+    line_end: usize,
+    ident: impl Fn(u8) -> bool,
+) -> Option<String> {
+    let n = b.len();
+    let mut i = at;
+    while i < line_end {
+        if !ident(b[i]) {
+            if matches!(b[i], b';' | b'=' | b'{' | b'"' | b'\'') {
+                return None;
+            }
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && ident(b[i]) {
+            i += 1;
+        }
+        let word = std::str::from_utf8(&b[start..i]).ok()?;
+        let mut j = i;
+        while j < n && (b[j] == b' ' || b[j] == b'\t' || b[j] == b'\n') {
+            j += 1;
+        }
+        if j >= n || b[j] != b'(' {
+            continue;
+        }
+        let close = matching_paren(b, j)?;
+        if word.starts_with("__attribute") || word == "__declspec" {
+            i = close + 1;
+            continue;
+        }
+        // After the parameters: attribute groups, then `{`.
+        let mut k = close + 1;
+        loop {
+            while k < n && b[k].is_ascii_whitespace() {
+                k += 1;
+            }
+            if b[k..].starts_with(b"__attribute__") {
+                let mut p = k + "__attribute__".len();
+                while p < n && b[p].is_ascii_whitespace() {
+                    p += 1;
+                }
+                if p < n && b[p] == b'(' {
+                    k = matching_paren(b, p)? + 1;
+                    continue;
+                }
+            }
+            break;
+        }
+        return (k < n && b[k] == b'{').then(|| word.to_string());
+    }
+    None
+}
+
+/// The index of the `)` matching the `(` at `open`, skipping comments,
+/// strings and character constants.
+fn matching_paren(b: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = open;
+    while i < b.len() {
+        if let Some(end) = skip_non_code(b, i, false) {
             i = end;
             continue;
         }
-        let c = b[i];
-        if c == b'\n' {
-            line_start = true;
-            i += 1;
-            continue;
-        }
-        if c.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        line_start = false;
-        if ident(c) {
-            let start = i;
-            while i < n && ident(b[i]) {
-                i += 1;
-            }
-            if braces == 0 && parens == 0 {
-                let mut j = i;
-                while j < n && b[j].is_ascii_whitespace() {
-                    j += 1;
-                }
-                let word = &text[start..i];
-                if j < n && b[j] == b'(' && !word.starts_with("__attribute") {
-                    candidate = Some((start, i));
-                }
-                if !word.starts_with("__attribute") {
-                    after_paren = false;
-                }
-            }
-            continue;
-        }
-        match c {
-            b'(' => parens += 1,
+        match b[i] {
+            b'(' => depth += 1,
             b')' => {
-                parens -= 1;
-                if parens == 0 && braces == 0 {
-                    after_paren = true;
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
                 }
-                i += 1;
-                continue;
             }
-            b'{' => {
-                if braces == 0 && parens == 0 && after_paren {
-                    if let Some((s, e)) = candidate.take() {
-                        out.insert(text[s..e].to_string());
-                    }
-                }
-                braces += 1;
-            }
-            b'}' => braces -= 1,
-            b';' | b'=' | b',' if braces == 0 && parens == 0 => candidate = None,
+            b';' | b'{' | b'}' => return None,
             _ => {}
-        }
-        if braces == 0 && parens == 0 {
-            after_paren = false;
         }
         i += 1;
     }
-    out
+    None
 }
 
 #[cfg(test)]
