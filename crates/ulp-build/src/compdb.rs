@@ -158,6 +158,23 @@ pub fn read(path: &Path) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
+/// Whether two paths name the same file: lexically, or once resolved.
+fn same_file(a: &Path, b: &Path) -> bool {
+    normalize(a) == normalize(b)
+        || matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// The compiler of an entry: its first word, or the second after a
+/// compiler cache or distributor (`ccache gcc ...`).
+pub fn compiler(entry: &Entry) -> &str {
+    let first = entry.arguments[0].as_str();
+    let base = first.rsplit('/').next().unwrap_or(first);
+    match entry.arguments.get(1) {
+        Some(next) if matches!(base, "ccache" | "sccache" | "distcc" | "icecc") => next,
+        _ => first,
+    }
+}
+
 /// Options whose value is the next word and that we drop with it
 /// (outputs: the object, dependency files).
 const DROP_WITH_VALUE: [&str; 4] = ["-o", "-MF", "-MT", "-MQ"];
@@ -203,7 +220,7 @@ pub fn command_for(
                 entry.file.display()
             ));
         }
-        if !a.starts_with('-') && !found && normalize(&entry.directory.join(a)) == entry.file {
+        if !a.starts_with('-') && !found && same_file(&entry.directory.join(a), &entry.file) {
             found = true;
             as_written = a.clone();
             out.push(source.map_or_else(|| a.clone(), |s| s.display().to_string()));

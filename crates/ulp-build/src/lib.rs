@@ -361,6 +361,12 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             .file_name()
             .map(|b| b.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if !basename.ends_with(".c") {
+            return Err(Error::new(format!(
+                "'{path}' is not a C file (.c): only C is supported yet (C++ names and \
+                 aliases need another container build)"
+            )));
+        }
         let dir = scratch.0.join(format!("{n}"));
         std::fs::create_dir_all(dir.join("after"))
             .and_then(|()| std::fs::create_dir_all(dir.join("container")))
@@ -586,7 +592,7 @@ pub fn build(o: &Options) -> Result<Report, Error> {
 
     // Link.
     let container_tmp = scratch.0.join("container.so");
-    let mut link = vec![units[0].entry.arguments[0].clone()];
+    let mut link = vec![compdb::compiler(&units[0].entry).to_string()];
     link.extend(
         units[0]
             .entry
