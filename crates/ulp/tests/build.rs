@@ -755,3 +755,42 @@ fn build_new_and_removed_functions_and_another_source_directory() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("replaced scale: changed code"), "{out}");
 }
+
+/// One diff touching two files that both have a static `count`: each file's
+/// changed code updates its own counter in the running library.
+#[test]
+fn build_two_files_with_statics_of_the_same_name() {
+    let tree = Tree::new("build-two-files", &["-O2", "-fPIC"], false);
+    let src = tree.dir.join("src");
+    let core = std::fs::read_to_string(src.join("core.c")).unwrap();
+    let stats = std::fs::read_to_string(src.join("stats.c")).unwrap();
+    let core_new = core.replacen("count = count + 1;", "count = count + 10;", 1);
+    let stats_new = stats.replacen("    count++;\n", "    count += 100;\n", 1);
+    assert!(core_new != core && stats_new != stats);
+    let a = unified(tree.dir.path(), "src/core.c", &core, &core_new);
+    let b = unified(tree.dir.path(), "src/stats.c", &stats, &stats_new);
+    let both = tree.dir.join("both.patch");
+    let text = std::fs::read_to_string(&a).unwrap() + &std::fs::read_to_string(&b).unwrap();
+    std::fs::write(&both, text).unwrap();
+    let (code, out, err) = tree.build_with(both.to_str().unwrap(), "fix_both.so", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced bld_count: changed code"), "{out}");
+    assert!(
+        out.contains("replaced bld_stats_add: changed code"),
+        "{out}"
+    );
+    let dsc = std::fs::read_to_string(tree.dir.join("fix_both.dsc")).unwrap();
+    assert_eq!(dsc.matches("#count:__ulp_ref_count:").count(), 2, "{dsc}");
+
+    let mut t = tree.start();
+    let pid = t.pid.to_string();
+    assert_eq!(count(&mut t), (1, 1));
+    assert_eq!(t.ask("stats 5"), "1 5");
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_both.so"]);
+    assert_eq!(count(&mut t), (11, 11));
+    assert_eq!(t.ask("stats 5"), "101 10");
+    tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_both.so"]);
+    assert_eq!(count(&mut t), (12, 12));
+    assert_eq!(t.ask("stats 5"), "102 15");
+    no_wrong_results(&mut t);
+}
