@@ -3,6 +3,7 @@
 //! (COMPAT.md).
 //! Helpers shared by several commands live here.
 
+mod build;
 mod check;
 mod dump;
 mod extract;
@@ -39,6 +40,7 @@ pub enum Command {
     Dump(dump::Args),
     Extract(extract::Args),
     Watch(watch::Args),
+    Build(build::Args),
 }
 
 /// `ulp` itself: the words outside a command (`ulp --help`, `ulp -V`).
@@ -52,8 +54,8 @@ pub enum Command {
     after_help = "\
 Patching running processes needs libpulp.so.0 in them: preloaded, or loaded
 with --load-runtime; `ulp watch` applies the patch store's records to
-processes as they start. Building live patches: post, livepatchable, packer,
-dump, extract. `ulp COMMAND --help` tells each command's options.
+processes as they start. Building live patches: build, post, livepatchable,
+packer, dump, extract. `ulp COMMAND --help` tells each command's options.
 
 Exit status: 0 success, 1 failure (a failed trigger: libpulp's error number,
 masked to 8 bits), 64 usage error (see `ulp COMMAND --help`)."
@@ -149,6 +151,7 @@ pub fn run(
         Some(Command::Extract(a)) => extract::run(&a),
         Some(Command::SetPatchable(a)) => set_patchable::run(&a),
         Some(Command::Watch(a)) => watch::run(&a),
+        Some(Command::Build(a)) => build::run(&a),
         None => Err(UsageError("no command given".into())),
     }
 }

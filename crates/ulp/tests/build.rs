@@ -1,0 +1,796 @@
+//! `ulp build` end to end: a small C library (fixtures/build) built with a
+//! generated compilation database, live patches built from diffs, applied
+//! to a program calling it under load, reverted; and what it refuses.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+
+fn source_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/build")
+}
+
+fn sh(dir: &Path, cmd: &[&str]) {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A copy of the fixture tree built as libbld.so.1.2.3 (SONAME link
+/// libbld.so.1) with `flags`, its compile_commands.json (core.c with
+/// `arguments` and a relative directory, stats.c with `command`), the
+/// program and the runtime.
+struct Tree {
+    dir: TempDir,
+    runtime: PathBuf,
+}
+
+impl Tree {
+    fn new(tag: &str, flags: &[&str], post: bool) -> Tree {
+        let dir = TempDir::new(tag);
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for f in ["bld.h", "core.c", "stats.c"] {
+            std::fs::copy(source_fixtures().join("src").join(f), src.join(f)).unwrap();
+        }
+        let mut core: Vec<&str> = vec!["gcc"];
+        core.extend(flags);
+        core.extend(["-c", "core.c", "-o", "core.o"]);
+        let stats = format!("gcc {} -c stats.c -o stats.o", flags.join(" "));
+        let db = serde_json_text(&core, &stats, &src);
+        std::fs::write(dir.join("compile_commands.json"), db).unwrap();
+        sh(&src, &core);
+        let stats_words: Vec<&str> = stats.split(' ').collect();
+        sh(&src, &stats_words);
+        sh(
+            dir.path(),
+            &[
+                "gcc",
+                "-shared",
+                "-Wl,--build-id",
+                "-Wl,-soname,libbld.so.1",
+                "-o",
+                "libbld.so.1.2.3",
+                "src/core.o",
+                "src/stats.o",
+            ],
+        );
+        std::os::unix::fs::symlink("libbld.so.1.2.3", dir.join("libbld.so.1")).unwrap();
+        let prog = source_fixtures().join("prog.c");
+        sh(
+            dir.path(),
+            &[
+                "gcc",
+                "-O2",
+                "-pthread",
+                "-Isrc",
+                "-o",
+                "prog",
+                prog.to_str().unwrap(),
+                "-L.",
+                "-l:libbld.so.1",
+                "-Wl,-rpath,$ORIGIN",
+            ],
+        );
+        let runtime = install_runtime(dir.path());
+        if post {
+            let (code, out, err) = ulp(dir.path(), &["post", "libbld.so.1"]);
+            assert_eq!(code, 0, "{out}{err}");
+        }
+        Tree { dir, runtime }
+    }
+
+    fn start(&self) -> Target {
+        let mut cmd = Command::new(self.dir.join("prog"));
+        cmd.current_dir(self.dir.path())
+            .env("LD_PRELOAD", &self.runtime);
+        Target::spawn(cmd)
+    }
+
+    /// `ulp build` of the fixture diff `patch` into OUT.so, run from
+    /// another directory (`/`).
+    fn build(&self, patch: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+        let diff = source_fixtures().join(patch);
+        self.build_with(diff.to_str().unwrap(), out, extra)
+    }
+
+    /// `ulp build` of the diff file `diff` into OUT.so, run from `/`.
+    fn build_with(&self, diff: &str, out: &str, extra: &[&str]) -> (i32, String, String) {
+        let db = self.dir.join("compile_commands.json");
+        let target = self.dir.join("libbld.so.1");
+        let output = self.dir.join(out);
+        let mut args = vec![
+            "build",
+            "--compile-commands",
+            db.to_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        args.push(diff);
+        ulp(Path::new("/"), &args)
+    }
+
+    fn ulp_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = ulp(self.dir.path(), args);
+        assert_eq!(code, 0, "ulp {args:?}:\n{out}{err}");
+        out
+    }
+}
+
+fn serde_json_text(core: &[&str], stats: &str, src: &Path) -> String {
+    let quoted: Vec<String> = core.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[\n  {{\"directory\": \"src\", \"file\": \"core.c\", \"arguments\": [{}]}},\n  \
+         {{\"directory\": {:?}, \"file\": \"stats.c\", \"command\": {:?}}}\n]\n",
+        quoted.join(", "),
+        src.display().to_string(),
+        stats
+    )
+}
+
+/// The program's answers: `scale 5`, `lookup 5`, and the counter.
+fn answers(t: &mut Target) -> (i32, i32) {
+    let s = t.ask("scale 5").parse().unwrap();
+    let l = t.ask("lookup 5").parse().unwrap();
+    (s, l)
+}
+
+/// `count`: bld_count() then bld_peek().
+fn count(t: &mut Target) -> (i32, i32) {
+    let line = t.ask("count");
+    let mut w = line.split(' ').map(|x| x.parse::<i32>().unwrap());
+    (w.next().unwrap(), w.next().unwrap())
+}
+
+fn no_wrong_results(t: &mut Target) {
+    let line = t.ask("wrong");
+    let (wrong, calls) = line.split_once(' ').unwrap();
+    assert_eq!(wrong, "0", "wrong results under load: {line}");
+    assert!(calls.parse::<u64>().unwrap() > 0);
+}
+
+fn apply_check_revert(tree: &Tree, flags_name: &str) {
+    // Build all three first.
+    for (patch, out) in [
+        ("scale.patch", "fix_scale.so"),
+        ("bounds.patch", "fix_bounds.so"),
+        ("count.patch", "fix_count.so"),
+    ] {
+        let (code, stdout, err) = tree.build(
+            patch,
+            out,
+            &["--description", "Fix (CVE-2026-4242, bsc#77)"],
+        );
+        assert_eq!(code, 0, "{flags_name}: build {patch}:\n{stdout}{err}");
+        assert!(tree.dir.join(out.replace(".so", ".dsc")).exists());
+    }
+    let (_, out, _) = tree.build("scale.patch", "fix_scale.so", &[]);
+    assert!(out.contains("replaced bld_scale: changed code"), "{out}");
+    assert!(out.contains("replaced scale: changed code"), "{out}");
+    let (_, out, _) = tree.build("bounds.patch", "fix_bounds.so", &[]);
+    assert!(out.contains("replaced bld_lookup: changed code"), "{out}");
+    assert!(
+        out.contains("not replaced scale: line numbers only"),
+        "{out}"
+    );
+    assert!(!out.contains("replaced in_range"), "{out}");
+
+    let mut t = tree.start();
+    let pid = t.pid.to_string();
+    assert_eq!(answers(&mut t), (10, 55));
+    // (a) an exported and a static function together.
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_scale.so"]);
+    assert_eq!(answers(&mut t), (16, 55));
+    tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_scale.so"]);
+    assert_eq!(answers(&mut t), (10, 55));
+    // (b) a bounds check calling an unchanged static helper.
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_bounds.so"]);
+    assert_eq!(answers(&mut t), (10, -1));
+    tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_bounds.so"]);
+    assert_eq!(answers(&mut t), (10, 55));
+    // (c) the running library's own counter, before, during and after.
+    assert_eq!(count(&mut t), (1, 1));
+    assert_eq!(count(&mut t), (2, 2));
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_count.so"]);
+    assert_eq!(count(&mut t), (4, 4));
+    assert_eq!(count(&mut t), (6, 6));
+    tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_count.so"]);
+    assert_eq!(count(&mut t), (7, 7));
+    // The labels of the description are the patch's.
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_count.so"]);
+    let listed = tree.ulp_ok(&["patches", "-p", &pid]);
+    assert!(
+        listed.contains("CVE-2026-4242") && listed.contains("bsc#77"),
+        "{listed}"
+    );
+    no_wrong_results(&mut t);
+}
+
+#[test]
+fn build_apply_revert_unpadded_library() {
+    let tree = Tree::new("build-unpadded", &["-O2", "-fPIC"], false);
+    apply_check_revert(&tree, "unpadded");
+}
+
+#[test]
+fn build_apply_revert_padded_posted_library() {
+    let tree = Tree::new(
+        "build-padded",
+        &["-O2", "-fPIC", "-fpatchable-function-entry=16,14"],
+        true,
+    );
+    apply_check_revert(&tree, "padded");
+}
+
+#[test]
+fn build_refuses_a_changed_initial_value_and_writes_nothing() {
+    let tree = Tree::new("build-refuse", &["-O2", "-fPIC"], false);
+    let (code, out, err) = tree.build("limit.patch", "fix_limit.so", &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("variable 'limit'") && err.contains("initial value"),
+        "{err}"
+    );
+    assert!(!tree.dir.join("fix_limit.so").exists());
+    assert!(!tree.dir.join("fix_limit.dsc").exists());
+    // JSON: the error as the document.
+    let (code, out, _) = tree.build("limit.patch", "fix_limit.so", &["--json"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("\"error\""), "{out}");
+}
+
+#[test]
+fn build_refuses_flags_that_do_not_match_the_target() {
+    // The library is built without padding, the database says with.
+    let tree = Tree::new("build-flags", &["-O2", "-fPIC"], false);
+    let db = tree.dir.join("compile_commands.json");
+    let text = std::fs::read_to_string(&db).unwrap().replace(
+        "\"-fPIC\"",
+        "\"-fPIC\", \"-fpatchable-function-entry=16,14\"",
+    );
+    std::fs::write(&db, text).unwrap();
+    let (code, out, err) = tree.build("scale.patch", "fix.so", &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("does not match the target"), "{err}");
+    assert!(err.contains("-fpatchable-function-entry"), "{err}");
+    assert!(!tree.dir.join("fix.so").exists());
+}
+
+#[test]
+fn build_usage_errors_and_bad_inputs_write_nothing() {
+    let tree = Tree::new("build-usage", &["-O2", "-fPIC"], false);
+    let d = tree.dir.path();
+    // Missing options: 64.
+    let (code, _, err) = ulp(d, &["build", "--target", "libbld.so.1", "x.patch"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--compile-commands"), "{err}");
+    let (code, _, err) = ulp(
+        d,
+        &[
+            "build",
+            "--compile-commands",
+            "compile_commands.json",
+            "--target",
+            "libbld.so.1",
+            "--output",
+            "f.so",
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("DIFF"), "{err}");
+    let (code, _, err) = ulp(
+        d,
+        &[
+            "build",
+            "--compile-commands",
+            "compile_commands.json",
+            "--target",
+            "libbld.so.1",
+            "--output",
+            "f.out",
+            "a.patch",
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    // An unreadable database: 1.
+    let (code, _, err) = ulp(
+        d,
+        &[
+            "build",
+            "--compile-commands",
+            "nope.json",
+            "--target",
+            "libbld.so.1",
+            "--output",
+            "f.so",
+            "a.patch",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot read the compilation database 'nope.json'"),
+        "{err}"
+    );
+    // A diff that does not apply: 1, naming the file and the hunk.
+    let bad = d.join("bad.patch");
+    std::fs::write(
+        &bad,
+        "--- a/src/core.c\n+++ b/src/core.c\n@@ -1,2 +1,2 @@\n-not there\n+x\n context\n",
+    )
+    .unwrap();
+    let (code, _, err) = ulp(
+        d,
+        &[
+            "build",
+            "--compile-commands",
+            "compile_commands.json",
+            "--target",
+            "libbld.so.1",
+            "--output",
+            "f.so",
+            "bad.patch",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("hunk 1") && err.contains("'src/core.c'") && err.contains("does not apply"),
+        "{err}"
+    );
+    assert!(!d.join("f.so").exists() && !d.join("f.dsc").exists());
+    // The source tree is untouched by a build.
+    let before = std::fs::read(d.join("src/core.c")).unwrap();
+    let (code, out, err) = tree.build("scale.patch", "ok.so", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read(d.join("src/core.c")).unwrap(), before);
+}
+
+/// The issue's bound: a build takes at most 2.5 times one plain compile
+/// of the touched files (measured here, printed for the record).
+#[test]
+fn build_time_against_a_plain_compile() {
+    let tree = Tree::new("build-time", &["-O2", "-fPIC"], false);
+    let src = tree.dir.join("src");
+    let t = Instant::now();
+    sh(
+        &src,
+        &["gcc", "-O2", "-fPIC", "-c", "core.c", "-o", "/dev/null"],
+    );
+    let plain = t.elapsed();
+    let t = Instant::now();
+    let (code, out, err) = tree.build("scale.patch", "fix.so", &[]);
+    let built = t.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("plain compile {plain:?}, ulp build {built:?}");
+}
+
+#[test]
+fn build_replaces_the_callers_of_an_inlined_function() {
+    let tree = Tree::new("build-inline", &["-O2", "-fPIC"], false);
+    let (code, out, err) = tree.build("inline.patch", "fix_inline.so", &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"function\": \"bld_next\""), "{out}");
+    assert!(
+        out.contains("\"reason\": \"inlines a changed function\""),
+        "{out}"
+    );
+    let dsc = std::fs::read_to_string(tree.dir.join("fix_inline.dsc")).unwrap();
+    assert!(dsc.contains("\nbld_next:__ulp_new_bld_next\n"), "{dsc}");
+    let dump = tree.ulp_ok(&["dump", "fix_inline.so"]);
+    assert!(dump.contains("old_fname: bld_next"), "{dump}");
+}
+
+/// zlib's source directory, from the crate `libz-sys` (a dev-dependency of
+/// ulp-build, fetched by cargo; only its sources are used).
+fn zlib_sources() -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pkg = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "libz-sys")
+        .expect("libz-sys in the workspace's dependencies");
+    let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
+    manifest.parent().unwrap().join("src/zlib")
+}
+
+/// A unified diff of `name` from `old` to `new`, as `diff -u` writes it.
+fn unified(dir: &Path, name: &str, old: &str, new: &str) -> PathBuf {
+    let (a, b) = (
+        dir.join(format!("{name}.old")),
+        dir.join(format!("{name}.new")),
+    );
+    std::fs::write(&a, old).unwrap();
+    std::fs::write(&b, new).unwrap();
+    let out = Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            &format!("a/{name}"),
+            "--label",
+            &format!("b/{name}"),
+        ])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "diff -u");
+    let patch = dir.join(format!("{name}.patch"));
+    std::fs::write(&patch, out.stdout).unwrap();
+    patch
+}
+
+/// zlib built from its sources as libz.so.1 with a generated compilation
+/// database; a one-line fix of a static function (`adler32_combine_`)
+/// built by `ulp build` and applied to a program compressing under load.
+#[test]
+fn build_a_fix_of_a_static_function_of_zlib() {
+    let dir = TempDir::new("build-zlib");
+    let src = zlib_sources();
+    let tree = dir.join("zlib");
+    std::fs::create_dir_all(&tree).unwrap();
+    let mut sources = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".c") || name.ends_with(".h") {
+            std::fs::copy(&p, tree.join(&name)).unwrap();
+            if name.ends_with(".c") {
+                sources.push(name);
+            }
+        }
+    }
+    sources.sort();
+    let flags = [
+        "-O2",
+        "-fPIC",
+        "-D_LARGEFILE64_SOURCE=1",
+        "-DHAVE_UNISTD_H",
+        "-DHAVE_STDARG_H",
+    ];
+    let mut entries = Vec::new();
+    let mut children = Vec::new();
+    for s in &sources {
+        let obj = s.replace(".c", ".o");
+        let mut args: Vec<String> = vec!["gcc".into()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(["-c".into(), s.clone(), "-o".into(), obj]);
+        let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        entries.push(format!(
+            "{{\"directory\": {:?}, \"file\": {s:?}, \"arguments\": [{}]}}",
+            tree.display().to_string(),
+            quoted.join(", ")
+        ));
+        children.push(
+            Command::new("gcc")
+                .args(&args[1..])
+                .current_dir(&tree)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    std::fs::write(
+        tree.join("compile_commands.json"),
+        format!("[\n{}\n]\n", entries.join(",\n")),
+    )
+    .unwrap();
+    let mut link = vec![
+        "gcc",
+        "-shared",
+        "-Wl,--build-id",
+        "-Wl,-soname,libz.so.1",
+        "-o",
+        "../libz.so.1.3.1",
+    ];
+    let objs: Vec<String> = sources.iter().map(|s| s.replace(".c", ".o")).collect();
+    link.extend(objs.iter().map(String::as_str));
+    sh(&tree, &link);
+    std::os::unix::fs::symlink("libz.so.1.3.1", dir.join("libz.so.1")).unwrap();
+    let prog = source_fixtures().join("zprog.c");
+    sh(
+        dir.path(),
+        &[
+            "gcc",
+            "-O2",
+            "-pthread",
+            "-Izlib",
+            "-o",
+            "zprog",
+            prog.to_str().unwrap(),
+            "-L.",
+            "-l:libz.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+    );
+    let runtime = install_runtime(dir.path());
+
+    // The fix: a negative length gives 1, not 0xffffffff.
+    let old = std::fs::read_to_string(tree.join("adler32.c")).unwrap();
+    let new = old.replacen("        return 0xffffffffUL;", "        return 1UL;", 1);
+    assert_ne!(old, new, "adler32.c changed upstream");
+    let patch = unified(dir.path(), "adler32.c", &old, &new);
+    let db = tree.join("compile_commands.json");
+    let (code, out, err) = ulp(
+        Path::new("/"),
+        &[
+            "build",
+            "--compile-commands",
+            db.to_str().unwrap(),
+            "--target",
+            dir.join("libz.so.1").to_str().unwrap(),
+            "--output",
+            dir.join("zfix.so").to_str().unwrap(),
+            "--description",
+            "adler32_combine: 1 for a negative length",
+            patch.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("adler32_combine"), "{out}");
+
+    let mut cmd = Command::new(dir.join("zprog"));
+    cmd.current_dir(dir.path()).env("LD_PRELOAD", &runtime);
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    assert_eq!(t.ask("combine"), "ffffffff");
+    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "zfix.so"]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(t.ask("combine"), "1");
+    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "--revert", "zfix.so"]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(t.ask("combine"), "ffffffff");
+    let line = t.ask("wrong");
+    assert!(line.starts_with("0 "), "wrong results under load: {line}");
+
+    // The issue's bound, on zlib's largest file: a build of a one-line
+    // change to deflate.c against one plain compile of it.
+    let old = std::fs::read_to_string(tree.join("deflate.c")).unwrap();
+    let new = old.replacen(
+        "    if (strm == Z_NULL ||\n",
+        "    if (strm == Z_NULL || strm->state == Z_NULL ||\n",
+        1,
+    );
+    assert_ne!(old, new, "deflate.c changed upstream");
+    let patch = unified(dir.path(), "deflate.c", &old, &new);
+    let t0 = Instant::now();
+    let mut plain = vec!["gcc"];
+    plain.extend(flags);
+    plain.extend(["-c", "deflate.c", "-o", "/dev/null"]);
+    sh(&tree, &plain);
+    let plain = t0.elapsed();
+    let t0 = Instant::now();
+    let (code, out, err) = ulp(
+        Path::new("/"),
+        &[
+            "build",
+            "--compile-commands",
+            db.to_str().unwrap(),
+            "--target",
+            dir.join("libz.so.1").to_str().unwrap(),
+            "--output",
+            dir.join("zfix2.so").to_str().unwrap(),
+            patch.to_str().unwrap(),
+        ],
+    );
+    let built = t0.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced deflateStateCheck"), "{out}");
+    eprintln!("deflate.c: plain compile {plain:?}, ulp build {built:?}\n{out}");
+}
+
+const REFS_C: &str = r#"#include <stdio.h>
+struct cfg { int a; int b; };
+static struct cfg conf = { .a = 1, .b = 2 };
+static int hits[4];
+static __thread int tls_n;
+static int plain = 5;
+
+int use_conf(int x) { conf.a += x; return conf.a + conf.b; }
+int use_hits(int i) { hits[i & 3]++; return hits[i & 3]; }
+int use_tls(void) { return ++tls_n; }
+int use_local(void) { static int calls; return ++calls; }
+int use_plain(int y) { plain += y; return plain; }
+int shadowy(int plain_) { int n = plain_; return n; }
+int wrap(int x) { return use_conf(x) + 1; }
+"#;
+
+/// A library of one file `r.c`; `ulp build` of `edit` applied to it.
+fn build_refs(tag: &str, from: &str, to: &str) -> (i32, String, String, TempDir) {
+    let dir = TempDir::new(tag);
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("r.c"), REFS_C).unwrap();
+    std::fs::write(
+        dir.join("compile_commands.json"),
+        r#"[{"directory": "src", "file": "r.c", "command": "gcc -O2 -fPIC -c r.c -o r.o"}]"#,
+    )
+    .unwrap();
+    sh(&src, &["gcc", "-O2", "-fPIC", "-c", "r.c", "-o", "r.o"]);
+    sh(
+        dir.path(),
+        &[
+            "gcc",
+            "-shared",
+            "-Wl,--build-id",
+            "-o",
+            "libr.so",
+            "src/r.o",
+        ],
+    );
+    let new = REFS_C.replacen(from, to, 1);
+    assert_ne!(new, REFS_C);
+    let patch = unified(dir.path(), "src/r.c", REFS_C, &new);
+    let (code, out, err) = ulp(
+        dir.path(),
+        &[
+            "build",
+            "--compile-commands",
+            "compile_commands.json",
+            "--target",
+            "libr.so",
+            "--output",
+            "out.so",
+            patch.to_str().unwrap(),
+        ],
+    );
+    (code, out, err, dir)
+}
+
+#[test]
+fn build_references_and_what_it_refuses_about_variables() {
+    // A struct with a designated initializer, an array: references.
+    let (code, out, err, dir) = build_refs("build-refs-ok", "conf.a += x;", "conf.a += 2 * x;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains("\n#conf:__ulp_ref_conf:0x"), "{dsc}");
+    assert!(dsc.contains("\n#hits:__ulp_ref_hits:0x"), "{dsc}");
+    // Thread-local, static local, a local of the same name, a function
+    // whose entry cannot take a jump (a call in its first 5 bytes, no
+    // padding): refused.
+    for (tag, from, to, what) in [
+        (
+            "tls",
+            "return ++tls_n;",
+            "return tls_n += 2;",
+            "thread-local variable 'tls_n'",
+        ),
+        (
+            "local",
+            "return ++calls;",
+            "return calls += 2;",
+            "static local variable 'calls'",
+        ),
+        (
+            "shadow",
+            "int use_plain(int y) { plain += y; return plain; }",
+            "int use_plain(int y) { plain += y; { int plain = y * 2; y += plain; } return plain + y; }",
+            "variable 'plain' of 'src/r.c': a declaration in the file has the same name",
+        ),
+        (
+            "entry",
+            "return use_conf(x) + 1;",
+            "return use_conf(x) + 2;",
+            "function 'wrap' cannot be redirected in the target",
+        ),
+    ] {
+        let (code, out, err, dir) = build_refs(&format!("build-refs-{tag}"), from, to);
+        assert_eq!(code, 1, "{tag}: {out}{err}");
+        assert!(err.contains(what), "{tag}: {err}");
+        assert!(!dir.join("out.so").exists() && !dir.join("out.dsc").exists());
+    }
+}
+
+#[test]
+fn build_new_and_removed_functions_and_another_source_directory() {
+    // A new static function called by a changed one: in the container,
+    // listed as new, not redirected.
+    let (code, out, err, dir) = build_refs(
+        "build-new",
+        "int use_plain(int y) { plain += y; return plain; }",
+        "static __attribute__((noinline)) int twice(int v) { return v * 2 + 1; }\nint use_plain(int y) { plain += twice(y); return plain; }",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced use_plain: changed code"), "{out}");
+    assert!(out.contains("new twice"), "{out}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(!dsc.contains("twice:"), "{dsc}");
+    // A removed function: refused, named.
+    let (code, out, err, dir) = build_refs(
+        "build-removed",
+        "int shadowy(int plain_) { int n = plain_; return n; }\n",
+        "",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("function 'shadowy'") && err.contains("removing a function"),
+        "{err}"
+    );
+    assert!(!dir.join("out.so").exists());
+    // Diff paths relative to --source (not the database's directory).
+    let tree = Tree::new("build-source", &["-O2", "-fPIC"], false);
+    let text = std::fs::read_to_string(source_fixtures().join("scale.patch"))
+        .unwrap()
+        .replace("a/src/core.c", "a/core.c")
+        .replace("b/src/core.c", "b/core.c");
+    let patch = tree.dir.join("scale-in-src.patch");
+    std::fs::write(&patch, text).unwrap();
+    let src = tree.dir.join("src");
+    let (code, out, err) = tree.build_with(
+        patch.to_str().unwrap(),
+        "fix.so",
+        &["--source", src.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced scale: changed code"), "{out}");
+}
+
+/// One diff touching two files that both have a static `count`: each file's
+/// changed code updates its own counter in the running library.
+#[test]
+fn build_two_files_with_statics_of_the_same_name() {
+    let tree = Tree::new("build-two-files", &["-O2", "-fPIC"], false);
+    let src = tree.dir.join("src");
+    let core = std::fs::read_to_string(src.join("core.c")).unwrap();
+    let stats = std::fs::read_to_string(src.join("stats.c")).unwrap();
+    let core_new = core.replacen("count = count + 1;", "count = count + 10;", 1);
+    let stats_new = stats.replacen("    count++;\n", "    count += 100;\n", 1);
+    assert!(core_new != core && stats_new != stats);
+    let a = unified(tree.dir.path(), "src/core.c", &core, &core_new);
+    let b = unified(tree.dir.path(), "src/stats.c", &stats, &stats_new);
+    let both = tree.dir.join("both.patch");
+    let text = std::fs::read_to_string(&a).unwrap() + &std::fs::read_to_string(&b).unwrap();
+    std::fs::write(&both, text).unwrap();
+    let (code, out, err) = tree.build_with(both.to_str().unwrap(), "fix_both.so", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced bld_count: changed code"), "{out}");
+    assert!(
+        out.contains("replaced bld_stats_add: changed code"),
+        "{out}"
+    );
+    let dsc = std::fs::read_to_string(tree.dir.join("fix_both.dsc")).unwrap();
+    assert_eq!(dsc.matches("#count:__ulp_ref_count:").count(), 2, "{dsc}");
+
+    let mut t = tree.start();
+    let pid = t.pid.to_string();
+    assert_eq!(count(&mut t), (1, 1));
+    assert_eq!(t.ask("stats 5"), "1 5");
+    tree.ulp_ok(&["trigger", "-p", &pid, "fix_both.so"]);
+    assert_eq!(count(&mut t), (11, 11));
+    assert_eq!(t.ask("stats 5"), "101 10");
+    tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_both.so"]);
+    assert_eq!(count(&mut t), (12, 12));
+    assert_eq!(t.ask("stats 5"), "102 15");
+    no_wrong_results(&mut t);
+}
