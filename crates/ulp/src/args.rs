@@ -55,8 +55,59 @@ pub struct Spec {
     pub takes_value: bool,
 }
 
+/// Every option of every command: (short, long, takes a value). What the
+/// scan needs to find the command word wherever it stands, without
+/// building the whole clap definition (`commands::definition_of`); a test
+/// holds it equal to [`specs`] of the definition.
+pub const ALL_OPTIONS: &[(Option<char>, &str, bool)] = &[
+    (Some('h'), "help", false),
+    (Some('v'), "verbose", false),
+    (Some('q'), "quiet", false),
+    (None, "json", false),
+    (Some('V'), "version", false),
+    (Some('p'), "process", true),
+    (None, "load-runtime", false),
+    (None, "runtime", true),
+    (None, "revert", false),
+    (None, "revert-all", true),
+    (Some('j'), "jobs", true),
+    (Some('r'), "retries", true),
+    (None, "timeout", true),
+    (Some('R'), "root", true),
+    (None, "disable-seccomp", false),
+    (None, "redirect-got", false),
+    (None, "force", false),
+    (None, "persist", false),
+    (None, "store", true),
+    (Some('u'), "user", true),
+    (Some('b'), "buildid", false),
+    (None, "only-livepatched", false),
+    (None, "stored", false),
+    (None, "functions", false),
+    (Some('l'), "livepatch", true),
+    (Some('t'), "target", true),
+    (Some('o'), "output", true),
+    (None, "poll", false),
+    (None, "compile-commands", true),
+    (None, "description", true),
+    (None, "source", true),
+];
+
+/// [`ALL_OPTIONS`] as the scan takes them.
+pub fn all_specs() -> Vec<Spec> {
+    ALL_OPTIONS
+        .iter()
+        .map(|&(short, long, takes_value)| Spec {
+            short,
+            long: long.to_string(),
+            takes_value,
+        })
+        .collect()
+}
+
 /// Every option of `cmd` and of its subcommands (each command checks
 /// afterwards that it got only its own: `commands::run`).
+#[cfg(test)]
 pub fn specs(cmd: &clap::Command) -> Vec<Spec> {
     let mut all: Vec<Spec> = Vec::new();
     for c in std::iter::once(cmd).chain(cmd.get_subcommands()) {

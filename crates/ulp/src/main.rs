@@ -15,16 +15,13 @@ pub const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let definition = commands::definition();
     // The bash completion, generated from the same definition (the install
     // script writes it; it is not an option of any command).
     if argv == ["--bash-completion"] {
-        print!("{}", completion::bash(&definition));
+        print!("{}", completion::bash(&commands::definition()));
         return ExitCode::SUCCESS;
     }
-    let names = commands::names(&definition);
-    let words: Vec<&str> = names.iter().map(String::as_str).collect();
-    let parsed = match args::scan(&argv, &words, &args::specs(&definition)) {
+    let parsed = match args::scan(&argv, commands::NAMES, &args::all_specs()) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
@@ -42,7 +39,7 @@ fn main() -> ExitCode {
     }
     let Some(command) = parsed.command.clone() else {
         if parsed.has("help") {
-            print!("{}", commands::help(definition, None));
+            print!("{}", commands::help(commands::definition(), None));
             return ExitCode::SUCCESS;
         }
         return usage_error(&UsageError(match parsed.operands.first() {
@@ -51,9 +48,14 @@ fn main() -> ExitCode {
         }));
     };
     if parsed.has("help") {
-        print!("{}", commands::help(definition, Some(&command)));
+        print!("{}", commands::help(commands::definition(), Some(&command)));
         return ExitCode::SUCCESS;
     }
+    // Only this command's part of the definition: building all of it
+    // costs more than most commands' own work.
+    let Some(definition) = commands::definition_of(&command) else {
+        return usage_error(&UsageError(format!("unknown command '{command}'")));
+    };
     match commands::run(
         definition,
         &command,
