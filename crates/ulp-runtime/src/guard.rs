@@ -129,15 +129,33 @@ unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(arg: *mut c_void) {
     }
 }
 
+/// Whether `frame` belongs to a caller of the code running now: its saved
+/// stack pointer lies above ours on this stack (stacks grow down), within
+/// a stack's reach. A frame left by a thread that died inside a guard
+/// (cancelled) whose id another thread now has is on another stack and
+/// fails this.
+fn is_ancestor(frame: *const Frame) -> bool {
+    let here = 0u8;
+    let sp = core::ptr::addr_of!(here) as u64;
+    // SAFETY: frames in the table were written by `guarded_call` before
+    // being published, and are read here only for their stack pointer.
+    let saved = unsafe { (*frame).regs[6] };
+    saved > sp && saved - sp < 1 << 30
+}
+
 /// Runs `f`; `None` when it panicked (module comment).
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     let me = tid();
     let Some(slot) = slot_of(me) else {
         return Some(f());
     };
+    let mut outer = slot.top.load(Ordering::Relaxed);
+    if !outer.is_null() && !is_ancestor(outer) {
+        outer = core::ptr::null_mut();
+    }
     let frame = UnsafeCell::new(Frame {
         regs: [0; 8],
-        prev: slot.top.load(Ordering::Relaxed),
+        prev: outer,
     });
     slot.top.store(frame.get(), Ordering::Release);
     let mut call = Call {
@@ -176,7 +194,7 @@ pub(crate) fn leave() -> Option<core::convert::Infallible> {
     let me = tid();
     let slot = TABLE.iter().find(|s| s.tid.load(Ordering::Acquire) == me)?;
     let top = slot.top.load(Ordering::Acquire);
-    if top.is_null() {
+    if top.is_null() || !is_ancestor(top) {
         return None;
     }
     // SAFETY: the frame of a guard of this thread that has not returned.
