@@ -662,6 +662,12 @@ fn build_fixes_of_zlib_applied_under_load() {
         out.contains("replaced adler32_combine: changed code"),
         "{out}"
     );
+    // adler32_combine_ is inlined into both callers (no symbol of its
+    // own): its change replaces the other one too.
+    assert!(
+        out.contains("replaced adler32_combine64: inlines a changed function"),
+        "{out}"
+    );
     // (b) A bounds check in deflateTune, which then calls the unchanged
     // static deflateStateCheck.
     let (code, out, err) = z.build_fix(
@@ -956,4 +962,96 @@ fn build_two_files_with_statics_of_the_same_name() {
     assert_eq!(count(&mut t), (12, 12));
     assert_eq!(t.ask("stats 5"), "102 15");
     no_wrong_results(&mut t);
+}
+
+/// SQLite's amalgamation (from the crate `libsqlite3-sys`) built as
+/// libsqlite3.so.0.8.6 with a generated compilation database, and fixes
+/// built by `ulp build` applied to a program running queries from several
+/// threads and reverted, with no wrong result: a static function (abs()'s
+/// implementation, reached through a SQL query) and an exported one
+/// (`sqlite3_strglob`) changed together; a changed initializer of a
+/// mutable variable (`sqlite3Config`) refused, naming it. sqlite3.c takes
+/// 15 to 20 s to compile here and each `ulp build` compiles it two or
+/// three times: two builds only.
+#[test]
+fn build_fixes_of_sqlite_applied_under_load() {
+    let dir = TempDir::new("build-sqlite");
+    let src = crate_dir("libsqlite3-sys").join("sqlite3");
+    let tree = dir.join("sqlite3");
+    std::fs::create_dir_all(&tree).unwrap();
+    for f in ["sqlite3.c", "sqlite3.h", "sqlite3ext.h"] {
+        std::fs::copy(src.join(f), tree.join(f)).unwrap();
+    }
+    let flags = ["-O2", "-fPIC", "-DSQLITE_THREADSAFE=1"];
+    let t0 = Instant::now();
+    let q = RealLib::build(
+        dir,
+        "sqlite3",
+        &["sqlite3.c".to_string()],
+        &flags,
+        "libsqlite3.so.0",
+        "libsqlite3.so.0.8.6",
+        &["-lm"],
+        "sqprog.c",
+        &[],
+    );
+    let plain = t0.elapsed();
+
+    // (a) abs() of the smallest integer gives a real instead of an
+    // "integer overflow" error (absFunc, static, reached only through
+    // the table of SQL functions), and a NULL string matches no GLOB
+    // pattern (sqlite3_strglob, exported).
+    let t0 = Instant::now();
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[
+            (
+                "two complement value. */\n          \
+                 sqlite3_result_error(context, \"integer overflow\", -1);",
+                "two complement value. */\n          \
+                 sqlite3_result_double(context, 9223372036854775808.0);",
+            ),
+            (
+                "  if( zString==0 ){\n    return zGlobPattern!=0;",
+                "  if( zString==0 ){\n    return 1;",
+            ),
+        ],
+        "fix_abs.so",
+    );
+    let built = t0.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c: build of the library {plain:?}, ulp build {built:?}\n{out}");
+    assert!(out.contains("replaced absFunc: changed code"), "{out}");
+    assert!(
+        out.contains("replaced sqlite3_strglob: changed code"),
+        "{out}"
+    );
+
+    // (d) A changed initial value of a mutable variable: refused, the
+    // variable named, nothing written.
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "   0x7ffffffe,                /* mxStrlen */",
+            "   1000000000,                /* mxStrlen */",
+        )],
+        "fix_config.so",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("sqlite3Config"), "{out}{err}");
+    assert!(!q.dir.join("fix_config.so").exists());
+    assert!(!q.dir.join("fix_config.dsc").exists());
+
+    let mut t = q.start();
+    assert_eq!(t.ask("abs"), "error");
+    assert_eq!(t.ask("glob"), "0");
+    for _ in 0..2 {
+        q.apply_revert(&mut t, "fix_abs.so", |t| {
+            assert_eq!(t.ask("abs"), "9223372036854775808.0");
+            assert_eq!(t.ask("glob"), "1");
+        });
+        assert_eq!(t.ask("abs"), "error");
+        assert_eq!(t.ask("glob"), "0");
+    }
+    zero_wrong(&mut t);
 }
