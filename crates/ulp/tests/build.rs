@@ -970,9 +970,11 @@ fn build_two_files_with_statics_of_the_same_name() {
 /// threads and reverted, with no wrong result: a static function (abs()'s
 /// implementation, reached through a SQL query) and an exported one
 /// (`sqlite3_strglob`) changed together; a changed initializer of a
-/// mutable variable (`sqlite3Config`) refused, naming it. sqlite3.c takes
+/// mutable variable (`sqlite3Config`) refused, naming it; a bounds check
+/// in an exported function that calls an unchanged static helper
+/// (`sqlite3_strlike`, `patternCompare`). sqlite3.c takes
 /// 15 to 20 s to compile here and each `ulp build` compiles it two or
-/// three times: two builds only.
+/// three times: three builds only.
 #[test]
 fn build_fixes_of_sqlite_applied_under_load() {
     let dir = TempDir::new("build-sqlite");
@@ -1027,6 +1029,27 @@ fn build_fixes_of_sqlite_applied_under_load() {
         "{out}"
     );
 
+    // (b) A bounds check in the exported sqlite3_strlike (an escape
+    // beyond Unicode matches nothing), which then calls the unchanged
+    // static patternCompare.
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "  }else if( zPattern==0 ){\n    return 1;\n  }else{\n    \
+             return patternCompare((u8*)zPattern, (u8*)zStr, &likeInfoNorm, esc);",
+            "  }else if( zPattern==0 || esc>0x10ffff ){\n    return 1;\n  }else{\n    \
+             return patternCompare((u8*)zPattern, (u8*)zStr, &likeInfoNorm, esc);",
+        )],
+        "fix_like.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c (strlike):\n{out}");
+    assert!(
+        out.contains("replaced sqlite3_strlike: changed code"),
+        "{out}"
+    );
+    assert!(!out.contains("replaced patternCompare"), "{out}");
+
     // (d) A changed initial value of a mutable variable: refused, the
     // variable named, nothing written.
     let (code, out, err) = q.build_fix(
@@ -1053,5 +1076,11 @@ fn build_fixes_of_sqlite_applied_under_load() {
         assert_eq!(t.ask("abs"), "error");
         assert_eq!(t.ask("glob"), "0");
     }
+    assert_eq!(t.ask("like"), "0");
+    q.apply_revert(&mut t, "fix_like.so", |t| {
+        assert_eq!(t.ask("like"), "1");
+        assert_eq!(t.ask("glob"), "0");
+    });
+    assert_eq!(t.ask("like"), "0");
     zero_wrong(&mut t);
 }
