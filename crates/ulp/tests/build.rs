@@ -393,9 +393,9 @@ fn build_replaces_the_callers_of_an_inlined_function() {
     assert!(dump.contains("old_fname: bld_next"), "{dump}");
 }
 
-/// zlib's source directory, from the crate `libz-sys` (a dev-dependency of
-/// ulp-build, fetched by cargo; only its sources are used).
-fn zlib_sources() -> PathBuf {
+/// The directory of the dev-dependency crate `name` of ulp-build (fetched
+/// by cargo; only its C sources are used), from `cargo metadata`.
+fn crate_dir(name: &str) -> PathBuf {
     let out = Command::new(env!("CARGO"))
         .args([
             "metadata",
@@ -417,10 +417,15 @@ fn zlib_sources() -> PathBuf {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["name"] == "libz-sys")
-        .expect("libz-sys in the workspace's dependencies");
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in the workspace's dependencies"));
     let manifest = PathBuf::from(pkg["manifest_path"].as_str().unwrap());
-    manifest.parent().unwrap().join("src/zlib")
+    manifest.parent().unwrap().to_path_buf()
+}
+
+/// zlib's source directory, from the crate `libz-sys`.
+fn zlib_sources() -> PathBuf {
+    crate_dir("libz-sys").join("src/zlib")
 }
 
 /// A unified diff of `name` from `old` to `new`, as `diff -u` writes it.
@@ -449,11 +454,157 @@ fn unified(dir: &Path, name: &str, old: &str, new: &str) -> PathBuf {
     patch
 }
 
+/// A real library built in `dir` (its sources in `dir/SUB`, a generated
+/// compile_commands.json there, the library `dir/LIB` with its SONAME
+/// link), its program and the runtime.
+struct RealLib {
+    dir: TempDir,
+    tree: PathBuf,
+    target: PathBuf,
+    runtime: PathBuf,
+    prog: PathBuf,
+}
+
+impl RealLib {
+    /// Each of `sources` compiled with `flags` (in parallel), linked as
+    /// `file` with SONAME `soname` (and `libs`), and `prog_c` built
+    /// against it with `prog_flags`.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        dir: TempDir,
+        sub: &str,
+        sources: &[String],
+        flags: &[&str],
+        soname: &str,
+        file: &str,
+        libs: &[&str],
+        prog_c: &str,
+        prog_flags: &[&str],
+    ) -> RealLib {
+        let tree = dir.join(sub);
+        let mut entries = Vec::new();
+        let mut children = Vec::new();
+        for s in sources {
+            let obj = s.replace(".c", ".o");
+            let mut args: Vec<String> = vec!["gcc".into()];
+            args.extend(flags.iter().map(|f| f.to_string()));
+            args.extend(["-c".into(), s.clone(), "-o".into(), obj]);
+            let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+            entries.push(format!(
+                "{{\"directory\": {:?}, \"file\": {s:?}, \"arguments\": [{}]}}",
+                tree.display().to_string(),
+                quoted.join(", ")
+            ));
+            children.push(
+                Command::new("gcc")
+                    .args(&args[1..])
+                    .current_dir(&tree)
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        std::fs::write(
+            tree.join("compile_commands.json"),
+            format!("[\n{}\n]\n", entries.join(",\n")),
+        )
+        .unwrap();
+        let soname_flag = format!("-Wl,-soname,{soname}");
+        let out = format!("../{file}");
+        let mut link = vec!["gcc", "-shared", "-Wl,--build-id", &soname_flag, "-o", &out];
+        let objs: Vec<String> = sources.iter().map(|s| s.replace(".c", ".o")).collect();
+        link.extend(objs.iter().map(String::as_str));
+        link.extend(libs);
+        sh(&tree, &link);
+        std::os::unix::fs::symlink(file, dir.join(soname)).unwrap();
+        let prog = source_fixtures().join(prog_c);
+        let inc = format!("-I{sub}");
+        let lib = format!("-l:{soname}");
+        let mut cc = vec!["gcc", "-O2", "-pthread", &inc, "-o", "prog"];
+        cc.push(prog.to_str().unwrap());
+        cc.extend(["-L.", &lib, "-Wl,-rpath,$ORIGIN"]);
+        cc.extend(prog_flags);
+        sh(dir.path(), &cc);
+        let runtime = install_runtime(dir.path());
+        RealLib {
+            target: dir.join(soname),
+            prog: dir.join("prog"),
+            dir,
+            tree,
+            runtime,
+        }
+    }
+
+    fn start(&self) -> Target {
+        let mut cmd = Command::new(&self.prog);
+        cmd.current_dir(self.dir.path())
+            .env("LD_PRELOAD", &self.runtime);
+        Target::spawn(cmd)
+    }
+
+    /// `ulp build` (run from `/`) of `file` with each `(from, to)` edit
+    /// applied to every occurrence, into OUT.so.
+    fn build_fix(&self, file: &str, edits: &[(&str, &str)], out: &str) -> (i32, String, String) {
+        let old = std::fs::read_to_string(self.tree.join(file)).unwrap();
+        let mut new = old.clone();
+        for (from, to) in edits {
+            assert!(new.contains(from), "{file} changed upstream: {from:?}");
+            new = new.replace(from, to);
+        }
+        let patches = self.dir.join(out.replace(".so", ""));
+        std::fs::create_dir_all(&patches).unwrap();
+        let patch = unified(&patches, file, &old, &new);
+        let db = self.tree.join("compile_commands.json");
+        let output = self.dir.join(out);
+        ulp(
+            Path::new("/"),
+            &[
+                "build",
+                "--compile-commands",
+                db.to_str().unwrap(),
+                "--target",
+                self.target.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+                "--description",
+                &format!("Fix of {file} (bsc#16)"),
+                patch.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// Applies OUT.so to `t`, checks `check`, reverts, checks `back`.
+    fn apply_revert(&self, t: &mut Target, out: &str, check: impl Fn(&mut Target)) {
+        let pid = t.pid.to_string();
+        let (code, o, e) = ulp(self.dir.path(), &["trigger", "-p", &pid, out]);
+        assert_eq!(code, 0, "apply {out}: {o}{e}");
+        check(t);
+        let (code, o, e) = ulp(self.dir.path(), &["trigger", "-p", &pid, "--revert", out]);
+        assert_eq!(code, 0, "revert {out}: {o}{e}");
+    }
+}
+
+fn zero_wrong(t: &mut Target) {
+    let line = t.ask("wrong");
+    let (wrong, calls) = line.split_once(' ').unwrap();
+    assert_eq!(wrong, "0", "wrong results under load: {line}");
+    assert!(calls.parse::<u64>().unwrap() > 0, "{line}");
+}
+
 /// zlib built from its sources as libz.so.1 with a generated compilation
-/// database; a one-line fix of a static function (`adler32_combine_`)
-/// built by `ulp build` and applied to a program compressing under load.
+/// database (`-DDYNAMIC_CRC_TABLE`, zlib's own option, so that crc32.c has
+/// mutable statics: zlib has none otherwise), and the issue's kinds of fix
+/// built by `ulp build`, each applied to a program using zlib from several
+/// threads and reverted, with no wrong result: a static function and an
+/// exported one changed together (adler32.c), a bounds check in an
+/// exported function that calls an unchanged static helper (deflate.c),
+/// a change to a function using the library's mutable statics, which
+/// become references (crc32.c). zlib has no mutable variable with an
+/// initializer, so the refusal of a changed one is tested on SQLite.
 #[test]
-fn build_a_fix_of_a_static_function_of_zlib() {
+fn build_fixes_of_zlib_applied_under_load() {
     let dir = TempDir::new("build-zlib");
     let src = zlib_sources();
     let tree = dir.join("zlib");
@@ -476,133 +627,151 @@ fn build_a_fix_of_a_static_function_of_zlib() {
         "-D_LARGEFILE64_SOURCE=1",
         "-DHAVE_UNISTD_H",
         "-DHAVE_STDARG_H",
+        "-DDYNAMIC_CRC_TABLE",
     ];
-    let mut entries = Vec::new();
-    let mut children = Vec::new();
-    for s in &sources {
-        let obj = s.replace(".c", ".o");
-        let mut args: Vec<String> = vec!["gcc".into()];
-        args.extend(flags.iter().map(|f| f.to_string()));
-        args.extend(["-c".into(), s.clone(), "-o".into(), obj]);
-        let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-        entries.push(format!(
-            "{{\"directory\": {:?}, \"file\": {s:?}, \"arguments\": [{}]}}",
-            tree.display().to_string(),
-            quoted.join(", ")
-        ));
-        children.push(
-            Command::new("gcc")
-                .args(&args[1..])
-                .current_dir(&tree)
-                .spawn()
-                .unwrap(),
-        );
-    }
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
-    }
-    std::fs::write(
-        tree.join("compile_commands.json"),
-        format!("[\n{}\n]\n", entries.join(",\n")),
-    )
-    .unwrap();
-    let mut link = vec![
-        "gcc",
-        "-shared",
-        "-Wl,--build-id",
-        "-Wl,-soname,libz.so.1",
-        "-o",
-        "../libz.so.1.3.1",
-    ];
-    let objs: Vec<String> = sources.iter().map(|s| s.replace(".c", ".o")).collect();
-    link.extend(objs.iter().map(String::as_str));
-    sh(&tree, &link);
-    std::os::unix::fs::symlink("libz.so.1.3.1", dir.join("libz.so.1")).unwrap();
-    let prog = source_fixtures().join("zprog.c");
-    sh(
-        dir.path(),
-        &[
-            "gcc",
-            "-O2",
-            "-pthread",
-            "-Izlib",
-            "-o",
-            "zprog",
-            prog.to_str().unwrap(),
-            "-L.",
-            "-l:libz.so.1",
-            "-Wl,-rpath,$ORIGIN",
-        ],
+    let z = RealLib::build(
+        dir,
+        "zlib",
+        &sources,
+        &flags,
+        "libz.so.1",
+        "libz.so.1.3.1",
+        &[],
+        "zprog.c",
+        &[],
     );
-    let runtime = install_runtime(dir.path());
 
-    // The fix: a negative length gives 1, not 0xffffffff.
-    let old = std::fs::read_to_string(tree.join("adler32.c")).unwrap();
-    let new = old.replacen("        return 0xffffffffUL;", "        return 1UL;", 1);
-    assert_ne!(old, new, "adler32.c changed upstream");
-    let patch = unified(dir.path(), "adler32.c", &old, &new);
-    let db = tree.join("compile_commands.json");
-    let (code, out, err) = ulp(
-        Path::new("/"),
+    // (a) A static function and an exported one: a negative length gives
+    // 1, not 0xffffffff (adler32_combine_), and adler32_combine refuses a
+    // first checksum whose halves are out of range.
+    let (code, out, err) = z.build_fix(
+        "adler32.c",
         &[
-            "build",
-            "--compile-commands",
-            db.to_str().unwrap(),
-            "--target",
-            dir.join("libz.so.1").to_str().unwrap(),
-            "--output",
-            dir.join("zfix.so").to_str().unwrap(),
-            "--description",
-            "adler32_combine: 1 for a negative length",
-            patch.to_str().unwrap(),
+            ("        return 0xffffffffUL;", "        return 1UL;"),
+            (
+                "z_off_t len2) {\n    return adler32_combine_(",
+                "z_off_t len2) {\n    if ((adler1 & 0xffff) >= BASE || (adler1 >> 16) >= BASE)\n        \
+                 return 0xffffffffUL;\n    return adler32_combine_(",
+            ),
         ],
+        "fix_adler.so",
     );
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("adler32_combine"), "{out}");
+    eprintln!("adler32.c:\n{out}");
+    assert!(
+        out.contains("replaced adler32_combine: changed code"),
+        "{out}"
+    );
+    // adler32_combine_ is inlined into both callers (no symbol of its
+    // own): its change replaces the other one too.
+    assert!(
+        out.contains("replaced adler32_combine64: inlines a changed function"),
+        "{out}"
+    );
+    // (b) A bounds check in deflateTune, which then calls the unchanged
+    // static deflateStateCheck.
+    let (code, out, err) = z.build_fix(
+        "deflate.c",
+        &[(
+            "    if (deflateStateCheck(strm)) return Z_STREAM_ERROR;\n    s = strm->state;\n    \
+             s->good_match = (uInt)good_length;",
+            "    if (deflateStateCheck(strm)) return Z_STREAM_ERROR;\n    if (good_length < 0 || \
+             max_lazy < 0 || nice_length < 0 || max_chain < 0)\n        return Z_STREAM_ERROR;\n    \
+             s = strm->state;\n    s->good_match = (uInt)good_length;",
+        )],
+        "fix_tune.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("deflate.c:\n{out}");
+    assert!(out.contains("replaced deflateTune: changed code"), "{out}");
+    assert!(!out.contains("replaced deflateStateCheck"), "{out}");
+    // (c) crc32_z (both of its definitions) returns the CRC it was given
+    // for a NULL buffer; its copy uses the running library's tables and
+    // once-flag through references.
+    let (code, out, err) = z.build_fix(
+        "crc32.c",
+        &[(
+            "    if (buf == Z_NULL) return 0;",
+            "    if (buf == Z_NULL) return crc;",
+        )],
+        "fix_crc.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("crc32.c:\n{out}");
+    assert!(out.contains("replaced crc32_z: changed code"), "{out}");
+    let dsc = std::fs::read_to_string(z.dir.join("fix_crc.dsc")).unwrap();
+    for v in ["crc_table", "crc_braid_table", "made"] {
+        assert!(dsc.contains(&format!("\n#{v}:__ulp_ref_{v}:0x")), "{dsc}");
+    }
 
-    let mut cmd = Command::new(dir.join("zprog"));
-    cmd.current_dir(dir.path()).env("LD_PRELOAD", &runtime);
-    let mut t = Target::spawn(cmd);
+    let mut t = z.start();
+    let old = (
+        t.ask("combine"),
+        t.ask("halves"),
+        t.ask("tune"),
+        t.ask("crcnull"),
+    );
+    assert_eq!(old.0, "ffffffff");
+    assert_ne!(old.1, "ffffffff");
+    assert_eq!((old.2.as_str(), old.3.as_str()), ("0", "0"));
+    let now = |t: &mut Target| {
+        (
+            t.ask("combine"),
+            t.ask("halves"),
+            t.ask("tune"),
+            t.ask("crcnull"),
+        )
+    };
+    z.apply_revert(&mut t, "fix_adler.so", |t| {
+        let n = now(t);
+        assert_eq!((n.0.as_str(), n.1.as_str()), ("1", "ffffffff"));
+        assert_eq!((&n.2, &n.3), (&old.2, &old.3));
+    });
+    assert_eq!(now(&mut t), old);
+    z.apply_revert(&mut t, "fix_tune.so", |t| {
+        assert_eq!(t.ask("tune"), "-2");
+        assert_eq!(t.ask("combine"), "ffffffff");
+    });
+    assert_eq!(now(&mut t), old);
+    z.apply_revert(&mut t, "fix_crc.so", |t| {
+        assert_eq!(t.ask("crcnull"), "5");
+        assert_eq!(t.ask("tune"), "0");
+    });
+    assert_eq!(now(&mut t), old);
+    // All three at once, reverted in the other order.
     let pid = t.pid.to_string();
-    assert_eq!(t.ask("combine"), "ffffffff");
-    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "zfix.so"]);
-    assert_eq!(code, 0, "{o}{e}");
-    assert_eq!(t.ask("combine"), "1");
-    let (code, o, e) = ulp(dir.path(), &["trigger", "-p", &pid, "--revert", "zfix.so"]);
-    assert_eq!(code, 0, "{o}{e}");
-    assert_eq!(t.ask("combine"), "ffffffff");
-    let line = t.ask("wrong");
-    assert!(line.starts_with("0 "), "wrong results under load: {line}");
+    for f in ["fix_adler.so", "fix_tune.so", "fix_crc.so"] {
+        let (code, o, e) = ulp(z.dir.path(), &["trigger", "-p", &pid, f]);
+        assert_eq!(code, 0, "{f}: {o}{e}");
+    }
+    let n = now(&mut t);
+    assert_eq!(
+        (n.0.as_str(), n.1.as_str(), n.2.as_str(), n.3.as_str()),
+        ("1", "ffffffff", "-2", "5")
+    );
+    for f in ["fix_crc.so", "fix_tune.so", "fix_adler.so"] {
+        let (code, o, e) = ulp(z.dir.path(), &["trigger", "-p", &pid, "--revert", f]);
+        assert_eq!(code, 0, "{f}: {o}{e}");
+    }
+    assert_eq!(now(&mut t), old);
+    zero_wrong(&mut t);
 
     // The issue's bound, on zlib's largest file: a build of a one-line
     // change to deflate.c against one plain compile of it.
-    let old = std::fs::read_to_string(tree.join("deflate.c")).unwrap();
-    let new = old.replacen(
-        "    if (strm == Z_NULL ||\n",
-        "    if (strm == Z_NULL || strm->state == Z_NULL ||\n",
-        1,
-    );
-    assert_ne!(old, new, "deflate.c changed upstream");
-    let patch = unified(dir.path(), "deflate.c", &old, &new);
     let t0 = Instant::now();
     let mut plain = vec!["gcc"];
     plain.extend(flags);
     plain.extend(["-c", "deflate.c", "-o", "/dev/null"]);
-    sh(&tree, &plain);
+    sh(&z.tree, &plain);
     let plain = t0.elapsed();
     let t0 = Instant::now();
-    let (code, out, err) = ulp(
-        Path::new("/"),
-        &[
-            "build",
-            "--compile-commands",
-            db.to_str().unwrap(),
-            "--target",
-            dir.join("libz.so.1").to_str().unwrap(),
-            "--output",
-            dir.join("zfix2.so").to_str().unwrap(),
-            patch.to_str().unwrap(),
-        ],
+    let (code, out, err) = z.build_fix(
+        "deflate.c",
+        &[(
+            "    if (strm == Z_NULL ||\n",
+            "    if (strm == Z_NULL || strm->state == Z_NULL ||\n",
+        )],
+        "fix_state.so",
     );
     let built = t0.elapsed();
     assert_eq!(code, 0, "{out}{err}");
@@ -793,4 +962,125 @@ fn build_two_files_with_statics_of_the_same_name() {
     assert_eq!(count(&mut t), (12, 12));
     assert_eq!(t.ask("stats 5"), "102 15");
     no_wrong_results(&mut t);
+}
+
+/// SQLite's amalgamation (from the crate `libsqlite3-sys`) built as
+/// libsqlite3.so.0.8.6 with a generated compilation database, and fixes
+/// built by `ulp build` applied to a program running queries from several
+/// threads and reverted, with no wrong result: a static function (abs()'s
+/// implementation, reached through a SQL query) and an exported one
+/// (`sqlite3_strglob`) changed together; a changed initializer of a
+/// mutable variable (`sqlite3Config`) refused, naming it; a bounds check
+/// in an exported function that calls an unchanged static helper
+/// (`sqlite3_strlike`, `patternCompare`). sqlite3.c takes
+/// 15 to 20 s to compile here and each `ulp build` compiles it two or
+/// three times: three builds only.
+#[test]
+fn build_fixes_of_sqlite_applied_under_load() {
+    let dir = TempDir::new("build-sqlite");
+    let src = crate_dir("libsqlite3-sys").join("sqlite3");
+    let tree = dir.join("sqlite3");
+    std::fs::create_dir_all(&tree).unwrap();
+    for f in ["sqlite3.c", "sqlite3.h", "sqlite3ext.h"] {
+        std::fs::copy(src.join(f), tree.join(f)).unwrap();
+    }
+    let flags = ["-O2", "-fPIC", "-DSQLITE_THREADSAFE=1"];
+    let t0 = Instant::now();
+    let q = RealLib::build(
+        dir,
+        "sqlite3",
+        &["sqlite3.c".to_string()],
+        &flags,
+        "libsqlite3.so.0",
+        "libsqlite3.so.0.8.6",
+        &["-lm"],
+        "sqprog.c",
+        &[],
+    );
+    let plain = t0.elapsed();
+
+    // (a) abs() of the smallest integer gives a real instead of an
+    // "integer overflow" error (absFunc, static, reached only through
+    // the table of SQL functions), and a NULL string matches no GLOB
+    // pattern (sqlite3_strglob, exported).
+    let t0 = Instant::now();
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[
+            (
+                "two complement value. */\n          \
+                 sqlite3_result_error(context, \"integer overflow\", -1);",
+                "two complement value. */\n          \
+                 sqlite3_result_double(context, 9223372036854775808.0);",
+            ),
+            (
+                "  if( zString==0 ){\n    return zGlobPattern!=0;",
+                "  if( zString==0 ){\n    return 1;",
+            ),
+        ],
+        "fix_abs.so",
+    );
+    let built = t0.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c: build of the library {plain:?}, ulp build {built:?}\n{out}");
+    assert!(out.contains("replaced absFunc: changed code"), "{out}");
+    assert!(
+        out.contains("replaced sqlite3_strglob: changed code"),
+        "{out}"
+    );
+
+    // (b) A bounds check in the exported sqlite3_strlike (an escape
+    // beyond Unicode matches nothing), which then calls the unchanged
+    // static patternCompare.
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "  }else if( zPattern==0 ){\n    return 1;\n  }else{\n    \
+             return patternCompare((u8*)zPattern, (u8*)zStr, &likeInfoNorm, esc);",
+            "  }else if( zPattern==0 || esc>0x10ffff ){\n    return 1;\n  }else{\n    \
+             return patternCompare((u8*)zPattern, (u8*)zStr, &likeInfoNorm, esc);",
+        )],
+        "fix_like.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c (strlike):\n{out}");
+    assert!(
+        out.contains("replaced sqlite3_strlike: changed code"),
+        "{out}"
+    );
+    assert!(!out.contains("replaced patternCompare"), "{out}");
+
+    // (d) A changed initial value of a mutable variable: refused, the
+    // variable named, nothing written.
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "   0x7ffffffe,                /* mxStrlen */",
+            "   1000000000,                /* mxStrlen */",
+        )],
+        "fix_config.so",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("sqlite3Config"), "{out}{err}");
+    assert!(!q.dir.join("fix_config.so").exists());
+    assert!(!q.dir.join("fix_config.dsc").exists());
+
+    let mut t = q.start();
+    assert_eq!(t.ask("abs"), "error");
+    assert_eq!(t.ask("glob"), "0");
+    for _ in 0..2 {
+        q.apply_revert(&mut t, "fix_abs.so", |t| {
+            assert_eq!(t.ask("abs"), "9223372036854775808.0");
+            assert_eq!(t.ask("glob"), "1");
+        });
+        assert_eq!(t.ask("abs"), "error");
+        assert_eq!(t.ask("glob"), "0");
+    }
+    assert_eq!(t.ask("like"), "0");
+    q.apply_revert(&mut t, "fix_like.so", |t| {
+        assert_eq!(t.ask("like"), "1");
+        assert_eq!(t.ask("glob"), "0");
+    });
+    assert_eq!(t.ask("like"), "0");
+    zero_wrong(&mut t);
 }
