@@ -1084,3 +1084,34 @@ fn build_fixes_of_sqlite_applied_under_load() {
     assert_eq!(t.ask("like"), "0");
     zero_wrong(&mut t);
 }
+
+/// As root, a compilation database or a diff that another user could
+/// change is refused before anything is compiled or written; `--force`
+/// builds anyway.
+#[test]
+fn as_root_build_refuses_inputs_others_could_change() {
+    use std::os::unix::fs::PermissionsExt;
+    if id("-u") != "0" {
+        eprintln!("not root: the trust rule applies to root only");
+        return;
+    }
+    let tree = Tree::new("build-trust", &["-O2", "-fPIC"], false);
+    let db = tree.dir.join("compile_commands.json");
+    let diff = tree.dir.join("mine.patch");
+    std::fs::copy(source_fixtures().join("scale.patch"), &diff).unwrap();
+    for (file, what) in [(&db, "compile_commands.json"), (&diff, "mine.patch")] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (code, out, err) = tree.build_with(diff.to_str().unwrap(), "trust.so", &[]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("refusing") && err.contains(what) && err.contains("chmod go-w"),
+            "{err}"
+        );
+        assert!(!tree.dir.join("trust.so").exists() && !tree.dir.join("trust.dsc").exists());
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, out, err) = tree.build_with(diff.to_str().unwrap(), "trust.so", &["--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(tree.dir.join("trust.so").exists());
+}

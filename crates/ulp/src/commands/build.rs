@@ -13,7 +13,7 @@ use crate::args::{Common, UsageError};
     about = "build a packed live patch from source diffs",
     override_usage = "\
 ulp build --compile-commands FILE.json --target LIB --output OUT.so
-          [--description TEXT] [--source DIR] DIFF...",
+          [--description TEXT] [--source DIR] [--force] DIFF...",
     before_help = "\
 Apply the unified diffs DIFF (as `git diff` writes them, paths relative to
 the source tree) to copies of the files they touch, compile each touched file
@@ -34,7 +34,11 @@ __attribute__((noinline))), an object whose unchanged functions differ
 from the target's (flags that do not match its build), static variables
 inside functions and thread-local variables used by the changed code, a
 replaced function that cannot be redirected, diffs of headers or new
-files.",
+files.
+
+As root, a compilation database or DIFF that another user could change is
+refused: the database names the compiler that runs and the diff decides
+the code that goes into root's processes. --force builds anyway.",
     after_help = "\
 Exit status: 0 on success, 1 when the build is refused or fails, 64 usage error.",
     mut_arg("json", |a| a.help("print what was built (or the error) as one JSON document"))
@@ -55,6 +59,9 @@ pub struct Args {
     /// the tree the diff paths are relative to (default: the database's directory)
     #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub source: Option<String>,
+    /// as root, build even from a database or DIFF another user could change
+    #[arg(long)]
+    pub force: bool,
     #[arg(value_name = "DIFF", hide = true)]
     pub operands: Vec<String>,
     #[command(flatten)]
@@ -87,6 +94,16 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         check_units: Some(redirectable),
     };
     let json = p.common.json;
+    if !p.force && ulp_core::trust::running_as_root() {
+        let inputs = std::iter::once(&opts.compile_commands).chain(&opts.diffs);
+        if let Some(why) = inputs.map(|f| super::trusted(f)).find_map(Result::err) {
+            eprintln!("ulp: build: {why}");
+            if json {
+                print_json(&json!({ "error": why }));
+            }
+            return Ok(1);
+        }
+    }
     match ulp_build::build(&opts) {
         Ok(r) if json => {
             print_json(&json!({

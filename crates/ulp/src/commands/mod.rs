@@ -258,6 +258,16 @@ pub(crate) fn fail_json(e: &dyn std::fmt::Display) -> u8 {
 }
 
 /// Refuses operands for a command that takes none.
+/// [`ulp_core::trust::check`] with its message as the error. A file that
+/// does not exist has nobody to distrust: the command then says that it is
+/// missing, as it does without root.
+pub(crate) fn trusted(path: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => ulp_core::trust::check(path).map_err(|e| e.to_string()),
+    }
+}
+
 /// The value of `--timeout`: a positive number of seconds.
 pub(crate) fn timeout_seconds(t: &str) -> Result<std::time::Duration, UsageError> {
     t.parse()

@@ -61,7 +61,7 @@ fn packer(dsc: &Path, p: &Args) -> u8 {
     let opts = PackOptions {
         container_override: p.livepatch.as_deref().map(PathBuf::from),
         target_override: p.target.as_deref().map(PathBuf::from),
-        trust: (!p.force && ulp_core::trust::running_as_root()).then_some(trusted),
+        trust: (!p.force && ulp_core::trust::running_as_root()).then_some(super::trusted),
     };
     let json = p.common.json;
     match pack::pack(dsc, &opts) {
@@ -100,16 +100,6 @@ fn packer(dsc: &Path, p: &Args) -> u8 {
             report_error(&e);
             1
         }
-    }
-}
-
-/// [`ulp_core::trust::check`] with its message as the error. A file that
-/// does not exist has nobody to distrust: the packer then says that it is
-/// missing, as it does without root.
-fn trusted(path: &Path) -> Result<(), String> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        _ => ulp_core::trust::check(path).map_err(|e| e.to_string()),
     }
 }
 
