@@ -553,8 +553,10 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                     return Err(e);
                 }
                 return Err(Error::new(format!(
-                    "variable {} cannot be reached through a reference pointer: its name is \
-                     used otherwise in the file or in a constant initializer ({})",
+                    "variable {} cannot be reached through a reference pointer: the file does \
+                     not compile with it as one (its name used otherwise, its address in a \
+                     constant initializer, or a type a pointer cannot stand for, such as an \
+                     array declared without its size): {}",
                     named.join(", "),
                     e.message
                 )));
