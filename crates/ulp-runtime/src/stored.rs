@@ -164,8 +164,8 @@ pub(crate) unsafe fn after_dlopen(reg: &mut Registry) {
 impl Store {
     /// Reads the records again when the directory changed since last time.
     fn refresh(&mut self) {
-        let stamp = match ctime(&self.dir) {
-            Ok(st) => st,
+        let stamp = match sys::stat(&self.dir, true) {
+            Ok(st) => st.change,
             Err(e) => {
                 if self.stamp.take().is_some() || !self.recs.is_empty() {
                     ring::log(format_args!(
@@ -317,26 +317,6 @@ fn join(dir: &CStr, name: &[u8]) -> CString {
     p.push(b'/');
     p.extend_from_slice(name);
     CString::new(p).unwrap_or_default()
-}
-
-/// The directory's (ctime, ctime_nsec, inode): what changes when an entry
-/// is added, removed or renamed.
-fn ctime(dir: &CStr) -> Result<(i64, i64, u64), i32> {
-    // SAFETY: a NUL-terminated path and a buffer of the kernel's struct.
-    unsafe {
-        let mut st: libc::stat = core::mem::zeroed();
-        if libc::syscall(
-            libc::SYS_newfstatat,
-            libc::AT_FDCWD,
-            dir.as_ptr(),
-            &mut st as *mut libc::stat,
-            0,
-        ) != 0
-        {
-            return Err(*libc::__errno_location());
-        }
-        Ok((st.st_ctime, st.st_ctime_nsec, st.st_ino))
-    }
 }
 
 /// `lstat` of `path`, or why not.

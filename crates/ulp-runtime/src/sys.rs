@@ -14,6 +14,9 @@ pub(crate) struct Stat {
     pub(crate) uid: u32,
     pub(crate) mode: u32,
     pub(crate) size: u64,
+    /// (ctime, its nanoseconds, inode): what changes when a directory's
+    /// entries are added, removed or renamed.
+    pub(crate) change: (i64, i64, u64),
 }
 
 impl Stat {
@@ -48,6 +51,7 @@ pub(crate) fn stat(path: &CStr, follow: bool) -> Result<Stat, i32> {
             uid: st.st_uid,
             mode: st.st_mode,
             size: st.st_size as u64,
+            change: (st.st_ctime, st.st_ctime_nsec, st.st_ino),
         })
     }
 }
