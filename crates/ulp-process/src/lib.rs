@@ -54,6 +54,7 @@ mod regs;
 mod restart;
 mod stopped;
 mod sys;
+pub mod unwind;
 
 pub use addr::RemoteAddr;
 pub use error::{Error, Tracer};
@@ -72,3 +73,4 @@ pub use procfs::{
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
+pub use unwind::{Frame, FrameKind, Stack, StartRegs, Unwinder};

@@ -1,0 +1,386 @@
+//! Unwinding the stack of a stopped thread of another process: the code
+//! address of each frame, and where each return address is stored (the
+//! word a `ret` will pop), so that a caller can tell which functions a
+//! thread is in and swap a return address.
+//!
+//! The CFI (`.eh_frame`, `.eh_frame_hdr`, `.debug_frame` when there is no
+//! `.eh_frame`) is interpreted by framehop; this module feeds it: one
+//! framehop module per file-backed executable mapping (and the vDSO), its
+//! sections read the first time an address in it is unwound, and the
+//! target's stack read a few pages per system call. Where no unwind
+//! information covers an address, framehop walks frame pointers; a thread
+//! stopped inside a function without unwind information (frame 0) is
+//! unwound through its frame pointer when framehop's guess gives no code
+//! address. Signal frames (glibc's `__restore_rt`, which framehop does not
+//! know) are crossed here: the interrupted `rip`, `rsp`, `rbp` are read from
+//! the `ucontext_t` of the `rt_sigframe`.
+//!
+//! The map of the target is read once, by [`Unwinder::new`]: build one
+//! per process per operation, while its threads are stopped.
+
+mod memory;
+mod modules;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{FrameAddress, Module, Unwinder as _};
+
+use crate::error::Error;
+use crate::{maps, Pid, Regs};
+use memory::{RestorerCache, StackMem, RESTORE_RT};
+use modules::{Bytes, CodeMap, Loaded, Source};
+
+/// At most this many frames are followed; a deeper stack is not complete.
+pub const MAX_FRAMES: usize = 1024;
+
+/// Offset of `uc_mcontext.gregs` in `ucontext_t` (after `uc_flags`,
+/// `uc_link` and the 24-byte `uc_stack`).
+const UC_GREGS: u64 = 40;
+/// Indices in `gregs` (`REG_RBP`, `REG_RSP`, `REG_RIP` of `<sys/ucontext.h>`).
+const REG_RBP: u64 = 10;
+const REG_RSP: u64 = 15;
+const REG_RIP: u64 = 16;
+
+/// The registers an unwind starts from: those of a stopped thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+impl From<&Regs> for StartRegs {
+    fn from(r: &Regs) -> StartRegs {
+        StartRegs {
+            ip: r.rip(),
+            sp: r.rsp(),
+            bp: r.rbp(),
+        }
+    }
+}
+
+impl From<Regs> for StartRegs {
+    fn from(r: Regs) -> StartRegs {
+        StartRegs::from(&r)
+    }
+}
+
+/// What a frame's address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// An instruction pointer: the thread's (frame 0) or the one a signal
+    /// interrupted. The instruction at it has not run yet: look it up as is.
+    Ip,
+    /// A return address: the call instruction is just before it (look up
+    /// `addr - 1`).
+    Return,
+}
+
+/// One frame of a thread's stack, innermost first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame 0: the thread's ip (kind Ip). After a signal frame: the
+    /// interrupted ip (kind Ip: look it up as is). Otherwise a return
+    /// address (kind Return: the call instruction is before it; look up
+    /// `addr - 1`).
+    pub addr: u64,
+    pub kind: FrameKind,
+    /// Where `addr` is stored in the target's memory: for a return address,
+    /// its slot on the stack (the word a `ret` will pop, CFA - 8, checked to
+    /// hold `addr`); for the ip interrupted by a signal, the address of the
+    /// saved rip in the `ucontext_t` of the signal frame; `None` for frame 0.
+    pub slot: Option<u64>,
+    /// The stack pointer in this frame (for a return address: once the
+    /// callee has returned to it).
+    pub sp: u64,
+}
+
+impl Frame {
+    /// The address to look the frame's function up by: `addr` for an ip,
+    /// `addr - 1` (inside the call instruction) for a return address.
+    pub fn lookup_addr(&self) -> u64 {
+        match self.kind {
+            FrameKind::Ip => self.addr,
+            FrameKind::Return => self.addr.wrapping_sub(1),
+        }
+    }
+}
+
+/// The frames of one thread's stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    /// Innermost first; frame 0 is the thread's ip.
+    pub frames: Vec<Frame>,
+    /// The unwind reached the outermost frame: framehop said there is no
+    /// caller (return address undefined, as `_start` and glibc's
+    /// clone/clone3 thread start mark it, or a return address of 0).
+    pub complete: bool,
+    /// Why not complete (no unwind info and no plausible frame pointer,
+    /// unreadable memory, stack pointer not increasing, more than
+    /// [`MAX_FRAMES`] frames, a return address that its slot does not
+    /// hold, ...).
+    pub stop_reason: Option<String>,
+}
+
+/// Unwinds stopped threads of one process; built once per process per
+/// operation, caches what it parsed.
+pub struct Unwinder {
+    pid: Pid,
+    /// The executable mappings, in address order.
+    code: Vec<CodeMap>,
+    framehop: UnwinderX86_64<Bytes>,
+    cache: CacheX86_64,
+    restorers: RestorerCache,
+}
+
+impl Unwinder {
+    /// Reads /proc/PID/maps: one framehop module per file-backed
+    /// executable mapping (and the vDSO), its `.eh_frame` / `.eh_frame_hdr`
+    /// (or `.debug_frame`) read from the file (through
+    /// /proc/PID/map_files/START-END when readable, else the path) the first
+    /// time an address in it is unwound.
+    pub fn new(pid: Pid) -> Result<Unwinder, Error> {
+        let code = maps(pid)?
+            .iter()
+            .filter_map(CodeMap::from_mapping)
+            .collect();
+        Ok(Unwinder {
+            pid,
+            code,
+            framehop: UnwinderX86_64::new(),
+            cache: CacheX86_64::new(),
+            restorers: RestorerCache::default(),
+        })
+    }
+
+    /// The process this unwinds.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Unwinds from these registers of a thread that is stopped. Never
+    /// fails: an unwind that cannot go on returns what it found with
+    /// `complete = false` and the reason.
+    pub fn unwind(&mut self, regs: StartRegs) -> Stack {
+        let mut mem = StackMem::new(self.pid);
+        let mut frames = vec![Frame {
+            addr: regs.ip,
+            kind: FrameKind::Ip,
+            slot: None,
+            sp: regs.sp,
+        }];
+        let mut uregs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+        let mut at = FrameAddress::from_instruction_pointer(regs.ip);
+        let stop_reason = loop {
+            if frames.len() > MAX_FRAMES {
+                break Some(format!("more than {MAX_FRAMES} frames"));
+            }
+            if let Some(uc) = self.signal_frame(at, uregs.sp()) {
+                let greg = |mem: &mut StackMem, i: u64| mem.read_u64(uc + UC_GREGS + 8 * i);
+                let (Ok(ip), Ok(sp), Ok(bp)) = (
+                    greg(&mut mem, REG_RIP),
+                    greg(&mut mem, REG_RSP),
+                    greg(&mut mem, REG_RBP),
+                ) else {
+                    break Some(format!(
+                        "cannot read the registers saved by a signal frame at {uc:#x}"
+                    ));
+                };
+                frames.push(Frame {
+                    addr: ip,
+                    kind: FrameKind::Ip,
+                    slot: Some(uc + UC_GREGS + 8 * REG_RIP),
+                    sp,
+                });
+                uregs = UnwindRegsX86_64::new(ip, sp, bp);
+                at = FrameAddress::from_instruction_pointer(ip);
+                continue;
+            }
+            self.load_module_for(at.address_for_lookup());
+            let before = uregs;
+            // The last word framehop read: a return address of 0 ends the
+            // stack for framehop, and reads as such.
+            let mut last_read = None;
+            let result = self
+                .framehop
+                .unwind_frame(at, &mut uregs, &mut self.cache, &mut |a| {
+                    let v = mem.read_u64(a);
+                    last_read = v.ok();
+                    v
+                });
+            let is_ip = !at.is_return_address();
+            let ra = match result {
+                // framehop's guess for an ip outside any CFI is "at function
+                // entry", and the word at sp then is often a saved rbp of 0
+                // (the thread start clears rbp): try the frame pointer.
+                Ok(None) | Ok(Some(0)) if is_ip && last_read == Some(0) => {
+                    match self.frame_pointer_step(is_ip, before, &mut mem) {
+                        Some(r) => {
+                            uregs = r;
+                            r.ip()
+                        }
+                        None => break None,
+                    }
+                }
+                Ok(None) | Ok(Some(0)) => break None,
+                Ok(Some(ra)) if self.is_code(ra) => ra,
+                Ok(Some(ra)) => {
+                    // framehop's guess for an ip outside any CFI is "at
+                    // function entry": the frame pointer is the other.
+                    match self.frame_pointer_step(is_ip, before, &mut mem) {
+                        Some(r) => {
+                            uregs = r;
+                            r.ip()
+                        }
+                        None => {
+                            break Some(format!(
+                                "return address {ra:#x} of the frame at {:#x} ({}) is not in \
+                                 executable memory",
+                                at.address(),
+                                self.describe(at.address_for_lookup()),
+                            ))
+                        }
+                    }
+                }
+                Err(e) => match self.frame_pointer_step(is_ip, before, &mut mem) {
+                    Some(r) => {
+                        uregs = r;
+                        r.ip()
+                    }
+                    None => {
+                        break Some(format!(
+                            "cannot unwind the frame at {:#x} ({}): {e}",
+                            at.address(),
+                            self.describe(at.address_for_lookup()),
+                        ))
+                    }
+                },
+            };
+            let sp = uregs.sp();
+            if sp <= before.sp() {
+                break Some(format!(
+                    "the stack pointer did not increase ({:#x} to {sp:#x}) unwinding the frame \
+                     at {:#x} ({})",
+                    before.sp(),
+                    at.address(),
+                    self.describe(at.address_for_lookup()),
+                ));
+            }
+            let slot = sp - 8;
+            match mem.read_u64(slot) {
+                Ok(v) if v == ra => {}
+                held => {
+                    break Some(format!(
+                        "return address {ra:#x} of the frame at {:#x} ({}) is not in its slot \
+                         {slot:#x} (which holds {})",
+                        at.address(),
+                        self.describe(at.address_for_lookup()),
+                        match held {
+                            Ok(v) => format!("{v:#x}"),
+                            Err(()) => "nothing readable".into(),
+                        }
+                    ))
+                }
+            }
+            frames.push(Frame {
+                addr: ra,
+                kind: FrameKind::Return,
+                slot: Some(slot),
+                sp,
+            });
+            at = match FrameAddress::from_return_address(ra) {
+                Some(a) => a,
+                None => break None,
+            };
+        };
+        Stack {
+            frames,
+            complete: stop_reason.is_none(),
+            stop_reason,
+        }
+    }
+
+    /// For a frame at glibc's signal restorer: the address of the
+    /// `ucontext_t` the kernel saved the interrupted registers in. A
+    /// handler's return address is the restorer's first byte, and `sp` then
+    /// points just past it, at the `ucontext_t`; a thread stopped inside
+    /// the restorer (before its `syscall` ran) is there too.
+    fn signal_frame(&mut self, at: FrameAddress, sp: u64) -> Option<u64> {
+        let pid = self.pid;
+        let found = match at {
+            FrameAddress::ReturnAddress(a) => self.restorers.is_restorer(pid, a.get()),
+            FrameAddress::InstructionPointer(ip) => [0u64, 7, RESTORE_RT.len() as u64]
+                .iter()
+                .any(|&back| ip >= back && self.restorers.is_restorer(pid, ip - back)),
+        };
+        found.then_some(sp)
+    }
+
+    /// One step through the frame pointer, for frame 0 (or an ip a signal
+    /// interrupted) when framehop's answer is no code address: `rbp` points
+    /// at the saved `rbp`, the return address above it.
+    fn frame_pointer_step(
+        &self,
+        is_ip: bool,
+        regs: UnwindRegsX86_64,
+        mem: &mut StackMem,
+    ) -> Option<UnwindRegsX86_64> {
+        let (sp, bp) = (regs.sp(), regs.bp());
+        if !is_ip || bp < sp || bp % 8 != 0 {
+            return None;
+        }
+        let ra = mem.read_u64(bp.checked_add(8)?).ok()?;
+        let caller_bp = mem.read_u64(bp).ok()?;
+        if !self.is_code(ra) {
+            return None;
+        }
+        Some(UnwindRegsX86_64::new(ra, bp + 16, caller_bp))
+    }
+
+    fn code_index(&self, addr: u64) -> Option<usize> {
+        let i = self.code.partition_point(|m| m.start <= addr);
+        (i > 0 && addr < self.code[i - 1].end).then(|| i - 1)
+    }
+
+    /// Whether `addr` is in an executable mapping.
+    fn is_code(&self, addr: u64) -> bool {
+        self.code_index(addr).is_some()
+    }
+
+    /// Where `addr` is, for messages.
+    fn describe(&self, addr: u64) -> String {
+        match self.code_index(addr) {
+            None => "not in executable memory".into(),
+            Some(i) => {
+                let m = &self.code[i];
+                match &m.loaded {
+                    Loaded::Failed(why) => format!("{}; its unwind info: {why}", m.name()),
+                    _ => m.name(),
+                }
+            }
+        }
+    }
+
+    /// Gives framehop the module of the mapping holding `addr`, the first
+    /// time an address in it is unwound.
+    fn load_module_for(&mut self, addr: u64) {
+        let Some(i) = self.code_index(addr) else {
+            return;
+        };
+        let m = &mut self.code[i];
+        if !matches!(m.loaded, Loaded::NotYet) {
+            return;
+        }
+        if matches!(m.source, Source::Anonymous) {
+            m.loaded = Loaded::Failed("anonymous memory has no unwind information".into());
+            return;
+        }
+        match m.read_sections(self.pid) {
+            Ok((bias, info)) => {
+                self.framehop
+                    .add_module(Module::new(m.name(), m.start..m.end, bias, info));
+                m.loaded = Loaded::Yes;
+            }
+            Err(why) => m.loaded = Loaded::Failed(why),
+        }
+    }
+}
