@@ -41,6 +41,7 @@ pub mod hex;
 pub mod le;
 pub mod names;
 pub mod time;
+pub mod transition;
 
 /// The patch store's place and file names, shared by the tool (which
 /// records) and the runtime (which applies the records at start).
@@ -64,7 +65,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -200,6 +201,15 @@ pub mod write_kind {
     /// put back. Made with one write (/proc/PID/mem), so no kill leaves
     /// it half done.
     pub const REWRITE: u32 = 6;
+    /// Not a write (length 0): the plan switches threads one by one
+    /// ([`crate::transition`]). Its place is just before the plan's FLAG:
+    /// the tool marks every thread old, makes the FLAG write, switches
+    /// each thread once no replaced function's old code is on its stack,
+    /// and makes the rest of the plan only when every thread is new.
+    pub const TRANSITION: u32 = 7;
+    /// Not a write (length 0): one function of a per-thread plan, where
+    /// its old code is and its guarded slot ([`crate::transition::OldCode`]).
+    pub const OLD_CODE: u32 = 8;
 }
 
 /// One change of code bytes (or of a flag) the tool makes while every
@@ -374,6 +384,19 @@ pub struct Interface {
     /// its writes, and completes them (each write whose bytes are still
     /// `old` gets `new`) so the code matches the registry again.
     pub writes_pending: u64,
+    /// `req_flag` bits the tool sets with each request.
+    pub req_flags: u64,
+    /// The threads a per-thread transition still waits for, as the tool
+    /// last saw them (written by the tool, read by `ulp patches`).
+    pub pending: transition::Pending,
+}
+
+/// Request flags (`Interface::req_flags`).
+pub mod req_flag {
+    /// Plan a change of code as a per-thread transition
+    /// ([`crate::transition`]) rather than a switch of every thread at
+    /// once.
+    pub const PER_THREAD: u64 = 1;
 }
 
 impl Interface {
@@ -408,6 +431,8 @@ impl Interface {
         resume_end: 0,
         call_done: [0; 2],
         writes_pending: 0,
+        req_flags: 0,
+        pending: transition::Pending::ZERO,
     };
 }
 
@@ -434,6 +459,8 @@ pub mod offset {
     pub const RESUME_END: usize = offset_of!(Interface, resume_end);
     pub const CALL_DONE: usize = offset_of!(Interface, call_done);
     pub const WRITES_PENDING: usize = offset_of!(Interface, writes_pending);
+    pub const REQ_FLAGS: usize = offset_of!(Interface, req_flags);
+    pub const PENDING: usize = offset_of!(Interface, pending);
 }
 
 // The layout is part of the protocol: a change here must bump

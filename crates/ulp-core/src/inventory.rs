@@ -23,6 +23,12 @@ pub struct Inventory {
     /// The runtime's write journal is set: an interrupted ulp left code
     /// writes unfinished (the next trigger completes them).
     pub writes_pending: bool,
+    /// The journal holds a per-thread transition whose flag is set: the
+    /// writes left are its last part, made once no thread is old.
+    pub in_transition: bool,
+    /// Threads a pending transition still waits for (tid, the outermost
+    /// replaced function on its stack), and how many.
+    pub pending_threads: Option<(Vec<(ulp_process::Tid, String)>, usize)>,
     pub libraries: Vec<Library>,
 }
 
@@ -47,6 +53,15 @@ pub fn runtime_processes(spec: Option<&str>, user: Option<&str>) -> Vec<Pid> {
 pub fn of(pid: Pid, rt: &Runtime) -> Result<Inventory, ulp_process::Error> {
     let state = live_patching::get(rt)?;
     let writes_pending = rt.writes_pending()?;
+    let in_transition = writes_pending
+        && rt.read_result().is_ok_and(|(_, w)| {
+            crate::transition::plan_of(&w).is_some_and(|p| crate::transition::flag_set(pid, &p))
+        });
+    let pending_threads = if in_transition {
+        crate::transition::pending_now(rt)
+    } else {
+        None
+    };
     let applied = rt.patches()?;
     let mut libraries = Vec::new();
     // Named as the process's loader names them, as libpulp prints them
@@ -81,6 +96,8 @@ pub fn of(pid: Pid, rt: &Runtime) -> Result<Inventory, ulp_process::Error> {
         name: crate::select::process_name(pid),
         state,
         writes_pending,
+        in_transition,
+        pending_threads,
         libraries,
     })
 }

@@ -31,6 +31,7 @@ pub mod redirect;
 pub mod runtime;
 pub mod select;
 pub mod store;
+pub mod transition;
 pub mod trigger;
 pub mod trust;
 pub mod watch;

@@ -190,8 +190,13 @@ impl Runtime {
 
     /// Writes the request area (the caller holds the thread that will run
     /// the entry point, which keeps other tools out).
-    pub fn write_request(&self, op: u32, req: &[u8]) -> Result<(), ulp_process::Error> {
+    pub fn write_request(&self, op: u32, req: &[u8], flags: u64) -> Result<(), ulp_process::Error> {
         ulp_process::write_mem(self.pid, self.interface + offset::REQ as u64, req)?;
+        ulp_process::write_mem(
+            self.pid,
+            self.interface + offset::REQ_FLAGS as u64,
+            &flags.to_le_bytes(),
+        )?;
         let mut head = [0u8; 8];
         head[..4].copy_from_slice(&op.to_le_bytes());
         head[4..].copy_from_slice(&(req.len() as u32).to_le_bytes());
@@ -211,6 +216,18 @@ impl Runtime {
             self.interface + offset::WRITES_PENDING as u64,
             &0u64.to_le_bytes(),
         )
+    }
+
+    /// The per-thread transition the tool last left pending (`id` 0: none).
+    pub fn pending(&self) -> Result<ulp_abi::transition::Pending, ulp_process::Error> {
+        let mut raw = vec![0u8; ulp_abi::transition::Pending::SIZE];
+        self.read(offset::PENDING, &mut raw)?;
+        Ok(ulp_abi::transition::Pending::from_bytes(&raw).unwrap_or(ulp_abi::transition::Pending::ZERO))
+    }
+
+    /// Records the transition's pending threads for `ulp patches`.
+    pub fn set_pending(&self, p: &ulp_abi::transition::Pending) -> Result<(), ulp_process::Error> {
+        ulp_process::write_mem(self.pid, self.interface + offset::PENDING as u64, &p.to_bytes())
     }
 
     /// The result area after a call: message and writes.

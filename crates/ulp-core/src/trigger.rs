@@ -48,7 +48,7 @@ use crate::objects::{chroot_of, named_objects, named_objects_in, MappedObject};
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::writes::{
-    check_rewrites_against_files, complete_pending_writes, write_with_retries, Faults, Unwritten,
+    check_rewrites_against_files, complete_pending_writes, make_plan, Faults, Unwritten,
 };
 
 /// How to run one trigger.
@@ -70,6 +70,52 @@ pub struct Options {
     /// `--redirect-got`: after the code writes, point the GOT slots that
     /// hold a patched function's old entry at its new function (`got.rs`).
     pub redirect_got: bool,
+    /// `--consistency`: how threads move to the new code.
+    pub consistency: Consistency,
+    /// How long to wait for a per-thread transition to complete (the
+    /// trigger then reports the threads still old).
+    pub transition_wait: Duration,
+}
+
+/// When a thread moves to the new code of a change (ARCHITECTURE.md,
+/// "Per-thread consistency").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Once no replaced function's old code is on its stack.
+    #[default]
+    Function,
+    /// Once no code of the target library (or of its patches) is on its
+    /// stack.
+    Library,
+    /// Every thread at once (libpulp's behaviour).
+    None,
+}
+
+impl Consistency {
+    pub fn parse(s: &str) -> Option<Consistency> {
+        match s {
+            "function" => Some(Consistency::Function),
+            "library" => Some(Consistency::Library),
+            "none" => Some(Consistency::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Function => "function",
+            Consistency::Library => "library",
+            Consistency::None => "none",
+        }
+    }
+
+    /// The request flags that ask the runtime for this model.
+    pub(crate) fn req_flags(self) -> u64 {
+        match self {
+            Consistency::None => 0,
+            _ => ulp_abi::req_flag::PER_THREAD,
+        }
+    }
 }
 
 impl Default for Options {
@@ -80,6 +126,8 @@ impl Default for Options {
             root: None,
             suspend_seccomp: false,
             redirect_got: false,
+            consistency: Consistency::default(),
+            transition_wait: Duration::from_secs(2),
         }
     }
 }
@@ -151,6 +199,11 @@ pub struct Detail {
     pub got: crate::got::Moved,
     /// Where the time of the operation went ([`Phases`]).
     pub phases: Phases,
+    /// The per-thread transition of the change, when it had one.
+    pub transition: Option<crate::transition::Transitioned>,
+    /// Why the transition's last writes wait for the next trigger (every
+    /// thread runs the new code already).
+    pub unfinished: Option<String>,
 }
 
 /// Where the time of one operation in one process went, phase by phase
@@ -934,9 +987,12 @@ fn run_timed(
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
         .map_err(|why| (0, Unwritten::Nothing(why.to_string())))
-        .and_then(|()| write_with_retries(rt, &writes, deadline, opts, &mut faults))
+        .and_then(|()| make_plan(rt, &writes, deadline, opts, &mut faults))
     {
-        Ok(made) => {
+        Ok(plan) => {
+            let made = plan.made;
+            detail.transition = plan.transition;
+            detail.unfinished = plan.unfinished;
             detail.phases.stop_all = made.seize;
             detail.phases.writes = made.write;
             detail.phases.resume = made.release;
@@ -1045,7 +1101,7 @@ fn call(
     let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries)?;
     phases.caller_stop = start.elapsed();
     let start = Instant::now();
-    rt.write_request(opcode, req)?;
+    rt.write_request(opcode, req, opts.consistency.req_flags())?;
     // The call returns to the thread's code by itself, through the
     // runtime's resume routine, even if this tool dies meanwhile.
     let path = return_path(rt)?;

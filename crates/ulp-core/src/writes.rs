@@ -21,6 +21,7 @@ use ulp_abi::{write_kind, Write};
 use ulp_process::{Pid, RemoteAddr, Stopped};
 
 use crate::runtime::Runtime;
+use crate::transition::{self, Transitioned};
 use crate::trigger::{hex, Options};
 use crate::Error;
 
@@ -50,12 +51,82 @@ pub(crate) struct Made {
     pub(crate) got_find: Duration,
 }
 
-/// Makes `writes` with every thread stopped, retrying while a thread is in
-/// the way, and clears the runtime's write journal before the threads are
-/// released. Err: (attempts, why).
+/// Which writes of a plan one stop makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// All of them (a plan without a transition).
+    Whole,
+    /// A transition's first part: up to its FLAG, every thread marked old
+    /// just before it; the journal stays set.
+    UpToFlag,
+    /// A transition's last part, once no thread is old.
+    AfterFlag,
+}
+
+/// A plan made, and its transition when it has one.
+pub(crate) struct PlanMade {
+    pub(crate) made: Made,
+    pub(crate) transition: Option<Transitioned>,
+    /// Why the transition's last part is not made although every thread
+    /// is new (the next trigger makes it; every thread runs the new code).
+    pub(crate) unfinished: Option<String>,
+}
+
+/// Makes a plan: [`write_with_retries`] for a plan without a transition;
+/// for one with, its three parts (`transition.rs`). Once the transition's
+/// flag is set the change is in place: nothing after it is a failure of
+/// the operation (`PlanMade::unfinished`).
+pub(crate) fn make_plan(
+    rt: &Runtime,
+    writes: &[Write],
+    deadline: Instant,
+    opts: &Options,
+    faults: &mut Faults,
+) -> Result<PlanMade, (u32, Unwritten)> {
+    let Some(plan) = transition::plan_of(writes) else {
+        let made = write_with_retries(rt, writes, Part::Whole, deadline, opts, faults)?;
+        return Ok(PlanMade {
+            made,
+            transition: None,
+            unfinished: None,
+        });
+    };
+    let made = write_with_retries(rt, writes, Part::UpToFlag, deadline, opts, faults)?;
+    let wait_until = (Instant::now() + opts.transition_wait).min(deadline);
+    let settled = match transition::settle(rt, &plan, opts.consistency, wait_until, deadline) {
+        Ok(s) => s,
+        Err(why) => {
+            return Ok(PlanMade {
+                made,
+                transition: None,
+                unfinished: Some(format!("checking the threads failed: {why}")),
+            })
+        }
+    };
+    let mut unfinished = None;
+    if settled.complete() {
+        if let Err((_, why)) =
+            write_with_retries(rt, writes, Part::AfterFlag, deadline, opts, faults)
+        {
+            let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
+            unfinished = Some(why);
+        }
+    }
+    Ok(PlanMade {
+        made,
+        transition: Some(settled),
+        unfinished,
+    })
+}
+
+/// Makes `part` of `writes` with every thread stopped, retrying while a
+/// thread is in the way, and clears the runtime's write journal before the
+/// threads are released (unless more of the plan is left). Err:
+/// (attempts, why).
 pub(crate) fn write_with_retries(
     rt: &Runtime,
     writes: &[Write],
+    part: Part,
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
@@ -72,7 +143,7 @@ pub(crate) fn write_with_retries(
             last_err = why;
             continue;
         }
-        match write_all(rt, writes, deadline, opts, faults) {
+        match write_all(rt, writes, part, deadline, opts, faults) {
             Ok(made) => return Ok(Made { attempts, ..made }),
             Err(WriteError::Busy(why)) => last_err = why,
             Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
@@ -158,16 +229,26 @@ pub(crate) fn complete_pending_writes(
         return Ok(());
     }
     let (_, writes) = rt.read_result()?;
-    write_with_retries(rt, &writes, deadline, opts, faults)
-        .map(|_| ())
-        .map_err(|(_, why)| {
-            let why = match why {
-                Unwritten::Nothing(why) | Unwritten::Bookkeeping(why) => why,
-            };
-            Error::refused(format!(
-                "completing the writes an interrupted ulp left pending: {why}"
-            ))
-        })
+    let done = make_plan(rt, &writes, deadline, opts, faults).map_err(|(_, why)| {
+        let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
+        Error::refused(format!(
+            "completing the writes an interrupted ulp left pending: {why}"
+        ))
+    })?;
+    if let Some(t) = done.transition.filter(|t| !t.complete()) {
+        return Err(Error::refused(format!(
+            "an earlier change is still in its per-thread transition ({}): those threads take \
+             the new code by themselves when they leave the replaced functions; nothing else was \
+             changed, try again later",
+            t.describe()
+        )));
+    }
+    if let Some(why) = done.unfinished {
+        return Err(Error::refused(format!(
+            "completing an earlier change's transition: {why}"
+        )));
+    }
+    Ok(())
 }
 
 enum WriteError {
@@ -195,6 +276,7 @@ enum WriteError {
 fn write_all(
     rt: &Runtime,
     writes: &[Write],
+    part: Part,
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
@@ -226,6 +308,33 @@ fn write_all(
             writes[i].addr
         ))
     })?;
+    // A transition's part: up to its flag (every thread marked old just
+    // before it), or what follows once no thread is old.
+    let plan = transition::plan_of(writes);
+    let is_flag = |w: &Write| plan.as_ref().is_some_and(|p| w.kind == write_kind::FLAG && w.addr == p.rec.flag);
+    let (todo, finish) = match (&plan, part) {
+        (Some(_), Part::UpToFlag) => match todo.iter().position(is_flag) {
+            Some(i) => (todo[..=i].to_vec(), false),
+            // Set by an earlier ulp.
+            None => (Vec::new(), false),
+        },
+        (Some(p), Part::AfterFlag) => {
+            if todo.iter().any(is_flag) {
+                return Err(WriteError::Fatal(format!(
+                    "process {pid}: the transition's flag is not set; nothing was written"
+                )));
+            }
+            for tid in stopped.tids() {
+                if transition::is_old(&stopped, tid, &p.rec).map_err(WriteError::Fatal)? {
+                    return Err(WriteError::Fatal(format!(
+                        "process {pid}: thread {tid} still runs the old code of the transition"
+                    )));
+                }
+            }
+            (todo, true)
+        }
+        _ => (todo, true),
+    };
     // No thread inside bytes still to change (writes already made change
     // nothing: after a killed ulp, threads run through what it wrote).
     let tids = stopped.tids();
@@ -255,14 +364,21 @@ fn write_all(
     let mut done: Vec<Write> = Vec::new();
     for w in &todo {
         let new = &w.new[..w.len as usize];
-        if let Err(e) = make_write(&mut stopped, w.addr, w.kind, new, faults) {
+        let marked = match &plan {
+            Some(p) if is_flag(w) => transition::mark_all(&mut stopped, &p.rec),
+            _ => Ok(()),
+        };
+        let made = marked.and_then(|()| {
+            make_write(&mut stopped, w.addr, w.kind, new, faults).map_err(|e| e.to_string())
+        });
+        if let Err(e) = made {
             // Put back what was written so the process runs one version:
             // backwards, each write whole, so a kill here is as harmless.
             for d in done.iter().rev() {
                 let old = &d.old[..d.len as usize];
                 let _ = make_write(&mut stopped, d.addr, d.kind, old, faults);
             }
-            return Err(fatal(e));
+            return Err(WriteError::Fatal(e));
         }
         done.push(*w);
     }
@@ -273,8 +389,13 @@ fn write_all(
         0
     };
     faults.kill_point();
-    // Every write is made: nothing is pending any more.
-    let cleared = rt.clear_pending_writes();
+    // Every write is made: nothing is pending any more (unless a
+    // transition's last part is still to come).
+    let cleared = if finish {
+        rt.clear_pending_writes()
+    } else {
+        Ok(())
+    };
     let written = start.elapsed();
     stopped.release().map_err(|e| {
         WriteError::Released(format!(

@@ -94,6 +94,13 @@ pub fn request() -> (u32, Option<Vec<u8>>) {
     }
 }
 
+/// The request's flags (`ulp_abi::req_flag`).
+pub fn req_flags() -> u64 {
+    // SAFETY: an aligned field of a static, written by the tool before the
+    // call.
+    unsafe { addr_of!((*block()).req_flags).read_volatile() }
+}
+
 /// Fills the result area: `msg` is cut to fit with its NUL, `writes` must
 /// hold at most [`MAX_WRITES`] entries (the callers check; extra ones are
 /// dropped here rather than overflow the area).

@@ -58,6 +58,7 @@ pub mod plan;
 pub mod registry;
 pub mod resume;
 pub mod rewrite;
+mod thread;
 pub mod ring;
 pub mod site;
 mod stored;
@@ -161,6 +162,7 @@ pub(crate) fn after_dlopen() {
 
 fn dispatch() -> i32 {
     let (operation, request) = interface::request();
+    plan::per_thread(interface::req_flags() & ulp_abi::req_flag::PER_THREAD != 0);
     let Some(request) = request else {
         let msg = "request length exceeds the request area";
         ring::log(format_args!("call refused: {msg}"));

@@ -15,6 +15,20 @@ use crate::rewrite::{self, Rewritten};
 use crate::ring;
 use crate::site::read_mem;
 use crate::switch;
+use crate::thread;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use ulp_abi::transition::{self, OldCode};
+
+/// Whether the current call plans a per-thread transition (the tool's
+/// request flag); stored patches applied by the runtime itself never do
+/// (no other thread runs then).
+static PER_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Sets [`PER_THREAD`] for the call being made.
+pub(crate) fn per_thread(on: bool) {
+    PER_THREAD.store(on, Ordering::Relaxed);
+}
 
 /// The write of `new` over `old` at `addr`.
 pub(crate) fn make_write(addr: u64, kind: u32, old: &[u8], new: &[u8]) -> Write {
@@ -36,6 +50,8 @@ enum Held {
 
 /// One function whose redirection an operation changes.
 struct Move {
+    /// The function's entry (its symbol's address).
+    entry: u64,
     patch_point: u64,
     held: Held,
     /// Where a call to it goes now (`None`: bytes that are not ours).
@@ -77,6 +93,7 @@ unsafe fn move_of(reg: &Registry, entry: u64, patch_point: u64) -> Option<Move> 
         let from = rewrite::current_target(&r, &now);
         let held = Held::Rewrite { r, now };
         let m = Move {
+            entry,
             patch_point: r.start,
             held,
             from,
@@ -96,6 +113,7 @@ unsafe fn move_of(reg: &Registry, entry: u64, patch_point: u64) -> Option<Move> 
         Some(patch_point + 2)
     };
     let m = Move {
+        entry,
         patch_point,
         held: Held::Padded { stub, pad, jump },
         from,
@@ -123,8 +141,18 @@ pub(crate) unsafe fn plan_writes(reg: &Registry, sites: &mut Vec<(u64, u64)>) ->
         .iter()
         .filter_map(|&(entry, patch_point)| move_of(reg, entry, patch_point))
         .collect();
+    if PER_THREAD.load(Ordering::Relaxed) && !moves.is_empty() {
+        if let Some(writes) = switch_plan(&moves, true) {
+            return writes;
+        }
+        ring::log(format_args!(
+            "{} functions switch every thread at once: no per-thread transition could be made \
+             (no near page, or too many writes)",
+            moves.len()
+        ));
+    }
     if moves.len() >= 2 {
-        if let Some(writes) = switch_plan(&moves) {
+        if let Some(writes) = switch_plan(&moves, false) {
             return writes;
         }
         ring::log(format_args!(
@@ -219,16 +247,43 @@ fn plain_plan(moves: &[Move]) -> Vec<Write> {
 /// would not fit in one result. The flag and the slots are never freed or
 /// reused: a thread may still be inside a slot after the switch, and then
 /// goes where the switch sent it.
-fn switch_plan(moves: &[Move]) -> Option<Vec<Write>> {
-    let flag = rewrite::alloc(switch::FLAG_LEN, moves.first()?.patch_point)?;
+fn switch_plan(moves: &[Move], per_thread: bool) -> Option<Vec<Write>> {
+    let near = moves.first()?.patch_point;
+    let flag = rewrite::alloc(switch::FLAG_LEN, near)?;
     let mut code = Vec::new();
+    let mut records = Vec::new();
+    let transition = if per_thread {
+        let (t, tramp) = thread::new_transition(near, flag)?;
+        code.extend(tramp);
+        records.push(t.to_write());
+        Some(t)
+    } else {
+        None
+    };
     let mut point = Vec::new();
     let mut straight = Vec::new();
     for m in moves {
         let from = m.from?;
         let to = m.to_addr();
-        let slot = rewrite::alloc(switch::SLOT_LEN, m.patch_point)?;
-        let bytes = switch::slot_code(slot, flag, from, to)?;
+        let (slot, bytes) = match transition {
+            Some(t) => {
+                let slot = rewrite::alloc(transition::SLOT_LEN, m.patch_point)?;
+                records.push(
+                    OldCode {
+                        entry: m.entry,
+                        from,
+                        slot,
+                    }
+                    .to_write(),
+                );
+                let b = transition::slot_code(slot, flag, t.id, t.mark_off, from, to)?;
+                (slot, b)
+            }
+            None => {
+                let slot = rewrite::alloc(switch::SLOT_LEN, m.patch_point)?;
+                (slot, switch::slot_code(slot, flag, from, to)?)
+            }
+        };
         let mut padded = vec![0xcc; (bytes.len() + 7) & !7];
         padded[..bytes.len()].copy_from_slice(&bytes);
         match &m.held {
@@ -278,6 +333,7 @@ fn switch_plan(moves: &[Move]) -> Option<Vec<Write>> {
     }
     let mut writes = code;
     writes.extend(point);
+    writes.extend(records);
     // SAFETY: a byte of a near page we mapped (readable), 0 since.
     let now = unsafe { read_mem(flag, 1) };
     writes.push(make_write(flag, write_kind::FLAG, &now, &[1]));

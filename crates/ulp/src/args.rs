@@ -76,6 +76,7 @@ pub const ALL_OPTIONS: &[(Option<char>, &str, bool)] = &[
     (Some('R'), "root", true),
     (None, "disable-seccomp", false),
     (None, "redirect-got", false),
+    (None, "consistency", true),
     (None, "force", false),
     (None, "persist", false),
     (None, "store", true),

@@ -358,7 +358,21 @@ fn text(r: &Inventory, build_ids: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "PID: {}, name: {}", r.pid, r.name);
     let _ = writeln!(s, "  Livepatching status: {}", r.state);
-    if r.writes_pending {
+    if let Some((threads, count)) = &r.pending_threads {
+        let list: Vec<String> = threads.iter().map(|(t, f)| format!("{t} in {f}")).collect();
+        let _ = writeln!(
+            s,
+            "  transition pending: {count} threads: {} (they take the new code when they leave \
+             the replaced functions)",
+            list.join(", ")
+        );
+    } else if r.in_transition {
+        let _ = writeln!(
+            s,
+            "  Transition: every thread runs the new code; the next `ulp trigger` on this \
+             process removes the per-thread dispatch"
+        );
+    } else if r.writes_pending {
         // Not in libpulp's output: only ever printed after a killed ulp.
         let _ = writeln!(
             s,
@@ -432,6 +446,10 @@ fn to_json(r: &Inventory) -> Value {
         "status": r.state.to_string(),
         "state": r.state.key(),
         "writes_pending": r.writes_pending,
+        "transition_pending": r.pending_threads.as_ref().map(|(threads, count)| json!({
+            "count": count,
+            "threads": threads.iter().map(|(t, f)| json!({ "tid": t.get(), "in": f })).collect::<Vec<_>>(),
+        })),
         "libraries": libraries,
     })
 }

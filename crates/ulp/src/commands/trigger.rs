@@ -21,7 +21,8 @@ use crate::args::{Common, UsageError};
     about = "apply (or revert) live-patch containers (without -p: in every process that has the runtime loaded)",
     override_usage = "\
 ulp trigger [-p PID|NAME] [--revert] [-r N] [--timeout S] [-R PREFIX]
-                   [--disable-seccomp] [--redirect-got] [--force] [--persist [--store DIR]] FILE|'GLOB'...
+                   [--consistency=MODEL] [--disable-seccomp] [--redirect-got] [--force]
+                   [--persist [--store DIR]] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --load-runtime [--runtime=PATH] FILE|'GLOB'...
        ulp trigger [-p PID|NAME] --revert-all=LIB|target [FILE|'GLOB'...]",
     before_help = "\
@@ -85,6 +86,19 @@ through the old entry's redirect. Every revert puts such slots back first,
 with or without the option. Off by default: a pointer read from a moved
 slot is the new function's address, unequal to one taken before, and the
 slots are found by reading every loaded object's relocations.
+
+--consistency=MODEL says when each thread takes the new code of a change.
+function (the default): a thread switches on its own, at a moment when no
+function the change replaces is on its stack, so no thread ever runs the
+old version of one replaced function and the new version of another; a
+thread inside one (blocked in it, say) keeps the old code until it returns
+from it, then switches by itself, with or without ulp. library: a thread
+switches only once no code of the target library is on its stack (for
+patches whose functions depend on the library's other code). none: every
+thread at once, as libpulp does. The trigger waits up to --timeout (2
+seconds when not given) for every thread to switch, then prints SUCCESS,
+followed by `(transition pending: N threads: TID in FUNCTION, ...)` when
+some have not yet; `ulp patches` shows them until they have.
 
 --disable-seccomp suspends the processes' seccomp filters while ulp is
 attached (PTRACE_O_SUSPEND_SECCOMP), for targets whose filter forbids what
@@ -175,6 +189,9 @@ pub struct Args {
     /// also point the GOT slots (of every loaded object) that hold a patched function's address at the new function, so a call through the PLT costs what it did before the patch; reverts put them back (off by default: a function pointer read from a moved slot is then the new function's address, unequal to one taken before the patch, and each trigger reads every loaded object's relocations; see README)
     #[arg(long)]
     pub redirect_got: bool,
+    /// when each thread takes the new code: function (default: once no replaced function is on its stack), library (once no code of the target library is), none (every thread at once, as libpulp)
+    #[arg(long, value_name = "MODEL", value_hint = ValueHint::Other)]
+    pub consistency: Option<String>,
     /// as root, load FILEs that other users could change
     #[arg(long)]
     pub force: bool,
@@ -230,6 +247,15 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     }
     if let Some(t) = p.timeout.as_deref() {
         opts.timeout = super::timeout_seconds(t)?;
+        // The wait for a transition is bounded by the same S.
+        opts.transition_wait = opts.timeout;
+    }
+    if let Some(c) = p.consistency.as_deref() {
+        opts.consistency = trigger::Consistency::parse(c).ok_or_else(|| {
+            UsageError(format!(
+                "--consistency takes function, library or none, got '{c}'"
+            ))
+        })?;
     }
     // -R PREFIX is a path in the target's view: not checked here (libpulp
     // does not either).
@@ -729,7 +755,14 @@ fn print_process(
             }
         };
         let text = match &l.report.outcome {
-            Outcome::Applied | Outcome::Reverted => format!("SUCCESS {}", l.label),
+            Outcome::Applied | Outcome::Reverted => match &l.report.detail.transition {
+                Some(t) if !t.complete() => format!(
+                    "SUCCESS {} (transition pending: {})",
+                    l.label,
+                    t.describe()
+                ),
+                _ => format!("SUCCESS {}", l.label),
+            },
             Outcome::AlreadyApplied => skipped(&ALREADY_APPLIED),
             Outcome::Skipped(r) => skipped(r),
             Outcome::NoRuntime => skipped(&Outcome::NoRuntime),
@@ -771,6 +804,20 @@ fn print_process(
                     "{indent}GOT slots: {} pointed at new functions, {} put back to old entries",
                     d.got.redirected, d.got.restored
                 );
+            }
+            if let Some(t) = &d.transition {
+                let _ = writeln!(
+                    out,
+                    "{indent}transition: {} threads checked one at a time (each held {:.3} ms median, {:.3} ms at most), {} switching on return, {}",
+                    t.checked,
+                    t.pause_median.as_secs_f64() * 1000.0,
+                    t.pause_max.as_secs_f64() * 1000.0,
+                    t.armed,
+                    if t.complete() { "complete".to_string() } else { format!("pending: {}", t.describe()) }
+                );
+            }
+            if let Some(u) = &d.unfinished {
+                let _ = writeln!(out, "{indent}note: {u} (every thread runs the new code; the next trigger finishes the writes)");
             }
             if d.phases.total > Duration::ZERO {
                 let phases: Vec<String> = d
@@ -819,6 +866,16 @@ fn line_json(l: &Line) -> Value {
         "got_slots": d.got.redirected,
         "got_slots_restored": d.got.restored,
         "phases_us": phases_json(&d.phases),
+        "transition": d.transition.as_ref().map(|t| json!({
+            "complete": t.complete(),
+            "pending": t.pending.iter().map(|(tid, f)| json!({ "tid": tid.get(), "in": f })).collect::<Vec<_>>(),
+            "pending_count": t.pending_count,
+            "threads_checked": t.checked,
+            "threads_armed": t.armed,
+            "pause_median_us": t.pause_median.as_micros() as u64,
+            "pause_max_us": t.pause_max.as_micros() as u64,
+        })),
+        "unfinished": d.unfinished,
     })
 }
 
