@@ -354,8 +354,10 @@ fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     let r = json_result(&out, pid);
     let tr = &r["transition"];
     assert_eq!(tr["complete"], Value::Bool(false), "revert: {r:#}");
-    let want: Value = serde_json::json!([{"tid": tid, "in": "process"}]);
-    assert_eq!(tr["pending"], want, "revert: {r:#}");
+    let pending_json = tr["pending"].as_array().expect("transition.pending");
+    assert_eq!(pending_json.len(), 1, "revert: {r:#}");
+    assert_eq!(pending_json[0]["tid"].as_i64(), Some(tid as i64), "{r:#}");
+    assert_eq!(pending_json[0]["in"], "process", "revert: {r:#}");
     let listed = s.patches(pid);
     assert!(listed.contains(&pending), "ulp patches:\n{listed}");
 
@@ -546,8 +548,13 @@ fn stock_libc_blocked_threads_do_not_hold_a_patch_of_atoi() {
         wait_in_syscall(t.pid, tid("read"), 0);
         wait_in_syscall(t.pid, tid("cond"), 202);
         let poller = tid("poll");
-        wait_until("the poll thread blocked in poll or ppoll", || {
-            matches!(ulp_fixtures::blocked_syscall(pid, poller), Some(7 | 271))
+        // poll, ppoll, or restart_syscall once a trigger has stopped it:
+        // the kernel restarts an interrupted poll that way.
+        wait_until("the poll thread blocked in poll", || {
+            matches!(
+                ulp_fixtures::blocked_syscall(pid, poller),
+                Some(7 | 271 | 219)
+            )
         });
         wait_all_blocked(pid);
     };
