@@ -319,7 +319,8 @@ fn block(t: &mut Target, tid: i32) {
 /// A thread blocked in read() inside process() keeps the old process and
 /// the old consume (old layout on both sides) until it returns, and only
 /// then becomes new by itself; the trigger and `ulp patches` show it
-/// pending meanwhile. Then the same for the revert, reported in JSON.
+/// pending meanwhile, while the main thread and a thread created during
+/// the transition are new. Then the same for the revert, reported in JSON.
 #[test]
 fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     let (s, mut t, tid) = block_setup("cons-block-default");
@@ -335,6 +336,10 @@ fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     );
     let listed = s.patches(pid);
     assert!(listed.contains(&pending), "ulp patches:\n{listed}");
+    // Meanwhile the main thread (no frame of process) is new, and so is a
+    // thread created during the transition.
+    assert_eq!(t.ask("main"), "main 56", "the main thread is new");
+    assert_eq!(t.ask("fresh"), "fresh 56", "a thread created now is new");
 
     t.send("unblock\n");
     assert_eq!(result(&mut t), PAIR_OLD, "the blocked call ends old");
@@ -360,6 +365,12 @@ fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     assert_eq!(pending_json[0]["in"], "process", "revert: {r:#}");
     let listed = s.patches(pid);
     assert!(listed.contains(&pending), "ulp patches:\n{listed}");
+    assert_eq!(t.ask("main"), "main 34", "the main thread is reverted");
+    assert_eq!(
+        t.ask("fresh"),
+        "fresh 34",
+        "a thread created now is reverted"
+    );
 
     t.send("unblock\n");
     assert_eq!(result(&mut t), PAIR_NEW, "the blocked call ends patched");
@@ -379,6 +390,7 @@ fn blocked_in_a_replaced_function_none_mixes() {
 
     let out = s.trigger(pid, Some("none"), &["--timeout", "1"], "cons_patch_pair.so");
     assert_complete(&out, pid, "apply");
+    assert_eq!(t.ask("main"), "main 56");
     t.send("unblock\n");
     assert_eq!(result(&mut t), PAIR_MIXED_OLD_NEW);
     t.send("call\n");
@@ -392,6 +404,7 @@ fn blocked_in_a_replaced_function_none_mixes() {
         "cons_patch_pair.so",
     );
     assert_complete(&out, pid, "revert");
+    assert_eq!(t.ask("main"), "main 34");
     t.send("unblock\n");
     assert_eq!(result(&mut t), PAIR_MIXED_NEW_OLD);
     t.send("call\n");
