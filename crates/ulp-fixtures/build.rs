@@ -308,6 +308,7 @@ fn main() {
         &out.join("demo_livepatch_undef.so"),
     );
     build_semantics(&src.join("semantics"), &out.join("semantics"));
+    build_consistency(&src.join("consistency"), &out.join("consistency"));
 }
 
 /// Runs `tool` (gcc or g++) with `args` and `-o out`.
@@ -443,5 +444,73 @@ fn build_semantics(src: &Path, out: &Path) {
         let mut args = PATCH.to_vec();
         args.extend([def.as_str(), stack.as_str()]);
         compile("gcc", &args, &out.join(format!("patch_stack{value}.so")));
+    }
+}
+
+/// The fixtures of crates/ulp/tests/consistency.rs (fixtures/consistency),
+/// into `out` (OUT_DIR/fixtures/consistency): the libraries libcons and
+/// libloop installed as a distribution does (file and SONAME link), padded
+/// and built with -fno-inline like libulpdemo; the programs linked against
+/// them (and one against the system's libc only); the live patches' code
+/// (the tests pack the containers with `ulp packer`).
+fn build_consistency(src: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let s = |name: &str| src.join(name).to_str().unwrap().to_string();
+    const PATCH: [&str; 4] = ["-O2", "-fPIC", "-shared", "-Wl,--build-id"];
+    for (file, soname, c) in [
+        ("libcons.so.1.2.3", "libcons.so.1", "libcons.c"),
+        ("libloop.so.1.0.0", "libloop.so.1", "libloop.c"),
+    ] {
+        let c = s(c);
+        let soname_flag = format!("-Wl,-soname,{soname}");
+        compile(
+            "gcc",
+            &[
+                "-O2",
+                "-Wall",
+                "-fPIC",
+                "-shared",
+                "-fno-inline",
+                "-fpatchable-function-entry=16,14",
+                "-Wl,--build-id",
+                &soname_flag,
+                &c,
+            ],
+            &out.join(file),
+        );
+        soname_link(out, file, soname);
+    }
+    let ldir = format!("-L{}", out.display());
+    for (prog, lib) in [
+        ("cons_load_prog", "-l:libcons.so.1"),
+        ("cons_block_prog", "-l:libcons.so.1"),
+        ("loop_prog", "-l:libloop.so.1"),
+    ] {
+        let c = s(&format!("{prog}.c"));
+        compile(
+            "gcc",
+            &[
+                "-O2",
+                "-Wall",
+                "-pthread",
+                &c,
+                &ldir,
+                lib,
+                "-Wl,-rpath,$ORIGIN",
+            ],
+            &out.join(prog),
+        );
+    }
+    let c = s("libc_block_prog.c");
+    compile(
+        "gcc",
+        &["-O2", "-Wall", "-pthread", &c],
+        &out.join("libc_block_prog"),
+    );
+    for patch in ["cons_patch_fg", "cons_patch_pair", "loop_patch"] {
+        let c = s(&format!("{patch}.c"));
+        let mut args = PATCH.to_vec();
+        args.push(&c);
+        compile("gcc", &args, &out.join(format!("{patch}.so")));
     }
 }
