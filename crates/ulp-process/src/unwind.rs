@@ -171,9 +171,6 @@ impl Unwinder {
         let mut uregs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
         let mut at = FrameAddress::from_instruction_pointer(regs.ip);
         let stop_reason = loop {
-            if frames.len() > MAX_FRAMES {
-                break Some(format!("more than {MAX_FRAMES} frames"));
-            }
             if let Some(uc) = self.signal_frame(at, uregs.sp()) {
                 let greg = |mem: &mut StackMem, i: u64| mem.read_u64(uc + UC_GREGS + 8 * i);
                 let (Ok(ip), Ok(sp), Ok(bp)) = (
@@ -185,6 +182,15 @@ impl Unwinder {
                         "cannot read the registers saved by a signal frame at {uc:#x}"
                     ));
                 };
+                if !self.is_code(ip) {
+                    break Some(format!(
+                        "the signal frame at {uc:#x} holds an ip {ip:#x} that is not in \
+                         executable memory"
+                    ));
+                }
+                if frames.len() == MAX_FRAMES {
+                    break Some(format!("more than {MAX_FRAMES} frames"));
+                }
                 frames.push(Frame {
                     addr: ip,
                     kind: FrameKind::Ip,
@@ -281,6 +287,9 @@ impl Unwinder {
                     ))
                 }
             }
+            if frames.len() == MAX_FRAMES {
+                break Some(format!("more than {MAX_FRAMES} frames"));
+            }
             frames.push(Frame {
                 addr: ra,
                 kind: FrameKind::Return,
@@ -305,6 +314,9 @@ impl Unwinder {
     /// points just past it, at the `ucontext_t`; a thread stopped inside
     /// the restorer (before its `syscall` ran) is there too.
     fn signal_frame(&mut self, at: FrameAddress, sp: u64) -> Option<u64> {
+        if !self.is_code(at.address()) {
+            return None;
+        }
         let pid = self.pid;
         let found = match at {
             FrameAddress::ReturnAddress(a) => self.restorers.is_restorer(pid, a.get()),

@@ -315,3 +315,51 @@ fn unreadable_stack_is_reported_not_complete() {
     drop(target);
     assert!(Unwinder::new(Pid::new(i32::MAX)).is_err());
 }
+
+/// A thread inside the vDSO (clock_gettime): its unwind information is read
+/// from the target's memory.
+#[test]
+fn unwinds_from_the_vdso() {
+    let dir = TempDir::new("unwind-vdso");
+    let prog = dir.join("unw_vdso");
+    gcc(&[
+        "-O2",
+        "-Wall",
+        "-o",
+        prog.to_str().unwrap(),
+        &source("unw_vdso.c"),
+    ]);
+    let target = Target::spawn(Command::new(&prog));
+    let pid = Pid::new(target.pid);
+    let vdso = maps(pid)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path.as_deref() == Some("[vdso]"))
+        .expect("no [vdso] mapping");
+    let syms = Symbols::load(pid, &[&prog]);
+    let mut unwinder = Unwinder::new(pid).unwrap();
+    let mut seen = Vec::new();
+    // The loop spends most of its time in the vDSO; stop it until it is
+    // caught there (each try is bounded).
+    for _ in 0..500 {
+        let stopped = Stopped::seize_threads(pid, &[pid.main_thread()], deadline(5000)).unwrap();
+        let regs = StartRegs::from(stopped.regs(pid.main_thread()).unwrap());
+        let stack = unwinder.unwind(regs);
+        stopped.release().unwrap();
+        let shown = syms.show("main thread", &stack);
+        assert!(stack.complete, "{shown}");
+        if vdso.contains(RemoteAddr::new(regs.ip)) {
+            let names = syms.names(&stack);
+            // The vDSO, libc's clock_gettime, then the program.
+            assert!(
+                find_seq(&names, &["spin_clock", "main"]).is_some_and(|i| i <= 3),
+                "{shown}"
+            );
+            check_slots(pid, "main thread", &stack);
+            eprintln!("{shown}");
+            return;
+        }
+        seen.push(regs.ip);
+    }
+    panic!("never stopped inside the vDSO {vdso:?}: ips {seen:x?}");
+}
