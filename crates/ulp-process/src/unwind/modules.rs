@@ -19,11 +19,7 @@ pub(super) type Bytes = Arc<[u8]>;
 #[derive(Debug)]
 pub(super) enum Source {
     /// A file: its name as /proc/PID/maps prints it, and its identity.
-    File {
-        path: String,
-        dev: String,
-        inode: u64,
-    },
+    File { path: String, inode: u64 },
     /// The kernel's vDSO, an ELF image in the target's memory.
     Vdso,
     /// Anonymous memory (JIT-like code): no unwind information.
@@ -59,7 +55,6 @@ impl CodeMap {
             Some("[vdso]") => Source::Vdso,
             Some(p) if p.starts_with('/') && m.inode != 0 => Source::File {
                 path: p.to_string(),
-                dev: m.dev.clone(),
                 inode: m.inode,
             },
             _ => Source::Anonymous,
@@ -89,8 +84,8 @@ impl CodeMap {
         pid: Pid,
     ) -> Result<(u64, ExplicitModuleSectionInfo<Bytes>), String> {
         match &self.source {
-            Source::File { path, dev, inode } => {
-                let file = open_mapped(pid, self, path, dev, *inode)?;
+            Source::File { path, inode } => {
+                let file = open_mapped(pid, self, path, *inode)?;
                 let cache = ReadCache::new(file);
                 sections(&cache, self.start, self.offset)
             }
@@ -108,7 +103,7 @@ impl CodeMap {
 /// Opens the file a mapping maps: through /proc/PID/map_files (the very
 /// file, even renamed or deleted) when that is allowed, else by its path
 /// as the process sees it, if that still names the same file.
-fn open_mapped(pid: Pid, m: &CodeMap, path: &str, dev: &str, inode: u64) -> Result<File, String> {
+fn open_mapped(pid: Pid, m: &CodeMap, path: &str, inode: u64) -> Result<File, String> {
     let by_map = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(f) = File::open(&by_map) {
         return Ok(f);
@@ -118,17 +113,9 @@ fn open_mapped(pid: Pid, m: &CodeMap, path: &str, dev: &str, inode: u64) -> Resu
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot stat {}: {e}", by_path.display()))?;
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let same_dev = dev
-        .split_once(':')
-        .and_then(|(a, b)| {
-            Some((
-                u32::from_str_radix(a, 16).ok()?,
-                u32::from_str_radix(b, 16).ok()?,
-            ))
-        })
-        .is_none_or(|(a, b)| a == major && b == minor);
-    if meta.ino() != inode || !same_dev {
+    // The inode only: on overlayfs the maps line gives the device of the
+    // layer the file is on, stat that of the overlay.
+    if meta.ino() != inode {
         return Err(format!(
             "{path} is no longer the file the process mapped (replaced since)"
         ));
