@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::{deadline, wait_in_syscall, Target, TempDir};
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use ulp_process::{
-    maps, read_mem, FrameKind, Pid, RemoteAddr, Stack, StartRegs, Stopped, Tid, Unwinder,
+    maps, read_mem, unwind::MAX_FRAMES, FrameKind, Pid, RemoteAddr, Stack, StartRegs, Stopped, Tid,
+    Unwinder,
 };
 
 const SYS_FUTEX: i64 = 202;
@@ -362,4 +363,37 @@ fn unwinds_from_the_vdso() {
         seen.push(regs.ip);
     }
     panic!("never stopped inside the vDSO {vdso:?}: ips {seen:x?}");
+}
+
+/// A stack deeper than [`MAX_FRAMES`] is cut there, not complete.
+#[test]
+fn stops_after_the_frame_limit() {
+    let dir = TempDir::new("unwind-deep");
+    let prog = dir.join("unw_deep");
+    gcc(&[
+        "-O2",
+        "-Wall",
+        "-o",
+        prog.to_str().unwrap(),
+        &source("unw_deep.c"),
+    ]);
+    let target = Target::spawn(Command::new(&prog));
+    let pid = Pid::new(target.pid);
+    wait_in_syscall(target.pid, target.pid, 0);
+    let syms = Symbols::load(pid, &[&prog]);
+    let stopped = Stopped::seize_threads(pid, &[pid.main_thread()], deadline(5000)).unwrap();
+    let regs = StartRegs::from(stopped.regs(pid.main_thread()).unwrap());
+    let stack = Unwinder::new(pid).unwrap().unwind(regs);
+    stopped.release().unwrap();
+    assert!(!stack.complete);
+    assert_eq!(stack.frames.len(), MAX_FRAMES);
+    let reason = stack.stop_reason.as_deref().unwrap();
+    assert!(reason.contains("more than 1024 frames"), "{reason}");
+    let names = syms.names(&stack);
+    assert!(
+        names[2..].iter().all(|n| *n == Some("deep")),
+        "{}",
+        syms.show("deep", &stack)
+    );
+    check_slots(pid, "deep", &stack);
 }
