@@ -397,3 +397,40 @@ fn stops_after_the_frame_limit() {
     );
     check_slots(pid, "deep", &stack);
 }
+
+/// A library replaced on disk after it was mapped (as a package upgrade
+/// does) is read through /proc/PID/map_files: the old file's CFI.
+#[test]
+fn unwinds_through_a_replaced_library() {
+    let dir = TempDir::new("unwind-replaced");
+    let (prog, lib) = build(&dir);
+    let target = Target::spawn(Command::new(&prog));
+    let ready = target.ready_hex();
+    let pid = Pid::new(target.pid);
+    let t1 = Tid::new(ready[0] as i32);
+    let syms = Symbols::load(pid, &[&prog, &lib]);
+    // A new file (another inode) in the old one's place.
+    let new = dir.join("libunw.so.1.0.0.new");
+    std::fs::copy(&lib, &new).unwrap();
+    std::fs::rename(&new, &lib).unwrap();
+    let deleted = format!("{} (deleted)", lib.display());
+    assert!(
+        maps(pid)
+            .unwrap()
+            .iter()
+            .any(|m| m.path.as_deref() == Some(&deleted)),
+        "the library is not shown as deleted"
+    );
+    let stopped = Stopped::seize_threads(pid, &[t1], deadline(5000)).unwrap();
+    let regs = StartRegs::from(stopped.regs(t1).unwrap());
+    let stack = Unwinder::new(pid).unwrap().unwind(regs);
+    stopped.release().unwrap();
+    let shown = syms.show("thread 1", &stack);
+    assert!(stack.complete, "{shown}");
+    let names = syms.names(&stack);
+    assert!(
+        find_seq(&names, &["unw_c", "unw_b", "unw_a", "t1_main"]).is_some(),
+        "{shown}"
+    );
+    check_slots(pid, "thread 1", &stack);
+}
