@@ -21,13 +21,15 @@
 mod memory;
 mod modules;
 
+use std::collections::HashMap;
+
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Module, Unwinder as _};
 
 use crate::error::Error;
 use crate::{maps, Pid, Regs};
 use memory::{RestorerCache, StackMem, RESTORE_RT};
-use modules::{Bytes, CodeMap, Loaded, Source};
+use modules::{Bytes, CodeMap, Loaded, ObjectUnwind, Source};
 
 /// At most this many frames are followed; a deeper stack is not complete.
 pub const MAX_FRAMES: usize = 1024;
@@ -128,6 +130,9 @@ pub struct Unwinder {
     /// The executable mappings, in address order.
     code: Vec<CodeMap>,
     framehop: UnwinderX86_64<Bytes>,
+    /// What was read of each file (by device and inode), for its other
+    /// executable mappings.
+    objects: HashMap<(String, u64), Result<ObjectUnwind, String>>,
     cache: CacheX86_64,
     restorers: RestorerCache,
 }
@@ -147,6 +152,7 @@ impl Unwinder {
             pid,
             code,
             framehop: UnwinderX86_64::new(),
+            objects: HashMap::new(),
             cache: CacheX86_64::new(),
             restorers: RestorerCache::default(),
         })
@@ -386,10 +392,21 @@ impl Unwinder {
             m.loaded = Loaded::Failed("anonymous memory has no unwind information".into());
             return;
         }
-        match m.read_sections(self.pid) {
-            Ok((bias, info)) => {
+        let key = m.file_key();
+        let object = match key.as_ref().and_then(|k| self.objects.get(k)) {
+            Some(read) => read.clone(),
+            None => {
+                let read = m.read_object(self.pid);
+                if let Some(k) = key {
+                    self.objects.insert(k, read.clone());
+                }
+                read
+            }
+        };
+        match object.and_then(|o| Ok((o.bias(m)?, o.sections))) {
+            Ok((bias, sections)) => {
                 self.framehop
-                    .add_module(Module::new(m.name(), m.start..m.end, bias, info));
+                    .add_module(Module::new(m.name(), m.start..m.end, bias, sections));
                 m.loaded = Loaded::Yes;
             }
             Err(why) => m.loaded = Loaded::Failed(why),
