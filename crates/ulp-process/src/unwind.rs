@@ -317,8 +317,9 @@ impl Unwinder {
     /// For a frame at glibc's signal restorer: the address of the
     /// `ucontext_t` the kernel saved the interrupted registers in. A
     /// handler's return address is the restorer's first byte, and `sp` then
-    /// points just past it, at the `ucontext_t`; a thread stopped inside
-    /// the restorer (before its `syscall` ran) is there too.
+    /// points just past it, at the `ucontext_t`; so it does for a thread
+    /// stopped inside the restorer (its two instructions leave `rsp` as
+    /// it is).
     fn signal_frame(&mut self, at: FrameAddress, sp: u64) -> Option<u64> {
         if !self.is_code(at.address()) {
             return None;
@@ -334,8 +335,10 @@ impl Unwinder {
     }
 
     /// One step through the frame pointer, for frame 0 (or an ip a signal
-    /// interrupted) when framehop's answer is no code address: `rbp` points
-    /// at the saved `rbp`, the return address above it.
+    /// interrupted) when framehop's answer is an error, a return address
+    /// of 0 read off the stack, or no code address (its guess for an ip no
+    /// CFI covers is "at the function's entry"): `rbp` points at the saved
+    /// `rbp`, the return address above it.
     fn frame_pointer_step(
         &self,
         is_ip: bool,
