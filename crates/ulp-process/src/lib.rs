@@ -22,6 +22,10 @@
 //!   [`Stopped::poke`], which work on read-only and W^X-locked pages).
 //!   [`Stopped::release`] (or, as a safety net, `Drop`) puts back registers,
 //!   re-delivers signals that arrived meanwhile, and detaches.
+//! * Unwinding: [`Unwinder`] lists the frames of a stopped thread (from its
+//!   [`Regs`], as [`StartRegs`]): each frame's code address and the stack
+//!   slot its return address is stored in, through signal frames, with the
+//!   objects' CFI read by framehop and frame pointers where there is none.
 //!
 //! Rules the caller must keep: only the OS thread that created a
 //! [`Stopped`] may use it (it is not `Send`), and since the kernel detaches

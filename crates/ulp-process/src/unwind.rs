@@ -21,13 +21,15 @@
 mod memory;
 mod modules;
 
+use std::collections::HashMap;
+
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Module, Unwinder as _};
 
 use crate::error::Error;
 use crate::{maps, Pid, Regs};
 use memory::{RestorerCache, StackMem, RESTORE_RT};
-use modules::{Bytes, CodeMap, Loaded, Source};
+use modules::{Bytes, CodeMap, Loaded, ObjectUnwind, Source};
 
 /// At most this many frames are followed; a deeper stack is not complete.
 pub const MAX_FRAMES: usize = 1024;
@@ -128,6 +130,9 @@ pub struct Unwinder {
     /// The executable mappings, in address order.
     code: Vec<CodeMap>,
     framehop: UnwinderX86_64<Bytes>,
+    /// What was read of each file (by device and inode), for its other
+    /// executable mappings.
+    objects: HashMap<(String, u64), Result<ObjectUnwind, String>>,
     cache: CacheX86_64,
     restorers: RestorerCache,
 }
@@ -147,6 +152,7 @@ impl Unwinder {
             pid,
             code,
             framehop: UnwinderX86_64::new(),
+            objects: HashMap::new(),
             cache: CacheX86_64::new(),
             restorers: RestorerCache::default(),
         })
@@ -171,9 +177,6 @@ impl Unwinder {
         let mut uregs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
         let mut at = FrameAddress::from_instruction_pointer(regs.ip);
         let stop_reason = loop {
-            if frames.len() > MAX_FRAMES {
-                break Some(format!("more than {MAX_FRAMES} frames"));
-            }
             if let Some(uc) = self.signal_frame(at, uregs.sp()) {
                 let greg = |mem: &mut StackMem, i: u64| mem.read_u64(uc + UC_GREGS + 8 * i);
                 let (Ok(ip), Ok(sp), Ok(bp)) = (
@@ -185,6 +188,15 @@ impl Unwinder {
                         "cannot read the registers saved by a signal frame at {uc:#x}"
                     ));
                 };
+                if !self.is_code(ip) {
+                    break Some(format!(
+                        "the signal frame at {uc:#x} holds an ip {ip:#x} that is not in \
+                         executable memory"
+                    ));
+                }
+                if frames.len() == MAX_FRAMES {
+                    break Some(format!("more than {MAX_FRAMES} frames"));
+                }
                 frames.push(Frame {
                     addr: ip,
                     kind: FrameKind::Ip,
@@ -281,6 +293,9 @@ impl Unwinder {
                     ))
                 }
             }
+            if frames.len() == MAX_FRAMES {
+                break Some(format!("more than {MAX_FRAMES} frames"));
+            }
             frames.push(Frame {
                 addr: ra,
                 kind: FrameKind::Return,
@@ -302,9 +317,13 @@ impl Unwinder {
     /// For a frame at glibc's signal restorer: the address of the
     /// `ucontext_t` the kernel saved the interrupted registers in. A
     /// handler's return address is the restorer's first byte, and `sp` then
-    /// points just past it, at the `ucontext_t`; a thread stopped inside
-    /// the restorer (before its `syscall` ran) is there too.
+    /// points just past it, at the `ucontext_t`; so it does for a thread
+    /// stopped inside the restorer (its two instructions leave `rsp` as
+    /// it is).
     fn signal_frame(&mut self, at: FrameAddress, sp: u64) -> Option<u64> {
+        if !self.is_code(at.address()) {
+            return None;
+        }
         let pid = self.pid;
         let found = match at {
             FrameAddress::ReturnAddress(a) => self.restorers.is_restorer(pid, a.get()),
@@ -316,8 +335,10 @@ impl Unwinder {
     }
 
     /// One step through the frame pointer, for frame 0 (or an ip a signal
-    /// interrupted) when framehop's answer is no code address: `rbp` points
-    /// at the saved `rbp`, the return address above it.
+    /// interrupted) when framehop's answer is an error, a return address
+    /// of 0 read off the stack, or no code address (its guess for an ip no
+    /// CFI covers is "at the function's entry"): `rbp` points at the saved
+    /// `rbp`, the return address above it.
     fn frame_pointer_step(
         &self,
         is_ip: bool,
@@ -374,10 +395,21 @@ impl Unwinder {
             m.loaded = Loaded::Failed("anonymous memory has no unwind information".into());
             return;
         }
-        match m.read_sections(self.pid) {
-            Ok((bias, info)) => {
+        let key = m.file_key();
+        let object = match key.as_ref().and_then(|k| self.objects.get(k)) {
+            Some(read) => read.clone(),
+            None => {
+                let read = m.read_object(self.pid);
+                if let Some(k) = key {
+                    self.objects.insert(k, read.clone());
+                }
+                read
+            }
+        };
+        match object.and_then(|o| Ok((o.bias(m)?, o.sections))) {
+            Ok((bias, sections)) => {
                 self.framehop
-                    .add_module(Module::new(m.name(), m.start..m.end, bias, info));
+                    .add_module(Module::new(m.name(), m.start..m.end, bias, sections));
                 m.loaded = Loaded::Yes;
             }
             Err(why) => m.loaded = Loaded::Failed(why),

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::{deadline, wait_in_syscall, Target, TempDir};
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use ulp_process::{
-    maps, read_mem, FrameKind, Pid, RemoteAddr, Stack, StartRegs, Stopped, Tid, Unwinder,
+    maps, read_mem, unwind::MAX_FRAMES, FrameKind, Pid, RemoteAddr, Stack, StartRegs, Stopped, Tid,
+    Unwinder,
 };
 
 const SYS_FUTEX: i64 = 202;
@@ -314,4 +315,122 @@ fn unreadable_stack_is_reported_not_complete() {
     stopped.release().unwrap();
     drop(target);
     assert!(Unwinder::new(Pid::new(i32::MAX)).is_err());
+}
+
+/// A thread inside the vDSO (clock_gettime): its unwind information is read
+/// from the target's memory.
+#[test]
+fn unwinds_from_the_vdso() {
+    let dir = TempDir::new("unwind-vdso");
+    let prog = dir.join("unw_vdso");
+    gcc(&[
+        "-O2",
+        "-Wall",
+        "-o",
+        prog.to_str().unwrap(),
+        &source("unw_vdso.c"),
+    ]);
+    let target = Target::spawn(Command::new(&prog));
+    let pid = Pid::new(target.pid);
+    let vdso = maps(pid)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path.as_deref() == Some("[vdso]"))
+        .expect("no [vdso] mapping");
+    let syms = Symbols::load(pid, &[&prog]);
+    let mut unwinder = Unwinder::new(pid).unwrap();
+    let mut seen = Vec::new();
+    // The loop spends most of its time in the vDSO; stop it until it is
+    // caught there (each try is bounded).
+    for _ in 0..500 {
+        let stopped = Stopped::seize_threads(pid, &[pid.main_thread()], deadline(5000)).unwrap();
+        let regs = StartRegs::from(stopped.regs(pid.main_thread()).unwrap());
+        let stack = unwinder.unwind(regs);
+        stopped.release().unwrap();
+        let shown = syms.show("main thread", &stack);
+        assert!(stack.complete, "{shown}");
+        if vdso.contains(RemoteAddr::new(regs.ip)) {
+            let names = syms.names(&stack);
+            // The vDSO, libc's clock_gettime, then the program.
+            assert!(
+                find_seq(&names, &["spin_clock", "main"]).is_some_and(|i| i <= 3),
+                "{shown}"
+            );
+            check_slots(pid, "main thread", &stack);
+            eprintln!("{shown}");
+            return;
+        }
+        seen.push(regs.ip);
+    }
+    panic!("never stopped inside the vDSO {vdso:?}: ips {seen:x?}");
+}
+
+/// A stack deeper than [`MAX_FRAMES`] is cut there, not complete.
+#[test]
+fn stops_after_the_frame_limit() {
+    let dir = TempDir::new("unwind-deep");
+    let prog = dir.join("unw_deep");
+    gcc(&[
+        "-O2",
+        "-Wall",
+        "-o",
+        prog.to_str().unwrap(),
+        &source("unw_deep.c"),
+    ]);
+    let target = Target::spawn(Command::new(&prog));
+    let pid = Pid::new(target.pid);
+    wait_in_syscall(target.pid, target.pid, 0);
+    let syms = Symbols::load(pid, &[&prog]);
+    let stopped = Stopped::seize_threads(pid, &[pid.main_thread()], deadline(5000)).unwrap();
+    let regs = StartRegs::from(stopped.regs(pid.main_thread()).unwrap());
+    let stack = Unwinder::new(pid).unwrap().unwind(regs);
+    stopped.release().unwrap();
+    assert!(!stack.complete);
+    assert_eq!(stack.frames.len(), MAX_FRAMES);
+    let reason = stack.stop_reason.as_deref().unwrap();
+    assert!(reason.contains("more than 1024 frames"), "{reason}");
+    let names = syms.names(&stack);
+    assert!(
+        names[2..].iter().all(|n| *n == Some("deep")),
+        "{}",
+        syms.show("deep", &stack)
+    );
+    check_slots(pid, "deep", &stack);
+}
+
+/// A library replaced on disk after it was mapped (as a package upgrade
+/// does) is read through /proc/PID/map_files: the old file's CFI.
+#[test]
+fn unwinds_through_a_replaced_library() {
+    let dir = TempDir::new("unwind-replaced");
+    let (prog, lib) = build(&dir);
+    let target = Target::spawn(Command::new(&prog));
+    let ready = target.ready_hex();
+    let pid = Pid::new(target.pid);
+    let t1 = Tid::new(ready[0] as i32);
+    let syms = Symbols::load(pid, &[&prog, &lib]);
+    // A new file (another inode) in the old one's place.
+    let new = dir.join("libunw.so.1.0.0.new");
+    std::fs::copy(&lib, &new).unwrap();
+    std::fs::rename(&new, &lib).unwrap();
+    let deleted = format!("{} (deleted)", lib.display());
+    assert!(
+        maps(pid)
+            .unwrap()
+            .iter()
+            .any(|m| m.path.as_deref() == Some(&deleted)),
+        "the library is not shown as deleted"
+    );
+    let stopped = Stopped::seize_threads(pid, &[t1], deadline(5000)).unwrap();
+    let regs = StartRegs::from(stopped.regs(t1).unwrap());
+    let stack = Unwinder::new(pid).unwrap().unwind(regs);
+    stopped.release().unwrap();
+    let shown = syms.show("thread 1", &stack);
+    assert!(stack.complete, "{shown}");
+    let names = syms.names(&stack);
+    assert!(
+        find_seq(&names, &["unw_c", "unw_b", "unw_a", "t1_main"]).is_some(),
+        "{shown}"
+    );
+    check_slots(pid, "thread 1", &stack);
 }

@@ -18,7 +18,8 @@ pub(super) type Bytes = Arc<[u8]>;
 /// Where the code of an executable mapping comes from.
 #[derive(Debug)]
 pub(super) enum Source {
-    /// A file: its name as /proc/PID/maps prints it, and its identity.
+    /// A file: its name as /proc/PID/maps prints it, and its identity
+    /// (device as printed there, inode).
     File {
         path: String,
         dev: String,
@@ -82,33 +83,111 @@ impl CodeMap {
         }
     }
 
-    /// The unwind sections of this mapping's object and its load bias
-    /// (`base_avma`: the address its virtual address 0 is at).
-    pub(super) fn read_sections(
-        &self,
-        pid: Pid,
-    ) -> Result<(u64, ExplicitModuleSectionInfo<Bytes>), String> {
+    /// The file this maps, as a key for the objects read: mappings of one
+    /// file (a text segment split by `mprotect`) share what was read.
+    pub(super) fn file_key(&self) -> Option<(String, u64)> {
         match &self.source {
-            Source::File { path, dev, inode } => {
-                let file = open_mapped(pid, self, path, dev, *inode)?;
+            Source::File { dev, inode, .. } => Some((dev.clone(), *inode)),
+            _ => None,
+        }
+    }
+
+    /// Reads the unwind sections and load segments of this mapping's object.
+    pub(super) fn read_object(&self, pid: Pid) -> Result<ObjectUnwind, String> {
+        match &self.source {
+            Source::File { path, inode, .. } => {
+                let file = open_mapped(pid, self, path, *inode)?;
                 let cache = ReadCache::new(file);
-                sections(&cache, self.start, self.offset)
+                ObjectUnwind::parse(&cache)
             }
             Source::Vdso => {
                 let mut image = vec![0u8; (self.end - self.start) as usize];
                 crate::read_mem(pid, RemoteAddr::new(self.start), &mut image)
                     .map_err(|e| e.to_string())?;
-                sections(&image[..], self.start, self.offset)
+                ObjectUnwind::parse(&image[..])
             }
             Source::Anonymous => Err("anonymous memory has no unwind information".into()),
         }
     }
 }
 
+/// What an ELF object gives an unwind: its unwind sections and where its
+/// load segments are in the file.
+#[derive(Clone)]
+pub(super) struct ObjectUnwind {
+    pub(super) sections: ExplicitModuleSectionInfo<Bytes>,
+    /// (virtual address, file offset, file size) of each load segment.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl ObjectUnwind {
+    fn parse<'d, R: ReadRef<'d>>(data: R) -> Result<ObjectUnwind, String> {
+        let file = object::File::parse(data).map_err(|e| format!("not an ELF object: {e}"))?;
+        let segments = file
+            .segments()
+            .map(|seg| {
+                let (foff, fsize) = seg.file_range();
+                (seg.address(), foff, fsize)
+            })
+            .collect();
+        let range = |name: &str| -> Option<Range<u64>> {
+            let s = file.section_by_name(name)?;
+            Some(s.address()..s.address() + s.size())
+        };
+        let bytes = |name: &str| -> Result<Option<Bytes>, String> {
+            match file.section_by_name(name) {
+                None => Ok(None),
+                Some(s) => match s.data() {
+                    Ok([]) => Ok(None),
+                    Ok(d) => Ok(Some(Arc::from(d))),
+                    Err(e) => Err(format!("cannot read its {name}: {e}")),
+                },
+            }
+        };
+        // framehop reads .debug_frame only when there is no .eh_frame.
+        let eh_frame = bytes(".eh_frame")?;
+        let (eh_frame_hdr, debug_frame) = if eh_frame.is_some() {
+            (bytes(".eh_frame_hdr")?, None)
+        } else {
+            (None, bytes(".debug_frame")?)
+        };
+        Ok(ObjectUnwind {
+            sections: ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: range(".text"),
+                got_svma: range(".got"),
+                eh_frame_svma: range(".eh_frame"),
+                eh_frame,
+                eh_frame_hdr_svma: range(".eh_frame_hdr"),
+                eh_frame_hdr,
+                debug_frame,
+                ..Default::default()
+            },
+            segments,
+        })
+    }
+
+    /// The load bias (framehop's `base_avma`: where the object's virtual
+    /// address 0 is) of `m`, from the load segment its file offset is in.
+    pub(super) fn bias(&self, m: &CodeMap) -> Result<u64, String> {
+        self.segments
+            .iter()
+            .find(|(_, foff, fsize)| {
+                *foff & !0xfff <= m.offset && m.offset < foff + (*fsize).max(1)
+            })
+            .map(|(vaddr, foff, _)| {
+                m.start
+                    .wrapping_sub(m.offset)
+                    .wrapping_sub(vaddr.wrapping_sub(*foff))
+            })
+            .ok_or_else(|| format!("no load segment holds file offset {:#x}", m.offset))
+    }
+}
+
 /// Opens the file a mapping maps: through /proc/PID/map_files (the very
 /// file, even renamed or deleted) when that is allowed, else by its path
 /// as the process sees it, if that still names the same file.
-fn open_mapped(pid: Pid, m: &CodeMap, path: &str, dev: &str, inode: u64) -> Result<File, String> {
+fn open_mapped(pid: Pid, m: &CodeMap, path: &str, inode: u64) -> Result<File, String> {
     let by_map = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(f) = File::open(&by_map) {
         return Ok(f);
@@ -118,17 +197,9 @@ fn open_mapped(pid: Pid, m: &CodeMap, path: &str, dev: &str, inode: u64) -> Resu
     let meta = f
         .metadata()
         .map_err(|e| format!("cannot stat {}: {e}", by_path.display()))?;
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let same_dev = dev
-        .split_once(':')
-        .and_then(|(a, b)| {
-            Some((
-                u32::from_str_radix(a, 16).ok()?,
-                u32::from_str_radix(b, 16).ok()?,
-            ))
-        })
-        .is_none_or(|(a, b)| a == major && b == minor);
-    if meta.ino() != inode || !same_dev {
+    // The inode only: on overlayfs the maps line gives the device of the
+    // layer the file is on, stat that of the overlay.
+    if meta.ino() != inode {
         return Err(format!(
             "{path} is no longer the file the process mapped (replaced since)"
         ));
@@ -136,59 +207,45 @@ fn open_mapped(pid: Pid, m: &CodeMap, path: &str, dev: &str, inode: u64) -> Resu
     Ok(f)
 }
 
-/// Reads the unwind sections of the ELF object `data`, mapped (its
-/// executable part) at `start` from file offset `offset`.
-fn sections<'d, R: ReadRef<'d>>(
-    data: R,
-    start: u64,
-    offset: u64,
-) -> Result<(u64, ExplicitModuleSectionInfo<Bytes>), String> {
-    let file = object::File::parse(data).map_err(|e| format!("not an ELF object: {e}"))?;
-    // The load segment this mapping comes from gives the bias.
-    let bias = file
-        .segments()
-        .find_map(|seg| {
-            let (foff, fsize) = seg.file_range();
-            let page_start = foff & !0xfff;
-            (page_start <= offset && offset < foff + fsize.max(1)).then(|| {
-                start
-                    .wrapping_sub(offset)
-                    .wrapping_sub(seg.address().wrapping_sub(foff))
-            })
-        })
-        .ok_or_else(|| format!("no load segment holds file offset {offset:#x}"))?;
-    let range = |name: &str| -> Option<Range<u64>> {
-        let s = file.section_by_name(name)?;
-        Some(s.address()..s.address() + s.size())
-    };
-    let bytes = |name: &str| -> Result<Option<Bytes>, String> {
-        match file.section_by_name(name) {
-            None => Ok(None),
-            Some(s) => match s.data() {
-                Ok([]) => Ok(None),
-                Ok(d) => Ok(Some(Arc::from(d))),
-                Err(e) => Err(format!("cannot read its {name}: {e}")),
-            },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(start: u64, end: u64, offset: u64) -> CodeMap {
+        CodeMap {
+            start,
+            end,
+            offset,
+            source: Source::Anonymous,
+            loaded: Loaded::NotYet,
         }
-    };
-    let eh_frame = bytes(".eh_frame")?;
-    let (eh_frame_hdr, debug_frame) = if eh_frame.is_some() {
-        (bytes(".eh_frame_hdr")?, None)
-    } else {
-        (None, bytes(".debug_frame")?)
-    };
-    Ok((
-        bias,
-        ExplicitModuleSectionInfo {
-            base_svma: 0,
-            text_svma: range(".text"),
-            got_svma: range(".got"),
-            eh_frame_svma: range(".eh_frame"),
-            eh_frame,
-            eh_frame_hdr_svma: range(".eh_frame_hdr"),
-            eh_frame_hdr,
-            debug_frame,
-            ..Default::default()
-        },
-    ))
+    }
+
+    #[test]
+    fn bias_of_each_piece_of_a_split_text_segment() {
+        // A shared object's text segment: file 0x1000..0x5000 at virtual
+        // 0x1000; a PIE's, on a 2 MiB-aligned layout: file 0x1000 at 0x201000.
+        let so = ObjectUnwind {
+            sections: ExplicitModuleSectionInfo::default(),
+            segments: vec![
+                (0, 0, 0x800),
+                (0x1000, 0x1000, 0x4000),
+                (0x6000, 0x5000, 0x100),
+            ],
+        };
+        let base = 0x7f00_0000_0000;
+        for (start, offset) in [(base + 0x1000, 0x1000), (base + 0x3000, 0x3000)] {
+            assert_eq!(so.bias(&map(start, start + 0x1000, offset)), Ok(base));
+        }
+        let pie = ObjectUnwind {
+            sections: ExplicitModuleSectionInfo::default(),
+            segments: vec![(0, 0, 0x800), (0x201000, 0x1000, 0x2000)],
+        };
+        let base = 0x5555_0000_0000;
+        assert_eq!(
+            pie.bias(&map(base + 0x201000, base + 0x203000, 0x1000)),
+            Ok(base)
+        );
+        assert!(pie.bias(&map(base, base + 0x1000, 0x9000)).is_err());
+    }
 }
