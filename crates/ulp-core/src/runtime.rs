@@ -222,12 +222,17 @@ impl Runtime {
     pub fn pending(&self) -> Result<ulp_abi::transition::Pending, ulp_process::Error> {
         let mut raw = vec![0u8; ulp_abi::transition::Pending::SIZE];
         self.read(offset::PENDING, &mut raw)?;
-        Ok(ulp_abi::transition::Pending::from_bytes(&raw).unwrap_or(ulp_abi::transition::Pending::ZERO))
+        Ok(ulp_abi::transition::Pending::from_bytes(&raw)
+            .unwrap_or(ulp_abi::transition::Pending::ZERO))
     }
 
     /// Records the transition's pending threads for `ulp patches`.
     pub fn set_pending(&self, p: &ulp_abi::transition::Pending) -> Result<(), ulp_process::Error> {
-        ulp_process::write_mem(self.pid, self.interface + offset::PENDING as u64, &p.to_bytes())
+        ulp_process::write_mem(
+            self.pid,
+            self.interface + offset::PENDING as u64,
+            &p.to_bytes(),
+        )
     }
 
     /// The result area after a call: message and writes.

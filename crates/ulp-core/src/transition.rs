@@ -127,11 +127,7 @@ impl Transitioned {
         } else {
             String::new()
         };
-        format!(
-            "{} threads: {}{tail}",
-            self.pending_count,
-            list.join(", ")
-        )
+        format!("{} threads: {}{tail}", self.pending_count, list.join(", "))
     }
 }
 
@@ -328,18 +324,15 @@ fn check_stopped(
         return Check::Armed(String::new());
     }
     let find = |f: &ulp_process::unwind::Frame| {
-        let a = match f.kind {
-            FrameKind::Ip => f.addr,
-            FrameKind::Return => f.addr.wrapping_sub(1),
-        };
+        let a = f.lookup_addr();
         ranges.iter().find(|r| r.start <= a && a < r.end)
     };
     let outermost = stack
         .frames
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| find(f).map(|r| (i, r.name.clone())))
-        .last();
+        .rev()
+        .find_map(|(i, f)| find(f).map(|r| (i, r.name.clone())));
     if !stack.complete {
         let name = outermost.map(|o| o.1).unwrap_or_default();
         return Check::Unsure(name);

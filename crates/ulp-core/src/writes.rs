@@ -311,7 +311,10 @@ fn write_all(
     // A transition's part: up to its flag (every thread marked old just
     // before it), or what follows once no thread is old.
     let plan = transition::plan_of(writes);
-    let is_flag = |w: &Write| plan.as_ref().is_some_and(|p| w.kind == write_kind::FLAG && w.addr == p.rec.flag);
+    let is_flag = |w: &Write| {
+        plan.as_ref()
+            .is_some_and(|p| w.kind == write_kind::FLAG && w.addr == p.rec.flag)
+    };
     let (todo, finish) = match (&plan, part) {
         (Some(_), Part::UpToFlag) => match todo.iter().position(is_flag) {
             Some(i) => (todo[..=i].to_vec(), false),

@@ -58,12 +58,12 @@ pub mod plan;
 pub mod registry;
 pub mod resume;
 pub mod rewrite;
-mod thread;
 pub mod ring;
 pub mod site;
 mod stored;
 pub mod switch;
 mod sys;
+mod thread;
 
 /// What `std`'s prelude would give every module (the runtime is `no_std`).
 mod prelude {

@@ -756,11 +756,9 @@ fn print_process(
         };
         let text = match &l.report.outcome {
             Outcome::Applied | Outcome::Reverted => match &l.report.detail.transition {
-                Some(t) if !t.complete() => format!(
-                    "SUCCESS {} (transition pending: {})",
-                    l.label,
-                    t.describe()
-                ),
+                Some(t) if !t.complete() => {
+                    format!("SUCCESS {} (transition pending: {})", l.label, t.describe())
+                }
                 _ => format!("SUCCESS {}", l.label),
             },
             Outcome::AlreadyApplied => skipped(&ALREADY_APPLIED),
