@@ -29,7 +29,8 @@ use ulp_process::{Mapping, Pid, RemoteAddr, Stopped, Tid};
 
 use crate::objects::{objects_from_maps, MappedObject};
 use crate::runtime::Runtime;
-use crate::trigger::Consistency;
+use crate::trigger::{Consistency, Options};
+use crate::writes::Faults;
 
 /// The transition a plan makes.
 #[derive(Clone, Debug)]
@@ -318,11 +319,6 @@ fn check_stopped(
         sp: regs.rsp(),
         bp: regs.rbp(),
     });
-    // Already armed by an earlier check (of an interrupted ulp): it
-    // switches by itself.
-    if stack.frames.iter().any(|f| in_tramp(f.addr)) {
-        return Check::Armed(String::new());
-    }
     let find = |f: &ulp_process::unwind::Frame| {
         let a = f.lookup_addr();
         ranges.iter().find(|r| r.start <= a && a < r.end)
@@ -333,6 +329,11 @@ fn check_stopped(
         .enumerate()
         .rev()
         .find_map(|(i, f)| find(f).map(|r| (i, r.name.clone())));
+    // Already armed by an earlier check (of an interrupted ulp): it
+    // switches by itself.
+    if stack.frames.iter().any(|f| in_tramp(f.addr)) {
+        return Check::Armed(outermost.map(|o| o.1).unwrap_or_default());
+    }
     if !stack.complete {
         let name = outermost.map(|o| o.1).unwrap_or_default();
         return Check::Unsure(name);
@@ -377,15 +378,19 @@ fn still_old(pid: Pid, tid: Tid, fs: u64, rec: &TransitionRecord) -> bool {
 pub(crate) fn settle(
     rt: &Runtime,
     plan: &Plan,
-    model: Consistency,
+    opts: &Options,
     wait_until: Instant,
     deadline: Instant,
+    faults: &Faults,
 ) -> Result<Transitioned, String> {
+    let model = opts.consistency;
     let pid = rt.pid;
     let rec = &plan.rec;
     let mut syms = Symbols::new(pid)?;
     let ranges = old_code(plan, model, &mut syms);
     let mut unwinder = Unwinder::new(pid).map_err(|e| e.to_string())?;
+    // Read every file's unwind information before any thread is held.
+    unwinder.load_all();
     let tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;
     let mut pauses = Vec::with_capacity(tids.len());
     // Threads still old: (tid, thread pointer, function, armed).
@@ -405,6 +410,8 @@ pub(crate) fn settle(
     }
     out.checked = pauses.len();
     out.armed = old.iter().filter(|o| o.3).count();
+    write_pending(rt, rec, &old)?;
+    faults.in_transition();
     let mut nap = Duration::from_micros(200);
     let mut last_recheck = Instant::now();
     while !old.is_empty() && Instant::now() < wait_until {
@@ -446,13 +453,22 @@ pub(crate) fn settle(
     pauses.sort();
     out.pause_max = pauses.last().copied().unwrap_or_default();
     out.pause_median = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
-    // For `ulp patches`: what is still old, or nothing.
+    write_pending(rt, rec, &old)?;
+    Ok(out)
+}
+
+/// Records the threads still old for `ulp patches` (none: no transition).
+fn write_pending(
+    rt: &Runtime,
+    rec: &TransitionRecord,
+    old: &[(Tid, u64, String, bool)],
+) -> Result<(), String> {
     let mut table = Pending::ZERO;
     if !old.is_empty() {
         table.id = u64::from(rec.id);
         table.mark_off = i64::from(rec.mark_off);
         table.count = old.len() as u64;
-        for (slot, (tid, fs, f, _)) in table.threads.iter_mut().zip(&old) {
+        for (slot, (tid, fs, f, _)) in table.threads.iter_mut().zip(old) {
             *slot = PendingThread::ZERO;
             slot.tid = tid.get() as u64;
             slot.fs_base = *fs;
@@ -460,8 +476,7 @@ pub(crate) fn settle(
             slot.name[..n].copy_from_slice(&f.as_bytes()[..n]);
         }
     }
-    rt.set_pending(&table).map_err(|e| e.to_string())?;
-    Ok(out)
+    rt.set_pending(&table).map_err(|e| e.to_string())
 }
 
 /// The threads of `pid` a transition recorded as pending that are still

@@ -93,7 +93,7 @@ pub(crate) fn make_plan(
     };
     let made = write_with_retries(rt, writes, Part::UpToFlag, deadline, opts, faults)?;
     let wait_until = (Instant::now() + opts.transition_wait).min(deadline);
-    let settled = match transition::settle(rt, &plan, opts.consistency, wait_until, deadline) {
+    let settled = match transition::settle(rt, &plan, opts, wait_until, deadline, faults) {
         Ok(s) => s,
         Err(why) => {
             return Ok(PlanMade {
@@ -488,6 +488,8 @@ fn write_at_once(
 ///   stopped (tests/faults.rs).
 /// * `ULP_TEST_BUSY_ATTEMPTS=N`: the first N write attempts find a thread
 ///   in the way (tests/trigger.rs).
+/// * `ULP_TEST_KILL_IN_TRANSITION`: it SIGKILLs itself in a per-thread
+///   transition, once every thread was checked (tests/consistency.rs).
 #[derive(Default)]
 pub(crate) struct Faults {
     /// Code words this operation poked so far (each `-j` worker counts
@@ -512,6 +514,16 @@ impl Faults {
     pub(crate) fn before_writes(&self) {
         #[cfg(feature = "fault-injection")]
         if std::env::var_os("ULP_TEST_KILL_BEFORE_WRITES").is_some() {
+            Self::die();
+        }
+    }
+
+    /// In a transition, once every thread was checked and before the wait
+    /// (`ULP_TEST_KILL_IN_TRANSITION`: the tool SIGKILLs itself there, with
+    /// old threads armed to switch on their own; tests/consistency.rs).
+    pub(crate) fn in_transition(&self) {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os("ULP_TEST_KILL_IN_TRANSITION").is_some() {
             Self::die();
         }
     }

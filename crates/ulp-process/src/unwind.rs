@@ -158,6 +158,16 @@ impl Unwinder {
         })
     }
 
+    /// Reads the unwind information of every executable mapping now, so
+    /// that no later [`Unwinder::unwind`] reads a file while the thread
+    /// it unwinds is held.
+    pub fn load_all(&mut self) {
+        let starts: Vec<u64> = self.code.iter().map(|m| m.start).collect();
+        for a in starts {
+            self.load_module_for(a);
+        }
+    }
+
     /// The process this unwinds.
     pub fn pid(&self) -> Pid {
         self.pid

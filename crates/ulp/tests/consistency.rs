@@ -406,6 +406,97 @@ fn blocked_in_a_replaced_function_none_mixes() {
     assert!(t.alive());
 }
 
+/// A change while an earlier one is still in its transition: refused with
+/// the threads named (never a thread with mixed code), and accepted once
+/// they have left; the blocked thread's own call stays whole throughout.
+#[test]
+fn a_change_while_a_transition_is_pending_waits_for_it() {
+    let (s, mut t, tid) = block_setup("cons-block-again");
+    let pid = t.pid;
+    let out = s.trigger(pid, None, &["--timeout", "0.3"], "cons_patch_pair.so");
+    assert!(
+        success_line(&out, pid).contains(&format!("1 threads: {tid} in process")),
+        "{out}"
+    );
+    // The revert is refused: the transition is still pending.
+    let args = trigger_args(
+        pid,
+        None,
+        &["--timeout", "0.3", "--revert"],
+        "cons_patch_pair.so",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = ulp_bounded(s.dir.path(), &args, LIMIT);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("still in its per-thread transition")
+            && out.contains(&format!("{tid} in process")),
+        "{out}{err}"
+    );
+    assert_eq!(t.ask("main"), "main 56", "still applied");
+    t.send("unblock\n");
+    assert_eq!(result(&mut t), PAIR_OLD, "the blocked call ends old");
+    // Now the revert goes through: it first finishes the apply's writes.
+    let out = s.trigger(pid, None, &["--revert"], "cons_patch_pair.so");
+    assert_complete(&out, pid, "revert");
+    assert_eq!(t.ask("main"), "main 34");
+    t.send("call\n");
+    assert_eq!(result(&mut t), PAIR_OLD);
+    assert!(t.alive());
+}
+
+/// A ulp killed in the middle of a transition (every thread checked, the
+/// blocked one armed to switch on return): every thread runs a whole
+/// version; the armed thread switches by itself when it returns, without
+/// ulp; `ulp patches` tells the state; the next trigger finishes the
+/// change's writes before its own.
+#[test]
+fn a_tool_killed_in_a_transition_leaves_threads_whole_and_switching() {
+    let (s, mut t, tid) = block_setup("cons-block-kill");
+    let pid = t.pid;
+    let args = trigger_args(pid, None, &[], "cons_patch_pair.so");
+    let out = Command::new(ulp_bin())
+        .args(&args)
+        .current_dir(s.dir.path())
+        .env("ULP_TEST_KILL_IN_TRANSITION", "1")
+        .output()
+        .expect("running ulp");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "ulp killed itself");
+    let listed = s.patches(pid);
+    assert!(
+        listed.contains(&format!("transition pending: 1 threads: {tid} in process")),
+        "{listed}"
+    );
+    assert_eq!(t.ask("main"), "main 56", "the main thread is new");
+    assert_eq!(t.ask("fresh"), "fresh 56", "so is a new thread");
+    t.send("unblock\n");
+    assert_eq!(result(&mut t), PAIR_OLD, "the blocked call ends whole, old");
+    t.send("call\n");
+    assert_eq!(
+        result(&mut t),
+        PAIR_NEW,
+        "and the thread switched by itself"
+    );
+    let listed = s.patches(pid);
+    assert!(
+        !listed.contains("transition pending") && listed.contains("every thread runs the new code"),
+        "{listed}"
+    );
+    // The next trigger completes the change, then makes its own.
+    let out = s.trigger(pid, None, &["--revert"], "cons_patch_pair.so");
+    assert_complete(&out, pid, "revert after the kill");
+    let listed = s.patches(pid);
+    assert!(
+        !listed.contains("Transition") && !listed.contains("Interrupted"),
+        "{listed}"
+    );
+    t.send("call\n");
+    assert_eq!(result(&mut t), PAIR_OLD);
+    assert_eq!(t.ask("main"), "main 34");
+    assert!(t.alive());
+}
+
 // ---- 3. library level: a thread that never leaves the library ----
 
 /// loop_prog's ready line: the looping thread's and the caller's ids.
