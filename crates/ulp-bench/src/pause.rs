@@ -47,6 +47,9 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         // Let every thread reach its loop or its read().
         std::thread::sleep(Duration::from_millis(200));
         let (mut base, mut hit) = (Vec::new(), Vec::new());
+        // Per trigger: the median and the longest hold of one thread by
+        // the transition's per-thread checks (`-v`).
+        let (mut hold_median, mut hold_max) = (Vec::new(), Vec::new());
         let mut window = Duration::from_millis(5);
         for _ in 0..reps {
             t.expect("reset", "ok")?;
@@ -54,8 +57,12 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             base.push(read_gap(&mut t)?);
             for revert in [false, true] {
                 t.expect("reset", "ok")?;
-                let r = kit.trigger(t.pid, revert)?;
+                let r = kit.trigger_with(t.pid, revert, &["-v"])?;
                 hit.push(read_gap(&mut t)?);
+                if let Some((m, x)) = transition_holds(&r.stdout) {
+                    hold_median.push(m);
+                    hold_max.push(x);
+                }
                 window = r.elapsed;
                 t.expect("call", if revert { "2" } else { "3" })?;
             }
@@ -105,6 +112,43 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             }
         }
         rows.push(row);
+        if n > 1 && !busy && !hold_median.is_empty() {
+            let m = median(&hold_median);
+            rows.push(
+                Row::new(
+                    format!("transition, {n} threads idle: one thread held, median"),
+                    Unit::Secs,
+                    m,
+                )
+                .samples(&hold_median)
+                .extra("max", percentile(&hold_max, 100.0))
+                .extra("max_median", median(&hold_max))
+                .note(format!(
+                    "per trigger, the median (and longest) time one thread is stopped for its own \
+                     check (stop, registers, unwind, release) by the per-thread transition; \
+                     longest of all triggers {:.0} µs, median of each trigger's longest {:.0} µs",
+                    percentile(&hold_max, 100.0) * 1e6,
+                    median(&hold_max) * 1e6
+                )),
+            );
+        }
     }
     Ok(())
+}
+
+/// The `-v` line `transition: N threads checked one at a time (each held
+/// X ms median, Y ms at most), ...`: (median, longest) in seconds.
+fn transition_holds(out: &str) -> Option<(f64, f64)> {
+    let line = out.lines().find(|l| l.contains("transition: "))?;
+    let after = line.split("each held ").nth(1)?;
+    let mut words = after.split_whitespace();
+    let m: f64 = words.next()?.parse().ok()?;
+    let x: f64 = after
+        .split("median, ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((m * 1e-3, x * 1e-3))
 }

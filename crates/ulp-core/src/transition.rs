@@ -66,10 +66,19 @@ pub(crate) fn flag_set(pid: Pid, plan: &Plan) -> bool {
 pub(crate) fn mark_all(stopped: &mut Stopped, rec: &TransitionRecord) -> Result<(), String> {
     for tid in stopped.tids() {
         let fs = stopped.regs(tid).map_err(|e| e.to_string())?.fs_base();
-        if fs == 0 {
+        // The C library's thread control block starts with two pointers
+        // to itself (`tcb` at 0, `self` at 16): anything else is not a
+        // thread whose TLS the runtime's block is part of.
+        let mut tcb = [0u8; 24];
+        let ours = fs != 0
+            && stopped.peek(RemoteAddr::new(fs), &mut tcb).is_ok()
+            && u64::from_le_bytes(tcb[0..8].try_into().unwrap()) == fs
+            && u64::from_le_bytes(tcb[16..24].try_into().unwrap()) == fs;
+        if !ours {
             return Err(format!(
-                "thread {tid} has no thread pointer (TLS): a per-thread transition cannot mark \
-                 it; nothing was changed (--consistency=none switches every thread at once)"
+                "thread {tid} has no C library thread pointer (TLS at {fs:#x}): a per-thread \
+                 transition cannot mark it; nothing was changed (--consistency=none switches \
+                 every thread at once)"
             ));
         }
         stopped

@@ -2,7 +2,9 @@
 //! text relocations, no GLIBC_PRIVATE reference, exactly three exports
 //! (the two of the protocol and the interposed `dlopen`), and what a
 //! process that preloads it pays: the C library as its only dependency
-//! (no unwinder), no thread-local storage, few imports.
+//! (no unwinder), 16 bytes of initial-exec thread-local storage (each
+//! thread's mark and saved return address for per-thread transitions),
+//! few imports.
 
 mod support;
 
@@ -29,13 +31,25 @@ fn soname_and_no_text_relocations() {
 }
 
 #[test]
-fn only_the_c_library_no_tls_and_few_imports() {
+fn only_the_c_library_16_bytes_of_static_tls_and_few_imports() {
     let dynamic = readelf(&["-d", "-W"]);
     let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
     assert_eq!(needed.len(), 1, "{dynamic}");
     assert!(needed[0].contains("[libc.so.6]"), "{dynamic}");
+    // One TLS segment of 16 bytes, zero-initialised (.tbss), in the static
+    // TLS block (initial-exec: no __tls_get_addr, no allocation in a new
+    // thread).
     let segments = readelf(&["-l", "-W"]);
-    assert!(!segments.contains(" TLS "), "{segments}");
+    let tls: Vec<&str> = segments
+        .lines()
+        .filter(|l| l.trim_start().starts_with("TLS "))
+        .collect();
+    assert_eq!(tls.len(), 1, "{segments}");
+    let f: Vec<&str> = tls[0].split_whitespace().collect();
+    // Type Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
+    assert_eq!((f[4], f[5]), ("0x000000", "0x000010"), "{}", tls[0]);
+    assert!(dynamic.contains("STATIC_TLS"), "{dynamic}");
+    assert!(!readelf(&["--dyn-syms", "-W"]).contains("__tls_get_addr"));
     let imports = readelf(&["--dyn-syms", "-W"])
         .lines()
         .filter(|l| l.contains(" UND ") && !l.contains(" WEAK "))

@@ -188,6 +188,9 @@ fn dispatch() -> i32 {
             }
         })
     };
+    // The flag is this call's: the runtime's own writes of stored patches
+    // (no other thread runs then) never plan a transition.
+    plan::per_thread(false);
     match result {
         Ok(done) => {
             interface::set_result(code::OK, &done.msg, &done.writes);
