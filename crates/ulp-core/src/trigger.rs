@@ -999,7 +999,7 @@ fn run_timed(
             detail.got = made.got;
             detail.phases.got = made.got_find;
             detail.attempts = made.attempts;
-            detail.writes = writes.len();
+            detail.writes = writes.iter().filter(|w| w.len > 0).count();
             detail.threads = made.threads;
             detail.stopped = Some(made.stopped);
             return report;
@@ -1008,7 +1008,7 @@ fn run_timed(
             // Every write is made: the process runs the new code and its
             // registry says so. Exiting from now on is its own business.
             detail.attempts = attempts;
-            detail.writes = writes.len();
+            detail.writes = writes.iter().filter(|w| w.len > 0).count();
             if !life.exited_within(EXIT_GRACE) {
                 report.outcome = Outcome::Failed(Reason::new(
                     errors::ETARGETHOOK,

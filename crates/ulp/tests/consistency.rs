@@ -328,6 +328,14 @@ fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     );
     let listed = s.patches(pid);
     assert!(listed.contains(&pending), "ulp patches:\n{listed}");
+    // `ulp check` counts the patch as applied from the start of its
+    // transition.
+    let (code, out, err) = ulp_bounded(
+        s.dir.path(),
+        &["check", "-p", &pid.to_string(), "cons_patch_pair.so"],
+        LIMIT,
+    );
+    assert_eq!(code, 1, "applied while pending: {out}{err}");
     // Meanwhile the main thread (no frame of process) is new, and so is a
     // thread created during the transition.
     assert_eq!(t.ask("main"), "main 56", "the main thread is new");

@@ -273,9 +273,12 @@ fn revert_all_and_replace_in_one_stop() {
     // function) comes, in one stop: one set of code writes.
     ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
     assert_eq!(t.ask("word"), "new");
+    // (--consistency=none: the switch of every thread at once, whose
+    // writes are counted below; tests/consistency.rs has the default.)
     let out = ok(&[
         "trigger",
         "-v",
+        "--consistency=none",
         "-p",
         &pid,
         "--revert-all=target",
@@ -374,10 +377,12 @@ fn revert_all_and_replace_in_one_stop() {
     let stats = t.ask("stats");
     assert!(stats.ends_with(" bad=0"), "{stats}");
 
-    // --json for revert-all.
+    // --json for revert-all (--consistency=none: the writes counted are
+    // those of the switch of every thread at once).
     let (code, out, _) = demo.ulp(&[
         "trigger",
         "--json",
+        "--consistency=none",
         "-p",
         &pid,
         "--revert-all=libulpdemo.so.1",
@@ -456,7 +461,17 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
     assert_eq!(format!("{}\n", lines[1]), summary(0, 0, 1));
 
     // -v: runtime, its message, writes and the stop.
-    let (code, out, _) = demo.ulp(&["trigger", "-v", "-p", &pid, "--revert", "demo_livepatch.so"]);
+    // (--consistency=none: the switch of every thread at once, whose
+    // writes are counted below.)
+    let (code, out, _) = demo.ulp(&[
+        "trigger",
+        "-v",
+        "--consistency=none",
+        "-p",
+        &pid,
+        "--revert",
+        "demo_livepatch.so",
+    ]);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -475,10 +490,13 @@ fn quiet_verbose_json_and_a_process_that_is_gone() {
             && lines[3].ends_with(" ms, attempts: 1"),
         "{out}"
     );
-    // Several files under -v: indented deeper under the name line.
+    // Several files under -v: indented deeper under the name line
+    // (--consistency=none: the writes counted are those of the switch of
+    // every thread at once).
     let (code, out, _) = demo.ulp(&[
         "trigger",
         "-v",
+        "--consistency=none",
         "-p",
         &pid,
         "demo_livepatch.so",
