@@ -127,6 +127,12 @@ fn phase_note(name: &str) -> &'static str {
         "stop_all" => "in-tool: every thread seized for the writes",
         "writes" => "in-tool: threads and bytes checked, code written, journal cleared",
         "resume" => "in-tool: every thread released",
+        "transition" => {
+            "in-tool: each thread checked on its own (stop, unwind), old ones waited for"
+        }
+        "finish" => {
+            "in-tool: the transition's last stop: functions pointed straight at the new code"
+        }
         "total" => "in-tool: find to end of the operation (not process start/exit)",
         _ => "",
     }

@@ -188,7 +188,8 @@ impl Symbols {
         let obj = self.object(addr)?;
         let pid = self.pid;
         let list = self.funcs.entry(obj.path.clone()).or_insert_with(|| {
-            let Ok(elf) = obj.open(pid) else {
+            let names = [".symtab", ".strtab", ".dynsym", ".dynstr"];
+            let Ok(elf) = obj.open_sections(pid, &names) else {
                 return Vec::new();
             };
             let bias = crate::objects::bias_for(&obj, &elf);

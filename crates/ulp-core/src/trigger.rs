@@ -235,13 +235,19 @@ pub struct Phases {
     pub writes: Duration,
     /// Releasing every thread after the writes.
     pub resume: Duration,
+    /// A per-thread transition: checking each thread on its own and
+    /// waiting for the old ones.
+    pub transition: Duration,
+    /// A transition's last part: every thread stopped again, the
+    /// functions pointed straight at the new code.
+    pub finish: Duration,
     /// The whole operation.
     pub total: Duration,
 }
 
 impl Phases {
     /// The phases as (name, duration), in order.
-    pub fn named(&self) -> [(&'static str, Duration); 9] {
+    pub fn named(&self) -> [(&'static str, Duration); 11] {
         [
             ("find", self.find),
             ("check", self.check),
@@ -251,6 +257,8 @@ impl Phases {
             ("stop_all", self.stop_all),
             ("writes", self.writes),
             ("resume", self.resume),
+            ("transition", self.transition),
+            ("finish", self.finish),
             ("total", self.total),
         ]
     }
@@ -993,6 +1001,8 @@ fn run_timed(
             let made = plan.made;
             detail.transition = plan.transition;
             detail.unfinished = plan.unfinished;
+            detail.phases.transition = plan.settle_time;
+            detail.phases.finish = plan.finish_time;
             detail.phases.stop_all = made.seize;
             detail.phases.writes = made.write;
             detail.phases.resume = made.release;

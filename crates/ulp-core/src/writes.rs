@@ -70,6 +70,9 @@ pub(crate) struct PlanMade {
     /// Why the transition's last part is not made although every thread
     /// is new (the next trigger makes it; every thread runs the new code).
     pub(crate) unfinished: Option<String>,
+    /// How long the per-thread part and the last part took.
+    pub(crate) settle_time: Duration,
+    pub(crate) finish_time: Duration,
 }
 
 /// Makes a plan: [`write_with_retries`] for a plan without a transition;
@@ -89,9 +92,12 @@ pub(crate) fn make_plan(
             made,
             transition: None,
             unfinished: None,
+            settle_time: Duration::ZERO,
+            finish_time: Duration::ZERO,
         });
     };
     let made = write_with_retries(rt, writes, Part::UpToFlag, deadline, opts, faults)?;
+    let settling = Instant::now();
     let wait_until = (Instant::now() + opts.transition_wait).min(deadline);
     let settled = match transition::settle(rt, &plan, opts, wait_until, deadline, faults) {
         Ok(s) => s,
@@ -100,9 +106,13 @@ pub(crate) fn make_plan(
                 made,
                 transition: None,
                 unfinished: Some(format!("checking the threads failed: {why}")),
+                settle_time: settling.elapsed(),
+                finish_time: Duration::ZERO,
             })
         }
     };
+    let settle_time = settling.elapsed();
+    let finishing = Instant::now();
     let mut unfinished = None;
     if settled.complete() {
         if let Err((_, why)) =
@@ -116,6 +126,8 @@ pub(crate) fn make_plan(
         made,
         transition: Some(settled),
         unfinished,
+        settle_time,
+        finish_time: finishing.elapsed(),
     })
 }
 

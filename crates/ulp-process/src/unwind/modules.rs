@@ -8,12 +8,98 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use framehop::ExplicitModuleSectionInfo;
-use object::{Object, ObjectSection, ObjectSegment, ReadCache, ReadRef};
+use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::{Mapping, Pid, RemoteAddr};
 
-/// Section bytes as framehop holds them.
-pub(super) type Bytes = Arc<[u8]>;
+/// An object's whole image: a file mapped read-only into this process
+/// (only the pages framehop touches are ever read: the section header
+/// table, the `.eh_frame_hdr` search and the entries found), or bytes
+/// read from the target's memory (the vDSO).
+enum Image {
+    Mapped { ptr: *const u8, len: usize },
+    Owned(Vec<u8>),
+}
+
+// SAFETY: a private read-only mapping owned by this value; nothing writes
+// it and it is unmapped only on drop.
+unsafe impl Send for Image {}
+// SAFETY: as above: shared access is read-only.
+unsafe impl Sync for Image {}
+
+impl Image {
+    /// Maps `file` whole, read-only.
+    fn map(file: &File) -> Result<Image, String> {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+        if len == 0 {
+            return Err("empty file".into());
+        }
+        // SAFETY: a new private read-only mapping of an open file; the
+        // kernel picks the address. A file truncated while mapped would
+        // fault on access: ours are the target's mapped objects, which a
+        // package manager replaces by renaming, never truncates.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        Ok(Image::Mapped {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: the mapping lives as long as `self`.
+            Image::Mapped { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            Image::Owned(v) => v,
+        }
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if let Image::Mapped { ptr, len } = *self {
+            // SAFETY: our own mapping, unmapped once.
+            unsafe { libc::munmap(ptr as *mut libc::c_void, len) };
+        }
+    }
+}
+
+/// Section bytes as framehop holds them: a range of an object's image.
+#[derive(Clone)]
+pub(super) struct Bytes {
+    image: Arc<Image>,
+    start: usize,
+    len: usize,
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes {
+            image: Arc::new(Image::Owned(Vec::new())),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.image.bytes()[self.start..self.start + self.len]
+    }
+}
 
 /// Where the code of an executable mapping comes from.
 #[derive(Debug)]
@@ -97,14 +183,13 @@ impl CodeMap {
         match &self.source {
             Source::File { path, inode, .. } => {
                 let file = open_mapped(pid, self, path, *inode)?;
-                let cache = ReadCache::new(file);
-                ObjectUnwind::parse(&cache)
+                ObjectUnwind::parse(Arc::new(Image::map(&file)?))
             }
             Source::Vdso => {
                 let mut image = vec![0u8; (self.end - self.start) as usize];
                 crate::read_mem(pid, RemoteAddr::new(self.start), &mut image)
                     .map_err(|e| e.to_string())?;
-                ObjectUnwind::parse(&image[..])
+                ObjectUnwind::parse(Arc::new(Image::Owned(image)))
             }
             Source::Anonymous => Err("anonymous memory has no unwind information".into()),
         }
@@ -121,7 +206,8 @@ pub(super) struct ObjectUnwind {
 }
 
 impl ObjectUnwind {
-    fn parse<'d, R: ReadRef<'d>>(data: R) -> Result<ObjectUnwind, String> {
+    fn parse(image: Arc<Image>) -> Result<ObjectUnwind, String> {
+        let data = image.bytes();
         let file = object::File::parse(data).map_err(|e| format!("not an ELF object: {e}"))?;
         let segments = file
             .segments()
@@ -139,7 +225,11 @@ impl ObjectUnwind {
                 None => Ok(None),
                 Some(s) => match s.data() {
                     Ok([]) => Ok(None),
-                    Ok(d) => Ok(Some(Arc::from(d))),
+                    Ok(d) => Ok(Some(Bytes {
+                        image: image.clone(),
+                        start: d.as_ptr() as usize - data.as_ptr() as usize,
+                        len: d.len(),
+                    })),
                     Err(e) => Err(format!("cannot read its {name}: {e}")),
                 },
             }
