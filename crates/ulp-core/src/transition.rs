@@ -19,6 +19,7 @@
 //!    trigger completes it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use ulp_abi::transition::{OldCode, Pending, PendingThread, TransitionRecord, NAME_LEN, SLOT_LEN};
@@ -149,6 +150,19 @@ struct Range {
     name: String,
 }
 
+/// Each file's functions (file addresses, sorted), by device and inode,
+/// read once per tool run.
+type FileFunctions = Arc<Vec<(u64, u64, String)>>;
+static FUNCS: LazyLock<Mutex<HashMap<(String, u64), FileFunctions>>> =
+    LazyLock::new(Default::default);
+
+/// `f` at load bias `bias`.
+fn rebase(f: &[(u64, u64, String)], bias: u64) -> Vec<(u64, u64, String)> {
+    f.iter()
+        .map(|(s, e, n)| (s + bias, e + bias, n.clone()))
+        .collect()
+}
+
 /// Names code addresses by the function symbols of the mapped objects.
 struct Symbols {
     pid: Pid,
@@ -187,7 +201,12 @@ impl Symbols {
     fn function(&mut self, addr: u64) -> Option<(u64, u64, String)> {
         let obj = self.object(addr)?;
         let pid = self.pid;
+        let key = (obj.dev.clone(), obj.inode);
         let list = self.funcs.entry(obj.path.clone()).or_insert_with(|| {
+            // Read once per tool run (a fleet maps the same files).
+            if let Some(f) = FUNCS.lock().ok().and_then(|c| c.get(&key).cloned()) {
+                return rebase(&f, obj.bias);
+            }
             let names = [".symtab", ".strtab", ".dynsym", ".dynstr"];
             let Ok(elf) = obj.open_sections(pid, &names) else {
                 return Vec::new();
@@ -196,10 +215,18 @@ impl Symbols {
             let mut v: Vec<(u64, u64, String)> = elf
                 .function_symbols()
                 .into_iter()
-                .map(|s| (bias + s.value, bias + s.value + s.size, s.name))
+                .map(|s| (s.value, s.value + s.size, s.name))
                 .collect();
             v.sort_by_key(|f| f.0);
-            v
+            let v = Arc::new(v);
+            // Only a file whose symbols are relative to its load bias (a
+            // shared object, a PIE) is kept: an executable's are absolute.
+            if bias == obj.bias {
+                if let Ok(mut c) = FUNCS.lock() {
+                    c.insert(key, v.clone());
+                }
+            }
+            rebase(&v, bias)
         });
         list.iter()
             .filter(|f| f.0 <= addr && addr < f.1)

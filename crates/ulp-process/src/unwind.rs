@@ -123,6 +123,10 @@ pub struct Stack {
     pub stop_reason: Option<String>,
 }
 
+/// The objects read so far in this tool run, by device and inode.
+static READ: std::sync::LazyLock<std::sync::Mutex<HashMap<(String, u64), ObjectUnwind>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Unwinds stopped threads of one process; built once per process per
 /// operation, caches what it parsed.
 pub struct Unwinder {
@@ -409,8 +413,20 @@ impl Unwinder {
         let object = match key.as_ref().and_then(|k| self.objects.get(k)) {
             Some(read) => read.clone(),
             None => {
-                let read = m.read_object(self.pid);
+                // Read once per tool run: another process of a fleet maps
+                // the same files (a file is its device and inode; a failed
+                // read is tried again by the next process).
+                let shared = key
+                    .as_ref()
+                    .and_then(|k| READ.lock().ok().and_then(|r| r.get(k).cloned()));
+                let read = match shared {
+                    Some(o) => Ok(o),
+                    None => m.read_object(self.pid),
+                };
                 if let Some(k) = key {
+                    if let (Ok(o), Ok(mut r)) = (&read, READ.lock()) {
+                        r.insert(k.clone(), o.clone());
+                    }
                     self.objects.insert(k, read.clone());
                 }
                 read
