@@ -845,20 +845,26 @@ fn build_references_and_what_it_refuses_about_variables() {
     let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
     assert!(dsc.contains("\n#conf:__ulp_ref_conf:0x"), "{dsc}");
     assert!(dsc.contains("\n#hits:__ulp_ref_hits:0x"), "{dsc}");
-    // Thread-local, static local, a local of the same name, a function
-    // whose entry cannot take a jump (a call in its first 5 bytes, no
-    // padding): refused.
+    // A thread-local variable: its tls_index; a static local: a pointer
+    // named after its function.
+    let (code, out, err, dir) =
+        build_refs("build-refs-tls", "return ++tls_n;", "return tls_n += 2;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains("\n#%tls_n:__ulp_tls_ref_tls_n:0x"), "{dsc}");
+    let (code, out, err, dir) =
+        build_refs("build-refs-local", "return ++calls;", "return calls += 2;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains(":__ulp_sl0_use_local_calls:0x"), "{dsc}");
+    // A local of the same name, a function whose entry cannot take a jump
+    // (a call in its first 5 bytes, no padding), two static locals of one
+    // name in one function: refused.
     for (tag, from, to, what) in [
         (
-            "tls",
-            "return ++tls_n;",
-            "return tls_n += 2;",
-            "thread-local variable 'tls_n'",
-        ),
-        (
-            "local",
-            "return ++calls;",
-            "return calls += 2;",
+            "two-locals",
+            "int use_local(void) { static int calls; return ++calls; }",
+            "int use_local(void) { static int calls; { static int calls; calls++; } return calls += 2; }",
             "static local variable 'calls'",
         ),
         (
@@ -961,6 +967,118 @@ fn build_two_files_with_statics_of_the_same_name() {
     tree.ulp_ok(&["trigger", "-p", &pid, "--revert", "fix_both.so"]);
     assert_eq!(count(&mut t), (12, 12));
     assert_eq!(t.ask("stats 5"), "102 15");
+    no_wrong_results(&mut t);
+}
+
+/// Static locals and thread-local variables used by changed code are the
+/// running library's own, in every thread: a static local (`next` of
+/// `bld_seq`, told from `bld_ticket`'s `next`), a thread-local variable at
+/// file scope (`calls_here`, which the workers check against their own
+/// count) and a thread-local static local (`seen`); each applied and
+/// reverted under load. A changed initial value of a static local is
+/// refused.
+#[test]
+fn build_static_locals_and_thread_locals_applied_under_load() {
+    let tree = Tree::new("build-locals", &["-O2", "-fPIC"], false);
+    let stats = std::fs::read_to_string(tree.dir.join("src/stats.c")).unwrap();
+    let build = |out: &str, from: &str, to: &str| -> (i32, String, String) {
+        let new = stats.replacen(from, to, 1);
+        assert_ne!(new, stats);
+        let dir = tree.dir.join(out.replace(".so", ""));
+        std::fs::create_dir_all(&dir).unwrap();
+        let patch = unified(&dir, "stats.c", &stats, &new);
+        let text = std::fs::read_to_string(&patch)
+            .unwrap()
+            .replace("a/stats.c", "a/src/stats.c")
+            .replace("b/stats.c", "b/src/stats.c");
+        std::fs::write(&patch, text).unwrap();
+        tree.build_with(patch.to_str().unwrap(), out, &[])
+    };
+    let dsc =
+        |out: &str| std::fs::read_to_string(tree.dir.join(out.replace(".so", ".dsc"))).unwrap();
+    let (code, out, err) = build(
+        "fix_seq.so",
+        "    next++;\n    return next;",
+        "    next += 10;\n    return next;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced bld_seq: changed code"), "{out}");
+    assert!(out.contains("reference next (static in bld_seq)"), "{out}");
+    let d = dsc("fix_seq.so");
+    assert!(
+        d.contains("\n#next.") && d.contains(":__ulp_sl0_bld_seq_next:0x"),
+        "{d}"
+    );
+    let (code, out, err) = build(
+        "fix_tcalls.so",
+        "return ++calls_here;",
+        "calls_here += 2;\n    return calls_here;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reference calls_here (thread-local)"), "{out}");
+    let d = dsc("fix_tcalls.so");
+    assert!(
+        d.contains("\n#%calls_here:__ulp_tls_ref_calls_here:0x"),
+        "{d}"
+    );
+    let (code, out, err) = build(
+        "fix_tseen.so",
+        "    seen++;\n    return seen;",
+        "    seen += 5;\n    return seen;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reference seen (static in bld_thread_seen, thread-local)"),
+        "{out}"
+    );
+    assert!(dsc("fix_tseen.so").contains(":__ulp_tls_sl0_bld_thread_seen_seen:0x"));
+    // A changed initial value of a static local: refused.
+    let (code, out, err) = build(
+        "fix_ticket.so",
+        "static int next = 100;",
+        "static int next = 200;",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("initial value changes"), "{err}");
+    assert!(!tree.dir.join("fix_ticket.so").exists());
+
+    let mut t = tree.start();
+    let pid = t.pid.to_string();
+    let apply = |t: &mut Target, out: &str, revert: bool| {
+        let mut args = vec!["trigger", "-p", &pid];
+        if revert {
+            args.push("--revert");
+        }
+        args.push(out);
+        tree.ulp_ok(&args);
+        // Under load for a moment.
+        t.ask("wrong");
+    };
+    assert_eq!(t.ask("seq"), "1");
+    assert_eq!(t.ask("ticket"), "100");
+    apply(&mut t, "fix_seq.so", false);
+    assert_eq!(t.ask("seq"), "11");
+    assert_eq!(t.ask("seq"), "21");
+    assert_eq!(t.ask("ticket"), "101");
+    apply(&mut t, "fix_seq.so", true);
+    assert_eq!(t.ask("seq"), "22");
+
+    assert_eq!(t.ask("tcalls"), "1");
+    apply(&mut t, "fix_tcalls.so", false);
+    assert_eq!(t.ask("tcalls"), "3");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    no_wrong_results(&mut t);
+    assert_eq!(t.ask("tcalls"), "5");
+    apply(&mut t, "fix_tcalls.so", true);
+    assert_eq!(t.ask("tcalls"), "6");
+
+    assert_eq!(t.ask("tseen"), "1");
+    apply(&mut t, "fix_tseen.so", false);
+    assert_eq!(t.ask("tseen"), "6");
+    assert_eq!(t.ask("tseen"), "11");
+    apply(&mut t, "fix_tseen.so", true);
+    assert_eq!(t.ask("tseen"), "12");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     no_wrong_results(&mut t);
 }
 
