@@ -968,12 +968,15 @@ fn container_job(
     for v in locals {
         text = localize(&text, n, v)?;
     }
+    let self_referring = source::self_referring_macros(&u.patched.text);
     for v in refs.iter().filter(|v| v.local.is_none()) {
         text = source::blank_initializer(&text, &v.name);
         if v.tls {
             text = source::blank_tls_keyword(&text, &v.name);
         }
-        text = source::rewrite_self_defines(&text, &v.name, &replacement(n, v));
+        if self_referring.contains(&v.name) {
+            text = source::rewrite_self_defines(&text, &v.name, &replacement(n, v));
+        }
     }
     if !text.ends_with('\n') {
         text.push('\n');

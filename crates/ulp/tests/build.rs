@@ -1168,6 +1168,37 @@ fn build_fixes_of_sqlite_applied_under_load() {
     );
     assert!(!out.contains("replaced patternCompare"), "{out}");
 
+    // (c) The library's mutable statics: the obsolete scratch counters
+    // become a misuse and NULL outputs are refused (the API armor made
+    // unconditional) in sqlite3_status64, which reads and resets the
+    // counters of `sqlite3Stat` under the mutex of `mem0` or of
+    // `pcache1_g`: all three references (`mem0` through SQLite's own
+    // `#define mem0 GLOBAL(struct Mem0Global, mem0)`).
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "  if( op<0 || op>=ArraySize(wsdStat.nowValue) ){\n    return SQLITE_MISUSE_BKPT;\n  }\n\
+             #ifdef SQLITE_ENABLE_API_ARMOR\n  \
+             if( pCurrent==0 || pHighwater==0 ) return SQLITE_MISUSE_BKPT;\n#endif\n  \
+             pMutex = statMutex[op]",
+            "  if( op<0 || op>=ArraySize(wsdStat.nowValue)\n   \
+             || op==SQLITE_STATUS_SCRATCH_USED || op==SQLITE_STATUS_SCRATCH_OVERFLOW\n   \
+             || op==SQLITE_STATUS_SCRATCH_SIZE ){\n    return SQLITE_MISUSE_BKPT;\n  }\n  \
+             if( pCurrent==0 || pHighwater==0 ) return SQLITE_MISUSE_BKPT;\n  \
+             pMutex = statMutex[op]",
+        )],
+        "fix_status.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c (status):\n{out}");
+    assert!(
+        out.contains("replaced sqlite3_status64: changed code"),
+        "{out}"
+    );
+    for v in ["sqlite3Stat", "mem0", "pcache1_g"] {
+        assert!(out.contains(&format!("reference {v}:")), "{v}: {out}");
+    }
+
     // (d) A changed initial value of a mutable variable: refused, the
     // variable named, nothing written.
     let (code, out, err) = q.build_fix(
@@ -1200,6 +1231,17 @@ fn build_fixes_of_sqlite_applied_under_load() {
         assert_eq!(t.ask("glob"), "0");
     });
     assert_eq!(t.ask("like"), "0");
+    assert_eq!(t.ask("scratch"), "0");
+    assert_eq!(t.ask("memory"), "1");
+    for _ in 0..2 {
+        q.apply_revert(&mut t, "fix_status.so", |t| {
+            assert_eq!(t.ask("scratch"), "21");
+            assert_eq!(t.ask("memory"), "1");
+            zero_wrong(t);
+        });
+        assert_eq!(t.ask("scratch"), "0");
+        assert_eq!(t.ask("memory"), "1");
+    }
     zero_wrong(&mut t);
 }
 
