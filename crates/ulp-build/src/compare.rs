@@ -529,7 +529,9 @@ pub fn analyse(
     // they reach, and the data they reach (through the data too: a table of
     // pointers to variables). Global functions are reached through the
     // PLT: the target's.
-    let item_of = |key: &str| -> Vec<(bool, usize)> {
+    // Variables by the relocation's own target (symbol or section) name:
+    // within one object it is exact (`count.1` is not `count.0`).
+    let item_of = |key: &str, target: &str| -> Vec<(bool, usize)> {
         let mut found = Vec::new();
         for (i, g) in after.functions.iter().enumerate() {
             if !g.global && names_function(key, g) {
@@ -537,7 +539,7 @@ pub fn analyse(
             }
         }
         for (i, v) in after.variables.iter().enumerate() {
-            if key == v.key() || key == normalize(&v.section) {
+            if target == v.name || target == v.section {
                 found.push((false, i));
             }
         }
@@ -560,7 +562,7 @@ pub fn analyse(
         };
         let via = if is_fn { item.name.clone() } else { via };
         for r in &item.relocs {
-            for next in item_of(&r.key) {
+            for next in item_of(&r.key, &r.target) {
                 if seen.insert(next) {
                     todo.push((next, via.clone()));
                 }

@@ -793,6 +793,7 @@ int use_local(void) { static int calls; return ++calls; }
 int use_plain(int y) { plain += y; return plain; }
 int shadowy(int plain_) { int n = plain_; return n; }
 int wrap(int x) { return use_conf(x) + 1; }
+int use_local2(void) { static int calls; return --calls; }
 "#;
 
 /// A library of one file `r.c`; `ulp build` of `edit` applied to it.
@@ -857,6 +858,8 @@ fn build_references_and_what_it_refuses_about_variables() {
     assert_eq!(code, 0, "{out}{err}");
     let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
     assert!(dsc.contains(":__ulp_sl0_use_local_calls:0x"), "{dsc}");
+    // Not the other function's `calls` (both are in sections `.bss.calls.N`).
+    assert!(!dsc.contains("use_local2"), "{dsc}");
     // A local of the same name, a function whose entry cannot take a jump
     // (a call in its first 5 bytes, no padding), two static locals of one
     // name in one function: refused.
