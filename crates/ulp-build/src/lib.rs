@@ -13,8 +13,11 @@
 //! 4. The patched file is compiled a third time for the container, with
 //!    every mutable variable of the file that the target has turned into
 //!    a pointer (`-Dv=(*__ulp_ref_v)`) that the runtime fills with the
-//!    target's address (`#v:__ulp_ref_v:TOFF:POFF` in the .dsc), and a
-//!    global alias `__ulp_new_f` for each replaced function `f`.
+//!    target's address (`#v:__ulp_ref_v:TOFF:POFF` in the .dsc), a
+//!    thread-local one into a call returning `__tls_get_addr` of the
+//!    `tls_index` the runtime fills (`#%v:...`), a static local through a
+//!    pointer its function's copy declares `extern` (`localize`),
+//!    and a global alias `__ulp_new_f` for each replaced function `f`.
 //! 5. The container is linked with the compiler driver (`-shared`), the
 //!    .dsc written, and both packed by [`ulp_container::pack::pack`], the
 //!    packer's own code.

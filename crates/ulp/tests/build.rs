@@ -1093,9 +1093,11 @@ fn build_static_locals_and_thread_locals_applied_under_load() {
 /// (`sqlite3_strglob`) changed together; a changed initializer of a
 /// mutable variable (`sqlite3Config`) refused, naming it; a bounds check
 /// in an exported function that calls an unchanged static helper
-/// (`sqlite3_strlike`, `patternCompare`). sqlite3.c takes
-/// 15 to 20 s to compile here and each `ulp build` compiles it two or
-/// three times: three builds only.
+/// (`sqlite3_strlike`, `patternCompare`); a fix reading the library's
+/// mutable statics (`sqlite3_status64`: `sqlite3Stat`, `mem0`,
+/// `pcache1_g`), whose workers check that the memory statistics stay the
+/// library's live ones. sqlite3.c takes 15 to 20 s to compile here and
+/// each `ulp build` compiles it two or three times: four builds only.
 #[test]
 fn build_fixes_of_sqlite_applied_under_load() {
     let dir = TempDir::new("build-sqlite");
