@@ -565,18 +565,18 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                 )));
             }
         };
-        for (err, a) in stderrs.iter().zip(&analyses) {
+        for (n, (err, a)) in stderrs.iter().zip(&analyses).enumerate() {
             for line in err.lines().filter(|l| l.contains("shadows")) {
                 if let Some(v) = a
                     .references
                     .iter()
-                    .find(|v| mentions(line, &format!("__ulp_ref_{}", v.name)))
+                    .find(|v| mentions(line, &pointer_name(n, v)))
                 {
                     return Err(Error::new(format!(
                         "variable '{}' of '{}': a declaration in the file has the same name \
                          (a local or a parameter), so it cannot be turned into a reference: \
                          rename one ({})",
-                        v.name,
+                        v.shown(),
                         a.path,
                         line.trim()
                     )));
