@@ -21,12 +21,74 @@ use crate::objfile::{linked_bytes, normalize, rtype, Item, LinkedSymbol, ObjectI
 use crate::{target_symbol, Replaced};
 
 /// A mutable variable of the file that the target has: the container
-/// reaches it through `__ulp_ref_NAME`.
+/// reaches it through `__ulp_ref_NAME` (a thread-local one through the
+/// function `__ulp_ref_NAME()` and its `tls_index` `__ulp_tls_NAME`; a
+/// static local one through a pointer named after its function).
 #[derive(Clone, Debug)]
 pub struct RefVar {
+    /// The name in the source (for a static local, its target symbol's
+    /// name: `count.1`).
     pub name: String,
     pub global: bool,
+    /// Its symbol's value in the target (a thread-local one's: its offset
+    /// in the target's TLS block).
     pub target_address: u64,
+    pub tls: bool,
+    pub local: Option<LocalRef>,
+}
+
+/// A static variable inside a function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRef {
+    /// Its name in the source (`count`).
+    pub base: String,
+    /// The function whose body declares it.
+    pub owner: String,
+}
+
+impl RefVar {
+    /// How the report shows it.
+    pub fn shown(&self) -> String {
+        let tls = if self.tls { ", thread-local" } else { "" };
+        match &self.local {
+            Some(l) => format!("{} (static in {}{tls})", l.base, l.owner),
+            None if self.tls => format!("{} (thread-local)", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// The functions of `obj` (clone parts by their parent's name) whose
+/// relocations name variable `v` (its symbol or its section).
+fn users(obj: &ObjectInfo, v: &Item) -> BTreeSet<String> {
+    obj.functions
+        .iter()
+        .filter(|f| {
+            f.relocs
+                .iter()
+                .any(|r| r.target == v.name || r.target == v.section)
+        })
+        .map(|f| f.name.split('.').next().unwrap_or(&f.name).to_string())
+        .collect()
+}
+
+/// The variables of `other` that variable `v` of `obj` is: the one of the
+/// same compared name, or for a static local (`count.1`) with several of
+/// that name, those used by the same functions.
+fn counterparts(obj: &ObjectInfo, v: &Item, other: &ObjectInfo) -> Vec<usize> {
+    let key = v.key();
+    let cands: Vec<usize> = (0..other.variables.len())
+        .filter(|&i| other.variables[i].key() == key)
+        .collect();
+    let ours = obj.variables.iter().filter(|x| x.key() == key).count();
+    if key == v.name || (cands.len() <= 1 && ours <= 1) {
+        return cands;
+    }
+    let mine = users(obj, v);
+    cands
+        .into_iter()
+        .filter(|&i| users(other, &other.variables[i]) == mine)
+        .collect()
 }
 
 /// How a function changed.
@@ -299,7 +361,19 @@ pub fn analyse(
     // goes into the container with the functions that use it, which differ
     // through their relocations' contents.
     for b in before.variables.iter().filter(|v| v.mutable) {
-        let Some(a) = after.variable(&b.key()) else {
+        let mut all = counterparts(before, b, after);
+        if all.is_empty() {
+            all = (0..after.variables.len())
+                .filter(|&i| after.variables[i].key() == b.key())
+                .collect();
+        }
+        // Of several static locals of that name, the first that is the same.
+        let Some(a) = all
+            .iter()
+            .map(|&i| &after.variables[i])
+            .find(|a| a.size == b.size && a.masked() == b.masked() && same_relocs(a, b))
+            .or_else(|| all.first().map(|&i| &after.variables[i]))
+        else {
             continue;
         };
         if a.size != b.size {
@@ -455,7 +529,9 @@ pub fn analyse(
     // they reach, and the data they reach (through the data too: a table of
     // pointers to variables). Global functions are reached through the
     // PLT: the target's.
-    let item_of = |key: &str| -> Vec<(bool, usize)> {
+    // Variables by the relocation's own target (symbol or section) name:
+    // within one object it is exact (`count.1` is not `count.0`).
+    let item_of = |key: &str, target: &str| -> Vec<(bool, usize)> {
         let mut found = Vec::new();
         for (i, g) in after.functions.iter().enumerate() {
             if !g.global && names_function(key, g) {
@@ -463,7 +539,7 @@ pub fn analyse(
             }
         }
         for (i, v) in after.variables.iter().enumerate() {
-            if key == v.key() || key == normalize(&v.section) {
+            if target == v.name || target == v.section {
                 found.push((false, i));
             }
         }
@@ -486,7 +562,7 @@ pub fn analyse(
         };
         let via = if is_fn { item.name.clone() } else { via };
         for r in &item.relocs {
-            for next in item_of(&r.key) {
+            for next in item_of(&r.key, &r.target) {
                 if seen.insert(next) {
                     todo.push((next, via.clone()));
                 }
@@ -500,30 +576,36 @@ pub fn analyse(
         if !v.mutable || !existed {
             continue;
         }
-        if v.tls {
-            return Err(format!(
-                "thread-local variable '{}' of '{path}' (used by '{n}'): references to \
-                 thread-local variables are not supported yet by ulp build",
-                v.name
-            ));
-        }
-        if normalize(&v.name) != v.name {
-            let shown = v.name.split('.').next().unwrap_or(&v.name);
-            return Err(format!(
-                "static local variable '{shown}' (used by '{n}' in '{path}'): static \
-                 variables inside functions are not supported yet by ulp build (move it \
-                 to file scope)"
-            ));
-        }
-        match target_symbol(tsyms, &v.name, v.global, basename, false)
+        let local = if normalize(&v.name) != v.name {
+            Some(static_local(
+                path, basename, before, after, v, n, patched, tsyms,
+            )?)
+        } else {
+            None
+        };
+        let (tname, global) = match &local {
+            Some((t, _)) => (t.clone(), false),
+            None => (v.name.clone(), v.global),
+        };
+        match target_symbol(tsyms, &tname, global, basename, false)
             .map_err(|e| format!("variable '{}' of '{path}': {e}", v.name))?
         {
             Some(t) => {
-                if !out.references.iter().any(|x| x.name == v.name) {
+                if t.tls != v.tls {
+                    return Err(format!(
+                        "variable '{}' of '{path}' is {}thread-local here and {}in the target",
+                        v.name,
+                        if v.tls { "" } else { "not " },
+                        if t.tls { "" } else { "not " }
+                    ));
+                }
+                if !out.references.iter().any(|x| x.name == tname) {
                     out.references.push(RefVar {
-                        name: v.name.clone(),
-                        global: v.global,
+                        name: tname,
+                        global,
                         target_address: t.address,
+                        tls: v.tls,
+                        local: local.map(|(_, l)| l),
                     });
                 }
             }
@@ -537,6 +619,132 @@ pub fn analyse(
         }
     }
     Ok(out)
+}
+
+/// The target's symbol of static local variable `v` of the after object
+/// (`count.2`), and its name and function in the source. The after
+/// object's variable is matched with the before object's (of the same
+/// name, or, several having it, the one the same functions use), the
+/// before object's with the target's symbol of the same name in this
+/// file (the same compiler numbering: checked on the whole set of that
+/// name), and the function with the one of the patched text whose body
+/// declares `static ... NAME` (of several, the one among its users).
+#[allow(clippy::too_many_arguments)]
+fn static_local(
+    path: &str,
+    basename: &str,
+    before: &ObjectInfo,
+    after: &ObjectInfo,
+    v: &Item,
+    used_by: &str,
+    patched: &Patched,
+    tsyms: &[LinkedSymbol],
+) -> Result<(String, LocalRef), String> {
+    let base = v.name.split('.').next().unwrap_or(&v.name).to_string();
+    let key = v.key();
+    let named = |list: &[usize], obj: &ObjectInfo| -> String {
+        let mut names: Vec<String> = list
+            .iter()
+            .map(|&i| {
+                let u: Vec<String> = users(obj, &obj.variables[i]).into_iter().collect();
+                format!("'{}' (used by {})", obj.variables[i].name, u.join(", "))
+            })
+            .collect();
+        names.sort();
+        names.join(" and ")
+    };
+    let b = match counterparts(after, v, before).as_slice() {
+        [one] => &before.variables[*one],
+        [] => {
+            let all: Vec<usize> = (0..before.variables.len())
+                .filter(|&i| before.variables[i].key() == key)
+                .collect();
+            return Err(format!(
+                "static local variable '{base}' of '{path}' (used by '{used_by}'): the \
+                 original file has {} of that name ({}) and which one the patched code's is \
+                 cannot be told (no other is used by the same functions); rename it",
+                all.len(),
+                named(&all, before)
+            ));
+        }
+        many => {
+            return Err(format!(
+                "static local variable '{base}' of '{path}' (used by '{used_by}'): the file \
+                 has several of that name ({}) and which one the patched code's is cannot be \
+                 told; rename one",
+                named(many, before)
+            ))
+        }
+    };
+    let mut ours: Vec<&str> = before
+        .variables
+        .iter()
+        .filter(|x| x.key() == key)
+        .map(|x| x.name.as_str())
+        .collect();
+    let mut theirs: Vec<&str> = tsyms
+        .iter()
+        .filter(|s| !s.global && !s.function && s.file.as_deref() == Some(basename))
+        .filter(|s| normalize(&s.name) == key)
+        .map(|s| s.name.as_str())
+        .collect();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    if ours != theirs {
+        return Err(format!(
+            "static local variable '{base}' of '{path}' (used by '{used_by}'): the target's \
+             symbols for it ({}) are not this compile's ({}), so which one is which cannot \
+             be told",
+            theirs.join(", "),
+            ours.join(", ")
+        ));
+    }
+    let decls = crate::source::static_locals(&patched.text, &base);
+    let mut owners: Vec<&str> = decls.iter().map(|d| d.owner.as_str()).collect();
+    owners.dedup();
+    let owner = match owners.as_slice() {
+        [one] => one.to_string(),
+        [] => {
+            return Err(format!(
+                "static local variable '{base}' of '{path}' (used by '{used_by}'): no function \
+                 of the patched file declares it where ulp build looks (`static ... {base}` in \
+                 a body whose definition starts at column 0)"
+            ))
+        }
+        many => {
+            let users = users(after, v);
+            let hit: Vec<&&str> = many.iter().filter(|o| users.contains(**o)).collect();
+            match hit.as_slice() {
+                [one] => one.to_string(),
+                _ => {
+                    return Err(format!(
+                        "static local variable '{base}' of '{path}' (used by '{used_by}'): \
+                         {} declare one of that name and which one is meant cannot be told; \
+                         rename one",
+                        many.join(" and ")
+                    ))
+                }
+            }
+        }
+    };
+    let mine: Vec<&crate::source::LocalDecl> = decls.iter().filter(|d| d.owner == owner).collect();
+    match mine.as_slice() {
+        [d] if !d.several => {}
+        [_] => {
+            return Err(format!(
+                "static local variable '{base}' of '{owner}' in '{path}': its declaration \
+                 declares several names; declare '{base}' on its own to make it a reference"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "static local variable '{base}' of '{path}': '{owner}' declares {} of that \
+                 name and which one is meant cannot be told; rename one",
+                mine.len()
+            ))
+        }
+    }
+    Ok((b.name.clone(), LocalRef { base, owner }))
 }
 
 #[cfg(test)]

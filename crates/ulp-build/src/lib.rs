@@ -13,8 +13,11 @@
 //! 4. The patched file is compiled a third time for the container, with
 //!    every mutable variable of the file that the target has turned into
 //!    a pointer (`-Dv=(*__ulp_ref_v)`) that the runtime fills with the
-//!    target's address (`#v:__ulp_ref_v:TOFF:POFF` in the .dsc), and a
-//!    global alias `__ulp_new_f` for each replaced function `f`.
+//!    target's address (`#v:__ulp_ref_v:TOFF:POFF` in the .dsc), a
+//!    thread-local one into a call returning `__tls_get_addr` of the
+//!    `tls_index` the runtime fills (`#%v:...`), a static local through a
+//!    pointer its function's copy declares `extern` (`localize`),
+//!    and a global alias `__ulp_new_f` for each replaced function `f`.
 //! 5. The container is linked with the compiler driver (`-shared`), the
 //!    .dsc written, and both packed by [`ulp_container::pack::pack`], the
 //!    packer's own code.
@@ -429,11 +432,11 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         u.guess_aliases
             .retain(|f| all.iter().filter(|g| *g == f).count() == 1);
     }
-    for u in &units {
-        let refs: Vec<String> = u.guess_refs.iter().map(|v| v.name.clone()).collect();
+    for (n, u) in units.iter().enumerate() {
         jobs.push(container_job(
             u,
-            &refs,
+            n,
+            &u.guess_refs,
             &u.guess_aliases,
             "container.guess.o",
         )?);
@@ -532,22 +535,22 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         }
     } else {
         let mut jobs = Vec::new();
-        for (u, a) in units.iter().zip(&analyses) {
-            let refs: Vec<String> = a.references.iter().map(|v| v.name.clone()).collect();
+        for (n, (u, a)) in units.iter().zip(&analyses).enumerate() {
             let aliases: Vec<String> = a.replaced.iter().map(|r| r.name.clone()).collect();
-            jobs.push(container_job(u, &refs, &aliases, "container.o")?);
+            jobs.push(container_job(u, n, &a.references, &aliases, "container.o")?);
         }
         let stderrs = match run_all(jobs) {
             Ok(s) => s,
             Err(e) => {
                 let named: Vec<String> = analyses
                     .iter()
-                    .flat_map(|a| a.references.iter())
-                    .filter(|v| {
-                        mentions(&e.message, &format!("__ulp_ref_{}", v.name))
-                            || mentions(&e.message, &v.name)
+                    .enumerate()
+                    .flat_map(|(n, a)| a.references.iter().map(move |v| (n, v)))
+                    .filter(|(n, v)| {
+                        let source = v.local.as_ref().map_or(v.name.as_str(), |l| &l.base);
+                        mentions(&e.message, &pointer_name(*n, v)) || mentions(&e.message, source)
                     })
-                    .map(|v| format!("'{}'", v.name))
+                    .map(|(_, v)| format!("'{}'", v.shown()))
                     .collect();
                 if named.is_empty() {
                     return Err(e);
@@ -562,18 +565,18 @@ pub fn build(o: &Options) -> Result<Report, Error> {
                 )));
             }
         };
-        for (err, a) in stderrs.iter().zip(&analyses) {
+        for (n, (err, a)) in stderrs.iter().zip(&analyses).enumerate() {
             for line in err.lines().filter(|l| l.contains("shadows")) {
                 if let Some(v) = a
                     .references
                     .iter()
-                    .find(|v| mentions(line, &format!("__ulp_ref_{}", v.name)))
+                    .find(|v| mentions(line, &pointer_name(n, v)))
                 {
                     return Err(Error::new(format!(
                         "variable '{}' of '{}': a declaration in the file has the same name \
                          (a local or a parameter), so it cannot be turned into a reference: \
                          rename one ({})",
-                        v.name,
+                        v.shown(),
                         a.path,
                         line.trim()
                     )));
@@ -594,8 +597,8 @@ pub fn build(o: &Options) -> Result<Report, Error> {
 
     // Link.
     let container_tmp = scratch.0.join("container.so");
-    let mut link = vec![compdb::compiler(&units[0].entry).to_string()];
-    link.extend(
+    let mut base = vec![compdb::compiler(&units[0].entry).to_string()];
+    base.extend(
         units[0]
             .entry
             .arguments
@@ -605,6 +608,7 @@ pub fn build(o: &Options) -> Result<Report, Error> {
             })
             .cloned(),
     );
+    let mut link = base.clone();
     link.extend(
         ["-shared", "-Wl,--build-id", "-o"]
             .iter()
@@ -613,6 +617,31 @@ pub fn build(o: &Options) -> Result<Report, Error> {
     link.push(container_tmp.display().to_string());
     for u in &units {
         link.push(u.dir.join("container.o").display().to_string());
+    }
+    // The static locals' pointers, in a file of their own.
+    let with_refs: Vec<(usize, &[compare::RefVar])> = analyses
+        .iter()
+        .enumerate()
+        .map(|(n, a)| (n, a.references.as_slice()))
+        .collect();
+    if analyses
+        .iter()
+        .any(|a| a.references.iter().any(|v| v.local.is_some()))
+    {
+        let c = scratch.0.join("ulp_locals.c");
+        std::fs::write(&c, locals_file(&with_refs))
+            .map_err(|e| Error::new(format!("'{}': {e}", c.display())))?;
+        let obj = scratch.0.join("ulp_locals.o");
+        let mut cc = base.clone();
+        cc.extend(["-fPIC", "-O2", "-c", "-o"].iter().map(|s| s.to_string()));
+        cc.push(obj.display().to_string());
+        cc.push(c.display().to_string());
+        run_all(vec![(
+            "compiling the static locals' references".into(),
+            cc,
+            scratch.0.clone(),
+        )])?;
+        link.push(obj.display().to_string());
     }
     run_all(vec![(
         "linking the container".into(),
@@ -644,7 +673,7 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         container_compile_ms,
         ..Report::default()
     };
-    for (u, a) in units.iter().zip(&analyses) {
+    for (index, (u, a)) in units.iter().zip(&analyses).enumerate() {
         for r in &a.replaced {
             dsc.push_str(&format!("{}:{}\n", r.name, r.new_name));
             report.replaced.push(r.clone());
@@ -662,22 +691,36 @@ pub fn build(o: &Options) -> Result<Report, Error> {
         };
         report
             .references
-            .extend(a.references.iter().map(|v| v.name.clone()));
+            .extend(a.references.iter().map(compare::RefVar::shown));
         for v in made {
-            let pname = format!("__ulp_ref_{}", v.name);
+            let pname = filled_name(index, v);
             let place = csyms.iter().find(|s| {
                 s.name == pname
                     && !s.function
-                    && (if v.global {
+                    && (if v.local.is_some() {
+                        true
+                    } else if v.global && !v.tls {
                         s.global
                     } else {
                         s.file.as_deref() == Some(u.basename.as_str())
                     })
             });
-            let Some(place) = place else { continue };
+            let Some(place) = place else {
+                if a.references.iter().any(|r| r.name == v.name) {
+                    return Err(Error::new(format!(
+                        "the container has no variable '{pname}' for the reference to '{}'",
+                        v.shown()
+                    )));
+                }
+                continue;
+            };
             dsc.push_str(&format!(
-                "#{}:{}:{:#x}:{:#x}\n",
-                v.name, pname, v.target_address, place.address
+                "#{}{}:{}:{:#x}:{:#x}\n",
+                if v.tls { "%" } else { "" },
+                v.name,
+                pname,
+                v.target_address,
+                place.address
             ));
         }
     }
@@ -736,44 +779,212 @@ fn copy_flags(u: &Unit, copy: &Path) -> Vec<String> {
     ]
 }
 
+/// The name of the pointer (of the function, for a thread-local
+/// variable) through which the container's copy of unit `n` reaches `v`.
+fn pointer_name(n: usize, v: &compare::RefVar) -> String {
+    match &v.local {
+        Some(l) => format!("__ulp_sl{n}_{}_{}", l.owner, l.base),
+        None => format!("__ulp_ref_{}", v.name),
+    }
+}
+
+/// The variable the runtime fills for `v`, as the .dsc names it: the
+/// pointer, or for a thread-local variable its `tls_index`.
+fn filled_name(n: usize, v: &compare::RefVar) -> String {
+    let p = pointer_name(n, v);
+    if v.tls {
+        p.replacen("__ulp_", "__ulp_tls_", 1)
+    } else {
+        p
+    }
+}
+
+/// What `v`'s name stands for in the container's copy: a dereference of
+/// the pointer, or of what the function returns for a thread-local one.
+fn replacement(n: usize, v: &compare::RefVar) -> String {
+    let p = pointer_name(n, v);
+    if v.tls {
+        format!("(*{p}())")
+    } else {
+        format!("(*{p})")
+    }
+}
+
+/// The function that gives this thread's address of thread-local `v`:
+/// `__tls_get_addr` of the `tls_index` the runtime fills (module and
+/// offset: the address differs per thread, so no pointer can stand for
+/// it). `ret` is its return type.
+fn tls_function(n: usize, v: &compare::RefVar, ret: &str, hidden: bool) -> String {
+    let p = pointer_name(n, v);
+    let idx = filled_name(n, v);
+    let vis = if hidden {
+        "__attribute__((visibility(\"hidden\"))) "
+    } else {
+        ""
+    };
+    format!(
+        "{vis}{ret} {p}(void)\n{{\n    extern void *__tls_get_addr(void *);\n    \
+         return ({ret})__tls_get_addr({idx});\n}}\n"
+    )
+}
+
 /// What is appended to the container's copy of a file: a global alias for
-/// each function in `aliases`, and the reference pointers kept (their
-/// address taken, so the compiler cannot take them for constants).
-fn trailer(aliases: &[String], refs: &[String]) -> String {
+/// each function in `aliases`, the reference pointers kept (their address
+/// taken, so the compiler cannot take them for constants), and for each
+/// file-scope thread-local reference its `tls_index` and function.
+fn trailer(n: usize, aliases: &[String], refs: &[compare::RefVar]) -> String {
     let mut t = String::from("\n/* Added by ulp build. */\n");
     for f in aliases {
         t.push_str(&format!(
             "extern __typeof__({f}) __ulp_new_{f} __attribute__((alias(\"{f}\"), visibility(\"default\")));\n"
         ));
     }
-    if !refs.is_empty() {
+    let plain: Vec<&compare::RefVar> = refs
+        .iter()
+        .filter(|v| !v.tls && v.local.is_none())
+        .collect();
+    if !plain.is_empty() {
         t.push_str("__attribute__((used)) static void *const __ulp_keep_refs[] = {\n");
-        for v in refs {
-            t.push_str(&format!("    (void *)&__ulp_ref_{v},\n"));
+        for v in plain {
+            t.push_str(&format!("    (void *)&{},\n", pointer_name(n, v)));
         }
         t.push_str("};\n");
+    }
+    for v in refs.iter().filter(|v| v.tls && v.local.is_none()) {
+        let p = pointer_name(n, v);
+        t.push_str(&format!(
+            "__attribute__((used)) static void *{}[2];\n",
+            filled_name(n, v)
+        ));
+        // No storage class: the linkage of the declaration the define
+        // made of the variable's (static or not).
+        t.push_str(&tls_function(n, v, &format!("__typeof__({p}())"), v.global));
     }
     t
 }
 
-/// The compile of the container's copy of `u`: the variables `refs` made
-/// reference pointers (their initializers blanked, `-Dv=(*__ulp_ref_v)`),
-/// an alias for each of `aliases`.
+/// The separate file that defines the pointers (and `tls_index`es and
+/// functions) of the static local references of every unit: hidden, and
+/// in another translation unit than their `extern` declarations, whose
+/// types it does not need to know.
+fn locals_file(units: &[(usize, &[compare::RefVar])]) -> String {
+    let mut t = String::from("/* Written by ulp build: the static locals' references. */\n");
+    for (n, refs) in units {
+        for v in refs.iter().filter(|v| v.local.is_some()) {
+            t.push_str(&format!(
+                "__attribute__((visibility(\"hidden\"), used)) void *{}{};\n",
+                filled_name(*n, v),
+                if v.tls { "[2]" } else { "" }
+            ));
+            if v.tls {
+                t.push_str(&tls_function(*n, v, "void *", true));
+            }
+        }
+    }
+    t
+}
+
+/// In `text`, the static local `v` of its function made a reference: its
+/// declaration `static T NAME = I;` becomes `extern T (*PTR);` (the
+/// initializer blanked, `static` and `extern` of the same length), and
+/// from the declaration's line to the end of its block `NAME` is a macro
+/// for `(*PTR)` (`(*PTR())` for a thread-local one), with `#line` lines
+/// keeping the line numbers.
+fn localize(text: &str, n: usize, v: &compare::RefVar) -> Result<String, Error> {
+    let Some(l) = &v.local else {
+        return Ok(text.to_string());
+    };
+    let decls = source::static_locals(text, &l.base);
+    let mine: Vec<&source::LocalDecl> = decls.iter().filter(|d| d.owner == l.owner).collect();
+    let [d] = mine.as_slice() else {
+        return Err(Error::new(format!(
+            "static local variable '{}' of '{}': its declaration is not found once in the \
+             container's copy",
+            l.base, l.owner
+        )));
+    };
+    let mut b = text.as_bytes().to_vec();
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+    let decl_line_start = text[..d.start].rfind('\n').map_or(0, |p| p + 1);
+    let after_block = text[d.block_end..]
+        .find('\n')
+        .map_or(text.len(), |p| d.block_end + p + 1);
+    let (decl_line, next_line) = (line_of(d.start), line_of(d.block_end) + 1);
+    if let Some(eq) = d.eq {
+        for x in &mut b[eq..d.end] {
+            if *x != b'\n' {
+                *x = b' ';
+            }
+        }
+    }
+    for at in d.start..d.end {
+        for w in ["__thread", "_Thread_local", "thread_local"] {
+            if source::word_at(&b, at, w) {
+                b[at..at + w.len()].fill(b' ');
+            }
+        }
+    }
+    b[d.start..d.start + 6].copy_from_slice(b"extern");
+    let mut out = Vec::with_capacity(b.len() + 200);
+    out.extend_from_slice(&b[..decl_line_start]);
+    out.extend_from_slice(
+        format!(
+            "#define {} {}\n#line {decl_line}\n",
+            l.base,
+            replacement(n, v)
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&b[decl_line_start..after_block]);
+    if after_block == text.len() && !text.ends_with('\n') {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("#undef {}\n#line {next_line}\n", l.base).as_bytes());
+    out.extend_from_slice(&b[after_block..]);
+    String::from_utf8(out).map_err(|_| Error::new("the file is not UTF-8"))
+}
+
+/// The compile of the container's copy of unit `n` (`u`): the variables
+/// `refs` made reference pointers (their initializers blanked,
+/// `-Dv=(*__ulp_ref_v)`; see [`localize`] for static locals), an alias
+/// for each of `aliases`.
 fn container_job(
     u: &Unit,
-    refs: &[String],
+    n: usize,
+    refs: &[compare::RefVar],
     aliases: &[String],
     object: &str,
 ) -> Result<(String, Vec<String>, PathBuf), Error> {
     let copy = u.dir.join("container").join(&u.basename);
     let mut text = u.patched.text.clone();
-    for v in refs {
-        text = source::blank_initializer(&text, v);
+    // Static locals from the last declaration to the first, so that the
+    // lines added keep the others' positions.
+    let mut locals: Vec<&compare::RefVar> = refs.iter().filter(|v| v.local.is_some()).collect();
+    let pos = |v: &&compare::RefVar| {
+        let l = v.local.as_ref().expect("a static local");
+        source::static_locals(&u.patched.text, &l.base)
+            .iter()
+            .find(|d| d.owner == l.owner)
+            .map_or(0, |d| d.start)
+    };
+    locals.sort_by_key(|v| std::cmp::Reverse(pos(v)));
+    for v in locals {
+        text = localize(&text, n, v)?;
+    }
+    let self_referring = source::self_referring_macros(&u.patched.text);
+    for v in refs.iter().filter(|v| v.local.is_none()) {
+        text = source::blank_initializer(&text, &v.name);
+        if v.tls {
+            text = source::blank_tls_keyword(&text, &v.name);
+        }
+        if self_referring.contains(&v.name) {
+            text = source::rewrite_self_defines(&text, &v.name, &replacement(n, v));
+        }
     }
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&trailer(aliases, refs));
+    text.push_str(&trailer(n, aliases, refs));
     std::fs::write(&copy, text).map_err(|e| Error::new(format!("'{}': {e}", copy.display())))?;
     let mut extra = vec![
         "-ffunction-sections".to_string(),
@@ -785,8 +996,8 @@ fn container_job(
             .iter()
             .map(|s| s.to_string()),
     );
-    for v in refs {
-        extra.push(format!("-D{v}=(*__ulp_ref_{v})"));
+    for v in refs.iter().filter(|v| v.local.is_none()) {
+        extra.push(format!("-D{}={}", v.name, replacement(n, v)));
     }
     let (cmd, _) = compdb::command_for(&u.entry, Some(&copy), &u.dir.join(object), &extra)
         .map_err(Error::new)?;
@@ -818,15 +1029,20 @@ fn guess(
     // initializer, where a reference pointer cannot stand: left out of the
     // guess (if the changed code reaches it, the exact compile decides).
     let taken = source::address_taken(text);
-    // A name the text also defines as a macro is not the variable there.
-    let macros = source::macro_names(text);
+    // A name the text also defines as a macro is not the variable there,
+    // unless the macro's body names the variable itself (SQLite's
+    // `#define mem0 GLOBAL(struct Mem0Global, mem0)`): that body is
+    // rewritten in the container's copy.
+    let mut macros = source::macro_names(text);
+    for m in source::self_referring_macros(text) {
+        macros.remove(&m);
+    }
     for s in tsyms.iter().filter(ours) {
         if s.function {
             if !aliases.contains(&s.name) && defined.contains(&s.name) {
                 aliases.push(s.name.clone());
             }
         } else if s.mutable
-            && !s.tls
             && !refs.iter().any(|r| r.name == s.name)
             && declared.contains(&s.name)
             && !taken.contains(&s.name)
@@ -836,6 +1052,8 @@ fn guess(
                 name: s.name.clone(),
                 global: s.global,
                 target_address: s.address,
+                tls: s.tls,
+                local: None,
             });
         }
     }

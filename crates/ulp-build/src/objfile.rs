@@ -128,6 +128,21 @@ pub fn normalize(name: &str) -> String {
     out
 }
 
+/// A mergeable section's kind without the function it is named after:
+/// `.rodata.f.str1.1` -> `.str1.1` (with `-fdata-sections` a string goes
+/// into the section of the first function using it, which a change of
+/// another function can move), `.rodata.cst8` -> `.cst8`.
+fn merge_kind(section: &str) -> String {
+    match [".str", ".cst"]
+        .iter()
+        .filter_map(|k| section.rfind(k))
+        .max()
+    {
+        Some(at) => section[at..].to_string(),
+        None => normalize(section),
+    }
+}
+
 fn sh_flags(f: SectionFlags) -> u64 {
     match f {
         SectionFlags::Elf { sh_flags } => sh_flags,
@@ -210,7 +225,7 @@ pub fn read_object(data: &[u8]) -> Result<ObjectInfo, String> {
                                 let n = (sec.align().max(1) as usize).min(rest.len());
                                 &rest[..n]
                             };
-                            key = format!("{}:{piece:?}", normalize(&sname));
+                            key = format!("{}:{piece:?}", merge_kind(&sname));
                             addend = 0;
                         }
                     }
@@ -395,6 +410,14 @@ pub fn linked_bytes(data: &[u8], address: u64, size: u64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::normalize;
+
+    #[test]
+    fn merged_pieces_ignore_the_function_a_section_is_named_after() {
+        assert_eq!(super::merge_kind(".rodata.f.str1.1"), ".str1.1");
+        assert_eq!(super::merge_kind(".rodata.str1.8"), ".str1.8");
+        assert_eq!(super::merge_kind(".rodata.cst16"), ".cst16");
+        assert_eq!(super::merge_kind(".rodata.g.cst4"), ".cst4");
+    }
 
     #[test]
     fn compiler_numbers_are_ignored() {

@@ -402,3 +402,343 @@ pub fn macro_names(text: &str) -> std::collections::HashSet<String> {
         })
         .collect()
 }
+
+/// Whether `b[at..]` starts with the identifier `word` (a whole one).
+pub(crate) fn word_at(b: &[u8], at: usize, word: &str) -> bool {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    b[at..].starts_with(word.as_bytes())
+        && (at == 0 || !ident(b[at - 1]))
+        && b.get(at + word.len()).is_none_or(|&c| !ident(c))
+}
+
+/// The thread-local storage class keywords.
+const TLS_WORDS: [&str; 3] = ["__thread", "_Thread_local", "thread_local"];
+
+/// Blanks the thread-local keyword (`__thread`, `_Thread_local`,
+/// `thread_local`) of every file-scope declaration of `name` (between the
+/// `;`, `{` or `}` before the declarator and the declarator): the
+/// container's copy of a thread-local variable turned into a reference
+/// declares a function (`-Dname=(*__ulp_ref_name())`), which cannot be
+/// thread-local.
+pub fn blank_tls_keyword(text: &str, name: &str) -> String {
+    let mut b = text.as_bytes().to_vec();
+    for (start, _, _, next) in declarators(&b, Some(name)) {
+        if !matches!(next, b'=' | b';' | b',') {
+            continue;
+        }
+        let from = b[..start]
+            .iter()
+            .rposition(|&c| matches!(c, b';' | b'{' | b'}'))
+            .map_or(0, |p| p + 1);
+        for at in from..start {
+            for w in TLS_WORDS {
+                if word_at(&b, at, w) {
+                    b[at..at + w.len()].fill(b' ');
+                }
+            }
+        }
+    }
+    String::from_utf8(b).unwrap_or_else(|_| text.to_string())
+}
+
+/// The names defined as macros whose body mentions the name itself
+/// (SQLite's `#define mem0 GLOBAL(struct Mem0Global, mem0)`): in the body
+/// the name is the variable (a macro does not expand inside itself).
+pub fn self_referring_macros(text: &str) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    for l in text.lines() {
+        if let Some((name, body)) = define_parts(l) {
+            if mentions_word(body, name) {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `#define NAME BODY` (an object-like macro): NAME and BODY.
+fn define_parts(line: &str) -> Option<(&str, &str)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let rest = line.trim_start().strip_prefix('#')?.trim_start();
+    let rest = rest.strip_prefix("define")?;
+    if !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+    if end == 0 || rest[end..].starts_with('(') {
+        return None;
+    }
+    Some((&rest[..end], &rest[end..]))
+}
+
+fn mentions_word(text: &str, word: &str) -> bool {
+    let b = text.as_bytes();
+    text.match_indices(word).any(|(at, _)| word_at(b, at, word))
+}
+
+/// Rewrites the body of every `#define name BODY` that mentions `name`
+/// itself: there `name` is the variable, which in the container's copy is
+/// `replacement` (`(*__ulp_ref_name)`); the define, which comes after the
+/// command line's `-D`, would otherwise undo it. Line count kept.
+pub fn rewrite_self_defines(text: &str, name: &str, replacement: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive('\n') {
+        match define_parts(piece) {
+            Some((n, body)) if n == name && mentions_word(body, name) => {
+                let head = &piece[..piece.len() - body.len()];
+                out.push_str(head);
+                let bb = body.as_bytes();
+                let mut i = 0;
+                while i < body.len() {
+                    if word_at(bb, i, name) {
+                        out.push_str(replacement);
+                        i += name.len();
+                    } else {
+                        let c = body[i..].chars().next().unwrap_or(' ');
+                        out.push(c);
+                        i += c.len_utf8();
+                    }
+                }
+            }
+            _ => out.push_str(piece),
+        }
+    }
+    out
+}
+
+/// A `static` declaration of a variable inside a function body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalDecl {
+    /// The function whose body has it.
+    pub owner: String,
+    /// Where `static` starts, where the statement's `;` is, where its
+    /// initializer's `=` is.
+    pub start: usize,
+    pub end: usize,
+    pub eq: Option<usize>,
+    /// The `}` closing the block that has the declaration.
+    pub block_end: usize,
+    /// The statement declares more than one name (`static int a, b;`).
+    pub several: bool,
+    pub tls: bool,
+}
+
+/// Every `static` declaration of a variable `name` inside the bodies of the
+/// functions `text` defines (found as [`defined_functions`] does).
+pub fn static_locals(text: &str, name: &str) -> Vec<LocalDecl> {
+    let b = text.as_bytes();
+    let n = b.len();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < n {
+        let line_end = text[at..].find('\n').map_or(n, |p| at + p);
+        let first = b[at];
+        let mut next = line_end + 1;
+        if !(first.is_ascii_whitespace() || matches!(first, b'#' | b'/' | b'*' | b'{' | b'}')) {
+            if let Some((owner, open)) = defined_at(b, at, line_end, ident) {
+                if let Some(close) = matching_code_brace(b, open) {
+                    scan_body(b, open, close, name, &owner, &mut out);
+                    next = close + 1;
+                }
+            }
+        }
+        at = next;
+    }
+    out
+}
+
+/// The `}` matching the `{` at `open`, skipping comments, strings,
+/// character constants and preprocessor lines.
+fn matching_code_brace(b: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0;
+    let mut i = open;
+    let mut line_start = false;
+    while i < b.len() {
+        if let Some(end) = skip_non_code(b, i, line_start) {
+            line_start = b[end - 1] == b'\n';
+            i = end;
+            continue;
+        }
+        line_start = b[i] == b'\n' || (line_start && (b[i] == b' ' || b[i] == b'\t'));
+        match b[i] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn scan_body(
+    b: &[u8],
+    open: usize,
+    close: usize,
+    name: &str,
+    owner: &str,
+    out: &mut Vec<LocalDecl>,
+) {
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut stack = vec![open];
+    let mut i = open + 1;
+    let mut line_start = false;
+    while i < close {
+        if let Some(end) = skip_non_code(b, i, line_start) {
+            line_start = b[end - 1] == b'\n';
+            i = end;
+            continue;
+        }
+        line_start = b[i] == b'\n' || (line_start && (b[i] == b' ' || b[i] == b'\t'));
+        match b[i] {
+            b'{' => stack.push(i),
+            b'}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+        if !ident(b[i]) {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < close && ident(b[i]) {
+            i += 1;
+        }
+        if &b[s..i] != b"static" || (s > 0 && ident(b[s - 1])) {
+            continue;
+        }
+        // The statement: to the `;` outside parentheses and braces.
+        let mut j = i;
+        let mut depth = 0i32;
+        let mut eq = None;
+        let mut several = false;
+        let mut found = false;
+        let mut tls = false;
+        let mut bracket = 0i32;
+        while j < close {
+            if let Some(end) = skip_non_code(b, j, false) {
+                j = end;
+                continue;
+            }
+            match b[j] {
+                b'(' | b'{' => depth += 1,
+                b')' | b'}' => depth -= 1,
+                b'[' => bracket += 1,
+                b']' => bracket -= 1,
+                b',' if depth == 0 && bracket == 0 => several = true,
+                b'=' if depth == 0
+                    && bracket == 0
+                    && eq.is_none()
+                    && b.get(j + 1) != Some(&b'=') =>
+                {
+                    eq = Some(j)
+                }
+                b';' if depth == 0 => break,
+                _ => {}
+            }
+            if eq.is_none() && ident(b[j]) && !ident(b[j - 1]) {
+                if bracket == 0 && word_at(b, j, name) {
+                    let mut k = j + name.len();
+                    while k < close && b[k].is_ascii_whitespace() {
+                        k += 1;
+                    }
+                    // `static int f(int);` declares a function.
+                    found |= b.get(k) != Some(&b'(');
+                }
+                tls |= TLS_WORDS.iter().any(|w| word_at(b, j, w));
+            }
+            j += 1;
+        }
+        if found {
+            let top = *stack.last().unwrap_or(&open);
+            out.push(LocalDecl {
+                owner: owner.to_string(),
+                start: s,
+                end: j,
+                eq,
+                block_end: matching_code_brace(b, top).unwrap_or(close),
+                several,
+                tls,
+            });
+        }
+        i = j.max(i);
+    }
+}
+
+/// See [`defined_functions`]: the function a line starting at `at` defines
+/// and the index of its body's `{`.
+fn defined_at(
+    b: &[u8],
+    at: usize,
+    line_end: usize,
+    ident: impl Fn(u8) -> bool,
+) -> Option<(String, usize)> {
+    let name = defined_on_line(b, at, line_end, &ident)?;
+    // The `{` after the name's parameter list.
+    let mut i = at;
+    while i < line_end {
+        if word_at(b, i, &name) {
+            let mut j = i + name.len();
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if b.get(j) == Some(&b'(') {
+                let close = matching_paren(b, j)?;
+                let mut k = close + 1;
+                while k < b.len() && b[k] != b'{' {
+                    if b[k] == b';' {
+                        return None;
+                    }
+                    k += 1;
+                }
+                return (k < b.len()).then_some((name, k));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod local_tests {
+    #[test]
+    fn finds_static_locals_and_rewrites_defines() {
+        let text = "static int n;\nint f(void)\n{\n  static int n = 3;\n  return ++n;\n}\n\
+                    int g(int x)\n{\n  if (x) {\n    static __thread long n[2], m;\n    n[0]++;\n  }\n  return x;\n}\n\
+                    int h(void) { static int count; return count; }\n";
+        let d = super::static_locals(text, "n");
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].owner, "f");
+        assert_eq!(&text[d[0].start..d[0].end], "static int n = 3");
+        assert_eq!(&text[d[0].eq.unwrap()..d[0].end], "= 3");
+        assert!(!d[0].several && !d[0].tls);
+        assert_eq!(d[1].owner, "g");
+        assert!(d[1].several && d[1].tls);
+        assert_eq!(&text[d[1].block_end..d[1].block_end + 5], "}\n  r");
+        let c = super::static_locals(text, "count");
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].owner, "h");
+        assert_eq!(&text[c[0].block_end..], "}\n");
+        let t = "static int mem0;\n#define mem0 GLOBAL(int, mem0)\n#define other mem0\n";
+        let s = super::self_referring_macros(t);
+        assert!(s.contains("mem0") && !s.contains("other"));
+        assert_eq!(
+            super::rewrite_self_defines(t, "mem0", "(*__ulp_ref_mem0)"),
+            "static int mem0;\n#define mem0 GLOBAL(int, (*__ulp_ref_mem0))\n#define other mem0\n"
+        );
+        assert_eq!(
+            super::blank_tls_keyword(
+                "int a; static __thread int t = 1;\nint f(void) { return t; }\n",
+                "t"
+            ),
+            "int a; static          int t = 1;\nint f(void) { return t; }\n"
+        );
+    }
+}

@@ -793,6 +793,7 @@ int use_local(void) { static int calls; return ++calls; }
 int use_plain(int y) { plain += y; return plain; }
 int shadowy(int plain_) { int n = plain_; return n; }
 int wrap(int x) { return use_conf(x) + 1; }
+int use_local2(void) { static int calls; return --calls; }
 "#;
 
 /// A library of one file `r.c`; `ulp build` of `edit` applied to it.
@@ -845,20 +846,28 @@ fn build_references_and_what_it_refuses_about_variables() {
     let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
     assert!(dsc.contains("\n#conf:__ulp_ref_conf:0x"), "{dsc}");
     assert!(dsc.contains("\n#hits:__ulp_ref_hits:0x"), "{dsc}");
-    // Thread-local, static local, a local of the same name, a function
-    // whose entry cannot take a jump (a call in its first 5 bytes, no
-    // padding): refused.
+    // A thread-local variable: its tls_index; a static local: a pointer
+    // named after its function.
+    let (code, out, err, dir) =
+        build_refs("build-refs-tls", "return ++tls_n;", "return tls_n += 2;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains("\n#%tls_n:__ulp_tls_ref_tls_n:0x"), "{dsc}");
+    let (code, out, err, dir) =
+        build_refs("build-refs-local", "return ++calls;", "return calls += 2;");
+    assert_eq!(code, 0, "{out}{err}");
+    let dsc = std::fs::read_to_string(dir.join("out.dsc")).unwrap();
+    assert!(dsc.contains(":__ulp_sl0_use_local_calls:0x"), "{dsc}");
+    // Not the other function's `calls` (both are in sections `.bss.calls.N`).
+    assert!(!dsc.contains("use_local2"), "{dsc}");
+    // A local of the same name, a function whose entry cannot take a jump
+    // (a call in its first 5 bytes, no padding), two static locals of one
+    // name in one function: refused.
     for (tag, from, to, what) in [
         (
-            "tls",
-            "return ++tls_n;",
-            "return tls_n += 2;",
-            "thread-local variable 'tls_n'",
-        ),
-        (
-            "local",
-            "return ++calls;",
-            "return calls += 2;",
+            "two-locals",
+            "int use_local(void) { static int calls; return ++calls; }",
+            "int use_local(void) { static int calls; { static int calls; calls++; } return calls += 2; }",
             "static local variable 'calls'",
         ),
         (
@@ -964,6 +973,118 @@ fn build_two_files_with_statics_of_the_same_name() {
     no_wrong_results(&mut t);
 }
 
+/// Static locals and thread-local variables used by changed code are the
+/// running library's own, in every thread: a static local (`next` of
+/// `bld_seq`, told from `bld_ticket`'s `next`), a thread-local variable at
+/// file scope (`calls_here`, which the workers check against their own
+/// count) and a thread-local static local (`seen`); each applied and
+/// reverted under load. A changed initial value of a static local is
+/// refused.
+#[test]
+fn build_static_locals_and_thread_locals_applied_under_load() {
+    let tree = Tree::new("build-locals", &["-O2", "-fPIC"], false);
+    let stats = std::fs::read_to_string(tree.dir.join("src/stats.c")).unwrap();
+    let build = |out: &str, from: &str, to: &str| -> (i32, String, String) {
+        let new = stats.replacen(from, to, 1);
+        assert_ne!(new, stats);
+        let dir = tree.dir.join(out.replace(".so", ""));
+        std::fs::create_dir_all(&dir).unwrap();
+        let patch = unified(&dir, "stats.c", &stats, &new);
+        let text = std::fs::read_to_string(&patch)
+            .unwrap()
+            .replace("a/stats.c", "a/src/stats.c")
+            .replace("b/stats.c", "b/src/stats.c");
+        std::fs::write(&patch, text).unwrap();
+        tree.build_with(patch.to_str().unwrap(), out, &[])
+    };
+    let dsc =
+        |out: &str| std::fs::read_to_string(tree.dir.join(out.replace(".so", ".dsc"))).unwrap();
+    let (code, out, err) = build(
+        "fix_seq.so",
+        "    next++;\n    return next;",
+        "    next += 10;\n    return next;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replaced bld_seq: changed code"), "{out}");
+    assert!(out.contains("reference next (static in bld_seq)"), "{out}");
+    let d = dsc("fix_seq.so");
+    assert!(
+        d.contains("\n#next.") && d.contains(":__ulp_sl0_bld_seq_next:0x"),
+        "{d}"
+    );
+    let (code, out, err) = build(
+        "fix_tcalls.so",
+        "return ++calls_here;",
+        "calls_here += 2;\n    return calls_here;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reference calls_here (thread-local)"), "{out}");
+    let d = dsc("fix_tcalls.so");
+    assert!(
+        d.contains("\n#%calls_here:__ulp_tls_ref_calls_here:0x"),
+        "{d}"
+    );
+    let (code, out, err) = build(
+        "fix_tseen.so",
+        "    seen++;\n    return seen;",
+        "    seen += 5;\n    return seen;",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reference seen (static in bld_thread_seen, thread-local)"),
+        "{out}"
+    );
+    assert!(dsc("fix_tseen.so").contains(":__ulp_tls_sl0_bld_thread_seen_seen:0x"));
+    // A changed initial value of a static local: refused.
+    let (code, out, err) = build(
+        "fix_ticket.so",
+        "static int next = 100;",
+        "static int next = 200;",
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("initial value changes"), "{err}");
+    assert!(!tree.dir.join("fix_ticket.so").exists());
+
+    let mut t = tree.start();
+    let pid = t.pid.to_string();
+    let apply = |t: &mut Target, out: &str, revert: bool| {
+        let mut args = vec!["trigger", "-p", &pid];
+        if revert {
+            args.push("--revert");
+        }
+        args.push(out);
+        tree.ulp_ok(&args);
+        // Under load for a moment.
+        t.ask("wrong");
+    };
+    assert_eq!(t.ask("seq"), "1");
+    assert_eq!(t.ask("ticket"), "100");
+    apply(&mut t, "fix_seq.so", false);
+    assert_eq!(t.ask("seq"), "11");
+    assert_eq!(t.ask("seq"), "21");
+    assert_eq!(t.ask("ticket"), "101");
+    apply(&mut t, "fix_seq.so", true);
+    assert_eq!(t.ask("seq"), "22");
+
+    assert_eq!(t.ask("tcalls"), "1");
+    apply(&mut t, "fix_tcalls.so", false);
+    assert_eq!(t.ask("tcalls"), "3");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    no_wrong_results(&mut t);
+    assert_eq!(t.ask("tcalls"), "5");
+    apply(&mut t, "fix_tcalls.so", true);
+    assert_eq!(t.ask("tcalls"), "6");
+
+    assert_eq!(t.ask("tseen"), "1");
+    apply(&mut t, "fix_tseen.so", false);
+    assert_eq!(t.ask("tseen"), "6");
+    assert_eq!(t.ask("tseen"), "11");
+    apply(&mut t, "fix_tseen.so", true);
+    assert_eq!(t.ask("tseen"), "12");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    no_wrong_results(&mut t);
+}
+
 /// SQLite's amalgamation (from the crate `libsqlite3-sys`) built as
 /// libsqlite3.so.0.8.6 with a generated compilation database, and fixes
 /// built by `ulp build` applied to a program running queries from several
@@ -972,9 +1093,11 @@ fn build_two_files_with_statics_of_the_same_name() {
 /// (`sqlite3_strglob`) changed together; a changed initializer of a
 /// mutable variable (`sqlite3Config`) refused, naming it; a bounds check
 /// in an exported function that calls an unchanged static helper
-/// (`sqlite3_strlike`, `patternCompare`). sqlite3.c takes
-/// 15 to 20 s to compile here and each `ulp build` compiles it two or
-/// three times: three builds only.
+/// (`sqlite3_strlike`, `patternCompare`); a fix reading the library's
+/// mutable statics (`sqlite3_status64`: `sqlite3Stat`, `mem0`,
+/// `pcache1_g`), whose workers check that the memory statistics stay the
+/// library's live ones. sqlite3.c takes 15 to 20 s to compile here and
+/// each `ulp build` compiles it two or three times: four builds only.
 #[test]
 fn build_fixes_of_sqlite_applied_under_load() {
     let dir = TempDir::new("build-sqlite");
@@ -1050,6 +1173,37 @@ fn build_fixes_of_sqlite_applied_under_load() {
     );
     assert!(!out.contains("replaced patternCompare"), "{out}");
 
+    // (c) The library's mutable statics: the obsolete scratch counters
+    // become a misuse and NULL outputs are refused (the API armor made
+    // unconditional) in sqlite3_status64, which reads and resets the
+    // counters of `sqlite3Stat` under the mutex of `mem0` or of
+    // `pcache1_g`: all three references (`mem0` through SQLite's own
+    // `#define mem0 GLOBAL(struct Mem0Global, mem0)`).
+    let (code, out, err) = q.build_fix(
+        "sqlite3.c",
+        &[(
+            "  if( op<0 || op>=ArraySize(wsdStat.nowValue) ){\n    return SQLITE_MISUSE_BKPT;\n  }\n\
+             #ifdef SQLITE_ENABLE_API_ARMOR\n  \
+             if( pCurrent==0 || pHighwater==0 ) return SQLITE_MISUSE_BKPT;\n#endif\n  \
+             pMutex = statMutex[op]",
+            "  if( op<0 || op>=ArraySize(wsdStat.nowValue)\n   \
+             || op==SQLITE_STATUS_SCRATCH_USED || op==SQLITE_STATUS_SCRATCH_OVERFLOW\n   \
+             || op==SQLITE_STATUS_SCRATCH_SIZE ){\n    return SQLITE_MISUSE_BKPT;\n  }\n  \
+             if( pCurrent==0 || pHighwater==0 ) return SQLITE_MISUSE_BKPT;\n  \
+             pMutex = statMutex[op]",
+        )],
+        "fix_status.so",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("sqlite3.c (status):\n{out}");
+    assert!(
+        out.contains("replaced sqlite3_status64: changed code"),
+        "{out}"
+    );
+    for v in ["sqlite3Stat", "mem0", "pcache1_g"] {
+        assert!(out.contains(&format!("reference {v}:")), "{v}: {out}");
+    }
+
     // (d) A changed initial value of a mutable variable: refused, the
     // variable named, nothing written.
     let (code, out, err) = q.build_fix(
@@ -1082,6 +1236,17 @@ fn build_fixes_of_sqlite_applied_under_load() {
         assert_eq!(t.ask("glob"), "0");
     });
     assert_eq!(t.ask("like"), "0");
+    assert_eq!(t.ask("scratch"), "0");
+    assert_eq!(t.ask("memory"), "1");
+    for _ in 0..2 {
+        q.apply_revert(&mut t, "fix_status.so", |t| {
+            assert_eq!(t.ask("scratch"), "21");
+            assert_eq!(t.ask("memory"), "1");
+            zero_wrong(t);
+        });
+        assert_eq!(t.ask("scratch"), "0");
+        assert_eq!(t.ask("memory"), "1");
+    }
     zero_wrong(&mut t);
 }
 

@@ -25,14 +25,16 @@ source tree is never written.
 Replaced are the functions whose code changed and those that inline them;
 new functions go into the container without redirection; a function whose
 only change is a moved __LINE__ is listed and not replaced. The changed
-code reaches the running library's own variables through references.
+code reaches the running library's own variables through references
+(static ones, static ones inside functions, and thread-local ones: each
+thread its own copy).
 
 Refused, naming the symbol (nothing written): a changed initial value or
 size of an existing writable variable, a removed function, a changed
 function the target has no symbol for (inlined: rebuild with
 __attribute__((noinline))), an object whose unchanged functions differ
-from the target's (flags that do not match its build), static variables
-inside functions and thread-local variables used by the changed code, a
+from the target's (flags that do not match its build), a static variable
+inside a function that cannot be told from another of its name, a
 replaced function that cannot be redirected, diffs of headers or new
 files.
 
