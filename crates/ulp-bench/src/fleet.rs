@@ -170,12 +170,20 @@ fn fleet_rows(
             rows.push(row);
         }
     }
-    // One ulp run over the processes named ulpb_fleet.
-    for (what, revert) in [("apply all", false), ("revert all", true)] {
+    // One ulp run over the processes named ulpb_fleet, with the default
+    // per-thread transitions and switching every thread at once.
+    let runs = [
+        ("apply all", false, None),
+        ("revert all", true, None),
+        ("apply all", false, Some("--consistency=none")),
+        ("revert all", true, Some("--consistency=none")),
+    ];
+    for (what, revert, model) in runs {
         let mut args = vec!["trigger", "-q", "-p", FLEET_NAME, "--timeout", "30"];
         if revert {
             args.push("--revert");
         }
+        args.extend(model);
         args.push("bench_livepatch.so");
         let r = kit.ulp_for(&args, timeout)?;
         verify(
@@ -193,9 +201,10 @@ fn fleet_rows(
                 summary(&r.stdout)
             ));
         }
+        let how = model.map_or(String::new(), |m| format!(", {m}"));
         rows.push(
             Row::new(
-                format!("fleet {n}: {what} (one run, -p NAME)"),
+                format!("fleet {n}: {what} (one run, -p NAME{how})"),
                 Unit::Secs,
                 r.elapsed.as_secs_f64(),
             )

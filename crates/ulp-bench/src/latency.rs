@@ -20,6 +20,8 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     // Per apply: (phase name, seconds) as `ulp trigger -v` prints them.
     let mut phases: Vec<Vec<(String, f64)>> = Vec::new();
     let (mut apply, mut revert, mut reapply) = (Vec::new(), Vec::new(), Vec::new());
+    // The same apply switching every thread at once (libpulp's model).
+    let mut apply_none = Vec::new();
     for _ in 0..reps {
         let r = kit.ulp(&["--version"])?;
         if r.code != 0 {
@@ -35,6 +37,11 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         revert.push(secs(kit.trigger(t.pid, true)?.elapsed));
         t.expect("call", "2")?;
         reapply.push(secs(kit.trigger(t.pid, false)?.elapsed));
+        t.expect("call", "3")?;
+        let none = ["--consistency=none"];
+        kit.trigger_with(t.pid, true, &none)?;
+        t.expect("call", "2")?;
+        apply_none.push(secs(kit.trigger_with(t.pid, false, &none)?.elapsed));
         t.expect("call", "3")?;
     }
     let base = median(&start);
@@ -90,6 +97,16 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         .baseline(base)
         .samples(&reapply)
         .note("apply again after a revert in the same process: a reverted container stays loaded"),
+    );
+    rows.push(
+        Row::new(
+            "re-apply, --consistency=none: median",
+            Unit::Secs,
+            median(&apply_none),
+        )
+        .baseline(base)
+        .samples(&apply_none)
+        .note("the re-apply above switching every thread at once (no per-thread transition): what the model costs is the difference"),
     );
     rows.push(
         Row::new("ulp binary start+exit: median", Unit::Secs, base)
