@@ -3,8 +3,9 @@
 //! (ARCHITECTURE.md, "Per-thread consistency").
 //!
 //! Every thread has 16 bytes of the runtime's initial-exec TLS: a *mark*
-//! (4 bytes at `mark_off` from the thread pointer) and a *return address*
-//! (8 bytes at `ret_off`). A thread whose mark equals the transition's id
+//! (4 bytes at `mark_off` from the thread pointer), the id of the
+//! transition that armed its trampoline (4 bytes after it, written by the
+//! tool only) and a *return address* (8 bytes at `ret_off`). A thread whose mark equals the transition's id
 //! is old. Each replaced function goes through a guarded slot
 //! ([`slot_code`]) that sends an old thread to the old code and any other
 //! thread to the new code, once the transition's flag is set. The tool

@@ -13,6 +13,12 @@
 
 use std::time::Duration;
 
+/// This measure compares the switch of every thread at once of two
+/// functions with the one-function plan: both without the per-thread
+/// transition (whose cost the `transition` and `re-apply, --consistency=none`
+/// rows show).
+const NONE: &str = "--consistency=none";
+
 use crate::kit::{Kit, SWITCH_PATCH};
 use crate::latency::parse_phases;
 use crate::pause::read_gap;
@@ -73,12 +79,12 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         for two in order(i) {
             let mut t = kit.start_target("bench_target", &[])?;
             check(&mut t, two, false)?;
-            let r = kit.trigger_file(t.pid, false, &["-v"], file(two))?;
+            let r = kit.trigger_file(t.pid, false, &["-v", NONE], file(two))?;
             apply[two as usize].push(r.elapsed.as_secs_f64());
             total[two as usize].push(in_tool(&r)?);
             writes[two as usize] = code_writes(&r)?;
             check(&mut t, two, true)?;
-            let r = kit.trigger_file(t.pid, true, &[], file(two))?;
+            let r = kit.trigger_file(t.pid, true, &[NONE], file(two))?;
             revert[two as usize].push(r.elapsed.as_secs_f64());
             check(&mut t, two, false)?;
         }
@@ -151,7 +157,7 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         for two in order(i) {
             for revert in [false, true] {
                 t.expect("reset", "ok")?;
-                let r = kit.trigger_file(t.pid, revert, &[], file(two))?;
+                let r = kit.trigger_file(t.pid, revert, &[NONE], file(two))?;
                 gap[two as usize].push(read_gap(&mut t)?);
                 window = r.elapsed;
                 check(&mut t, two, !revert)?;

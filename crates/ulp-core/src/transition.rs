@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use ulp_abi::transition::PENDING_MAX;
 use ulp_abi::transition::{OldCode, Pending, PendingThread, TransitionRecord, NAME_LEN, SLOT_LEN};
-use ulp_abi::transition::{PENDING_MAX, TRAMPOLINE_LEN};
 use ulp_abi::{write_kind, Write};
 use ulp_process::unwind::{FrameKind, StartRegs, Unwinder};
 use ulp_process::{Mapping, Pid, RemoteAddr, Stopped, Tid};
@@ -54,6 +54,19 @@ fn at(base: u64, off: i32) -> RemoteAddr {
     RemoteAddr::new(base.wrapping_add(off as i64 as u64))
 }
 
+/// Whether the process runs with shadow stacks (x86 CET user shadow
+/// stacks, `x86_Thread_features: shstk` in /proc/PID/status): a return
+/// through the thread trampoline would not match its shadow stack and
+/// fault.
+pub(crate) fn shadow_stack(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines().any(|l| {
+            l.strip_prefix("x86_Thread_features:")
+                .is_some_and(|v| v.split_whitespace().any(|w| w == "shstk"))
+        })
+    })
+}
+
 /// Whether the plan's flag is set in `pid` (read from outside): the
 /// transition has begun.
 pub(crate) fn flag_set(pid: Pid, plan: &Plan) -> bool {
@@ -61,20 +74,37 @@ pub(crate) fn flag_set(pid: Pid, plan: &Plan) -> bool {
     ulp_process::read_mem(pid, RemoteAddr::new(plan.rec.flag), &mut b).is_ok() && b[0] != 0
 }
 
+/// Each stopped thread's thread pointer.
+fn thread_pointers(stopped: &Stopped) -> Result<Vec<(Tid, u64)>, String> {
+    stopped
+        .tids()
+        .into_iter()
+        .map(|tid| Ok((tid, stopped.regs(tid).map_err(|e| e.to_string())?.fs_base())))
+        .collect()
+}
+
 /// Marks every stopped thread old for `rec` (all threads of the process
-/// are stopped). Err: a thread without a thread pointer, or a failed
-/// write.
+/// are stopped), with one read of every thread control block and one
+/// write of every mark. Err: a thread without a C library thread pointer
+/// (nothing is written then), or a failed write.
 pub(crate) fn mark_all(stopped: &mut Stopped, rec: &TransitionRecord) -> Result<(), String> {
-    for tid in stopped.tids() {
-        let fs = stopped.regs(tid).map_err(|e| e.to_string())?.fs_base();
-        // The C library's thread control block starts with two pointers
-        // to itself (`tcb` at 0, `self` at 16): anything else is not a
-        // thread whose TLS the runtime's block is part of.
-        let mut tcb = [0u8; 24];
-        let ours = fs != 0
-            && stopped.peek(RemoteAddr::new(fs), &mut tcb).is_ok()
-            && u64::from_le_bytes(tcb[0..8].try_into().unwrap()) == fs
-            && u64::from_le_bytes(tcb[16..24].try_into().unwrap()) == fs;
+    let pid = stopped.pid();
+    let threads = thread_pointers(stopped)?;
+    let bases: Vec<u64> = threads.iter().map(|t| t.1).collect();
+    // The C library's thread control block starts with two pointers to
+    // itself (`tcb` at 0, `self` at 16): anything else is not a thread
+    // whose TLS the runtime's block is part of.
+    let tcbs = if bases.contains(&0) {
+        None
+    } else {
+        ulp_process::read_scattered(pid, &bases, 24).ok()
+    };
+    for (i, (tid, fs)) in threads.iter().enumerate() {
+        let ours = tcbs.as_ref().is_some_and(|t| {
+            let w =
+                |o: usize| u64::from_le_bytes(t[i * 24 + o..i * 24 + o + 8].try_into().unwrap());
+            w(0) == *fs && w(16) == *fs
+        });
         if !ours {
             return Err(format!(
                 "thread {tid} has no C library thread pointer (TLS at {fs:#x}): a per-thread \
@@ -82,11 +112,30 @@ pub(crate) fn mark_all(stopped: &mut Stopped, rec: &TransitionRecord) -> Result<
                  every thread at once)"
             ));
         }
-        stopped
-            .poke(at(fs, rec.mark_off), &rec.id.to_le_bytes())
-            .map_err(|e| format!("marking thread {tid}: {e}"))?;
     }
-    Ok(())
+    let marks: Vec<u64> = bases.iter().map(|&fs| at(fs, rec.mark_off).get()).collect();
+    let ids: Vec<u8> = marks.iter().flat_map(|_| rec.id.to_le_bytes()).collect();
+    ulp_process::write_scattered(pid, &marks, &ids, 4)
+        .map_err(|e| format!("marking the threads: {e}"))
+}
+
+/// The stopped threads that are still old (one read of every mark).
+pub(crate) fn old_threads(stopped: &Stopped, rec: &TransitionRecord) -> Result<Vec<Tid>, String> {
+    let threads: Vec<(Tid, u64)> = thread_pointers(stopped)?
+        .into_iter()
+        .filter(|t| t.1 != 0)
+        .collect();
+    let marks: Vec<u64> = threads
+        .iter()
+        .map(|t| at(t.1, rec.mark_off).get())
+        .collect();
+    let now = ulp_process::read_scattered(stopped.pid(), &marks, 4).map_err(|e| e.to_string())?;
+    Ok(threads
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| u32::from_le_bytes(now[i * 4..i * 4 + 4].try_into().unwrap()) == rec.id)
+        .map(|(_, t)| t.0)
+        .collect())
 }
 
 /// Whether a stopped thread is still old.
@@ -234,6 +283,27 @@ impl Symbols {
             .cloned()
     }
 
+    /// The parts the compiler split off function `name` of the object
+    /// containing `addr` (`name.cold`, `name.part.0`, ...).
+    fn parts_of(&mut self, addr: u64, name: &str) -> Vec<(u64, u64)> {
+        if self.function(addr).is_none() {
+            return Vec::new();
+        }
+        let Some(obj) = self.object(addr) else {
+            return Vec::new();
+        };
+        let prefix = format!("{name}.");
+        self.funcs
+            .get(&obj.path)
+            .map(|list| {
+                list.iter()
+                    .filter(|f| f.2.starts_with(&prefix))
+                    .map(|f| (f.0, f.1))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The executable mappings of the object containing `addr`.
     fn object_code(&self, addr: u64) -> Vec<(u64, u64)> {
         let Some(m) = self.mapping(addr) else {
@@ -257,9 +327,10 @@ impl Symbols {
 fn old_code(plan: &Plan, model: Consistency, syms: &mut Symbols) -> Vec<Range> {
     let mut out = Vec::new();
     for f in &plan.funcs {
-        let name = syms
-            .function(f.entry)
-            .map(|x| x.2)
+        let own = syms.function(f.entry);
+        let name = own
+            .as_ref()
+            .map(|x| x.2.clone())
             .unwrap_or_else(|| format!("{:#x}", f.entry));
         let mut add = |start: u64, end: u64| {
             out.push(Range {
@@ -268,16 +339,44 @@ fn old_code(plan: &Plan, model: Consistency, syms: &mut Symbols) -> Vec<Range> {
                 name: name.clone(),
             })
         };
-        if let Some((s, e, _)) = syms.function(f.entry) {
-            add(s, e);
-        } else {
-            // No symbol: at least its first bytes.
-            add(f.entry, f.entry + 16);
+        // The function itself, and the parts the compiler split off it
+        // (`f.cold`); without a symbol (a stripped library's static
+        // function), all of its object's code.
+        match &own {
+            Some((s, e, n)) => {
+                add(*s, *e);
+                for (cs, ce) in syms.parts_of(f.entry, n) {
+                    add(cs, ce);
+                }
+            }
+            None => {
+                for (s, e) in syms.object_code(f.entry) {
+                    add(s, e);
+                }
+            }
         }
-        match syms.function(f.from) {
-            Some((s, e, _)) => add(s, e),
-            // A trampoline (or far stub) in a near page.
-            None => add(f.from, f.from + 64),
+        // Where a call went before: a function (an older patch's), or a
+        // trampoline or far stub in a near page, and the function a far
+        // stub leads to.
+        let mut froms = vec![f.from];
+        if let Some(target) = far_stub_target(syms.pid, f.from) {
+            froms.push(target);
+        }
+        for from in froms {
+            match syms.function(from) {
+                Some((s, e, n)) => {
+                    add(s, e);
+                    for (cs, ce) in syms.parts_of(from, &n) {
+                        add(cs, ce);
+                    }
+                }
+                None if syms.object(from).is_some() => {
+                    for (s, e) in syms.object_code(from) {
+                        add(s, e);
+                    }
+                }
+                None => add(from, from + 64),
+            }
         }
         add(f.slot, f.slot + SLOT_LEN);
         if model == Consistency::Library {
@@ -293,7 +392,15 @@ fn old_code(plan: &Plan, model: Consistency, syms: &mut Symbols) -> Vec<Range> {
     out
 }
 
+/// Where the far stub at `at` (`jmp *0(%rip)` and an address) leads.
+fn far_stub_target(pid: Pid, at: u64) -> Option<u64> {
+    let mut b = [0u8; 14];
+    ulp_process::read_mem(pid, RemoteAddr::new(at), &mut b).ok()?;
+    (b[..6] == [0xff, 0x25, 0, 0, 0, 0]).then(|| u64::from_le_bytes(b[6..14].try_into().unwrap()))
+}
+
 /// One thread as a check left it.
+#[derive(PartialEq, Eq)]
 enum Check {
     /// New (its mark cleared), exited, or never old.
     New,
@@ -302,6 +409,9 @@ enum Check {
     /// Could not be decided now (unwind incomplete, inside a near page):
     /// checked again later.
     Unsure(String),
+    /// Did not stop within the bound (not running: it waits for a CPU, or
+    /// sleeps uninterruptibly).
+    Slow,
 }
 
 /// Stops thread `tid` alone, unwinds it and makes it new or arms its
@@ -314,11 +424,14 @@ fn check_thread(
     ranges: &[Range],
     unwinder: &mut Unwinder,
     deadline: Instant,
+    bound: Duration,
 ) -> (Check, u64, Duration) {
-    let Ok(mut stopped) = Stopped::seize_threads(pid, &[tid], deadline) else {
-        // Gone (or not seizable now: checked again later if it exists).
+    // A thread that does not stop within `bound` is not running: checked
+    // later, with others (`settle`).
+    let soon = deadline.min(Instant::now() + bound);
+    let Ok(mut stopped) = Stopped::seize_threads(pid, &[tid], soon) else {
         let c = if thread_exists(pid, tid) {
-            Check::Unsure(String::new())
+            Check::Slow
         } else {
             Check::New
         };
@@ -350,7 +463,6 @@ fn check_stopped(
         Err(_) => return Check::Unsure(String::new()),
     }
     let tramp = rec.trampoline;
-    let in_tramp = |a: u64| (tramp..tramp + TRAMPOLINE_LEN).contains(&a);
     let stack = unwinder.unwind(StartRegs {
         ip: regs.rip(),
         sp: regs.rsp(),
@@ -366,14 +478,40 @@ fn check_stopped(
         .enumerate()
         .rev()
         .find_map(|(i, f)| find(f).map(|r| (i, r.name.clone())));
-    // Already armed by an earlier check (of an interrupted ulp): it
-    // switches by itself.
-    if stack.frames.iter().any(|f| in_tramp(f.addr)) {
-        return Check::Armed(outermost.map(|o| o.1).unwrap_or_default());
+    let name = || outermost.as_ref().map(|o| o.1.clone()).unwrap_or_default();
+    // Armed by an earlier check of this transition (an interrupted ulp's,
+    // or this run's first pass): its outermost replaced frame returns to
+    // the trampoline, and the thread switches by itself.
+    let armed_here = stack
+        .frames
+        .iter()
+        .any(|f| f.kind == FrameKind::Return && f.addr == tramp);
+    if armed_here {
+        return Check::Armed(name());
     }
-    if !stack.complete {
-        let name = outermost.map(|o| o.1).unwrap_or_default();
-        return Check::Unsure(name);
+    // Armed in this transition but the trampoline is not on this stack:
+    // the thread runs on another stack now (a coroutine's), or the unwind
+    // stopped short. Neither switched nor armed again (that would lose the
+    // saved return address).
+    let mut armed_id = [0u8; 4];
+    if stopped
+        .peek(at(fs, rec.mark_off + 4), &mut armed_id)
+        .is_err()
+        || u32::from_le_bytes(armed_id) == rec.id
+    {
+        return Check::Unsure(name());
+    }
+    // Only a whole stack, every frame of it in code whose unwind
+    // information was read, decides anything: a frame in anonymous code (a
+    // slot, a trampoline, a stub, JIT code) was unwound by a frame-pointer
+    // guess, which code that keeps no frame pointer makes wrong.
+    if !stack.complete
+        || stack
+            .frames
+            .iter()
+            .any(|f| !unwinder.covered(f.lookup_addr()))
+    {
+        return Check::Unsure(name());
     }
     let Some((k, name)) = outermost else {
         return match stopped.poke(at(fs, rec.mark_off), &0u32.to_le_bytes()) {
@@ -388,9 +526,13 @@ fn check_stopped(
     let (FrameKind::Return, Some(slot)) = (ret.kind, ret.slot) else {
         return Check::Unsure(name);
     };
-    let saved = stopped.poke(at(fs, rec.ret_off), &ret.addr.to_le_bytes());
-    let swapped = saved.and_then(|()| stopped.poke(RemoteAddr::new(slot), &tramp.to_le_bytes()));
-    match swapped {
+    // The saved return address first (a kill then leaves the stack as it
+    // was), then the swap, then this transition's id beside the mark.
+    let armed = stopped
+        .poke(at(fs, rec.ret_off), &ret.addr.to_le_bytes())
+        .and_then(|()| stopped.poke(RemoteAddr::new(slot), &tramp.to_le_bytes()))
+        .and_then(|()| stopped.poke(at(fs, rec.mark_off + 4), &rec.id.to_le_bytes()));
+    match armed {
         Ok(()) => Check::Armed(name),
         Err(_) => Check::Unsure(name),
     }
@@ -433,30 +575,67 @@ pub(crate) fn settle(
     // Threads still old: (tid, thread pointer, function, armed).
     let mut old: Vec<(Tid, u64, String, bool)> = Vec::new();
     let mut out = Transitioned::default();
-    let mut check = |tid: Tid, pauses: &mut Vec<Duration>| {
-        let (c, fs, held) = check_thread(pid, tid, rec, &ranges, &mut unwinder, deadline);
-        pauses.push(held);
+    let check = |tid: Tid, pauses: &mut Vec<Duration>, bound: Duration, u: &mut Unwinder| {
+        let (c, fs, held) = check_thread(pid, tid, rec, &ranges, u, deadline, bound);
+        if c != Check::Slow {
+            pauses.push(held);
+        }
         (c, fs)
     };
+    let mut slow = Vec::new();
     for &tid in &tids {
-        match check(tid, &mut pauses) {
+        match check(tid, &mut pauses, Duration::from_millis(5), &mut unwinder) {
             (Check::New, _) => {}
             (Check::Armed(f), fs) => old.push((tid, fs, f, true)),
             (Check::Unsure(f), fs) => old.push((tid, fs, f, false)),
+            (Check::Slow, _) => slow.push(tid),
         }
+    }
+    // Threads that did not stop at once are not running (they wait for a
+    // CPU, as spinning threads of low priority do on a busy machine): a few
+    // at a time, so that their waits overlap. Each is held from the moment
+    // the group has stopped to the group's release.
+    for group in slow.chunks(16) {
+        let soon = deadline.min(Instant::now() + Duration::from_secs(2));
+        let Ok(mut stopped) = Stopped::seize_threads(pid, group, soon) else {
+            old.extend(
+                group
+                    .iter()
+                    .filter(|&&t| thread_exists(pid, t))
+                    .map(|&t| (t, 0, String::new(), false)),
+            );
+            continue;
+        };
+        let start = Instant::now();
+        for tid in stopped.tids() {
+            let fs = stopped.regs(tid).map(|r| r.fs_base()).unwrap_or(0);
+            match check_stopped(&mut stopped, tid, rec, &ranges, &mut unwinder) {
+                Check::New => {}
+                Check::Armed(f) => old.push((tid, fs, f, true)),
+                Check::Unsure(f) => old.push((tid, fs, f, false)),
+                Check::Slow => old.push((tid, fs, String::new(), false)),
+            }
+        }
+        let held = stopped.tids().len();
+        let _ = stopped.release();
+        pauses.extend(std::iter::repeat_n(start.elapsed(), held));
     }
     out.checked = pauses.len();
     out.armed = old.iter().filter(|o| o.3).count();
     write_pending(rt, rec, &old)?;
     faults.in_transition();
     let mut nap = Duration::from_micros(200);
+    // Threads that could not be decided are stopped again, less and less
+    // often (each stop may cut a wait of theirs short with EINTR).
+    let mut recheck_every = Duration::from_millis(5);
     let mut last_recheck = Instant::now();
     while !old.is_empty() && Instant::now() < wait_until {
         std::thread::sleep(nap.min(wait_until.saturating_duration_since(Instant::now())));
         nap = (nap * 2).min(Duration::from_millis(5));
-        let recheck = last_recheck.elapsed() >= Duration::from_millis(5);
+        let recheck = last_recheck.elapsed() >= recheck_every;
         if recheck {
             last_recheck = Instant::now();
+            recheck_every = (recheck_every * 2).min(Duration::from_millis(200));
         }
         let mut left = Vec::with_capacity(old.len());
         for (tid, fs, f, armed) in old.drain(..) {
@@ -464,8 +643,12 @@ pub(crate) fn settle(
                 continue;
             }
             if !armed && recheck {
-                match check(tid, &mut pauses) {
+                match check(tid, &mut pauses, Duration::from_millis(50), &mut unwinder) {
                     (Check::New, _) => continue,
+                    (Check::Slow, _) => {
+                        left.push((tid, fs, f, false));
+                        continue;
+                    }
                     (Check::Armed(g), fs2) => {
                         left.push((tid, fs2.max(fs), g, true));
                         continue;

@@ -966,6 +966,19 @@ fn run_timed(
         );
         return report;
     }
+    if opts.consistency != Consistency::None
+        && opcode != op::UNDO
+        && crate::transition::shadow_stack(rt.pid)
+    {
+        report.outcome = Outcome::Failed(Reason::new(
+            errors::ETARGETHOOK,
+            "the process runs with shadow stacks (CET): a per-thread transition would make a \
+             thread return where its shadow stack does not expect; nothing was changed \
+             (--consistency=none switches every thread at once)"
+                .to_string(),
+        ));
+        return report;
+    }
     let detail = &mut report.detail;
     detail.phases.check = clock.start.elapsed().saturating_sub(clock.find);
     let (rc, msg, writes) = match call(rt, life, opcode, req, deadline, opts, &mut detail.phases) {

@@ -98,7 +98,10 @@ pub(crate) fn make_plan(
     };
     let made = write_with_retries(rt, writes, Part::UpToFlag, deadline, opts, faults)?;
     let settling = Instant::now();
-    let wait_until = (Instant::now() + opts.transition_wait).min(deadline);
+    // The wait leaves room before the deadline for the last part's stop.
+    let reserve = (opts.timeout / 4).min(Duration::from_secs(1));
+    let wait_until = (Instant::now() + opts.transition_wait)
+        .min(deadline.checked_sub(reserve).unwrap_or(deadline));
     let settled = match transition::settle(rt, &plan, opts, wait_until, deadline, faults) {
         Ok(s) => s,
         Err(why) => {
@@ -339,12 +342,13 @@ fn write_all(
                     "process {pid}: the transition's flag is not set; nothing was written"
                 )));
             }
-            for tid in stopped.tids() {
-                if transition::is_old(&stopped, tid, &p.rec).map_err(WriteError::Fatal)? {
-                    return Err(WriteError::Fatal(format!(
-                        "process {pid}: thread {tid} still runs the old code of the transition"
-                    )));
-                }
+            if let Some(tid) = transition::old_threads(&stopped, &p.rec)
+                .map_err(WriteError::Fatal)?
+                .first()
+            {
+                return Err(WriteError::Fatal(format!(
+                    "process {pid}: thread {tid} still runs the old code of the transition"
+                )));
             }
             (todo, true)
         }

@@ -121,3 +121,72 @@ pub fn write_mem(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Places one `process_vm_readv`/`process_vm_writev` call may name (the
+/// kernel's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Reads `len` bytes at each of `addrs` of `pid`, concatenated in order,
+/// with one `process_vm_readv` per [`IOV_MAX`] places (the marks of every
+/// thread of a process, say); any place that cannot be read whole is read
+/// again alone with [`read_mem`], whose error is returned.
+pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; addrs.len() * len];
+    for (chunk, buf) in addrs.chunks(IOV_MAX).zip(out.chunks_mut(IOV_MAX * len)) {
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&a| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes `buf`, valid for writes of its length
+        // during the call; the remote iovecs are only interpreted by the
+        // kernel in the target's address space.
+        let n = unsafe {
+            libc::process_vm_readv(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        };
+        if n < 0 || n as usize != buf.len() {
+            for (i, &a) in chunk.iter().enumerate() {
+                read_mem(pid, RemoteAddr::new(a), &mut buf[i * len..(i + 1) * len])?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `data` (`len` bytes for each place, concatenated in order) at
+/// each of `addrs` of `pid`, with one `process_vm_writev` per [`IOV_MAX`]
+/// places; a place left unwritten is written again alone with
+/// [`write_mem`], whose error is returned. Writable mappings only.
+pub fn write_scattered(pid: Pid, addrs: &[u64], data: &[u8], len: usize) -> Result<(), Error> {
+    assert_eq!(data.len(), addrs.len() * len, "one piece of data per place");
+    for (chunk, buf) in addrs.chunks(IOV_MAX).zip(data.chunks(IOV_MAX * len)) {
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&a| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` describes `buf`, valid for reads of its length;
+        // process_vm_writev only reads from the local buffer.
+        let n = unsafe {
+            libc::process_vm_writev(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
+        };
+        if n < 0 || n as usize != buf.len() {
+            for (i, &a) in chunk.iter().enumerate() {
+                write_mem(pid, RemoteAddr::new(a), &buf[i * len..(i + 1) * len])?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -371,6 +371,18 @@ impl Unwinder {
         Some(UnwindRegsX86_64::new(ra, bp + 16, caller_bp))
     }
 
+    /// Whether `addr` is in an object whose unwind information was read:
+    /// an unwind step there follows that information (or, for a function
+    /// it does not cover, the frame pointer of compiled code). Code in
+    /// anonymous memory (JIT, trampolines, stubs) or in a file without
+    /// unwind information is not: a step there is a frame-pointer guess,
+    /// which code that keeps no frame pointer makes wrong.
+    pub fn covered(&mut self, addr: u64) -> bool {
+        self.load_module_for(addr);
+        self.code_index(addr)
+            .is_some_and(|i| matches!(self.code[i].loaded, Loaded::Yes))
+    }
+
     fn code_index(&self, addr: u64) -> Option<usize> {
         let i = self.code.partition_point(|m| m.start <= addr);
         (i > 0 && addr < self.code[i - 1].end).then(|| i - 1)
