@@ -582,20 +582,26 @@ pub(crate) fn settle(
         }
         (c, fs)
     };
+    // A thread asleep in the kernel stops at once, and is checked alone.
+    // One that runs or waits for a CPU stops when it gets one, which on a
+    // busy machine can take long for a thread of low priority: those are
+    // stopped together (up to 128), so that their waits overlap and each
+    // one's stop frees a CPU for the next (a stop that does not land in
+    // time would leave the thread traced by this tool until it exits).
     let mut slow = Vec::new();
     for &tid in &tids {
-        match check(tid, &mut pauses, Duration::from_millis(5), &mut unwinder) {
+        if !matches!(ulp_process::thread_state(pid, tid), Some('S' | 'T' | 't')) {
+            slow.push(tid);
+            continue;
+        }
+        match check(tid, &mut pauses, Duration::from_secs(2), &mut unwinder) {
             (Check::New, _) => {}
             (Check::Armed(f), fs) => old.push((tid, fs, f, true)),
             (Check::Unsure(f), fs) => old.push((tid, fs, f, false)),
-            (Check::Slow, _) => slow.push(tid),
+            (Check::Slow, _) => old.push((tid, 0, String::new(), false)),
         }
     }
-    // Threads that did not stop at once are not running (they wait for a
-    // CPU, as spinning threads of low priority do on a busy machine): a few
-    // at a time, so that their waits overlap. Each is held from the moment
-    // the group has stopped to the group's release.
-    for group in slow.chunks(16) {
+    for group in slow.chunks(128) {
         let soon = deadline.min(Instant::now() + Duration::from_secs(2));
         let Ok(mut stopped) = Stopped::seize_threads(pid, group, soon) else {
             old.extend(
@@ -643,7 +649,7 @@ pub(crate) fn settle(
                 continue;
             }
             if !armed && recheck {
-                match check(tid, &mut pauses, Duration::from_millis(50), &mut unwinder) {
+                match check(tid, &mut pauses, Duration::from_secs(2), &mut unwinder) {
                     (Check::New, _) => continue,
                     (Check::Slow, _) => {
                         left.push((tid, fs, f, false));
