@@ -226,13 +226,11 @@ impl Runtime {
             .unwrap_or(ulp_abi::transition::Pending::ZERO))
     }
 
-    /// Records the transition's pending threads for `ulp patches`.
-    pub fn set_pending(&self, p: &ulp_abi::transition::Pending) -> Result<(), ulp_process::Error> {
-        ulp_process::write_mem(
-            self.pid,
-            self.interface + offset::PENDING as u64,
-            &p.to_bytes(),
-        )
+    /// Records the transition's pending threads for `ulp patches`: the
+    /// bytes of a [`ulp_abi::transition::Pending`], its header and the
+    /// threads it counts (what follows them is never read).
+    pub fn set_pending(&self, bytes: &[u8]) -> Result<(), ulp_process::Error> {
+        ulp_process::write_mem(self.pid, self.interface + offset::PENDING as u64, bytes)
     }
 
     /// The result area after a call: message and writes.

@@ -567,7 +567,7 @@ pub(crate) fn settle(
     let rec = &plan.rec;
     let mut syms = Symbols::new(pid)?;
     let ranges = old_code(plan, model, &mut syms);
-    let mut unwinder = Unwinder::new(pid).map_err(|e| e.to_string())?;
+    let mut unwinder = Unwinder::with_maps(pid, &syms.maps);
     // Read every file's unwind information before any thread is held.
     unwinder.load_all();
     let tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;
@@ -702,7 +702,9 @@ fn write_pending(
             slot.name[..n].copy_from_slice(&f.as_bytes()[..n]);
         }
     }
-    rt.set_pending(&table).map_err(|e| e.to_string())
+    let used = Pending::HEAD + old.len().min(PENDING_MAX) * PendingThread::SIZE;
+    rt.set_pending(&table.to_bytes()[..used])
+        .map_err(|e| e.to_string())
 }
 
 /// The threads of `pid` a transition recorded as pending that are still

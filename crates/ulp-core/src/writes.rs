@@ -301,7 +301,14 @@ fn write_all(
     // The GOT slots of the functions the plan changes, found from outside
     // (only when one may need a change: got.rs).
     let looked = Instant::now();
-    let slots = crate::got::find(pid, writes, opts.redirect_got);
+    // A transition's last part moves no slot unless asked to: its first
+    // part put back every slot moved before, and without
+    // `--redirect-got` none was moved since.
+    let slots = if part == Part::AfterFlag && !opts.redirect_got {
+        crate::got::Slots::default()
+    } else {
+        crate::got::find(pid, writes, opts.redirect_got)
+    };
     let got_find = looked.elapsed();
     let start = Instant::now();
     let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;

@@ -148,18 +148,20 @@ impl Unwinder {
     /// /proc/PID/map_files/START-END when readable, else the path) the first
     /// time an address in it is unwound.
     pub fn new(pid: Pid) -> Result<Unwinder, Error> {
-        let code = maps(pid)?
-            .iter()
-            .filter_map(CodeMap::from_mapping)
-            .collect();
-        Ok(Unwinder {
+        Ok(Unwinder::with_maps(pid, &maps(pid)?))
+    }
+
+    /// [`Unwinder::new`] from the process's maps, read by the caller.
+    pub fn with_maps(pid: Pid, maps: &[crate::Mapping]) -> Unwinder {
+        let code = maps.iter().filter_map(CodeMap::from_mapping).collect();
+        Unwinder {
             pid,
             code,
             framehop: UnwinderX86_64::new(),
             objects: HashMap::new(),
             cache: CacheX86_64::new(),
             restorers: RestorerCache::default(),
-        })
+        }
     }
 
     /// Reads the unwind information of every executable mapping now, so
