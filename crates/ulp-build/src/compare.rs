@@ -201,56 +201,13 @@ pub fn extent(text: &str, name: &str) -> Option<(usize, usize)> {
                     i += 1;
                 }
                 let Some(open) = body else { break };
-                let end = matching_brace(bytes, open)?;
+                let end = crate::source::matching_code_brace(bytes, open)?;
                 let end_line = line_no + text[line_start..end].matches('\n').count();
                 return Some((line_no, end_line));
             }
         }
         line_start = line_end + 1;
         line_no += 1;
-    }
-    None
-}
-
-/// The index of the `}` matching the `{` at `open`, skipping strings,
-/// character constants and comments.
-fn matching_brace(b: &[u8], open: usize) -> Option<usize> {
-    let mut depth = 0;
-    let mut i = open;
-    while i < b.len() {
-        match b[i] {
-            b'"' | b'\'' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'{' => depth += 1,
-            b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-        i += 1;
     }
     None
 }

@@ -388,19 +388,23 @@ mod address_tests {
 
 /// The names `text` defines as macros (`#define NAME`).
 pub fn macro_names(text: &str) -> std::collections::HashSet<String> {
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     text.lines()
-        .filter_map(|l| {
-            let rest = l.trim_start().strip_prefix('#')?.trim_start();
-            let rest = rest.strip_prefix("define")?;
-            if !rest.starts_with([' ', '\t']) {
-                return None;
-            }
-            let rest = rest.trim_start();
-            let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
-            (end > 0).then(|| rest[..end].to_string())
-        })
+        .filter_map(|l| define_name(l).map(|(name, _)| name.to_string()))
         .collect()
+}
+
+/// `#define NAME...`: NAME and what follows it on the line (`(` first for
+/// a function-like macro).
+fn define_name(line: &str) -> Option<(&str, &str)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let rest = line.trim_start().strip_prefix('#')?.trim_start();
+    let rest = rest.strip_prefix("define")?;
+    if !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+    (end > 0).then(|| (&rest[..end], &rest[end..]))
 }
 
 /// Whether `b[at..]` starts with the identifier `word` (a whole one).
@@ -458,18 +462,7 @@ pub fn self_referring_macros(text: &str) -> std::collections::HashSet<String> {
 
 /// `#define NAME BODY` (an object-like macro): NAME and BODY.
 fn define_parts(line: &str) -> Option<(&str, &str)> {
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let rest = line.trim_start().strip_prefix('#')?.trim_start();
-    let rest = rest.strip_prefix("define")?;
-    if !rest.starts_with([' ', '\t']) {
-        return None;
-    }
-    let rest = rest.trim_start();
-    let end = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
-    if end == 0 || rest[end..].starts_with('(') {
-        return None;
-    }
-    Some((&rest[..end], &rest[end..]))
+    define_name(line).filter(|(_, body)| !body.starts_with('('))
 }
 
 fn mentions_word(text: &str, word: &str) -> bool {
@@ -551,7 +544,7 @@ pub fn static_locals(text: &str, name: &str) -> Vec<LocalDecl> {
 
 /// The `}` matching the `{` at `open`, skipping comments, strings,
 /// character constants and preprocessor lines.
-fn matching_code_brace(b: &[u8], open: usize) -> Option<usize> {
+pub(crate) fn matching_code_brace(b: &[u8], open: usize) -> Option<usize> {
     let mut depth = 0;
     let mut i = open;
     let mut line_start = false;

@@ -126,6 +126,17 @@ pub fn write_mem(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
 /// kernel's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
+/// `len` bytes at each of `addrs`, as the target's iovecs.
+fn remote_iovecs(addrs: &[u64], len: usize) -> Vec<libc::iovec> {
+    addrs
+        .iter()
+        .map(|&a| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect()
+}
+
 /// Reads `len` bytes at each of `addrs` of `pid`, concatenated in order,
 /// with one `process_vm_readv` per [`IOV_MAX`] places (the marks of every
 /// thread of a process, say); any place that cannot be read whole is read
@@ -133,13 +144,7 @@ const IOV_MAX: usize = 1024;
 pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; addrs.len() * len];
     for (chunk, buf) in addrs.chunks(IOV_MAX).zip(out.chunks_mut(IOV_MAX * len)) {
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&a| libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: len,
-            })
-            .collect();
+        let remote = remote_iovecs(chunk, len);
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -166,13 +171,7 @@ pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Er
 pub fn write_scattered(pid: Pid, addrs: &[u64], data: &[u8], len: usize) -> Result<(), Error> {
     assert_eq!(data.len(), addrs.len() * len, "one piece of data per place");
     for (chunk, buf) in addrs.chunks(IOV_MAX).zip(data.chunks(IOV_MAX * len)) {
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&a| libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: len,
-            })
-            .collect();
+        let remote = remote_iovecs(chunk, len);
         let local = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
