@@ -316,12 +316,16 @@ fn write_all(
     // Where the plan stands: at its start, or where a killed earlier tool
     // left it (its journal), possibly in the middle of a write of several
     // words. Anything else means someone else changed the code.
+    // (Every write's bytes in one read: the threads are stopped.)
+    let pieces: Vec<(u64, usize)> = writes.iter().map(|w| (w.addr, w.len as usize)).collect();
+    let bytes = ulp_process::read_pieces(pid, &pieces).map_err(fatal)?;
     let mut now = Vec::with_capacity(writes.len());
+    let mut at = 0;
     for w in writes {
         let mut b = [0u8; 16];
-        stopped
-            .peek(RemoteAddr::new(w.addr), &mut b[..w.len as usize])
-            .map_err(fatal)?;
+        let n = w.len as usize;
+        b[..n].copy_from_slice(&bytes[at..at + n]);
+        at += n;
         now.push(b);
     }
     let todo = resume_plan(writes, &now).map_err(|i| {

@@ -137,14 +137,34 @@ fn remote_iovecs(addrs: &[u64], len: usize) -> Vec<libc::iovec> {
         .collect()
 }
 
-/// Reads `len` bytes at each of `addrs` of `pid`, concatenated in order,
-/// with one `process_vm_readv` per [`IOV_MAX`] places (the marks of every
-/// thread of a process, say); any place that cannot be read whole is read
-/// again alone with [`read_mem`], whose error is returned.
+/// Reads `len` bytes at each of `addrs` of `pid`, concatenated in order
+/// ([`read_pieces`] with one length).
 pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Error> {
-    let mut out = vec![0u8; addrs.len() * len];
-    for (chunk, buf) in addrs.chunks(IOV_MAX).zip(out.chunks_mut(IOV_MAX * len)) {
-        let remote = remote_iovecs(chunk, len);
+    let pieces: Vec<(u64, usize)> = addrs.iter().map(|&a| (a, len)).collect();
+    read_pieces(pid, &pieces)
+}
+
+/// Reads each `(address, length)` piece of `pid`'s memory, concatenated in
+/// order, with one `process_vm_readv` per [`IOV_MAX`] pieces (the marks of
+/// every thread of a process, the bytes under every write of a plan); a
+/// group that cannot be read whole is read again piece by piece with
+/// [`read_mem`] (which falls back to /proc/PID/mem), whose error is
+/// returned.
+pub fn read_pieces(pid: Pid, pieces: &[(u64, usize)]) -> Result<Vec<u8>, Error> {
+    let total: usize = pieces.iter().map(|p| p.1).sum();
+    let mut out = vec![0u8; total];
+    let mut at = 0;
+    for group in pieces.chunks(IOV_MAX) {
+        let len: usize = group.iter().map(|p| p.1).sum();
+        let buf = &mut out[at..at + len];
+        at += len;
+        let remote: Vec<libc::iovec> = group
+            .iter()
+            .map(|&(a, n)| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: n,
+            })
+            .collect();
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -156,8 +176,10 @@ pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Er
             libc::process_vm_readv(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
         };
         if n < 0 || n as usize != buf.len() {
-            for (i, &a) in chunk.iter().enumerate() {
-                read_mem(pid, RemoteAddr::new(a), &mut buf[i * len..(i + 1) * len])?;
+            let mut off = 0;
+            for &(a, n) in group {
+                read_mem(pid, RemoteAddr::new(a), &mut buf[off..off + n])?;
+                off += n;
             }
         }
     }
