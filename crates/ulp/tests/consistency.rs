@@ -91,8 +91,14 @@ impl Setup {
     /// Starts `prog` (copied in) with the runtime preloaded; waits for its
     /// ready line.
     fn start(&self, prog: &str) -> Target {
+        self.start_with(prog, &[])
+    }
+
+    /// [`Setup::start`] with arguments.
+    fn start_with(&self, prog: &str, args: &[&str]) -> Target {
         let mut cmd = Command::new(self.dir.join(prog));
-        cmd.current_dir(self.dir.path())
+        cmd.args(args)
+            .current_dir(self.dir.path())
             .env("LD_PRELOAD", &self.runtime);
         Target::spawn(cmd)
     }
@@ -282,6 +288,12 @@ fn under_load_default_never_mixes() {
 // ---- 2. a thread blocked inside a replaced function ----
 
 fn block_setup(tag: &str) -> (Setup, Target, i32) {
+    block_setup_with(tag, &[])
+}
+
+/// [`block_setup`] with the program's arguments (`-s`: process() runs in a
+/// signal handler on an alternate stack).
+fn block_setup_with(tag: &str, args: &[&str]) -> (Setup, Target, i32) {
     let s = Setup::new(
         tag,
         &["libcons.so.1", "cons_block_prog", "cons_patch_pair.so"],
@@ -289,7 +301,7 @@ fn block_setup(tag: &str) -> (Setup, Target, i32) {
         &["libcons.so.1"],
         &[("cons_patch_pair.dsc", PAIR_DSC)],
     );
-    let t = s.start("cons_block_prog");
+    let t = s.start_with("cons_block_prog", args);
     let tid: i32 = t
         .ready_line()
         .strip_prefix("ready ")
@@ -411,6 +423,48 @@ fn blocked_in_a_replaced_function_none_mixes() {
     assert_eq!(result(&mut t), PAIR_OLD);
     let listed = s.patches(pid);
     assert!(!listed.contains("transition pending"), "{listed}");
+    assert!(t.alive());
+}
+
+/// The same thread blocked in process() called from a signal handler that
+/// runs on an alternate stack (interrupting the thread's read of another
+/// pipe): the check unwinds through the handler and its signal frame, the
+/// thread stays old until process() returns into the handler, and then
+/// switches by itself.
+#[test]
+fn blocked_in_a_replaced_function_inside_a_signal_handler_on_an_alternate_stack() {
+    let (s, mut t, tid) = block_setup_with("cons-block-signal", &["-s"]);
+    let pid = t.pid;
+    let out = s.trigger(pid, None, &["--timeout", "1"], "cons_patch_pair.so");
+    assert!(
+        success_line(&out, pid).trim_end().ends_with(&format!(
+            "(transition pending: 1 threads: {tid} in process)"
+        )),
+        "{out}"
+    );
+    assert_eq!(t.ask("main"), "main 56", "the main thread is new");
+    t.send("unblock\n");
+    assert_eq!(result(&mut t), PAIR_OLD, "the handler's call ends old");
+    s.wait_transition_complete(pid, "once process() returned into the handler");
+    t.send("call\n");
+    assert_eq!(result(&mut t), PAIR_NEW, "the next signal's call is new");
+    // And back: blocked in the new process() inside the handler.
+    block(&mut t, tid);
+    let out = s.trigger(
+        pid,
+        None,
+        &["--timeout", "1", "--revert"],
+        "cons_patch_pair.so",
+    );
+    assert!(
+        success_line(&out, pid).contains("transition pending: 1 threads"),
+        "{out}"
+    );
+    t.send("unblock\n");
+    assert_eq!(result(&mut t), PAIR_NEW, "the handler's call ends patched");
+    s.wait_transition_complete(pid, "revert");
+    t.send("call\n");
+    assert_eq!(result(&mut t), PAIR_OLD);
     assert!(t.alive());
 }
 
