@@ -460,6 +460,7 @@ fn build_consistency(src: &Path, out: &Path) {
     for (file, soname, c) in [
         ("libcons.so.1.2.3", "libcons.so.1", "libcons.c"),
         ("libloop.so.1.0.0", "libloop.so.1", "libloop.c"),
+        ("libmany.so.1.0.0", "libmany.so.1", "libmany.c"),
     ] {
         let c = s(c);
         let soname_flag = format!("-Wl,-soname,{soname}");
@@ -485,6 +486,7 @@ fn build_consistency(src: &Path, out: &Path) {
         ("cons_load_prog", "-l:libcons.so.1"),
         ("cons_block_prog", "-l:libcons.so.1"),
         ("loop_prog", "-l:libloop.so.1"),
+        ("many_prog", "-l:libmany.so.1"),
     ] {
         let c = s(&format!("{prog}.c"));
         compile(
@@ -507,7 +509,12 @@ fn build_consistency(src: &Path, out: &Path) {
         &["-O2", "-Wall", "-pthread", &c],
         &out.join("libc_block_prog"),
     );
-    for patch in ["cons_patch_fg", "cons_patch_pair", "loop_patch"] {
+    for patch in [
+        "cons_patch_fg",
+        "cons_patch_pair",
+        "loop_patch",
+        "many_patch",
+    ] {
         let c = s(&format!("{patch}.c"));
         let mut args = PATCH.to_vec();
         args.push(&c);

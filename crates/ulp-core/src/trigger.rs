@@ -204,6 +204,10 @@ pub struct Detail {
     /// Why the transition's last writes wait for the next trigger (every
     /// thread runs the new code already).
     pub unfinished: Option<String>,
+    /// A per-thread transition was asked for, but the runtime could make
+    /// none (no page within reach of the library for the slots, or too
+    /// many writes): every thread switched at once, each function whole.
+    pub switched_at_once: bool,
 }
 
 /// Where the time of one operation in one process went, phase by phase
@@ -1003,6 +1007,9 @@ fn run_timed(
     if writes.is_empty() {
         return report;
     }
+    detail.switched_at_once = opts.consistency != Consistency::None
+        && writes.iter().any(|w| w.len > 0)
+        && crate::transition::plan_of(&writes).is_none();
     faults.before_writes();
     // An entry about to be rewritten must hold what its library file has:
     // anything else is someone else's change (a hook), not ours to cover.

@@ -468,6 +468,66 @@ fn blocked_in_a_replaced_function_inside_a_signal_handler_on_an_alternate_stack(
     assert!(t.alive());
 }
 
+/// A patch of 150 functions has too many writes for a per-thread
+/// transition (each function needs a longer slot): the runtime switches
+/// every thread at once instead, each function whole, and the trigger
+/// says so (a warning, in text and in JSON) rather than claiming a
+/// transition it did not make.
+#[test]
+fn a_patch_too_large_for_a_transition_switches_at_once_with_a_warning() {
+    let mut dsc = String::from("many_patch.so\n@libmany.so.1\n");
+    for n in 10..160 {
+        dsc.push_str(&format!("many_{n}:new_many_{n}\n"));
+    }
+    let s = Setup::new(
+        "cons-many",
+        &["libmany.so.1", "many_prog", "many_patch.so"],
+        &[],
+        &["libmany.so.1"],
+        &[("many_patch.dsc", &dsc)],
+    );
+    let mut t = s.start("many_prog");
+    let pid = t.pid;
+    let old: i32 = (10..160).sum();
+    assert_eq!(t.ask("sum"), old.to_string());
+    let args = trigger_args(pid, None, &[], "many_patch.so");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = ulp_bounded(s.dir.path(), &args, LIMIT);
+    assert_eq!(code, 0, "{out}{err}");
+    success_line(&out, pid);
+    assert!(
+        err.contains("every thread switched at once: the runtime could not plan a per-thread"),
+        "{err}"
+    );
+    assert_eq!(t.ask("sum"), (old + 150 * 1000).to_string());
+    let args = trigger_args(pid, None, &["--revert", "--json"], "many_patch.so");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = ulp_bounded(s.dir.path(), &args, LIMIT);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let warned = doc["warnings"].as_array().is_some_and(|w| {
+        w.iter().any(|w| {
+            w["warning"]
+                .as_str()
+                .is_some_and(|t| t.contains("every thread switched at once"))
+        })
+    });
+    assert!(warned, "{doc:#}");
+    assert_eq!(
+        doc["processes"][0]["results"][0]["transition"],
+        Value::Null,
+        "{doc:#}"
+    );
+    assert_eq!(t.ask("sum"), old.to_string());
+    // The runtime's own words.
+    let messages = s.ulp_ok(&["messages", "-p", &pid.to_string()]);
+    assert!(
+        messages.contains("no per-thread transition could be made"),
+        "{messages}"
+    );
+    assert!(t.alive());
+}
+
 /// A change while an earlier one is still in its transition: refused with
 /// the threads named (never a thread with mixed code), and accepted once
 /// they have left; the blocked thread's own call stays whole throughout.

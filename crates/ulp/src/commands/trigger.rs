@@ -401,6 +401,21 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
                 super::log_stderr(&trace_message(&r, t));
             }
         }
+        for l in lines.iter().filter(|l| l.report.detail.switched_at_once) {
+            // Asked for a per-thread transition, got the switch of every
+            // thread at once: not a failure (each function stays whole),
+            // but not what was asked.
+            let w = format!(
+                "{}: every thread switched at once: the runtime could not plan a per-thread \
+                 transition (see `ulp messages -p {}`)",
+                l.label, r.pid
+            );
+            progress.clear();
+            if !quiet {
+                eprintln!("ulp: warning: {} (pid: {}): {w}", r.name, r.pid);
+            }
+            warnings.push(json!({ "pid": r.pid.get(), "name": r.name, "warning": w }));
+        }
         if r.no_runtime {
             // libpulp's words for a process without the runtime, then
             // ulp's hint (the run still exits 0: nothing changed).
