@@ -446,6 +446,61 @@ fn check_thread(
     (c, fs, start.elapsed())
 }
 
+/// The outermost frame of `stack` in old code: its index and function.
+fn outermost_replaced(
+    stack: &ulp_process::unwind::Stack,
+    ranges: &[Range],
+) -> Option<(usize, String)> {
+    stack.frames.iter().enumerate().rev().find_map(|(i, f)| {
+        let a = f.lookup_addr();
+        ranges
+            .iter()
+            .find(|r| r.start <= a && a < r.end)
+            .map(|r| (i, r.name.clone()))
+    })
+}
+
+/// Whether `stack` may decide anything: whole, every frame of it in code
+/// whose unwind information was read (a frame in anonymous code, a slot,
+/// a trampoline, a stub, JIT code, was unwound by a frame-pointer guess,
+/// which code that keeps no frame pointer makes wrong).
+fn decides(stack: &ulp_process::unwind::Stack, unwinder: &mut Unwinder) -> bool {
+    stack.complete
+        && stack
+            .frames
+            .iter()
+            .all(|f| unwinder.covered(f.lookup_addr()))
+}
+
+/// What the checks of one transition need: the old code and an unwinder of
+/// the process, made before any thread is stopped.
+pub(crate) struct Checker {
+    ranges: Vec<Range>,
+    unwinder: Unwinder,
+}
+
+impl Checker {
+    pub(crate) fn new(pid: Pid, plan: &Plan, model: Consistency) -> Result<Checker, String> {
+        let mut syms = Symbols::new(pid)?;
+        let ranges = old_code(plan, model, &mut syms);
+        let unwinder = Unwinder::with_maps(pid, &syms.maps);
+        Ok(Checker { ranges, unwinder })
+    }
+
+    /// Whether stopped thread `tid` has provably no old code on its stack.
+    pub(crate) fn clean(&mut self, stopped: &Stopped, tid: Tid) -> bool {
+        let Ok(regs) = stopped.regs(tid) else {
+            return false;
+        };
+        let stack = self.unwinder.unwind(StartRegs {
+            ip: regs.rip(),
+            sp: regs.rsp(),
+            bp: regs.rbp(),
+        });
+        decides(&stack, &mut self.unwinder) && outermost_replaced(&stack, &self.ranges).is_none()
+    }
+}
+
 fn check_stopped(
     stopped: &mut Stopped,
     tid: Tid,
@@ -468,16 +523,7 @@ fn check_stopped(
         sp: regs.rsp(),
         bp: regs.rbp(),
     });
-    let find = |f: &ulp_process::unwind::Frame| {
-        let a = f.lookup_addr();
-        ranges.iter().find(|r| r.start <= a && a < r.end)
-    };
-    let outermost = stack
-        .frames
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(i, f)| find(f).map(|r| (i, r.name.clone())));
+    let outermost = outermost_replaced(&stack, ranges);
     let name = || outermost.as_ref().map(|o| o.1.clone()).unwrap_or_default();
     // Armed by an earlier check of this transition (an interrupted ulp's,
     // or this run's first pass): its outermost replaced frame returns to
@@ -505,12 +551,7 @@ fn check_stopped(
     // information was read, decides anything: a frame in anonymous code (a
     // slot, a trampoline, a stub, JIT code) was unwound by a frame-pointer
     // guess, which code that keeps no frame pointer makes wrong.
-    if !stack.complete
-        || stack
-            .frames
-            .iter()
-            .any(|f| !unwinder.covered(f.lookup_addr()))
-    {
+    if !decides(&stack, unwinder) {
         return Check::Unsure(name());
     }
     let Some((k, name)) = outermost else {
@@ -557,6 +598,7 @@ fn still_old(pid: Pid, tid: Tid, fs: u64, rec: &TransitionRecord) -> bool {
 pub(crate) fn settle(
     rt: &Runtime,
     plan: &Plan,
+    checker: Option<Checker>,
     opts: &Options,
     wait_until: Instant,
     deadline: Instant,
@@ -565,9 +607,13 @@ pub(crate) fn settle(
     let model = opts.consistency;
     let pid = rt.pid;
     let rec = &plan.rec;
-    let mut syms = Symbols::new(pid)?;
-    let ranges = old_code(plan, model, &mut syms);
-    let mut unwinder = Unwinder::with_maps(pid, &syms.maps);
+    let Checker {
+        ranges,
+        mut unwinder,
+    } = match checker {
+        Some(c) => c,
+        None => Checker::new(pid, plan, model)?,
+    };
     // Read every file's unwind information before any thread is held.
     unwinder.load_all();
     let tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;

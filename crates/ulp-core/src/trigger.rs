@@ -239,8 +239,9 @@ pub struct Phases {
     pub writes: Duration,
     /// Releasing every thread after the writes.
     pub resume: Duration,
-    /// A per-thread transition: checking each thread on its own and
-    /// waiting for the old ones.
+    /// A per-thread transition: reading the old code's symbols and the
+    /// unwind tables (before any stop), checking each thread on its own
+    /// and waiting for the old ones.
     pub transition: Duration,
     /// A transition's last part: every thread stopped again, the
     /// functions pointed straight at the new code.

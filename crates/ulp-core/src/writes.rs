@@ -49,6 +49,9 @@ pub(crate) struct Made {
     /// them took (before the stop).
     pub(crate) got: crate::got::Moved,
     pub(crate) got_find: Duration,
+    /// A transition's plan made whole in this one stop: the process had
+    /// one thread, and none of the old code was on its stack.
+    pub(crate) completed: bool,
 }
 
 /// Which writes of a plan one stop makes.
@@ -87,7 +90,7 @@ pub(crate) fn make_plan(
     faults: &mut Faults,
 ) -> Result<PlanMade, (u32, Unwritten)> {
     let Some(plan) = transition::plan_of(writes) else {
-        let made = write_with_retries(rt, writes, Part::Whole, deadline, opts, faults)?;
+        let made = write_with_retries(rt, writes, Part::Whole, deadline, opts, faults, None)?;
         return Ok(PlanMade {
             made,
             transition: None,
@@ -96,30 +99,55 @@ pub(crate) fn make_plan(
             finish_time: Duration::ZERO,
         });
     };
-    let made = write_with_retries(rt, writes, Part::UpToFlag, deadline, opts, faults)?;
+    // Made before any thread is stopped (reading symbols and unwind
+    // tables); without it the first part simply never takes the short way.
+    let preparing = Instant::now();
+    let mut checker = transition::Checker::new(rt.pid, &plan, opts.consistency).ok();
+    let prepare_time = preparing.elapsed();
+    let made = write_with_retries(
+        rt,
+        writes,
+        Part::UpToFlag,
+        deadline,
+        opts,
+        faults,
+        checker.as_mut(),
+    )?;
+    if made.completed {
+        return Ok(PlanMade {
+            made,
+            transition: Some(Transitioned {
+                checked: 1,
+                ..Transitioned::default()
+            }),
+            unfinished: None,
+            settle_time: prepare_time,
+            finish_time: Duration::ZERO,
+        });
+    }
     let settling = Instant::now();
     // The wait leaves room before the deadline for the last part's stop.
     let reserve = (opts.timeout / 4).min(Duration::from_secs(1));
     let wait_until = (Instant::now() + opts.transition_wait)
         .min(deadline.checked_sub(reserve).unwrap_or(deadline));
-    let settled = match transition::settle(rt, &plan, opts, wait_until, deadline, faults) {
+    let settled = match transition::settle(rt, &plan, checker, opts, wait_until, deadline, faults) {
         Ok(s) => s,
         Err(why) => {
             return Ok(PlanMade {
                 made,
                 transition: None,
                 unfinished: Some(format!("checking the threads failed: {why}")),
-                settle_time: settling.elapsed(),
+                settle_time: prepare_time + settling.elapsed(),
                 finish_time: Duration::ZERO,
             })
         }
     };
-    let settle_time = settling.elapsed();
+    let settle_time = prepare_time + settling.elapsed();
     let finishing = Instant::now();
     let mut unfinished = None;
     if settled.complete() {
         if let Err((_, why)) =
-            write_with_retries(rt, writes, Part::AfterFlag, deadline, opts, faults)
+            write_with_retries(rt, writes, Part::AfterFlag, deadline, opts, faults, None)
         {
             let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
             unfinished = Some(why);
@@ -145,6 +173,7 @@ pub(crate) fn write_with_retries(
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
+    mut checker: Option<&mut transition::Checker>,
 ) -> Result<Made, (u32, Unwritten)> {
     let mut last_err = String::new();
     let mut attempts = 0;
@@ -158,7 +187,15 @@ pub(crate) fn write_with_retries(
             last_err = why;
             continue;
         }
-        match write_all(rt, writes, part, deadline, opts, faults) {
+        match write_all(
+            rt,
+            writes,
+            part,
+            deadline,
+            opts,
+            faults,
+            checker.as_deref_mut(),
+        ) {
             Ok(made) => return Ok(Made { attempts, ..made }),
             Err(WriteError::Busy(why)) => last_err = why,
             Err(WriteError::Fatal(why)) => return Err((attempts, Unwritten::Nothing(why))),
@@ -295,6 +332,7 @@ fn write_all(
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
+    checker: Option<&mut transition::Checker>,
 ) -> Result<Made, WriteError> {
     let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
@@ -341,8 +379,20 @@ fn write_all(
         plan.as_ref()
             .is_some_and(|p| w.kind == write_kind::FLAG && w.addr == p.rec.flag)
     };
+    // A process of one thread with none of the old code on its stack (the
+    // unwind decides it, as in a transition's check) takes the whole plan
+    // in this stop: no thread can be old, so no mark is needed, and new
+    // threads start new.
+    let mut one_stop = false;
     let (todo, finish) = match (&plan, part) {
         (Some(_), Part::UpToFlag) => match todo.iter().position(is_flag) {
+            Some(_)
+                if stopped.tids().len() == 1
+                    && checker.is_some_and(|c| c.clean(&stopped, stopped.tids()[0])) =>
+            {
+                one_stop = true;
+                (todo, true)
+            }
             Some(i) => (todo[..=i].to_vec(), false),
             // Set by an earlier ulp.
             None => (Vec::new(), false),
@@ -395,7 +445,7 @@ fn write_all(
     for w in &todo {
         let new = &w.new[..w.len as usize];
         let marked = match &plan {
-            Some(p) if is_flag(w) => transition::mark_all(&mut stopped, &p.rec),
+            Some(p) if is_flag(w) && !one_stop => transition::mark_all(&mut stopped, &p.rec),
             _ => Ok(()),
         };
         let made = marked.and_then(|()| {
@@ -448,6 +498,7 @@ fn write_all(
             restored,
         },
         got_find,
+        completed: one_stop,
     })
 }
 
