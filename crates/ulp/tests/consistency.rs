@@ -528,6 +528,41 @@ fn a_patch_too_large_for_a_transition_switches_at_once_with_a_warning() {
     assert!(t.alive());
 }
 
+/// A process of one thread that is not inside a replaced function takes
+/// the whole change in one stop (no second stop, no transition left), in
+/// both directions.
+#[test]
+fn a_single_thread_outside_the_old_code_switches_in_one_stop() {
+    let dsc = "many_patch.so\n@libmany.so.1\nmany_10:new_many_10\nmany_11:new_many_11\n";
+    let s = Setup::new(
+        "cons-one",
+        &["libmany.so.1", "many_prog", "many_patch.so"],
+        &[],
+        &["libmany.so.1"],
+        &[("many_patch.dsc", dsc)],
+    );
+    let mut t = s.start("many_prog");
+    let pid = t.pid;
+    let old: i32 = (10..160).sum();
+    for (revert, want) in [(false, old + 2000), (true, old)] {
+        let extra: &[&str] = if revert {
+            &["--revert", "--json"]
+        } else {
+            &["--json"]
+        };
+        let out = s.trigger(pid, None, extra, "many_patch.so");
+        let r = json_result(&out, pid);
+        let tr = &r["transition"];
+        assert_eq!(tr["complete"], Value::Bool(true), "{r:#}");
+        assert_eq!(tr["threads_checked"], 1, "{r:#}");
+        assert_eq!(r["threads_stopped"], 1, "{r:#}");
+        assert_eq!(r["phases_us"]["finish"], 0, "one stop only: {r:#}");
+        assert_eq!(t.ask("sum"), want.to_string());
+        assert!(!s.patches(pid).contains("ransition"));
+    }
+    assert!(t.alive());
+}
+
 /// A change while an earlier one is still in its transition: refused with
 /// the threads named (never a thread with mixed code), and accepted once
 /// they have left; the blocked thread's own call stays whole throughout.
