@@ -483,7 +483,10 @@ impl Checker {
     pub(crate) fn new(pid: Pid, plan: &Plan, model: Consistency) -> Result<Checker, String> {
         let mut syms = Symbols::new(pid)?;
         let ranges = old_code(plan, model, &mut syms);
-        let unwinder = Unwinder::with_maps(pid, &syms.maps);
+        let mut unwinder = Unwinder::with_maps(pid, &syms.maps);
+        // Every file's unwind information read now, before any thread is
+        // held (once per tool run: a fleet maps the same files).
+        unwinder.load_all();
         Ok(Checker { ranges, unwinder })
     }
 
@@ -614,8 +617,6 @@ pub(crate) fn settle(
         Some(c) => c,
         None => Checker::new(pid, plan, model)?,
     };
-    // Read every file's unwind information before any thread is held.
-    unwinder.load_all();
     let tids = ulp_process::threads(pid).map_err(|e| e.to_string())?;
     let mut pauses = Vec::with_capacity(tids.len());
     // Threads still old: (tid, thread pointer, function, armed).
