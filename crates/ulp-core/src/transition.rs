@@ -582,8 +582,10 @@ fn check_stopped(
     }
 }
 
+/// Whether thread `tid` still runs: not gone, not a zombie, not on its
+/// way out (an exiting process's threads are never waited for).
 fn thread_exists(pid: Pid, tid: Tid) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+    !ulp_process::thread_ended(pid, tid)
 }
 
 /// Whether old thread `tid` (thread pointer `fs`) is still old, read from
@@ -675,7 +677,12 @@ pub(crate) fn settle(
     }
     out.checked = pauses.len();
     out.armed = old.iter().filter(|o| o.3).count();
-    write_pending(rt, rec, &old)?;
+    // The table was emptied in the first stop: written only when some
+    // thread is pending (a write to a running process races its exit).
+    if !old.is_empty() {
+        write_pending(rt, rec, &old)?;
+    }
+    let pending_first = !old.is_empty();
     faults.in_transition();
     let mut nap = Duration::from_micros(200);
     // Threads that could not be decided are stopped again, less and less
@@ -683,6 +690,12 @@ pub(crate) fn settle(
     let mut recheck_every = Duration::from_millis(5);
     let mut last_recheck = Instant::now();
     while !old.is_empty() && Instant::now() < wait_until {
+        // A process on its way out is not waited for (nor written to: a
+        // write racing its exit could leave this tool tearing its memory
+        // down).
+        if !ulp_process::process_alive(pid) {
+            return Ok(out);
+        }
         std::thread::sleep(nap.min(wait_until.saturating_duration_since(Instant::now())));
         nap = (nap * 2).min(Duration::from_millis(5));
         let recheck = last_recheck.elapsed() >= recheck_every;
@@ -726,7 +739,9 @@ pub(crate) fn settle(
     pauses.sort();
     out.pause_max = pauses.last().copied().unwrap_or_default();
     out.pause_median = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
-    write_pending(rt, rec, &old)?;
+    if pending_first {
+        write_pending(rt, rec, &old)?;
+    }
     Ok(out)
 }
 

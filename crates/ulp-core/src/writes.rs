@@ -445,7 +445,14 @@ fn write_all(
     for w in &todo {
         let new = &w.new[..w.len as usize];
         let marked = match &plan {
-            Some(p) if is_flag(w) && !one_stop => transition::mark_all(&mut stopped, &p.rec),
+            Some(p) if is_flag(w) && !one_stop => {
+                // The pending table emptied while no thread runs (a write
+                // to a running process races its exit).
+                let empty = [0u8; ulp_abi::transition::Pending::HEAD];
+                rt.set_pending(&empty)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| transition::mark_all(&mut stopped, &p.rec))
+            }
             _ => Ok(()),
         };
         let made = marked.and_then(|()| {

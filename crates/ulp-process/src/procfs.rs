@@ -175,7 +175,7 @@ const PF_EXITING: u64 = 0x4;
 /// not reaped), or is exiting (`PF_EXITING`: killed by another thread's
 /// exit or a SIGKILL, it may still spend a while in the kernel tearing its
 /// memory down, and a ptrace request then fails with ESRCH).
-pub(crate) fn thread_ended(pid: Pid, tid: Tid) -> bool {
+pub fn thread_ended(pid: Pid, tid: Tid) -> bool {
     let Ok(raw) = fs::read(format!("/proc/{pid}/task/{tid}/stat")) else {
         return true;
     };
@@ -256,7 +256,7 @@ pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
 /// zombie while they run, threads that exited stay listed (as zombies)
 /// until their tracer reaps them, and the last thread of an exiting
 /// process may take a while to tear its memory down.
-pub(crate) fn process_alive(pid: Pid) -> bool {
+pub fn process_alive(pid: Pid) -> bool {
     if !thread_ended(pid, pid.main_thread()) {
         return true;
     }
