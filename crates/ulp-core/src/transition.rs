@@ -138,17 +138,21 @@ pub(crate) fn old_threads(stopped: &Stopped, rec: &TransitionRecord) -> Result<V
         .collect())
 }
 
+/// Whether the mark of the thread whose thread pointer is `fs` holds `id`
+/// (the thread is old in that transition); `mark_off` is where marks are.
+fn marked(pid: Pid, fs: u64, mark_off: i32, id: u32) -> Result<bool, String> {
+    let mut b = [0u8; 4];
+    ulp_process::read_mem(pid, at(fs, mark_off), &mut b).map_err(|e| e.to_string())?;
+    Ok(u32::from_le_bytes(b) == id)
+}
+
 /// Whether a stopped thread is still old.
 pub(crate) fn is_old(stopped: &Stopped, tid: Tid, rec: &TransitionRecord) -> Result<bool, String> {
     let fs = stopped.regs(tid).map_err(|e| e.to_string())?.fs_base();
     if fs == 0 {
         return Ok(false);
     }
-    let mut b = [0u8; 4];
-    stopped
-        .peek(at(fs, rec.mark_off), &mut b)
-        .map_err(|e| e.to_string())?;
-    Ok(u32::from_le_bytes(b) == rec.id)
+    marked(stopped.pid(), fs, rec.mark_off, rec.id)
 }
 
 /// What the transition came to within the wait.
@@ -176,19 +180,21 @@ impl Transitioned {
 
     /// `2 threads: 4711 in fna, 4712 in hello_loop`.
     pub fn describe(&self) -> String {
-        let list: Vec<String> = self
-            .pending
-            .iter()
-            .map(|(t, f)| format!("{t} in {f}"))
-            .collect();
-        let more = self.pending_count.saturating_sub(self.pending.len());
-        let tail = if more > 0 {
-            format!(", and {more} more")
-        } else {
-            String::new()
-        };
-        format!("{} threads: {}{tail}", self.pending_count, list.join(", "))
+        describe_pending(&self.pending, self.pending_count)
     }
+}
+
+/// `2 threads: 4711 in fna, 4712 in hello_loop` for `count` threads still
+/// old, of which `named` are listed (`..., and N more` for the others).
+pub fn describe_pending(named: &[(Tid, String)], count: usize) -> String {
+    let list: Vec<String> = named.iter().map(|(t, f)| format!("{t} in {f}")).collect();
+    let more = count.saturating_sub(named.len());
+    let tail = if more > 0 {
+        format!(", and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{count} threads: {}{tail}", list.join(", "))
 }
 
 /// An address range of old code, named after the function it belongs to.
@@ -590,11 +596,8 @@ fn thread_exists(pid: Pid, tid: Tid) -> bool {
 
 /// Whether old thread `tid` (thread pointer `fs`) is still old, read from
 /// outside (nothing stopped).
-fn still_old(pid: Pid, tid: Tid, fs: u64, rec: &TransitionRecord) -> bool {
-    let mut b = [0u8; 4];
-    thread_exists(pid, tid)
-        && ulp_process::read_mem(pid, at(fs, rec.mark_off), &mut b).is_ok()
-        && u32::from_le_bytes(b) == rec.id
+fn still_old(pid: Pid, tid: Tid, fs: u64, mark_off: i32, id: u32) -> bool {
+    thread_exists(pid, tid) && marked(pid, fs, mark_off, id) == Ok(true)
 }
 
 /// Part 2 of a transition (see the module's text): checks every thread of
@@ -705,7 +708,7 @@ pub(crate) fn settle(
         }
         let mut left = Vec::with_capacity(old.len());
         for (tid, fs, f, armed) in old.drain(..) {
-            if fs != 0 && !still_old(pid, tid, fs, rec) {
+            if fs != 0 && !still_old(pid, tid, fs, rec.mark_off, rec.id) {
                 continue;
             }
             if !armed && recheck {
@@ -776,18 +779,11 @@ pub fn pending_now(rt: &Runtime) -> Option<(Vec<(Tid, String)>, usize)> {
     if p.id == 0 || p.count == 0 {
         return None;
     }
-    let rec = TransitionRecord {
-        id: p.id as u32,
-        mark_off: p.mark_off as i32,
-        ret_off: 0,
-        trampoline: 0,
-        flag: 0,
-    };
     let listed = (p.count as usize).min(PENDING_MAX);
     let mut left = Vec::new();
     for t in &p.threads[..listed] {
         let tid = Tid::new(t.tid as i32);
-        if t.fs_base == 0 || still_old(rt.pid, tid, t.fs_base, &rec) {
+        if t.fs_base == 0 || still_old(rt.pid, tid, t.fs_base, p.mark_off as i32, p.id as u32) {
             left.push((tid, String::from_utf8_lossy(t.name()).into_owned()));
         }
     }

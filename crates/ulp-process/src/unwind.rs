@@ -34,9 +34,9 @@ use modules::{Bytes, CodeMap, Loaded, ObjectUnwind, Source};
 /// At most this many frames are followed; a deeper stack is not complete.
 pub const MAX_FRAMES: usize = 1024;
 
-/// Offset of `uc_mcontext.gregs` in `ucontext_t` (after `uc_flags`,
-/// `uc_link` and the 24-byte `uc_stack`).
-const UC_GREGS: u64 = 40;
+/// Offset of `uc_mcontext.gregs` in `ucontext_t`: the layout the remote
+/// call's frame writes too.
+const UC_GREGS: u64 = crate::frame::UC_MCONTEXT;
 /// Indices in `gregs` (`REG_RBP`, `REG_RSP`, `REG_RIP` of `<sys/ucontext.h>`).
 const REG_RBP: u64 = 10;
 const REG_RSP: u64 = 15;

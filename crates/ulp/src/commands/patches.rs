@@ -359,12 +359,11 @@ fn text(r: &Inventory, build_ids: bool) -> String {
     let _ = writeln!(s, "PID: {}, name: {}", r.pid, r.name);
     let _ = writeln!(s, "  Livepatching status: {}", r.state);
     if let Some((threads, count)) = &r.pending_threads {
-        let list: Vec<String> = threads.iter().map(|(t, f)| format!("{t} in {f}")).collect();
         let _ = writeln!(
             s,
-            "  transition pending: {count} threads: {} (they take the new code when they leave \
-             the replaced functions)",
-            list.join(", ")
+            "  transition pending: {} (they take the new code when they leave the replaced \
+             functions)",
+            ulp_core::transition::describe_pending(threads, *count)
         );
     } else if r.in_transition {
         let _ = writeln!(
