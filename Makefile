@@ -21,7 +21,7 @@ LIBDIR ?=
 
 .PHONY: all demo test install uninstall deb bench ansible-sanity
 all:
-	cargo build --release --workspace
+	bash scripts/build-release.sh
 
 demo:
 	bash scripts/demo.sh
@@ -48,7 +48,7 @@ deb:
 
 BENCH_ARGS ?=
 bench:
-	cargo build --release --workspace
+	bash scripts/build-release.sh
 	"$${CARGO_TARGET_DIR:-target}/release/ulp-bench" $(BENCH_ARGS)
 
 ANSIBLE_VENV ?= $(CURDIR)/target/ansible-venv

@@ -10,8 +10,8 @@ out=$root/demo-out
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "building ulp and the runtime (cargo build --release)"
-cargo build --release --workspace -q
+say "building ulp and the runtime (scripts/build-release.sh: cargo build --release)"
+bash scripts/build-release.sh -q
 ulp=$root/target/release/ulp
 rm -rf "$out" && mkdir -p "$out"
 cp target/release/libpulp.so "$out/libpulp.so.0"

@@ -39,7 +39,7 @@ case "$LIBDIR" in
 esac
 
 if [ -z "${BUILD_DIR:-}" ]; then
-  cargo build --release -p ulp -p ulp-runtime
+  bash scripts/build-release.sh
   BUILD_DIR=${CARGO_TARGET_DIR:-target}/release
 fi
 for f in ulp libpulp.so; do
