@@ -59,20 +59,48 @@ pub(crate) fn proc_error(pid: Pid, path: &Path, e: io::Error) -> Error {
 
 pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
     let path = proc_path(pid, leaf);
-    fs::read(&path).map_err(|e| proc_error(pid, &path, e))
+    read_whole(&path).map_err(|e| proc_error(pid, &path, e))
+}
+
+/// A /proc file read whole with few system calls: it reports size 0, so
+/// `fs::read` would start from a 32-byte read and double, and every read
+/// of a generated file makes the kernel generate it up to there again.
+fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(16 << 10);
+    fs::File::open(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Parses one line of `/proc/PID/maps`. `None` if it is malformed.
 pub fn parse_maps_line(line: &str) -> Option<Mapping> {
-    fn field(rest: &mut &str) -> Option<String> {
-        let s = rest.trim_start_matches(' ');
-        let end = s.find(' ').unwrap_or(s.len());
+    parse_maps_bytes(line.as_bytes())
+}
+
+/// [`parse_maps_line`] on the bytes of a line (a path need not be UTF-8:
+/// it is then taken lossily).
+fn parse_maps_bytes(line: &[u8]) -> Option<Mapping> {
+    fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let s = &rest[rest.iter().position(|&b| b != b' ').unwrap_or(rest.len())..];
+        let end = s.iter().position(|&b| b == b' ').unwrap_or(s.len());
         if end == 0 {
             return None;
         }
-        let (tok, tail) = s.split_at(end);
-        *rest = tail;
-        Some(tok.to_string())
+        *rest = &s[end..];
+        Some(&s[..end])
+    }
+    fn hex(s: &[u8]) -> Option<u64> {
+        if s.is_empty() || s.len() > 16 {
+            return None;
+        }
+        s.iter().try_fold(0u64, |v, &b| {
+            let d = (b as char).to_digit(16)?;
+            Some(v << 4 | d as u64)
+        })
+    }
+    fn text(s: &[u8]) -> String {
+        String::from_utf8(s.to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
     let mut rest = line;
     let range = field(&mut rest)?;
@@ -80,44 +108,42 @@ pub fn parse_maps_line(line: &str) -> Option<Mapping> {
     let offset = field(&mut rest)?;
     let dev = field(&mut rest)?;
     let inode = field(&mut rest)?;
-    let (start, end) = range.split_once('-')?;
-    let start = u64::from_str_radix(start, 16).ok()?;
-    let end = u64::from_str_radix(end, 16).ok()?;
-    if end < start || perms.len() != 4 || !dev.contains(':') {
+    let dash = range.iter().position(|&b| b == b'-')?;
+    let start = hex(&range[..dash])?;
+    let end = hex(&range[dash + 1..])?;
+    if end < start || perms.len() != 4 || !dev.contains(&b':') {
         return None;
     }
+    if inode.is_empty() || !inode.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let inode = std::str::from_utf8(inode).ok()?.parse().ok()?;
     // The path starts after the padding that follows the inode; it may
     // itself contain spaces.
-    let path = rest.trim_start_matches(' ');
+    let path = &rest[rest.iter().position(|&b| b != b' ').unwrap_or(rest.len())..];
     Some(Mapping {
         start: RemoteAddr::new(start),
         end: RemoteAddr::new(end),
-        perms,
-        offset: u64::from_str_radix(&offset, 16).ok()?,
-        dev,
-        inode: inode.parse().ok()?,
-        path: if path.is_empty() {
-            None
-        } else {
-            Some(path.to_string())
-        },
+        perms: text(perms),
+        offset: hex(offset)?,
+        dev: text(dev),
+        inode,
+        path: (!path.is_empty()).then(|| text(path)),
     })
 }
 
 /// The memory map of `pid`, in address order.
 pub fn maps(pid: Pid) -> Result<Vec<Mapping>, Error> {
     let raw = read_proc(pid, "maps")?;
-    let text = String::from_utf8_lossy(&raw);
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            parse_maps_line(l).ok_or_else(|| Error::Parse {
-                pid,
-                path: proc_path(pid, "maps"),
-                line: l.to_string(),
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(raw.len() / 80 + 1);
+    for l in raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        out.push(parse_maps_bytes(l).ok_or_else(|| Error::Parse {
+            pid,
+            path: proc_path(pid, "maps"),
+            line: String::from_utf8_lossy(l).into_owned(),
+        })?);
+    }
+    Ok(out)
 }
 
 fn numeric_entries<T: std::str::FromStr + Ord>(dir: &Path) -> io::Result<Vec<T>> {
