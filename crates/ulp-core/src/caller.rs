@@ -131,12 +131,9 @@ fn seize_caller(
     pid: Pid,
     deadline: Instant,
     options: SeizeOptions,
+    forbidden: &Forbidden,
 ) -> Result<(Stopped, Tid), NoCaller> {
     let failed = |e: ulp_process::Error| NoCaller::Failed(e.into());
-    // Read again here, not taken from the pre-check: this is the moment the
-    // thread is chosen, and a `dlopen` since may have mapped more code.
-    let maps = ulp_process::maps(pid).map_err(failed)?;
-    let forbidden = Forbidden::of(&maps);
     let mut tids = ulp_process::threads(pid).map_err(failed)?;
     // The main thread first: in most programs it waits for input.
     tids.sort_by_key(|&t| (!t.is_main_of(pid), t));
@@ -155,7 +152,7 @@ fn seize_caller(
             continue;
         };
         let syscall = stopped.syscall_of(tid).ok().flatten();
-        if verdict(&forbidden, regs.rip(), syscall).is_ok() {
+        if verdict(forbidden, regs.rip(), syscall).is_ok() {
             return Ok((stopped, tid));
         }
         // Not this one: let it go (dropping releases it) and try the next.
@@ -197,17 +194,33 @@ const PATIENCE: Duration = Duration::from_millis(250);
 ///
 /// `life` is the process as the caller first saw it (its stat is not read
 /// again here unless the process is busy).
+///
+/// `maps` are the process's maps as read a moment ago, if they were: the
+/// C library and the loader never move once mapped, so they serve when
+/// they show both (a process caught before its loader mapped the C
+/// library has its maps read again).
 pub fn find_caller(
     life: &Incarnation,
     deadline: Instant,
     options: SeizeOptions,
     retries: u32,
+    maps: Option<&[Mapping]>,
 ) -> Result<(Stopped, Tid), Error> {
     let start = Instant::now();
     let pid = life.pid;
     let mut attempt: u32 = 0;
+    let mut forbidden = maps
+        .map(Forbidden::of)
+        .filter(|f| !f.libc.is_empty() && !f.loader.is_empty());
     loop {
-        match seize_caller(pid, deadline, options) {
+        let f = match forbidden.take() {
+            Some(f) => f,
+            None => Forbidden::of(&ulp_process::maps(pid)?),
+        };
+        let seized = seize_caller(pid, deadline, options, &f);
+        // Only the first try uses maps given: a busy process is looked at
+        // again whole.
+        match seized {
             Ok(found) => return Ok(found),
             Err(NoCaller::Failed(e)) => return Err(e),
             Err(NoCaller::Busy(e)) => {

@@ -228,15 +228,14 @@ struct Symbols {
 }
 
 impl Symbols {
-    fn new(pid: Pid) -> Result<Symbols, String> {
-        let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+    fn with_maps(pid: Pid, maps: Vec<Mapping>) -> Symbols {
         let objects = objects_from_maps(&maps);
-        Ok(Symbols {
+        Symbols {
             pid,
             maps,
             objects,
             funcs: HashMap::new(),
-        })
+        }
     }
 
     fn mapping(&self, addr: u64) -> Option<&Mapping> {
@@ -485,15 +484,49 @@ pub(crate) struct Checker {
     unwinder: Unwinder,
 }
 
-impl Checker {
-    pub(crate) fn new(pid: Pid, plan: &Plan, model: Consistency) -> Result<Checker, String> {
-        let mut syms = Symbols::new(pid)?;
-        let ranges = old_code(plan, model, &mut syms);
+/// What a [`Checker`] needs before the plan is known: the process's
+/// symbols and unwind information, read before the runtime's call, while
+/// no thread is held (for a process of one thread, held from that call to
+/// the end of its writes).
+pub(crate) struct Prepared {
+    syms: Symbols,
+    unwinder: Unwinder,
+}
+
+impl Prepared {
+    /// From maps of `pid` read a moment ago; the functions of the objects
+    /// mapped at each of `objects` (addresses: the libraries the change is
+    /// about) read now too. An object the call maps later (the container)
+    /// is not known to it: see [`Prepared::checker`].
+    pub(crate) fn new(pid: Pid, maps: Vec<Mapping>, objects: &[u64]) -> Prepared {
+        let mut syms = Symbols::with_maps(pid, maps);
+        for &a in objects {
+            syms.function(a);
+        }
         let mut unwinder = Unwinder::with_maps(pid, &syms.maps);
         // Every file's unwind information read now, before any thread is
         // held (once per tool run: a fleet maps the same files).
         unwinder.load_all();
-        Ok(Checker { ranges, unwinder })
+        Prepared { syms, unwinder }
+    }
+
+    /// The checker of `plan`. Its unwinder knows the code mapped before
+    /// the call only: enough to decide on a thread stopped since before
+    /// the call (it has run no code the call mapped), not for a thread
+    /// that ran since ([`Checker::new`] then).
+    pub(crate) fn checker(mut self, plan: &Plan, model: Consistency) -> Checker {
+        let ranges = old_code(plan, model, &mut self.syms);
+        Checker {
+            ranges,
+            unwinder: self.unwinder,
+        }
+    }
+}
+
+impl Checker {
+    pub(crate) fn new(pid: Pid, plan: &Plan, model: Consistency) -> Result<Checker, String> {
+        let maps = ulp_process::maps(pid).map_err(|e| e.to_string())?;
+        Ok(Prepared::new(pid, maps, &[]).checker(plan, model))
     }
 
     /// Whether stopped thread `tid` has provably no old code on its stack.

@@ -41,14 +41,14 @@ use ulp_abi::{code, offset, op, ApplyRequest, ReplaceRequest, Write, REQUEST_MAX
 use ulp_container::container::Container;
 use ulp_container::format::Metadata;
 use ulp_elf::ElfFile;
-use ulp_process::{Incarnation, Mapping, Pid, ReturnPath, SeizeOptions};
+use ulp_process::{Incarnation, Mapping, Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
 use crate::objects::{chroot_of, named_objects, named_objects_in, MappedObject};
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::writes::{
-    check_rewrites_against_files, complete_pending_writes, make_plan, Faults, Unwritten,
+    check_rewrites_against_files, complete_pending_writes, make_plan, Faults, Held, Unwritten,
 };
 
 /// How to run one trigger.
@@ -429,12 +429,26 @@ impl Objects {
         }
     }
 
+    /// Load addresses of the objects named `lib` (a patch's target library),
+    /// as found by [`Objects::get`].
+    fn bases_of(&mut self, lib: &str) -> Vec<u64> {
+        let pid = self.pid;
+        match self.get() {
+            Ok(objects) => objects
+                .iter()
+                .filter(|o| o.is_library(pid, lib))
+                .map(|o| o.bias)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn get(&mut self) -> Result<&[MappedObject], Outcome> {
-        let (pid, maps) = (self.pid, &mut self.maps);
+        let (pid, maps) = (self.pid, &self.maps);
         self.read
             .get_or_insert_with(|| {
-                match maps.take() {
-                    Some(maps) => named_objects_in(pid, &maps),
+                match maps {
+                    Some(maps) => named_objects_in(pid, maps),
                     None => named_objects(pid),
                 }
                 .map_err(|e| Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string())))
@@ -467,6 +481,7 @@ pub fn apply_in(target: &mut Target, container: &Container, opts: &Options) -> R
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
+    let about = objects.bases_of(&container.metadata.target_name);
     run(
         &rt,
         &life,
@@ -476,6 +491,7 @@ pub fn apply_in(target: &mut Target, container: &Container, opts: &Options) -> R
         opts,
         clock,
         Outcome::Applied,
+        Seen::new(&mut objects, about),
     )
 }
 
@@ -506,6 +522,11 @@ pub fn revert_in(target: &mut Target, container: &Container, opts: &Options) -> 
             return with_runtime(&rt, unless_exited(&life, o));
         }
     }
+    // The library, and the container whose functions the threads leave.
+    let mut about = objects.bases_of(&container.metadata.target_name);
+    if let Ok(path) = path_in_target(container, opts) {
+        about.extend(objects.bases_of(&path));
+    }
     run(
         &rt,
         &life,
@@ -515,6 +536,7 @@ pub fn revert_in(target: &mut Target, container: &Container, opts: &Options) -> 
         opts,
         clock,
         Outcome::Reverted,
+        Seen::new(&mut objects, about),
     )
 }
 
@@ -541,8 +563,8 @@ pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
     // basename or its SONAME)? If not, as libpulp: "No patches installed"
     // when the library is loaded, "Target library not loaded" when it is
     // not; both are skips.
-    let mut objects = target.objects();
-    let objects = match objects.get() {
+    let mut seen = target.objects();
+    let objects = match seen.get() {
         Ok(objects) => objects,
         Err(failed) => return with_runtime(&rt, unless_exited(&life, failed)),
     };
@@ -566,6 +588,7 @@ pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
         };
         return with_runtime(&rt, Outcome::Skipped(why));
     }
+    let about = loaded.iter().map(|o| o.bias).collect();
     run(
         &rt,
         &life,
@@ -575,6 +598,7 @@ pub fn revert_all_in(target: &mut Target, lib: &str, opts: &Options) -> Report {
         opts,
         clock,
         Outcome::Reverted,
+        Seen::new(&mut seen, about),
     )
 }
 
@@ -605,6 +629,7 @@ pub fn replace_in(target: &mut Target, lib: &str, container: &Container, opts: &
         Ok(b) => b,
         Err(o) => return with_runtime(&rt, o),
     };
+    let about = objects.bases_of(&container.metadata.target_name);
     run(
         &rt,
         &life,
@@ -614,6 +639,7 @@ pub fn replace_in(target: &mut Target, lib: &str, container: &Container, opts: &
         opts,
         clock,
         Outcome::Applied,
+        Seen::new(&mut objects, about),
     )
 }
 
@@ -929,6 +955,25 @@ pub(crate) fn unless_exited(life: &Incarnation, outcome: Outcome) -> Outcome {
     }
 }
 
+/// What the pre-check saw of the process, for the steps after it: its maps
+/// (when read in this operation) and where the libraries the change is
+/// about are loaded.
+struct Seen {
+    maps: Option<Vec<Mapping>>,
+    about: Vec<u64>,
+}
+
+impl Seen {
+    /// Takes the maps `objects` were read from (read first whatever
+    /// `about` needs of them).
+    fn new(objects: &mut Objects, about: Vec<u64>) -> Seen {
+        Seen {
+            maps: objects.maps.take(),
+            about,
+        }
+    }
+}
+
 /// Steps 2 to 4 for one operation.
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -940,10 +985,11 @@ fn run(
     opts: &Options,
     clock: Clock,
     done: Outcome,
+    seen: Seen,
 ) -> Report {
     let mut report = with_runtime(rt, done);
     report.detail.phases.find = clock.find;
-    let mut report = run_timed(rt, life, opcode, req, deadline, opts, clock, report);
+    let mut report = run_timed(rt, life, opcode, req, deadline, opts, clock, report, seen);
     report.detail.phases.total = clock.start.elapsed();
     report
 }
@@ -959,6 +1005,7 @@ fn run_timed(
     opts: &Options,
     clock: Clock,
     mut report: Report,
+    seen: Seen,
 ) -> Report {
     let mut faults = Faults::default();
     // An earlier ulp killed after the runtime's record but before the end
@@ -984,9 +1031,36 @@ fn run_timed(
         ));
         return report;
     }
+    // What a transition's checks need, read while nothing is held: the
+    // thread of a process that has one is held from the call to the end of
+    // its writes (one stop, not two).
+    let prepared = match (&seen.maps, opts.consistency) {
+        (Some(maps), c)
+            if c != Consistency::None
+                && opcode != op::UNDO
+                && ulp_process::threads(rt.pid).is_ok_and(|t| t.len() == 1) =>
+        {
+            Some(crate::transition::Prepared::new(
+                rt.pid,
+                maps.clone(),
+                &seen.about,
+            ))
+        }
+        _ => None,
+    };
     let detail = &mut report.detail;
     detail.phases.check = clock.start.elapsed().saturating_sub(clock.find);
-    let (rc, msg, writes) = match call(rt, life, opcode, req, deadline, opts, &mut detail.phases) {
+    let called = call(
+        rt,
+        life,
+        opcode,
+        req,
+        deadline,
+        opts,
+        &mut detail.phases,
+        seen.maps.as_deref(),
+    );
+    let (rc, msg, writes, held) = match called {
         Ok(r) => r,
         Err(e) => {
             // Exited during the call (before any write): a skip, whatever
@@ -1001,11 +1075,18 @@ fn run_timed(
     if !msg.is_empty() {
         detail.message = Some(msg.clone());
     }
+    let release = |held: Option<Stopped>| {
+        if let Some(s) = held {
+            let _ = s.release();
+        }
+    };
     if let Some(o) = refusal(opcode, rc, msg) {
+        release(held);
         report.outcome = o;
         return report;
     }
     if writes.is_empty() {
+        release(held);
         return report;
     }
     detail.switched_at_once = opts.consistency != Consistency::None
@@ -1016,8 +1097,13 @@ fn run_timed(
     // anything else is someone else's change (a hook), not ours to cover.
     let last_err = match check_rewrites_against_files(rt.pid, &writes)
         .map_err(|why| (0, Unwritten::Nothing(why.to_string())))
-        .and_then(|()| make_plan(rt, &writes, deadline, opts, &mut faults))
-    {
+        .and_then(|()| {
+            let held = Held {
+                stopped: held,
+                prepared,
+            };
+            make_plan(rt, &writes, deadline, opts, &mut faults, held)
+        }) {
         Ok(plan) => {
             let made = plan.made;
             detail.transition = plan.transition;
@@ -1071,9 +1157,12 @@ fn run_timed(
         deadline + Duration::from_secs(5),
         opts,
         &mut Phases::default(),
+        None,
     ) {
-        Ok((code::OK, _, _)) => String::new(),
-        Ok((rc, msg, _)) => format!(" (and undoing the runtime's record failed: code {rc}: {msg})"),
+        Ok((code::OK, _, _, _)) => String::new(),
+        Ok((rc, msg, _, _)) => {
+            format!(" (and undoing the runtime's record failed: code {rc}: {msg})")
+        }
         Err(e) => format!(" (and undoing the runtime's record failed: {e})"),
     };
     report.outcome = unless_exited(
@@ -1115,8 +1204,14 @@ fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
     })
 }
 
-/// Runs the entry point with `opcode` on one stopped thread; returns the
-/// result code, the runtime's message and the writes it asks for.
+/// What [`call`] returns: the result code, the runtime's message, the
+/// writes it asks for, and the process's one thread still stopped when it
+/// has one and the runtime asked for writes (their stop is then this one).
+type Called = (i32, String, Vec<Write>, Option<Stopped>);
+
+/// Runs the entry point with `opcode` on one stopped thread (`maps`: the
+/// process's maps as the pre-check read them, if it did).
+#[allow(clippy::too_many_arguments)]
 fn call(
     rt: &Runtime,
     life: &Incarnation,
@@ -1125,11 +1220,12 @@ fn call(
     deadline: Instant,
     opts: &Options,
     phases: &mut Phases,
-) -> Result<(i32, String, Vec<Write>), crate::Error> {
+    maps: Option<&[Mapping]>,
+) -> Result<Called, crate::Error> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
     let start = Instant::now();
-    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries)?;
+    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries, maps)?;
     phases.caller_stop = start.elapsed();
     let start = Instant::now();
     rt.write_request(opcode, req, opts.consistency.req_flags())?;
@@ -1140,10 +1236,19 @@ fn call(
         .caller(tid)
         .call_returning(rt.entry, &[], &path, deadline)?;
     let result = rt.read_result();
-    stopped.release()?;
+    // The only thread of the process stays stopped for the writes.
+    let only = opcode != op::UNDO
+        && matches!(&result, Ok((_, w)) if !w.is_empty())
+        && ulp_process::threads(rt.pid).is_ok_and(|t| t == [tid]);
+    let held = if only {
+        Some(stopped)
+    } else {
+        stopped.release()?;
+        None
+    };
     phases.call = start.elapsed();
     let (msg, writes) = result?;
-    Ok((ret as i32, msg, writes))
+    Ok((ret as i32, msg, writes, held))
 }
 
 // The frame's layout is shared by the tool (ulp-process) and the runtime's

@@ -78,19 +78,40 @@ pub(crate) struct PlanMade {
     pub(crate) finish_time: Duration,
 }
 
+/// Threads of the process still held from the runtime's call (a process
+/// of one thread: [`crate::trigger`]), and what a transition's checks need
+/// of it read before that call.
+#[derive(Default)]
+pub(crate) struct Held {
+    pub(crate) stopped: Option<Stopped>,
+    pub(crate) prepared: Option<transition::Prepared>,
+}
+
 /// Makes a plan: [`write_with_retries`] for a plan without a transition;
 /// for one with, its three parts (`transition.rs`). Once the transition's
 /// flag is set the change is in place: nothing after it is a failure of
-/// the operation (`PlanMade::unfinished`).
+/// the operation (`PlanMade::unfinished`). The first stop uses the threads
+/// `held` when there are.
 pub(crate) fn make_plan(
     rt: &Runtime,
     writes: &[Write],
     deadline: Instant,
     opts: &Options,
     faults: &mut Faults,
+    held: Held,
 ) -> Result<PlanMade, (u32, Unwritten)> {
+    let Held { stopped, prepared } = held;
     let Some(plan) = transition::plan_of(writes) else {
-        let made = write_with_retries(rt, writes, Part::Whole, deadline, opts, faults, None)?;
+        let made = write_with_retries(
+            rt,
+            writes,
+            Part::Whole,
+            deadline,
+            opts,
+            faults,
+            None,
+            stopped,
+        )?;
         return Ok(PlanMade {
             made,
             transition: None,
@@ -101,9 +122,15 @@ pub(crate) fn make_plan(
     };
     // Made before any thread is stopped (reading symbols and unwind
     // tables); without it the first part simply never takes the short way.
+    // A thread held since before the call has run none of the code the
+    // call mapped: the checker prepared before the call decides on it.
     let preparing = Instant::now();
-    let mut checker = transition::Checker::new(rt.pid, &plan, opts.consistency).ok();
-    let prepare_time = preparing.elapsed();
+    let before_call = stopped.is_some();
+    let mut checker = match prepared {
+        Some(p) if before_call => Some(p.checker(&plan, opts.consistency)),
+        _ => transition::Checker::new(rt.pid, &plan, opts.consistency).ok(),
+    };
+    let mut prepare_time = preparing.elapsed();
     let made = write_with_retries(
         rt,
         writes,
@@ -112,6 +139,7 @@ pub(crate) fn make_plan(
         opts,
         faults,
         checker.as_mut(),
+        stopped,
     )?;
     if made.completed {
         return Ok(PlanMade {
@@ -124,6 +152,12 @@ pub(crate) fn make_plan(
             settle_time: prepare_time,
             finish_time: Duration::ZERO,
         });
+    }
+    if before_call {
+        // The threads have run since: the checks need the code mapped now.
+        let preparing = Instant::now();
+        checker = transition::Checker::new(rt.pid, &plan, opts.consistency).ok();
+        prepare_time += preparing.elapsed();
     }
     let settling = Instant::now();
     // The wait leaves room before the deadline for the last part's stop.
@@ -146,9 +180,16 @@ pub(crate) fn make_plan(
     let finishing = Instant::now();
     let mut unfinished = None;
     if settled.complete() {
-        if let Err((_, why)) =
-            write_with_retries(rt, writes, Part::AfterFlag, deadline, opts, faults, None)
-        {
+        if let Err((_, why)) = write_with_retries(
+            rt,
+            writes,
+            Part::AfterFlag,
+            deadline,
+            opts,
+            faults,
+            None,
+            None,
+        ) {
             let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
             unfinished = Some(why);
         }
@@ -164,8 +205,9 @@ pub(crate) fn make_plan(
 
 /// Makes `part` of `writes` with every thread stopped, retrying while a
 /// thread is in the way, and clears the runtime's write journal before the
-/// threads are released (unless more of the plan is left). Err:
-/// (attempts, why).
+/// threads are released (unless more of the plan is left). The first
+/// attempt starts from the threads `held`, if any. Err: (attempts, why).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_with_retries(
     rt: &Runtime,
     writes: &[Write],
@@ -174,6 +216,7 @@ pub(crate) fn write_with_retries(
     opts: &Options,
     faults: &mut Faults,
     mut checker: Option<&mut transition::Checker>,
+    mut held: Option<Stopped>,
 ) -> Result<Made, (u32, Unwritten)> {
     let mut last_err = String::new();
     let mut attempts = 0;
@@ -195,6 +238,7 @@ pub(crate) fn write_with_retries(
             opts,
             faults,
             checker.as_deref_mut(),
+            held.take(),
         ) {
             Ok(made) => return Ok(Made { attempts, ..made }),
             Err(WriteError::Busy(why)) => last_err = why,
@@ -281,12 +325,13 @@ pub(crate) fn complete_pending_writes(
         return Ok(());
     }
     let (_, writes) = rt.read_result()?;
-    let done = make_plan(rt, &writes, deadline, opts, faults).map_err(|(_, why)| {
-        let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
-        Error::refused(format!(
-            "completing the writes an interrupted ulp left pending: {why}"
-        ))
-    })?;
+    let done =
+        make_plan(rt, &writes, deadline, opts, faults, Held::default()).map_err(|(_, why)| {
+            let (Unwritten::Nothing(why) | Unwritten::Bookkeeping(why)) = why;
+            Error::refused(format!(
+                "completing the writes an interrupted ulp left pending: {why}"
+            ))
+        })?;
     if let Some(t) = done.transition.filter(|t| !t.complete()) {
         return Err(Error::refused(format!(
             "an earlier change is still in its per-thread transition ({}): those threads take \
@@ -325,6 +370,7 @@ enum WriteError {
 /// busy host can block for tens of seconds (it waits for locks of files
 /// that every process maps), unbounded by any deadline. A stopped process
 /// does not exit under us.
+#[allow(clippy::too_many_arguments)]
 fn write_all(
     rt: &Runtime,
     writes: &[Write],
@@ -333,6 +379,7 @@ fn write_all(
     opts: &Options,
     faults: &mut Faults,
     checker: Option<&mut transition::Checker>,
+    held: Option<Stopped>,
 ) -> Result<Made, WriteError> {
     let pid = rt.pid;
     let fatal = |e: ulp_process::Error| WriteError::Fatal(e.to_string());
@@ -349,7 +396,15 @@ fn write_all(
     };
     let got_find = looked.elapsed();
     let start = Instant::now();
-    let mut stopped = Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?;
+    let mut stopped = match held {
+        // Still stopped from the call; any thread created since is
+        // stopped too.
+        Some(mut s) => {
+            s.seize_rest(deadline).map_err(fatal)?;
+            s
+        }
+        None => Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?,
+    };
     let seize = start.elapsed();
     // Where the plan stands: at its start, or where a killed earlier tool
     // left it (its journal), possibly in the middle of a write of several
