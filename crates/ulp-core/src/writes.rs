@@ -708,15 +708,17 @@ impl Faults {
 /// nothing are dropped. Err: the index of a write whose bytes match no
 /// state of the plan.
 fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> {
-    use std::collections::HashMap;
+    // Ordered maps: a plan has a few hundred bytes, and every apply runs
+    // this (hashing each byte's address cost more than the rest of it).
+    use std::collections::BTreeMap;
     fn bytes(w: &Write) -> impl Iterator<Item = (u64, usize)> {
         let addr = w.addr;
         (0..u64::from(w.len)).map(move |i| (addr + i, i as usize))
     }
     // The plan's state before write j (`cur`, starting from each byte's
     // first `old`) and what memory holds.
-    let mut cur: HashMap<u64, u8> = HashMap::new();
-    let mut mem: HashMap<u64, u8> = HashMap::new();
+    let mut cur: BTreeMap<u64, u8> = BTreeMap::new();
+    let mut mem: BTreeMap<u64, u8> = BTreeMap::new();
     for (w, n) in writes.iter().zip(now) {
         for (a, i) in bytes(w) {
             cur.entry(a).or_insert(w.old[i]);
@@ -752,7 +754,7 @@ fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> 
         return Ok(Vec::new());
     }
     // Name the first write with a byte that no state of the plan has.
-    let mut known: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut known: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for w in writes {
         for (a, i) in bytes(w) {
             known.entry(a).or_default().extend([w.old[i], w.new[i]]);
