@@ -76,7 +76,26 @@ impl MappedObject {
     /// The SONAME (`DT_SONAME`) of the copy the process has mapped, read
     /// from its memory through its dynamic section.
     pub fn soname_in_memory(&self, pid: Pid) -> Option<String> {
-        soname_in_memory(pid, self.bias, self.dynamic)
+        // Kept per file for the tool run: a SONAME is part of the file, and
+        // a file mapped somewhere keeps its device and inode (a fleet maps
+        // the same libraries, and every name test of every object asks).
+        // (What was read is kept, a SONAME or none; a failed read is not.)
+        type Cache = std::sync::Mutex<std::collections::HashMap<(String, u64), Option<String>>>;
+        static SONAMES: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+        let key = (self.dev.clone(), self.inode);
+        let cache = SONAMES.get_or_init(Default::default);
+        if self.inode != 0 {
+            if let Some(s) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+                return s;
+            }
+        }
+        let soname = soname_in_memory(pid, self.bias, self.dynamic)?;
+        if self.inode != 0 {
+            if let Ok(mut c) = cache.lock() {
+                c.insert(key, soname.clone());
+            }
+        }
+        soname
     }
 
     /// Whether `path` (as the process's loader named it: the runtime's
@@ -329,7 +348,9 @@ fn build_id_in_memory(pid: Pid, start: u64) -> Option<Vec<u8>> {
 /// The `DT_SONAME` of the ELF object whose file offset 0 is mapped at
 /// `start` in `pid`, read from its dynamic section (at `dynamic` when the
 /// loader said where, else where its `PT_DYNAMIC` header says).
-fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String> {
+/// `Some(None)`: the object has no `DT_SONAME` (an executable); `None`:
+/// its headers could not be read.
+fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<Option<String>> {
     let read = |addr: u64, len: usize| read_memory(pid, addr, len);
     let headers = LoadedHeaders::read(pid, start, 256)?;
     let bias = headers.bias;
@@ -352,13 +373,16 @@ fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String
     }
     // The loader relocates the dynamic section's addresses in place when
     // it is writable; one still below the bias is a file address.
+    let Some(soname) = soname else {
+        return Some(None);
+    };
     let strtab = strtab?;
     let strtab = if strtab < bias {
         strtab.wrapping_add(bias)
     } else {
         strtab
     };
-    let mut addr = strtab.checked_add(soname?)?;
+    let mut addr = strtab.checked_add(soname)?;
     let mut name = Vec::new();
     for _ in 0..16 {
         // Never across a 256-byte boundary in one read: the string may end
@@ -369,7 +393,7 @@ fn soname_in_memory(pid: Pid, start: u64, dynamic: Option<u64>) -> Option<String
         match b.iter().position(|&c| c == 0) {
             Some(end) => {
                 name.extend_from_slice(&b[..end]);
-                return String::from_utf8(name).ok().filter(|n| !n.is_empty());
+                return Some(String::from_utf8(name).ok().filter(|n| !n.is_empty()));
             }
             None => name.extend_from_slice(&b),
         }

@@ -59,7 +59,7 @@ fn at(base: u64, off: i32) -> RemoteAddr {
 /// through the thread trampoline would not match its shadow stack and
 /// fault.
 pub(crate) fn shadow_stack(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+    ulp_process::read_text(format!("/proc/{pid}/status")).is_ok_and(|s| {
         s.lines().any(|l| {
             l.strip_prefix("x86_Thread_features:")
                 .is_some_and(|v| v.split_whitespace().any(|w| w == "shstk"))

@@ -1034,18 +1034,11 @@ fn run_timed(
     // What a transition's checks need, read while nothing is held: the
     // thread of a process that has one is held from the call to the end of
     // its writes (one stop, not two).
+    let single = opcode != op::UNDO && ulp_process::threads(rt.pid).is_ok_and(|t| t.len() == 1);
     let prepared = match (&seen.maps, opts.consistency) {
-        (Some(maps), c)
-            if c != Consistency::None
-                && opcode != op::UNDO
-                && ulp_process::threads(rt.pid).is_ok_and(|t| t.len() == 1) =>
-        {
-            Some(crate::transition::Prepared::new(
-                rt.pid,
-                maps.clone(),
-                &seen.about,
-            ))
-        }
+        (Some(maps), c) if c != Consistency::None && single => Some(
+            crate::transition::Prepared::new(rt.pid, maps.clone(), &seen.about),
+        ),
         _ => None,
     };
     let detail = &mut report.detail;
@@ -1059,6 +1052,7 @@ fn run_timed(
         opts,
         &mut detail.phases,
         seen.maps.as_deref(),
+        single,
     );
     let (rc, msg, writes, held) = match called {
         Ok(r) => r,
@@ -1158,6 +1152,7 @@ fn run_timed(
         opts,
         &mut Phases::default(),
         None,
+        false,
     ) {
         Ok((code::OK, _, _, _)) => String::new(),
         Ok((rc, msg, _, _)) => {
@@ -1210,7 +1205,10 @@ fn refusal(opcode: u32, rc: i32, msg: String) -> Option<Outcome> {
 type Called = (i32, String, Vec<Write>, Option<Stopped>);
 
 /// Runs the entry point with `opcode` on one stopped thread (`maps`: the
-/// process's maps as the pre-check read them, if it did).
+/// process's maps as the pre-check read them, if it did). `single`: the
+/// process had one thread a moment ago; that thread stays held when the
+/// runtime asks for writes (a thread created since is seized with the
+/// rest when the writes are made).
 #[allow(clippy::too_many_arguments)]
 fn call(
     rt: &Runtime,
@@ -1221,6 +1219,7 @@ fn call(
     opts: &Options,
     phases: &mut Phases,
     maps: Option<&[Mapping]>,
+    single: bool,
 ) -> Result<Called, crate::Error> {
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
@@ -1237,9 +1236,7 @@ fn call(
         .call_returning(rt.entry, &[], &path, deadline)?;
     let result = rt.read_result();
     // The only thread of the process stays stopped for the writes.
-    let only = opcode != op::UNDO
-        && matches!(&result, Ok((_, w)) if !w.is_empty())
-        && ulp_process::threads(rt.pid).is_ok_and(|t| t == [tid]);
+    let only = single && matches!(&result, Ok((_, w)) if !w.is_empty()) && stopped.tids() == [tid];
     let held = if only {
         Some(stopped)
     } else {

@@ -31,7 +31,7 @@ pub fn owner_uid(pid: Pid) -> Option<u32> {
 /// The login uid of `pid`'s session (`/proc/PID/loginuid`), `None` when
 /// unreadable; 4294967295 is the kernel's "unset".
 pub fn login_uid(pid: Pid) -> Option<u32> {
-    fs::read_to_string(format!("/proc/{pid}/loginuid"))
+    crate::procfs::read_text(format!("/proc/{pid}/loginuid"))
         .ok()?
         .trim()
         .parse()
@@ -55,7 +55,7 @@ pub struct Credentials {
 
 /// [`Credentials`] of `pid`.
 pub fn credentials(pid: Pid) -> Credentials {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = crate::procfs::read_text(format!("/proc/{pid}/status")).unwrap_or_default();
     let ids = |field: &str| -> Vec<u32> {
         status
             .lines()
@@ -78,7 +78,7 @@ pub fn credentials(pid: Pid) -> Credentials {
 /// stat); false when unreadable.
 pub fn is_kernel_thread(pid: Pid) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(stat) = crate::procfs::read_text(format!("/proc/{pid}/stat")) else {
         return false;
     };
     // Fields after the command (which may hold spaces), from field 3 on;
@@ -176,7 +176,7 @@ pub fn ptrace_scope() -> Option<PtraceScope> {
 /// Whether this process has capability number `cap` (e.g. 19,
 /// CAP_SYS_PTRACE) in its effective set; false when that cannot be read.
 pub fn has_capability(cap: u32) -> bool {
-    fs::read_to_string("/proc/self/status")
+    crate::procfs::read_text("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()

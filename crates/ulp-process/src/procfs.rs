@@ -65,11 +65,16 @@ pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
 /// A /proc file read whole with few system calls: it reports size 0, so
 /// `fs::read` would start from a 32-byte read and double, and every read
 /// of a generated file makes the kernel generate it up to there again.
-fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_whole(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut buf = Vec::with_capacity(16 << 10);
     fs::File::open(path)?.read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// [`read_whole`] as text (a /proc file that is not UTF-8 is an error).
+pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
+    String::from_utf8(read_whole(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Parses one line of `/proc/PID/maps`. `None` if it is malformed.
@@ -186,7 +191,7 @@ pub fn all_pids() -> Vec<Pid> {
 /// The scheduler state letter of a thread (`R`, `S`, `D`, `T`, `t`, `Z`,
 /// `X` ...), from `/proc/PID/task/TID/stat`; `None` if the thread is gone.
 pub fn thread_state(pid: Pid, tid: Tid) -> Option<char> {
-    let raw = fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let raw = read_whole(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     // The command name may contain ')' and spaces: the state follows the last ')'.
     let close = raw.iter().rposition(|&b| b == b')')?;
     raw.get(close + 2).map(|&b| b as char)
@@ -202,7 +207,7 @@ const PF_EXITING: u64 = 0x4;
 /// exit or a SIGKILL, it may still spend a while in the kernel tearing its
 /// memory down, and a ptrace request then fails with ESRCH).
 pub fn thread_ended(pid: Pid, tid: Tid) -> bool {
-    let Ok(raw) = fs::read(format!("/proc/{pid}/task/{tid}/stat")) else {
+    let Ok(raw) = read_whole(format!("/proc/{pid}/task/{tid}/stat")) else {
         return true;
     };
     // The command name may contain ')' and spaces: fields follow the last ')'.
@@ -218,7 +223,7 @@ pub fn thread_ended(pid: Pid, tid: Tid) -> bool {
 }
 
 fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let text = read_text(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
         .map(|v| v.trim().to_string())
@@ -233,7 +238,7 @@ pub fn tracer_of(pid: Pid, tid: Tid) -> Option<Tracer> {
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let is_self = t.get() == me || Path::new(&format!("/proc/{me}/task/{t}")).exists();
-    let comm = fs::read_to_string(format!("/proc/{t}/comm"))
+    let comm = read_text(format!("/proc/{t}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string());
     Some(Tracer {
@@ -257,7 +262,7 @@ pub(crate) fn unblocked_signal_pending(pid: Pid, tid: Tid) -> bool {
 /// Why this process cannot use PTRACE_O_SUSPEND_SECCOMP, if it cannot:
 /// the kernel wants CAP_SYS_ADMIN and a tracer not itself under seccomp.
 pub(crate) fn self_cannot_suspend_seccomp() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = read_text("/proc/self/status").ok()?;
     let field = |name: &str| {
         status
             .lines()
@@ -310,7 +315,7 @@ fn dying(pid: Pid) -> bool {
 /// The process's start time (field 22 of `/proc/PID/stat`, in clock ticks
 /// since boot): the same pid with another start time is another process.
 fn start_time(pid: Pid) -> Option<u64> {
-    let raw = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
     let close = raw.iter().rposition(|&b| b == b')')?;
     // After ") ": state is field 3, so the start time is the 20th field.
     let rest = std::str::from_utf8(raw.get(close + 2..)?).ok()?;
