@@ -67,9 +67,19 @@ pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
 /// of a generated file makes the kernel generate it up to there again.
 pub(crate) fn read_whole(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut buf = Vec::with_capacity(16 << 10);
-    fs::File::open(path)?.read_to_end(&mut buf)?;
-    Ok(buf)
+    // Plain reads: `read_to_end` would first ask the file's size (a
+    // statx and an lseek, for a file that says 0).
+    let mut f = fs::File::open(path)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// [`read_whole`] as text (a /proc file that is not UTF-8 is an error).
