@@ -60,6 +60,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub fn link_map(pid: Pid) -> Result<Vec<LinkMapEntry>, Error> {
     let mut r_debug = r_debug_address(pid)?;
     let mut out = Vec::new();
+    // Where each entry's name is (read at the end, all at once).
+    let mut names = Vec::new();
     for _ in 0..MAX_NAMESPACES {
         // struct r_debug: int r_version; struct link_map *r_map; ...;
         // r_debug_extended adds `r_next` at 40.
@@ -74,27 +76,53 @@ pub fn link_map(pid: Pid) -> Result<Vec<LinkMapEntry>, Error> {
             // struct link_map: l_addr, l_name, l_ld, l_next, l_prev.
             let mut e = [0u8; 32];
             read_mem(pid, RemoteAddr::new(lm), &mut e)?;
-            let name_at = u64_at(&e, 8);
-            let name = if name_at == 0 {
-                String::new()
-            } else {
-                read_cstr(pid, name_at)?
-            };
             out.push(LinkMapEntry {
                 addr: u64_at(&e, 0),
-                name,
+                name: String::new(),
                 ld: u64_at(&e, 16),
             });
+            names.push(u64_at(&e, 8));
             lm = u64_at(&e, 24);
         }
         let next = u64_at(&head, 40);
         if version < 2 || next == 0 || next == r_debug {
+            read_names(pid, &mut out, &names)?;
             return Ok(out);
         }
         r_debug = next;
     }
     Err(invalid(pid, "the loader's list of namespaces does not end"))
 }
+
+/// The names at `at` (0: none) into `entries`, in one read of memory for
+/// all of them: up to [`NAME_PIECE`] bytes of each, never past its page;
+/// a longer name is read on alone.
+fn read_names(pid: Pid, entries: &mut [LinkMapEntry], at: &[u64]) -> Result<(), Error> {
+    let piece = |a: u64| NAME_PIECE.min(4096 - (a & 4095) as usize);
+    let pieces: Vec<(u64, usize)> = at
+        .iter()
+        .filter(|&&a| a != 0)
+        .map(|&a| (a, piece(a)))
+        .collect();
+    let bytes = crate::mem::read_pieces(pid, &pieces)?;
+    let mut off = 0;
+    for (e, &a) in entries.iter_mut().zip(at) {
+        if a == 0 {
+            continue;
+        }
+        let b = &bytes[off..off + piece(a)];
+        off += piece(a);
+        e.name = match b.iter().position(|&c| c == 0) {
+            Some(end) => String::from_utf8_lossy(&b[..end]).into_owned(),
+            None => read_cstr(pid, a)?,
+        };
+    }
+    Ok(())
+}
+
+/// How much of each name [`read_names`] reads at first: object paths are
+/// shorter.
+const NAME_PIECE: usize = 256;
 
 /// The address of the loader's `r_debug`, from the executable's
 /// `DT_DEBUG`.
