@@ -365,8 +365,12 @@ fn sigreturn_in(
         .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
         .map(|m| m.start + (offset - m.offset))
         .ok_or_else(|| {
+            // The loader maps a library's whole extent first and its code
+            // over it next: a process caught in between is starting, not
+            // broken ("busy": a watch tries it again).
             Error::refused(format!(
-                "the C library of process {pid} is not mapped as expected"
+                "process {pid} is busy: its C library's code is not mapped (yet): the loader \
+                 is still mapping it, or the process is exiting; retry later"
             ))
         })
 }
