@@ -98,8 +98,7 @@ const FREE: Slot = Slot {
 static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
 
 fn tid() -> i32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    crate::sys::gettid()
 }
 
 /// This thread's slot, taken if it has none.

@@ -51,6 +51,8 @@ mod elf_file;
 mod guard;
 pub mod interface;
 mod lazy;
+#[cfg(not(test))]
+mod mem;
 pub mod objects;
 pub mod optout;
 pub mod patch;
@@ -205,16 +207,19 @@ fn dispatch() -> i32 {
 
 /// Runs at load time (preload or dlopen): logs the "loaded" line, checks
 /// the opt-outs and applies the patch store's records (`stored.rs`).
+/// glibc passes `.init_array` functions `argc, argv, envp`; the
+/// environment is read from `envp` (`sys::scan_env`).
 #[cfg_attr(test, allow(dead_code))]
-extern "C" fn constructor() {
+extern "C" fn constructor(
+    _argc: core::ffi::c_int,
+    _argv: *const *const core::ffi::c_char,
+    envp: *const *const core::ffi::c_char,
+) {
     let _ = guard::guarded(|| {
+        sys::scan_env(envp);
         interface::publish_header();
         // libpulp's first line, word for word, then which ulp this is.
-        ring::log_untimed(format_args!(
-            "libpulp loaded... (ulp {}, protocol {})",
-            env!("CARGO_PKG_VERSION"),
-            ulp_abi::PROTOCOL_VERSION
-        ));
+        interface::ring_append(ring::LOADED_LINE.as_bytes());
         if let Some(o) = optout::check() {
             interface::set_state(state::DISABLED_BY_USER);
             // libpulp's line: `Matched uid 1000: livepatching disabled
@@ -319,4 +324,8 @@ core::arch::global_asm!(
 #[cfg(not(test))]
 #[used]
 #[link_section = ".init_array"]
-static CONSTRUCTOR: extern "C" fn() = constructor;
+static CONSTRUCTOR: extern "C" fn(
+    core::ffi::c_int,
+    *const *const core::ffi::c_char,
+    *const *const core::ffi::c_char,
+) = constructor;

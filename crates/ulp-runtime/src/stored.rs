@@ -100,13 +100,9 @@ pub(crate) unsafe fn at_start(reg: &mut Registry) {
     }
     // No allocation until the store is known to exist: a process that
     // never allocates must not pay for the allocator's start here.
-    // SAFETY: NUL-terminated names; getenv's result is read at once.
-    let named = unsafe { libc::getenv(store::ENV_C.as_ptr()) };
-    let path: &CStr = if named.is_null() || unsafe { *named } == 0 {
-        store::DEFAULT_DIR_C
-    } else {
-        // SAFETY: a NUL-terminated string from the environment.
-        unsafe { CStr::from_ptr(named) }
+    let path: &CStr = match sys::getenv_c(store::ENV_C.to_bytes()) {
+        Some(named) if !named.is_empty() => named,
+        _ => store::DEFAULT_DIR_C,
     };
     if sys::stat(path, true).is_err() {
         return;
