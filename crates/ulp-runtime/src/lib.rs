@@ -93,6 +93,7 @@ struct Busy;
 
 impl Busy {
     /// BUSY now, or `None` when another call holds it.
+    #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
     fn try_take() -> Option<Busy> {
         if BUSY.swap(true, Ordering::Acquire) {
             return None;
@@ -103,6 +104,7 @@ impl Busy {
 }
 
 impl Drop for Busy {
+    #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
     fn drop(&mut self) {
         OWNER.store(0, Ordering::Relaxed);
         BUSY.store(false, Ordering::Release);
@@ -210,27 +212,45 @@ fn dispatch() -> i32 {
 /// glibc passes `.init_array` functions `argc, argv, envp`; the
 /// environment is read from `envp` (`sys::scan_env`).
 #[cfg_attr(test, allow(dead_code))]
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 extern "C" fn constructor(
     _argc: core::ffi::c_int,
     _argv: *const *const core::ffi::c_char,
     envp: *const *const core::ffi::c_char,
 ) {
-    let _ = guard::guarded(|| {
-        sys::scan_env(envp);
-        interface::publish_header();
-        // libpulp's first line, word for word, then which ulp this is.
-        interface::ring_append(ring::LOADED_LINE.as_bytes());
-        if let Some(o) = optout::check() {
-            interface::set_state(state::DISABLED_BY_USER);
-            // libpulp's line: `Matched uid 1000: livepatching disabled
-            // by user request.`
-            ring::log(format_args!("{o}"));
-        }
-        if let Some(_busy) = Busy::try_take() {
-            // SAFETY: we hold BUSY.
-            unsafe { registry::with_registry(|reg| stored::at_start(reg)) };
-        }
-    });
+    // Outside the guard: nothing in it can panic (raw reads, and indexes
+    // checked by their loops), and a closure around it would be code of
+    // its own outside the start section.
+    sys::scan_env(envp);
+    let _ = guard::guarded(start);
+}
+
+/// The constructor's work. It and all that it runs in a process without
+/// opt-outs nor patch store are in one section, `.text.startup.ulp`
+/// (placed together by `-z keep-text-section-prefix`, build.rs), so that
+/// a start touches one page of the runtime's code: the kernel maps the
+/// pages around each touched page of a file (fault-around), and scattered
+/// start code would make every process map most of the runtime.
+#[cfg_attr(test, allow(dead_code))]
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+#[inline(never)]
+fn start() {
+    interface::publish_header();
+    // libpulp's first line, word for word, then which ulp this is.
+    interface::ring_start(ring::LOADED_LINE.as_bytes());
+    if let Some(o) = optout::check() {
+        interface::set_state(state::DISABLED_BY_USER);
+        // libpulp's line: `Matched uid 1000: livepatching disabled
+        // by user request.`
+        ring::log(format_args!("{o}"));
+    }
+    let Some(dir) = stored::start_dir() else {
+        return;
+    };
+    if let Some(_busy) = Busy::try_take() {
+        // SAFETY: we hold BUSY.
+        unsafe { registry::with_registry(|reg| stored::at_start(reg, dir)) };
+    }
 }
 
 /// A panic (module `guard`): logged, live patching off for good in this

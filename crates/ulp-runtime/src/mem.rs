@@ -10,7 +10,8 @@
 //! loop).
 
 core::arch::global_asm!(
-    ".pushsection .text.ulp_mem,\"ax\",@progbits",
+    // With the start code (`start` in lib.rs): the constructor's calls.
+    ".pushsection .text.startup.ulp_mem,\"ax\",@progbits",
     // void *memcpy(void *dst, const void *src, size_t n)
     ".globl memcpy",
     ".hidden memcpy",

@@ -89,22 +89,29 @@ unsafe impl Sync for Global {}
 
 static STORE: Global = Global(UnsafeCell::new(None));
 
-/// At start (the constructor, under BUSY): finds the store and applies
-/// what it records for the objects loaded now.
-///
-/// # Safety
-/// The caller holds BUSY.
-pub(crate) unsafe fn at_start(reg: &mut Registry) {
+/// At start (the constructor): the store's directory when live patching
+/// is enabled and the directory exists (`ULP_STORE`, or the default).
+/// No allocation: a process that never allocates must not pay for the
+/// allocator's start here.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub(crate) fn start_dir() -> Option<&'static CStr> {
     if interface::state() != state::ENABLED {
-        return;
+        return None;
     }
-    // No allocation until the store is known to exist: a process that
-    // never allocates must not pay for the allocator's start here.
     let path: &CStr = match sys::getenv_c(store::ENV_C.to_bytes()) {
         Some(named) if !named.is_empty() => named,
         _ => store::DEFAULT_DIR_C,
     };
-    if sys::stat(path, true).is_err() {
+    sys::stat(path, true).ok().map(|_| path)
+}
+
+/// At start (the constructor, under BUSY), the store found at `path`
+/// ([`start_dir`]): applies what it records for the objects loaded now.
+///
+/// # Safety
+/// The caller holds BUSY.
+pub(crate) unsafe fn at_start(reg: &mut Registry, path: &CStr) {
+    if interface::state() != state::ENABLED {
         return;
     }
     // Before the first walk of the loaded objects (its callback allocates).

@@ -37,14 +37,21 @@ unsafe fn raw(n: i64, a: [u64; 6]) -> i64 {
 /// `raw`, with the fewer arguments given (the rest 0).
 macro_rules! sc {
     ($n:expr $(, $a:expr)* $(,)?) => {{
-        let mut args = [0u64; 6];
         let given: &[u64] = &[$($a as u64),*];
-        args[..given.len()].copy_from_slice(given);
+        let mut args = [0u64; 6];
+        // An index loop, not `copy_from_slice`: no call into the core
+        // library's code (the start section, lib.rs `start`).
+        let mut i = 0;
+        while i < given.len() {
+            args[i] = given[i];
+            i += 1;
+        }
         raw($n, args)
     }};
 }
 
 /// The errno of a failed call's answer (`-4095..=-1`), if it failed.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn failed(ret: i64) -> Option<i32> {
     (-4095..0).contains(&ret).then_some(-ret as i32)
 }
@@ -72,6 +79,7 @@ impl Stat {
 
 /// `fstatat(AT_FDCWD, path)`, following a final symbolic link or not;
 /// `Err(errno)` on failure.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn stat(path: &CStr, follow: bool) -> Result<Stat, i32> {
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     // SAFETY: a NUL-terminated path and a buffer of the kernel's `struct
@@ -111,6 +119,7 @@ pub(crate) fn errno_text(errno: i32) -> &'static str {
     }
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn gettid() -> i32 {
     // SAFETY: no arguments, cannot fail.
     unsafe { sc!(libc::SYS_gettid) as i32 }
@@ -231,6 +240,7 @@ static ENV_FOUND: [core::sync::atomic::AtomicPtr<u8>; 4] =
 /// that moment), in one pass and without importing `getenv`: as the C
 /// library's `getenv` would, the first `NAME=` entry of each. Nothing is
 /// allocated; the values stay the environment's own.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn scan_env(envp: *const *const core::ffi::c_char) {
     if envp.is_null() {
         return;
@@ -270,10 +280,24 @@ pub(crate) fn scan_env(envp: *const *const core::ffi::c_char) {
 /// The value of environment variable `name` (one of [`ENV_NAMES`]) at
 /// start, as [`scan_env`] found it; `None` when unset (or not one of
 /// those names).
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn getenv_c(name: &[u8]) -> Option<&'static CStr> {
-    let i = ENV_NAMES
-        .iter()
-        .position(|n| n.len() == name.len() && *n == name)?;
+    // Byte by byte: a slice comparison would call into the core
+    // library's code, outside the start section (lib.rs, `start`).
+    let mut i = 0;
+    loop {
+        let n = ENV_NAMES.get(i)?;
+        if n.len() == name.len() {
+            let mut k = 0;
+            while k < n.len() && n[k] == name[k] {
+                k += 1;
+            }
+            if k == n.len() {
+                break;
+            }
+        }
+        i += 1;
+    }
     let p = ENV_FOUND[i].load(core::sync::atomic::Ordering::Relaxed);
     // SAFETY: a NUL-terminated value in the environment, which the
     // runtime only reads at start.
