@@ -25,8 +25,11 @@
 //! * No threads, no signal handlers, nothing on the host's hot paths. One
 //!   libc function is interposed, `dlopen`, and while there is no patch
 //!   store it is a jump to the C library's. The constructor only reads
-//!   three environment variables (and looks up names only when one is
-//!   set), logs a line and looks for the patch store (one `stat`).
+//!   four environment variables (one pass over the `envp` it is given;
+//!   the opt-outs look up names only when one is set), logs a line and
+//!   looks for the patch store (one `stat`). What a start runs is kept in
+//!   one page of code (`start`), and the runtime imports one function,
+//!   `dlsym`: the loader's work for it is its relocations and one lookup.
 //! * Allocation, `dlopen` and other locking libc calls happen only inside
 //!   `__ulp_entry`, which the tool runs while every other thread keeps
 //!   running, so a lock held by another thread is released in due course.
