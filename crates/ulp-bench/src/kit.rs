@@ -35,6 +35,7 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../fixtures/bench/mallocbench.c"),
     ),
     ("hello.c", include_str!("../../../fixtures/bench/hello.c")),
+    ("empty.c", include_str!("../../../fixtures/bench/empty.c")),
     (
         "loaderbench.c",
         include_str!("../../../fixtures/bench/loaderbench.c"),
@@ -51,6 +52,9 @@ pub const FLEET_NAME: &str = "ulpb_fleet";
 /// The program the watch measure starts (`ulp watch -p WATCH_NAME`: the
 /// watch leaves every other process of the machine alone).
 pub const WATCH_NAME: &str = "ulpb_watch";
+/// An empty shared library, preloaded for the floor of the process start
+/// measure (what preloading any library costs).
+pub const EMPTY_LIB: &str = "libempty.so";
 /// The two-function live patch (bench_fn and bench_fn2, switched at once
 /// by the runtime's switch plan), packed in the kit directory.
 pub const SWITCH_PATCH: &str = "bench_switch.so";
@@ -175,6 +179,7 @@ impl Kit {
         )?;
         kit.gcc(&["-O2", "-pthread"], &src("mallocbench.c"), "mallocbench")?;
         kit.gcc(&["-O2"], &src("hello.c"), "hello")?;
+        kit.gcc(&["-O2", "-fPIC", "-shared"], &src("empty.c"), EMPTY_LIB)?;
         kit.gcc(
             &["-O2", "-pthread", "-ldl"],
             &src("loaderbench.c"),
@@ -196,6 +201,7 @@ impl Kit {
             "callcost_nopad",
             "mallocbench",
             "hello",
+            EMPTY_LIB,
             "loaderbench",
         ] {
             let p = dir.join(name);
@@ -280,10 +286,16 @@ impl Kit {
     /// A command for `program` in the kit directory, with the runtime
     /// preloaded or not (never inheriting the caller's LD_PRELOAD).
     pub fn command(&self, program: &str, preload: bool) -> Command {
+        self.command_preloading(program, preload.then_some(self.runtime.as_path()))
+    }
+
+    /// A command for `program` in the kit directory with `lib` (or
+    /// nothing) as its only LD_PRELOAD.
+    pub fn command_preloading(&self, program: &str, lib: Option<&Path>) -> Command {
         let mut cmd = Command::new(self.path(program));
         cmd.current_dir(&self.dir).env_remove("LD_PRELOAD");
-        if preload {
-            cmd.env("LD_PRELOAD", &self.runtime);
+        if let Some(lib) = lib {
+            cmd.env("LD_PRELOAD", lib);
         }
         cmd
     }

@@ -3,20 +3,32 @@
 //! resident memory. Runs with and without LD_PRELOAD are interleaved, so
 //! machine noise falls on both sides alike; ratios are within this run.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::callcost::{collected, have_valgrind};
-use crate::kit::{Kit, TOOL_TIMEOUT};
+use crate::kit::{Kit, EMPTY_LIB, TOOL_TIMEOUT};
 use crate::procs::{self, Proc};
 use crate::report::{median, Row, Target, Unit};
 use crate::Config;
 
 /// Callgrind's instruction total for `program ARGS`, preloaded or not.
 fn instructions(kit: &Kit, program: &str, args: &[&str], preload: bool) -> Result<f64, String> {
+    instructions_with(kit, program, args, preload.then_some(kit.runtime.as_path()))
+}
+
+/// Callgrind's instruction total for `program ARGS` with `lib` (or
+/// nothing) preloaded.
+fn instructions_with(
+    kit: &Kit,
+    program: &str,
+    args: &[&str],
+    lib: Option<&Path>,
+) -> Result<f64, String> {
     let mut cmd = Command::new("valgrind");
     cmd.current_dir(&kit.dir).env_remove("LD_PRELOAD");
-    if preload {
-        cmd.env("LD_PRELOAD", &kit.runtime);
+    if let Some(lib) = lib {
+        cmd.env("LD_PRELOAD", lib);
     }
     cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(kit.path(program))
@@ -97,16 +109,26 @@ fn self_timed_row(measure: String, t: &[Vec<f64>; 2], note: String) -> Row {
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let valgrind = have_valgrind(kit);
 
-    // Process start.
+    // Process start: without a preload, with the runtime, and with an
+    // empty library (the floor: what the loader's opening, mapping and
+    // relocating one more object costs, whatever the library).
     let reps = cfg.reps(500, 40);
-    let mut start: [Vec<f64>; 2] = Default::default();
+    let empty = kit.path(EMPTY_LIB);
+    let sides: [Option<&Path>; 3] = [None, Some(kit.runtime.as_path()), Some(empty.as_path())];
+    let mut start: [Vec<f64>; 3] = Default::default();
     for i in 0..reps {
-        for pre in order(i) {
-            let r = procs::run(&mut kit.command("hello", pre), TOOL_TIMEOUT, None)?;
+        for k in 0..sides.len() {
+            // Each side in turn goes first.
+            let side = (i + k) % sides.len();
+            let r = procs::run(
+                &mut kit.command_preloading("hello", sides[side]),
+                TOOL_TIMEOUT,
+                None,
+            )?;
             if r.code != 0 {
                 return Err(format!("hello exited {}", r.code));
             }
-            start[pre as usize].push(r.elapsed.as_secs_f64());
+            start[side].push(r.elapsed.as_secs_f64());
         }
     }
     rows.push(
@@ -119,13 +141,35 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
                 "spawn + exit + wait of an empty dynamically linked program, {reps} runs each, interleaved; libpulp: 1.09×"
             )),
     );
+    rows.push(
+        Row::new(
+            "process start, an empty library preloaded: median",
+            Unit::Secs,
+            median(&start[2]),
+        )
+        .baseline(median(&start[0]))
+        .samples(&start[2])
+        .note(format!(
+            "the floor of the row above: the same runs with an empty `gcc -O2 -fPIC -shared` library preloaded instead, interleaved with them ({reps} runs)"
+        )),
+    );
     if valgrind {
         let with = instructions(kit, "hello", &[], true)?;
         let without = instructions(kit, "hello", &[], false)?;
+        let floor = instructions_with(kit, "hello", &[], Some(&empty))?;
         rows.push(
             Row::new("process start, preloaded: instructions", Unit::Instr, with)
                 .baseline(without)
                 .note("callgrind, user-space instructions from the first one of ld.so to exit"),
+        );
+        rows.push(
+            Row::new(
+                "process start, an empty library preloaded: instructions",
+                Unit::Instr,
+                floor,
+            )
+            .baseline(without)
+            .note("callgrind, as the row above, with the empty library preloaded instead"),
         );
     }
 

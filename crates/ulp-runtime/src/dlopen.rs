@@ -83,9 +83,11 @@ unsafe extern "C" fn slow(file: *const c_char, mode: c_int, caller: usize) -> *m
     if handle.is_null() || mode & libc::RTLD_NOLOAD != 0 || !ARMED.load(Ordering::Acquire) {
         return handle;
     }
-    let errno = *libc::__errno_location();
+    // Armed: the store's start found every lazy function (`lazy.rs`), so
+    // finding `__errno_location` calls nothing that could change errno.
+    let errno = *crate::lazy::__errno_location();
     crate::after_dlopen();
-    *libc::__errno_location() = errno;
+    *crate::lazy::__errno_location() = errno;
     handle
 }
 

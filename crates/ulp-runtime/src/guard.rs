@@ -38,6 +38,7 @@ pub(crate) struct Frame {
 /// Saves the caller's registers in `frame`, then calls `f(arg)`; returns
 /// 0 when `f` returns, 1 when a panic jumped back ([`resume_at`]).
 #[unsafe(naked)]
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 unsafe extern "C" fn guarded_call(
     f: unsafe extern "C" fn(*mut c_void),
     arg: *mut c_void,
@@ -97,12 +98,13 @@ const FREE: Slot = Slot {
 /// Each thread inside a guard: its id and its innermost frame.
 static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn tid() -> i32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    crate::sys::gettid()
 }
 
 /// This thread's slot, taken if it has none.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn slot_of(tid: i32) -> Option<&'static Slot> {
     if let Some(s) = TABLE.iter().find(|s| s.tid.load(Ordering::Acquire) == tid) {
         return Some(s);
@@ -120,6 +122,7 @@ struct Call<F, R> {
     out: Option<R>,
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(arg: *mut c_void) {
     // SAFETY: `arg` is the `Call` that `guarded` passes, alive for the
     // whole call.
@@ -134,6 +137,7 @@ unsafe extern "C" fn trampoline<F: FnOnce() -> R, R>(arg: *mut c_void) {
 /// a stack's reach. A frame left by a thread that died inside a guard
 /// (cancelled) whose id another thread now has is on another stack and
 /// fails this.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn is_ancestor(frame: *const Frame) -> bool {
     let here = 0u8;
     let sp = core::ptr::addr_of!(here) as u64;
@@ -144,6 +148,7 @@ fn is_ancestor(frame: *const Frame) -> bool {
 }
 
 /// Runs `f`; `None` when it panicked (module comment).
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     let me = tid();
     let Some(slot) = slot_of(me) else {
@@ -185,6 +190,7 @@ pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     }
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn trampoline_of<F: FnOnce() -> R, R>(_: &Call<F, R>) -> unsafe extern "C" fn(*mut c_void) {
     trampoline::<F, R>
 }

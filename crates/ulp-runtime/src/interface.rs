@@ -44,6 +44,7 @@ impl Default for SharedInterface {
     }
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 fn block() -> *mut Interface {
     crate::__ulp_interface.get()
 }
@@ -51,6 +52,7 @@ fn block() -> *mut Interface {
 /// Marks the block valid for the tool: `version` and the resume routine's
 /// range, then `magic` (the tool checks the magic first). Called first thing
 /// by the constructor.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn publish_header() {
     let (resume, resume_end) = crate::resume::range();
     // SAFETY: aligned fields of a static, written before any call can be
@@ -65,12 +67,14 @@ pub fn publish_header() {
 }
 
 /// `Interface::state`; the tool may change it between calls.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn state() -> u32 {
     // SAFETY: an aligned field of a static; volatile because the tool writes
     // it from outside.
     unsafe { addr_of!((*block()).state).read_volatile() }
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn set_state(state: u32) {
     // SAFETY: as in `state`.
     unsafe { addr_of_mut!((*block()).state).write_volatile(state) }
@@ -154,8 +158,29 @@ pub fn publish(records: &[PatchRecord]) {
     }
 }
 
+/// The constructor's first line, into the fresh ring (head 0: the block
+/// is zeroed memory of this load, and nothing writes the ring before the
+/// constructor): bytes first, then `ring_head`, with nothing read, so the
+/// first touch of the ring's page is a write (one page fault, not a read
+/// of the zero page and then a second fault for the copy).
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub fn ring_start(bytes: &[u8]) {
+    let b = block();
+    let bytes = &bytes[..bytes.len().min(ulp_abi::RING_SIZE)];
+    // SAFETY: fields of the runtime's own block, within the ring's size.
+    unsafe {
+        let ring = addr_of_mut!((*b).ring).cast::<u8>();
+        for (i, &byte) in bytes.iter().enumerate() {
+            ring.add(i).write_volatile(byte);
+        }
+        fence(Ordering::Release);
+        addr_of_mut!((*b).ring_head).write_volatile(bytes.len() as u64);
+    }
+}
+
 /// Appends raw bytes to the message ring: bytes first, then `ring_head`,
 /// so a reader that sees the new head finds the bytes in place.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn ring_append(bytes: &[u8]) {
     let b = block();
     let size = ulp_abi::RING_SIZE as u64;

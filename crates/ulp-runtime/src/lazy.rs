@@ -3,9 +3,10 @@
 //! of being imported: every imported function is a symbol lookup that the
 //! loader makes, before `main`, in every process that preloads the runtime
 //! (some 600 instructions each), whether the runtime is ever used or not.
-//! What the start needs (`getenv`, `syscall`, `dlsym`, and the memory
-//! routines the compiler calls) stays imported; the system calls are made
-//! through `syscall` (`sys.rs`).
+//! Only `dlsym` stays imported: the system calls are made by the
+//! instruction itself (`sys.rs`), the memory routines the compiler calls
+//! are the runtime's own (`mem.rs`) and the environment is read from the
+//! constructor's third argument (`sys::getenv`).
 //!
 //! `dlsym(RTLD_DEFAULT, name)` finds what the loader would have bound the
 //! import to: the first definition in the process's global scope (an
@@ -81,6 +82,7 @@ lazy! {
     ) -> c_int;
     fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char;
     fn abort() -> ();
+    fn __errno_location() -> *mut c_int;
     fn fnmatch(pattern: *const c_char, subject: *const c_char, flags: c_int) -> c_int;
     fn getpwuid_r(
         uid: libc::uid_t,

@@ -25,8 +25,11 @@
 //! * No threads, no signal handlers, nothing on the host's hot paths. One
 //!   libc function is interposed, `dlopen`, and while there is no patch
 //!   store it is a jump to the C library's. The constructor only reads
-//!   three environment variables (and looks up names only when one is
-//!   set), logs a line and looks for the patch store (one `stat`).
+//!   four environment variables (one pass over the `envp` it is given;
+//!   the opt-outs look up names only when one is set), logs a line and
+//!   looks for the patch store (one `stat`). What a start runs is kept in
+//!   one page of code (`start`), and the runtime imports one function,
+//!   `dlsym`: the loader's work for it is its relocations and one lookup.
 //! * Allocation, `dlopen` and other locking libc calls happen only inside
 //!   `__ulp_entry`, which the tool runs while every other thread keeps
 //!   running, so a lock held by another thread is released in due course.
@@ -51,6 +54,8 @@ mod elf_file;
 mod guard;
 pub mod interface;
 mod lazy;
+#[cfg(not(test))]
+mod mem;
 pub mod objects;
 pub mod optout;
 pub mod patch;
@@ -91,6 +96,7 @@ struct Busy;
 
 impl Busy {
     /// BUSY now, or `None` when another call holds it.
+    #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
     fn try_take() -> Option<Busy> {
         if BUSY.swap(true, Ordering::Acquire) {
             return None;
@@ -101,6 +107,7 @@ impl Busy {
 }
 
 impl Drop for Busy {
+    #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
     fn drop(&mut self) {
         OWNER.store(0, Ordering::Relaxed);
         BUSY.store(false, Ordering::Release);
@@ -205,27 +212,48 @@ fn dispatch() -> i32 {
 
 /// Runs at load time (preload or dlopen): logs the "loaded" line, checks
 /// the opt-outs and applies the patch store's records (`stored.rs`).
+/// glibc passes `.init_array` functions `argc, argv, envp`; the
+/// environment is read from `envp` (`sys::scan_env`).
 #[cfg_attr(test, allow(dead_code))]
-extern "C" fn constructor() {
-    let _ = guard::guarded(|| {
-        interface::publish_header();
-        // libpulp's first line, word for word, then which ulp this is.
-        ring::log_untimed(format_args!(
-            "libpulp loaded... (ulp {}, protocol {})",
-            env!("CARGO_PKG_VERSION"),
-            ulp_abi::PROTOCOL_VERSION
-        ));
-        if let Some(o) = optout::check() {
-            interface::set_state(state::DISABLED_BY_USER);
-            // libpulp's line: `Matched uid 1000: livepatching disabled
-            // by user request.`
-            ring::log(format_args!("{o}"));
-        }
-        if let Some(_busy) = Busy::try_take() {
-            // SAFETY: we hold BUSY.
-            unsafe { registry::with_registry(|reg| stored::at_start(reg)) };
-        }
-    });
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+extern "C" fn constructor(
+    _argc: core::ffi::c_int,
+    _argv: *const *const core::ffi::c_char,
+    envp: *const *const core::ffi::c_char,
+) {
+    // Outside the guard: nothing in it can panic (raw reads, and indexes
+    // checked by their loops), and a closure around it would be code of
+    // its own outside the start section.
+    sys::scan_env(envp);
+    let _ = guard::guarded(start);
+}
+
+/// The constructor's work. It and all that it runs in a process without
+/// opt-outs nor patch store are in one section, `.text.startup.ulp`
+/// (placed together by `-z keep-text-section-prefix`, build.rs), so that
+/// a start touches one page of the runtime's code: the kernel maps the
+/// pages around each touched page of a file (fault-around), and scattered
+/// start code would make every process map most of the runtime.
+#[cfg_attr(test, allow(dead_code))]
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+#[inline(never)]
+fn start() {
+    interface::publish_header();
+    // libpulp's first line, word for word, then which ulp this is.
+    interface::ring_start(ring::LOADED_LINE.as_bytes());
+    if let Some(o) = optout::check() {
+        interface::set_state(state::DISABLED_BY_USER);
+        // libpulp's line: `Matched uid 1000: livepatching disabled
+        // by user request.`
+        ring::log(format_args!("{o}"));
+    }
+    let Some(dir) = stored::start_dir() else {
+        return;
+    };
+    if let Some(_busy) = Busy::try_take() {
+        // SAFETY: we hold BUSY.
+        unsafe { registry::with_registry(|reg| stored::at_start(reg, dir)) };
+    }
 }
 
 /// A panic (module `guard`): logged, live patching off for good in this
@@ -319,4 +347,8 @@ core::arch::global_asm!(
 #[cfg(not(test))]
 #[used]
 #[link_section = ".init_array"]
-static CONSTRUCTOR: extern "C" fn() = constructor;
+static CONSTRUCTOR: extern "C" fn(
+    core::ffi::c_int,
+    *const *const core::ffi::c_char,
+    *const *const core::ffi::c_char,
+) = constructor;

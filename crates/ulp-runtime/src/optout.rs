@@ -8,7 +8,16 @@ use alloc::vec::Vec;
 pub use ulp_abi::optout::{OptOut, GROUPS_VAR, PATH_VAR, USERS_VAR};
 
 /// Checks this process's environment, executable, user and groups.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn check() -> Option<OptOut> {
+    // Most processes have none of the variables: the check (and its code,
+    // outside the start section) is not run then.
+    if [PATH_VAR, USERS_VAR, GROUPS_VAR]
+        .iter()
+        .all(|v| crate::sys::getenv_c(v.as_bytes()).is_none())
+    {
+        return None;
+    }
     ulp_abi::optout::check_with(
         crate::sys::getenv,
         || crate::sys::readlink(c"/proc/self/exe"),

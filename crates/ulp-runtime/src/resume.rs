@@ -96,6 +96,7 @@ extern "C" {
 }
 
 /// The routine's first byte and the byte after it.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn range() -> (u64, u64) {
     (
         __ulp_resume as *const () as usize as u64,

@@ -77,13 +77,45 @@ pub fn now() -> i64 {
     crate::sys::clock(libc::CLOCK_REALTIME).tv_sec
 }
 
-/// Appends MESSAGE as it is: no timestamp, no `ulp: ` (only the first
-/// line, libpulp's `libpulp loaded...`).
-pub fn log_untimed(args: fmt::Arguments<'_>) {
-    let mut line = LineBuf::new();
-    let _ = line.write_fmt(args);
-    line.finish();
-    interface::ring_append(line.as_bytes());
+/// The first line, untimed: libpulp's `libpulp loaded...` word for word,
+/// then which ulp this is. Made at compile time, so that the start runs
+/// no formatting code.
+pub const LOADED_LINE: &str = {
+    const BYTES: ([u8; 96], usize) = loaded_line();
+    match core::str::from_utf8(BYTES.0.split_at(BYTES.1).0) {
+        Ok(s) => s,
+        Err(_) => panic!("the loaded line is ASCII"),
+    }
+};
+
+/// `libpulp loaded... (ulp VERSION, protocol N)\n` and its length.
+const fn loaded_line() -> ([u8; 96], usize) {
+    const fn put(out: &mut [u8; 96], mut len: usize, s: &[u8]) -> usize {
+        let mut i = 0;
+        while i < s.len() {
+            out[len] = s[i];
+            len += 1;
+            i += 1;
+        }
+        len
+    }
+    let mut out = [0u8; 96];
+    let mut len = put(&mut out, 0, b"libpulp loaded... (ulp ");
+    len = put(&mut out, len, env!("CARGO_PKG_VERSION").as_bytes());
+    len = put(&mut out, len, b", protocol ");
+    let mut digits = [0u8; 10];
+    let (mut n, mut d) = (ulp_abi::PROTOCOL_VERSION, digits.len());
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    len = put(&mut out, len, digits.split_at(d).1);
+    len = put(&mut out, len, b")\n");
+    (out, len)
 }
 
 /// Appends `[YYYY-MM-DD HH:MM:SS] ulp: MESSAGE`.

@@ -89,26 +89,29 @@ unsafe impl Sync for Global {}
 
 static STORE: Global = Global(UnsafeCell::new(None));
 
-/// At start (the constructor, under BUSY): finds the store and applies
-/// what it records for the objects loaded now.
+/// At start (the constructor): the store's directory when live patching
+/// is enabled and the directory exists (`ULP_STORE`, or the default).
+/// No allocation: a process that never allocates must not pay for the
+/// allocator's start here.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub(crate) fn start_dir() -> Option<&'static CStr> {
+    if interface::state() != state::ENABLED {
+        return None;
+    }
+    let path: &CStr = match sys::getenv_c(store::ENV_C.to_bytes()) {
+        Some(named) if !named.is_empty() => named,
+        _ => store::DEFAULT_DIR_C,
+    };
+    sys::stat(path, true).ok().map(|_| path)
+}
+
+/// At start (the constructor, under BUSY), the store found at `path`
+/// ([`start_dir`]): applies what it records for the objects loaded now.
 ///
 /// # Safety
 /// The caller holds BUSY.
-pub(crate) unsafe fn at_start(reg: &mut Registry) {
+pub(crate) unsafe fn at_start(reg: &mut Registry, path: &CStr) {
     if interface::state() != state::ENABLED {
-        return;
-    }
-    // No allocation until the store is known to exist: a process that
-    // never allocates must not pay for the allocator's start here.
-    // SAFETY: NUL-terminated names; getenv's result is read at once.
-    let named = unsafe { libc::getenv(store::ENV_C.as_ptr()) };
-    let path: &CStr = if named.is_null() || unsafe { *named } == 0 {
-        store::DEFAULT_DIR_C
-    } else {
-        // SAFETY: a NUL-terminated string from the environment.
-        unsafe { CStr::from_ptr(named) }
-    };
-    if sys::stat(path, true).is_err() {
         return;
     }
     // Before the first walk of the loaded objects (its callback allocates).

@@ -1,12 +1,60 @@
 //! The system calls of the patch store's code (`stored.rs`, `dlopen.rs`),
-//! made through `syscall(2)`, which the runtime imports anyway: every
-//! function the runtime imports from the C library is one more symbol the
-//! loader looks up in every process that preloads it, before `main`
-//! (about 700 instructions each), whether the store is used or not.
+//! made by the `syscall` instruction itself rather than through the C
+//! library: every function the runtime imports from the C library is one
+//! more symbol the loader looks up in every process that preloads it,
+//! before `main` (about 700 instructions each), whether the store is used
+//! or not. A failed call returns `-errno` (the C library's `errno` is left
+//! alone).
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ffi::{c_int, c_void, CStr};
+
+/// System call `n` with six arguments (unused ones 0): the kernel's
+/// answer, `-errno` on failure.
+///
+/// # Safety
+/// As the system call: pointers among the arguments must be valid for it.
+#[inline]
+unsafe fn raw(n: i64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    core::arch::asm!(
+        "syscall",
+        inlateout("rax") n => ret,
+        in("rdi") a[0],
+        in("rsi") a[1],
+        in("rdx") a[2],
+        in("r10") a[3],
+        in("r8") a[4],
+        in("r9") a[5],
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
+/// `raw`, with the fewer arguments given (the rest 0).
+macro_rules! sc {
+    ($n:expr $(, $a:expr)* $(,)?) => {{
+        let given: &[u64] = &[$($a as u64),*];
+        let mut args = [0u64; 6];
+        // An index loop, not `copy_from_slice`: no call into the core
+        // library's code (the start section, lib.rs `start`).
+        let mut i = 0;
+        while i < given.len() {
+            args[i] = given[i];
+            i += 1;
+        }
+        raw($n, args)
+    }};
+}
+
+/// The errno of a failed call's answer (`-4095..=-1`), if it failed.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+fn failed(ret: i64) -> Option<i32> {
+    (-4095..0).contains(&ret).then_some(-ret as i32)
+}
 
 /// The fields of `struct stat` the store's checks use.
 #[derive(Clone, Copy, Debug)]
@@ -31,21 +79,22 @@ impl Stat {
 
 /// `fstatat(AT_FDCWD, path)`, following a final symbolic link or not;
 /// `Err(errno)` on failure.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn stat(path: &CStr, follow: bool) -> Result<Stat, i32> {
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     // SAFETY: a NUL-terminated path and a buffer of the kernel's `struct
     // stat` (x86-64's, which `libc::stat` is).
     unsafe {
         let mut st: libc::stat = core::mem::zeroed();
-        let rc = libc::syscall(
+        let rc = sc!(
             libc::SYS_newfstatat,
             libc::AT_FDCWD,
             path.as_ptr(),
             &mut st as *mut libc::stat,
-            flags,
+            flags
         );
-        if rc != 0 {
-            return Err(*libc::__errno_location());
+        if let Some(e) = failed(rc) {
+            return Err(e);
         }
         Ok(Stat {
             uid: st.st_uid,
@@ -70,41 +119,42 @@ pub(crate) fn errno_text(errno: i32) -> &'static str {
     }
 }
 
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub(crate) fn gettid() -> i32 {
     // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    unsafe { sc!(libc::SYS_gettid) as i32 }
 }
 
 pub(crate) fn geteuid() -> u32 {
     // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_geteuid) as u32 }
+    unsafe { sc!(libc::SYS_geteuid) as u32 }
 }
 
 pub(crate) fn sched_yield() {
     // SAFETY: no arguments.
-    unsafe { libc::syscall(libc::SYS_sched_yield) };
+    unsafe { sc!(libc::SYS_sched_yield) };
 }
 
 /// Whether `path` exists (`access(F_OK)`).
 pub(crate) fn exists(path: &CStr) -> bool {
     // SAFETY: a NUL-terminated path.
-    unsafe { libc::syscall(libc::SYS_access, path.as_ptr(), libc::F_OK) == 0 }
+    unsafe { sc!(libc::SYS_access, path.as_ptr(), libc::F_OK) == 0 }
 }
 
-/// `pread`: bytes read, or a negative value.
+/// `pread`: bytes read, or `-errno`.
 ///
 /// # Safety
 /// `buf` is writable for `len` bytes.
 pub(crate) unsafe fn pread(fd: c_int, buf: *mut c_void, len: usize, at: u64) -> isize {
-    libc::syscall(libc::SYS_pread64, fd, buf, len, at as i64) as isize
+    sc!(libc::SYS_pread64, fd, buf, len, at as i64) as isize
 }
 
-/// `pwrite`: bytes written, or a negative value.
+/// `pwrite`: bytes written, or `-errno`.
 ///
 /// # Safety
 /// `buf` is readable for `len` bytes.
 pub(crate) unsafe fn pwrite(fd: c_int, buf: *const c_void, len: usize, at: u64) -> isize {
-    libc::syscall(libc::SYS_pwrite64, fd, buf, len, at as i64) as isize
+    sc!(libc::SYS_pwrite64, fd, buf, len, at as i64) as isize
 }
 
 /// `mprotect`: true when it succeeded.
@@ -113,7 +163,7 @@ pub(crate) unsafe fn pwrite(fd: c_int, buf: *const c_void, len: usize, at: u64) 
 /// As `mprotect(2)`: the caller answers for what the new protection does
 /// to code that uses the pages.
 pub(crate) unsafe fn mprotect(addr: u64, len: usize, prot: c_int) -> bool {
-    libc::syscall(libc::SYS_mprotect, addr, len, prot) == 0
+    sc!(libc::SYS_mprotect, addr, len, prot) == 0
 }
 
 /// The names in directory `path` (without `.` and `..`), by `getdents64`.
@@ -121,17 +171,15 @@ pub(crate) fn read_dir(path: &CStr) -> Result<Vec<Vec<u8>>, i32> {
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = open(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
     if fd < 0 {
-        // SAFETY: errno of this thread.
-        return Err(unsafe { *libc::__errno_location() });
+        return Err(-fd);
     }
     let mut names = Vec::new();
     let mut buf = vec![0u8; 8192];
     let result = loop {
         // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
-        if n < 0 {
-            // SAFETY: errno of this thread.
-            break Err(unsafe { *libc::__errno_location() });
+        let n = unsafe { sc!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if let Some(e) = failed(n) {
+            break Err(e);
         }
         if n == 0 {
             break Ok(());
@@ -161,7 +209,7 @@ pub(crate) fn readlink(path: &CStr) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: a NUL-terminated path and a buffer of its length.
     let n = unsafe {
-        libc::syscall(
+        sc!(
             libc::SYS_readlink,
             path.as_ptr(),
             buf.as_mut_ptr(),
@@ -175,20 +223,91 @@ pub(crate) fn readlink(path: &CStr) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-/// The value of environment variable `name`, or `None` (the name is made
-/// C text on the stack: nothing is allocated unless it is set).
-pub(crate) fn getenv(name: &str) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 64];
-    let bytes = name.as_bytes();
-    if bytes.len() >= buf.len() || bytes.contains(&0) {
-        return None;
+/// The environment variables the runtime reads, all at start.
+const ENV_NAMES: [&[u8]; 4] = [
+    ulp_abi::optout::PATH_VAR.as_bytes(),
+    ulp_abi::optout::USERS_VAR.as_bytes(),
+    ulp_abi::optout::GROUPS_VAR.as_bytes(),
+    ulp_abi::store::ENV.as_bytes(),
+];
+
+/// The values of [`ENV_NAMES`] found by [`scan_env`] (null: unset).
+static ENV_FOUND: [core::sync::atomic::AtomicPtr<u8>; 4] =
+    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; 4];
+
+/// Finds the values of [`ENV_NAMES`] in `envp`, the environment glibc
+/// passes `.init_array` functions (`argc, argv, envp`: its `environ` of
+/// that moment), in one pass and without importing `getenv`: as the C
+/// library's `getenv` would, the first `NAME=` entry of each. Nothing is
+/// allocated; the values stay the environment's own.
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub(crate) fn scan_env(envp: *const *const core::ffi::c_char) {
+    if envp.is_null() {
+        return;
     }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: a NUL-terminated name; the value is copied at once.
+    let mut at = envp;
+    // SAFETY: `envp` is the NULL-ended array of NUL-terminated strings
+    // the loader passed to the constructor; each entry is read up to its
+    // NUL at most.
     unsafe {
-        let v = libc::getenv(buf.as_ptr().cast());
-        (!v.is_null()).then(|| CStr::from_ptr(v).to_bytes().to_vec())
+        while !(*at).is_null() {
+            let entry = (*at).cast::<u8>();
+            at = at.add(1);
+            // Every name starts with `L` or `U`: most entries stop here.
+            if *entry != b'L' && *entry != b'U' {
+                continue;
+            }
+            for (name, found) in ENV_NAMES.iter().zip(&ENV_FOUND) {
+                let mut i = 0;
+                while i < name.len() && *entry.add(i) == name[i] {
+                    i += 1;
+                }
+                if i == name.len() && *entry.add(i) == b'=' {
+                    let value = entry.add(i + 1).cast_mut();
+                    let _ = found.compare_exchange(
+                        core::ptr::null_mut(),
+                        value,
+                        core::sync::atomic::Ordering::Relaxed,
+                        core::sync::atomic::Ordering::Relaxed,
+                    );
+                    break;
+                }
+            }
+        }
     }
+}
+
+/// The value of environment variable `name` (one of [`ENV_NAMES`]) at
+/// start, as [`scan_env`] found it; `None` when unset (or not one of
+/// those names).
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub(crate) fn getenv_c(name: &[u8]) -> Option<&'static CStr> {
+    // Byte by byte: a slice comparison would call into the core
+    // library's code, outside the start section (lib.rs, `start`).
+    let mut i = 0;
+    loop {
+        let n = ENV_NAMES.get(i)?;
+        if n.len() == name.len() {
+            let mut k = 0;
+            while k < n.len() && n[k] == name[k] {
+                k += 1;
+            }
+            if k == n.len() {
+                break;
+            }
+        }
+        i += 1;
+    }
+    let p = ENV_FOUND[i].load(core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a NUL-terminated value in the environment, which the
+    // runtime only reads at start.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p.cast()) })
+}
+
+/// The value of environment variable `name`, or `None` ([`getenv_c`],
+/// copied).
+pub(crate) fn getenv(name: &str) -> Option<Vec<u8>> {
+    getenv_c(name.as_bytes()).map(|v| v.to_bytes().to_vec())
 }
 
 /// The whole file at `path`, at most `limit` bytes (`Err(errno)`; EFBIG
@@ -196,8 +315,7 @@ pub(crate) fn getenv(name: &str) -> Option<Vec<u8>> {
 pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
     let fd = open(path, libc::O_RDONLY | libc::O_CLOEXEC);
     if fd < 0 {
-        // SAFETY: errno of this thread.
-        return Err(unsafe { *libc::__errno_location() });
+        return Err(-fd);
     }
     let mut out = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -205,8 +323,7 @@ pub(crate) fn read_file(path: &CStr, limit: usize) -> Result<Vec<u8>, i32> {
         // SAFETY: `chunk` is writable for its length.
         let n = unsafe { read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
         if n < 0 {
-            // SAFETY: errno of this thread.
-            let e = unsafe { *libc::__errno_location() };
+            let e = -n as i32;
             if e == libc::EINTR {
                 continue;
             }
@@ -231,7 +348,7 @@ pub(crate) fn realpath(path: &CStr) -> Result<Vec<u8>, i32> {
     unsafe {
         let p = crate::lazy::realpath(path.as_ptr(), core::ptr::null_mut());
         if p.is_null() {
-            return Err(*libc::__errno_location());
+            return Err(*crate::lazy::__errno_location());
         }
         let out = CStr::from_ptr(p).to_bytes().to_vec();
         crate::lazy::free(p.cast());
@@ -239,23 +356,23 @@ pub(crate) fn realpath(path: &CStr) -> Result<Vec<u8>, i32> {
     }
 }
 
-/// `open(path, flags)`: a descriptor, or -1 (errno set).
+/// `open(path, flags)`: a descriptor, or `-errno`.
 pub(crate) fn open(path: &CStr, flags: c_int) -> c_int {
     // SAFETY: a NUL-terminated path.
-    unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, 0) as c_int }
+    unsafe { sc!(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, 0) as c_int }
 }
 
 pub(crate) fn close(fd: c_int) {
     // SAFETY: closing a descriptor the caller owns.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    unsafe { sc!(libc::SYS_close, fd) };
 }
 
-/// `read`: bytes read, or a negative value (errno set).
+/// `read`: bytes read, or `-errno`.
 ///
 /// # Safety
 /// `buf` is writable for `len` bytes.
 pub(crate) unsafe fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize {
-    libc::syscall(libc::SYS_read, fd, buf, len) as isize
+    sc!(libc::SYS_read, fd, buf, len) as isize
 }
 
 /// `clock_gettime(clock)`.
@@ -266,7 +383,7 @@ pub(crate) fn clock(clock: libc::clockid_t) -> libc::timespec {
     };
     // SAFETY: `ts` is a valid out-pointer.
     unsafe {
-        libc::syscall(
+        sc!(
             libc::SYS_clock_gettime,
             clock,
             &mut ts as *mut libc::timespec,
@@ -279,7 +396,7 @@ pub(crate) fn clock(clock: libc::clockid_t) -> libc::timespec {
 pub(crate) fn mmap_anonymous(hint: u64, len: usize, prot: c_int, flags: c_int) -> Option<u64> {
     // SAFETY: an anonymous mapping; the kernel checks the hint and flags.
     let p = unsafe {
-        libc::syscall(
+        sc!(
             libc::SYS_mmap,
             hint,
             len,
@@ -289,7 +406,7 @@ pub(crate) fn mmap_anonymous(hint: u64, len: usize, prot: c_int, flags: c_int) -
             0i64,
         )
     };
-    (p != -1).then_some(p as u64)
+    failed(p).is_none().then_some(p as u64)
 }
 
 /// `munmap`.
@@ -297,29 +414,29 @@ pub(crate) fn mmap_anonymous(hint: u64, len: usize, prot: c_int, flags: c_int) -
 /// # Safety
 /// Nothing may use the mapping any more.
 pub(crate) unsafe fn munmap(addr: u64, len: usize) {
-    libc::syscall(libc::SYS_munmap, addr, len);
+    sc!(libc::SYS_munmap, addr, len);
 }
 
 pub(crate) fn getuid() -> u32 {
     // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_getuid) as u32 }
+    unsafe { sc!(libc::SYS_getuid) as u32 }
 }
 
 pub(crate) fn getgid() -> u32 {
     // SAFETY: no arguments, cannot fail.
-    unsafe { libc::syscall(libc::SYS_getgid) as u32 }
+    unsafe { sc!(libc::SYS_getgid) as u32 }
 }
 
 /// The supplementary groups.
 pub(crate) fn getgroups() -> Vec<u32> {
     // SAFETY: a count query, then a buffer of that many entries.
     unsafe {
-        let n = libc::syscall(libc::SYS_getgroups, 0, core::ptr::null_mut::<u32>());
+        let n = sc!(libc::SYS_getgroups, 0, core::ptr::null_mut::<u32>());
         if n <= 0 {
             return Vec::new();
         }
         let mut ids = vec![0u32; n as usize];
-        let got = libc::syscall(libc::SYS_getgroups, n, ids.as_mut_ptr());
+        let got = sc!(libc::SYS_getgroups, n, ids.as_mut_ptr());
         ids.truncate(got.max(0) as usize);
         ids
     }
