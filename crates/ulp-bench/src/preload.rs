@@ -260,15 +260,23 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         }
     }
 
-    // Resident memory of an idle process.
-    let reps = cfg.reps(7, 3);
+    // Resident memory of an idle process. The whole process's figure
+    // moves by tens of kB from one process to the next with nothing
+    // preloaded (the kernel maps the window around each touched file page
+    // when those pages are in its cache): a median of many, and the
+    // runtime's own mappings counted alone.
+    let reps = cfg.reps(21, 3);
     let mut rss: [Vec<f64>; 2] = Default::default();
     let mut private: [Vec<f64>; 2] = Default::default();
+    let mut own = Vec::new();
     for i in 0..reps {
         for pre in order(i) {
             let p = Proc::start(kit.command("bench_target", pre), true)?;
             rss[pre as usize].push(proc_kib(p.pid, "status", "VmRSS:")?);
             private[pre as usize].push(proc_kib(p.pid, "smaps_rollup", "Private_Dirty:")?);
+            if pre {
+                own.push(mapped_rss(p.pid, &kit.runtime)?);
+            }
         }
     }
     rows.push(
@@ -286,5 +294,41 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             .samples(&private[1])
             .note("Private_Dirty of /proc/PID/smaps_rollup: the memory each process pays for itself (file pages of the runtime are shared between processes)"),
     );
+    rows.push(
+        Row::new("resident memory of the runtime's own mappings", Unit::KiB, median(&own))
+            .samples(&own)
+            .note(format!(
+                "Rss of the mappings of the runtime's file in /proc/PID/smaps, same processes, median of {reps}"
+            )),
+    );
     Ok(())
+}
+
+/// The resident kB of the mappings of `file` in `pid` (`Rss:` of each of
+/// its blocks in /proc/PID/smaps).
+fn mapped_rss(pid: i32, file: &std::path::Path) -> Result<f64, String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("reading /proc/{pid}/smaps: {e}"))?;
+    let canon = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let name = canon.to_string_lossy();
+    let mut ours = false;
+    let mut kib = 0.0;
+    for l in s.lines() {
+        match l.strip_prefix("Rss:") {
+            Some(v) if ours => {
+                kib += v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            }
+            Some(_) => {}
+            // A block's first line: "START-END PERMS OFFSET DEV INODE PATH".
+            None if l.split_whitespace().next().is_some_and(|f| f.contains('-')) => {
+                ours = l.ends_with(&*name);
+            }
+            None => {}
+        }
+    }
+    Ok(kib)
 }
