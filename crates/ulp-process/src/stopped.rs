@@ -101,6 +101,9 @@ struct Held {
     /// are known to be unchanged (cleared by anything that changes them):
     /// saves a PTRACE_GETREGS per thread on the path that stops them all.
     regs: Option<libc::user_regs_struct>,
+    /// Runnable when it was seized (a thread of the second wave of
+    /// `attach_batch`): released before the others.
+    runnable: bool,
 }
 
 /// How threads are seized.
@@ -313,15 +316,37 @@ impl Stopped {
             })
     }
 
-    /// Seizes and interrupts all of `tids` first, then waits for each: the
-    /// interrupts land in parallel.
+    /// Seizes all of `tids` first, then interrupts them and waits for their
+    /// stops, in two waves when there are several: first the threads that
+    /// are not runnable (asleep, stopped), then the runnable ones (state
+    /// `R` in /proc). The pause a running thread feels lasts from its
+    /// interrupt to its resume, and a sleeping thread needs a CPU to reach
+    /// its stop: the running threads keep running while the sleeping ones
+    /// get there, and are released first ([`Held::runnable`]). A thread
+    /// that wakes up meanwhile is just stopped in the first wave; either
+    /// way every thread is stopped before this returns.
     fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
         let pid = self.pid;
+        let fresh: Vec<Tid> = tids
+            .iter()
+            .copied()
+            .filter(|t| !self.holds(*t) && !self.skipped.contains(t))
+            .collect();
+        // One thread (the usual single-threaded process, or a transition's
+        // check) needs no order, nor the /proc reads.
+        let runnable: HashSet<Tid> = if fresh.len() > 1 {
+            fresh
+                .iter()
+                .copied()
+                .filter(|&t| procfs::thread_state(pid, t) == Some('R'))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut seized = Vec::new();
-        let mut pending = Vec::new();
         let mut failure = None;
-        for &tid in tids {
-            if self.holds(tid) || self.skipped.contains(&tid) {
+        for tid in fresh {
+            if self.holds(tid) {
                 continue;
             }
             let flags = if self.options.suspend_seccomp {
@@ -386,14 +411,30 @@ impl Stopped {
                     owed: Vec::new(),
                     call: None,
                     regs: None,
+                    runnable: runnable.contains(&tid),
                 },
             );
             seized.push(tid);
         }
-        // Stop them all in one quick pass only now that all are seized: the
-        // pause each thread feels starts at its interrupt, so the seizing
-        // (the slower part) stays out of it.
-        for tid in seized {
+        // Stopped only now that all are seized: the pause each thread feels
+        // starts at its interrupt, so the seizing (the slower part) stays
+        // out of it.
+        let (first, second): (Vec<Tid>, Vec<Tid>) =
+            seized.into_iter().partition(|t| !runnable.contains(t));
+        self.stop_wave(&first, deadline, &mut failure);
+        if failure.is_none() {
+            self.stop_wave(&second, deadline, &mut failure);
+        }
+        // A thread of the second wave not interrupted (the first failed)
+        // is still held, running: release or Drop stops and detaches it.
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Interrupts every thread of `wave` in one quick pass, then waits for
+    /// all their stops; the first error goes to `failure`.
+    fn stop_wave(&mut self, wave: &[Tid], deadline: Instant, failure: &mut Option<Error>) {
+        let mut pending = Vec::with_capacity(wave.len());
+        for &tid in wave {
             match sys::interrupt(tid) {
                 // ESRCH: the thread is exiting; the wait below reports it.
                 Ok(()) | Err(Errno(libc::ESRCH)) => pending.push(tid),
@@ -454,7 +495,6 @@ impl Stopped {
                 nap = (nap * 2).min(Duration::from_micros(100));
             }
         }
-        failure.map_or(Ok(()), Err)
     }
 
     /// Records the stop (or exit) `status` that `tid` reported after its
