@@ -419,22 +419,28 @@ impl Stopped {
         // Stopped only now that all are seized: the pause each thread feels
         // starts at its interrupt, so the seizing (the slower part) stays
         // out of it.
-        let (first, second): (Vec<Tid>, Vec<Tid>) =
+        let (first, mut second): (Vec<Tid>, Vec<Tid>) =
             seized.into_iter().partition(|t| !runnable.contains(t));
-        self.stop_wave(&first, deadline, &mut failure);
+        let mut pending = self.interrupt_all(&first, &mut failure);
+        // The second wave is watched meanwhile: a seized thread reports its
+        // exit, a signal-delivery-stop or a group-stop without being
+        // interrupted, and in a process that is exiting, a first-wave
+        // leader's exit is reported only once those exits are reaped.
+        self.wait_stops(&mut pending, &mut second, deadline, &mut failure);
         if failure.is_none() {
-            self.stop_wave(&second, deadline, &mut failure);
+            let mut pending = self.interrupt_all(&second, &mut failure);
+            self.wait_stops(&mut pending, &mut Vec::new(), deadline, &mut failure);
         }
         // A thread of the second wave not interrupted (the first failed)
         // is still held, running: release or Drop stops and detaches it.
         failure.map_or(Ok(()), Err)
     }
 
-    /// Interrupts every thread of `wave` in one quick pass, then waits for
-    /// all their stops; the first error goes to `failure`.
-    fn stop_wave(&mut self, wave: &[Tid], deadline: Instant, failure: &mut Option<Error>) {
-        let mut pending = Vec::with_capacity(wave.len());
-        for &tid in wave {
+    /// Interrupts every thread of `tids` in one quick pass; returns those to
+    /// wait for. The first error goes to `failure`.
+    fn interrupt_all(&mut self, tids: &[Tid], failure: &mut Option<Error>) -> Vec<Tid> {
+        let mut pending = Vec::with_capacity(tids.len());
+        for &tid in tids {
             match sys::interrupt(tid) {
                 // ESRCH: the thread is exiting; the wait below reports it.
                 Ok(()) | Err(Errno(libc::ESRCH)) => pending.push(tid),
@@ -445,6 +451,21 @@ impl Stopped {
                 }
             }
         }
+        pending
+    }
+
+    /// Waits until every thread of `pending` has reported its stop (or
+    /// exit), or the deadline; the first error goes to `failure`. Threads
+    /// of `watched` (seized, not interrupted) that report something
+    /// meanwhile are taken the same way and leave `watched`; they are not
+    /// waited for.
+    fn wait_stops(
+        &mut self,
+        pending: &mut Vec<Tid>,
+        watched: &mut Vec<Tid>,
+        deadline: Instant,
+        failure: &mut Option<Error>,
+    ) {
         // Wait for every thread at once, not one after the other: in a
         // process that is exiting, the leader's exit is reported only
         // once the other threads' exits are reaped, and those are ours to
@@ -454,21 +475,23 @@ impl Stopped {
         let mut nap = Duration::from_micros(20);
         while !pending.is_empty() {
             let mut progress = false;
-            let mut k = 0;
-            while k < pending.len() {
-                let tid = pending[k];
-                let status = match sys::wait_thread(tid, Instant::now()) {
-                    Ok(Some(s)) => s,
-                    Ok(None) => {
-                        k += 1;
-                        continue;
+            for list in [&mut *pending, &mut *watched] {
+                let mut k = 0;
+                while k < list.len() {
+                    let tid = list[k];
+                    let status = match sys::wait_thread(tid, Instant::now()) {
+                        Ok(Some(s)) => s,
+                        Ok(None) => {
+                            k += 1;
+                            continue;
+                        }
+                        Err(_) => WaitStatus::Exited(0),
+                    };
+                    list.swap_remove(k);
+                    progress = true;
+                    if let Err(e) = self.take_attach_stop(tid, status) {
+                        failure.get_or_insert(e);
                     }
-                    Err(_) => WaitStatus::Exited(0),
-                };
-                pending.swap_remove(k);
-                progress = true;
-                if let Err(e) = self.take_attach_stop(tid, status) {
-                    failure.get_or_insert(e);
                 }
             }
             let now = Instant::now();
@@ -487,7 +510,8 @@ impl Stopped {
                 start = now;
                 nap = Duration::from_micros(20);
             }
-            // The stops come in microseconds: spin briefly, then nap.
+            // The stops come in microseconds: spin briefly (yielding: on
+            // few CPUs the threads to stop may need this one), then nap.
             if now - start < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
