@@ -71,8 +71,8 @@ pub use proc::{
     owner_uid, ptrace_scope, root, Credentials, PtraceScope,
 };
 pub use procfs::{
-    all_pids, comm, exe, maps, parse_maps_line, process_alive, thread_ended, thread_state, threads,
-    tracer_of, Incarnation, Mapping,
+    all_pids, comm, exe, maps, parse_maps_line, process_alive, thread_ended, thread_runs,
+    thread_state, threads, tracer_of, Incarnation, Mapping,
 };
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;

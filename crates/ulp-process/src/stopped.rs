@@ -318,13 +318,14 @@ impl Stopped {
 
     /// Seizes all of `tids` first, then interrupts them and waits for their
     /// stops, in two waves when there are several: first the threads that
-    /// are not runnable (asleep, stopped), then the runnable ones (state
-    /// `R` in /proc). The pause a running thread feels lasts from its
-    /// interrupt to its resume, and a sleeping thread needs a CPU to reach
-    /// its stop: the running threads keep running while the sleeping ones
-    /// get there, and are released first ([`Held::runnable`]). A thread
-    /// that wakes up meanwhile is just stopped in the first wave; either
-    /// way every thread is stopped before this returns.
+    /// do not run now (asleep, stopped, or runnable under SCHED_IDLE),
+    /// then the runnable ones (state `R` in /proc). The pause a running
+    /// thread feels lasts from its interrupt to its resume, and a sleeping
+    /// thread (or a SCHED_IDLE one) needs a CPU to reach its stop: the
+    /// running threads keep running while the others get there, and are
+    /// released first ([`Held::runnable`]). A thread that wakes up
+    /// meanwhile is just stopped in the first wave; either way every
+    /// thread is stopped before this returns.
     fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
         let pid = self.pid;
         let fresh: Vec<Tid> = tids
@@ -338,7 +339,7 @@ impl Stopped {
             fresh
                 .iter()
                 .copied()
-                .filter(|&t| procfs::thread_state(pid, t) == Some('R'))
+                .filter(|&t| procfs::thread_runs(pid, t))
                 .collect()
         } else {
             HashSet::new()
