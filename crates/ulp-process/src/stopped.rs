@@ -430,7 +430,12 @@ impl Stopped {
         self.wait_stops(&mut pending, &mut second, deadline, &mut failure);
         if failure.is_none() {
             let mut pending = self.interrupt_all(&second, &mut failure);
-            self.wait_stops(&mut pending, &mut Vec::new(), deadline, &mut failure);
+            // And the first wave is watched in turn: the second one ran
+            // meanwhile, and a thread of it that exits the process kills the
+            // stopped ones, whose exits are ours to reap before its own is
+            // reported.
+            let mut first: Vec<Tid> = first.into_iter().filter(|&t| self.holds(t)).collect();
+            self.wait_stops(&mut pending, &mut first, deadline, &mut failure);
         }
         // A thread of the second wave not interrupted (the first failed)
         // is still held, running: release or Drop stops and detaches it.
@@ -472,11 +477,20 @@ impl Stopped {
         // once the other threads' exits are reaped, and those are ours to
         // reap (they are traced): waiting on the leader alone would wait
         // for the deadline.
+        // The threads that stopped are watched too, until the others have:
+        // one that a thread still running kills (by exiting the process)
+        // exits, and that exit is ours to reap before the process's
+        // leader's is reported.
+        let mut stopped = Vec::new();
+        let mut newly = Vec::new();
         let mut start = Instant::now();
         let mut nap = Duration::from_micros(20);
         while !pending.is_empty() {
             let mut progress = false;
-            for list in [&mut *pending, &mut *watched] {
+            for (n, list) in [&mut *pending, &mut *watched, &mut stopped]
+                .into_iter()
+                .enumerate()
+            {
                 let mut k = 0;
                 while k < list.len() {
                     let tid = list[k];
@@ -493,8 +507,12 @@ impl Stopped {
                     if let Err(e) = self.take_attach_stop(tid, status) {
                         failure.get_or_insert(e);
                     }
+                    if n == 0 && self.holds(tid) {
+                        newly.push(tid);
+                    }
                 }
             }
+            stopped.append(&mut newly);
             let now = Instant::now();
             if pending.is_empty() {
                 break;
