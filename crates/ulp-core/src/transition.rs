@@ -673,10 +673,17 @@ pub(crate) fn settle(
     // stopped together (up to 128), so that their waits overlap and each
     // one's stop frees a CPU for the next (a stop that does not land in
     // time would leave the thread traced by this tool until it exits).
-    let mut slow = Vec::new();
+    // The threads that run now (runnable, not SCHED_IDLE) make a group of
+    // their own: none of them is held while the others' stops come in and
+    // their stacks are unwound.
+    let (mut running, mut slow) = (Vec::new(), Vec::new());
     for &tid in &tids {
         if !matches!(ulp_process::thread_state(pid, tid), Some('S' | 'T' | 't')) {
-            slow.push(tid);
+            if ulp_process::thread_runs(pid, tid) {
+                running.push(tid);
+            } else {
+                slow.push(tid);
+            }
             continue;
         }
         match check(tid, &mut pauses, Duration::from_secs(2), &mut unwinder) {
@@ -686,7 +693,7 @@ pub(crate) fn settle(
             (Check::Slow, _) => old.push((tid, 0, String::new(), false)),
         }
     }
-    for group in slow.chunks(128) {
+    for group in running.chunks(128).chain(slow.chunks(128)) {
         let soon = deadline.min(Instant::now() + Duration::from_secs(2));
         let Ok(mut stopped) = Stopped::seize_threads(pid, group, soon) else {
             old.extend(

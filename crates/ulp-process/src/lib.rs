@@ -72,7 +72,7 @@ pub use proc::{
 };
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, process_alive, read_text, thread_ended,
-    thread_state, threads, tracer_of, Incarnation, Mapping,
+    thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping,
 };
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;

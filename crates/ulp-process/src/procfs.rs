@@ -201,10 +201,33 @@ pub fn all_pids() -> Vec<Pid> {
 /// The scheduler state letter of a thread (`R`, `S`, `D`, `T`, `t`, `Z`,
 /// `X` ...), from `/proc/PID/task/TID/stat`; `None` if the thread is gone.
 pub fn thread_state(pid: Pid, tid: Tid) -> Option<char> {
+    thread_sched(pid, tid).map(|s| s.0)
+}
+
+/// `SCHED_IDLE` from <sched.h>.
+const SCHED_IDLE: u32 = 5;
+
+/// Whether a thread is runnable (state `R`) with a scheduling policy that
+/// competes for CPUs (not `SCHED_IDLE`, whose threads run only on CPUs
+/// nothing else wants): a thread that runs, or soon will.
+pub fn thread_runs(pid: Pid, tid: Tid) -> bool {
+    thread_sched(pid, tid).is_some_and(|(state, policy)| state == 'R' && policy != SCHED_IDLE)
+}
+
+/// The state letter and scheduling policy (field 41) of a thread, from
+/// `/proc/PID/task/TID/stat`; the policy is 0 (SCHED_OTHER) if missing.
+fn thread_sched(pid: Pid, tid: Tid) -> Option<(char, u32)> {
     let raw = read_whole(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     // The command name may contain ')' and spaces: the state follows the last ')'.
     let close = raw.iter().rposition(|&b| b == b')')?;
-    raw.get(close + 2).map(|&b| b as char)
+    let state = *raw.get(close + 2)? as char;
+    // Fields from the state (field 3) on: the policy is field 41.
+    let policy = String::from_utf8_lossy(raw.get(close + 2..).unwrap_or_default())
+        .split(' ')
+        .nth(41 - 3)
+        .and_then(|f| f.trim().parse().ok())
+        .unwrap_or(0);
+    Some((state, policy))
 }
 
 /// `PF_EXITING` in a thread's flags (field 9 of its stat): set when the

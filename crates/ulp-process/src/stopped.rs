@@ -101,6 +101,9 @@ struct Held {
     /// are known to be unchanged (cleared by anything that changes them):
     /// saves a PTRACE_GETREGS per thread on the path that stops them all.
     regs: Option<libc::user_regs_struct>,
+    /// Runnable when it was seized (a thread of the second wave of
+    /// `attach_batch`): released before the others.
+    runnable: bool,
 }
 
 /// How threads are seized.
@@ -313,15 +316,38 @@ impl Stopped {
             })
     }
 
-    /// Seizes and interrupts all of `tids` first, then waits for each: the
-    /// interrupts land in parallel.
+    /// Seizes all of `tids` first, then interrupts them and waits for their
+    /// stops, in two waves when there are several: first the threads that
+    /// do not run now (asleep, stopped, or runnable under SCHED_IDLE),
+    /// then the runnable ones (state `R` in /proc). The pause a running
+    /// thread feels lasts from its interrupt to its resume, and a sleeping
+    /// thread (or a SCHED_IDLE one) needs a CPU to reach its stop: the
+    /// running threads keep running while the others get there, and are
+    /// released first ([`Held::runnable`]). A thread that wakes up
+    /// meanwhile is just stopped in the first wave; either way every
+    /// thread is stopped before this returns.
     fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
         let pid = self.pid;
+        let fresh: Vec<Tid> = tids
+            .iter()
+            .copied()
+            .filter(|t| !self.holds(*t) && !self.skipped.contains(t))
+            .collect();
+        // One thread (the usual single-threaded process, or a transition's
+        // check) needs no order, nor the /proc reads.
+        let runnable: HashSet<Tid> = if fresh.len() > 1 {
+            fresh
+                .iter()
+                .copied()
+                .filter(|&t| procfs::thread_runs(pid, t))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let mut seized = Vec::new();
-        let mut pending = Vec::new();
         let mut failure = None;
-        for &tid in tids {
-            if self.holds(tid) || self.skipped.contains(&tid) {
+        for tid in fresh {
+            if self.holds(tid) {
                 continue;
             }
             let flags = if self.options.suspend_seccomp {
@@ -386,14 +412,41 @@ impl Stopped {
                     owed: Vec::new(),
                     call: None,
                     regs: None,
+                    runnable: runnable.contains(&tid),
                 },
             );
             seized.push(tid);
         }
-        // Stop them all in one quick pass only now that all are seized: the
-        // pause each thread feels starts at its interrupt, so the seizing
-        // (the slower part) stays out of it.
-        for tid in seized {
+        // Stopped only now that all are seized: the pause each thread feels
+        // starts at its interrupt, so the seizing (the slower part) stays
+        // out of it.
+        let (first, mut second): (Vec<Tid>, Vec<Tid>) =
+            seized.into_iter().partition(|t| !runnable.contains(t));
+        let mut pending = self.interrupt_all(&first, &mut failure);
+        // The second wave is watched meanwhile: a seized thread reports its
+        // exit, a signal-delivery-stop or a group-stop without being
+        // interrupted, and in a process that is exiting, a first-wave
+        // leader's exit is reported only once those exits are reaped.
+        self.wait_stops(&mut pending, &mut second, deadline, &mut failure);
+        if failure.is_none() {
+            let mut pending = self.interrupt_all(&second, &mut failure);
+            // And the first wave is watched in turn: the second one ran
+            // meanwhile, and a thread of it that exits the process kills the
+            // stopped ones, whose exits are ours to reap before its own is
+            // reported.
+            let mut first: Vec<Tid> = first.into_iter().filter(|&t| self.holds(t)).collect();
+            self.wait_stops(&mut pending, &mut first, deadline, &mut failure);
+        }
+        // A thread of the second wave not interrupted (the first failed)
+        // is still held, running: release or Drop stops and detaches it.
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Interrupts every thread of `tids` in one quick pass; returns those to
+    /// wait for. The first error goes to `failure`.
+    fn interrupt_all(&mut self, tids: &[Tid], failure: &mut Option<Error>) -> Vec<Tid> {
+        let mut pending = Vec::with_capacity(tids.len());
+        for &tid in tids {
             match sys::interrupt(tid) {
                 // ESRCH: the thread is exiting; the wait below reports it.
                 Ok(()) | Err(Errno(libc::ESRCH)) => pending.push(tid),
@@ -404,32 +457,62 @@ impl Stopped {
                 }
             }
         }
+        pending
+    }
+
+    /// Waits until every thread of `pending` has reported its stop (or
+    /// exit), or the deadline; the first error goes to `failure`. Threads
+    /// of `watched` (seized, not interrupted) that report something
+    /// meanwhile are taken the same way and leave `watched`; they are not
+    /// waited for.
+    fn wait_stops(
+        &mut self,
+        pending: &mut Vec<Tid>,
+        watched: &mut Vec<Tid>,
+        deadline: Instant,
+        failure: &mut Option<Error>,
+    ) {
         // Wait for every thread at once, not one after the other: in a
         // process that is exiting, the leader's exit is reported only
         // once the other threads' exits are reaped, and those are ours to
         // reap (they are traced): waiting on the leader alone would wait
         // for the deadline.
+        // The threads that stopped are watched too, until the others have:
+        // one that a thread still running kills (by exiting the process)
+        // exits, and that exit is ours to reap before the process's
+        // leader's is reported.
+        let mut stopped = Vec::new();
+        let mut newly = Vec::new();
         let mut start = Instant::now();
         let mut nap = Duration::from_micros(20);
         while !pending.is_empty() {
             let mut progress = false;
-            let mut k = 0;
-            while k < pending.len() {
-                let tid = pending[k];
-                let status = match sys::wait_thread(tid, Instant::now()) {
-                    Ok(Some(s)) => s,
-                    Ok(None) => {
-                        k += 1;
-                        continue;
+            for (n, list) in [&mut *pending, &mut *watched, &mut stopped]
+                .into_iter()
+                .enumerate()
+            {
+                let mut k = 0;
+                while k < list.len() {
+                    let tid = list[k];
+                    let status = match sys::wait_thread(tid, Instant::now()) {
+                        Ok(Some(s)) => s,
+                        Ok(None) => {
+                            k += 1;
+                            continue;
+                        }
+                        Err(_) => WaitStatus::Exited(0),
+                    };
+                    list.swap_remove(k);
+                    progress = true;
+                    if let Err(e) = self.take_attach_stop(tid, status) {
+                        failure.get_or_insert(e);
                     }
-                    Err(_) => WaitStatus::Exited(0),
-                };
-                pending.swap_remove(k);
-                progress = true;
-                if let Err(e) = self.take_attach_stop(tid, status) {
-                    failure.get_or_insert(e);
+                    if n == 0 && self.holds(tid) {
+                        newly.push(tid);
+                    }
                 }
             }
+            stopped.append(&mut newly);
             let now = Instant::now();
             if pending.is_empty() {
                 break;
@@ -446,7 +529,8 @@ impl Stopped {
                 start = now;
                 nap = Duration::from_micros(20);
             }
-            // The stops come in microseconds: spin briefly, then nap.
+            // The stops come in microseconds: spin briefly (yielding: on
+            // few CPUs the threads to stop may need this one), then nap.
             if now - start < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
@@ -454,7 +538,6 @@ impl Stopped {
                 nap = (nap * 2).min(Duration::from_micros(100));
             }
         }
-        failure.map_or(Ok(()), Err)
     }
 
     /// Records the stop (or exit) `status` that `tid` reported after its

@@ -52,11 +52,14 @@ impl Stopped {
     }
 
     fn detach_all(&mut self) -> Result<(), Error> {
-        // In the order the threads were stopped: each thread's pause then
-        // lasts about as long as every other's, instead of the first one
-        // stopped also being the last one released.
+        // The threads that were runnable when seized first (they were
+        // stopped last, and are the ones that feel a pause: a detach wakes
+        // its thread, which may take this OS thread's CPU for a while),
+        // then the others, each group in the order it was stopped.
+        let mut held = std::mem::take(&mut self.held);
+        held.sort_by_key(|h| !h.runnable);
         let mut first = None;
-        for h in std::mem::take(&mut self.held) {
+        for h in held {
             if let Err(e) = self.detach_one(h) {
                 first.get_or_insert(e);
             }
