@@ -33,7 +33,6 @@
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use ulp_abi::errors;
@@ -324,15 +323,12 @@ fn sigreturn_in(
     maps: &[Mapping],
     obj: &crate::objects::MappedObject,
 ) -> Result<RemoteAddr, Error> {
-    type Cache = Mutex<std::collections::HashMap<(String, u64), Option<u64>>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let key = (obj.dev.clone(), obj.inode);
+    static CACHE: crate::objects::PerFile<Option<u64>> = crate::objects::PerFile::new();
     let exec: Vec<&Mapping> = maps
         .iter()
         .filter(|m| m.is_executable() && m.inode == obj.inode && m.dev == obj.dev)
         .collect();
-    let cached = cache.lock().ok().and_then(|c| c.get(&key).copied());
+    let cached = CACHE.get(&obj.dev, obj.inode);
     let offset = match cached {
         Some(v) => v,
         None => {
@@ -348,9 +344,7 @@ fn sigreturn_in(
                     .position(|w| w == SIGRETURN_CODE)
                     .map(|at| m.offset + at as u64)
             });
-            if let Ok(mut c) = cache.lock() {
-                c.insert(key, found);
-            }
+            CACHE.put(&obj.dev, obj.inode, found);
             found
         }
     };

@@ -10,13 +10,37 @@
 //! one rule the runtime also uses ([`MappedObject::is_library`],
 //! `ulp_abi::names`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
 use ulp_abi::le::{u16_at, u32_at, u64_at};
 
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
 use ulp_process::{Mapping, Pid, RemoteAddr};
+
+/// What the tool read of a file, kept for the run by the file's device and
+/// inode: every process that maps the file maps the same contents (a
+/// fleet maps the same libraries), and a mapped file keeps its inode.
+pub(crate) struct PerFile<V>(LazyLock<Mutex<HashMap<(String, u64), V>>>);
+
+impl<V: Clone> PerFile<V> {
+    pub(crate) const fn new() -> PerFile<V> {
+        PerFile(LazyLock::new(Default::default))
+    }
+
+    pub(crate) fn get(&self, dev: &str, inode: u64) -> Option<V> {
+        let c = self.0.lock().ok()?;
+        c.get(&(dev.to_string(), inode)).cloned()
+    }
+
+    pub(crate) fn put(&self, dev: &str, inode: u64, v: V) {
+        if let Ok(mut c) = self.0.lock() {
+            c.insert((dev.to_string(), inode), v);
+        }
+    }
+}
 
 /// One mapped file.
 #[derive(Clone, Debug)]
@@ -80,20 +104,15 @@ impl MappedObject {
         // a file mapped somewhere keeps its device and inode (a fleet maps
         // the same libraries, and every name test of every object asks).
         // (What was read is kept, a SONAME or none; a failed read is not.)
-        type Cache = std::sync::Mutex<std::collections::HashMap<(String, u64), Option<String>>>;
-        static SONAMES: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-        let key = (self.dev.clone(), self.inode);
-        let cache = SONAMES.get_or_init(Default::default);
+        static SONAMES: PerFile<Option<String>> = PerFile::new();
         if self.inode != 0 {
-            if let Some(s) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            if let Some(s) = SONAMES.get(&self.dev, self.inode) {
                 return s;
             }
         }
         let soname = soname_in_memory(pid, self.bias, self.dynamic)?;
         if self.inode != 0 {
-            if let Ok(mut c) = cache.lock() {
-                c.insert(key, soname.clone());
-            }
+            SONAMES.put(&self.dev, self.inode, soname.clone());
         }
         soname
     }

@@ -19,7 +19,7 @@
 //!    trigger completes it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ulp_abi::transition::PENDING_MAX;
@@ -28,7 +28,7 @@ use ulp_abi::{write_kind, Write};
 use ulp_process::unwind::{FrameKind, StartRegs, Unwinder};
 use ulp_process::{Mapping, Pid, RemoteAddr, Stopped, Tid};
 
-use crate::objects::{objects_from_maps, MappedObject};
+use crate::objects::{objects_from_maps, MappedObject, PerFile};
 use crate::runtime::Runtime;
 use crate::trigger::{Consistency, Options};
 use crate::writes::Faults;
@@ -208,8 +208,7 @@ struct Range {
 /// Each file's functions (file addresses, sorted), by device and inode,
 /// read once per tool run.
 type FileFunctions = Arc<Vec<(u64, u64, String)>>;
-static FUNCS: LazyLock<Mutex<HashMap<(String, u64), FileFunctions>>> =
-    LazyLock::new(Default::default);
+static FUNCS: PerFile<FileFunctions> = PerFile::new();
 
 /// `f` at load bias `bias`.
 fn rebase(f: &[(u64, u64, String)], bias: u64) -> Vec<(u64, u64, String)> {
@@ -255,10 +254,9 @@ impl Symbols {
     fn function(&mut self, addr: u64) -> Option<(u64, u64, String)> {
         let obj = self.object(addr)?;
         let pid = self.pid;
-        let key = (obj.dev.clone(), obj.inode);
         let list = self.funcs.entry(obj.path.clone()).or_insert_with(|| {
             // Read once per tool run (a fleet maps the same files).
-            if let Some(f) = FUNCS.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            if let Some(f) = FUNCS.get(&obj.dev, obj.inode) {
                 return rebase(&f, obj.bias);
             }
             let names = [".symtab", ".strtab", ".dynsym", ".dynstr"];
@@ -276,9 +274,7 @@ impl Symbols {
             // Only a file whose symbols are relative to its load bias (a
             // shared object, a PIE) is kept: an executable's are absolute.
             if bias == obj.bias {
-                if let Ok(mut c) = FUNCS.lock() {
-                    c.insert(key, v.clone());
-                }
+                FUNCS.put(&obj.dev, obj.inode, v.clone());
             }
             rebase(&v, bias)
         });
