@@ -43,7 +43,7 @@
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::Error;
 use crate::procfs;
@@ -483,13 +483,49 @@ impl Stopped {
         // leader's is reported.
         let mut stopped = Vec::new();
         let mut newly = Vec::new();
-        let mut start = Instant::now();
-        let mut nap = Duration::from_micros(20);
         while !pending.is_empty() {
             let mut progress = false;
+            // The kernel names a thread with a report (without taking the
+            // report): one call per report, not one per thread per pass
+            // (127 calls a pass with 128 threads). A report that is not
+            // ours (a child of this thread, a thread another `Stopped`
+            // holds) stays where it is, and ours are polled one by one.
+            let mut by_name = true;
+            while by_name && !pending.is_empty() {
+                let Some(tid) = sys::peek_report() else { break };
+                let lists = [&mut *pending, &mut *watched, &mut stopped];
+                let Some((n, k)) = lists
+                    .into_iter()
+                    .enumerate()
+                    .find_map(|(n, l)| Some((n, l.iter().position(|&t| t == tid)?)))
+                else {
+                    by_name = false;
+                    break;
+                };
+                let status = match sys::wait_thread(tid, Instant::now()) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        by_name = false;
+                        break;
+                    }
+                    Err(_) => WaitStatus::Exited(0),
+                };
+                [&mut *pending, &mut *watched, &mut stopped][n].swap_remove(k);
+                progress = true;
+                if let Err(e) = self.take_attach_stop(tid, status) {
+                    failure.get_or_insert(e);
+                }
+                if n == 0 && self.holds(tid) {
+                    stopped.push(tid);
+                }
+            }
+            // With a report not ours in the way, ours are polled one by
+            // one. Once every thread waited for has stopped, the others are
+            // not polled: what they report is taken later (release, Drop).
             for (n, list) in [&mut *pending, &mut *watched, &mut stopped]
                 .into_iter()
                 .enumerate()
+                .take(if by_name { 0 } else { 3 })
             {
                 let mut k = 0;
                 while k < list.len() {
@@ -525,17 +561,11 @@ impl Stopped {
                 });
                 break;
             }
-            if progress {
-                start = now;
-                nap = Duration::from_micros(20);
-            }
-            // The stops come in microseconds: spin briefly (yielding: on
-            // few CPUs the threads to stop may need this one), then nap.
-            if now - start < Duration::from_micros(200) {
-                std::thread::yield_now();
-            } else {
-                sys::nap_for(nap.min(deadline - now));
-                nap = (nap * 2).min(Duration::from_micros(100));
+            // Polled again at once after progress (the reports come in a
+            // burst), else after the next report: the threads to stop may
+            // need this CPU to get there.
+            if !progress {
+                sys::sleep_until_report(deadline - now);
             }
         }
     }

@@ -51,6 +51,8 @@ pub(crate) const PTRACE_O_SUSPEND_SECCOMP: usize = 1 << 21;
 /// particular never PTRACE_O_EXITKILL, so a dying tool detaches instead of
 /// killing the target.
 pub(crate) fn seize_with(tid: Tid, options: usize) -> Result<(), Errno> {
+    // Every report of the thread from now on wakes this thread's waits.
+    block_reports();
     request(libc::PTRACE_SEIZE, tid, 0, options).map(drop)
 }
 
@@ -251,12 +253,11 @@ impl WaitStatus {
 /// `Ok(None)` on timeout, `Err(ECHILD)` if the thread is not (or no longer)
 /// ours to wait for.
 ///
-/// Never blocks in the kernel: polls with WNOHANG, yielding the CPU for the
-/// first ~200 µs (a PTRACE_INTERRUPT usually lands within microseconds),
-/// then sleeping 20 µs, growing to 100 µs, between polls.
+/// Polls with WNOHANG and sleeps between polls until this process is sent
+/// a SIGCHLD ([`sleep_until_report`]): no CPU is taken from the threads
+/// that must run to reach their stop.
 pub(crate) fn wait_thread(tid: Tid, deadline: Instant) -> Result<Option<WaitStatus>, Errno> {
-    let start = Instant::now();
-    let mut nap = Duration::from_micros(20);
+    block_reports();
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer.
@@ -274,19 +275,96 @@ pub(crate) fn wait_thread(tid: Tid, deadline: Instant) -> Result<Option<WaitStat
         if now >= deadline {
             return Ok(None);
         }
-        if now - start < Duration::from_micros(200) {
-            std::thread::yield_now();
-        } else {
-            nap_for(nap.min(deadline - now));
-            nap = (nap * 2).min(Duration::from_micros(100));
-        }
+        sleep_until_report(deadline - now);
     }
 }
 
-/// Sleeps `d` with this thread's timer slack at 1 ns (set once per thread):
-/// the default 50 µs slack would stretch every short nap of the polling
-/// loops, which run while a target waits to be resumed.
-pub(crate) fn nap_for(d: std::time::Duration) {
+/// A thread (or child) of this OS thread's with a report to take, if any,
+/// without taking it (`waitid` with `WNOWAIT`).
+pub(crate) fn peek_report() -> Option<Tid> {
+    // SAFETY: siginfo_t is plain data; waitid fills it or leaves si_pid 0.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; WNOHANG keeps the call from blocking.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED
+                | libc::WSTOPPED
+                | libc::WNOHANG
+                | libc::WNOWAIT
+                | libc::__WALL
+                | libc::__WNOTHREAD,
+        )
+    };
+    // SAFETY: si_pid is valid for the SIGCHLD siginfo waitid fills.
+    let pid = unsafe { info.si_pid() };
+    (r == 0 && pid > 0).then(|| Tid::new(pid))
+}
+
+/// The longest single sleep of [`sleep_until_report`]: a SIGCHLD taken by
+/// another thread of this process (a fleet's worker waiting on its own
+/// target, or a thread that does not block it) costs at most this much.
+const REPORT_NAP: Duration = Duration::from_millis(1);
+
+/// Sleeps until this process is sent a SIGCHLD, or `most` (at most
+/// [`REPORT_NAP`]) has passed. The kernel sends the tracer a SIGCHLD for
+/// every stop and exit of a thread it traces, so a loop that polls its
+/// threads with WNOHANG and calls this between polls wakes up for each
+/// report and otherwise leaves the CPUs to the threads it waits for (on
+/// two CPUs, a spinning tracer is what kept a `SCHED_IDLE` thread from
+/// ever reaching its stop). SIGCHLD stays blocked in this thread from the
+/// first call on, so one sent between a poll and the sleep is pending and
+/// ends the sleep at once: no report is missed. (Blocked, its default
+/// action, to be ignored, does not drop it; the children that `Command`
+/// starts get an empty signal mask.)
+pub(crate) fn sleep_until_report(most: Duration) {
+    block_reports();
+    let set = chld_set();
+    let d = most.min(REPORT_NAP);
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid set and timeout; no siginfo wanted. EAGAIN (timeout)
+    // and EINTR are both just the end of the sleep.
+    unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+}
+
+/// Blocks SIGCHLD in this thread (once per thread), for
+/// [`sleep_until_report`]. Called before a thread is interrupted or waited
+/// for: a SIGCHLD sent while not blocked is dropped (its default action is
+/// to be ignored), and the sleep after the next poll would not see it.
+pub(crate) fn block_reports() {
+    thread_local! {
+        static BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    BLOCKED.with(|b| {
+        if !b.get() {
+            let set = chld_set();
+            // SAFETY: a valid signal set; only this thread's mask changes.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+            precise_timers();
+            b.set(true);
+        }
+    });
+}
+
+fn chld_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    }
+}
+
+/// Sets this thread's timer slack to 1 ns (once per thread): the default
+/// 50 µs slack would stretch every short sleep of the waiting loops, which
+/// run while a target waits to be resumed.
+fn precise_timers() {
     thread_local! {
         static PRECISE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -298,5 +376,10 @@ pub(crate) fn nap_for(d: std::time::Duration) {
             p.set(true);
         }
     });
+}
+
+/// Sleeps `d`, with precise timers ([`precise_timers`]).
+pub(crate) fn nap_for(d: std::time::Duration) {
+    precise_timers();
     std::thread::sleep(d);
 }
