@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use ulp_abi::le::{u16_at, u32_at, u64_at};
 
-use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, EHDR_SIZE, PHDR_SIZE};
+use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
 use ulp_process::{Mapping, Pid, RemoteAddr};
@@ -303,6 +303,10 @@ fn read_memory(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// How much [`LoadedHeaders::read`] reads first: the ELF header and up to
+/// 17 program headers after it.
+const HEAD_READ: usize = 1024;
+
 /// The program headers of an ELF object mapped in a process, read where
 /// they lie in its first loaded segment, and its load bias.
 struct LoadedHeaders {
@@ -316,7 +320,9 @@ impl LoadedHeaders {
     /// `start` in `pid` (64-bit, little-endian; at most `max_phnum` of
     /// them). The process is not stopped.
     fn read(pid: Pid, start: u64, max_phnum: usize) -> Option<LoadedHeaders> {
-        let ehdr = read_memory(pid, start, EHDR_SIZE as usize)?;
+        // The ELF header and, as linkers place them, the program headers
+        // right after it, in one read: `start` maps at least a page.
+        let ehdr = read_memory(pid, start, HEAD_READ)?;
         let phdr_size = PHDR_SIZE as usize;
         if ehdr[..4] != *ELFMAG
             || ehdr[4] != ELFCLASS64
@@ -327,7 +333,14 @@ impl LoadedHeaders {
         }
         let phoff = u64_at(&ehdr, 32)?;
         let phnum = usize::from(u16_at(&ehdr, 56)?).min(max_phnum);
-        let phdrs = read_memory(pid, start.checked_add(phoff)?, phnum * phdr_size)?;
+        let wanted = phnum * phdr_size;
+        let phdrs = match usize::try_from(phoff)
+            .ok()
+            .filter(|&o| o + wanted <= ehdr.len())
+        {
+            Some(o) => ehdr[o..o + wanted].to_vec(),
+            None => read_memory(pid, start.checked_add(phoff)?, wanted)?,
+        };
         // The load bias: `start` maps file offset 0, which the first
         // PT_LOAD places at p_vaddr - p_offset (congruent modulo the page
         // size).
