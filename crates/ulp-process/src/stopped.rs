@@ -129,6 +129,9 @@ pub struct Stopped {
     /// Threads that exited or became zombies while we attached: not retried.
     skipped: HashSet<Tid>,
     options: SeizeOptions,
+    /// `/proc/PID/mem` opened for writing at the first code write, kept
+    /// while the threads are held: one open per stop, not one per write.
+    mem: Option<std::fs::File>,
     /// Only the seizing OS thread may issue ptrace requests: not Send.
     _not_send: PhantomData<*mut ()>,
 }
@@ -141,6 +144,7 @@ impl Stopped {
             held: Vec::new(),
             skipped: HashSet::new(),
             options,
+            mem: None,
             _not_send: PhantomData,
         }
     }

@@ -68,10 +68,7 @@ impl Stopped {
         let addr = addr.get();
         use std::os::unix::fs::FileExt;
         let tid = self.any_stopped()?;
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{}/mem", self.pid))
-            .and_then(|f| f.write_at(data, addr));
+        let written = self.mem_file().and_then(|f| f.write_at(data, addr));
         match written {
             Ok(n) if n == data.len() => Ok(()),
             _ if (addr & 7) + data.len() as u64 <= 8 => self.poke(at, data),
@@ -84,6 +81,17 @@ impl Stopped {
                 Errno(e.raw_os_error().unwrap_or(libc::EIO)),
             )),
         }
+    }
+
+    /// `/proc/PID/mem` for writing, opened once per [`Stopped`].
+    fn mem_file(&mut self) -> std::io::Result<&std::fs::File> {
+        let f = match self.mem.take() {
+            Some(f) => f,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{}/mem", self.pid))?,
+        };
+        Ok(self.mem.insert(f))
     }
 
     fn offset_addr(&self, addr: u64, off: usize, len: usize) -> Result<u64, Error> {
