@@ -255,9 +255,9 @@ impl FileInfo {
 /// [`MappedObject::open`]), once per file (device, inode and path) in one
 /// ulp run.
 fn file_info(pid: Pid, obj: &MappedObject) -> Option<Arc<FileInfo>> {
-    type Cache = Mutex<HashMap<(String, u64, String), Option<Arc<FileInfo>>>>;
+    type Cache = Mutex<HashMap<(ulp_process::MapsField, u64, String), Option<Arc<FileInfo>>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
-    let key = (obj.dev.clone(), obj.inode, obj.path.clone());
+    let key = (obj.dev, obj.inode, obj.path.clone());
     let cache = CACHE.get_or_init(Default::default);
     if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return found;

@@ -328,7 +328,7 @@ fn sigreturn_in(
         .iter()
         .filter(|m| m.is_executable() && m.inode == obj.inode && m.dev == obj.dev)
         .collect();
-    let cached = CACHE.get(&obj.dev, obj.inode);
+    let cached = CACHE.get(obj.dev, obj.inode);
     let offset = match cached {
         Some(v) => v,
         None => {
@@ -344,7 +344,7 @@ fn sigreturn_in(
                     .position(|w| w == SIGRETURN_CODE)
                     .map(|at| m.offset + at as u64)
             });
-            CACHE.put(&obj.dev, obj.inode, found);
+            CACHE.put(obj.dev, obj.inode, found);
             found
         }
     };

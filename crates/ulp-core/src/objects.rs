@@ -18,26 +18,26 @@ use ulp_abi::le::{u16_at, u32_at, u64_at};
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
-use ulp_process::{Mapping, Pid, RemoteAddr};
+use ulp_process::{Mapping, MapsField, Pid, RemoteAddr};
 
 /// What the tool read of a file, kept for the run by the file's device and
 /// inode: every process that maps the file maps the same contents (a
 /// fleet maps the same libraries), and a mapped file keeps its inode.
-pub(crate) struct PerFile<V>(LazyLock<Mutex<HashMap<(String, u64), V>>>);
+pub(crate) struct PerFile<V>(LazyLock<Mutex<HashMap<(MapsField, u64), V>>>);
 
 impl<V: Clone> PerFile<V> {
     pub(crate) const fn new() -> PerFile<V> {
         PerFile(LazyLock::new(Default::default))
     }
 
-    pub(crate) fn get(&self, dev: &str, inode: u64) -> Option<V> {
+    pub(crate) fn get(&self, dev: MapsField, inode: u64) -> Option<V> {
         let c = self.0.lock().ok()?;
-        c.get(&(dev.to_string(), inode)).cloned()
+        c.get(&(dev, inode)).cloned()
     }
 
-    pub(crate) fn put(&self, dev: &str, inode: u64, v: V) {
+    pub(crate) fn put(&self, dev: MapsField, inode: u64, v: V) {
         if let Ok(mut c) = self.0.lock() {
-            c.insert((dev.to_string(), inode), v);
+            c.insert((dev, inode), v);
         }
     }
 }
@@ -59,7 +59,7 @@ pub struct MappedObject {
     pub bias: u64,
     /// The file's device and inode as the maps line gives them: two
     /// processes mapping the same file have the same pair.
-    pub dev: String,
+    pub dev: MapsField,
     pub inode: u64,
 }
 
@@ -106,13 +106,13 @@ impl MappedObject {
         // (What was read is kept, a SONAME or none; a failed read is not.)
         static SONAMES: PerFile<Option<String>> = PerFile::new();
         if self.inode != 0 {
-            if let Some(s) = SONAMES.get(&self.dev, self.inode) {
+            if let Some(s) = SONAMES.get(self.dev, self.inode) {
                 return s;
             }
         }
         let soname = soname_in_memory(pid, self.bias, self.dynamic)?;
         if self.inode != 0 {
-            SONAMES.put(&self.dev, self.inode, soname.clone());
+            SONAMES.put(self.dev, self.inode, soname.clone());
         }
         soname
     }
@@ -279,7 +279,7 @@ pub fn objects_from_maps(maps: &[Mapping]) -> Vec<MappedObject> {
             name: path.strip_suffix(DELETED).unwrap_or(path).to_string(),
             dynamic: None,
             bias: m.start.get(),
-            dev: m.dev.clone(),
+            dev: m.dev,
             inode: m.inode,
         });
     }

@@ -69,7 +69,7 @@ struct RuntimeSymbols {
 /// path): one `ulp` run over a thousand processes reads and parses the
 /// runtime file once, not a thousand times. `None` records a file that is
 /// not a runtime after all.
-type SymbolCache = HashMap<(String, u64, String), Option<(u64, u64, bool)>>;
+type SymbolCache = HashMap<(ulp_process::MapsField, u64, String), Option<(u64, u64, bool)>>;
 
 fn symbol_cache() -> &'static Mutex<SymbolCache> {
     static CACHE: OnceLock<Mutex<SymbolCache>> = OnceLock::new();
@@ -77,7 +77,7 @@ fn symbol_cache() -> &'static Mutex<SymbolCache> {
 }
 
 fn runtime_symbols(pid: Pid, obj: &MappedObject) -> Option<RuntimeSymbols> {
-    let key = (obj.dev.clone(), obj.inode, obj.path.clone());
+    let key = (obj.dev, obj.inode, obj.path.clone());
     let cached = symbol_cache()
         .lock()
         .ok()

@@ -143,13 +143,17 @@ pub fn resolve(spec: &str) -> Vec<Pid> {
     let me = Pid::this();
     let mut pids: Vec<Pid> = ulp_process::all_pids()
         .into_iter()
-        .filter(|&pid| pid != me && !ulp_process::is_kernel_thread(pid))
+        .filter(|&pid| pid != me)
         .filter(|&pid| {
-            ulp_process::comm(pid).is_ok_and(|c| glob_match(spec, &c))
-                || ulp_process::exe(pid).is_some_and(|e| {
-                    e.file_name()
-                        .is_some_and(|n| glob_match(spec, &n.to_string_lossy()))
-                })
+            let Some((name, kernel)) = ulp_process::name_and_kind(pid) else {
+                return false;
+            };
+            !kernel
+                && (glob_match(spec, &name)
+                    || ulp_process::exe(pid).is_some_and(|e| {
+                        e.file_name()
+                            .is_some_and(|n| glob_match(spec, &n.to_string_lossy()))
+                    }))
         })
         .collect();
     pids.sort_unstable();

@@ -210,6 +210,29 @@ struct Range {
 type FileFunctions = Arc<Vec<(u64, u64, String)>>;
 static FUNCS: PerFile<FileFunctions> = PerFile::new();
 
+/// The sections [`functions_of`] reads.
+pub(crate) const FUNCTION_SECTIONS: [&str; 4] = [".symtab", ".strtab", ".dynsym", ".dynstr"];
+
+/// The functions of `elf`, the file `obj` maps (file addresses, sorted),
+/// and the load bias they take; kept for the run when they are relative
+/// to the load bias (a shared object, a PIE: an executable's are
+/// absolute). Whoever reads the file first (the pre-check's unit sizes,
+/// or the transition) saves the other its read.
+pub(crate) fn functions_of(obj: &MappedObject, elf: &ulp_elf::ElfFile) -> (FileFunctions, u64) {
+    let bias = crate::objects::bias_for(obj, elf);
+    let mut v: Vec<(u64, u64, String)> = elf
+        .function_symbols()
+        .into_iter()
+        .map(|s| (s.value, s.value + s.size, s.name))
+        .collect();
+    v.sort_by_key(|f| f.0);
+    let v = Arc::new(v);
+    if bias == obj.bias {
+        FUNCS.put(obj.dev, obj.inode, v.clone());
+    }
+    (v, bias)
+}
+
 /// `f` at load bias `bias`.
 fn rebase(f: &[(u64, u64, String)], bias: u64) -> Vec<(u64, u64, String)> {
     f.iter()
@@ -256,26 +279,13 @@ impl Symbols {
         let pid = self.pid;
         let list = self.funcs.entry(obj.path.clone()).or_insert_with(|| {
             // Read once per tool run (a fleet maps the same files).
-            if let Some(f) = FUNCS.get(&obj.dev, obj.inode) {
+            if let Some(f) = FUNCS.get(obj.dev, obj.inode) {
                 return rebase(&f, obj.bias);
             }
-            let names = [".symtab", ".strtab", ".dynsym", ".dynstr"];
-            let Ok(elf) = obj.open_sections(pid, &names) else {
+            let Ok(elf) = obj.open_sections(pid, &FUNCTION_SECTIONS) else {
                 return Vec::new();
             };
-            let bias = crate::objects::bias_for(&obj, &elf);
-            let mut v: Vec<(u64, u64, String)> = elf
-                .function_symbols()
-                .into_iter()
-                .map(|s| (s.value, s.value + s.size, s.name))
-                .collect();
-            v.sort_by_key(|f| f.0);
-            let v = Arc::new(v);
-            // Only a file whose symbols are relative to its load bias (a
-            // shared object, a PIE) is kept: an executable's are absolute.
-            if bias == obj.bias {
-                FUNCS.put(&obj.dev, obj.inode, v.clone());
-            }
+            let (v, bias) = functions_of(&obj, &elf);
             rebase(&v, bias)
         });
         list.iter()

@@ -708,7 +708,7 @@ fn apply_request(
     }
     let ulp = container.metadata.encode();
     let comments = container.comments.clone().unwrap_or_default();
-    let sizes = unit_sizes(pid, objects, matched, &container.metadata, opts);
+    let sizes = unit_sizes(pid, objects, matched, &container.metadata);
     let apply = ApplyRequest {
         container_path: path.as_bytes(),
         ulp: &ulp,
@@ -836,7 +836,6 @@ fn unit_sizes(
     objects: &mut Objects,
     matched: Option<MappedObject>,
     md: &Metadata,
-    opts: &Options,
 ) -> Vec<u8> {
     type Cache = std::sync::Mutex<std::collections::HashMap<(Vec<u8>, [u8; 32]), Vec<u8>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -858,10 +857,15 @@ fn unit_sizes(
     };
     // Only from the very build the patch is for: the file now at that
     // path may be another one (an upgrade renamed a new build over it).
-    let functions = open_object(&obj, pid, opts)
+    // Only the sections it needs (a library can be megabytes), and its
+    // functions are kept for the transition's look-ups.
+    let mut sections = crate::transition::FUNCTION_SECTIONS.to_vec();
+    sections.push(".note.gnu.build-id");
+    let functions = obj
+        .open_sections(pid, &sections)
         .ok()
         .filter(|f| f.build_id().as_deref() == Some(&md.build_id[..]))
-        .map(|f| f.function_symbols())
+        .map(|f| crate::transition::functions_of(&obj, &f).0)
         .unwrap_or_default();
     let sizes: Vec<u8> = md
         .units
@@ -869,8 +873,8 @@ fn unit_sizes(
         .flat_map(|u| {
             functions
                 .iter()
-                .filter(|s| s.value == u.old_faddr)
-                .map(|s| s.size)
+                .filter(|f| f.0 == u.old_faddr)
+                .map(|f| f.1 - f.0)
                 .max()
                 .unwrap_or(0)
                 .to_le_bytes()

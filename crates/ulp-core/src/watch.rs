@@ -346,7 +346,7 @@ enum Look {
 
 /// Build ids of mapped files, by (device, inode, path): each file is read
 /// once.
-type BuildIds = HashMap<(String, u64, String), Option<String>>;
+type BuildIds = HashMap<(ulp_process::MapsField, u64, String), Option<String>>;
 
 fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config) -> Look {
     let exe = ulp_process::exe(p.pid);
@@ -379,7 +379,7 @@ fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config)
         if records.by_build.is_empty() || !wanted {
             continue;
         }
-        let key = (o.dev.clone(), o.inode, o.path.clone());
+        let key = (o.dev, o.inode, o.path.clone());
         let id = ids.entry(key).or_insert_with(|| {
             o.open_sections(p.pid, &[".note.gnu.build-id"])
                 .ok()

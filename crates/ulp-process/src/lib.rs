@@ -68,11 +68,11 @@ pub use linkmap::{link_map, LinkMapEntry};
 pub use mem::{read_mem, read_pieces, read_scattered, write_mem, write_scattered};
 pub use proc::{
     credentials, environ, exists, has_capability, in_root, is_kernel_thread, login_uid, map_file,
-    owner_uid, ptrace_scope, root, Credentials, PtraceScope,
+    name_and_kind, owner_uid, ptrace_scope, root, Credentials, PtraceScope,
 };
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, process_alive, read_text, thread_ended,
-    thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping,
+    thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping, MapsField,
 };
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;

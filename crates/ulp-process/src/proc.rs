@@ -77,16 +77,29 @@ pub fn credentials(pid: Pid) -> Credentials {
 /// Whether `pid` is a kernel thread (`PF_KTHREAD` in the flags of its
 /// stat); false when unreadable.
 pub fn is_kernel_thread(pid: Pid) -> bool {
+    name_and_kind(pid).is_some_and(|(_, kernel)| kernel)
+}
+
+/// The name of `pid` (its `comm`, as `/proc/PID/comm` prints it) and
+/// whether it is a kernel thread, from one read of its stat; `None` when
+/// unreadable (gone). Choosing processes by name looks at every process
+/// on the host: one file each instead of two.
+pub fn name_and_kind(pid: Pid) -> Option<(String, bool)> {
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = crate::procfs::read_text(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields after the command (which may hold spaces), from field 3 on;
-    // the flags are field 9.
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split(' ').nth(6))
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    let raw = crate::procfs::read_whole(format!("/proc/{pid}/stat")).ok()?;
+    // `PID (COMM) STATE ...`: the command may hold spaces and `)`, so it
+    // ends at the last `)`. Fields after it from field 3 on; the flags
+    // are field 9.
+    let open = raw.iter().position(|&b| b == b'(')?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    let name = String::from_utf8_lossy(raw.get(open + 1..close)?).into_owned();
+    let flags = std::str::from_utf8(raw.get(close + 2..)?)
+        .ok()?
+        .split(' ')
+        .nth(6)?
+        .parse::<u64>()
+        .ok()?;
+    Some((name, flags & PF_KTHREAD != 0))
 }
 
 /// The directory `pid` is chrooted at, as the target of `/proc/PID/root`

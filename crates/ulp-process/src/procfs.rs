@@ -15,10 +15,10 @@ pub struct Mapping {
     pub start: RemoteAddr,
     pub end: RemoteAddr,
     /// Four characters, e.g. `r-xp`.
-    pub perms: String,
+    pub perms: MapsField,
     pub offset: u64,
     /// `major:minor` as printed.
-    pub dev: String,
+    pub dev: MapsField,
     pub inode: u64,
     /// The path as printed (may end with ` (deleted)`, or be `[heap]`,
     /// `[stack]`, `[vdso]` ...); `None` for anonymous mappings.
@@ -37,6 +37,78 @@ impl Mapping {
     }
     pub fn is_executable(&self) -> bool {
         self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+}
+
+/// A short field of a maps line (the permissions, the device), kept
+/// inline: a process's maps are read for every change and every process
+/// of a fleet, and two allocations per line were most of their parsing.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapsField {
+    len: u8,
+    bytes: [u8; MapsField::MAX],
+}
+
+impl MapsField {
+    /// Longer than any field it holds: `rwxp`, and a device as the kernel
+    /// prints it (`%02x:%02x` of a 12-bit major and a 20-bit minor).
+    const MAX: usize = 15;
+
+    /// `text`, if it is ASCII and at most [`MapsField::MAX`] bytes.
+    pub fn new(text: &[u8]) -> Option<MapsField> {
+        if text.len() > Self::MAX || !text.is_ascii() {
+            return None;
+        }
+        let mut f = MapsField {
+            len: text.len() as u8,
+            bytes: [0; Self::MAX],
+        };
+        f.bytes[..text.len()].copy_from_slice(text);
+        Some(f)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for MapsField {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for MapsField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for MapsField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for MapsField {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for MapsField {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&str> for MapsField {
+    /// For tests and fixed values; a field too long is cut.
+    fn from(s: &str) -> MapsField {
+        let b = s.as_bytes();
+        MapsField::new(&b[..b.len().min(Self::MAX)]).unwrap_or_default()
     }
 }
 
@@ -66,21 +138,52 @@ pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
 /// `fs::read` would start from a 32-byte read and double, and every read
 /// of a generated file makes the kernel generate it up to there again.
 pub(crate) fn read_whole(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-    use std::io::Read;
     // Plain reads: `read_to_end` would first ask the file's size (a
     // statx and an lseek, for a file that says 0).
-    let mut f = fs::File::open(path)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
+    // Into the vector's spare capacity: no buffer to zero first (most of
+    // these files are a few hundred bytes) and none to copy from.
+    use std::os::fd::AsRawFd;
+    let path = path.as_ref();
+    let whole_at_once = path.starts_with("/proc")
+        && path
+            .file_name()
+            .is_some_and(|n| WHOLE_AT_FIRST_READ.iter().any(|w| n == *w));
+    let f = fs::File::open(path)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        match f.read(&mut chunk) {
-            Ok(0) => return Ok(buf),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf.capacity());
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: the kernel writes at most `spare.len()` bytes into the
+        // spare capacity, which `set_len` then takes as initialised.
+        let n = unsafe { libc::read(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        match n {
+            0 => return Ok(buf),
+            n if n > 0 => {
+                let asked = spare.len();
+                // SAFETY: see above.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                if whole_at_once && (n as usize) < asked {
+                    return Ok(buf);
+                }
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
 }
+
+/// Files of a process (or thread) directory in /proc that the kernel
+/// makes whole at the first read (`single_open` and the like): a first
+/// read that returns less than it asked for returned all of it, and the
+/// read that would return 0 is saved (a fleet reads them for every
+/// process on the host).
+const WHOLE_AT_FIRST_READ: [&str; 5] = ["comm", "stat", "status", "auxv", "loginuid"];
 
 /// [`read_whole`] as text (a /proc file that is not UTF-8 is an error).
 pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
@@ -139,9 +242,9 @@ fn parse_maps_bytes(line: &[u8]) -> Option<Mapping> {
     Some(Mapping {
         start: RemoteAddr::new(start),
         end: RemoteAddr::new(end),
-        perms: text(perms),
+        perms: MapsField::new(perms)?,
         offset: hex(offset)?,
-        dev: text(dev),
+        dev: MapsField::new(dev)?,
         inode,
         path: (!path.is_empty()).then(|| text(path)),
     })

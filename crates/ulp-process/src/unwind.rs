@@ -124,7 +124,7 @@ pub struct Stack {
 }
 
 /// The objects read so far in this tool run, by device and inode.
-static READ: std::sync::LazyLock<std::sync::Mutex<HashMap<(String, u64), ObjectUnwind>>> =
+static READ: std::sync::LazyLock<std::sync::Mutex<HashMap<(crate::MapsField, u64), ObjectUnwind>>> =
     std::sync::LazyLock::new(Default::default);
 
 /// Unwinds stopped threads of one process; built once per process per
@@ -136,7 +136,7 @@ pub struct Unwinder {
     framehop: UnwinderX86_64<Bytes>,
     /// What was read of each file (by device and inode), for its other
     /// executable mappings.
-    objects: HashMap<(String, u64), Result<ObjectUnwind, String>>,
+    objects: HashMap<(crate::MapsField, u64), Result<ObjectUnwind, String>>,
     cache: CacheX86_64,
     restorers: RestorerCache,
 }
@@ -439,7 +439,7 @@ impl Unwinder {
                 };
                 if let Some(k) = key {
                     if let (Ok(o), Ok(mut r)) = (&read, READ.lock()) {
-                        r.insert(k.clone(), o.clone());
+                        r.insert(k, o.clone());
                     }
                     self.objects.insert(k, read.clone());
                 }

@@ -108,7 +108,7 @@ pub(super) enum Source {
     /// (device as printed there, inode).
     File {
         path: String,
-        dev: String,
+        dev: crate::MapsField,
         inode: u64,
     },
     /// The kernel's vDSO, an ELF image in the target's memory.
@@ -146,7 +146,7 @@ impl CodeMap {
             Some("[vdso]") => Source::Vdso,
             Some(p) if p.starts_with('/') && m.inode != 0 => Source::File {
                 path: p.to_string(),
-                dev: m.dev.clone(),
+                dev: m.dev,
                 inode: m.inode,
             },
             _ => Source::Anonymous,
@@ -171,9 +171,9 @@ impl CodeMap {
 
     /// The file this maps, as a key for the objects read: mappings of one
     /// file (a text segment split by `mprotect`) share what was read.
-    pub(super) fn file_key(&self) -> Option<(String, u64)> {
+    pub(super) fn file_key(&self) -> Option<(crate::MapsField, u64)> {
         match &self.source {
-            Source::File { dev, inode, .. } => Some((dev.clone(), *inode)),
+            Source::File { dev, inode, .. } => Some((*dev, *inode)),
             _ => None,
         }
     }
