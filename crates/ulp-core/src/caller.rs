@@ -132,9 +132,13 @@ fn seize_caller(
     deadline: Instant,
     options: SeizeOptions,
     forbidden: &Forbidden,
+    only: Option<Tid>,
 ) -> Result<(Stopped, Tid), NoCaller> {
     let failed = |e: ulp_process::Error| NoCaller::Failed(e.into());
-    let mut tids = ulp_process::threads(pid).map_err(failed)?;
+    let mut tids = match only {
+        Some(t) => vec![t],
+        None => ulp_process::threads(pid).map_err(failed)?,
+    };
     // The main thread first: in most programs it waits for input.
     tids.sort_by_key(|&t| (!t.is_main_of(pid), t));
     let mut first_error = None;
@@ -199,12 +203,17 @@ const PATIENCE: Duration = Duration::from_millis(250);
 /// C library and the loader never move once mapped, so they serve when
 /// they show both (a process caught before its loader mapped the C
 /// library has its maps read again).
+///
+/// `single`: the process had one thread a moment ago, so its main thread
+/// is tried before its threads are listed (the listing is read only if
+/// that thread is not a fit).
 pub fn find_caller(
     life: &Incarnation,
     deadline: Instant,
     options: SeizeOptions,
     retries: u32,
     maps: Option<&[Mapping]>,
+    single: bool,
 ) -> Result<(Stopped, Tid), Error> {
     let start = Instant::now();
     let pid = life.pid;
@@ -217,7 +226,14 @@ pub fn find_caller(
             Some(f) => f,
             None => Forbidden::of(&ulp_process::maps(pid)?),
         };
-        let seized = seize_caller(pid, deadline, options, &f);
+        let seized = if single && attempt == 0 {
+            match seize_caller(pid, deadline, options, &f, Some(Tid::main_of(pid))) {
+                Err(NoCaller::Busy(_)) => seize_caller(pid, deadline, options, &f, None),
+                other => other,
+            }
+        } else {
+            seize_caller(pid, deadline, options, &f, None)
+        };
         // Only the first try uses maps given: a busy process is looked at
         // again whole.
         match seized {

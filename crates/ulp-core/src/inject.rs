@@ -237,7 +237,8 @@ fn load(life: &ulp_process::Incarnation, file: &Path, opts: &Options) -> Result<
     let mut data = inside.into_bytes();
     data.push(0);
 
-    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries, None)?;
+    let (mut stopped, tid) =
+        caller::find_caller(life, deadline, opts.seize(), opts.retries, None, false)?;
     let mut resume_path = || {
         let rt = Runtime::find(pid).ok()?;
         trigger::return_path(&rt).ok()

@@ -235,14 +235,33 @@ impl Runtime {
 
     /// The result area after a call: message and writes.
     pub fn read_result(&self) -> Result<(String, Vec<Write>), ulp_process::Error> {
-        let mut msg = [0u8; ulp_abi::RESULT_MSG_MAX];
-        self.read(offset::RES_MSG, &mut msg)?;
+        // The count, the message and the first writes lie one after the
+        // other: one read for a plan of up to FIRST_WRITES writes.
+        const FIRST_WRITES: usize = 16;
+        let size = Write::SIZE;
+        let contiguous = offset::RES_MSG == offset::RES_NWRITES + 4
+            && offset::RES_WRITES == offset::RES_MSG + ulp_abi::RESULT_MSG_MAX;
+        let head_len = if contiguous {
+            4 + ulp_abi::RESULT_MSG_MAX + FIRST_WRITES * size
+        } else {
+            4
+        };
+        let mut head = vec![0u8; head_len];
+        self.read(offset::RES_NWRITES, &mut head)?;
+        let n = (u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize)
+            .min(ulp_abi::MAX_WRITES);
+        let (msg, raw) = if contiguous && n <= FIRST_WRITES {
+            let (msg, writes) = head[4..].split_at(ulp_abi::RESULT_MSG_MAX);
+            (msg.to_vec(), writes[..n * size].to_vec())
+        } else {
+            let mut msg = vec![0u8; ulp_abi::RESULT_MSG_MAX];
+            self.read(offset::RES_MSG, &mut msg)?;
+            let mut raw = vec![0u8; n * size];
+            self.read(offset::RES_WRITES, &mut raw)?;
+            (msg, raw)
+        };
         let end = msg.iter().position(|&b| b == 0).unwrap_or(msg.len());
         let msg = String::from_utf8_lossy(&msg[..end]).into_owned();
-        let n = (self.read_u32(offset::RES_NWRITES)? as usize).min(ulp_abi::MAX_WRITES);
-        let size = Write::SIZE;
-        let mut raw = vec![0u8; n * size];
-        self.read(offset::RES_WRITES, &mut raw)?;
         let writes = raw
             .chunks_exact(size)
             .filter_map(Write::from_bytes)

@@ -1038,7 +1038,13 @@ fn run_timed(
     // What a transition's checks need, read while nothing is held: the
     // thread of a process that has one is held from the call to the end of
     // its writes (one stop, not two).
-    let single = opcode != op::UNDO && ulp_process::threads(rt.pid).is_ok_and(|t| t.len() == 1);
+    // The thread count of the stat the process was first seen by (a hint:
+    // the call checks that its thread is still the only one).
+    let single = opcode != op::UNDO
+        && match life.threads_then() {
+            Some(n) => n == 1,
+            None => ulp_process::threads(rt.pid).is_ok_and(|t| t.len() == 1),
+        };
     let prepared = match (&seen.maps, opts.consistency) {
         (Some(maps), c) if c != Consistency::None && single => Some(
             crate::transition::Prepared::new(rt.pid, maps.clone(), &seen.about),
@@ -1228,7 +1234,8 @@ fn call(
     // A thread that is not inside the allocator or the loader (see
     // caller.rs); when every thread is, wait a little for one to leave.
     let start = Instant::now();
-    let (mut stopped, tid) = caller::find_caller(life, deadline, opts.seize(), opts.retries, maps)?;
+    let (mut stopped, tid) =
+        caller::find_caller(life, deadline, opts.seize(), opts.retries, maps, single)?;
     phases.caller_stop = start.elapsed();
     let start = Instant::now();
     rt.write_request(opcode, req, opts.consistency.req_flags())?;

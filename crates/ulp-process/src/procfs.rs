@@ -451,11 +451,21 @@ fn dying(pid: Pid) -> bool {
 /// The process's start time (field 22 of `/proc/PID/stat`, in clock ticks
 /// since boot): the same pid with another start time is another process.
 fn start_time(pid: Pid) -> Option<u64> {
+    start_and_threads(pid).map(|(start, _)| start)
+}
+
+/// The start time (field 22 of the stat) and the number of threads (field
+/// 20) of `pid`, from one read of its stat.
+fn start_and_threads(pid: Pid) -> Option<(u64, u32)> {
     let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
     let close = raw.iter().rposition(|&b| b == b')')?;
-    // After ") ": state is field 3, so the start time is the 20th field.
+    // After ") ": state is field 3, so the thread count is the 18th field
+    // and the start time the 20th.
     let rest = std::str::from_utf8(raw.get(close + 2..)?).ok()?;
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = rest.split(' ').skip(17);
+    let threads = fields.next()?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some((start, threads))
 }
 
 /// A start time no process has (`u64::MAX` clock ticks since boot): the
@@ -471,6 +481,8 @@ pub struct Incarnation {
     pub pid: Pid,
     /// `None` when /proc could not tell (the process was gone already).
     start: Option<u64>,
+    /// How many threads it had when this was taken (0: unknown).
+    threads: u32,
 }
 
 impl Incarnation {
@@ -483,16 +495,26 @@ impl Incarnation {
         use std::sync::{Mutex, OnceLock};
         static SEEN: OnceLock<Mutex<HashMap<Pid, u64>>> = OnceLock::new();
         let seen = SEEN.get_or_init(Default::default);
-        let start = match start_time(pid) {
-            Some(t) => {
+        let (start, threads) = match start_and_threads(pid) {
+            Some((t, n)) => {
                 if let Ok(mut m) = seen.lock() {
                     m.insert(pid, t);
                 }
-                Some(t)
+                (Some(t), n)
             }
-            None => seen.lock().ok().and_then(|m| m.get(&pid).copied()),
+            None => (seen.lock().ok().and_then(|m| m.get(&pid).copied()), 0),
         };
-        Incarnation { pid, start }
+        Incarnation {
+            pid,
+            start,
+            threads,
+        }
+    }
+
+    /// How many threads the process had when this was taken; `None` when
+    /// unknown. A hint only: threads come and go.
+    pub fn threads_then(&self) -> Option<u32> {
+        (self.threads > 0).then_some(self.threads)
     }
 
     /// [`Incarnation::of`] for a process this tool has just seen alive (it
