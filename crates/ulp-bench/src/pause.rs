@@ -47,6 +47,10 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
         // Let every thread reach its loop or its read().
         std::thread::sleep(Duration::from_millis(200));
         let (mut base, mut hit) = (Vec::new(), Vec::new());
+        // With busy threads, the gap the probe sees while a `ulp
+        // --version` starts and exits: what the tool's mere process takes
+        // from the probe on a machine whose CPUs are all taken.
+        let mut tool_alone = Vec::new();
         // Per trigger: the median and the longest hold of one thread by
         // the transition's per-thread checks (`-v`).
         let (mut hold_median, mut hold_max) = (Vec::new(), Vec::new());
@@ -55,6 +59,11 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             t.expect("reset", "ok")?;
             std::thread::sleep(window);
             base.push(read_gap(&mut t)?);
+            if busy {
+                t.expect("reset", "ok")?;
+                kit.ulp(&["--version"])?;
+                tool_alone.push(read_gap(&mut t)?);
+            }
             for revert in [false, true] {
                 t.expect("reset", "ok")?;
                 let r = kit.trigger_with(t.pid, revert, &["-v"])?;
@@ -115,6 +124,20 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             }
         }
         rows.push(row);
+        if busy && !tool_alone.is_empty() {
+            rows.push(
+                Row::new(
+                    format!("{label}: `ulp --version` alone, median"),
+                    Unit::Secs,
+                    median(&tool_alone),
+                )
+                .baseline(b)
+                .samples(&tool_alone)
+                .note(format!(
+                    "{reps} runs of `ulp --version` (start and exit, no process touched), longest probe gap during each: the share of the row above that the tool's own process takes from a probe whose CPUs are all busy"
+                )),
+            );
+        }
         if n > 1 && !busy && !hold_median.is_empty() {
             let m = median(&hold_median);
             rows.push(
