@@ -215,6 +215,19 @@ mod tests {
         assert_eq!(credentials(me).uids.first(), Some(&uid));
         assert!(!credentials(me).gids.is_empty());
         assert!(!is_kernel_thread(me));
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            name_and_kind(me),
+            Some((comm.trim_end().to_string(), false))
+        );
+        assert_eq!(name_and_kind(Pid::new(i32::MAX)), None);
+        // kthreadd, where this pid namespace shows it.
+        if let Ok(c) = std::fs::read_to_string("/proc/2/comm") {
+            if c.trim_end() == "kthreadd" {
+                assert_eq!(name_and_kind(Pid::new(2)), Some(("kthreadd".into(), true)));
+                assert!(is_kernel_thread(Pid::new(2)));
+            }
+        }
         assert!(root(me).is_some());
         assert_eq!(
             in_root(me, "/etc"),

@@ -573,6 +573,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn maps_fields() {
+        let f = MapsField::new(b"r-xp").unwrap();
+        assert_eq!(f, "r-xp");
+        assert_eq!(f.to_string(), "r-xp");
+        assert_eq!(format!("{f:?}"), "\"r-xp\"");
+        assert!(f.starts_with("r-"));
+        assert!(MapsField::new(b"0123456789abcdef").is_none(), "16 bytes");
+        assert!(MapsField::new("dé".as_bytes()).is_none(), "not ASCII");
+        assert_eq!(MapsField::from("fd:01"), MapsField::new(b"fd:01").unwrap());
+        // A line whose field cannot be one is not a maps line.
+        assert!(parse_maps_line("1000-2000 r-xpr-xpr-xpr-xp 0 fd:01 1 /x").is_none());
+    }
+
+    #[test]
+    fn proc_files_read_whole() {
+        // Made whole at the first read: the same as the standard library
+        // reads.
+        for leaf in ["comm", "auxv", "loginuid"] {
+            let path = format!("/proc/self/{leaf}");
+            let ours = read_whole(&path).unwrap();
+            assert_eq!(ours, fs::read(&path).unwrap(), "{path}");
+            assert!(!ours.is_empty(), "{path}");
+        }
+        // A file made record by record, read to its end: every line of
+        // this process's maps, the last one included.
+        let maps = read_whole("/proc/self/maps").unwrap();
+        assert!(maps.ends_with(b"\n"));
+        let text = String::from_utf8_lossy(&maps);
+        assert!(text.lines().all(|l| parse_maps_line(l).is_some()));
+        assert!(text.contains("[stack]"), "{text}");
+    }
+
+    #[test]
     fn maps_lines() {
         let m = parse_maps_line(
             "7f0c2a000000-7f0c2a022000 r-xp 00001000 fd:01 1234567                    /usr/lib/x86_64-linux-gnu/libc.so.6",
