@@ -77,4 +77,5 @@ pub use procfs::{
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
+pub use sys::block_reports_for_all_threads;
 pub use unwind::{Frame, FrameKind, Stack, StartRegs, Unwinder};

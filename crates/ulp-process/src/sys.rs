@@ -306,7 +306,7 @@ pub(crate) fn peek_report() -> Option<Tid> {
 /// The longest single sleep of [`sleep_until_report`]: a SIGCHLD taken by
 /// another thread of this process (a fleet's worker waiting on its own
 /// target, or a thread that does not block it) costs at most this much.
-const REPORT_NAP: Duration = Duration::from_millis(1);
+const REPORT_NAP: Duration = Duration::from_micros(200);
 
 /// Sleeps until this process is sent a SIGCHLD, or `most` (at most
 /// [`REPORT_NAP`]) has passed. The kernel sends the tracer a SIGCHLD for
@@ -330,6 +330,15 @@ pub(crate) fn sleep_until_report(most: Duration) {
     // SAFETY: valid set and timeout; no siginfo wanted. EAGAIN (timeout)
     // and EINTR are both just the end of the sleep.
     unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+}
+
+/// [`block_reports`] for a program's start, before it starts threads
+/// (they inherit the mask): no thread of it then takes a SIGCHLD that a
+/// thread waiting for its tracees' reports needs (with SIGCHLD not
+/// blocked, the kernel may give it to another thread, which drops it).
+/// The children `std::process::Command` starts get an empty mask.
+pub fn block_reports_for_all_threads() {
+    block_reports();
 }
 
 /// Blocks SIGCHLD in this thread (once per thread), for

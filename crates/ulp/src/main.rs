@@ -9,6 +9,7 @@
 //! trigger` pays its start). What of it ulp relies on is done here:
 //! SIGPIPE ignored (a closed pipe is an error to report, not a death in
 //! the middle of a change), fds 0-2 kept open, stdout flushed at the end.
+//! It also blocks SIGCHLD in every thread (see `start`).
 
 // (A test build keeps libtest's own main.)
 #![cfg_attr(not(test), no_main)]
@@ -37,6 +38,11 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
 /// The part of std's process start that ulp needs.
 #[cfg_attr(test, allow(dead_code))]
 fn start() {
+    // SIGCHLD blocked in every thread (before any other exists, so they
+    // inherit it): a thread that waits for the threads it traces sleeps
+    // until one (ARCHITECTURE.md, "Waiting without a CPU"); another
+    // thread with it unblocked would take it and drop it.
+    ulp_process::block_reports_for_all_threads();
     // SAFETY: plain libc calls on this process's own state, before any
     // other thread exists.
     unsafe {
