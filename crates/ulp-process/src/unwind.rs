@@ -340,14 +340,33 @@ impl Unwinder {
         if !self.is_code(at.address()) {
             return None;
         }
-        let pid = self.pid;
         let found = match at {
-            FrameAddress::ReturnAddress(a) => self.restorers.is_restorer(pid, a.get()),
+            FrameAddress::ReturnAddress(a) => self.is_restorer(a.get()),
             FrameAddress::InstructionPointer(ip) => [0u64, 7, RESTORE_RT.len() as u64]
                 .iter()
-                .any(|&back| ip >= back && self.restorers.is_restorer(pid, ip - back)),
+                .any(|&back| ip >= back && self.is_restorer(ip - back)),
         };
         found.then_some(sp)
+    }
+
+    /// Whether the code at `addr` is the signal restorer: read from the
+    /// file the mapping maps when it was read for its unwind information
+    /// (no system call; the restorer is never patched), else from the
+    /// process's memory. Once per address.
+    fn is_restorer(&mut self, addr: u64) -> bool {
+        let from_file = self.code_index(addr).and_then(|i| {
+            let m = &self.code[i];
+            let object = self.objects.get(&m.file_key()?)?.as_ref().ok()?;
+            object.file_bytes(addr - m.start + m.offset, RESTORE_RT.len())
+        });
+        let pid = self.pid;
+        self.restorers.is_restorer(addr, |code| match from_file {
+            Some(bytes) => {
+                code.copy_from_slice(bytes);
+                true
+            }
+            None => crate::read_mem(pid, crate::RemoteAddr::new(addr), code).is_ok(),
+        })
     }
 
     /// One step through the frame pointer, for frame 0 (or an ip a signal

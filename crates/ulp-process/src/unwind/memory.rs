@@ -134,12 +134,12 @@ pub(super) struct RestorerCache {
 }
 
 impl RestorerCache {
-    /// Whether the bytes at `addr` are [`RESTORE_RT`].
-    pub(super) fn is_restorer(&mut self, pid: Pid, addr: u64) -> bool {
+    /// Whether the bytes at `addr` are [`RESTORE_RT`]; `read` fills them
+    /// (false: unreadable), the first time `addr` is asked about.
+    pub(super) fn is_restorer(&mut self, addr: u64, read: impl FnOnce(&mut [u8]) -> bool) -> bool {
         *self.known.entry(addr).or_insert_with(|| {
             let mut code = [0u8; RESTORE_RT.len()];
-            crate::read_mem(pid, crate::RemoteAddr::new(addr), &mut code).is_ok()
-                && code == RESTORE_RT
+            read(&mut code) && code == RESTORE_RT
         })
     }
 }

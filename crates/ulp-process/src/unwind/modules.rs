@@ -203,6 +203,8 @@ pub(super) struct ObjectUnwind {
     pub(super) sections: ExplicitModuleSectionInfo<Bytes>,
     /// (virtual address, file offset, file size) of each load segment.
     segments: Vec<(u64, u64, u64)>,
+    /// The whole file, as read.
+    image: Arc<Image>,
 }
 
 impl ObjectUnwind {
@@ -254,7 +256,14 @@ impl ObjectUnwind {
                 ..Default::default()
             },
             segments,
+            image,
         })
+    }
+
+    /// `len` bytes of the file from `offset`, if it has them.
+    pub(super) fn file_bytes(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.image.bytes().get(start..start.checked_add(len)?)
     }
 
     /// The load bias (framehop's `base_avma`: where the object's virtual
@@ -322,6 +331,7 @@ mod tests {
                 (0x1000, 0x1000, 0x4000),
                 (0x6000, 0x5000, 0x100),
             ],
+            image: Arc::new(Image::Owned(Vec::new())),
         };
         let base = 0x7f00_0000_0000;
         for (start, offset) in [(base + 0x1000, 0x1000), (base + 0x3000, 0x3000)] {
@@ -330,6 +340,7 @@ mod tests {
         let pie = ObjectUnwind {
             sections: ExplicitModuleSectionInfo::default(),
             segments: vec![(0, 0, 0x800), (0x201000, 0x1000, 0x2000)],
+            image: Arc::new(Image::Owned(Vec::new())),
         };
         let base = 0x5555_0000_0000;
         assert_eq!(
