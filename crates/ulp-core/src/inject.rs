@@ -324,7 +324,7 @@ fn sigreturn_in(
     maps: &[Mapping],
     obj: &crate::objects::MappedObject,
 ) -> Result<RemoteAddr, Error> {
-    static CACHE: crate::objects::PerFile<Option<u64>> = crate::objects::PerFile::new();
+    static CACHE: ulp_process::PerFile<Option<u64>> = ulp_process::PerFile::new();
     let exec: Vec<&Mapping> = maps
         .iter()
         .filter(|m| m.is_executable() && m.inode == obj.inode && m.dev == obj.dev)

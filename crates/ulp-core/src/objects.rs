@@ -10,37 +10,13 @@
 //! one rule the runtime also uses ([`MappedObject::is_library`],
 //! `ulp_abi::names`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
 use ulp_abi::le::{u16_at, u32_at, u64_at};
 
 use ulp_abi::elf::{gnu_build_id, DT_NULL, DT_SONAME, DT_STRTAB, PHDR_SIZE};
 use ulp_abi::elf::{ELFCLASS64, ELFDATA2LSB, ELFMAG, PT_DYNAMIC, PT_LOAD, PT_NOTE};
 use ulp_elf::ElfFile;
-use ulp_process::{Mapping, MapsField, Pid, RemoteAddr};
-
-/// What the tool read of a file, kept for the run by the file's device and
-/// inode: every process that maps the file maps the same contents (a
-/// fleet maps the same libraries), and a mapped file keeps its inode.
-pub(crate) struct PerFile<V>(LazyLock<Mutex<HashMap<(MapsField, u64), V>>>);
-
-impl<V: Clone> PerFile<V> {
-    pub(crate) const fn new() -> PerFile<V> {
-        PerFile(LazyLock::new(Default::default))
-    }
-
-    pub(crate) fn get(&self, dev: MapsField, inode: u64) -> Option<V> {
-        let c = self.0.lock().ok()?;
-        c.get(&(dev, inode)).cloned()
-    }
-
-    pub(crate) fn put(&self, dev: MapsField, inode: u64, v: V) {
-        if let Ok(mut c) = self.0.lock() {
-            c.insert((dev, inode), v);
-        }
-    }
-}
+use ulp_process::{Mapping, MapsField, PerFile, Pid, RemoteAddr};
 
 /// One mapped file.
 #[derive(Clone, Debug)]

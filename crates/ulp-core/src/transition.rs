@@ -26,9 +26,9 @@ use ulp_abi::transition::PENDING_MAX;
 use ulp_abi::transition::{OldCode, Pending, PendingThread, TransitionRecord, NAME_LEN, SLOT_LEN};
 use ulp_abi::{write_kind, Write};
 use ulp_process::unwind::{FrameKind, StartRegs, Unwinder};
-use ulp_process::{Mapping, Pid, RemoteAddr, Stopped, Tid};
+use ulp_process::{Mapping, PerFile, Pid, RemoteAddr, Stopped, Tid};
 
-use crate::objects::{objects_from_maps, MappedObject, PerFile};
+use crate::objects::{objects_from_maps, MappedObject};
 use crate::runtime::Runtime;
 use crate::trigger::{Consistency, Options};
 use crate::writes::Faults;

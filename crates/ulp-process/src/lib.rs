@@ -72,10 +72,10 @@ pub use proc::{
 };
 pub use procfs::{
     all_pids, comm, exe, maps, parse_maps_line, process_alive, read_text, thread_ended,
-    thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping, MapsField,
+    thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping, MapsField, PerFile,
 };
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;
 pub use stopped::{Caller, SeizeOptions, Stopped, SIGRETURN_CODE};
-pub use sys::block_reports_for_all_threads;
+pub use sys::block_reports;
 pub use unwind::{Frame, FrameKind, Stack, StartRegs, Unwinder};

@@ -87,19 +87,13 @@ pub fn is_kernel_thread(pid: Pid) -> bool {
 pub fn name_and_kind(pid: Pid) -> Option<(String, bool)> {
     const PF_KTHREAD: u64 = 0x0020_0000;
     let raw = crate::procfs::read_whole(format!("/proc/{pid}/stat")).ok()?;
-    // `PID (COMM) STATE ...`: the command may hold spaces and `)`, so it
-    // ends at the last `)`. Fields after it from field 3 on; the flags
-    // are field 9.
-    let open = raw.iter().position(|&b| b == b'(')?;
-    let close = raw.iter().rposition(|&b| b == b')')?;
-    let name = String::from_utf8_lossy(raw.get(open + 1..close)?).into_owned();
-    let flags = std::str::from_utf8(raw.get(close + 2..)?)
-        .ok()?
-        .split(' ')
-        .nth(6)?
-        .parse::<u64>()
-        .ok()?;
-    Some((name, flags & PF_KTHREAD != 0))
+    let (command, mut fields) = crate::procfs::split_stat(&raw)?;
+    // From the state (field 3) on: the flags are field 9.
+    let flags = fields.nth(6)?.parse::<u64>().ok()?;
+    Some((
+        String::from_utf8_lossy(command).into_owned(),
+        flags & PF_KTHREAD != 0,
+    ))
 }
 
 /// The directory `pid` is chrooted at, as the target of `/proc/PID/root`

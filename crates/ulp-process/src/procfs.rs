@@ -112,6 +112,37 @@ impl From<&str> for MapsField {
     }
 }
 
+/// What a tool read of a file that processes map, kept for the run by the
+/// file's device and inode as their maps give them: every process that
+/// maps the file maps the same contents (a fleet maps the same
+/// libraries), and a mapped file keeps its inode.
+pub struct PerFile<V>(
+    std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(MapsField, u64), V>>>,
+);
+
+impl<V: Clone> PerFile<V> {
+    pub const fn new() -> PerFile<V> {
+        PerFile(std::sync::LazyLock::new(Default::default))
+    }
+
+    pub fn get(&self, dev: MapsField, inode: u64) -> Option<V> {
+        let c = self.0.lock().ok()?;
+        c.get(&(dev, inode)).cloned()
+    }
+
+    pub fn put(&self, dev: MapsField, inode: u64, v: V) {
+        if let Ok(mut c) = self.0.lock() {
+            c.insert((dev, inode), v);
+        }
+    }
+}
+
+impl<V: Clone> Default for PerFile<V> {
+    fn default() -> PerFile<V> {
+        PerFile::new()
+    }
+}
+
 fn proc_path(pid: Pid, leaf: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{leaf}"))
 }
@@ -317,17 +348,27 @@ pub fn thread_runs(pid: Pid, tid: Tid) -> bool {
     thread_sched(pid, tid).is_some_and(|(state, policy)| state == 'R' && policy != SCHED_IDLE)
 }
 
+/// A stat file (`/proc/PID/stat`, `/proc/PID/task/TID/stat`) split at its
+/// command: the command, and the fields after it from field 3 (the state)
+/// on. The command may hold spaces and parentheses: it runs from the
+/// first `(` to the last `)`.
+pub(crate) fn split_stat(raw: &[u8]) -> Option<(&[u8], std::str::Split<'_, char>)> {
+    let open = raw.iter().position(|&b| b == b'(')?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    let command = raw.get(open + 1..close)?;
+    let fields = std::str::from_utf8(raw.get(close + 2..)?).ok()?;
+    Some((command, fields.split(' ')))
+}
+
 /// The state letter and scheduling policy (field 41) of a thread, from
 /// `/proc/PID/task/TID/stat`; the policy is 0 (SCHED_OTHER) if missing.
 fn thread_sched(pid: Pid, tid: Tid) -> Option<(char, u32)> {
     let raw = read_whole(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // The command name may contain ')' and spaces: the state follows the last ')'.
-    let close = raw.iter().rposition(|&b| b == b')')?;
-    let state = *raw.get(close + 2)? as char;
-    // Fields from the state (field 3) on: the policy is field 41.
-    let policy = String::from_utf8_lossy(raw.get(close + 2..).unwrap_or_default())
-        .split(' ')
-        .nth(41 - 3)
+    let (_, mut fields) = split_stat(&raw)?;
+    let state = fields.next()?.chars().next()?;
+    // The state is field 3: the policy is field 41.
+    let policy = fields
+        .nth(41 - 4)
         .and_then(|f| f.trim().parse().ok())
         .unwrap_or(0);
     Some((state, policy))
@@ -346,12 +387,9 @@ pub fn thread_ended(pid: Pid, tid: Tid) -> bool {
     let Ok(raw) = read_whole(format!("/proc/{pid}/task/{tid}/stat")) else {
         return true;
     };
-    // The command name may contain ')' and spaces: fields follow the last ')'.
-    let Some(close) = raw.iter().rposition(|&b| b == b')') else {
+    let Some((_, mut fields)) = split_stat(&raw) else {
         return false;
     };
-    let rest = String::from_utf8_lossy(raw.get(close + 2..).unwrap_or_default());
-    let mut fields = rest.split(' ');
     let state = fields.next().unwrap_or_default();
     // Then ppid, pgrp, session, tty_nr, tpgid, flags.
     let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
@@ -458,11 +496,10 @@ fn start_time(pid: Pid) -> Option<u64> {
 /// 20) of `pid`, from one read of its stat.
 fn start_and_threads(pid: Pid) -> Option<(u64, u32)> {
     let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
-    let close = raw.iter().rposition(|&b| b == b')')?;
-    // After ") ": state is field 3, so the thread count is the 18th field
-    // and the start time the 20th.
-    let rest = std::str::from_utf8(raw.get(close + 2..)?).ok()?;
-    let mut fields = rest.split(' ').skip(17);
+    // From the state (field 3) on: the thread count is the 18th field and
+    // the start time the 20th.
+    let (_, fields) = split_stat(&raw)?;
+    let mut fields = fields.skip(17);
     let threads = fields.next()?.parse().ok()?;
     let start = fields.nth(1)?.parse().ok()?;
     Some((start, threads))

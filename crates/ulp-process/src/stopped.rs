@@ -136,6 +136,15 @@ pub struct Stopped {
     _not_send: PhantomData<*mut ()>,
 }
 
+/// The report `tid` has now, if any (one WNOHANG poll); a thread that is
+/// no longer ours to wait for counts as exited.
+fn poll_report(tid: Tid) -> Option<WaitStatus> {
+    match sys::wait_thread(tid, Instant::now()) {
+        Ok(s) => s,
+        Err(_) => Some(WaitStatus::Exited(0)),
+    }
+}
+
 impl Stopped {
     fn empty(pid: Pid, options: SeizeOptions) -> Stopped {
         reap_exited();
@@ -506,22 +515,13 @@ impl Stopped {
                     by_name = false;
                     break;
                 };
-                let status = match sys::wait_thread(tid, Instant::now()) {
-                    Ok(Some(s)) => s,
-                    Ok(None) => {
-                        by_name = false;
-                        break;
-                    }
-                    Err(_) => WaitStatus::Exited(0),
+                let Some(status) = poll_report(tid) else {
+                    by_name = false;
+                    break;
                 };
                 [&mut *pending, &mut *watched, &mut stopped][n].swap_remove(k);
                 progress = true;
-                if let Err(e) = self.take_attach_stop(tid, status) {
-                    failure.get_or_insert(e);
-                }
-                if n == 0 && self.holds(tid) {
-                    stopped.push(tid);
-                }
+                self.take_report(tid, status, n == 0, &mut stopped, failure);
             }
             // With a report not ours in the way, ours are polled one by
             // one. Once every thread waited for has stopped, the others are
@@ -534,22 +534,13 @@ impl Stopped {
                 let mut k = 0;
                 while k < list.len() {
                     let tid = list[k];
-                    let status = match sys::wait_thread(tid, Instant::now()) {
-                        Ok(Some(s)) => s,
-                        Ok(None) => {
-                            k += 1;
-                            continue;
-                        }
-                        Err(_) => WaitStatus::Exited(0),
+                    let Some(status) = poll_report(tid) else {
+                        k += 1;
+                        continue;
                     };
                     list.swap_remove(k);
                     progress = true;
-                    if let Err(e) = self.take_attach_stop(tid, status) {
-                        failure.get_or_insert(e);
-                    }
-                    if n == 0 && self.holds(tid) {
-                        newly.push(tid);
-                    }
+                    self.take_report(tid, status, n == 0, &mut newly, failure);
                 }
             }
             stopped.append(&mut newly);
@@ -571,6 +562,25 @@ impl Stopped {
             if !progress {
                 sys::sleep_until_report(deadline - now);
             }
+        }
+    }
+
+    /// [`Stopped::take_attach_stop`] for a report [`Stopped::wait_stops`]
+    /// took; a thread it `waited` for that is still held after it goes to
+    /// `stopped`, to be watched.
+    fn take_report(
+        &mut self,
+        tid: Tid,
+        status: WaitStatus,
+        waited: bool,
+        stopped: &mut Vec<Tid>,
+        failure: &mut Option<Error>,
+    ) {
+        if let Err(e) = self.take_attach_stop(tid, status) {
+            failure.get_or_insert(e);
+        }
+        if waited && self.holds(tid) {
+            stopped.push(tid);
         }
     }
 

@@ -332,20 +332,17 @@ pub(crate) fn sleep_until_report(most: Duration) {
     unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
 }
 
-/// [`block_reports`] for a program's start, before it starts threads
-/// (they inherit the mask): no thread of it then takes a SIGCHLD that a
-/// thread waiting for its tracees' reports needs (with SIGCHLD not
-/// blocked, the kernel may give it to another thread, which drops it).
-/// The children `std::process::Command` starts get an empty mask.
-pub fn block_reports_for_all_threads() {
-    block_reports();
-}
-
 /// Blocks SIGCHLD in this thread (once per thread), for
 /// [`sleep_until_report`]. Called before a thread is interrupted or waited
 /// for: a SIGCHLD sent while not blocked is dropped (its default action is
 /// to be ignored), and the sleep after the next poll would not see it.
-pub(crate) fn block_reports() {
+///
+/// A program calls it at its start, before it starts threads (they
+/// inherit the mask): no thread of it then takes a SIGCHLD that a thread
+/// waiting for its tracees' reports needs (with SIGCHLD not blocked, the
+/// kernel may give it to another thread, which drops it). The children
+/// `std::process::Command` starts get an empty mask.
+pub fn block_reports() {
     thread_local! {
         static BLOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }

@@ -124,8 +124,7 @@ pub struct Stack {
 }
 
 /// The objects read so far in this tool run, by device and inode.
-static READ: std::sync::LazyLock<std::sync::Mutex<HashMap<(crate::MapsField, u64), ObjectUnwind>>> =
-    std::sync::LazyLock::new(Default::default);
+static READ: crate::PerFile<ObjectUnwind> = crate::PerFile::new();
 
 /// Unwinds stopped threads of one process; built once per process per
 /// operation, caches what it parsed.
@@ -449,16 +448,14 @@ impl Unwinder {
                 // Read once per tool run: another process of a fleet maps
                 // the same files (a file is its device and inode; a failed
                 // read is tried again by the next process).
-                let shared = key
-                    .as_ref()
-                    .and_then(|k| READ.lock().ok().and_then(|r| r.get(k).cloned()));
+                let shared = key.and_then(|(dev, inode)| READ.get(dev, inode));
                 let read = match shared {
                     Some(o) => Ok(o),
                     None => m.read_object(self.pid),
                 };
                 if let Some(k) = key {
-                    if let (Ok(o), Ok(mut r)) = (&read, READ.lock()) {
-                        r.insert(k, o.clone());
+                    if let Ok(o) = &read {
+                        READ.put(k.0, k.1, o.clone());
                     }
                     self.objects.insert(k, read.clone());
                 }

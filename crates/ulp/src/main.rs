@@ -42,7 +42,7 @@ fn start() {
     // inherit it): a thread that waits for the threads it traces sleeps
     // until one (ARCHITECTURE.md, "Waiting without a CPU"); another
     // thread with it unblocked would take it and drop it.
-    ulp_process::block_reports_for_all_threads();
+    ulp_process::block_reports();
     // SAFETY: plain libc calls on this process's own state, before any
     // other thread exists.
     unsafe {
