@@ -356,11 +356,62 @@ fn slots_in(pid: Pid, maps: &[Mapping], points: &[u64]) -> Slots {
     Slots { functions }
 }
 
-/// Reads one slot's value with every thread stopped.
-fn slot_value(stopped: &Stopped, slot: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    stopped.peek(RemoteAddr::new(slot), &mut b).ok()?;
-    Some(u64::from_le_bytes(b))
+/// The memory steps 1 and 3 read, with every thread stopped: the bytes
+/// around every function's patch point and every slot, in one read of the
+/// process (a handful of PTRACE_PEEKDATA each otherwise, inside the pause
+/// the threads feel); anything else, or everything when that read fails,
+/// read on its own.
+struct Snapshot<'a> {
+    stopped: &'a Stopped,
+    pieces: Vec<(u64, usize)>,
+    bytes: Vec<u8>,
+}
+
+impl<'a> Snapshot<'a> {
+    fn take(stopped: &'a Stopped, slots: &Slots) -> Snapshot<'a> {
+        let mut pieces = Vec::new();
+        for f in &slots.functions {
+            // The stub before the point and the entry's first 5 bytes.
+            if let Some(stub) = f.point.checked_sub(STUB_LEN as u64) {
+                pieces.push((stub, STUB_LEN + 5));
+            }
+            pieces.extend(f.slots.iter().map(|&s| (s, 8)));
+        }
+        match ulp_process::read_pieces(stopped.pid(), &pieces) {
+            Ok(bytes) => Snapshot {
+                stopped,
+                pieces,
+                bytes,
+            },
+            Err(_) => Snapshot {
+                stopped,
+                pieces: Vec::new(),
+                bytes: Vec::new(),
+            },
+        }
+    }
+
+    /// Fills `buf` from `addr`: from the snapshot when it holds the range,
+    /// else from the process (one read, or peeks where reading is refused).
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let mut at = 0;
+        for &(start, len) in &self.pieces {
+            if start <= addr && addr.saturating_add(buf.len() as u64) <= start + len as u64 {
+                let off = at + (addr - start) as usize;
+                buf.copy_from_slice(&self.bytes[off..off + buf.len()]);
+                return true;
+            }
+            at += len;
+        }
+        let pid = self.stopped.pid();
+        ulp_process::read_mem(pid, RemoteAddr::new(addr), buf).is_ok()
+            || self.stopped.peek(RemoteAddr::new(addr), buf).is_ok()
+    }
+
+    fn slot_value(&self, slot: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(slot, &mut b).then(|| u64::from_le_bytes(b))
+    }
 }
 
 /// Step 1, with every thread stopped, before any code write: every slot
@@ -369,24 +420,31 @@ pub(crate) fn before_writes(
     stopped: &mut Stopped,
     slots: &Slots,
 ) -> Result<usize, ulp_process::Error> {
-    let mut restored = 0;
-    for f in &slots.functions {
-        let Some(now) = destination(f.point, &mut |a, b| {
-            stopped.peek(RemoteAddr::new(a), b).is_ok()
-        }) else {
-            continue;
-        };
-        if now == f.entry {
-            continue;
-        }
-        for &slot in &f.slots {
-            if slot_value(stopped, slot) == Some(now) {
-                stopped.poke(RemoteAddr::new(slot), &f.entry.to_le_bytes())?;
-                restored += 1;
+    if slots.functions.is_empty() {
+        return Ok(0);
+    }
+    let mut back = Vec::new();
+    {
+        let seen = Snapshot::take(stopped, slots);
+        for f in &slots.functions {
+            let Some(now) = destination(f.point, &mut |a, b| seen.read(a, b)) else {
+                continue;
+            };
+            if now == f.entry {
+                continue;
             }
+            back.extend(
+                f.slots
+                    .iter()
+                    .filter(|&&slot| seen.slot_value(slot) == Some(now))
+                    .map(|&slot| (slot, f.entry)),
+            );
         }
     }
-    Ok(restored)
+    for &(slot, entry) in &back {
+        stopped.poke(RemoteAddr::new(slot), &entry.to_le_bytes())?;
+    }
+    Ok(back.len())
 }
 
 /// Step 3, with every thread stopped, after the code writes: every slot
@@ -395,27 +453,35 @@ pub(crate) fn before_writes(
 /// A slot that cannot be written stays at the entry (which leads to the
 /// same code): the count says how many were moved.
 pub(crate) fn after_writes(stopped: &mut Stopped, slots: &Slots) -> usize {
-    let mut moved = 0;
-    for f in &slots.functions {
-        let Some(to) = destination(f.point, &mut |a, b| {
-            stopped.peek(RemoteAddr::new(a), b).is_ok()
-        }) else {
-            continue;
-        };
-        if to == f.entry {
-            continue;
-        }
-        for &slot in &f.slots {
-            if slot_value(stopped, slot) == Some(f.entry)
-                && stopped
-                    .poke(RemoteAddr::new(slot), &to.to_le_bytes())
-                    .is_ok()
-            {
-                moved += 1;
+    if slots.functions.is_empty() {
+        return 0;
+    }
+    let mut moves = Vec::new();
+    {
+        let seen = Snapshot::take(stopped, slots);
+        for f in &slots.functions {
+            let Some(to) = destination(f.point, &mut |a, b| seen.read(a, b)) else {
+                continue;
+            };
+            if to == f.entry {
+                continue;
             }
+            moves.extend(
+                f.slots
+                    .iter()
+                    .filter(|&&slot| seen.slot_value(slot) == Some(f.entry))
+                    .map(|&slot| (slot, to)),
+            );
         }
     }
-    moved
+    moves
+        .iter()
+        .filter(|&&(slot, to)| {
+            stopped
+                .poke(RemoteAddr::new(slot), &to.to_le_bytes())
+                .is_ok()
+        })
+        .count()
 }
 
 #[cfg(test)]

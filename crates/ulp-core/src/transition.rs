@@ -18,7 +18,7 @@
 //!    stays so (the dispatch keeps every thread whole) until a later
 //!    trigger completes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,29 +83,81 @@ fn thread_pointers(stopped: &Stopped) -> Result<Vec<(Tid, u64)>, String> {
         .collect()
 }
 
-/// Marks every stopped thread old for `rec` (all threads of the process
-/// are stopped), with one read of every thread control block and one
-/// write of every mark. Err: a thread without a C library thread pointer
-/// (nothing is written then), or a failed write.
-pub(crate) fn mark_all(stopped: &mut Stopped, rec: &TransitionRecord) -> Result<(), String> {
-    let pid = stopped.pid();
-    let threads = thread_pointers(stopped)?;
-    let bases: Vec<u64> = threads.iter().map(|t| t.1).collect();
+/// Threads whose C library thread control block was checked, by thread
+/// pointer: the ones a first wave of a stop holds are checked before the
+/// running threads are interrupted ([`ThreadBlocks::check`]), so that
+/// [`mark_all`] reads only the others inside the pause. A stopped
+/// thread's pointer and its block do not change.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadBlocks {
+    good: HashSet<(Tid, u64)>,
+}
+
+impl ThreadBlocks {
+    /// Checks the blocks of `tids` (stopped threads of `stopped`) with one
+    /// read; remembers those that are the C library's. A thread whose
+    /// registers or block cannot be read is left for [`mark_all`].
+    pub(crate) fn check(&mut self, stopped: &Stopped, tids: &[Tid]) {
+        let threads: Vec<(Tid, u64)> = tids
+            .iter()
+            .filter_map(|&t| Some((t, stopped.regs(t).ok()?.fs_base())))
+            .filter(|t| t.1 != 0 && !self.good.contains(t))
+            .collect();
+        if let Some(ours) = c_library_blocks(stopped.pid(), &threads) {
+            self.good
+                .extend(threads.iter().zip(ours).filter(|t| t.1).map(|t| *t.0));
+        }
+    }
+}
+
+/// For each of `threads` (thread, thread pointer), whether its thread
+/// pointer leads to a C library thread control block (one read of them
+/// all); `None` when that read fails.
+fn c_library_blocks(pid: Pid, threads: &[(Tid, u64)]) -> Option<Vec<bool>> {
+    // A null thread pointer has no block to read.
+    let bases: Vec<u64> = threads.iter().map(|t| t.1).filter(|&b| b != 0).collect();
+    let blocks = if bases.is_empty() {
+        Vec::new()
+    } else {
+        ulp_process::read_scattered(pid, &bases, 24).ok()?
+    };
     // The C library's thread control block starts with two pointers to
     // itself (`tcb` at 0, `self` at 16): anything else is not a thread
     // whose TLS the runtime's block is part of.
-    let tcbs = if bases.contains(&0) {
-        None
-    } else {
-        ulp_process::read_scattered(pid, &bases, 24).ok()
-    };
-    for (i, (tid, fs)) in threads.iter().enumerate() {
-        let ours = tcbs.as_ref().is_some_and(|t| {
-            let w =
-                |o: usize| u64::from_le_bytes(t[i * 24 + o..i * 24 + o + 8].try_into().unwrap());
-            w(0) == *fs && w(16) == *fs
-        });
-        if !ours {
+    let mut read = blocks.chunks_exact(24);
+    Some(
+        threads
+            .iter()
+            .map(|&(_, fs)| {
+                fs != 0
+                    && read.next().is_some_and(|b| {
+                        let w = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+                        w(0) == fs && w(16) == fs
+                    })
+            })
+            .collect(),
+    )
+}
+
+/// Marks every stopped thread old for `rec` (all threads of the process
+/// are stopped), with one read of every thread control block not
+/// `checked` yet and one write of every mark. Err: a thread without a C
+/// library thread pointer (nothing is written then), or a failed write.
+pub(crate) fn mark_all(
+    stopped: &mut Stopped,
+    rec: &TransitionRecord,
+    checked: &ThreadBlocks,
+) -> Result<(), String> {
+    let pid = stopped.pid();
+    let threads = thread_pointers(stopped)?;
+    let unchecked: Vec<(Tid, u64)> = threads
+        .iter()
+        .copied()
+        .filter(|t| !checked.good.contains(t))
+        .collect();
+    let ours = c_library_blocks(pid, &unchecked);
+    for (i, (tid, fs)) in unchecked.iter().enumerate() {
+        if !ours.as_ref().is_some_and(|o| o[i]) {
             return Err(format!(
                 "thread {tid} has no C library thread pointer (TLS at {fs:#x}): a per-thread \
                  transition cannot mark it; nothing was changed (--consistency=none switches \
@@ -113,7 +165,10 @@ pub(crate) fn mark_all(stopped: &mut Stopped, rec: &TransitionRecord) -> Result<
             ));
         }
     }
-    let marks: Vec<u64> = bases.iter().map(|&fs| at(fs, rec.mark_off).get()).collect();
+    let marks: Vec<u64> = threads
+        .iter()
+        .map(|&(_, fs)| at(fs, rec.mark_off).get())
+        .collect();
     let ids: Vec<u8> = marks.iter().flat_map(|_| rec.id.to_le_bytes()).collect();
     ulp_process::write_scattered(pid, &marks, &ids, 4)
         .map_err(|e| format!("marking the threads: {e}"))

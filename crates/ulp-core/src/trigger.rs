@@ -136,6 +136,7 @@ impl Options {
     pub(crate) fn seize(&self) -> SeizeOptions {
         SeizeOptions {
             suspend_seccomp: self.suspend_seccomp,
+            ..SeizeOptions::default()
         }
     }
 }

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ulp_abi::{write_kind, Write};
-use ulp_process::{Pid, RemoteAddr, Stopped};
+use ulp_process::{Pid, RemoteAddr, Stopped, Tid};
 
 use crate::runtime::Runtime;
 use crate::transition::{self, Transitioned};
@@ -396,14 +396,31 @@ fn write_all(
     };
     let got_find = looked.elapsed();
     let start = Instant::now();
+    // A transition's first part marks every thread old: the thread control
+    // blocks of the threads stopped first are checked while the running
+    // ones still run, outside the pause those feel.
+    let mut blocks = transition::ThreadBlocks::default();
+    let marks = part == Part::UpToFlag && transition::plan_of(writes).is_some();
+    let mut between = |s: &Stopped, tids: &[Tid]| {
+        if marks {
+            blocks.check(s, tids);
+        }
+    };
     let mut stopped = match held {
         // Still stopped from the call; any thread created since is
         // stopped too.
         Some(mut s) => {
-            s.seize_rest(deadline).map_err(fatal)?;
+            s.seize_rest_between(deadline, &mut between)
+                .map_err(fatal)?;
             s
         }
-        None => Stopped::seize_all_with(pid, deadline, opts.seize()).map_err(fatal)?,
+        None => {
+            let options = ulp_process::SeizeOptions {
+                for_writes: true,
+                ..opts.seize()
+            };
+            Stopped::seize_all_between(pid, deadline, options, &mut between).map_err(fatal)?
+        }
     };
     let seize = start.elapsed();
     // Where the plan stands: at its start, or where a killed earlier tool
@@ -497,8 +514,9 @@ fn write_all(
     // path through the entry, which the code writes keep whole).
     let restored = crate::got::before_writes(&mut stopped, &slots).map_err(fatal)?;
     let mut done: Vec<Write> = Vec::new();
-    for w in &todo {
-        let new = &w.new[..w.len as usize];
+    let mut i = 0;
+    while i < todo.len() {
+        let w = &todo[i];
         let marked = match &plan {
             Some(p) if is_flag(w) && !one_stop => {
                 // The pending table emptied while no thread runs (a write
@@ -506,12 +524,33 @@ fn write_all(
                 let empty = [0u8; ulp_abi::transition::Pending::HEAD];
                 rt.set_pending(&empty)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| transition::mark_all(&mut stopped, &p.rec))
+                    .and_then(|()| transition::mark_all(&mut stopped, &p.rec, &blocks))
             }
             _ => Ok(()),
         };
+        // A run of adjacent CODE writes (the words of a guarded slot or a
+        // trampoline, which nothing reaches before a later write leads to
+        // it) is made with one write: none or all of it, whatever kills
+        // the tool, and one system call in the pause instead of a poke per
+        // word.
+        let run = code_run(&todo[i..]);
         let made = marked.and_then(|()| {
-            make_write(&mut stopped, w.addr, w.kind, new, faults).map_err(|e| e.to_string())
+            if run > 1 {
+                let bytes: Vec<u8> = todo[i..i + run]
+                    .iter()
+                    .flat_map(|c| c.new[..c.len as usize].iter().copied())
+                    .collect();
+                write_at_once(&mut stopped, w.addr, &bytes, faults)
+            } else {
+                make_write(
+                    &mut stopped,
+                    w.addr,
+                    w.kind,
+                    &w.new[..w.len as usize],
+                    faults,
+                )
+            }
+            .map_err(|e| e.to_string())
         });
         if let Err(e) = made {
             // Put back what was written so the process runs one version:
@@ -522,7 +561,8 @@ fn write_all(
             }
             return Err(WriteError::Fatal(e));
         }
-        done.push(*w);
+        done.extend_from_slice(&todo[i..i + run]);
+        i += run;
     }
     // `--redirect-got`: slots at an entry that now leads elsewhere go there.
     let redirected = if opts.redirect_got {
@@ -562,6 +602,31 @@ fn write_all(
         got_find,
         completed: one_stop,
     })
+}
+
+/// How many writes at the head of `writes` are CODE writes that follow
+/// each other in memory, within one page (one write of /proc/PID/mem
+/// never stops half way through a page); 1 for any other write.
+fn code_run(writes: &[Write]) -> usize {
+    const PAGE: u64 = 4096;
+    let Some(first) = writes.first() else {
+        return 0;
+    };
+    if first.kind != write_kind::CODE {
+        return 1;
+    }
+    let page = first.addr / PAGE;
+    let mut end = first.addr + u64::from(first.len);
+    let mut n = 1;
+    for w in &writes[1..] {
+        let last = w.addr + u64::from(w.len).max(1) - 1;
+        if w.kind != write_kind::CODE || w.addr != end || last / PAGE != page {
+            break;
+        }
+        end += u64::from(w.len);
+        n += 1;
+    }
+    n
 }
 
 /// Makes one write of kind `kind`: a stub or a rewritten entry with one
@@ -623,7 +688,8 @@ fn write_at_once(
 /// * `ULP_TEST_KILL_BEFORE_WRITES`: the tool SIGKILLs itself between the
 ///   runtime's record and the writes (tests/faults.rs).
 /// * `ULP_TEST_KILL_AFTER_WRITES=N`: it SIGKILLs itself once this
-///   operation has poked N code words, before the next one (or before
+///   operation has poked N code words (a stub, a rewritten entry or a run
+///   of adjacent CODE writes counts as one), before the next one (or before
 ///   releasing the threads after the last one), with every thread still
 ///   stopped (tests/faults.rs).
 /// * `ULP_TEST_BUSY_ATTEMPTS=N`: the first N write attempts find a thread
@@ -708,35 +774,52 @@ impl Faults {
 /// nothing are dropped. Err: the index of a write whose bytes match no
 /// state of the plan.
 fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> {
-    // Ordered maps: a plan has a few hundred bytes, and every apply runs
-    // this (hashing each byte's address cost more than the rest of it).
-    use std::collections::BTreeMap;
-    fn bytes(w: &Write) -> impl Iterator<Item = (u64, usize)> {
-        let addr = w.addr;
-        (0..u64::from(w.len)).map(move |i| (addr + i, i as usize))
+    // Every byte the plan touches gets a place in flat tables, found once
+    // (a plan has a few hundred bytes, and this runs in every stop that
+    // writes, inside the pause: maps keyed by address cost tens of µs).
+    let mut addrs: Vec<u64> = writes
+        .iter()
+        .flat_map(|w| (0..u64::from(w.len)).map(move |i| w.addr + i))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    // For write j, its bytes' places: `at[start[j]..start[j + 1]]`.
+    let mut start = Vec::with_capacity(writes.len() + 1);
+    let mut at = Vec::new();
+    for w in writes {
+        start.push(at.len());
+        at.extend((0..u64::from(w.len)).map(|i| {
+            addrs
+                .binary_search(&(w.addr + i))
+                .expect("every byte has a place")
+        }));
     }
+    start.push(at.len());
+    let places = |j: usize| at[start[j]..start[j + 1]].iter().copied().enumerate();
     // The plan's state before write j (`cur`, starting from each byte's
     // first `old`) and what memory holds.
-    let mut cur: BTreeMap<u64, u8> = BTreeMap::new();
-    let mut mem: BTreeMap<u64, u8> = BTreeMap::new();
-    for (w, n) in writes.iter().zip(now) {
-        for (a, i) in bytes(w) {
-            cur.entry(a).or_insert(w.old[i]);
-            mem.entry(a).or_insert(n[i]);
+    let mut cur: Vec<Option<u8>> = vec![None; addrs.len()];
+    let mut mem: Vec<Option<u8>> = vec![None; addrs.len()];
+    for (j, (w, n)) in writes.iter().zip(now).enumerate() {
+        for (i, p) in places(j) {
+            cur[p].get_or_insert(w.old[i]);
+            mem[p].get_or_insert(n[i]);
         }
     }
-    let mut differ = cur.iter().filter(|(a, v)| mem[*a] != **v).count();
+    let cur: &mut Vec<u8> = &mut cur.into_iter().map(|b| b.unwrap_or(0)).collect();
+    let mem: Vec<u8> = mem.into_iter().map(|b| b.unwrap_or(0)).collect();
+    let mut differ = cur.iter().zip(&mem).filter(|(c, m)| c != m).count();
     for (j, w) in writes.iter().enumerate() {
-        if bytes(w).any(|(a, i)| cur[&a] != w.old[i]) {
+        if places(j).any(|(i, p)| cur[p] != w.old[i]) {
             // The plan contradicts itself: trust none of it.
             return Err(j);
         }
-        let inside = bytes(w).filter(|&(a, _)| mem[&a] != cur[&a]).count();
-        let half_made = bytes(w).all(|(a, i)| mem[&a] == cur[&a] || mem[&a] == w.new[i]);
+        let inside = places(j).filter(|&(_, p)| mem[p] != cur[p]).count();
+        let half_made = places(j).all(|(i, p)| mem[p] == cur[p] || mem[p] == w.new[i]);
         if differ == inside && half_made {
             let mut first = *w;
-            for (a, i) in bytes(w) {
-                first.old[i] = mem[&a];
+            for (i, p) in places(j) {
+                first.old[i] = mem[p];
             }
             let todo = std::iter::once(first)
                 .chain(writes[j + 1..].iter().copied())
@@ -744,25 +827,24 @@ fn resume_plan(writes: &[Write], now: &[[u8; 16]]) -> Result<Vec<Write>, usize> 
                 .collect();
             return Ok(todo);
         }
-        for (a, i) in bytes(w) {
-            differ -= usize::from(mem[&a] != cur[&a]);
-            cur.insert(a, w.new[i]);
-            differ += usize::from(mem[&a] != cur[&a]);
+        for (i, p) in places(j) {
+            differ -= usize::from(mem[p] != cur[p]);
+            cur[p] = w.new[i];
+            differ += usize::from(mem[p] != cur[p]);
         }
     }
     if differ == 0 {
         return Ok(Vec::new());
     }
     // Name the first write with a byte that no state of the plan has.
-    let mut known: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    for w in writes {
-        for (a, i) in bytes(w) {
-            known.entry(a).or_default().extend([w.old[i], w.new[i]]);
+    let mut known: Vec<Vec<u8>> = vec![Vec::new(); addrs.len()];
+    for (j, w) in writes.iter().enumerate() {
+        for (i, p) in places(j) {
+            known[p].extend([w.old[i], w.new[i]]);
         }
     }
-    Err(writes
-        .iter()
-        .position(|w| bytes(w).any(|(a, _)| !known[&a].contains(&mem[&a])))
+    Err((0..writes.len())
+        .position(|j| places(j).any(|(_, p)| !known[p].contains(&mem[p])))
         .unwrap_or(0))
 }
 
@@ -877,5 +959,24 @@ mod tests {
         assert_eq!(busy_range(&plan[3]), Some((0x100e, 0x1010)));
         assert_eq!(busy_range(&plan[4]), None);
         assert_eq!(busy_range(&plan[5]), Some((0x1000, 0x100e)));
+    }
+
+    #[test]
+    fn adjacent_code_writes_in_one_page_are_one_run() {
+        let code = |a: u64| w(a, write_kind::CODE, &[0; 8], &[0x90; 8]);
+        // A guarded slot's words, then the stub that leads to it.
+        let mut plan: Vec<Write> = (0..5).map(|k| code(0x8000 + 8 * k)).collect();
+        plan.push(w(0x1000, write_kind::STUB, &[0; 14], &[1; 14]));
+        assert_eq!(code_run(&plan), 5);
+        assert_eq!(code_run(&plan[5..]), 1);
+        assert_eq!(code_run(&[]), 0);
+        // A gap, or the next page, ends a run.
+        let gap = [code(0x8000), code(0x8010)];
+        assert_eq!(code_run(&gap), 1);
+        let pages = [code(0x8ff0), code(0x8ff8), code(0x9000)];
+        assert_eq!(code_run(&pages), 2);
+        // The flag is never part of one.
+        let flag = [code(0x8000), w(0x8008, write_kind::FLAG, &[0], &[1])];
+        assert_eq!(code_run(&flag), 1);
     }
 }

@@ -494,6 +494,31 @@ fn start_time(pid: Pid) -> Option<u64> {
 
 /// The start time (field 22 of the stat) and the number of threads (field
 /// 20) of `pid`, from one read of its stat.
+/// `/proc/PID/stat` kept open, so that the process's thread count is read
+/// again with one system call (`pread`: the kernel makes the file anew at
+/// offset 0). What [`crate::Stopped`] asks after stopping threads, inside
+/// the pause they feel.
+#[derive(Debug)]
+pub(crate) struct StatFile(fs::File);
+
+impl StatFile {
+    pub(crate) fn open(pid: Pid) -> Option<StatFile> {
+        fs::File::open(proc_path(pid, "stat")).ok().map(StatFile)
+    }
+
+    /// The process's thread count now (field 20): every thread of its
+    /// group not yet reaped, zombies included.
+    pub(crate) fn threads(&self) -> Option<u32> {
+        use std::os::unix::fs::FileExt;
+        // Field 20 comes within the first few hundred bytes (the command
+        // is at most 64): no need for the rest of the line.
+        let mut buf = [0u8; 1024];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        let (_, mut fields) = split_stat(&buf[..n])?;
+        fields.nth(17)?.parse().ok()
+    }
+}
+
 fn start_and_threads(pid: Pid) -> Option<(u64, u32)> {
     let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
     // From the state (field 3) on: the thread count is the 18th field and
@@ -733,5 +758,24 @@ mod tests {
         // One seen alive a moment ago whose stat is gone now has exited.
         assert!(Incarnation::of_seen(Pid::new(i32::MAX)).exited());
         assert!(!Incarnation::of_seen(Pid::this()).exited());
+    }
+
+    #[test]
+    fn the_kept_stat_file_counts_the_threads_listed() {
+        let me = Pid::new(std::process::id() as i32);
+        let stat = StatFile::open(me).expect("own stat");
+        // Other tests' threads come and go: a count between two equal
+        // listings is the listed one.
+        let _parked = std::thread::spawn(std::thread::park);
+        for _ in 0..100 {
+            let before = threads(me).unwrap().len() as u32;
+            let n = stat.threads().expect("thread count");
+            if threads(me).unwrap().len() as u32 == before {
+                assert!(n >= 2);
+                assert_eq!(n, before);
+                return;
+            }
+        }
+        panic!("the threads never held still");
     }
 }

@@ -115,6 +115,10 @@ pub struct SeizeOptions {
     /// CAP_SYS_ADMIN that is not itself under seccomp; otherwise seizing
     /// fails with [`Error::SeccompSuspendDenied`].
     pub suspend_seccomp: bool,
+    /// The guard is for writing code: `/proc/PID/mem` is opened once the
+    /// threads are seized, before any is stopped, so that the first write
+    /// does not open it inside the pause.
+    pub for_writes: bool,
 }
 
 /// Guard over threads of one process that the calling OS thread has seized
@@ -132,6 +136,9 @@ pub struct Stopped {
     /// `/proc/PID/mem` opened for writing at the first code write, kept
     /// while the threads are held: one open per stop, not one per write.
     mem: Option<std::fs::File>,
+    /// `/proc/PID/stat` kept open by [`Stopped::seize_rest`]: its thread
+    /// count says in one read whether a rescan of the threads is needed.
+    stat: Option<procfs::StatFile>,
     /// Only the seizing OS thread may issue ptrace requests: not Send.
     _not_send: PhantomData<*mut ()>,
 }
@@ -154,6 +161,7 @@ impl Stopped {
             skipped: HashSet::new(),
             options,
             mem: None,
+            stat: None,
             _not_send: PhantomData,
         }
     }
@@ -176,7 +184,7 @@ impl Stopped {
             return Err(Error::Gone { pid, tid: None });
         }
         let mut s = Stopped::empty(pid, options);
-        s.attach_batch(tids, deadline)?;
+        s.attach_batch(tids, deadline, &mut |_, _| {})?;
         if s.held.is_empty() {
             let tid = if procfs::process_alive(pid) {
                 tids.first().copied()
@@ -203,15 +211,54 @@ impl Stopped {
         deadline: Instant,
         options: SeizeOptions,
     ) -> Result<Stopped, Error> {
+        Stopped::seize_all_between(pid, deadline, options, &mut |_, _| {})
+    }
+
+    /// [`Stopped::seize_all_with`] that calls `between` once the threads
+    /// that were not running have stopped and before the running ones are
+    /// interrupted (with the threads stopped so far): work that needs
+    /// threads stopped but not all of them is done there, outside the
+    /// pause the running threads feel.
+    pub fn seize_all_between(
+        pid: Pid,
+        deadline: Instant,
+        options: SeizeOptions,
+        between: &mut dyn FnMut(&Stopped, &[Tid]),
+    ) -> Result<Stopped, Error> {
         let mut s = Stopped::empty(pid, options);
-        s.seize_rest(deadline)?;
+        s.seize_rest_between(deadline, between)?;
         Ok(s)
     }
 
     /// Extends this guard to every thread of the process not yet held
     /// (same rescan rule as [`Stopped::seize_all`]).
+    ///
+    /// Once threads are held, the process's thread count comes first: when
+    /// it is the number held, every thread is (a held thread is stopped, so
+    /// alive, and the count takes in any thread created before its
+    /// creator's stop), and the listing is not made. That is one system
+    /// call instead of five, inside the pause the running threads feel.
+    /// Any other count (an unreaped zombie, a new thread) lists them.
     pub fn seize_rest(&mut self, deadline: Instant) -> Result<(), Error> {
+        self.seize_rest_between(deadline, &mut |_, _| {})
+    }
+
+    /// [`Stopped::seize_rest`] with `between` called as in
+    /// [`Stopped::seize_all_between`] (for each batch of new threads).
+    pub fn seize_rest_between(
+        &mut self,
+        deadline: Instant,
+        between: &mut dyn FnMut(&Stopped, &[Tid]),
+    ) -> Result<(), Error> {
+        if self.stat.is_none() {
+            self.stat = procfs::StatFile::open(self.pid);
+        }
         loop {
+            if !self.held.is_empty()
+                && self.stat.as_ref().and_then(|f| f.threads()) == Some(self.held.len() as u32)
+            {
+                break;
+            }
             let new: Vec<Tid> = procfs::threads(self.pid)?
                 .into_iter()
                 .filter(|t| !self.holds(*t) && !self.skipped.contains(t))
@@ -226,7 +273,7 @@ impl Stopped {
                     op: "seizing all threads (new threads kept appearing)".into(),
                 });
             }
-            self.attach_batch(&new, deadline)?;
+            self.attach_batch(&new, deadline, between)?;
         }
         if self.held.is_empty() {
             return Err(Error::Gone {
@@ -339,7 +386,16 @@ impl Stopped {
     /// released first ([`Held::runnable`]). A thread that wakes up
     /// meanwhile is just stopped in the first wave; either way every
     /// thread is stopped before this returns.
-    fn attach_batch(&mut self, tids: &[Tid], deadline: Instant) -> Result<(), Error> {
+    ///
+    /// `between` is called after the first wave has stopped, before the
+    /// second is interrupted, with the threads of the first wave still
+    /// held (when nothing failed).
+    fn attach_batch(
+        &mut self,
+        tids: &[Tid],
+        deadline: Instant,
+        between: &mut dyn FnMut(&Stopped, &[Tid]),
+    ) -> Result<(), Error> {
         let pid = self.pid;
         let fresh: Vec<Tid> = tids
             .iter()
@@ -430,6 +486,10 @@ impl Stopped {
             );
             seized.push(tid);
         }
+        if self.options.for_writes && self.mem.is_none() && !seized.is_empty() {
+            // Ignored on failure: the first write opens it (and says why).
+            let _ = self.mem_file();
+        }
         // Stopped only now that all are seized: the pause each thread feels
         // starts at its interrupt, so the seizing (the slower part) stays
         // out of it.
@@ -442,6 +502,8 @@ impl Stopped {
         // leader's exit is reported only once those exits are reaped.
         self.wait_stops(&mut pending, &mut second, deadline, &mut failure);
         if failure.is_none() {
+            let quiet: Vec<Tid> = first.iter().copied().filter(|&t| self.holds(t)).collect();
+            between(self, &quiet);
             let mut pending = self.interrupt_all(&second, &mut failure);
             // And the first wave is watched in turn: the second one ran
             // meanwhile, and a thread of it that exits the process kills the
@@ -498,6 +560,16 @@ impl Stopped {
         let mut newly = Vec::new();
         while !pending.is_empty() {
             let mut progress = false;
+            // One thread left to wait for (the running thread of a
+            // process's second wave, usually): asked directly, one call
+            // instead of two inside the pause it feels.
+            if let [tid] = pending[..] {
+                if let Some(status) = poll_report(tid) {
+                    pending.clear();
+                    self.take_report(tid, status, true, &mut stopped, failure);
+                    break;
+                }
+            }
             // The kernel names a thread with a report (without taking the
             // report): one call per report, not one per thread per pass
             // (127 calls a pass with 128 threads). A report that is not

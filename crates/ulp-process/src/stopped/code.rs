@@ -41,6 +41,12 @@ impl Stopped {
             let base = a & !7;
             let skip = (a - base) as usize;
             let n = (8 - skip).min(data.len() - off);
+            // Part of a word: one write of /proc/PID/mem, as whole as a
+            // poke, instead of a peek and a poke.
+            if n < 8 && self.write_mem_file(a, &data[off..off + n]) {
+                off += n;
+                continue;
+            }
             let mut word = if n == 8 {
                 [0u8; 8]
             } else {
@@ -83,8 +89,17 @@ impl Stopped {
         }
     }
 
+    /// Whether all of `data` went to `addr` with one write of
+    /// `/proc/PID/mem`.
+    fn write_mem_file(&mut self, addr: u64, data: &[u8]) -> bool {
+        use std::os::unix::fs::FileExt;
+        self.mem_file()
+            .and_then(|f| f.write_at(data, addr))
+            .is_ok_and(|n| n == data.len())
+    }
+
     /// `/proc/PID/mem` for writing, opened once per [`Stopped`].
-    fn mem_file(&mut self) -> std::io::Result<&std::fs::File> {
+    pub(super) fn mem_file(&mut self) -> std::io::Result<&std::fs::File> {
         let f = match self.mem.take() {
             Some(f) => f,
             None => std::fs::OpenOptions::new()
