@@ -693,7 +693,11 @@ impl Stopped {
                         .into(),
                 });
             }
-            if now - start < Duration::from_micros(200) {
+            if interrupted {
+                // Its stop is reported with a SIGCHLD: asleep until then
+                // (a nap here overslept the stop by tens of µs).
+                sys::sleep_until_report(limit - now);
+            } else if now - start < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
                 sys::nap_for(nap.min(limit - now));
