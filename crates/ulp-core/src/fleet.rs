@@ -346,7 +346,7 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     let (operation, files, opts) = (run.operation, run.files, run.options);
     // The maps are read once here: they tell whether the process is a
     // target at all, and serve its first operation's pre-check. Its stat
-    // is read only once it is known to be one (`Target::seen`).
+    // is read only once it is known to be one (`Target::seen_as`).
     let looked = std::time::Instant::now();
     let (found, maps) = Runtime::find_with_maps(pid);
     let find_time = looked.elapsed();
@@ -382,14 +382,16 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
         // not read, so that we cannot tell) is not a target at all.
         return ProcessResult::not_a_target(pid);
     }
-    let name = process_name(pid);
+    // Its name and its incarnation from one read of its stat.
+    let (life, name) = ulp_process::Incarnation::of_seen_named(pid);
+    let name = name.unwrap_or_else(|| process_name(pid));
     let (lines, no_runtime) = match found {
         Err(RuntimeError::NotLoaded) => {
             (lines_with(operation, files, |_| Outcome::NoRuntime), true)
         }
         // Anything else (gone, incompatible) is reported per patch.
         found => {
-            let mut target = trigger::Target::seen(pid, found, maps).found_in(find_time);
+            let mut target = trigger::Target::seen_as(life, found, maps).found_in(find_time);
             (process_one(&mut target, operation, files, opts), false)
         }
     };

@@ -191,16 +191,20 @@ impl Runtime {
     /// Writes the request area (the caller holds the thread that will run
     /// the entry point, which keeps other tools out).
     pub fn write_request(&self, op: u32, req: &[u8], flags: u64) -> Result<(), ulp_process::Error> {
-        ulp_process::write_mem(self.pid, self.interface + offset::REQ as u64, req)?;
-        ulp_process::write_mem(
-            self.pid,
-            self.interface + offset::REQ_FLAGS as u64,
-            &flags.to_le_bytes(),
-        )?;
         let mut head = [0u8; 8];
         head[..4].copy_from_slice(&op.to_le_bytes());
         head[4..].copy_from_slice(&(req.len() as u32).to_le_bytes());
-        ulp_process::write_mem(self.pid, self.interface + offset::REQ_OP as u64, &head)
+        let at = |o: usize| (self.interface + o as u64).get();
+        // One system call, in this order: the request, its flags, its
+        // operation and length.
+        ulp_process::write_pieces(
+            self.pid,
+            &[
+                (at(offset::REQ), req),
+                (at(offset::REQ_FLAGS), &flags.to_le_bytes()),
+                (at(offset::REQ_OP), &head),
+            ],
+        )
     }
 
     /// Whether the runtime's write journal holds writes a tool was handed

@@ -349,16 +349,17 @@ impl Target {
     }
 
     /// A process whose maps (`maps`, when they could be read) were just
-    /// read to find its runtime (`found`). Its stat is read now, not
-    /// before: a caller looking at every process reads it only for the
-    /// processes it acts on ([`Incarnation::of_seen`]).
-    pub fn seen(
-        pid: Pid,
+    /// read to find its runtime (`found`). `life` is its incarnation, taken
+    /// after that, not before: a caller looking at every process reads the
+    /// stat only for the processes it acts on ([`Incarnation::of_seen`],
+    /// or [`Incarnation::of_seen_named`] for its name from the same read).
+    pub fn seen_as(
+        life: Incarnation,
         found: Result<Runtime, RuntimeError>,
         maps: Option<Vec<Mapping>>,
     ) -> Target {
         Target {
-            life: Incarnation::of_seen(pid),
+            life,
             runtime: found.map_err(runtime_outcome),
             maps,
             found_in: None,

@@ -65,7 +65,7 @@ pub use error::{Error, Tracer};
 pub use frame::ReturnPath;
 pub use ids::{Pid, Tid};
 pub use linkmap::{link_map, LinkMapEntry};
-pub use mem::{read_mem, read_pieces, read_scattered, write_mem, write_scattered};
+pub use mem::{read_mem, read_pieces, read_scattered, write_mem, write_pieces, write_scattered};
 pub use proc::{
     credentials, environ, exists, has_capability, in_root, is_kernel_thread, login_uid, map_file,
     name_and_kind, owner_uid, ptrace_scope, root, Credentials, PtraceScope,

@@ -126,17 +126,6 @@ pub fn write_mem(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
 /// kernel's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
-/// `len` bytes at each of `addrs`, as the target's iovecs.
-fn remote_iovecs(addrs: &[u64], len: usize) -> Vec<libc::iovec> {
-    addrs
-        .iter()
-        .map(|&a| libc::iovec {
-            iov_base: a as *mut libc::c_void,
-            iov_len: len,
-        })
-        .collect()
-}
-
 /// Reads `len` bytes at each of `addrs` of `pid`, concatenated in order
 /// ([`read_pieces`] with one length).
 pub fn read_scattered(pid: Pid, addrs: &[u64], len: usize) -> Result<Vec<u8>, Error> {
@@ -187,13 +176,27 @@ pub fn read_pieces(pid: Pid, pieces: &[(u64, usize)]) -> Result<Vec<u8>, Error> 
 }
 
 /// Writes `data` (`len` bytes for each place, concatenated in order) at
-/// each of `addrs` of `pid`, with one `process_vm_writev` per [`IOV_MAX`]
-/// places; a place left unwritten is written again alone with
-/// [`write_mem`], whose error is returned. Writable mappings only.
+/// each of `addrs` of `pid` ([`write_pieces`] with one length).
 pub fn write_scattered(pid: Pid, addrs: &[u64], data: &[u8], len: usize) -> Result<(), Error> {
     assert_eq!(data.len(), addrs.len() * len, "one piece of data per place");
-    for (chunk, buf) in addrs.chunks(IOV_MAX).zip(data.chunks(IOV_MAX * len)) {
-        let remote = remote_iovecs(chunk, len);
+    let pieces: Vec<(u64, &[u8])> = addrs.iter().copied().zip(data.chunks(len.max(1))).collect();
+    write_pieces(pid, &pieces)
+}
+
+/// Writes each `(address, bytes)` piece into `pid`'s memory, in order,
+/// with one `process_vm_writev` per [`IOV_MAX`] pieces; a group not
+/// written whole is written again piece by piece with [`write_mem`], whose
+/// error is returned. Writable mappings only.
+pub fn write_pieces(pid: Pid, pieces: &[(u64, &[u8])]) -> Result<(), Error> {
+    for group in pieces.chunks(IOV_MAX) {
+        let buf: Vec<u8> = group.iter().flat_map(|p| p.1.iter().copied()).collect();
+        let remote: Vec<libc::iovec> = group
+            .iter()
+            .map(|&(a, d)| libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: d.len(),
+            })
+            .collect();
         let local = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -204,8 +207,8 @@ pub fn write_scattered(pid: Pid, addrs: &[u64], data: &[u8], len: usize) -> Resu
             libc::process_vm_writev(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
         };
         if n < 0 || n as usize != buf.len() {
-            for (i, &a) in chunk.iter().enumerate() {
-                write_mem(pid, RemoteAddr::new(a), &buf[i * len..(i + 1) * len])?;
+            for &(a, d) in group {
+                write_mem(pid, RemoteAddr::new(a), d)?;
             }
         }
     }

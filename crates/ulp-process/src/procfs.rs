@@ -489,11 +489,9 @@ fn dying(pid: Pid) -> bool {
 /// The process's start time (field 22 of `/proc/PID/stat`, in clock ticks
 /// since boot): the same pid with another start time is another process.
 fn start_time(pid: Pid) -> Option<u64> {
-    start_and_threads(pid).map(|(start, _)| start)
+    name_start_and_threads(pid).map(|s| s.1)
 }
 
-/// The start time (field 22 of the stat) and the number of threads (field
-/// 20) of `pid`, from one read of its stat.
 /// `/proc/PID/stat` kept open, so that the process's thread count is read
 /// again with one system call (`pread`: the kernel makes the file anew at
 /// offset 0). What [`crate::Stopped`] asks after stopping threads, inside
@@ -519,15 +517,17 @@ impl StatFile {
     }
 }
 
-fn start_and_threads(pid: Pid) -> Option<(u64, u32)> {
+/// The name (as `/proc/PID/comm` has it), start time (field 22) and
+/// thread count (field 20) of `pid`, from one read of its stat.
+fn name_start_and_threads(pid: Pid) -> Option<(String, u64, u32)> {
     let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
     // From the state (field 3) on: the thread count is the 18th field and
     // the start time the 20th.
-    let (_, fields) = split_stat(&raw)?;
+    let (name, fields) = split_stat(&raw)?;
     let mut fields = fields.skip(17);
     let threads = fields.next()?.parse().ok()?;
     let start = fields.nth(1)?.parse().ok()?;
-    Some((start, threads))
+    Some((String::from_utf8_lossy(name).into_owned(), start, threads))
 }
 
 /// A start time no process has (`u64::MAX` clock ticks since boot): the
@@ -553,11 +553,19 @@ impl Incarnation {
     /// between two looks of the tool counts as exited, not as a pid that
     /// never was).
     pub fn of(pid: Pid) -> Incarnation {
+        Incarnation::of_named(pid).0
+    }
+
+    /// [`Incarnation::of`], and the process's name (as `/proc/PID/comm`
+    /// has it) from the same read of its stat: `None` when it could not be
+    /// read.
+    pub fn of_named(pid: Pid) -> (Incarnation, Option<String>) {
         use std::collections::HashMap;
         use std::sync::{Mutex, OnceLock};
         static SEEN: OnceLock<Mutex<HashMap<Pid, u64>>> = OnceLock::new();
         let seen = SEEN.get_or_init(Default::default);
-        let (start, threads) = match start_and_threads(pid) {
+        let stat = name_start_and_threads(pid);
+        let (start, threads) = match stat.as_ref().map(|s| (s.1, s.2)) {
             Some((t, n)) => {
                 if let Ok(mut m) = seen.lock() {
                     m.insert(pid, t);
@@ -566,11 +574,12 @@ impl Incarnation {
             }
             None => (seen.lock().ok().and_then(|m| m.get(&pid).copied()), 0),
         };
-        Incarnation {
+        let life = Incarnation {
             pid,
             start,
             threads,
-        }
+        };
+        (life, stat.map(|s| s.0))
     }
 
     /// How many threads the process had when this was taken; `None` when
@@ -586,11 +595,16 @@ impl Incarnation {
     /// process's stat only once it knows it will act on it, not for every
     /// process it looks at.
     pub fn of_seen(pid: Pid) -> Incarnation {
-        let mut life = Incarnation::of(pid);
+        Incarnation::of_seen_named(pid).0
+    }
+
+    /// [`Incarnation::of_seen`] and the name, as [`Incarnation::of_named`].
+    pub fn of_seen_named(pid: Pid) -> (Incarnation, Option<String>) {
+        let (mut life, name) = Incarnation::of_named(pid);
         if life.start.is_none() {
             life.start = Some(GONE_BEFORE_SEEN);
         }
-        life
+        (life, name)
     }
 
     /// Whether the process has exited: /proc has no such pid any more,

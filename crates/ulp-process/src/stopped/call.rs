@@ -288,8 +288,11 @@ impl Stopped {
             });
         }
         let i = self.stopped_index(tid)?;
-        self.held[i].regs = None;
-        let regs = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+        // The registers as the stop found them, when still known.
+        let regs = match self.held[i].regs.take() {
+            Some(r) => r,
+            None => sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?,
+        };
         let xstate = sys::get_xstate(tid)
             .map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGSET(NT_X86_XSTATE)", e))?;
 
@@ -756,13 +759,14 @@ impl Stopped {
         self.held[i].stop = sig.map_or(Stop::Event, Stop::Signal);
         let now = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
         if ret.holds(&now) {
+            // Its registers are then the saved ones (kept as known).
             self.restore_call(i)?;
         } else {
             // Too slow: the routine timed out and the thread returned to its
             // own code by rt_sigreturn, with its own state.
             self.held[i].call = None;
+            self.held[i].regs = None;
         }
-        self.held[i].regs = None;
         Ok(Some(value))
     }
 
@@ -780,9 +784,15 @@ impl Stopped {
         sys::set_xstate(tid, &call.xstate).map_err(|e| {
             self.ptrace_error(tid, "PTRACE_SETREGSET(NT_X86_XSTATE) (restoring)", e)
         })?;
-        sys::set_regs(tid, &call.regs)
+        let regs = call.regs;
+        self.held[i].regs = None;
+        sys::set_regs(tid, &regs)
             .map_err(|e| self.ptrace_error(tid, "PTRACE_SETREGS (restoring)", e))?;
         self.held[i].call = None;
+        // What the thread's registers are now: read back, they are the
+        // same (they were read from it), so the next look needs no
+        // PTRACE_GETREGS.
+        self.held[i].regs = Some(regs);
         Ok(())
     }
 }
