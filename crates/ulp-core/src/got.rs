@@ -414,6 +414,35 @@ impl<'a> Snapshot<'a> {
     }
 }
 
+/// Which slots one step moves, decided on one [`Snapshot`]: for each
+/// function whose entry leads elsewhere (`dest`), the slots that hold
+/// `dest` go back to the entry (`back`, step 1), or those that hold the
+/// entry go to `dest` (step 3). Pairs of (slot, new value).
+fn slot_moves(stopped: &Stopped, slots: &Slots, back: bool) -> Vec<(u64, u64)> {
+    let seen = Snapshot::take(stopped, slots);
+    let mut moves = Vec::new();
+    for f in &slots.functions {
+        let Some(dest) = destination(f.point, &mut |a, b| seen.read(a, b)) else {
+            continue;
+        };
+        if dest == f.entry {
+            continue;
+        }
+        let (from, to) = if back {
+            (dest, f.entry)
+        } else {
+            (f.entry, dest)
+        };
+        moves.extend(
+            f.slots
+                .iter()
+                .filter(|&&slot| seen.slot_value(slot) == Some(from))
+                .map(|&slot| (slot, to)),
+        );
+    }
+    moves
+}
+
 /// Step 1, with every thread stopped, before any code write: every slot
 /// that holds where its function's entry leads now goes back to the entry.
 pub(crate) fn before_writes(
@@ -423,24 +452,7 @@ pub(crate) fn before_writes(
     if slots.functions.is_empty() {
         return Ok(0);
     }
-    let mut back = Vec::new();
-    {
-        let seen = Snapshot::take(stopped, slots);
-        for f in &slots.functions {
-            let Some(now) = destination(f.point, &mut |a, b| seen.read(a, b)) else {
-                continue;
-            };
-            if now == f.entry {
-                continue;
-            }
-            back.extend(
-                f.slots
-                    .iter()
-                    .filter(|&&slot| seen.slot_value(slot) == Some(now))
-                    .map(|&slot| (slot, f.entry)),
-            );
-        }
-    }
+    let back = slot_moves(stopped, slots, true);
     for &(slot, entry) in &back {
         stopped.poke(RemoteAddr::new(slot), &entry.to_le_bytes())?;
     }
@@ -456,25 +468,7 @@ pub(crate) fn after_writes(stopped: &mut Stopped, slots: &Slots) -> usize {
     if slots.functions.is_empty() {
         return 0;
     }
-    let mut moves = Vec::new();
-    {
-        let seen = Snapshot::take(stopped, slots);
-        for f in &slots.functions {
-            let Some(to) = destination(f.point, &mut |a, b| seen.read(a, b)) else {
-                continue;
-            };
-            if to == f.entry {
-                continue;
-            }
-            moves.extend(
-                f.slots
-                    .iter()
-                    .filter(|&&slot| seen.slot_value(slot) == Some(f.entry))
-                    .map(|&slot| (slot, to)),
-            );
-        }
-    }
-    moves
+    slot_moves(stopped, slots, false)
         .iter()
         .filter(|&&(slot, to)| {
             stopped
