@@ -31,6 +31,43 @@ fn mem_error(pid: Pid, addr: u64, len: usize, write: bool, errno: i32) -> Error 
     }
 }
 
+/// One `process_vm_readv` (or, `write`, `process_vm_writev`) of `pid`:
+/// the bytes moved, or the errno. When the pid has no memory any more
+/// because its leader has exited while other threads run on (ESRCH), the
+/// call is made again on one of those (`procfs::stand_in`).
+pub(crate) fn vm_rw(
+    pid: Pid,
+    local: &libc::iovec,
+    remote: &[libc::iovec],
+    write: bool,
+) -> Result<usize, i32> {
+    let call = |p: Pid| {
+        // SAFETY: `local` describes a buffer of the caller's, valid for
+        // reads (write) or writes (read) of its length for the call; the
+        // remote iovecs are only interpreted by the kernel in the target's
+        // address space.
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(p.get(), local, 1, remote.as_ptr(), remote.len() as _, 0)
+            } else {
+                libc::process_vm_readv(p.get(), local, 1, remote.as_ptr(), remote.len() as _, 0)
+            }
+        };
+        if n < 0 {
+            Err(errno())
+        } else {
+            Ok(n as usize)
+        }
+    };
+    match call(pid) {
+        Err(libc::ESRCH) => match crate::procfs::stand_in(pid) {
+            Some(t) => call(t),
+            None => Err(libc::ESRCH),
+        },
+        r => r,
+    }
+}
+
 /// Reads exactly `buf.len()` bytes at `addr` of `pid`, or fails.
 ///
 /// Uses `process_vm_readv`; if that cannot read everything (for example a
@@ -49,17 +86,14 @@ pub fn read_mem(pid: Pid, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error>
             iov_base: (addr + done as u64) as *mut libc::c_void,
             iov_len: rest.len(),
         };
-        // SAFETY: `local` describes `rest`, which is valid for writes of its
-        // length for the duration of the call; the remote iovec is only
-        // interpreted by the kernel in the target's address space.
-        let n = unsafe { libc::process_vm_readv(pid.get(), &local, 1, &remote, 1, 0) };
-        if n > 0 {
-            done += n as usize;
-            continue;
-        }
-        last_errno = if n == 0 { libc::EFAULT } else { errno() };
-        if last_errno == libc::EINTR {
-            continue;
+        match vm_rw(pid, &local, &[remote], false) {
+            Ok(n) if n > 0 => {
+                done += n;
+                continue;
+            }
+            Ok(_) => last_errno = libc::EFAULT,
+            Err(libc::EINTR) => continue,
+            Err(e) => last_errno = e,
         }
         break;
     }
@@ -69,8 +103,10 @@ pub fn read_mem(pid: Pid, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error>
     if last_errno == libc::ESRCH {
         return Err(Error::Gone { pid, tid: None });
     }
-    // Fallback: /proc/PID/mem reads with the kernel's forced access.
-    let file = File::open(format!("/proc/{pid}/mem")).map_err(|e| {
+    // Fallback: /proc/PID/mem reads with the kernel's forced access
+    // (through a thread that runs on when the leader has exited).
+    let via = crate::procfs::stand_in(pid).unwrap_or(pid);
+    let file = File::open(format!("/proc/{via}/mem")).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::Gone { pid, tid: None }
         } else {
@@ -106,17 +142,15 @@ pub fn write_mem(pid: Pid, addr: RemoteAddr, data: &[u8]) -> Result<(), Error> {
             iov_base: (addr + done as u64) as *mut libc::c_void,
             iov_len: rest.len(),
         };
-        // SAFETY: `local` describes `rest`, valid for reads of its length;
-        // process_vm_writev only reads from the local buffer.
-        let n = unsafe { libc::process_vm_writev(pid.get(), &local, 1, &remote, 1, 0) };
-        if n > 0 {
-            done += n as usize;
-            continue;
-        }
-        let e = if n == 0 { libc::EFAULT } else { errno() };
-        if e == libc::EINTR {
-            continue;
-        }
+        let e = match vm_rw(pid, &local, &[remote], true) {
+            Ok(n) if n > 0 => {
+                done += n;
+                continue;
+            }
+            Ok(_) => libc::EFAULT,
+            Err(libc::EINTR) => continue,
+            Err(e) => e,
+        };
         return Err(mem_error(pid, addr, data.len(), true, e));
     }
     Ok(())
@@ -158,13 +192,7 @@ pub fn read_pieces(pid: Pid, pieces: &[(u64, usize)]) -> Result<Vec<u8>, Error> 
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: `local` describes `buf`, valid for writes of its length
-        // during the call; the remote iovecs are only interpreted by the
-        // kernel in the target's address space.
-        let n = unsafe {
-            libc::process_vm_readv(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
-        };
-        if n < 0 || n as usize != buf.len() {
+        if vm_rw(pid, &local, &remote, false) != Ok(buf.len()) {
             let mut off = 0;
             for &(a, n) in group {
                 read_mem(pid, RemoteAddr::new(a), &mut buf[off..off + n])?;
@@ -201,12 +229,7 @@ pub fn write_pieces(pid: Pid, pieces: &[(u64, &[u8])]) -> Result<(), Error> {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
         };
-        // SAFETY: `local` describes `buf`, valid for reads of its length;
-        // process_vm_writev only reads from the local buffer.
-        let n = unsafe {
-            libc::process_vm_writev(pid.get(), &local, 1, remote.as_ptr(), remote.len() as _, 0)
-        };
-        if n < 0 || n as usize != buf.len() {
+        if vm_rw(pid, &local, &remote, true) != Ok(buf.len()) {
             for &(a, d) in group {
                 write_mem(pid, RemoteAddr::new(a), d)?;
             }

@@ -162,7 +162,40 @@ pub(crate) fn proc_error(pid: Pid, path: &Path, e: io::Error) -> Error {
 
 pub(crate) fn read_proc(pid: Pid, leaf: &str) -> Result<Vec<u8>, Error> {
     let path = proc_path(pid, leaf);
-    read_whole(&path).map_err(|e| proc_error(pid, &path, e))
+    let raw = read_whole(&path);
+    // Empty or refused (ESRCH) for a process whose leader has exited:
+    // read through a thread that runs on (only then, so a kernel thread's
+    // empty maps cost nothing more).
+    if raw.as_ref().map_or(true, Vec::is_empty) && MEMORY_VIEWS.contains(&leaf) {
+        if let Some(t) = stand_in(pid) {
+            let path = proc_path(t, leaf);
+            return read_whole(&path).map_err(|e| proc_error(pid, &path, e));
+        }
+    }
+    raw.map_err(|e| proc_error(pid, &path, e))
+}
+
+/// The /proc files that show a process's memory: its leader's, which are
+/// empty once the leader has exited.
+const MEMORY_VIEWS: [&str; 3] = ["maps", "auxv", "environ"];
+
+/// A live thread of `pid` through which to see its memory when its leader
+/// (the main thread) has exited while other threads run on, as a program
+/// whose `main` ends with `pthread_exit` does. The leader then stays a
+/// zombie until the last thread exits, and it has no memory any more:
+/// `/proc/PID/maps` and `/proc/PID/auxv` are empty and `process_vm_readv`
+/// on the pid fails with ESRCH, while every other thread shares the
+/// process's memory (`/proc/TID/...` and the calls on a tid see it).
+/// `None` when the leader is alive, or no thread is.
+pub(crate) fn stand_in(pid: Pid) -> Option<Pid> {
+    if !thread_ended(pid, pid.main_thread()) {
+        return None;
+    }
+    threads(pid)
+        .ok()?
+        .into_iter()
+        .find(|&t| !thread_ended(pid, t))
+        .map(|t| Pid::new(t.get()))
 }
 
 /// A /proc file read whole with few system calls: it reports size 0, so

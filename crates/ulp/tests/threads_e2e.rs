@@ -171,3 +171,41 @@ fn hundreds_of_threads_including_new_and_exiting_ones() {
     let threads: i64 = t.ask("threads").parse().expect("a thread count");
     assert!(threads >= 300, "threads at the end: {threads}");
 }
+
+#[test]
+fn a_process_whose_main_thread_exited_is_patched_and_reverted() {
+    // The main thread leaves with pthread_exit: the leader stays a zombie,
+    // listed among the tasks and counted in the thread count, and cannot
+    // be seized. Every trigger must stop the live threads (8 in pause(),
+    // the one serving commands) all the same, switch them, and leave the
+    // process running and untraced.
+    let demo = Demo::new("threads-zombie-leader");
+    let mut t = start_threads_prog(&demo, &["-p", "8", "-x"]);
+    let pid = t.pid.to_string();
+    let leader = format!("/proc/{pid}/task/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(&leader).unwrap_or_default();
+        if stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the main thread did not exit: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(t.ask("answer"), "1");
+    for cycle in 0..3 {
+        trigger(&demo, &pid, false, cycle);
+        assert_eq!(t.ask("answer"), "2", "cycle {cycle} applied");
+        trigger(&demo, &pid, true, cycle);
+        assert_eq!(t.ask("answer"), "1", "cycle {cycle} reverted");
+    }
+    if let Err(e) = settled(t.pid) {
+        panic!("{e}");
+    }
+    // Still answering (its stat says Z: that is the leader's state).
+    let threads: i64 = t.ask("threads").parse().expect("a thread count");
+    assert_eq!(threads, 10, "the zombie leader, 8 pausers and the server");
+}

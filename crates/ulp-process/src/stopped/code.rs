@@ -98,13 +98,18 @@ impl Stopped {
             .is_ok_and(|n| n == data.len())
     }
 
-    /// `/proc/PID/mem` for writing, opened once per [`Stopped`].
+    /// `/proc/PID/mem` for writing, opened once per [`Stopped`]: through
+    /// a thread it holds, which shares the process's memory even when the
+    /// process's leader has exited and has none.
     pub(super) fn mem_file(&mut self) -> std::io::Result<&std::fs::File> {
         let f = match self.mem.take() {
             Some(f) => f,
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .open(format!("/proc/{}/mem", self.pid))?,
+            None => {
+                let via = self.held.first().map_or(self.pid.get(), |h| h.tid.get());
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(format!("/proc/{via}/mem"))?
+            }
         };
         Ok(self.mem.insert(f))
     }

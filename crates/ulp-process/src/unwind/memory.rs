@@ -98,26 +98,10 @@ fn read_pages(pid: Pid, base: u64, count: u64, buf: &mut [u8]) -> usize {
         })
         .collect();
     loop {
-        // SAFETY: `local` describes `buf`, valid for writes of its length
-        // for the duration of the call; the remote iovecs are only
-        // interpreted by the kernel in the target's address space.
-        let n = unsafe {
-            libc::process_vm_readv(
-                pid.get(),
-                &local,
-                1,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return if n <= 0 {
-            0
-        } else {
-            n as usize / PAGE as usize
+        return match crate::mem::vm_rw(pid, &local, &remote, false) {
+            Err(libc::EINTR) => continue,
+            Ok(n) => n / PAGE as usize,
+            Err(_) => 0,
         };
     }
 }

@@ -286,12 +286,23 @@ impl ObjectUnwind {
 /// Opens the file a mapping maps: through /proc/PID/map_files (the very
 /// file, even renamed or deleted) when that is allowed, else by its path
 /// as the process sees it, if that still names the same file.
+///
+/// A process whose leader has exited has neither: both are looked at
+/// through a thread that runs on (`procfs::stand_in`).
 fn open_mapped(pid: Pid, m: &CodeMap, path: &str, inode: u64) -> Result<File, String> {
-    let by_map = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    open_mapped_as(pid, m, path, inode).or_else(|e| match crate::procfs::stand_in(pid) {
+        Some(t) => open_mapped_as(t, m, path, inode),
+        None => Err(e),
+    })
+}
+
+/// [`open_mapped`] through `/proc/VIA/...`.
+fn open_mapped_as(via: Pid, m: &CodeMap, path: &str, inode: u64) -> Result<File, String> {
+    let by_map = PathBuf::from(format!("/proc/{via}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(f) = File::open(&by_map) {
         return Ok(f);
     }
-    let by_path = crate::in_root(pid, path);
+    let by_path = crate::in_root(via, path);
     let f = File::open(&by_path).map_err(|e| format!("cannot open {}: {e}", by_path.display()))?;
     let meta = f
         .metadata()
