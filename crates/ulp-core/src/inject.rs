@@ -264,8 +264,15 @@ fn path_in_process(pid: Pid, file: &Path, opts: &Options) -> Result<String, Erro
     let inside = PathBuf::from(crate::trigger::with_prefix(opts, &real.to_string_lossy()));
     let ours = std::fs::metadata(file)
         .context(|| format!("cannot read the runtime '{}'", file.display()))?;
-    let seen = ulp_process::in_root(pid, &inside);
-    match std::fs::metadata(&seen) {
+    // Through a thread that runs on when the process's leader has exited
+    // (its root link is gone then).
+    let seen = std::fs::metadata(ulp_process::in_root(pid, &inside)).or_else(|e| {
+        match ulp_process::stand_in(pid) {
+            Some(t) => std::fs::metadata(ulp_process::in_root(t, &inside)),
+            None => Err(e),
+        }
+    });
+    match seen {
         Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => {}
         _ => {
             return Err(Error::refused(format!(

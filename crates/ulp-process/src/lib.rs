@@ -71,7 +71,7 @@ pub use proc::{
     name_and_kind, owner_uid, ptrace_scope, root, Credentials, PtraceScope,
 };
 pub use procfs::{
-    all_pids, comm, exe, maps, parse_maps_line, process_alive, read_text, thread_ended,
+    all_pids, comm, exe, maps, parse_maps_line, process_alive, read_text, stand_in, thread_ended,
     thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping, MapsField, PerFile,
 };
 pub use regs::Regs;

@@ -10,7 +10,6 @@
 //! caller needs the error to say why.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -39,8 +38,8 @@ pub fn login_uid(pid: Pid) -> Option<u32> {
 }
 
 /// `/proc/PID/environ`: `NAME=VALUE` entries, each ended by a NUL.
-pub fn environ(pid: Pid) -> io::Result<Vec<u8>> {
-    fs::read(format!("/proc/{pid}/environ"))
+pub fn environ(pid: Pid) -> Result<Vec<u8>, crate::Error> {
+    crate::procfs::read_proc(pid, "environ")
 }
 
 /// A process's ids, from the `Uid:`, `Gid:` and `Groups:` lines of
@@ -99,7 +98,7 @@ pub fn name_and_kind(pid: Pid) -> Option<(String, bool)> {
 /// The directory `pid` is chrooted at, as the target of `/proc/PID/root`
 /// (`/` for a process that is not), `None` when unreadable.
 pub fn root(pid: Pid) -> Option<PathBuf> {
-    fs::read_link(format!("/proc/{pid}/root")).ok()
+    crate::procfs::linked(pid, "root")
 }
 
 /// The file `path` names for `pid` (an absolute path as the process sees

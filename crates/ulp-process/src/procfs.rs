@@ -187,7 +187,7 @@ const MEMORY_VIEWS: [&str; 3] = ["maps", "auxv", "environ"];
 /// on the pid fails with ESRCH, while every other thread shares the
 /// process's memory (`/proc/TID/...` and the calls on a tid see it).
 /// `None` when the leader is alive, or no thread is.
-pub(crate) fn stand_in(pid: Pid) -> Option<Pid> {
+pub fn stand_in(pid: Pid) -> Option<Pid> {
     if !thread_ended(pid, pid.main_thread()) {
         return None;
     }
@@ -357,7 +357,16 @@ pub fn comm(pid: Pid) -> Result<String, Error> {
 
 /// The target of `/proc/PID/exe`, if readable.
 pub fn exe(pid: Pid) -> Option<PathBuf> {
-    fs::read_link(proc_path(pid, "exe")).ok()
+    linked(pid, "exe")
+}
+
+/// The target of the link `/proc/PID/LEAF` (`exe`, `root`), through a
+/// thread that runs on when the process's leader has exited (its links
+/// are gone then: [`stand_in`]).
+pub(crate) fn linked(pid: Pid, leaf: &str) -> Option<PathBuf> {
+    fs::read_link(proc_path(pid, leaf))
+        .ok()
+        .or_else(|| fs::read_link(proc_path(stand_in(pid)?, leaf)).ok())
 }
 
 /// Every pid in /proc, sorted.

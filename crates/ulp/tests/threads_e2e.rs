@@ -172,6 +172,55 @@ fn hundreds_of_threads_including_new_and_exiting_ones() {
     assert!(threads >= 300, "threads at the end: {threads}");
 }
 
+/// Waits (bounded) until the main thread of `pid` is a zombie.
+fn wait_leader_exited(pid: i32) {
+    let leader = format!("/proc/{pid}/task/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(&leader).unwrap_or_default();
+        if stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z') {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the main thread did not exit: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_process_whose_main_thread_exited_gets_the_runtime_loaded() {
+    // The same kind of process started without the runtime: loading it
+    // (`--load-runtime`) checks the process's environment, executable and
+    // root, all gone with its leader, then applies and reverts.
+    let demo = Demo::new("threads-zombie-load");
+    copy_files(&fixtures_dir(), demo.dir.path(), &["threads_prog"]);
+    let mut cmd = Command::new(demo.dir.join("threads_prog"));
+    cmd.args(["-p", "4", "-x"]).current_dir(demo.dir.path());
+    let mut t = Target::spawn(cmd);
+    let pid = t.pid.to_string();
+    wait_leader_exited(t.pid);
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let (code, out, err) = demo.ulp(&[
+        "trigger",
+        "-p",
+        &pid,
+        "--load-runtime",
+        "--runtime",
+        &runtime,
+        "demo_livepatch.so",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}{err}");
+    assert_eq!(t.ask("answer"), "2");
+    trigger(&demo, &pid, true, 0);
+    assert_eq!(t.ask("answer"), "1");
+    if let Err(e) = settled(t.pid) {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn a_process_whose_main_thread_exited_is_patched_and_reverted() {
     // The main thread leaves with pthread_exit: the leader stays a zombie,
@@ -182,19 +231,7 @@ fn a_process_whose_main_thread_exited_is_patched_and_reverted() {
     let demo = Demo::new("threads-zombie-leader");
     let mut t = start_threads_prog(&demo, &["-p", "8", "-x"]);
     let pid = t.pid.to_string();
-    let leader = format!("/proc/{pid}/task/{pid}/stat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stat = std::fs::read_to_string(&leader).unwrap_or_default();
-        if stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z') {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the main thread did not exit: {stat}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_leader_exited(t.pid);
     assert_eq!(t.ask("answer"), "1");
     for cycle in 0..3 {
         trigger(&demo, &pid, false, cycle);
