@@ -540,7 +540,19 @@ fn write_all(
                     .iter()
                     .flat_map(|c| c.new[..c.len as usize].iter().copied())
                     .collect();
-                write_at_once(&mut stopped, w.addr, &bytes, faults)
+                // Where /proc/PID/mem may not write code, word by word as
+                // before (nothing reaches these bytes yet either way).
+                write_at_once(&mut stopped, w.addr, &bytes, faults).or_else(|_| {
+                    todo[i..i + run].iter().try_for_each(|c| {
+                        make_write(
+                            &mut stopped,
+                            c.addr,
+                            c.kind,
+                            &c.new[..c.len as usize],
+                            faults,
+                        )
+                    })
+                })
             } else {
                 make_write(
                     &mut stopped,
