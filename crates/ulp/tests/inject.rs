@@ -17,19 +17,6 @@ fn maps_runtime(pid: i32) -> bool {
         .any(|l| l.contains("/libpulp.so"))
 }
 
-fn load_and_apply(demo: &Demo, pid: &str) -> (i32, String, String) {
-    let runtime = demo.runtime.to_string_lossy().into_owned();
-    demo.ulp(&[
-        "trigger",
-        "-p",
-        pid,
-        "--load-runtime",
-        "--runtime",
-        &runtime,
-        "demo_livepatch.so",
-    ])
-}
-
 /// Reverts demo_livepatch.so in `t` and checks the old answers are back.
 fn revert_and_check(demo: &Demo, t: &mut Target) {
     let pid = t.pid.to_string();
@@ -74,7 +61,7 @@ fn a_process_started_without_the_runtime_is_patched_and_reverted() {
     );
     assert_eq!(t.ask("answer"), "1");
 
-    let (code, out, err) = load_and_apply(&demo, &pid);
+    let (code, out, err) = demo.load_and_apply(&pid);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}{err}");
     assert!(maps_runtime(t.pid));
@@ -91,7 +78,7 @@ fn a_process_started_without_the_runtime_is_patched_and_reverted() {
     assert_eq!(code, 1, "check says applied: {out}{err}");
 
     // Loading again is a no-op: the runtime is there once.
-    let (code, out, err) = load_and_apply(&demo, &pid);
+    let (code, out, err) = demo.load_and_apply(&pid);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Patch already applied"), "{out}");
 
@@ -136,7 +123,7 @@ for line in sys.stdin:
     let mut t = Target::spawn(cmd);
     let pid = t.pid.to_string();
     assert_eq!(t.ask("answer"), "1");
-    let (code, out, err) = load_and_apply(&demo, &pid);
+    let (code, out, err) = demo.load_and_apply(&pid);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("python3 (pid: "), "{out}");
     assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}");
@@ -156,7 +143,7 @@ fn an_opted_out_process_is_not_loaded_into() {
         .env("LIBPULP_DISABLE_ON_PATH", "/nowhere/*:*/demo_prog");
     let mut t = Target::spawn(cmd);
     let pid = t.pid.to_string();
-    let (code, out, err) = load_and_apply(&demo, &pid);
+    let (code, out, err) = demo.load_and_apply(&pid);
     assert_eq!(code, 0, "an opt-out is a skip, not a failure: {out}{err}");
     assert!(out.contains("SKIPPED"), "{out}");
     assert!(
@@ -182,7 +169,7 @@ fn a_process_without_the_library_is_left_alone() {
         assert!(Instant::now() < end, "sleep did not start");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let (code, out, err) = load_and_apply(&demo, &pid);
+    let (code, out, err) = demo.load_and_apply(&pid);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(code, 0, "{out}{err}");
@@ -254,7 +241,7 @@ fn killing_ulp_while_it_loads_the_runtime_leaves_the_process_whole() {
     for _ in 0..3 {
         let t = demo.start_plain(&["-t", "2", "-s"]);
         let start = Instant::now();
-        let (code, out, err) = load_and_apply(&demo, &t.pid.to_string());
+        let (code, out, err) = demo.load_and_apply(&t.pid.to_string());
         assert_eq!(code, 0, "{out}{err}");
         spans.push(start.elapsed());
     }
@@ -292,7 +279,7 @@ fn killing_ulp_while_it_loads_the_runtime_leaves_the_process_whole() {
             none += 1;
         }
         // Whatever the kill left, the next trigger finishes the job.
-        let (code, out, err) = load_and_apply(&demo, &pid);
+        let (code, out, err) = demo.load_and_apply(&pid);
         assert_eq!(code, 0, "{ctx}: the next trigger: {out}{err}");
         assert_eq!(t.ask("answer"), "2", "{ctx}: {out}");
         assert_eq!(t.ask("word"), "new", "{ctx}");
@@ -351,7 +338,7 @@ fn a_load_left_alone_midway_returns_by_itself() {
         killed += 1;
         assert_eq!(t.ask("answer"), "1", "{ctx}: nothing applied yet");
         // The runtime the lone thread loaded works.
-        let (code, out, err) = load_and_apply(&demo, &pid);
+        let (code, out, err) = demo.load_and_apply(&pid);
         assert_eq!(code, 0, "{ctx}: {out}{err}");
         assert_eq!(t.ask("answer"), "2", "{ctx}");
         n += 3;

@@ -217,7 +217,6 @@ fn a_container_dlopen_refuses_fails_with_failure_in_dlopen() {
 #[test]
 fn load_runtime_honours_numeric_ids_and_extended_globs() {
     let demo = Demo::new("rt-inject-optout");
-    let runtime = demo.runtime.to_string_lossy().into_owned();
     let uid = id("-u");
     let cases = [
         ("LIBPULP_DISABLE_ON_USERS", format!("no-such-user:{uid}")),
@@ -233,15 +232,7 @@ fn load_runtime_honours_numeric_ids_and_extended_globs() {
             .env(var, value);
         let mut t = Target::spawn(cmd);
         let pid = t.pid.to_string();
-        let (code, out, err) = demo.ulp(&[
-            "trigger",
-            "-p",
-            &pid,
-            "--load-runtime",
-            "--runtime",
-            &runtime,
-            "demo_livepatch.so",
-        ]);
+        let (code, out, err) = demo.load_and_apply(&pid);
         assert_eq!(code, 0, "{var}={value}: {out}{err}");
         assert!(out.contains("SKIPPED"), "{var}={value}: {out}");
         assert!(out.contains(var), "{var}={value}: {out}");

@@ -175,18 +175,10 @@ fn hundreds_of_threads_including_new_and_exiting_ones() {
 /// Waits (bounded) until the main thread of `pid` is a zombie.
 fn wait_leader_exited(pid: i32) {
     let leader = format!("/proc/{pid}/task/{pid}/stat");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("the main thread exiting", || {
         let stat = std::fs::read_to_string(&leader).unwrap_or_default();
-        if stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z') {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the main thread did not exit: {stat}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) == Some('Z')
+    });
 }
 
 #[test]
@@ -201,16 +193,7 @@ fn a_process_whose_main_thread_exited_gets_the_runtime_loaded() {
     let mut t = Target::spawn(cmd);
     let pid = t.pid.to_string();
     wait_leader_exited(t.pid);
-    let runtime = demo.runtime.to_string_lossy().into_owned();
-    let (code, out, err) = demo.ulp(&[
-        "trigger",
-        "-p",
-        &pid,
-        "--load-runtime",
-        "--runtime",
-        &runtime,
-        "demo_livepatch.so",
-    ]);
+    let (code, out, err) = demo.load_and_apply(&pid);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}{err}");
     assert_eq!(t.ask("answer"), "2");

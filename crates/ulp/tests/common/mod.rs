@@ -150,6 +150,21 @@ impl Demo {
         ulp(self.dir.path(), args)
     }
 
+    /// `ulp trigger -p PID --load-runtime --runtime RUNTIME
+    /// demo_livepatch.so`, with this demo's runtime.
+    pub fn load_and_apply(&self, pid: &str) -> (i32, String, String) {
+        let runtime = self.runtime.to_string_lossy().into_owned();
+        self.ulp(&[
+            "trigger",
+            "-p",
+            pid,
+            "--load-runtime",
+            "--runtime",
+            &runtime,
+            "demo_livepatch.so",
+        ])
+    }
+
     /// Runs `ulp ARGS` in the directory, which must exit 0; returns its
     /// stdout.
     #[track_caller]
