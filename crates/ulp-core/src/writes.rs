@@ -395,12 +395,15 @@ fn write_all(
         crate::got::find(pid, writes, opts.redirect_got)
     };
     let got_find = looked.elapsed();
+    // A transition's part: up to its flag (every thread marked old just
+    // before it), or what follows once no thread is old.
+    let plan = transition::plan_of(writes);
     let start = Instant::now();
     // A transition's first part marks every thread old: the thread control
     // blocks of the threads stopped first are checked while the running
     // ones still run, outside the pause those feel.
     let mut blocks = transition::ThreadBlocks::default();
-    let marks = part == Part::UpToFlag && transition::plan_of(writes).is_some();
+    let marks = part == Part::UpToFlag && plan.is_some();
     let mut between = |s: &Stopped, tids: &[Tid]| {
         if marks {
             blocks.check(s, tids);
@@ -444,9 +447,6 @@ fn write_all(
             writes[i].addr
         ))
     })?;
-    // A transition's part: up to its flag (every thread marked old just
-    // before it), or what follows once no thread is old.
-    let plan = transition::plan_of(writes);
     let is_flag = |w: &Write| {
         plan.as_ref()
             .is_some_and(|p| w.kind == write_kind::FLAG && w.addr == p.rec.flag)
@@ -534,33 +534,29 @@ fn write_all(
         // the tool, and one system call in the pause instead of a poke per
         // word.
         let run = code_run(&todo[i..]);
+        let group = &todo[i..i + run];
         let made = marked.and_then(|()| {
-            if run > 1 {
-                let bytes: Vec<u8> = todo[i..i + run]
+            let whole = (run > 1).then(|| {
+                let bytes: Vec<u8> = group
                     .iter()
                     .flat_map(|c| c.new[..c.len as usize].iter().copied())
                     .collect();
-                // Where /proc/PID/mem may not write code, word by word as
-                // before (nothing reaches these bytes yet either way).
-                write_at_once(&mut stopped, w.addr, &bytes, faults).or_else(|_| {
-                    todo[i..i + run].iter().try_for_each(|c| {
-                        make_write(
-                            &mut stopped,
-                            c.addr,
-                            c.kind,
-                            &c.new[..c.len as usize],
-                            faults,
-                        )
-                    })
-                })
-            } else {
-                make_write(
-                    &mut stopped,
-                    w.addr,
-                    w.kind,
-                    &w.new[..w.len as usize],
-                    faults,
-                )
+                write_at_once(&mut stopped, w.addr, &bytes, faults)
+            });
+            match whole {
+                Some(Ok(())) => Ok(()),
+                // One write at a time: a single one, or a run that
+                // /proc/PID/mem may not write (word by word as before;
+                // nothing reaches those bytes yet either way).
+                _ => group.iter().try_for_each(|c| {
+                    make_write(
+                        &mut stopped,
+                        c.addr,
+                        c.kind,
+                        &c.new[..c.len as usize],
+                        faults,
+                    )
+                }),
             }
             .map_err(|e| e.to_string())
         });
@@ -573,7 +569,7 @@ fn write_all(
             }
             return Err(WriteError::Fatal(e));
         }
-        done.extend_from_slice(&todo[i..i + run]);
+        done.extend_from_slice(group);
         i += run;
     }
     // `--redirect-got`: slots at an entry that now leads elsewhere go there.

@@ -104,25 +104,32 @@ pub fn read_mem(pid: Pid, addr: RemoteAddr, buf: &mut [u8]) -> Result<(), Error>
         return Err(Error::Gone { pid, tid: None });
     }
     // Fallback: /proc/PID/mem reads with the kernel's forced access
-    // (through a thread that runs on when the leader has exited).
-    let via = crate::procfs::stand_in(pid).unwrap_or(pid);
-    let file = File::open(format!("/proc/{via}/mem")).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::Gone { pid, tid: None }
-        } else {
-            mem_error(pid, addr, buf.len(), false, last_errno)
-        }
-    })?;
-    file.read_exact_at(&mut buf[done..], addr + done as u64)
-        .map_err(|e| {
+    // (through a thread that runs on when the leader has exited: its
+    // /proc/PID/mem is gone then).
+    let len = buf.len();
+    let rest = addr + done as u64;
+    let read_via = |via: Pid, buf: &mut [u8]| {
+        let file = File::open(format!("/proc/{via}/mem")).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Gone { pid, tid: None }
+            } else {
+                mem_error(pid, addr, len, false, last_errno)
+            }
+        })?;
+        file.read_exact_at(buf, rest).map_err(|e| {
             mem_error(
                 pid,
                 addr,
-                buf.len(),
+                len,
                 false,
                 e.raw_os_error().unwrap_or(last_errno),
             )
         })
+    };
+    read_via(pid, &mut buf[done..]).or_else(|e| match crate::procfs::stand_in(pid) {
+        Some(t) => read_via(t, &mut buf[done..]),
+        None => Err(e),
+    })
 }
 
 /// Writes all of `data` at `addr` of `pid` with `process_vm_writev`.

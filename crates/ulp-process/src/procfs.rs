@@ -550,25 +550,29 @@ impl StatFile {
     /// group not yet reaped, zombies included.
     pub(crate) fn threads(&self) -> Option<u32> {
         use std::os::unix::fs::FileExt;
-        // Field 20 comes within the first few hundred bytes (the command
-        // is at most 64): no need for the rest of the line.
+        // Fields 20 and 22 come within the first few hundred bytes (the
+        // command is at most 64): no need for the rest of the line.
         let mut buf = [0u8; 1024];
         let n = self.0.read_at(&mut buf, 0).ok()?;
-        let (_, mut fields) = split_stat(&buf[..n])?;
-        fields.nth(17)?.parse().ok()
+        let (_, fields) = split_stat(&buf[..n])?;
+        threads_and_start(fields).map(|t| t.0)
     }
+}
+
+/// The thread count (field 20) and the start time (field 22), from a
+/// stat's fields from the state (field 3) on.
+fn threads_and_start(mut fields: std::str::Split<'_, char>) -> Option<(u32, u64)> {
+    let threads = fields.nth(17)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
+    Some((threads, start))
 }
 
 /// The name (as `/proc/PID/comm` has it), start time (field 22) and
 /// thread count (field 20) of `pid`, from one read of its stat.
 fn name_start_and_threads(pid: Pid) -> Option<(String, u64, u32)> {
     let raw = read_whole(format!("/proc/{pid}/stat")).ok()?;
-    // From the state (field 3) on: the thread count is the 18th field and
-    // the start time the 20th.
     let (name, fields) = split_stat(&raw)?;
-    let mut fields = fields.skip(17);
-    let threads = fields.next()?.parse().ok()?;
-    let start = fields.nth(1)?.parse().ok()?;
+    let (threads, start) = threads_and_start(fields)?;
     Some((String::from_utf8_lossy(name).into_owned(), start, threads))
 }
 
