@@ -58,14 +58,30 @@ fn at(base: u64, off: i32) -> RemoteAddr {
 /// stacks, `x86_Thread_features: shstk` in /proc/PID/status): a return
 /// through the thread trampoline would not match its shadow stack and
 /// fault.
+///
+/// A kernel built without user shadow stacks has no such line in any
+/// process's status, ulp's own included: then no process can run with
+/// them, and the target's status (an expensive file for the kernel to
+/// make, read once per process of a fleet) is not read. Asked once per
+/// ulp run.
 pub(crate) fn shadow_stack(pid: Pid) -> bool {
-    ulp_process::read_text(format!("/proc/{pid}/status")).is_ok_and(|s| {
-        s.lines().any(|l| {
-            l.strip_prefix("x86_Thread_features:")
-                .is_some_and(|v| v.split_whitespace().any(|w| w == "shstk"))
+    static KERNEL_HAS_THEM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let possible = *KERNEL_HAS_THEM.get_or_init(|| {
+        // Unreadable: assume they may be there (read each target's).
+        ulp_process::read_text("/proc/self/status")
+            .map_or(true, |s| s.lines().any(|l| l.starts_with(THREAD_FEATURES)))
+    });
+    possible
+        && ulp_process::read_text(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.strip_prefix(THREAD_FEATURES)
+                    .is_some_and(|v| v.split_whitespace().any(|w| w == "shstk"))
+            })
         })
-    })
 }
+
+/// The status line of a kernel with x86 user shadow stacks.
+const THREAD_FEATURES: &str = "x86_Thread_features:";
 
 /// Whether the plan's flag is set in `pid` (read from outside): the
 /// transition has begun.

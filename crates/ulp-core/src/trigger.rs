@@ -44,7 +44,7 @@ use ulp_elf::ElfFile;
 use ulp_process::{Incarnation, Mapping, Pid, ReturnPath, SeizeOptions, Stopped};
 
 use crate::caller;
-use crate::objects::{chroot_of, named_objects, named_objects_in, MappedObject};
+use crate::objects::{chroot_of, named_objects, named_objects_in, objects_from_maps, MappedObject};
 use crate::reason::Reason;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::writes::{
@@ -418,6 +418,8 @@ struct Objects {
     pid: Pid,
     maps: Option<Vec<Mapping>>,
     read: Option<Result<Vec<MappedObject>, Outcome>>,
+    /// The same objects named by their paths only ([`Objects::by_path`]).
+    by_path: Option<Vec<MappedObject>>,
 }
 
 impl Objects {
@@ -428,21 +430,48 @@ impl Objects {
             pid,
             maps,
             read: None,
+            by_path: None,
         }
     }
 
     /// Load addresses of the objects named `lib` (a patch's target library),
-    /// as found by [`Objects::get`].
+    /// among the objects read so far: the loader's names when
+    /// [`Objects::get`] read them, else the paths. (What it gives is read
+    /// ahead of the stop; a copy it misses is read when needed.)
     fn bases_of(&mut self, lib: &str) -> Vec<u64> {
         let pid = self.pid;
-        match self.get() {
-            Ok(objects) => objects
-                .iter()
-                .filter(|o| o.is_library(pid, lib))
-                .map(|o| o.bias)
-                .collect(),
-            Err(_) => Vec::new(),
+        let objects = match (&self.read, &self.by_path) {
+            (Some(Ok(named)), _) => named.as_slice(),
+            (None, Some(by_path)) => by_path.as_slice(),
+            _ => match self.get() {
+                Ok(named) => named,
+                Err(_) => return Vec::new(),
+            },
+        };
+        objects
+            .iter()
+            .filter(|o| o.is_library(pid, lib))
+            .map(|o| o.bias)
+            .collect()
+    }
+
+    /// The objects named by their mapped paths, not by the loader's list:
+    /// from the maps alone (read now when not given), which it keeps for
+    /// [`Objects::get`]. A library is told by its file name and its
+    /// SONAME ([`MappedObject::is_library`]) without the walk through the
+    /// loader's list in the process's memory (a dozen reads), which only
+    /// a library known by another name needs.
+    fn by_path(&mut self) -> Result<&[MappedObject], Outcome> {
+        if self.by_path.is_none() {
+            if self.maps.is_none() {
+                let maps = ulp_process::maps(self.pid).map_err(|e| {
+                    Outcome::Failed(Reason::new(errors::ETARGETHOOK, e.to_string()))
+                })?;
+                self.maps = Some(maps);
+            }
+            self.by_path = self.maps.as_deref().map(objects_from_maps);
         }
+        Ok(self.by_path.as_deref().unwrap_or_default())
     }
 
     fn get(&mut self) -> Result<&[MappedObject], Outcome> {
@@ -755,7 +784,7 @@ fn precheck(
     container: &Container,
     opts: &Options,
 ) -> Result<Option<MappedObject>, Outcome> {
-    match target_state(rt.pid, objects.get()?, &container.metadata, opts) {
+    match target_state_in(rt.pid, objects, &container.metadata, opts)? {
         TargetState::Loaded(matched) => Ok(matched),
         TargetState::NotLoaded(why) | TargetState::OtherBuild(why) => Err(Outcome::Skipped(why)),
     }
@@ -765,15 +794,32 @@ fn precheck(
 /// library is not loaded, or is another build); `None` when it can.
 pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Option<Reason> {
     let mut objects = Objects::new(pid, None);
-    match objects
-        .get()
-        .map(|objects| target_state(pid, objects, &container.metadata, opts))
-    {
+    match target_state_in(pid, &mut objects, &container.metadata, opts) {
         Ok(TargetState::Loaded(_)) => None,
         Ok(TargetState::NotLoaded(why) | TargetState::OtherBuild(why)) => Some(why),
         Err(Outcome::Skipped(r) | Outcome::Failed(r)) => Some(r),
         Err(o) => Some(Reason::unknown(o.to_string())),
     }
+}
+
+/// [`target_state`] among `objects`. Usually the target is found by its
+/// file name or its SONAME ([`Objects::by_path`]); the loader's names are
+/// read only when it is not (a library loaded under another name, another
+/// build, not loaded), or when the patch names a whole path, which only
+/// the loader's name can match.
+fn target_state_in(
+    pid: Pid,
+    objects: &mut Objects,
+    md: &Metadata,
+    opts: &Options,
+) -> Result<TargetState, Outcome> {
+    if !md.target_name.contains('/') {
+        let found = target_state(pid, objects.by_path()?, md, opts);
+        if matches!(found, TargetState::Loaded(_)) {
+            return Ok(found);
+        }
+    }
+    Ok(target_state(pid, objects.get()?, md, opts))
 }
 
 /// A patch's target in a process, as seen from outside.
@@ -916,10 +962,7 @@ fn applied_in(
     if !patches.iter().any(|p| p.patch_id == md.patch_id) {
         return Ok(false);
     }
-    match objects
-        .get()
-        .map(|objects| target_state(rt.pid, objects, md, opts))
-    {
+    match target_state_in(rt.pid, objects, md, opts) {
         Ok(TargetState::OtherBuild(_)) => Ok(false),
         Ok(_) => Ok(true),
         Err(o) => Err(crate::Error::refused(o.to_string())),

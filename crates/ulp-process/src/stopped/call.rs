@@ -84,7 +84,10 @@ fn next_cookie() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let c = (t ^ (n << 40) ^ (u64::from(std::process::id()) << 20)).rotate_left(17);
+    // (This process's id, asked once: a system call each time otherwise.)
+    static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let me = *ME.get_or_init(std::process::id);
+    let c = (t ^ (n << 40) ^ (u64::from(me) << 20)).rotate_left(17);
     c | 1
 }
 
