@@ -581,9 +581,19 @@ impl Prepared {
             syms.function(a);
         }
         let mut unwinder = Unwinder::with_maps(pid, &syms.maps);
-        // Every file's unwind information read now, before any thread is
-        // held (once per tool run: a fleet maps the same files).
-        unwinder.load_all();
+        // The unwind information the thread's stack needs, read now, before
+        // the thread is held. For the first process of a tool run (one
+        // `ulp trigger -p PID`), only the files its stack runs through, when
+        // it waits in the kernel as a thread usually does. Every file's for
+        // the others: read once per tool run (a fleet maps the same files),
+        // they then find them all read and read nothing.
+        static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        let first = FIRST.swap(false, std::sync::atomic::Ordering::Relaxed);
+        let enough =
+            unwinder.load_known() || (first && unwinder.load_for_blocked(pid.main_thread()));
+        if !enough {
+            unwinder.load_all();
+        }
         Prepared { syms, unwinder }
     }
 

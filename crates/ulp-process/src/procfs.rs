@@ -438,6 +438,29 @@ pub fn thread_ended(pid: Pid, tid: Tid) -> bool {
     matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
+/// Where a thread that is blocked (in a system call, or otherwise off its
+/// CPU) stands: its stack pointer and instruction pointer, from
+/// `/proc/PID/task/TID/syscall` (`NR ARGS... SP PC`, or `-1 SP PC`),
+/// read without stopping it. `None` while it runs (`running`), or when
+/// the file cannot be read. What it gives holds only as long as the
+/// thread stays blocked.
+pub(crate) fn blocked_at(pid: Pid, tid: Tid) -> Option<(u64, u64)> {
+    let raw = read_whole(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    parse_blocked_at(std::str::from_utf8(&raw).ok()?)
+}
+
+fn parse_blocked_at(text: &str) -> Option<(u64, u64)> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let hex = |w: &str| u64::from_str_radix(w.strip_prefix("0x")?, 16).ok();
+    // The system call number (or -1) first, the stack and instruction
+    // pointers last.
+    let [nr, .., sp, pc] = words[..] else {
+        return None;
+    };
+    nr.parse::<i64>().ok()?;
+    Some((hex(sp)?, hex(pc)?))
+}
+
 fn status_field(pid: Pid, tid: Tid, name: &str) -> Option<String> {
     let text = read_text(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     text.lines()
@@ -692,6 +715,68 @@ impl Incarnation {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn where_a_blocked_thread_stands() {
+        let in_read = "0 0x3 0x7fb400578000 0x20000 0x7fb40060bb60 0xffffffff 0x0 0x7ffcda6c4d18 0x7fb4006f42ad\n";
+        assert_eq!(
+            parse_blocked_at(in_read),
+            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
+        );
+        assert_eq!(
+            parse_blocked_at("-1 0x7ffcda6c4d18 0x7fb4006f42ad\n"),
+            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
+        );
+        assert_eq!(parse_blocked_at("running\n"), None);
+        assert_eq!(parse_blocked_at(""), None);
+    }
+
+    #[test]
+    fn this_blocked_thread_is_found_where_it_waits() {
+        // A thread of this process asleep in a read of a pipe.
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let mut b = [0u8; 1];
+            // SAFETY: a valid buffer of 1 byte and an open fd.
+            unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+        });
+        let tid = Tid::new(rx.recv().unwrap());
+        let me = Pid::new(std::process::id() as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let found = loop {
+            if thread_state(me, tid) == Some('S') {
+                if let Some(at) = blocked_at(me, tid) {
+                    break at;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader never blocked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        // Its stack pointer is in its stack, its pc in this process's code.
+        let maps = maps(me).unwrap();
+        let holds = |a: u64, f: fn(&Mapping) -> bool| {
+            maps.iter()
+                .any(|m| m.contains(crate::RemoteAddr::new(a)) && f(m))
+        };
+        assert!(holds(found.0, |m| m.is_writable()), "{found:x?}");
+        assert!(holds(found.1, |m| m.is_executable()), "{found:x?}");
+        // SAFETY: the pipe's write end, open.
+        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        reader.join().unwrap();
+        // SAFETY: both ends are open and no longer used.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -27,7 +27,7 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{FrameAddress, Module, Unwinder as _};
 
 use crate::error::Error;
-use crate::{maps, Pid, Regs};
+use crate::{maps, Pid, Regs, Tid};
 use memory::{RestorerCache, StackMem, RESTORE_RT};
 use modules::{Bytes, CodeMap, Loaded, ObjectUnwind, Source};
 
@@ -171,6 +171,46 @@ impl Unwinder {
         for a in starts {
             self.load_module_for(a);
         }
+    }
+
+    /// Gives framehop every module this tool run has read already (a
+    /// fleet maps the same files: after its first process, all of them),
+    /// and the vDSO's (one read of the process's memory). True when no
+    /// file is left to read.
+    pub fn load_known(&mut self) -> bool {
+        let mut all = true;
+        for i in 0..self.code.len() {
+            let m = &self.code[i];
+            let known = match m.file_key() {
+                Some((dev, inode)) => READ.get(dev, inode).is_some(),
+                None => true,
+            };
+            if known {
+                let start = m.start;
+                self.load_module_for(start);
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Reads the unwind information of the files that thread `tid`'s
+    /// stack runs through now, without stopping it: it must be blocked (in
+    /// a system call, as a thread that waits is), and its stack is unwound
+    /// from where /proc says it stands. The stack of a thread that stays
+    /// blocked does not change, so that a later [`Unwinder::unwind`] of it
+    /// reads no file (one that has moved on meanwhile is unwound all the
+    /// same, reading what it needs then). False when the thread runs or
+    /// /proc does not say where it stands: nothing was read.
+    pub fn load_for_blocked(&mut self, tid: Tid) -> bool {
+        let Some((sp, ip)) = crate::procfs::blocked_at(self.pid, tid) else {
+            return false;
+        };
+        // No frame pointer is known here: the call frame information
+        // carries the unwind (what it cannot reach is read when needed).
+        self.unwind(StartRegs { ip, sp, bp: 0 });
+        true
     }
 
     /// The process this unwinds.
