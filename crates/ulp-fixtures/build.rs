@@ -485,6 +485,7 @@ fn build_consistency(src: &Path, out: &Path) {
     for (prog, lib) in [
         ("cons_load_prog", "-l:libcons.so.1"),
         ("cons_block_prog", "-l:libcons.so.1"),
+        ("cons_one_prog", "-l:libcons.so.1"),
         ("loop_prog", "-l:libloop.so.1"),
         ("many_prog", "-l:libmany.so.1"),
     ] {

@@ -392,6 +392,51 @@ fn blocked_in_a_replaced_function_stays_old_until_it_returns() {
     assert!(t.alive());
 }
 
+/// A process of one thread, waiting inside a replaced function (its stack:
+/// the C library's read, libcons's process, the program's main). Its one
+/// stop (the runtime's call, the writes, the transition's check) finds the
+/// old process on its stack, through the library's frame, and the thread
+/// stays old until process returns; its next call is new. The same for
+/// the revert. (The unwind information of the files its stack runs
+/// through is read before that stop, from where /proc says the waiting
+/// thread stands.)
+#[test]
+fn a_single_thread_blocked_in_a_replaced_function_stays_old_until_it_returns() {
+    let s = Setup::new(
+        "cons-one-block",
+        &["libcons.so.1", "cons_one_prog", "cons_patch_pair.so"],
+        &[],
+        &["libcons.so.1"],
+        &[("cons_patch_pair.dsc", PAIR_DSC)],
+    );
+    let mut t = s.start("cons_one_prog");
+    let pid = t.pid;
+    let pending = format!("transition pending: 1 threads: {pid} in process");
+    for (extra, before, after) in [
+        (&[][..], PAIR_OLD, PAIR_NEW),
+        (&["--revert"][..], PAIR_NEW, PAIR_OLD),
+    ] {
+        // Its read of stdin (system call 0), inside process().
+        wait_in_syscall(pid, pid, 0);
+        let mut args = vec!["--timeout", "1"];
+        args.extend_from_slice(extra);
+        let out = s.trigger(pid, None, &args, "cons_patch_pair.so");
+        let line = success_line(&out, pid);
+        assert!(
+            line.trim_end()
+                .ends_with(&format!("SUCCESS cons_patch_pair.so ({pending})")),
+            "{extra:?}: {line:?}"
+        );
+        // One byte: the waiting call returns with the code it started in.
+        t.send("x");
+        assert_eq!(result(&mut t), before, "{extra:?}: the waiting call");
+        t.send("x");
+        assert_eq!(result(&mut t), after, "{extra:?}: the next call");
+        s.wait_transition_complete(pid, &format!("{extra:?}, once it returned"));
+    }
+    assert!(t.alive());
+}
+
 /// The same under `none`: the thread blocked in the old process comes back
 /// into the new consume, which reads the old layout (43); after the revert,
 /// the thread blocked in new_process comes back into the old consume (65).
