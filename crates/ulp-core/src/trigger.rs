@@ -457,10 +457,9 @@ impl Objects {
 
     /// The objects named by their mapped paths, not by the loader's list:
     /// from the maps alone (read now when not given), which it keeps for
-    /// [`Objects::get`]. A library is told by its file name and its
-    /// SONAME ([`MappedObject::is_library`]) without the walk through the
-    /// loader's list in the process's memory (a dozen reads), which only
-    /// a library known by another name needs.
+    /// [`Objects::get`]. A library is told by its SONAME among them
+    /// without the walk through the loader's list in the process's memory
+    /// (a dozen reads; see [`target_state_in`]).
     fn by_path(&mut self) -> Result<&[MappedObject], Outcome> {
         if self.by_path.is_none() {
             if self.maps.is_none() {
@@ -803,18 +802,25 @@ pub fn target_mismatch(pid: Pid, container: &Container, opts: &Options) -> Optio
 }
 
 /// [`target_state`] among `objects`. Usually the target is found by its
-/// file name or its SONAME ([`Objects::by_path`]); the loader's names are
-/// read only when it is not (a library loaded under another name, another
-/// build, not loaded), or when the patch names a whole path, which only
-/// the loader's name can match.
+/// SONAME among the objects as the maps name them ([`Objects::by_path`]):
+/// the rule's SONAME branch holds whatever the loader calls the object
+/// (`names_object` is "basename of the loader's name, or SONAME"), so
+/// that match is the rule's answer. A file name is not: the loader may
+/// know the file by another name, and the runtime goes by the loader's.
+/// The loader's names are read when the SONAME does not find the target
+/// build (another name, another build, not loaded), or when the patch
+/// names a whole path, which only the loader's name can match.
 fn target_state_in(
     pid: Pid,
     objects: &mut Objects,
     md: &Metadata,
     opts: &Options,
 ) -> Result<TargetState, Outcome> {
-    if !md.target_name.contains('/') {
-        let found = target_state(pid, objects.by_path()?, md, opts);
+    let lib = &md.target_name;
+    if !lib.contains('/') {
+        let found = target_state_by(pid, objects.by_path()?, md, opts, |o| {
+            o.soname_in_memory(pid).as_deref() == Some(lib.as_str())
+        });
         if matches!(found, TargetState::Loaded(_)) {
             return Ok(found);
         }
@@ -840,11 +846,21 @@ enum TargetState {
 /// maps). The file is read only when the memory cannot be. The runtime
 /// checks the loaded copy again before changing anything.
 fn target_state(pid: Pid, objects: &[MappedObject], md: &Metadata, opts: &Options) -> TargetState {
+    target_state_by(pid, objects, md, opts, |o| {
+        o.is_library(pid, &md.target_name)
+    })
+}
+
+/// [`target_state`] among the objects `names` says are the target.
+fn target_state_by(
+    pid: Pid,
+    objects: &[MappedObject],
+    md: &Metadata,
+    opts: &Options,
+    names: impl Fn(&MappedObject) -> bool,
+) -> TargetState {
     let mut other = None;
-    for obj in objects
-        .iter()
-        .filter(|o| o.is_library(pid, &md.target_name))
-    {
+    for obj in objects.iter().filter(|o| names(o)) {
         let in_memory = obj.build_id_in_memory(pid);
         let from_memory = in_memory.is_some();
         let have = in_memory

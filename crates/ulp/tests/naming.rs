@@ -108,6 +108,27 @@ fn revert_all_patches_and_checks_by_the_soname_link() {
     assert!(out.contains(": SKIPPED "), "{out}");
     assert!(out.contains("not loaded"), "{out}");
     assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
+
+    // Nor for a patch made for it under that name: skipped from outside
+    // (the runtime, which goes by the loader's names, would not find it),
+    // though the maps show that very file.
+    std::fs::copy(
+        demo.dir.join("demo_livepatch.so"),
+        demo.dir.join("by_file_name.so"),
+    )
+    .unwrap();
+    let dsc = DEMO_DSC
+        .replace("demo_livepatch.so", "by_file_name.so")
+        .replace("@libulpdemo.so.1", "@libulpdemo.so.1.0.0");
+    std::fs::write(demo.dir.join("by_file_name.dsc"), dsc).unwrap();
+    demo.ulp_ok(&["packer", "by_file_name.dsc"]);
+    let out = demo.ulp_ok(&["trigger", "-p", &pid, "by_file_name.so"]);
+    assert!(
+        out.contains(": SKIPPED ") && out.contains("'libulpdemo.so.1.0.0' is not loaded"),
+        "{out}"
+    );
+    assert!(out.ends_with(&summary(0, 1, 0)), "{out}");
+    assert_eq!(t.ask("answer"), "1", "nothing changed");
 }
 
 #[test]
