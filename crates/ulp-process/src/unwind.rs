@@ -174,18 +174,18 @@ impl Unwinder {
     }
 
     /// Gives framehop every module this tool run has read already (a
-    /// fleet maps the same files: after its first process, all of them),
-    /// and the vDSO's (one read of the process's memory). True when no
-    /// file is left to read.
+    /// fleet maps the same files: after its first process, all of them).
+    /// True when no file is left to read. (The vDSO is left to the unwind
+    /// that meets it: a thread is there only while it runs a clock read,
+    /// never while it waits in the kernel.)
     pub fn load_known(&mut self) -> bool {
         let mut all = true;
         for i in 0..self.code.len() {
             let m = &self.code[i];
-            let known = match m.file_key() {
-                Some((dev, inode)) => READ.get(dev, inode).is_some(),
-                None => true,
+            let Some((dev, inode)) = m.file_key() else {
+                continue;
             };
-            if known {
+            if READ.get(dev, inode).is_some() {
                 let start = m.start;
                 self.load_module_for(start);
             } else {
