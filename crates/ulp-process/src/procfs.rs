@@ -715,68 +715,6 @@ impl Incarnation {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn where_a_blocked_thread_stands() {
-        let in_read = "0 0x3 0x7fb400578000 0x20000 0x7fb40060bb60 0xffffffff 0x0 0x7ffcda6c4d18 0x7fb4006f42ad\n";
-        assert_eq!(
-            parse_blocked_at(in_read),
-            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
-        );
-        assert_eq!(
-            parse_blocked_at("-1 0x7ffcda6c4d18 0x7fb4006f42ad\n"),
-            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
-        );
-        assert_eq!(parse_blocked_at("running\n"), None);
-        assert_eq!(parse_blocked_at(""), None);
-    }
-
-    #[test]
-    fn this_blocked_thread_is_found_where_it_waits() {
-        // A thread of this process asleep in a read of a pipe.
-        let mut fds = [0; 2];
-        // SAFETY: a valid array for pipe(2).
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() }).unwrap();
-            let mut b = [0u8; 1];
-            // SAFETY: a valid buffer of 1 byte and an open fd.
-            unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
-        });
-        let tid = Tid::new(rx.recv().unwrap());
-        let me = Pid::new(std::process::id() as i32);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let found = loop {
-            if thread_state(me, tid) == Some('S') {
-                if let Some(at) = blocked_at(me, tid) {
-                    break at;
-                }
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the reader never blocked"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        // Its stack pointer is in its stack, its pc in this process's code.
-        let maps = maps(me).unwrap();
-        let holds = |a: u64, f: fn(&Mapping) -> bool| {
-            maps.iter()
-                .any(|m| m.contains(crate::RemoteAddr::new(a)) && f(m))
-        };
-        assert!(holds(found.0, |m| m.is_writable()), "{found:x?}");
-        assert!(holds(found.1, |m| m.is_executable()), "{found:x?}");
-        // SAFETY: the pipe's write end, open.
-        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
-        reader.join().unwrap();
-        // SAFETY: both ends are open and no longer used.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -922,5 +860,62 @@ mod tests {
             }
         }
         panic!("the threads never held still");
+    }
+
+    #[test]
+    fn where_a_blocked_thread_stands() {
+        let in_read = "0 0x3 0x7fb400578000 0x20000 0x7fb40060bb60 0xffffffff 0x0 0x7ffcda6c4d18 0x7fb4006f42ad\n";
+        assert_eq!(
+            parse_blocked_at(in_read),
+            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
+        );
+        assert_eq!(
+            parse_blocked_at("-1 0x7ffcda6c4d18 0x7fb4006f42ad\n"),
+            Some((0x7ffcda6c4d18, 0x7fb4006f42ad))
+        );
+        assert_eq!(parse_blocked_at("running\n"), None);
+        assert_eq!(parse_blocked_at(""), None);
+    }
+
+    #[test]
+    fn this_blocked_thread_is_found_where_it_waits() {
+        // A thread of this process asleep in a read of a pipe.
+        let mut fds = [0; 2];
+        // SAFETY: a valid array for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let mut b = [0u8; 1];
+            // SAFETY: a valid buffer of 1 byte and an open fd.
+            unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+        });
+        let tid = Tid::new(rx.recv().unwrap());
+        let me = Pid::new(std::process::id() as i32);
+        let mut found = None;
+        ulp_fixtures::wait_until("the reader blocked in read", || {
+            found = (thread_state(me, tid) == Some('S'))
+                .then(|| blocked_at(me, tid))
+                .flatten();
+            found.is_some()
+        });
+        let found = found.unwrap();
+        // Its stack pointer is in its stack, its pc in this process's code.
+        let maps = maps(me).unwrap();
+        let holds = |a: u64, f: fn(&Mapping) -> bool| {
+            maps.iter()
+                .any(|m| m.contains(crate::RemoteAddr::new(a)) && f(m))
+        };
+        assert!(holds(found.0, |m| m.is_writable()), "{found:x?}");
+        assert!(holds(found.1, |m| m.is_executable()), "{found:x?}");
+        // SAFETY: the pipe's write end, open.
+        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        reader.join().unwrap();
+        // SAFETY: both ends are open and no longer used.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 }
