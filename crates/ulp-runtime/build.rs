@@ -17,40 +17,56 @@ fn main() {
     // relocations instead of two symbol lookups at every start. Nothing
     // else could sensibly define either for the runtime to use.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-Bsymbolic");
-    // Read-only data in the code's segment: the loader maps each loadable
-    // segment with an mmap of its own, and every start of a process that
-    // preloads the runtime pays for them. rust-lld (the default linker of
-    // x86-64 Linux since Rust 1.90) then makes three segments (code with
-    // read-only data, RELRO data, data) instead of four; GNU ld with `-z
-    // noseparate-code` makes the same three. The cost: the runtime's
-    // read-only data and ELF headers are executable too (RELRO stays).
+    // Two loadable segments: code with the read-only data, then data. The
+    // loader maps each segment with an mmap of its own, and every start of
+    // a process that preloads the runtime pays for them: rust-lld (the
+    // default linker of x86-64 Linux since Rust 1.90) would make four
+    // (headers and read-only data, code, RELRO data, data), GNU ld three.
+    // The read-only data and ELF headers are executable too. No RELRO
+    // (`-z norelro`): making the relocated data read-only after the
+    // relocations is one more mmap and one `mprotect` that splits the
+    // mapping, about 5 µs of every process start on the VM measured
+    // (ARCHITECTURE.md, "The runtime: no_std", has the figures and what
+    // stays writable).
     match linker() {
-        Linker::Lld => println!("cargo:rustc-cdylib-link-arg=-Wl,--no-rosegment"),
-        Linker::Gnu => println!("cargo:rustc-cdylib-link-arg=-Wl,-z,noseparate-code"),
+        Linker::Lld => {
+            println!("cargo:rustc-cdylib-link-arg=-Wl,--no-rosegment");
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-z,norelro");
+        }
+        Linker::Gnu => {
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-z,noseparate-code");
+            println!("cargo:rustc-cdylib-link-arg=-Wl,-z,norelro");
+        }
         Linker::Other => {}
     }
     // The code every start runs is in sections `.text.startup.ulp*`
-    // (lib.rs, `start`), gathered into one page of its own in front of
-    // the rest of the code: with the read-only data in the same segment,
-    // that page lies within the first 64 kB of the file, with everything
-    // else a start touches (headers, dynamic symbols, relocations). The
-    // kernel maps the pages around each touched page of a file (the
-    // aligned 64 kB fault-around window, or whole large folios of the page
-    // cache), so a start maps one window of the runtime's file: 64 kB
-    // resident, where scattered start code mapped all of it, and the
-    // four-segment layout with the start page at the end of the code 68
-    // kB. The code is padded to the end of its page (`.text.ulp_end`), so
-    // that the writable data after it starts on a page of its own: what
-    // the loader writes there (relocations, its own `.dynamic` updates)
-    // then dirties two pages, not three. Measured with both: process start
-    // 1.096 -> 1.081 of a plain one, interleaved, 2000 starts each (an
-    // empty `gcc -shared` library: 1.075).
+    // (lib.rs, `constructor`), gathered into one page of its own in front
+    // of the rest of the code: with the read-only data in the same
+    // segment, that page lies within the first 64 kB of the file, with
+    // everything else a start touches (headers, dynamic symbols,
+    // relocations). The kernel maps the pages around each touched page of
+    // a file (the aligned 64 kB fault-around window, or whole large folios
+    // of the page cache), so a start maps one window of the runtime's
+    // file: 64 kB resident, where scattered start code mapped all of it.
+    // The code is padded to the end of its page (`.text.ulp_end`), so
+    // that the data after it starts on a page of its own.
+    //
+    // The zero-initialised data starts with what a start reads and writes
+    // (`.bss.ulp_start`, then the interface block, whose first 100 bytes
+    // the constructor writes: ulp_abi, `offset`). It begins in the last
+    // page of the file's data, which the loader writes anyway (the
+    // relocations, and the zeroing of that page's tail), so a start
+    // writes no page of the runtime that the loader has not. Measured with
+    // both: process start 1.080 -> 1.057 of a plain one, interleaved, 3000
+    // starts each (an empty `gcc -shared` library: 1.076).
+    // `crates/ulp-runtime-tests/tests/elf_checks.rs` checks the placement.
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let script = out.join("start.ld");
     std::fs::write(
         &script,
         "SECTIONS\n{\n  .text.ulp_start ALIGN(4096) : { *(.text.startup.ulp*) . = ALIGN(4096); }\n}\nINSERT BEFORE .text;\n\
-         SECTIONS\n{\n  .text.ulp_end : { BYTE(0xcc) . = ALIGN(4096); }\n}\nINSERT AFTER .text;\n",
+         SECTIONS\n{\n  .text.ulp_end : { BYTE(0xcc) . = ALIGN(4096); }\n}\nINSERT AFTER .text;\n\
+         SECTIONS\n{\n  .bss.ulp_first (NOLOAD) : { *(.bss.ulp_start) *(.bss.ulp_interface) }\n}\nINSERT BEFORE .bss;\n",
     )
     .expect("writing the linker script");
     println!(

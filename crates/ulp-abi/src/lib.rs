@@ -65,7 +65,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -345,6 +345,23 @@ pub struct Interface {
     pub version: u32,
     pub state: u32,
 
+    /// Address of the runtime's resume routine and of the byte after it.
+    /// The tool runs `__ulp_entry` with this routine as its return address
+    /// and an `rt_sigframe` of the thread's own state above it, so the
+    /// call returns to the thread's code by itself (`rt_sigreturn`) even if
+    /// the tool died meanwhile. The frame's contract is
+    /// `ulp_process::ReturnPath`.
+    pub resume: u64,
+    pub resume_end: u64,
+    /// Where the resume routine reports a finished call: the call's cookie
+    /// (from its frame) in `[0]`, written after its return value in `[1]`.
+    pub call_done: [u64; 2],
+
+    /// Total bytes ever appended to the ring; the ring holds the last
+    /// `min(ring_head, RING_SIZE)` of them, at `ring_head % RING_SIZE`.
+    pub ring_head: u64,
+    pub ring: [u8; RING_SIZE],
+
     pub req_op: u32,
     pub req_len: u32,
     pub req: [u8; REQUEST_MAX],
@@ -360,22 +377,6 @@ pub struct Interface {
     /// Address of `reg_count` consecutive [`PatchRecord`]s, oldest first.
     pub reg_records: u64,
 
-    /// Total bytes ever appended to the ring; the ring holds the last
-    /// `min(ring_head, RING_SIZE)` of them, at `ring_head % RING_SIZE`.
-    pub ring_head: u64,
-    pub ring: [u8; RING_SIZE],
-
-    /// Address of the runtime's resume routine and of the byte after it.
-    /// The tool runs `__ulp_entry` with this routine as its return address
-    /// and an `rt_sigframe` of the thread's own state above it, so the
-    /// call returns to the thread's code by itself (`rt_sigreturn`) even if
-    /// the tool died meanwhile. The frame's contract is
-    /// `ulp_process::ReturnPath`.
-    pub resume: u64,
-    pub resume_end: u64,
-    /// Where the resume routine reports a finished call: the call's cookie
-    /// (from its frame) in `[0]`, written after its return value in `[1]`.
-    pub call_done: [u64; 2],
     /// The write journal: 1 when the writes in `res_writes` were handed to
     /// a tool and not (yet) all made. The runtime sets it with every result
     /// that carries writes (0 otherwise); the tool clears it once it has
@@ -469,13 +470,19 @@ const _: () = {
     assert!(offset::MAGIC == 0);
     assert!(offset::VERSION == 8);
     assert!(offset::STATE == 12);
-    assert!(offset::REQ_OP == 16);
-    assert!(offset::REQ_LEN == 20);
-    assert!(offset::REQ == 24);
-    assert!(offset::RES_CODE == 24 + REQUEST_MAX);
-    assert!(offset::RESUME == offset::RING + RING_SIZE);
-    assert!(offset::RESUME_END == offset::RESUME + 8);
-    assert!(offset::CALL_DONE == offset::RESUME + 16);
+    // What the runtime's constructor writes lies in the block's first 100
+    // bytes (the header, the return path, the ring's first line): one page
+    // of the process's memory, the one the loader has already written
+    // (the runtime's build.rs, `.bss.ulp_interface`).
+    assert!(offset::RESUME == 16);
+    assert!(offset::RESUME_END == 24);
+    assert!(offset::CALL_DONE == 32);
+    assert!(offset::RING_HEAD == 48);
+    assert!(offset::RING == 56);
+    assert!(offset::REQ_OP == offset::RING + RING_SIZE);
+    assert!(offset::REQ_LEN == offset::REQ_OP + 4);
+    assert!(offset::REQ == offset::REQ_OP + 8);
+    assert!(offset::RES_CODE == offset::REQ + REQUEST_MAX);
     assert!(core::mem::size_of::<Write>() == Write::SIZE);
     assert!(core::mem::size_of::<PatchRecord>() == PatchRecord::SIZE);
 };

@@ -4,7 +4,8 @@
 //! process that preloads it pays: the C library as its only dependency
 //! (no unwinder), 16 bytes of initial-exec thread-local storage (each
 //! thread's mark and saved return address for per-thread transitions),
-//! few imports.
+//! few imports, and no page of its own written at start but those the
+//! loader relocates.
 
 mod support;
 
@@ -104,4 +105,125 @@ fn preloading_changes_nothing_visible() {
         assert_eq!(out.stdout, b"hello\n", "{env:?}");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{env:?}");
     }
+}
+
+/// What a start writes: nothing but the two pages of relocated data the
+/// loader writes anyway (build.rs). The interface block's header, its
+/// "loaded" line and the variables the constructor reads sit in the
+/// second of them, so the rest of the zero-initialised data (the block's
+/// 130 kB, the guard's table) is never touched by a process that is not
+/// patched: no page of it is resident.
+#[test]
+fn a_start_dirties_only_the_pages_the_loader_relocates() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let runtime = support::runtime_so();
+    // Killed at the end of the test, also when an assertion fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut cat = Kill(
+        Command::new("/bin/cat")
+            .env("LD_PRELOAD", &runtime)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting cat"),
+    );
+    // cat echoes a line once it is in `main`: the constructor has run.
+    let mut stdin = cat.0.stdin.take().unwrap();
+    stdin.write_all(b"ready\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(cat.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", cat.0.id())).unwrap();
+    let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", cat.0.id())).unwrap();
+
+    // (start, end, path, Anonymous kB, Rss kB) of each mapping. A page of
+    // the file that a write copied is anonymous (Private_Dirty would also
+    // count the page cache's own dirty pages of a file just built).
+    let mut maps: Vec<(u64, u64, String, u64, u64)> = Vec::new();
+    for l in smaps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let Some((a, b)) = f.first().and_then(|r| r.split_once('-')) {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                maps.push((a, b, f.get(5).unwrap_or(&"").to_string(), 0, 0));
+                continue;
+            }
+        }
+        let kb = || f[1].parse::<u64>().unwrap();
+        match f.first() {
+            Some(&"Anonymous:") => maps.last_mut().unwrap().3 = kb(),
+            Some(&"Rss:") => maps.last_mut().unwrap().4 = kb(),
+            _ => {}
+        }
+    }
+    let name = runtime.canonicalize().unwrap();
+    let ours: Vec<_> = maps
+        .iter()
+        .filter(|m| std::path::Path::new(&m.2) == name)
+        .collect();
+    assert_eq!(ours.len(), 2, "two segments, two mappings:\n{smaps}");
+    let written: u64 = ours.iter().map(|m| m.3).sum();
+    let relocated = relocated_pages();
+    assert!(
+        written <= 4 * relocated,
+        "{written} kB of the runtime's file written, {relocated} pages relocated:\n{smaps}"
+    );
+    // The zero-initialised data past the file's last page: anonymous
+    // memory from the end of the file's mapping to the end of the data
+    // segment, not one page of it present (the kernel may have merged it
+    // with the loader's own memory after it: its pages are asked one by
+    // one, in /proc/PID/pagemap, bit 63).
+    let base = ours[0].0;
+    let data_end = base + last_load_end();
+    let from = ours.last().unwrap().1;
+    assert!(data_end > from, "no zero-initialised data past the file");
+    let present: Vec<u64> = (from / 4096..data_end.div_ceil(4096))
+        .filter(|page| {
+            let mut entry = [0u8; 8];
+            use std::os::unix::fs::FileExt;
+            pagemap.read_exact_at(&mut entry, page * 8).unwrap();
+            u64::from_le_bytes(entry) >> 63 == 1
+        })
+        .map(|page| page * 4096)
+        .collect();
+    assert!(
+        present.is_empty(),
+        "pages of the runtime's zeroed data present: {present:x?}"
+    );
+}
+
+/// Where the last loadable segment ends in memory (`p_vaddr + p_memsz`).
+fn last_load_end() -> u64 {
+    let segments = readelf(&["-l", "-W"]);
+    let last = segments
+        .lines()
+        .rfind(|l| l.trim_start().starts_with("LOAD "))
+        .expect("a loadable segment");
+    let f: Vec<&str> = last.split_whitespace().collect();
+    // Type Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    hex(f[2]) + hex(f[5])
+}
+
+/// How many pages the loader's relocations write (those of `.rela.dyn`).
+fn relocated_pages() -> u64 {
+    let mut pages: Vec<u64> = readelf(&["-r", "-W"])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let at = u64::from_str_radix(f.first()?, 16).ok()?;
+            f.get(2)?.starts_with("R_X86_64_").then_some(at / 4096)
+        })
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages.len() as u64
 }

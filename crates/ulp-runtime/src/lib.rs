@@ -80,8 +80,12 @@ mod prelude {
 
 use interface::SharedInterface;
 
-/// The block the tool reads and writes (see `ulp_abi::Interface`).
+/// The block the tool reads and writes (see `ulp_abi::Interface`), first
+/// in the zero-initialised data after the variables a start reads
+/// (build.rs): what the constructor writes into it lies in the page the
+/// loader has already written.
 #[no_mangle]
+#[cfg_attr(not(test), link_section = ".bss.ulp_interface")]
 #[allow(non_upper_case_globals)]
 pub static __ulp_interface: SharedInterface = SharedInterface::new();
 
@@ -210,10 +214,17 @@ fn dispatch() -> i32 {
     }
 }
 
-/// Runs at load time (preload or dlopen): logs the "loaded" line, checks
-/// the opt-outs and applies the patch store's records (`stored.rs`).
-/// glibc passes `.init_array` functions `argc, argv, envp`; the
-/// environment is read from `envp` (`sys::scan_env`).
+/// Runs at load time (preload or dlopen): publishes the block with its
+/// "loaded" line, then, only when an opt-out variable is set or a patch
+/// store exists, checks the opt-outs and applies the store's records
+/// (`stored.rs`). glibc passes `.init_array` functions `argc, argv, envp`;
+/// the environment is read from `envp` (`sys::scan_env`).
+///
+/// What a process that has neither pays here is one pass over its
+/// environment, one `stat`, and writes to one page the loader has already
+/// written (`.bss.ulp_start`, build.rs): the guard's table is not touched
+/// then, and every one of these steps is raw reads and writes that cannot
+/// panic, outside the guard as they need no guard.
 #[cfg_attr(test, allow(dead_code))]
 #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 extern "C" fn constructor(
@@ -221,33 +232,34 @@ extern "C" fn constructor(
     _argv: *const *const core::ffi::c_char,
     envp: *const *const core::ffi::c_char,
 ) {
-    // Outside the guard: nothing in it can panic (raw reads, and indexes
-    // checked by their loops), and a closure around it would be code of
-    // its own outside the start section.
     sys::scan_env(envp);
-    let _ = guard::guarded(start);
-}
-
-/// The constructor's work. It and all that it runs in a process without
-/// opt-outs nor patch store are in one section, `.text.startup.ulp`
-/// (placed together by `-z keep-text-section-prefix`, build.rs), so that
-/// a start touches one page of the runtime's code: the kernel maps the
-/// pages around each touched page of a file (fault-around), and scattered
-/// start code would make every process map most of the runtime.
-#[cfg_attr(test, allow(dead_code))]
-#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
-#[inline(never)]
-fn start() {
     interface::publish_header();
     // libpulp's first line, word for word, then which ulp this is.
     interface::ring_start(ring::LOADED_LINE.as_bytes());
+    if !sys::env_any() {
+        // The usual process: no variable, so the default store or none.
+        let Some(dir) = stored::start_dir() else {
+            return;
+        };
+        let _ = guard::guarded(|| start(Some(dir)));
+        return;
+    }
+    let _ = guard::guarded(|| start(None));
+}
+
+/// The constructor's work once a variable is set or the store exists
+/// (`dir`, else looked for here, after the opt-outs).
+#[cfg_attr(test, allow(dead_code))]
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+#[inline(never)]
+fn start(dir: Option<&'static core::ffi::CStr>) {
     if let Some(o) = optout::check() {
         interface::set_state(state::DISABLED_BY_USER);
         // libpulp's line: `Matched uid 1000: livepatching disabled
         // by user request.`
         ring::log(format_args!("{o}"));
     }
-    let Some(dir) = stored::start_dir() else {
+    let Some(dir) = dir.or_else(stored::start_dir) else {
         return;
     };
     if let Some(_busy) = Busy::try_take() {

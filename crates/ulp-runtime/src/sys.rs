@@ -231,7 +231,10 @@ const ENV_NAMES: [&[u8]; 4] = [
     ulp_abi::store::ENV.as_bytes(),
 ];
 
-/// The values of [`ENV_NAMES`] found by [`scan_env`] (null: unset).
+/// The values of [`ENV_NAMES`] found by [`scan_env`] (null: unset). In
+/// front of the interface block (build.rs), in a page a start writes
+/// anyway.
+#[cfg_attr(not(test), link_section = ".bss.ulp_start")]
 static ENV_FOUND: [core::sync::atomic::AtomicPtr<u8>; 4] =
     [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; 4];
 
@@ -275,6 +278,22 @@ pub(crate) fn scan_env(envp: *const *const core::ffi::c_char) {
             }
         }
     }
+}
+
+/// Whether [`scan_env`] found any of [`ENV_NAMES`].
+#[cfg_attr(not(test), link_section = ".text.startup.ulp")]
+pub(crate) fn env_any() -> bool {
+    let mut i = 0;
+    while i < ENV_FOUND.len() {
+        if !ENV_FOUND[i]
+            .load(core::sync::atomic::Ordering::Relaxed)
+            .is_null()
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The value of environment variable `name` (one of [`ENV_NAMES`]) at
