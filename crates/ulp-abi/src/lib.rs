@@ -501,6 +501,17 @@ pub mod frame {
     pub const DONE_PTR: usize = 312;
     /// How long (µs) the resume routine waits, asleep, for the tool.
     pub const WAIT_US: usize = 320;
+    /// The signal the resume routine sends its own thread once the done
+    /// word is written (`SIGURG`, default action: ignore), when the thread
+    /// does not block it and the process has no handler for it: its
+    /// signal-delivery-stop tells the tracing tool that the call is over.
+    /// The tool drops it (a `tgkill` from the process itself, at that
+    /// stop).
+    pub const NOTICE_SIGNAL: i32 = 23;
+    /// Or-ed into the cookie the routine stores in the done word when the
+    /// notice follows: the tool then waits for its stop rather than
+    /// interrupting the thread (cookies never have this bit).
+    pub const NOTICE_FLAG: u64 = 1 << 63;
 }
 
 /// The APPLY request, as laid out in the request area:

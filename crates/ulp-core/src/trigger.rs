@@ -1330,6 +1330,8 @@ const _: () = {
     assert!(rt::COOKIE as u64 == tool::COOKIE);
     assert!(rt::DONE_PTR as u64 == tool::DONE_PTR);
     assert!(rt::WAIT_US as u64 == tool::WAIT_US);
+    assert!(rt::NOTICE_SIGNAL == tool::NOTICE_SIGNAL);
+    assert!(rt::NOTICE_FLAG == tool::NOTICE_FLAG);
 };
 
 /// The runtime's resume routine and done word, from its interface block.

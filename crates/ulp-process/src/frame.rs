@@ -58,6 +58,14 @@ pub const COOKIE: u64 = UC_SIZE;
 pub const DONE_PTR: u64 = UC_SIZE + 8;
 /// Offset, from `uc`, of how long (µs) the routine waits for the tool.
 pub const WAIT_US: u64 = UC_SIZE + 16;
+/// The signal the resume routine sends its own thread once the call is
+/// over, when the thread does not block it and the process leaves it to
+/// its default action (ignore) or ignores it: its signal-delivery-stop
+/// wakes the tracer (no polling of the done word), which drops it.
+pub const NOTICE_SIGNAL: i32 = libc::SIGURG;
+/// Set by the resume routine in the done word's cookie when its notice
+/// follows (cookies never have it).
+pub const NOTICE_FLAG: u64 = 1 << 63;
 /// About how long the resume routine waits for the tool.
 pub const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// The scratch area: the rt_sigframe's siginfo, which rt_sigreturn does

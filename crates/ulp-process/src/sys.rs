@@ -383,9 +383,3 @@ fn precise_timers() {
         }
     });
 }
-
-/// Sleeps `d`, with precise timers ([`precise_timers`]).
-pub(crate) fn nap_for(d: std::time::Duration) {
-    precise_timers();
-    std::thread::sleep(d);
-}

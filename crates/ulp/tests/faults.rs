@@ -225,6 +225,69 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     assert!(t.alive());
 }
 
+#[test]
+fn a_tool_killed_at_the_resume_routines_notice_leaves_the_target_running() {
+    // ULP_TEST_KILL_AT_NOTICE makes ulp SIGKILL itself at the stop of the
+    // resume routine's notice (a SIGURG the thread queued to itself once
+    // the runtime call was over): the thread is stopped in the routine,
+    // with the call's registers. The kernel detaches it with the SIGURG,
+    // which the process leaves to its default action (ignore); the routine
+    // then returns to the thread's own code by itself, and the next
+    // trigger completes the writes the runtime recorded.
+    let demo = Demo::new("notice");
+    let mut t = demo.start(&["-t", "2"]);
+    let pid = t.pid.to_string();
+    let killed = |args: &[&str]| {
+        let out = std::process::Command::new(ulp_bin())
+            .args(args)
+            .current_dir(demo.dir.path())
+            .env("ULP_TEST_KILL_AT_NOTICE", "1")
+            .output()
+            .expect("running ulp");
+        use std::os::unix::process::ExitStatusExt;
+        // Only the notice's stop kills it: the routine sent one.
+        assert_eq!(out.status.signal(), Some(9), "ulp killed itself");
+    };
+    // The operation, the answer before and after, and the exit code of
+    // the same operation again: the apply is then already applied (0),
+    // the revert an error, the patch being gone (16), but both complete
+    // the writes first.
+    for (args, before, after, again) in [
+        (
+            vec!["trigger", "-p", &pid, "demo_livepatch.so"],
+            "1",
+            "2",
+            0,
+        ),
+        (
+            vec!["trigger", "-p", &pid, "--revert", "demo_livepatch.so"],
+            "2",
+            "1",
+            16,
+        ),
+    ] {
+        killed(&args);
+        if let Err(e) = settled(t.pid) {
+            panic!("{args:?}: {e}");
+        }
+        assert!(t.alive(), "{args:?}");
+        assert_eq!(t.ask("answer"), before, "{args:?}: no byte was written");
+        assert!(t.ask("stats").ends_with(" bad=0"), "{args:?}");
+        // Nothing pending for the process: the SIGURG went the way of any
+        // ignored signal.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for field in ["SigPnd:", "ShdPnd:"] {
+            let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+            assert!(line.ends_with("0000000000000000"), "{args:?}: {line}");
+        }
+        // The same operation again completes it (the runtime recorded it
+        // and its writes are pending).
+        let (code, out, err) = demo.ulp(&args[..]);
+        assert_eq!(code, again, "{out}{err}");
+        assert_eq!(t.ask("answer"), after, "{args:?}");
+    }
+}
+
 /// What demo_prog answers to `answer` and `word`: the old code says
 /// ("1", "old"), the new ("2", "new").
 fn answer_and_word(t: &mut common::Target) -> (String, String) {

@@ -16,6 +16,11 @@ use crate::{Pid, RemoteAddr, Tid};
 
 use super::detach::DETACH_GRACE;
 
+/// How long after the done word announced the resume routine's notice
+/// its stop may take before the thread is interrupted instead (the
+/// routine makes three system calls in between).
+const NOTICE_GRACE: Duration = Duration::from_millis(2);
+
 /// Bytes below `rsp` that leaf functions may use without moving `rsp`
 /// (System V x86-64 ABI): a remote call's frame starts below them.
 const RED_ZONE: u64 = 128;
@@ -64,7 +69,7 @@ pub(super) struct SelfReturn {
     /// The frame's ucontext: `rsp` in the resume routine.
     uc: u64,
     /// What the routine stores in the done word when this call returned.
-    cookie: u64,
+    pub(super) cookie: u64,
 }
 
 impl SelfReturn {
@@ -88,7 +93,8 @@ fn next_cookie() -> u64 {
     static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let me = *ME.get_or_init(std::process::id);
     let c = (t ^ (n << 40) ^ (u64::from(me) << 20)).rotate_left(17);
-    c | 1
+    // Bit 63 is the resume routine's (frame::NOTICE_FLAG).
+    (c | 1) & !frame::NOTICE_FLAG
 }
 
 /// Whether a call that returns by itself should get its registers back
@@ -652,9 +658,18 @@ impl Stopped {
         }
     }
 
-    /// [`Stopped::finish_call`] for a call that returns by itself: polls the
-    /// done word (and the thread's stops) until the call has returned into
-    /// the resume routine, then stops the thread and takes it from there.
+    /// [`Stopped::finish_call`] for a call that returns by itself: waits
+    /// until the call has returned into the resume routine and the thread
+    /// is stopped there, then takes it from there.
+    ///
+    /// The first 200 µs it looks at the done word (and the thread's stops)
+    /// between yields, the fastest way to see a short call end on an idle
+    /// machine; then it sleeps until a report of the thread, up to 100 µs
+    /// at a time, and looks again. The resume routine stops the thread
+    /// itself with its notice ([`frame::NOTICE_SIGNAL`]) when it can, and
+    /// says so in the done word ([`frame::NOTICE_FLAG`]): its SIGCHLD ends
+    /// the sleep. A thread without the notice is stopped with
+    /// PTRACE_INTERRUPT once the done word says the call is over.
     fn finish_returning(
         &mut self,
         tid: Tid,
@@ -665,6 +680,8 @@ impl Stopped {
         let start = Instant::now();
         let mut nap = Duration::from_micros(20);
         let mut interrupted = false;
+        // When the done word announced the notice.
+        let mut announced: Option<Instant> = None;
         loop {
             match sys::wait_thread(tid, Instant::now()) {
                 Err(_) => return Err(self.lost(tid)),
@@ -676,17 +693,27 @@ impl Stopped {
                 }
                 Ok(None) => {}
             }
-            if !interrupted && self.call_result(ret)?.is_some() {
-                // Returned: stop the thread (in the routine, normally).
-                if let Err(e) = sys::interrupt(tid) {
-                    return Err(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
-                }
-                interrupted = true;
-            }
             let now = Instant::now();
-            // Once interrupted, the stop comes in microseconds; give it a
+            if !interrupted {
+                let late = announced.is_some_and(|t| now - t > NOTICE_GRACE);
+                match self.call_result(ret)? {
+                    Some((_, true)) if !late => {
+                        announced.get_or_insert(now);
+                    }
+                    Some(_) => {
+                        // Returned, and no notice comes (or it is overdue):
+                        // stop the thread (in the routine, normally).
+                        if let Err(e) = sys::interrupt(tid) {
+                            return Err(self.ptrace_error(tid, "PTRACE_INTERRUPT", e));
+                        }
+                        interrupted = true;
+                    }
+                    None => {}
+                }
+            }
+            // Once returned, the stop comes in microseconds; give it a
             // little more than the deadline if need be.
-            let limit = if interrupted {
+            let limit = if interrupted || announced.is_some() {
                 deadline.max(start + DETACH_GRACE)
             } else {
                 deadline
@@ -703,21 +730,26 @@ impl Stopped {
                 // Its stop is reported with a SIGCHLD: asleep until then
                 // (a nap here overslept the stop by tens of µs).
                 sys::sleep_until_report(limit - now);
+            } else if announced.is_some() {
+                sys::sleep_until_report(NOTICE_GRACE.min(limit - now));
             } else if now - start < Duration::from_micros(200) {
                 std::thread::yield_now();
             } else {
-                sys::nap_for(nap.min(limit - now));
+                sys::sleep_until_report(nap.min(limit - now));
                 nap = (nap * 2).min(Duration::from_micros(100));
             }
         }
     }
 
-    /// The call's return value once the resume routine has reported it.
-    fn call_result(&self, ret: SelfReturn) -> Result<Option<u64>, Error> {
+    /// The call's return value once the resume routine has reported it,
+    /// and whether the routine announced its notice.
+    fn call_result(&self, ret: SelfReturn) -> Result<Option<(u64, bool)>, Error> {
         let mut b = [0u8; 16];
         crate::mem::read_mem(self.pid, RemoteAddr::new(ret.path.done), &mut b)?;
-        let cookie = u64::from_le_bytes(b[..8].try_into().unwrap());
-        Ok((cookie == ret.cookie).then(|| u64::from_le_bytes(b[8..].try_into().unwrap())))
+        let word = u64::from_le_bytes(b[..8].try_into().unwrap());
+        let value = u64::from_le_bytes(b[8..].try_into().unwrap());
+        Ok((word & !frame::NOTICE_FLAG == ret.cookie)
+            .then_some((value, word & frame::NOTICE_FLAG != 0)))
     }
 
     /// One stop of a thread running a call that returns by itself. Returns
@@ -750,10 +782,23 @@ impl Stopped {
                 return Err(call_faulted(pid, tid, sig, &info, now.rip));
             }
             // Someone else's signal: delivered at detach, once the thread
-            // has its registers back.
-            self.held[i].owed.push(info);
+            // has its registers back. The resume routine's notice is
+            // dropped (the process would have ignored it).
+            if !is_notice(sig, &info, ret.cookie) {
+                self.held[i].owed.push(info);
+            } else {
+                // Fault injection for the tests (crates/ulp/tests/faults.rs):
+                // the tool dies with the thread in the notice's stop. Not
+                // in a release build.
+                #[cfg(feature = "fault-injection")]
+                if std::env::var_os("ULP_TEST_KILL_AT_NOTICE").is_some() {
+                    // SAFETY: kill(2) on our own pid has no memory-safety
+                    // preconditions.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                }
+            }
         }
-        let Some(value) = self.call_result(ret)? else {
+        let Some((value, _)) = self.call_result(ret)? else {
             // Still inside the call (a leftover interrupt, a group-stop
             // that began during the call, a signal): let it go on.
             sys::cont(tid, 0).map_err(|e| self.ptrace_error(tid, "PTRACE_CONT", e))?;
@@ -813,4 +858,16 @@ fn call_faulted(pid: Pid, tid: Tid, sig: i32, info: &libc::siginfo_t, rip: u64) 
         rip,
         addr,
     }
+}
+
+/// Whether a signal-delivery-stop of a thread returning from a call is the
+/// resume routine's notice for the call of `cookie`:
+/// [`frame::NOTICE_SIGNAL`], queued by the thread itself with `SI_QUEUE`
+/// and the cookie as its value. Nothing else sends that cookie, so no
+/// signal of the process's own is ever taken for it.
+pub(crate) fn is_notice(sig: i32, info: &libc::siginfo_t, cookie: u64) -> bool {
+    // SAFETY: `si_value` is valid for a signal queued with SI_QUEUE.
+    sig == frame::NOTICE_SIGNAL
+        && info.si_code == libc::SI_QUEUE
+        && unsafe { info.si_value() }.sival_ptr as u64 == cookie
 }

@@ -124,7 +124,16 @@ impl Stopped {
                     }
                     if !ours && !fault {
                         if let Ok(info) = sys::get_siginfo(tid) {
-                            h.owed.push(info);
+                            // The resume routine's notice is not the
+                            // process's: dropped.
+                            let notice = h
+                                .call
+                                .as_ref()
+                                .and_then(|c| c.ret)
+                                .is_some_and(|r| super::call::is_notice(sig, &info, r.cookie));
+                            if !notice {
+                                h.owed.push(info);
+                            }
                         }
                     }
                 }
