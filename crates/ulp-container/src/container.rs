@@ -20,9 +20,37 @@ pub struct Container {
     pub comments: Option<Vec<u8>>,
     /// The container's own GNU build-id.
     pub build_id: Option<Vec<u8>>,
+    /// [`Container::real_path`], once found.
+    pub resolved: Resolved,
 }
 
+/// A container's path made absolute with every symbolic link resolved,
+/// found on first use and kept with the container: a fleet hands the same
+/// path to the runtime of every process (two system calls each
+/// otherwise). Not part of the container's value: any two compare equal.
+#[derive(Clone, Debug, Default)]
+pub struct Resolved(std::sync::OnceLock<Result<PathBuf, String>>);
+
+impl PartialEq for Resolved {
+    fn eq(&self, _: &Resolved) -> bool {
+        true
+    }
+}
+
+impl Eq for Resolved {}
+
 impl Container {
+    /// The path made absolute with every symbolic link resolved
+    /// (`realpath`), as found the first time it is asked; the error's text
+    /// when it cannot be.
+    pub fn real_path(&self) -> Result<&Path, &str> {
+        self.resolved
+            .0
+            .get_or_init(|| std::fs::canonicalize(&self.path).map_err(|e| e.to_string()))
+            .as_deref()
+            .map_err(String::as_str)
+    }
+
     /// The comment text (up to its NUL), empty without `.ulp.comments`.
     pub fn comment_text(&self) -> String {
         self.comments
@@ -118,5 +146,6 @@ pub fn from_elf(elf: &ElfFile) -> Result<Container, Error> {
         revert,
         comments: elf.section(".ulp.comments").map(<[u8]>::to_vec),
         build_id: elf.build_id(),
+        resolved: Resolved::default(),
     })
 }

@@ -56,6 +56,10 @@ pub struct Runtime {
     pub interface: RemoteAddr,
     /// Address of `__ulp_entry` in the process.
     pub entry: RemoteAddr,
+    /// The resume routine's first byte and the byte after it, as the
+    /// runtime published them when it was found (read with the header they
+    /// follow: `Interface::resume`); 0 when not published.
+    pub resume: (u64, u64),
 }
 
 /// Where a runtime file's two symbols are, for one process.
@@ -140,16 +144,24 @@ impl Runtime {
             let Some(symbols) = runtime_symbols(pid, obj) else {
                 continue;
             };
-            let rt = Runtime {
+            let mut rt = Runtime {
                 pid,
                 path: obj.path.clone(),
                 interface: RemoteAddr::new(symbols.bias.wrapping_add(symbols.interface)),
                 entry: RemoteAddr::new(symbols.bias.wrapping_add(symbols.entry)),
+                resume: (0, 0),
             };
-            let mut head = [0u8; 16];
+            // The header and, right after it, the return path (one read).
+            const HEAD: usize = offset::RESUME_END + 8;
+            let mut head = [0u8; HEAD];
             ulp_process::read_mem(pid, rt.interface, &mut head)?;
-            let magic = u64::from_le_bytes(head[..8].try_into().unwrap());
-            let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
+            let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap());
+            let magic = u64_at(offset::MAGIC);
+            let version = u32::from_le_bytes(
+                head[offset::VERSION..offset::VERSION + 4]
+                    .try_into()
+                    .unwrap(),
+            );
             if magic != MAGIC {
                 // Mapped, but its constructor has not run yet: the process
                 // is still starting, and the loader may not even have put
@@ -163,6 +175,7 @@ impl Runtime {
                     version,
                 });
             }
+            rt.resume = (u64_at(offset::RESUME), u64_at(offset::RESUME_END));
             return Ok(rt);
         }
         Err(RuntimeError::NotLoaded)

@@ -602,6 +602,7 @@ mod tests {
             revert: None,
             comments: None,
             build_id: None,
+            resolved: Default::default(),
         };
         let store = Store::new(dir.join("store"));
         for content in [&b"first"[..], b"second"] {

@@ -696,10 +696,10 @@ fn path_in_target(container: &Container, opts: &Options) -> Result<String, crate
     // The runtime dlopens this path from inside the target, whose current
     // directory is not ours, and dlopen searches the library path for a
     // name without a slash: hand it the absolute, resolved path.
-    let real = std::fs::canonicalize(&container.path)
-        .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| crate::Error::from(e).context(format!("'{}'", container.path.display())))?;
-    Ok(with_prefix(opts, &real))
+    let real = container
+        .real_path()
+        .map_err(|e| crate::Error::refused(e).context(format!("'{}'", container.path.display())))?;
+    Ok(with_prefix(opts, &real.to_string_lossy()))
 }
 
 /// `-R PREFIX`: PREFIX + `path`, as they are (libpulp's concatenation).
@@ -1334,12 +1334,20 @@ const _: () = {
     assert!(rt::NOTICE_FLAG == tool::NOTICE_FLAG);
 };
 
-/// The runtime's resume routine and done word, from its interface block.
+/// The runtime's resume routine and done word, from its interface block
+/// (as read when the runtime was found, else read now).
 pub(crate) fn return_path(rt: &Runtime) -> Result<ReturnPath, ulp_process::Error> {
-    let mut b = [0u8; 16];
-    ulp_process::read_mem(rt.pid, rt.interface + offset::RESUME as u64, &mut b)?;
-    let routine = u64::from_le_bytes(b[..8].try_into().unwrap());
-    let routine_end = u64::from_le_bytes(b[8..].try_into().unwrap());
+    let (routine, routine_end) = match rt.resume {
+        (0, _) => {
+            let mut b = [0u8; 16];
+            ulp_process::read_mem(rt.pid, rt.interface + offset::RESUME as u64, &mut b)?;
+            (
+                u64::from_le_bytes(b[..8].try_into().unwrap()),
+                u64::from_le_bytes(b[8..].try_into().unwrap()),
+            )
+        }
+        known => known,
+    };
     if routine == 0 || routine_end <= routine {
         return Err(ulp_process::Error::Invalid {
             pid: rt.pid,

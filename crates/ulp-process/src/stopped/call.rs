@@ -770,6 +770,9 @@ impl Stopped {
             | WaitStatus::SyscallStop => None,
             WaitStatus::SignalStop { sig } => Some(sig),
         };
+        // The resume routine's notice: sent from inside the routine, where
+        // the thread then stops.
+        let mut notice = false;
         if let Some(sig) = sig {
             let info = sys::get_siginfo(tid)
                 .map_err(|e| self.ptrace_error(tid, "PTRACE_GETSIGINFO", e))?;
@@ -784,7 +787,8 @@ impl Stopped {
             // Someone else's signal: delivered at detach, once the thread
             // has its registers back. The resume routine's notice is
             // dropped (the process would have ignored it).
-            if !is_notice(sig, &info, ret.cookie) {
+            notice = is_notice(sig, &info, ret.cookie);
+            if !notice {
                 self.held[i].owed.push(info);
             } else {
                 // Fault injection for the tests (crates/ulp/tests/faults.rs):
@@ -805,8 +809,14 @@ impl Stopped {
             return Ok(None);
         };
         self.held[i].stop = sig.map_or(Stop::Event, Stop::Signal);
-        let now = sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
-        if ret.holds(&now) {
+        // Stopped on the notice, the thread is in the routine: no need to
+        // read its registers to know.
+        let holds = notice || {
+            let now =
+                sys::get_regs(tid).map_err(|e| self.ptrace_error(tid, "PTRACE_GETREGS", e))?;
+            ret.holds(&now)
+        };
+        if holds {
             // Its registers are then the saved ones (kept as known).
             self.restore_call(i)?;
         } else {
