@@ -175,16 +175,7 @@ fn a_tool_killed_before_its_writes_is_completed_by_the_next_trigger() {
     let demo = Demo::new("journal");
     let mut t = demo.start(&["-t", "2"]);
     let pid = t.pid.to_string();
-    let killed = |args: &[&str]| {
-        let out = std::process::Command::new(ulp_bin())
-            .args(args)
-            .current_dir(demo.dir.path())
-            .env("ULP_TEST_KILL_BEFORE_WRITES", "1")
-            .output()
-            .expect("running ulp");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(9), "ulp killed itself");
-    };
+    let killed = |args: &[&str]| killed_by(&demo, "ULP_TEST_KILL_BEFORE_WRITES", args);
     let check = || demo.ulp(&["check", "-p", &pid, "demo_livepatch.so"]).0;
 
     killed(&["trigger", "-p", &pid, "demo_livepatch.so"]);
@@ -237,17 +228,8 @@ fn a_tool_killed_at_the_resume_routines_notice_leaves_the_target_running() {
     let demo = Demo::new("notice");
     let mut t = demo.start(&["-t", "2"]);
     let pid = t.pid.to_string();
-    let killed = |args: &[&str]| {
-        let out = std::process::Command::new(ulp_bin())
-            .args(args)
-            .current_dir(demo.dir.path())
-            .env("ULP_TEST_KILL_AT_NOTICE", "1")
-            .output()
-            .expect("running ulp");
-        use std::os::unix::process::ExitStatusExt;
-        // Only the notice's stop kills it: the routine sent one.
-        assert_eq!(out.status.signal(), Some(9), "ulp killed itself");
-    };
+    // Only the notice's stop kills it: the routine sent one.
+    let killed = |args: &[&str]| killed_by(&demo, "ULP_TEST_KILL_AT_NOTICE", args);
     // The operation, the answer before and after, and the exit code of
     // the same operation again: the apply is then already applied (0),
     // the revert an error, the patch being gone (16), but both complete
@@ -286,6 +268,19 @@ fn a_tool_killed_at_the_resume_routines_notice_leaves_the_target_running() {
         assert_eq!(code, again, "{out}{err}");
         assert_eq!(t.ask("answer"), after, "{args:?}");
     }
+}
+
+/// Runs `ulp ARGS` in the demo's directory with the fault hook `hook`
+/// set, and checks that the hook killed it (SIGKILL).
+fn killed_by(demo: &Demo, hook: &str, args: &[&str]) {
+    let out = std::process::Command::new(ulp_bin())
+        .args(args)
+        .current_dir(demo.dir.path())
+        .env(hook, "1")
+        .output()
+        .expect("running ulp");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "ulp killed itself ({hook})");
 }
 
 /// What demo_prog answers to `answer` and `word`: the old code says
