@@ -270,6 +270,40 @@ fn a_tool_killed_at_the_resume_routines_notice_leaves_the_target_running() {
     }
 }
 
+#[test]
+fn a_process_that_handles_sigurg_gets_no_notice_and_sees_no_signal() {
+    // A process with its own SIGURG handler (as a Go program's runtime
+    // has) must never see the resume routine's notice: the routine does
+    // not send it there, and the tool stops the thread itself. The hook
+    // that kills ulp at the notice's stop proves it: ulp lives.
+    let demo = Demo::new("urghandler");
+    let mut t = demo.start(&["-t", "2", "-u"]);
+    let pid = t.pid.to_string();
+    for (args, answer) in [
+        (vec!["trigger", "-p", &pid, "demo_livepatch.so"], "2"),
+        (
+            vec!["trigger", "-p", &pid, "--revert", "demo_livepatch.so"],
+            "1",
+        ),
+    ] {
+        let out = std::process::Command::new(ulp_bin())
+            .args(&args)
+            .current_dir(demo.dir.path())
+            .env("ULP_TEST_KILL_AT_NOTICE", "1")
+            .output()
+            .expect("running ulp");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(t.ask("answer"), answer, "{args:?}");
+        assert_eq!(t.ask("urgs"), "0", "{args:?}: a SIGURG reached the process");
+    }
+    assert!(t.ask("stats").ends_with(" bad=0"));
+}
+
 /// Runs `ulp ARGS` in the demo's directory with the fault hook `hook`
 /// set, and checks that the hook killed it (SIGKILL).
 fn killed_by(demo: &Demo, hook: &str, args: &[&str]) {
