@@ -21,8 +21,8 @@
 //! * registry (`reg_*`): rewritten by the runtime during a call, read by the
 //!   tool at any time under the seqlock `reg_generation` (odd while changing).
 //! * ring (`ring_*`): appended to by the runtime, read by the tool at any time.
-//! * return path (`resume`, `resume_end`): written once by the constructor
-//!   (before `magic`), read by the tool.
+//! * return path (`resume`, `resume_end`) and `entry`: written once by the
+//!   constructor (before `magic`), read by the tool.
 //! * `call_done`: written by the resume routine at the end of a remote call
 //!   (see [`Interface::call_done`]), polled by the tool.
 //!
@@ -65,7 +65,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -353,6 +353,11 @@ pub struct Interface {
     /// `ulp_process::ReturnPath`.
     pub resume: u64,
     pub resume_end: u64,
+    /// The address of `__ulp_entry` in this process, written once by the
+    /// constructor with the return path: the tool calls what the runtime
+    /// says, not what a symbol table it may have kept from another build
+    /// of the same file says.
+    pub entry: u64,
     /// Where the resume routine reports a finished call: the call's cookie
     /// (from its frame) in `[0]`, written after its return value in `[1]`.
     pub call_done: [u64; 2],
@@ -430,6 +435,7 @@ impl Interface {
         ring: [0; RING_SIZE],
         resume: 0,
         resume_end: 0,
+        entry: 0,
         call_done: [0; 2],
         writes_pending: 0,
         req_flags: 0,
@@ -458,6 +464,7 @@ pub mod offset {
     pub const RING: usize = offset_of!(Interface, ring);
     pub const RESUME: usize = offset_of!(Interface, resume);
     pub const RESUME_END: usize = offset_of!(Interface, resume_end);
+    pub const ENTRY: usize = offset_of!(Interface, entry);
     pub const CALL_DONE: usize = offset_of!(Interface, call_done);
     pub const WRITES_PENDING: usize = offset_of!(Interface, writes_pending);
     pub const REQ_FLAGS: usize = offset_of!(Interface, req_flags);
@@ -476,9 +483,10 @@ const _: () = {
     // (the runtime's build.rs, `.bss.ulp_interface`).
     assert!(offset::RESUME == 16);
     assert!(offset::RESUME_END == 24);
-    assert!(offset::CALL_DONE == 32);
-    assert!(offset::RING_HEAD == 48);
-    assert!(offset::RING == 56);
+    assert!(offset::ENTRY == 32);
+    assert!(offset::CALL_DONE == 40);
+    assert!(offset::RING_HEAD == 56);
+    assert!(offset::RING == 64);
     assert!(offset::REQ_OP == offset::RING + RING_SIZE);
     assert!(offset::REQ_LEN == offset::REQ_OP + 4);
     assert!(offset::REQ == offset::REQ_OP + 8);

@@ -80,12 +80,20 @@ fn symbol_cache() -> &'static Mutex<SymbolCache> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn runtime_symbols(pid: Pid, obj: &MappedObject) -> Option<RuntimeSymbols> {
+/// The runtime's symbols in `obj`, from the cache unless `fresh` (then
+/// read from the file again, and the cache updated), and whether they came
+/// from the cache.
+fn runtime_symbols(pid: Pid, obj: &MappedObject, fresh: bool) -> (Option<RuntimeSymbols>, bool) {
     let key = (obj.dev, obj.inode, obj.path.clone());
-    let cached = symbol_cache()
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&key).cloned());
+    let cached = if fresh {
+        None
+    } else {
+        symbol_cache()
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+    };
+    let from_cache = cached.is_some();
     let values = match cached {
         Some(v) => v,
         None => {
@@ -105,12 +113,12 @@ fn runtime_symbols(pid: Pid, obj: &MappedObject) -> Option<RuntimeSymbols> {
             v
         }
     };
-    let (interface, entry, shared) = values?;
-    Some(RuntimeSymbols {
+    let symbols = values.map(|(interface, entry, shared)| RuntimeSymbols {
         bias: if shared { obj.bias } else { 0 },
         interface,
         entry,
-    })
+    });
+    (symbols, from_cache)
 }
 
 /// Whether a mapped file is a candidate runtime by its name (cheap, no read).
@@ -141,44 +149,78 @@ impl Runtime {
     pub fn find_in(pid: Pid, maps: &[Mapping]) -> Result<Runtime, RuntimeError> {
         let objects = objects_from_maps(maps);
         for obj in objects.iter().filter(|o| looks_like_runtime(o)) {
-            let Some(symbols) = runtime_symbols(pid, obj) else {
-                continue;
-            };
-            let mut rt = Runtime {
-                pid,
-                path: obj.path.clone(),
-                interface: RemoteAddr::new(symbols.bias.wrapping_add(symbols.interface)),
-                entry: RemoteAddr::new(symbols.bias.wrapping_add(symbols.entry)),
-                resume: (0, 0),
-            };
-            // The header and, right after it, the return path (one read).
-            const HEAD: usize = offset::RESUME_END + 8;
-            let mut head = [0u8; HEAD];
-            ulp_process::read_mem(pid, rt.interface, &mut head)?;
-            let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap());
-            let magic = u64_at(offset::MAGIC);
-            let version = u32::from_le_bytes(
-                head[offset::VERSION..offset::VERSION + 4]
-                    .try_into()
-                    .unwrap(),
-            );
-            if magic != MAGIC {
-                // Mapped, but its constructor has not run yet: the process
-                // is still starting, and the loader may not even have put
-                // the data segment in place (the bytes there can be the
-                // file's, or zero). Not patchable (yet).
-                return Err(RuntimeError::NotLoaded);
+            // The cache first; the file again when what the cache says is
+            // not what the process has (a file of the same device, inode
+            // and path can be another build: an inode number is reused
+            // once its file is gone, which a long `ulp watch` may see).
+            for fresh in [false, true] {
+                let (symbols, cached) = runtime_symbols(pid, obj, fresh);
+                let Some(symbols) = symbols else {
+                    if cached {
+                        // The cache says it is not a runtime: ask the file.
+                        continue;
+                    }
+                    // Not a runtime after all: the next file.
+                    break;
+                };
+                match Runtime::at(pid, obj, &symbols)? {
+                    Some(rt) => return rt,
+                    // The cache's symbols lead to no block: ask the file.
+                    None if cached => continue,
+                    None => return Err(RuntimeError::NotLoaded),
+                }
             }
-            if version != PROTOCOL_VERSION {
-                return Err(RuntimeError::Incompatible {
-                    path: rt.path,
-                    version,
-                });
-            }
-            rt.resume = (u64_at(offset::RESUME), u64_at(offset::RESUME_END));
-            return Ok(rt);
         }
         Err(RuntimeError::NotLoaded)
+    }
+
+    /// The runtime of `obj` in `pid`, whose symbols are `symbols`, from one
+    /// read of its header: `Ok(None)` when the block there has no magic
+    /// (the process is still starting, or `symbols` are not this file's),
+    /// `Ok(Some(Err))` for a runtime of another protocol.
+    fn at(
+        pid: Pid,
+        obj: &MappedObject,
+        symbols: &RuntimeSymbols,
+    ) -> Result<Option<Result<Runtime, RuntimeError>>, RuntimeError> {
+        let interface = RemoteAddr::new(symbols.bias.wrapping_add(symbols.interface));
+        // The header and, right after it, the return path and the entry
+        // point's address (one read).
+        const HEAD: usize = offset::ENTRY + 8;
+        let mut head = [0u8; HEAD];
+        ulp_process::read_mem(pid, interface, &mut head)?;
+        let u64_at = |o: usize| u64::from_le_bytes(head[o..o + 8].try_into().unwrap());
+        let version = u32::from_le_bytes(
+            head[offset::VERSION..offset::VERSION + 4]
+                .try_into()
+                .unwrap(),
+        );
+        if u64_at(offset::MAGIC) != MAGIC {
+            // Mapped, but its constructor has not run yet: the process is
+            // still starting, and the loader may not even have put the
+            // data segment in place (the bytes there can be the file's, or
+            // zero). Not patchable (yet).
+            return Ok(None);
+        }
+        if version != PROTOCOL_VERSION {
+            return Ok(Some(Err(RuntimeError::Incompatible {
+                path: obj.path.clone(),
+                version,
+            })));
+        }
+        // The entry point as the runtime published it; the symbol's value
+        // where it did not (cannot happen with this protocol).
+        let entry = match u64_at(offset::ENTRY) {
+            0 => symbols.bias.wrapping_add(symbols.entry),
+            e => e,
+        };
+        Ok(Some(Ok(Runtime {
+            pid,
+            path: obj.path.clone(),
+            interface,
+            entry: RemoteAddr::new(entry),
+            resume: (u64_at(offset::RESUME), u64_at(offset::RESUME_END)),
+        })))
     }
 
     fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), ulp_process::Error> {
@@ -397,6 +439,68 @@ pub fn format_utc(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A cache that says something else about the runtime's file than the
+    /// file does (another build that had the same device, inode and path)
+    /// finds the runtime all the same, and the entry point called is the
+    /// one the runtime published.
+    #[test]
+    fn a_stale_symbol_cache_is_read_again_and_the_entry_is_the_published_one() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::process::{Command, Stdio};
+        // The runtime cargo built beside this test (`<profile>/deps/<test>`).
+        let exe = std::env::current_exe().unwrap();
+        let so = exe.parent().unwrap().parent().unwrap().join("libpulp.so");
+        if !so.exists() {
+            eprintln!("skipped: {} not built", so.display());
+            return;
+        }
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut cat = Kill(
+            Command::new("/bin/cat")
+                .env("LD_PRELOAD", &so)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        // Echoed once it is in `main`: the runtime's constructor has run.
+        cat.0.stdin.as_mut().unwrap().write_all(b"ready\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(cat.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = Pid::new(cat.0.id() as i32);
+        let maps = ulp_process::maps(pid).unwrap();
+        let good = Runtime::find_in(pid, &maps).expect("the runtime");
+        let obj = objects_from_maps(&maps)
+            .into_iter()
+            .find(looks_like_runtime)
+            .unwrap();
+        let key = (obj.dev, obj.inode, obj.path.clone());
+        let (iface, entry, shared) = symbol_cache().lock().unwrap()[&key].unwrap();
+        let bias = if shared { obj.bias } else { 0 };
+        assert_eq!(good.entry.get(), bias.wrapping_add(entry));
+        for stale in [Some((iface + 64, entry + 16, shared)), None] {
+            symbol_cache().lock().unwrap().insert(key.clone(), stale);
+            let rt = Runtime::find_in(pid, &maps).expect("found again");
+            assert_eq!(rt.interface, good.interface, "{stale:?}");
+            assert_eq!(rt.entry, good.entry, "{stale:?}");
+            assert_eq!(
+                symbol_cache().lock().unwrap()[&key],
+                Some((iface, entry, shared)),
+                "the cache mended"
+            );
+        }
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(super::format_utc(0), "1970-01-01 00:00:00");

@@ -49,9 +49,9 @@ fn block() -> *mut Interface {
     crate::__ulp_interface.get()
 }
 
-/// Marks the block valid for the tool: `version` and the resume routine's
-/// range, then `magic` (the tool checks the magic first). Called first thing
-/// by the constructor.
+/// Marks the block valid for the tool: `version`, the resume routine's
+/// range and the entry point's address, then `magic` (the tool checks the
+/// magic first). Called first thing by the constructor.
 #[cfg_attr(not(test), link_section = ".text.startup.ulp")]
 pub fn publish_header() {
     let (resume, resume_end) = crate::resume::range();
@@ -60,6 +60,8 @@ pub fn publish_header() {
     unsafe {
         addr_of_mut!((*block()).resume).write_volatile(resume);
         addr_of_mut!((*block()).resume_end).write_volatile(resume_end);
+        addr_of_mut!((*block()).entry)
+            .write_volatile(crate::__ulp_entry as *const () as usize as u64);
         addr_of_mut!((*block()).version).write_volatile(ulp_abi::PROTOCOL_VERSION);
         fence(Ordering::Release);
         addr_of_mut!((*block()).magic).write_volatile(ulp_abi::MAGIC);
