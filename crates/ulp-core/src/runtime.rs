@@ -447,37 +447,18 @@ mod tests {
     /// one the runtime published.
     #[test]
     fn a_stale_symbol_cache_is_read_again_and_the_entry_is_the_published_one() {
-        use std::io::{BufRead, BufReader, Write};
-        use std::process::{Command, Stdio};
         // The runtime cargo built beside this test (`<profile>/deps/<test>`).
-        let exe = std::env::current_exe().unwrap();
-        let so = exe.parent().unwrap().parent().unwrap().join("libpulp.so");
+        let so = ulp_fixtures::profile_dir().join("libpulp.so");
         if !so.exists() {
             eprintln!("skipped: {} not built", so.display());
             return;
         }
-        struct Kill(std::process::Child);
-        impl Drop for Kill {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let mut cat = Kill(
-            Command::new("/bin/cat")
-                .env("LD_PRELOAD", &so)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        // Echoed once it is in `main`: the runtime's constructor has run.
-        cat.0.stdin.as_mut().unwrap().write_all(b"ready\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(cat.0.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pid = Pid::new(cat.0.id() as i32);
+        // A shell that says "ready" from `main` (the runtime's constructor
+        // has run), then waits; killed when the test ends.
+        let mut sh = std::process::Command::new("/bin/sh");
+        sh.args(["-c", "echo ready; read x"]).env("LD_PRELOAD", &so);
+        let target = ulp_fixtures::Target::spawn(sh);
+        let pid = Pid::new(target.pid);
         let maps = ulp_process::maps(pid).unwrap();
         let good = Runtime::find_in(pid, &maps).expect("the runtime");
         let obj = objects_from_maps(&maps)

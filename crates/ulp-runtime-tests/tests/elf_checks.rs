@@ -115,35 +115,15 @@ fn preloading_changes_nothing_visible() {
 /// patched: no page of it is resident.
 #[test]
 fn a_start_dirties_only_the_pages_the_loader_relocates() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
     let runtime = support::runtime_so();
-    // Killed at the end of the test, also when an assertion fails.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut cat = Kill(
-        Command::new("/bin/cat")
-            .env("LD_PRELOAD", &runtime)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting cat"),
-    );
-    // cat echoes a line once it is in `main`: the constructor has run.
-    let mut stdin = cat.0.stdin.take().unwrap();
-    stdin.write_all(b"ready\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(cat.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", cat.0.id())).unwrap();
-    let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", cat.0.id())).unwrap();
+    // A shell that says "ready" from `main` (the constructor has run),
+    // then waits; killed when the test ends.
+    let mut sh = Command::new("/bin/sh");
+    sh.args(["-c", "echo ready; read x"])
+        .env("LD_PRELOAD", &runtime);
+    let target = ulp_fixtures::Target::spawn(sh);
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", target.pid)).unwrap();
+    let pagemap = std::fs::File::open(format!("/proc/{}/pagemap", target.pid)).unwrap();
 
     // (start, end, path, Anonymous kB, Rss kB) of each mapping. A page of
     // the file that a write copied is anonymous (Private_Dirty would also
