@@ -324,38 +324,55 @@ fn entry_points(pid: Pid, maps: &[Mapping]) -> Result<Entry, Error> {
     })
 }
 
+/// [`sigreturn_in`]'s offsets of [`SIGRETURN_CODE`] in C library files.
+static SIGRETURN_OFFSETS: ulp_process::PerFile<Option<u64>> = ulp_process::PerFile::new();
+
 /// The address of [`SIGRETURN_CODE`] in an executable mapping of `obj`:
-/// found in the file once per (device, inode) and cached.
+/// found in the file once per (device, inode) and kept, and checked in the
+/// process's memory before it is used. A file of the same device and
+/// inode can be another build (an inode number is reused once its file is
+/// gone, which a long `ulp watch` may meet after two upgrades of the C
+/// library): a kept offset that does not lead to the sequence sends the
+/// tool back to the file, and one that still does not is refused, never
+/// called.
 fn sigreturn_in(
     pid: Pid,
     maps: &[Mapping],
     obj: &crate::objects::MappedObject,
 ) -> Result<RemoteAddr, Error> {
-    static CACHE: ulp_process::PerFile<Option<u64>> = ulp_process::PerFile::new();
     let exec: Vec<&Mapping> = maps
         .iter()
         .filter(|m| m.is_executable() && m.inode == obj.inode && m.dev == obj.dev)
         .collect();
-    let cached = CACHE.get(obj.dev, obj.inode);
-    let offset = match cached {
-        Some(v) => v,
-        None => {
-            let path = ulp_process::in_root(pid, &obj.path);
-            let bytes = std::fs::read(&path)
-                .or_else(|_| std::fs::read(&obj.path))
-                .context(|| format!("reading '{}'", obj.path))?;
-            let found = exec.iter().find_map(|m| {
-                let start = usize::try_from(m.offset).ok()?;
-                let end = (start + (m.end - m.start) as usize).min(bytes.len());
-                let code = bytes.get(start..end)?;
-                code.windows(SIGRETURN_CODE.len())
-                    .position(|w| w == SIGRETURN_CODE)
-                    .map(|at| m.offset + at as u64)
-            });
-            CACHE.put(obj.dev, obj.inode, found);
-            found
-        }
+    // Where `offset` of the file is mapped, when a mapping holds the whole
+    // sequence there.
+    let mapped_at = |offset: u64| {
+        exec.iter()
+            .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
+            .map(|m| m.start + (offset - m.offset))
     };
+    let holds_sequence = |at: RemoteAddr| {
+        let mut b = [0u8; SIGRETURN_CODE.len()];
+        ulp_process::read_mem(pid, at, &mut b).is_ok() && b == SIGRETURN_CODE
+    };
+    if let Some(Some(offset)) = SIGRETURN_OFFSETS.get(obj.dev, obj.inode) {
+        if let Some(at) = mapped_at(offset).filter(|&at| holds_sequence(at)) {
+            return Ok(at);
+        }
+    }
+    let path = ulp_process::in_root(pid, &obj.path);
+    let bytes = std::fs::read(&path)
+        .or_else(|_| std::fs::read(&obj.path))
+        .context(|| format!("reading '{}'", obj.path))?;
+    let offset = exec.iter().find_map(|m| {
+        let start = usize::try_from(m.offset).ok()?;
+        let end = (start + (m.end - m.start) as usize).min(bytes.len());
+        let code = bytes.get(start..end)?;
+        code.windows(SIGRETURN_CODE.len())
+            .position(|w| w == SIGRETURN_CODE)
+            .map(|at| m.offset + at as u64)
+    });
+    SIGRETURN_OFFSETS.put(obj.dev, obj.inode, offset);
     let offset = offset.ok_or_else(|| {
         Error::refused(format!(
             "no rt_sigreturn sequence in '{}' (not the GNU C library?): the runtime cannot be \
@@ -363,23 +380,56 @@ fn sigreturn_in(
             obj.path
         ))
     })?;
-    exec.iter()
-        .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
-        .map(|m| m.start + (offset - m.offset))
-        .ok_or_else(|| {
-            // The loader maps a library's whole extent first and its code
-            // over it next: a process caught in between is starting, not
-            // broken ("busy": a watch tries it again).
-            Error::refused(format!(
-                "process {pid} is busy: its C library's code is not mapped (yet): the loader \
-                 is still mapping it, or the process is exiting; retry later"
-            ))
-        })
+    let Some(at) = mapped_at(offset) else {
+        // The loader maps a library's whole extent first and its code
+        // over it next: a process caught in between is starting, not
+        // broken ("busy": a watch tries it again).
+        return Err(Error::refused(format!(
+            "process {pid} is busy: its C library's code is not mapped (yet): the loader \
+             is still mapping it, or the process is exiting; retry later"
+        )));
+    };
+    if !holds_sequence(at) {
+        return Err(Error::refused(format!(
+            "the C library process {pid} has mapped is not the file '{}' now (replaced in \
+             place?): the runtime cannot be loaded safely into it",
+            obj.path
+        )));
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
 mod runtime_location_tests {
     use super::*;
+
+    /// A kept offset that does not lead to the sequence in the process
+    /// (another build of the C library under the same device and inode)
+    /// is found again in the file; the address given always holds it.
+    #[test]
+    fn a_stale_sigreturn_offset_is_found_again_in_the_file() {
+        let pid = Pid::new(std::process::id() as i32);
+        let maps = ulp_process::maps(pid).unwrap();
+        let objects = crate::objects::objects_from_maps(&maps);
+        let Some(libc) = objects.iter().find(|o| o.basename().starts_with("libc.so")) else {
+            eprintln!("skipped: this test program has no libc.so mapped");
+            return;
+        };
+        let good = sigreturn_in(pid, &maps, libc).unwrap();
+        let offset = SIGRETURN_OFFSETS
+            .get(libc.dev, libc.inode)
+            .unwrap()
+            .unwrap();
+        for stale in [Some(offset + 1), Some(0), None] {
+            SIGRETURN_OFFSETS.put(libc.dev, libc.inode, stale);
+            assert_eq!(sigreturn_in(pid, &maps, libc).unwrap(), good, "{stale:?}");
+            assert_eq!(
+                SIGRETURN_OFFSETS.get(libc.dev, libc.inode),
+                Some(Some(offset)),
+                "mended"
+            );
+        }
+    }
 
     #[test]
     fn the_runtime_is_looked_for_in_the_install_package_and_build_layouts() {

@@ -537,6 +537,7 @@ fn worker(
     emit: &(dyn Fn(Event) + Sync),
 ) {
     loop {
+        let mut waited = false;
         let job = {
             let Ok(mut q) = queue.jobs.lock() else { return };
             loop {
@@ -546,12 +547,23 @@ fn worker(
                 if let Some(j) = q.pop_front() {
                     break j;
                 }
+                waited = true;
                 q = match queue.ready.wait_timeout(q, Duration::from_millis(100)) {
                     Ok((q, _)) => q,
                     Err(_) => return,
                 };
             }
         };
+        if waited {
+            // What was read of mapped files for earlier processes is not
+            // kept from one burst of work to the next: this service runs
+            // for months, and once a file is gone (an upgraded library) its
+            // device and inode can name another file. Processes started
+            // together share what was read. (The runtime's entry point and
+            // the C library's rt_sigreturn, which the tool calls, are
+            // checked in the process's memory besides.)
+            ulp_process::forget_files();
+        }
         let pid = job.pid;
         patch(config, job, emit);
         if let Ok(mut b) = busy.lock() {

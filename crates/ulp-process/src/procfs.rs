@@ -115,10 +115,45 @@ impl From<&str> for MapsField {
 /// What a tool read of a file that processes map, kept for the run by the
 /// file's device and inode as their maps give them: every process that
 /// maps the file maps the same contents (a fleet maps the same
-/// libraries), and a mapped file keeps its inode.
-pub struct PerFile<V>(
-    std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(MapsField, u64), V>>>,
-);
+/// libraries), and a mapped file keeps its inode. A long-lived tool (`ulp
+/// watch`) calls [`forget_files`] for each piece of work: once a file is
+/// gone, its inode number can name another file.
+pub struct PerFile<V>(std::sync::LazyLock<std::sync::Mutex<Kept<V>>>);
+
+/// The values a [`PerFile`] keeps, and the generation they belong to.
+struct Kept<V> {
+    generation: u64,
+    values: std::collections::HashMap<(MapsField, u64), V>,
+}
+
+impl<V> Default for Kept<V> {
+    fn default() -> Kept<V> {
+        Kept {
+            generation: GENERATION.load(std::sync::atomic::Ordering::Relaxed),
+            values: Default::default(),
+        }
+    }
+}
+
+impl<V> Kept<V> {
+    /// The values of the current generation (the others dropped).
+    fn current(&mut self) -> &mut std::collections::HashMap<(MapsField, u64), V> {
+        let now = GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+        if self.generation != now {
+            self.values.clear();
+            self.generation = now;
+        }
+        &mut self.values
+    }
+}
+
+/// The generation of what every [`PerFile`] keeps.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every [`PerFile`] forget what it kept (a new generation).
+pub fn forget_files() {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 impl<V: Clone> PerFile<V> {
     pub const fn new() -> PerFile<V> {
@@ -126,13 +161,13 @@ impl<V: Clone> PerFile<V> {
     }
 
     pub fn get(&self, dev: MapsField, inode: u64) -> Option<V> {
-        let c = self.0.lock().ok()?;
-        c.get(&(dev, inode)).cloned()
+        let mut c = self.0.lock().ok()?;
+        c.current().get(&(dev, inode)).cloned()
     }
 
     pub fn put(&self, dev: MapsField, inode: u64, v: V) {
         if let Ok(mut c) = self.0.lock() {
-            c.insert((dev, inode), v);
+            c.current().insert((dev, inode), v);
         }
     }
 }
@@ -716,6 +751,18 @@ impl Incarnation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_file_values_are_forgotten_with_a_new_generation() {
+        static KEPT: PerFile<u32> = PerFile::new();
+        let dev = MapsField::from("fe:00");
+        KEPT.put(dev, 42, 7);
+        assert_eq!(KEPT.get(dev, 42), Some(7));
+        forget_files();
+        assert_eq!(KEPT.get(dev, 42), None);
+        KEPT.put(dev, 42, 8);
+        assert_eq!(KEPT.get(dev, 42), Some(8));
+    }
 
     #[test]
     fn maps_fields() {
