@@ -348,7 +348,10 @@ fn sigreturn_in(
     // sequence there.
     let mapped_at = |offset: u64| {
         exec.iter()
-            .find(|m| m.offset <= offset && offset + 9 <= m.offset + (m.end - m.start))
+            .find(|m| {
+                m.offset <= offset
+                    && offset + SIGRETURN_CODE.len() as u64 <= m.offset + (m.end - m.start)
+            })
             .map(|m| m.start + (offset - m.offset))
     };
     let holds_sequence = |at: RemoteAddr| {

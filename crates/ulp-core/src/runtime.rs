@@ -164,7 +164,7 @@ impl Runtime {
                     break;
                 };
                 match Runtime::at(pid, obj, &symbols)? {
-                    Some(rt) => return rt,
+                    Some(rt) => return Ok(rt),
                     // The cache's symbols lead to no block: ask the file.
                     None if cached => continue,
                     None => return Err(RuntimeError::NotLoaded),
@@ -176,13 +176,13 @@ impl Runtime {
 
     /// The runtime of `obj` in `pid`, whose symbols are `symbols`, from one
     /// read of its header: `Ok(None)` when the block there has no magic
-    /// (the process is still starting, or `symbols` are not this file's),
-    /// `Ok(Some(Err))` for a runtime of another protocol.
+    /// (the process is still starting, or `symbols` are not this file's);
+    /// a runtime of another protocol is an error.
     fn at(
         pid: Pid,
         obj: &MappedObject,
         symbols: &RuntimeSymbols,
-    ) -> Result<Option<Result<Runtime, RuntimeError>>, RuntimeError> {
+    ) -> Result<Option<Runtime>, RuntimeError> {
         let interface = RemoteAddr::new(symbols.bias.wrapping_add(symbols.interface));
         // The header and, right after it, the return path and the entry
         // point's address (one read).
@@ -203,10 +203,10 @@ impl Runtime {
             return Ok(None);
         }
         if version != PROTOCOL_VERSION {
-            return Ok(Some(Err(RuntimeError::Incompatible {
+            return Err(RuntimeError::Incompatible {
                 path: obj.path.clone(),
                 version,
-            })));
+            });
         }
         // The entry point as the runtime published it; the symbol's value
         // where it did not (cannot happen with this protocol).
@@ -214,13 +214,13 @@ impl Runtime {
             0 => symbols.bias.wrapping_add(symbols.entry),
             e => e,
         };
-        Ok(Some(Ok(Runtime {
+        Ok(Some(Runtime {
             pid,
             path: obj.path.clone(),
             interface,
             entry: RemoteAddr::new(entry),
             resume: (u64_at(offset::RESUME), u64_at(offset::RESUME_END)),
-        })))
+        }))
     }
 
     fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), ulp_process::Error> {
