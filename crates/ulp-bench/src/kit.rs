@@ -36,6 +36,7 @@ const SOURCES: &[(&str, &str)] = &[
     ),
     ("hello.c", include_str!("../../../fixtures/bench/hello.c")),
     ("empty.c", include_str!("../../../fixtures/bench/empty.c")),
+    ("bare.c", include_str!("../../../fixtures/bench/bare.c")),
     (
         "loaderbench.c",
         include_str!("../../../fixtures/bench/loaderbench.c"),
@@ -55,6 +56,14 @@ pub const WATCH_NAME: &str = "ulpb_watch";
 /// An empty shared library, preloaded for the floor of the process start
 /// measure (what preloading any library costs).
 pub const EMPTY_LIB: &str = "libempty.so";
+/// The barest library in two segments (code; data holding only the
+/// dynamic section): the floor of a library that keeps code and writable
+/// data apart, as the runtime does.
+pub const BARE_LIB: &str = "libbare.so";
+/// The barest library in one read-only segment (rust-lld's `-z
+/// rodynamic`): the floor of any preloaded library. Built only where
+/// rustc's own lld is found.
+pub const ONE_SEGMENT_LIB: &str = "libonesegment.so";
 /// The two-function live patch (bench_fn and bench_fn2, switched at once
 /// by the runtime's switch plan), packed in the kit directory.
 pub const SWITCH_PATCH: &str = "bench_switch.so";
@@ -180,6 +189,33 @@ impl Kit {
         kit.gcc(&["-O2", "-pthread"], &src("mallocbench.c"), "mallocbench")?;
         kit.gcc(&["-O2"], &src("hello.c"), "hello")?;
         kit.gcc(&["-O2", "-fPIC", "-shared"], &src("empty.c"), EMPTY_LIB)?;
+        let bare = ["-O2", "-fPIC", "-shared", "-nostartfiles", "-Wl,-z,norelro"];
+        kit.gcc(
+            &[&bare[..], &["-Wl,-z,noseparate-code"]].concat(),
+            &src("bare.c"),
+            BARE_LIB,
+        )?;
+        let mut synced = vec![BARE_LIB];
+        if let Some(lld) = rust_lld_dir() {
+            let b = format!("-B{}", lld.display());
+            let one = [
+                b.as_str(),
+                "-fuse-ld=lld",
+                "-Wl,-z,rodynamic",
+                "-Wl,--no-rosegment",
+            ];
+            // Without it the row is left out (preload.rs says so).
+            if kit
+                .gcc(
+                    &[&bare[..], &one[..]].concat(),
+                    &src("bare.c"),
+                    ONE_SEGMENT_LIB,
+                )
+                .is_ok()
+            {
+                synced.push(ONE_SEGMENT_LIB);
+            }
+        }
         kit.gcc(
             &["-O2", "-pthread", "-ldl"],
             &src("loaderbench.c"),
@@ -203,7 +239,10 @@ impl Kit {
             "hello",
             EMPTY_LIB,
             "loaderbench",
-        ] {
+        ]
+        .into_iter()
+        .chain(synced)
+        {
             let p = dir.join(name);
             std::fs::File::open(&p)
                 .and_then(|f| f.sync_all())
@@ -227,6 +266,11 @@ impl Kit {
             return Err(format!("gcc {source} -o {out} failed: {}", r.both()));
         }
         Ok(())
+    }
+
+    /// Is `name` in the kit directory (an optional fixture was built)?
+    pub fn has(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -314,4 +358,25 @@ impl Drop for Kit {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The directory of rustc's `ld.lld` for gcc (`-B DIR -fuse-ld=lld`), the
+/// linker rustc itself uses on x86-64 Linux: `SYSROOT/lib/rustlib/HOST/bin/gcc-ld`.
+fn rust_lld_dir() -> Option<PathBuf> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = |args: &[&str]| -> Option<String> {
+        let o = Command::new(&rustc).args(args).output().ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let sysroot = out(&["--print", "sysroot"])?;
+    let host = out(&["-vV"])?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))?;
+    let dir = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host.trim())
+        .join("bin/gcc-ld");
+    dir.join("ld.lld").exists().then_some(dir)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::callcost::{collected, have_valgrind};
-use crate::kit::{Kit, EMPTY_LIB, TOOL_TIMEOUT};
+use crate::kit::{Kit, BARE_LIB, EMPTY_LIB, ONE_SEGMENT_LIB, TOOL_TIMEOUT};
 use crate::procs::{self, Proc};
 use crate::report::{median, Row, Target, Unit};
 use crate::Config;
@@ -109,13 +109,28 @@ fn self_timed_row(measure: String, t: &[Vec<f64>; 2], note: String) -> Row {
 pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
     let valgrind = have_valgrind(kit);
 
-    // Process start: without a preload, with the runtime, and with an
-    // empty library (the floor: what the loader's opening, mapping and
-    // relocating one more object costs, whatever the library).
+    // Process start: without a preload, with the runtime, and with three
+    // other libraries, the floors: an empty `gcc -shared` library (what
+    // preloading an ordinary library costs), the barest library in two
+    // segments (what any library costs that keeps its code and writable
+    // data apart, as the runtime does) and the barest in one read-only
+    // segment (what preloading anything costs the loader at all).
     let reps = cfg.reps(500, 40);
-    let empty = kit.path(EMPTY_LIB);
-    let sides: [Option<&Path>; 3] = [None, Some(kit.runtime.as_path()), Some(empty.as_path())];
-    let mut start: [Vec<f64>; 3] = Default::default();
+    let (empty, bare, one) = (
+        kit.path(EMPTY_LIB),
+        kit.path(BARE_LIB),
+        kit.path(ONE_SEGMENT_LIB),
+    );
+    let mut sides: Vec<Option<&Path>> = vec![
+        None,
+        Some(kit.runtime.as_path()),
+        Some(empty.as_path()),
+        Some(bare.as_path()),
+    ];
+    if kit.has(ONE_SEGMENT_LIB) {
+        sides.push(Some(one.as_path()));
+    }
+    let mut start: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     for i in 0..reps {
         for k in 0..sides.len() {
             // Each side in turn goes first.
@@ -141,36 +156,60 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
                 "spawn + exit + wait of an empty dynamically linked program, {reps} runs each, interleaved; libpulp: 1.09×"
             )),
     );
-    rows.push(
-        Row::new(
-            "process start, an empty library preloaded: median",
-            Unit::Secs,
-            median(&start[2]),
-        )
-        .baseline(median(&start[0]))
-        .samples(&start[2])
-        .note(format!(
-            "the floor of the row above: the same runs with an empty `gcc -O2 -fPIC -shared` library preloaded instead, interleaved with them ({reps} runs)"
-        )),
-    );
+    let floors = [
+        (
+            "an empty library",
+            format!("the same runs with an empty `gcc -O2 -fPIC -shared` library preloaded instead, interleaved with them ({reps} runs)"),
+        ),
+        (
+            "the barest two-segment library",
+            "the floor of any library that keeps code and writable data apart, as the runtime does: one empty function, no data, no relocations, no C start files, no RELRO (`fixtures/bench/bare.c`); its second segment holds only the dynamic section".to_string(),
+        ),
+        (
+            "the barest one-segment library",
+            "the floor of any preloaded library: the same function linked by rustc's lld into one read-only segment (`-z rodynamic`, which needs glibc 2.35)".to_string(),
+        ),
+    ];
+    for (k, (what, note)) in floors.into_iter().enumerate() {
+        let Some(t) = start.get(k + 2) else {
+            continue;
+        };
+        rows.push(
+            Row::new(
+                format!("process start, {what} preloaded: median"),
+                Unit::Secs,
+                median(t),
+            )
+            .baseline(median(&start[0]))
+            .samples(t)
+            .note(note),
+        );
+    }
     if valgrind {
         let with = instructions(kit, "hello", &[], true)?;
         let without = instructions(kit, "hello", &[], false)?;
-        let floor = instructions_with(kit, "hello", &[], Some(&empty))?;
         rows.push(
             Row::new("process start, preloaded: instructions", Unit::Instr, with)
                 .baseline(without)
                 .note("callgrind, user-space instructions from the first one of ld.so to exit"),
         );
-        rows.push(
-            Row::new(
-                "process start, an empty library preloaded: instructions",
-                Unit::Instr,
-                floor,
-            )
-            .baseline(without)
-            .note("callgrind, as the row above, with the empty library preloaded instead"),
-        );
+        for (what, lib) in [
+            ("an empty library", &empty),
+            ("the barest two-segment library", &bare),
+        ] {
+            let floor = instructions_with(kit, "hello", &[], Some(lib))?;
+            rows.push(
+                Row::new(
+                    format!("process start, {what} preloaded: instructions"),
+                    Unit::Instr,
+                    floor,
+                )
+                .baseline(without)
+                .note(format!(
+                    "callgrind, as the row above, with {what} preloaded instead"
+                )),
+            );
+        }
     }
 
     // Malloc-heavy code.

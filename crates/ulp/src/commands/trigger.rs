@@ -171,7 +171,7 @@ pub struct Args {
     /// revert every patch of LIB (or replace them by FILE)
     #[arg(long, value_name = "LIB", value_hint = ValueHint::AnyPath)]
     pub revert_all: Option<String>,
-    /// work on N processes at once (default: the number of CPUs); output stays in pid order
+    /// work on N processes at once (default: the number of CPUs; more finishes a fleet sooner but holds each process longer, see README); output stays in pid order
     #[arg(short, long, value_name = "N", value_hint = ValueHint::Other)]
     pub jobs: Option<String>,
     /// retry a busy process N more times (default 3)
