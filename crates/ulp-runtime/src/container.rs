@@ -96,7 +96,8 @@ pub(crate) fn open_container(path: &CStr) -> Result<(Opened, LoadedObject), Fail
         };
         ((*map).l_addr as u64, name)
     };
-    let object = objects::loaded_objects()
+    // Found by the loader's name, which is never the main program's.
+    let object = objects::loaded_objects(objects::MainPath::Skip)
         .unwrap_or_default()
         .into_iter()
         .find(|o| o.bias == bias && o.name == name)

@@ -185,8 +185,8 @@ fn apply_request(
 
     // The target: an object with the recorded name (basename or SONAME)
     // and build-id.
-    let objects =
-        objects::loaded_objects().ok_or_else(|| failed("cannot list the loaded objects"))?;
+    let objects = objects::loaded_objects(objects::MainPath::Read)
+        .ok_or_else(|| failed("cannot list the loaded objects"))?;
     let named: Vec<&LoadedObject> = objects
         .iter()
         .filter(|o| o.is_named(meta.target_name.as_bytes()))
@@ -489,7 +489,7 @@ fn revert_request(reg: &mut Registry, req: &[u8]) -> Result<Done, Failure> {
     let patch = &reg.patches[index];
     // The target may have been unloaded since: then its code is gone and
     // there is nothing to write.
-    let objects = objects::loaded_objects().unwrap_or_default();
+    let objects = objects::loaded_objects(objects::MainPath::Read).unwrap_or_default();
     let target = objects
         .iter()
         .find(|o| o.bias == patch.target_bias && o.path == patch.target_path.as_bytes());
@@ -679,7 +679,7 @@ fn change_library(
         None => None,
     };
     let new_id = new_meta.as_ref().map(|m| m.patch_id);
-    let loaded = objects::loaded_objects().unwrap_or_default();
+    let loaded = objects::loaded_objects(objects::MainPath::Read).unwrap_or_default();
     let remove: Vec<usize> = reg
         .patches
         .iter()
@@ -733,7 +733,7 @@ fn change_library(
     }
 
     // From here on nothing can refuse.
-    let objects = objects::loaded_objects().unwrap_or_default();
+    let objects = objects::loaded_objects(objects::MainPath::Read).unwrap_or_default();
     let mut sites: Vec<(u64, u64)> = Vec::new();
     let mut removed: Vec<(usize, Patch)> = Vec::with_capacity(remove.len());
     for &index in remove.iter().rev() {

@@ -138,7 +138,7 @@ pub(crate) unsafe fn at_start(reg: &mut Registry, path: &CStr) {
 /// the program, its preloads, then the libraries they need (the C library
 /// among them); an object that `dlopen` loads comes after all of those.
 fn preloaded() -> bool {
-    let Some(objects) = objects::loaded_objects() else {
+    let Some(objects) = objects::loaded_objects(objects::MainPath::Read) else {
         return false;
     };
     let here = preloaded as *const () as u64;
@@ -230,7 +230,7 @@ impl Store {
         if self.recs.is_empty() {
             return;
         }
-        let Some(objects) = objects::loaded_objects() else {
+        let Some(objects) = objects::loaded_objects(objects::MainPath::Read) else {
             return;
         };
         for rec in &mut self.recs {
