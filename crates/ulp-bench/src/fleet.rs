@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::kit::{Kit, FLEET_NAME};
 use crate::procs::{kill_all, Proc};
-use crate::report::{Row, Target, Unit};
+use crate::report::{median, percentile, Row, Target, Unit};
 use crate::Config;
 
 /// Checks every target answers `want` to `call`.
@@ -86,6 +86,134 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
             runs.push(these);
         }
         rows.extend(medians(runs));
+    }
+    // What more workers than CPUs cost each process: on the 400 fleet (or
+    // the largest one asked for), fresh fleets applied with the default
+    // -j and with twice as many workers, in turn.
+    if let Some(n) = cfg
+        .fleet
+        .iter()
+        .copied()
+        .find(|&n| n == 400)
+        .or_else(|| cfg.fleet.iter().copied().max())
+    {
+        more_workers(kit, n, jobs, rounds, rows)?;
+    }
+    Ok(())
+}
+
+/// The processes' own figures of one `ulp trigger -v` run over a fleet:
+/// how long each had every thread stopped for the writes, and how long
+/// each spent inside ulp (its `total` phase), in seconds.
+fn held(out: &str) -> (Vec<f64>, Vec<f64>) {
+    let ms = |rest: &str| -> Option<f64> {
+        rest.split(|c: char| c == ',' || c.is_whitespace())
+            .find(|w| !w.is_empty())?
+            .parse::<f64>()
+            .ok()
+            .map(|v| v / 1e3)
+    };
+    let (mut stopped, mut inside) = (Vec::new(), Vec::new());
+    for line in out.lines() {
+        // "threads stopped: 1 for 0.076 ms, attempts: 1"
+        if let Some(rest) = line.split("threads stopped: ").nth(1) {
+            if let Some(v) = rest.split(" for ").nth(1).and_then(ms) {
+                stopped.push(v);
+            }
+        }
+        // "phases (ms): find 0.102, ..., total 0.660"
+        if let Some(v) = line.split(" total ").nth(1).and_then(ms) {
+            inside.push(v);
+        }
+    }
+    (stopped, inside)
+}
+
+/// A first apply over fresh fleets of `n`, with `-j jobs` and with
+/// `-j 2*jobs`, `rounds` fleets each, in turn: the time of each run, and
+/// the p99 over the processes of how long each had all its threads
+/// stopped and how long it spent inside ulp (`-v`).
+fn more_workers(
+    kit: &Kit,
+    n: usize,
+    jobs: usize,
+    rounds: usize,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let sides = [jobs, 2 * jobs];
+    // Per side: the runs' times, and the runs' p99s of the two figures.
+    let mut time: [Vec<f64>; 2] = Default::default();
+    let mut stopped: [Vec<f64>; 2] = Default::default();
+    let mut inside: [Vec<f64>; 2] = Default::default();
+    let timeout = Duration::from_secs(30) + Duration::from_millis(100) * n as u32;
+    for round in 0..rounds {
+        for k in 0..2 {
+            let side = (round + k) % 2;
+            let mut procs = Vec::with_capacity(n);
+            for _ in 0..n {
+                procs.push(kit.start_target(FLEET_NAME, &[])?);
+            }
+            let j = sides[side].to_string();
+            let args = [
+                "trigger",
+                "-v",
+                "-j",
+                &j,
+                "--timeout",
+                "30",
+                "bench_livepatch.so",
+            ];
+            let r = kit.ulp_for(&args, timeout);
+            let checked = r.and_then(|r| {
+                verify(&mut procs, "3", &format!("fleet {n} apply (-v -j {j})"))
+                    .map_err(|e| format!("{e}; ulp said: {}", r.both().trim()))?;
+                Ok(r)
+            });
+            kill_all(procs);
+            let r = checked?;
+            let (s, i) = held(&r.stdout);
+            if s.len() < n || i.len() < n {
+                return Err(format!(
+                    "fleet {n} apply (-v -j {j}): {} stop and {} phase lines for {n} processes",
+                    s.len(),
+                    i.len()
+                ));
+            }
+            time[side].push(r.elapsed.as_secs_f64());
+            stopped[side].push(percentile(&s, 99.0));
+            inside[side].push(percentile(&i, 99.0));
+        }
+    }
+    let (a, b) = (sides[0], sides[1]);
+    let how = format!(
+        "{rounds} fresh fleets of {n} for each -j, in turn, each process's first apply with `ulp trigger -v`"
+    );
+    rows.push(
+        Row::new(
+            format!("fleet {n}: apply all, -j {b} (twice the CPUs)"),
+            Unit::Secs,
+            median(&time[1]),
+        )
+        .baseline(median(&time[0]))
+        .samples(&time[1])
+        .note(format!("baseline: -j {a}, the default; {how}")),
+    );
+    for (what, v) in [
+        ("all threads stopped for the writes", &stopped),
+        ("time inside ulp", &inside),
+    ] {
+        rows.push(
+            Row::new(
+                format!("fleet {n}, -j {b}: {what}, p99 over the processes"),
+                Unit::Secs,
+                median(&v[1]),
+            )
+            .baseline(median(&v[0]))
+            .samples(&v[1])
+            .note(format!(
+                "median over the runs of each run's p99 over its processes (`-v`); baseline: the same with -j {a}; {how}"
+            )),
+        );
     }
     Ok(())
 }
