@@ -65,7 +65,7 @@ pub mod optout;
 
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";
@@ -395,6 +395,14 @@ pub struct Interface {
     /// The threads a per-thread transition still waits for, as the tool
     /// last saw them (written by the tool, read by `ulp patches`).
     pub pending: transition::Pending,
+    /// 1 once a tool may have pointed a GOT slot of this process at a
+    /// patched function (`ulp trigger --redirect-got`): the tool writes it,
+    /// with every thread stopped, before it moves the first slot, and
+    /// nothing clears it. While it is 0 no slot can hold anything but what
+    /// the loader put there, so a plan that changes a redirected entry
+    /// (a revert) need not look for moved slots in every loaded object
+    /// (`ulp-core/src/got.rs`). The runtime never reads it.
+    pub got_moved: u64,
 }
 
 /// Request flags (`Interface::req_flags`).
@@ -440,6 +448,7 @@ impl Interface {
         writes_pending: 0,
         req_flags: 0,
         pending: transition::Pending::ZERO,
+        got_moved: 0,
     };
 }
 
@@ -469,6 +478,7 @@ pub mod offset {
     pub const WRITES_PENDING: usize = offset_of!(Interface, writes_pending);
     pub const REQ_FLAGS: usize = offset_of!(Interface, req_flags);
     pub const PENDING: usize = offset_of!(Interface, pending);
+    pub const GOT_MOVED: usize = offset_of!(Interface, got_moved);
 }
 
 // The layout is part of the protocol: a change here must bump

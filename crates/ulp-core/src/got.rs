@@ -11,8 +11,11 @@
 //! pointers and lazily bound slots (still at their PLT stub: they resolve
 //! later, to the old entry) go through it.
 //!
-//! Stateless, and safe against a tool killed at any moment (ARCHITECTURE.md,
-//! "GOT slots"): in the stop window of the code writes,
+//! Safe against a tool killed at any moment (ARCHITECTURE.md, "GOT
+//! slots"), with one bit of state in the target: the runtime's
+//! `Interface::got_moved`, set before the first slot of the process moves
+//! and never cleared, so that while it is 0 a revert need not look for
+//! moved slots. In the stop window of the code writes,
 //!
 //! 1. before any code write, every slot of a function whose entry is about
 //!    to change and that holds where the entry leads now (a slot an earlier
@@ -22,7 +25,8 @@
 //!    writes are made so that a kill leaves them so);
 //! 2. the code writes (`writes.rs`);
 //! 3. with the option, every slot that holds the old entry, of a function
-//!    whose entry now leads elsewhere, is pointed there.
+//!    whose entry now leads elsewhere, is pointed there (the flag set
+//!    first).
 //!
 //! A kill during 1 leaves slots at the entry or at where it leads while the
 //! code has not changed yet: both reach the current code, and the next
@@ -64,6 +68,13 @@ pub(crate) struct Function {
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
     functions: Vec<Function>,
+}
+
+impl Slots {
+    /// No slot of any function (nothing to put back or move).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
 }
 
 /// What was done to the slots in one stop.
@@ -274,18 +285,25 @@ fn file_info(pid: Pid, obj: &MappedObject) -> Option<Arc<FileInfo>> {
 
 /// The GOT slots of the functions `writes` change, in every object `pid`
 /// maps (read from its maps now, with every thread running): only when a
-/// slot may need a change, i.e. `redirect` is asked for or one of those
-/// functions is redirected now (a slot may have been moved to where it
-/// leads). Slots are only candidates: [`before_writes`] and
-/// [`after_writes`] check each one's value before writing it.
-pub(crate) fn find(pid: Pid, writes: &[Write], redirect: bool) -> Slots {
+/// slot may need a change, i.e. `redirect` is asked for, or one of those
+/// functions is redirected now and `moved()` says a tool may have moved
+/// slots of this process (`Interface::got_moved`, set before any slot
+/// moves: while it is 0, every slot still holds what the loader bound).
+/// Slots are only candidates: [`before_writes`] and [`after_writes`]
+/// check each one's value before writing it.
+pub(crate) fn find(
+    pid: Pid,
+    writes: &[Write],
+    redirect: bool,
+    moved: impl FnOnce() -> bool,
+) -> Slots {
     let points = points(writes);
     if points.is_empty() {
         return Slots::default();
     }
     let mut read =
         |addr: u64, buf: &mut [u8]| ulp_process::read_mem(pid, RemoteAddr::new(addr), buf).is_ok();
-    if !redirect && points.iter().all(|&p| destination(p, &mut read).is_none()) {
+    if !redirect && (points.iter().all(|&p| destination(p, &mut read).is_none()) || !moved()) {
         return Slots::default();
     }
     let Ok(maps) = ulp_process::maps(pid) else {

@@ -268,6 +268,22 @@ impl Runtime {
         Ok(self.read_u64(offset::WRITES_PENDING)? != 0)
     }
 
+    /// Whether a tool may have moved a GOT slot of this process
+    /// (`Interface::got_moved`); unreadable counts as yes.
+    pub fn got_moved(&self) -> bool {
+        self.read_u64(offset::GOT_MOVED).map_or(true, |v| v != 0)
+    }
+
+    /// Records, before the first slot moves, that slots may be moved from
+    /// now on (`Interface::got_moved`).
+    pub fn mark_got_moved(&self) -> Result<(), ulp_process::Error> {
+        ulp_process::write_mem(
+            self.pid,
+            self.interface + offset::GOT_MOVED as u64,
+            &1u64.to_le_bytes(),
+        )
+    }
+
     /// Marks the journal done: every write of the last result is made.
     pub fn clear_pending_writes(&self) -> Result<(), ulp_process::Error> {
         ulp_process::write_mem(

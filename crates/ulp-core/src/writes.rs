@@ -392,7 +392,7 @@ fn write_all(
     let slots = if part == Part::AfterFlag && !opts.redirect_got {
         crate::got::Slots::default()
     } else {
-        crate::got::find(pid, writes, opts.redirect_got)
+        crate::got::find(pid, writes, opts.redirect_got, || rt.got_moved())
     };
     let got_find = looked.elapsed();
     // A transition's part: up to its flag (every thread marked old just
@@ -572,8 +572,10 @@ fn write_all(
         done.extend_from_slice(group);
         i += run;
     }
-    // `--redirect-got`: slots at an entry that now leads elsewhere go there.
-    let redirected = if opts.redirect_got {
+    // `--redirect-got`: slots at an entry that now leads elsewhere go there,
+    // once the runtime's header says slots may be moved (a slot must never
+    // be moved before that: a later revert would not look for it).
+    let redirected = if opts.redirect_got && !slots.is_empty() && rt.mark_got_moved().is_ok() {
         crate::got::after_writes(&mut stopped, &slots)
     } else {
         0

@@ -272,3 +272,68 @@ fn a_rewritten_entry_gets_its_slots_moved_and_put_back() {
     assert_eq!(r["got_slots_restored"], 0, "{r}");
     assert_eq!(t.ask("answer"), "42");
 }
+
+/// Where `Interface::got_moved` lies in process `pid`: the runtime's
+/// `__ulp_interface` (from `nm -D` of its file) at the address its file
+/// is mapped from offset 0.
+fn got_moved_at(demo: &Demo, pid: i32) -> u64 {
+    let runtime = std::fs::canonicalize(&demo.runtime).unwrap();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&runtime)
+        .output()
+        .expect("running nm (binutils)");
+    let nm = String::from_utf8_lossy(&out.stdout);
+    let sym = nm
+        .lines()
+        .find(|l| l.ends_with(" __ulp_interface"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(hex)
+        .unwrap_or_else(|| panic!("no __ulp_interface in nm's output: {nm}"));
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let base = maps
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = std::path::Path::new(f.get(5)?);
+            (f[2] == "00000000" && std::fs::canonicalize(path).ok()? == runtime)
+                .then(|| hex(f[0].split('-').next().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("the runtime is not mapped: {maps}"));
+    base + sym + ulp_abi::offset::GOT_MOVED as u64
+}
+
+#[test]
+fn the_runtime_header_says_once_a_slot_may_have_moved() {
+    // Interface::got_moved: 0 until a --redirect-got run moves a slot,
+    // then 1 for good. While it is 0, a revert does not look for moved
+    // slots in every loaded object (got.rs): the flag must be set before
+    // the first slot moves, or that revert would leave it at reverted
+    // code.
+    let demo = Demo::new("got-flag");
+    let mut t = start(&demo, "got_prog_now");
+    let pid = t.pid.to_string();
+    let slot = hex(&t.ask("slot"));
+    let old = hex(&t.ask("old"));
+    let flag = got_moved_at(&demo, t.pid);
+    assert_eq!(word(t.pid, flag), 0, "a fresh process");
+
+    trigger_json(&demo, &["-p", &pid, "demo_livepatch.so"]);
+    let r = trigger_json(&demo, &["-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert_eq!(r["got_slots_restored"], 0, "{r}");
+    assert_eq!(word(t.pid, flag), 0, "no slot moved without the option");
+    assert_eq!(t.ask("answer"), "1");
+
+    let r = trigger_json(&demo, &["-p", &pid, "--redirect-got", "demo_livepatch.so"]);
+    assert!(r["got_slots"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(word(t.pid, flag), 1, "set with the first moved slot");
+    assert_ne!(word(t.pid, slot), old);
+
+    // A revert without the option finds the moved slot and puts it back;
+    // the flag stays.
+    let r = trigger_json(&demo, &["-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert!(r["got_slots_restored"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(word(t.pid, slot), old);
+    assert_eq!(word(t.pid, flag), 1, "never cleared");
+    assert_eq!(t.ask("answer"), "1");
+}
