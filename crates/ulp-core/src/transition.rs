@@ -60,17 +60,17 @@ fn at(base: u64, off: i32) -> RemoteAddr {
 /// fault.
 ///
 /// A kernel built without user shadow stacks has no such line in any
-/// process's status, ulp's own included: then no process can run with
-/// them, and the target's status (an expensive file for the kernel to
-/// make, read once per process of a fleet) is not read. Asked once per
-/// ulp run.
+/// process's status: then no process can run with them, and the target's
+/// status (an expensive file for the kernel to make, read once per process
+/// of a fleet) is not read. Whether the kernel has them is asked once per
+/// ulp run, with `arch_prctl(ARCH_SHSTK_STATUS)` on ulp itself: the
+/// kernel answers it exactly when it is built with user shadow stacks
+/// (the same configuration that prints the status line), and says EINVAL
+/// otherwise, as kernels older than 6.6 do for an unknown code. One system
+/// call, where ulp's own status cost 13 µs on the VM measured.
 pub(crate) fn shadow_stack(pid: Pid) -> bool {
     static KERNEL_HAS_THEM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let possible = *KERNEL_HAS_THEM.get_or_init(|| {
-        // Unreadable: assume they may be there (read each target's).
-        ulp_process::read_text("/proc/self/status")
-            .map_or(true, |s| s.lines().any(|l| l.starts_with(THREAD_FEATURES)))
-    });
+    let possible = *KERNEL_HAS_THEM.get_or_init(kernel_has_shadow_stacks);
     possible
         && ulp_process::read_text(format!("/proc/{pid}/status")).is_ok_and(|s| {
             s.lines().any(|l| {
@@ -78,6 +78,24 @@ pub(crate) fn shadow_stack(pid: Pid) -> bool {
                     .is_some_and(|v| v.split_whitespace().any(|w| w == "shstk"))
             })
         })
+}
+
+/// Whether this kernel has user shadow stacks ([`shadow_stack`]): any
+/// answer of `arch_prctl(ARCH_SHSTK_STATUS)` but "no such code" (an error
+/// of another kind too) says they may be there.
+fn kernel_has_shadow_stacks() -> bool {
+    const ARCH_SHSTK_STATUS: libc::c_long = 0x5005;
+    let mut features: u64 = 0;
+    // SAFETY: arch_prctl with this code writes one unsigned long at the
+    // address given, which is `features`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_SHSTK_STATUS,
+            &mut features as *mut u64,
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
 }
 
 /// The status line of a kernel with x86 user shadow stacks.
@@ -917,4 +935,24 @@ pub fn pending_now(rt: &Runtime) -> Option<(Vec<(Tid, String)>, usize)> {
     let unlisted = p.count as usize - listed;
     let count = left.len() + unlisted;
     (count > 0).then_some((left, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_answer_on_shadow_stacks_matches_its_status_line() {
+        // The kernel prints the status line exactly when it is built with
+        // user shadow stacks, and answers ARCH_SHSTK_STATUS then too.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().any(|l| l.starts_with(THREAD_FEATURES));
+        assert_eq!(kernel_has_shadow_stacks(), line, "{status}");
+        // And a process of this test's own is judged by its line.
+        let me = Pid::this();
+        let on = status
+            .lines()
+            .any(|l| l.starts_with(THREAD_FEATURES) && l.contains("shstk"));
+        assert_eq!(shadow_stack(me), on);
+    }
 }
