@@ -66,6 +66,18 @@ pub mod optout;
 /// `b"ULPRTIF1"` read as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ULPRTIF1");
 pub const PROTOCOL_VERSION: u32 = 12;
+/// The oldest runtime protocol this ulp also works with, so that an
+/// upgraded ulp can still patch the processes that run the runtime it
+/// replaced. A layout change that only appends fields keeps the versions
+/// before it readable: 11's block is 12's without [`Interface::got_moved`],
+/// which the tool then neither reads nor writes ([`GOT_MOVED_SINCE`]).
+pub const OLDEST_PROTOCOL_READ: u32 = 11;
+/// The first protocol with [`Interface::got_moved`].
+pub const GOT_MOVED_SINCE: u32 = 12;
+const _: () = assert!(
+    OLDEST_PROTOCOL_READ <= GOT_MOVED_SINCE && GOT_MOVED_SINCE <= PROTOCOL_VERSION,
+    "the protocols read must be a range that ends with this one"
+);
 
 pub const INTERFACE_SYMBOL: &str = "__ulp_interface";
 pub const ENTRY_SYMBOL: &str = "__ulp_entry";

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 
-use ulp_abi::{offset, PatchRecord, Write, INTERFACE_SYMBOL, MAGIC, PROTOCOL_VERSION, RING_SIZE};
+use ulp_abi::{
+    offset, PatchRecord, Write, GOT_MOVED_SINCE, INTERFACE_SYMBOL, MAGIC, OLDEST_PROTOCOL_READ,
+    PROTOCOL_VERSION, RING_SIZE,
+};
 use ulp_process::{Mapping, Pid, RemoteAddr};
 
 use crate::objects::{objects_from_maps, MappedObject};
@@ -32,7 +35,7 @@ impl fmt::Display for RuntimeError {
             }
             RuntimeError::Incompatible { path, version } => write!(
                 f,
-                "the runtime '{path}' speaks protocol version {version}, this ulp speaks {PROTOCOL_VERSION}: use the ulp that matches it"
+                "the runtime '{path}' speaks protocol version {version}, this ulp speaks {OLDEST_PROTOCOL_READ} to {PROTOCOL_VERSION}: use the ulp that matches it"
             ),
             RuntimeError::Process(e) => e.fmt(f),
         }
@@ -54,6 +57,9 @@ pub struct Runtime {
     pub path: String,
     /// Address of `__ulp_interface` in the process.
     pub interface: RemoteAddr,
+    /// The protocol it speaks, from [`OLDEST_PROTOCOL_READ`] to
+    /// [`PROTOCOL_VERSION`]: what of the block exists.
+    pub version: u32,
     /// Address of `__ulp_entry` in the process.
     pub entry: RemoteAddr,
     /// The resume routine's first byte and the byte after it, as the
@@ -202,7 +208,7 @@ impl Runtime {
             // zero). Not patchable (yet).
             return Ok(None);
         }
-        if version != PROTOCOL_VERSION {
+        if !(OLDEST_PROTOCOL_READ..=PROTOCOL_VERSION).contains(&version) {
             return Err(RuntimeError::Incompatible {
                 path: obj.path.clone(),
                 version,
@@ -218,6 +224,7 @@ impl Runtime {
             pid,
             path: obj.path.clone(),
             interface,
+            version,
             entry: RemoteAddr::new(entry),
             resume: (u64_at(offset::RESUME), u64_at(offset::RESUME_END)),
         }))
@@ -269,14 +276,20 @@ impl Runtime {
     }
 
     /// Whether a tool may have moved a GOT slot of this process
-    /// (`Interface::got_moved`); unreadable counts as yes.
+    /// (`Interface::got_moved`); unreadable counts as yes, and so does a
+    /// runtime of a protocol without the word.
     pub fn got_moved(&self) -> bool {
-        self.read_u64(offset::GOT_MOVED).map_or(true, |v| v != 0)
+        self.version < GOT_MOVED_SINCE || self.read_u64(offset::GOT_MOVED).map_or(true, |v| v != 0)
     }
 
     /// Records, before the first slot moves, that slots may be moved from
-    /// now on (`Interface::got_moved`).
+    /// now on (`Interface::got_moved`). A runtime of a protocol without the
+    /// word has nothing to record it in (the bytes there are not its
+    /// block's): every revert looks for moved slots there anyway.
     pub fn mark_got_moved(&self) -> Result<(), ulp_process::Error> {
+        if self.version < GOT_MOVED_SINCE {
+            return Ok(());
+        }
         ulp_process::write_mem(
             self.pid,
             self.interface + offset::GOT_MOVED as u64,

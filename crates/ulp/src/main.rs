@@ -85,6 +85,7 @@ fn run() -> u8 {
                 "name": "ulp",
                 "version": env!("CARGO_PKG_VERSION"),
                 "protocol_version": ulp_abi::PROTOCOL_VERSION,
+                "oldest_protocol_read": ulp_abi::OLDEST_PROTOCOL_READ,
             }));
         } else {
             println!("ulp {}", env!("CARGO_PKG_VERSION"));

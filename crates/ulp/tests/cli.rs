@@ -50,6 +50,12 @@ fn help_and_version() {
     let (code, out, _) = ulp(dir.path(), &["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ulp "));
+    // The protocols this ulp works with, for fleet tooling.
+    let (code, out, _) = ulp(dir.path(), &["--version", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["protocol_version"], ulp_abi::PROTOCOL_VERSION);
+    assert_eq!(v["oldest_protocol_read"], ulp_abi::OLDEST_PROTOCOL_READ);
 }
 
 #[test]

@@ -273,10 +273,15 @@ fn a_rewritten_entry_gets_its_slots_moved_and_put_back() {
     assert_eq!(t.ask("answer"), "42");
 }
 
-/// Where `Interface::got_moved` lies in process `pid`: the runtime's
-/// `__ulp_interface` (from `nm -D` of its file) at the address its file
-/// is mapped from offset 0.
+/// Where `Interface::got_moved` lies in process `pid`.
 fn got_moved_at(demo: &Demo, pid: i32) -> u64 {
+    interface_at(demo, pid) + ulp_abi::offset::GOT_MOVED as u64
+}
+
+/// Where the runtime's block lies in process `pid`: its `__ulp_interface`
+/// (from `nm -D` of its file) at the address its file is mapped from
+/// offset 0.
+fn interface_at(demo: &Demo, pid: i32) -> u64 {
     let runtime = std::fs::canonicalize(&demo.runtime).unwrap();
     let out = Command::new("nm")
         .args(["-D", "--defined-only"])
@@ -300,7 +305,16 @@ fn got_moved_at(demo: &Demo, pid: i32) -> u64 {
                 .then(|| hex(f[0].split('-').next().unwrap()))
         })
         .unwrap_or_else(|| panic!("the runtime is not mapped: {maps}"));
-    base + sym + ulp_abi::offset::GOT_MOVED as u64
+    base + sym
+}
+
+/// Writes `bytes` at `addr` in process `pid` (`/proc/PID/mem`).
+fn poke(pid: i32, addr: u64, bytes: &[u8]) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .expect("opening /proc/PID/mem for writing");
+    f.write_all_at(bytes, addr).expect("writing the target");
 }
 
 #[test]
@@ -335,5 +349,48 @@ fn the_runtime_header_says_once_a_slot_may_have_moved() {
     assert!(r["got_slots_restored"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(word(t.pid, slot), old);
     assert_eq!(word(t.pid, flag), 1, "never cleared");
+    assert_eq!(t.ask("answer"), "1");
+}
+
+#[test]
+fn a_runtime_of_the_previous_protocol_is_patched_and_its_block_never_written_past_its_end() {
+    // A process started before an upgrade runs the runtime of the ulp
+    // before. Protocol 11's block is 12's without its last word
+    // (got_moved): this ulp patches such a process, never writes that
+    // word (there it is not the runtime's), and so looks for moved slots
+    // at every revert. The runtime here is made to say 11: its layout is
+    // 11's plus the word, which must stay as it was.
+    let demo = Demo::new("got-proto11");
+    let mut t = start(&demo, "got_prog_now");
+    let pid = t.pid.to_string();
+    let slot = hex(&t.ask("slot"));
+    let old = hex(&t.ask("old"));
+    let block = interface_at(&demo, t.pid);
+    let version = block + ulp_abi::offset::VERSION as u64;
+    let flag = block + ulp_abi::offset::GOT_MOVED as u64;
+    assert_eq!(ulp_abi::OLDEST_PROTOCOL_READ, 11);
+    assert_eq!(ulp_abi::GOT_MOVED_SINCE, 12);
+    poke(t.pid, version, &11u32.to_le_bytes());
+
+    let r = trigger_json(&demo, &["-p", &pid, "--redirect-got", "demo_livepatch.so"]);
+    assert!(r["got_slots"].as_u64().unwrap() >= 1, "{r}");
+    assert_ne!(word(t.pid, slot), old);
+    assert_eq!(word(t.pid, flag), 0, "nothing written past 11's block");
+    assert_eq!(t.ask("answer"), "2");
+    let r = trigger_json(&demo, &["-p", &pid, "--revert", "demo_livepatch.so"]);
+    assert!(r["got_slots_restored"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(word(t.pid, slot), old);
+    assert_eq!(word(t.pid, flag), 0);
+    assert_eq!(t.ask("answer"), "1");
+
+    // Older than that: refused by name, the process untouched.
+    poke(t.pid, version, &10u32.to_le_bytes());
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_ne!(code, 0, "{out}{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("speaks protocol version 10, this ulp speaks 11 to 12"),
+        "{all}"
+    );
     assert_eq!(t.ask("answer"), "1");
 }
