@@ -88,6 +88,27 @@ impl Watch {
         &self.seen
     }
 
+    /// The target's `patched` line (the program prints it once it sees the
+    /// patch, or `unpatched` after its own limit and exits). When it does
+    /// not come, the panic shows what the watch said meanwhile, which the
+    /// target's lines alone do not tell.
+    fn patched(&mut self, t: &mut Target) -> String {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match t.line(left) {
+                Some(l) if l.starts_with("patched") => return l,
+                Some(_) => {}
+                None => panic!(
+                    "target {}: not patched (saw {:?}); ulp watch said: {:#?}",
+                    t.pid,
+                    t.seen,
+                    self.drain()
+                ),
+            }
+        }
+    }
+
     /// SIGTERM; the watch must exit 0 within a bound.
     fn stop(mut self) -> Vec<String> {
         // SAFETY: a signal to our own child.
@@ -169,7 +190,7 @@ fn fifty_programs_started_at_once_are_all_patched() {
     let prog = demo.dir.join("wburst");
     let mut targets: Vec<Target> = (0..50).map(|_| start_plain(dir, &prog, &[])).collect();
     for t in &mut targets {
-        let l = t.expect("patched", Duration::from_secs(40));
+        let l = w.patched(t);
         assert!(l.ends_with(" 2"), "{l}");
     }
     for t in &targets {
@@ -199,7 +220,7 @@ fn poll_fallback_patches_too() {
     let prog = demo.dir.join("wpoll");
     let mut targets: Vec<Target> = (0..5).map(|_| start_plain(dir, &prog, &[])).collect();
     for t in &mut targets {
-        t.expect("patched", Duration::from_secs(40));
+        w.patched(t);
         w.expect(&format!("patched {} (wpoll)", t.pid), LIMIT);
     }
     w.stop();
@@ -303,7 +324,7 @@ fn records_added_while_watching_take_effect() {
     record(&demo, &store, "demo_livepatch.so");
     w.expect("store: 1 record", LIMIT);
     let mut after = start_plain(dir, &demo.dir.join("wlater"), &[]);
-    after.expect("patched", Duration::from_secs(40));
+    w.patched(&mut after);
     // Removing the record takes it out again.
     let (code, out, err) = ulp_bounded(
         dir,
@@ -340,7 +361,7 @@ fn json_logs_are_one_object_a_line() {
     assert_eq!(first["source"], "polling the process list");
     assert_eq!(first["store"], store.to_str().unwrap());
     let mut t = start_plain(dir, &demo.dir.join("wjson"), &[]);
-    t.expect("patched", Duration::from_secs(40));
+    w.patched(&mut t);
     let l = w.expect("\"patched\"", LIMIT);
     let v: serde_json::Value = serde_json::from_str(&l).unwrap();
     assert_eq!(v["pid"], t.pid);
@@ -436,6 +457,6 @@ fn an_untrusted_store_is_refused_until_fixed() {
     mode(0o755);
     w.expect("store: 1 record", LIMIT);
     let mut t = start_plain(dir, &demo.dir.join("wtrust"), &[]);
-    t.expect("patched", Duration::from_secs(40));
+    w.patched(&mut t);
     w.stop();
 }
