@@ -348,6 +348,25 @@ enum Look {
 /// once.
 type BuildIds = HashMap<(ulp_process::MapsField, u64, String), Option<String>>;
 
+/// The build id kept for `key`, or the one `read` finds (lower-case hex;
+/// `Ok(None)`: the file has none), kept from then on. A file that could not
+/// be read is not kept as one without a build id: the read can fail for a
+/// moment (the process seen exits before its file is opened through its
+/// root, a container's file is not at that path outside it), and a kept
+/// `None` would pass over every later process that maps the file.
+fn build_id_of<K: std::hash::Hash + Eq, E>(
+    ids: &mut HashMap<K, Option<String>>,
+    key: K,
+    read: impl FnOnce() -> Result<Option<String>, E>,
+) -> Option<String> {
+    if let Some(id) = ids.get(&key) {
+        return id.clone();
+    }
+    let id = read().ok()?;
+    ids.insert(key, id.clone());
+    id
+}
+
 fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config) -> Look {
     let exe = ulp_process::exe(p.pid);
     if exe != p.exe {
@@ -380,11 +399,11 @@ fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config)
             continue;
         }
         let key = (o.dev, o.inode, o.path.clone());
-        let id = ids.entry(key).or_insert_with(|| {
-            o.open_sections(p.pid, &[".note.gnu.build-id"])
-                .ok()
-                .and_then(|f| f.build_id())
-                .map(|b| ulp_abi::hex::hex(&b).to_ascii_lowercase())
+        let id = build_id_of(ids, key, || {
+            o.open_sections(p.pid, &[".note.gnu.build-id"]).map(|f| {
+                f.build_id()
+                    .map(|b| ulp_abi::hex::hex(&b).to_ascii_lowercase())
+            })
         });
         if let Some(entries) = id.as_ref().and_then(|id| records.by_build.get(id)) {
             for e in entries {
@@ -697,5 +716,29 @@ fn why(o: &Outcome, default: &str) -> String {
         }
         Outcome::NoRuntime => o.to_string(),
         _ => default.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_could_not_be_read_is_read_again_at_the_next_look() {
+        let mut ids: HashMap<&str, Option<String>> = HashMap::new();
+        // Unreadable for a moment: nothing kept.
+        assert_eq!(
+            build_id_of(&mut ids, "lib", || Err::<Option<String>, ()>(())),
+            None
+        );
+        assert!(ids.is_empty());
+        // Read at the next look, and kept.
+        let read = || Ok::<_, ()>(Some("ab12".to_string()));
+        assert_eq!(build_id_of(&mut ids, "lib", read).as_deref(), Some("ab12"));
+        let never = || -> Result<Option<String>, ()> { panic!("read again") };
+        assert_eq!(build_id_of(&mut ids, "lib", never).as_deref(), Some("ab12"));
+        // A file read that has no build id is kept as such.
+        assert_eq!(build_id_of(&mut ids, "plain", || Ok::<_, ()>(None)), None);
+        assert_eq!(build_id_of(&mut ids, "plain", never), None);
     }
 }
