@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use crate::kit::{Kit, FLEET_NAME};
+use crate::latency::{phases_in, phases_line};
 use crate::procs::{kill_all, Proc};
 use crate::report::{median, percentile, Row, Target, Unit};
 use crate::Config;
@@ -122,8 +123,9 @@ fn held(out: &str) -> (Vec<f64>, Vec<f64>) {
             }
         }
         // "phases (ms): find 0.102, ..., total 0.660"
-        if let Some(v) = line.split(" total ").nth(1).and_then(ms) {
-            inside.push(v);
+        let phases = phases_line(line).and_then(|l| phases_in(l).ok());
+        if let Some(&(_, total)) = phases.iter().flatten().find(|(name, _)| name == "total") {
+            inside.push(total);
         }
     }
     (stopped, inside)

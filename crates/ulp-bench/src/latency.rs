@@ -122,8 +122,18 @@ pub fn run(kit: &Kit, cfg: &Config, rows: &mut Vec<Row>) -> Result<(), String> {
 pub fn parse_phases(stdout: &str) -> Result<Vec<(String, f64)>, String> {
     let line = stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix("phases (ms): "))
+        .find_map(phases_line)
         .ok_or_else(|| format!("no phases line in `ulp trigger -v`: {stdout}"))?;
+    phases_in(line)
+}
+
+/// What follows `phases (ms): ` in a line of `ulp trigger -v`.
+pub fn phases_line(line: &str) -> Option<&str> {
+    line.trim().strip_prefix("phases (ms): ")
+}
+
+/// The (phase, seconds) of one phases line ([`phases_line`]).
+pub fn phases_in(line: &str) -> Result<Vec<(String, f64)>, String> {
     line.split(", ")
         .map(|p| {
             let (name, ms) = p.split_once(' ').ok_or("bad phases line")?;
