@@ -367,13 +367,16 @@ fn sigreturn_in(
     let bytes = std::fs::read(&path)
         .or_else(|_| std::fs::read(&obj.path))
         .context(|| format!("reading '{}'", obj.path))?;
-    let offset = exec.iter().find_map(|m| {
-        let start = usize::try_from(m.offset).ok()?;
-        let end = (start + (m.end - m.start) as usize).min(bytes.len());
-        let code = bytes.get(start..end)?;
+    // Searched in the file's own code segments, not in what the process
+    // has mapped: a process caught while the loader maps its C library has
+    // no code of it mapped yet, and must read as busy, not as a C library
+    // without the sequence.
+    let file = ulp_elf::ElfFile::parse(Path::new(&obj.path), bytes)
+        .context(|| format!("reading '{}'", obj.path))?;
+    let offset = file.executable_segments().find_map(|(start, code)| {
         code.windows(SIGRETURN_CODE.len())
             .position(|w| w == SIGRETURN_CODE)
-            .map(|at| m.offset + at as u64)
+            .map(|at| start + at as u64)
     });
     SIGRETURN_OFFSETS.put(obj.dev, obj.inode, offset);
     let offset = offset.ok_or_else(|| {
@@ -432,6 +435,39 @@ mod runtime_location_tests {
                 "mended"
             );
         }
+    }
+
+    /// A process whose loader has mapped the C library's extent but not
+    /// yet its code (the maps between the loader's two mmaps, taken from
+    /// this process's own with the code mapping left out) is busy, so a
+    /// watch tries it again; it was once refused as a C library without
+    /// the sequence. Once the code is there, the address is found.
+    #[test]
+    fn a_c_library_whose_code_is_not_mapped_yet_is_busy() {
+        let pid = Pid::new(std::process::id() as i32);
+        let maps = ulp_process::maps(pid).unwrap();
+        let objects = crate::objects::objects_from_maps(&maps);
+        let Some(libc) = objects.iter().find(|o| o.basename().starts_with("libc.so")) else {
+            eprintln!("skipped: this test program has no libc.so mapped");
+            return;
+        };
+        let loading: Vec<Mapping> = maps
+            .iter()
+            .filter(|m| !(m.is_executable() && m.inode == libc.inode && m.dev == libc.dev))
+            .cloned()
+            .collect();
+        assert!(
+            loading.len() < maps.len(),
+            "the C library has a code mapping"
+        );
+        for _ in 0..2 {
+            let e = sigreturn_in(pid, &loading, libc).unwrap_err().to_string();
+            assert!(e.contains(&format!("process {pid} is busy")), "{e}");
+        }
+        let at = sigreturn_in(pid, &maps, libc).unwrap();
+        let mut b = [0u8; SIGRETURN_CODE.len()];
+        ulp_process::read_mem(pid, at, &mut b).unwrap();
+        assert_eq!(b, SIGRETURN_CODE);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ulp_abi::elf::{
     DT_NULL, DT_SONAME, DT_STRSZ, DT_STRTAB, EHDR_SIZE, EM_X86_64, ET_DYN, PHDR_SIZE,
 };
 use ulp_abi::elf::{ELFCLASS32, ELFCLASS64, ELFDATA2LSB, ELFMAG};
-use ulp_abi::elf::{PT_DYNAMIC, PT_LOAD, SHDR_SIZE, SHN_XINDEX, SHT_DYNAMIC, SHT_NOBITS};
+use ulp_abi::elf::{PF_X, PT_DYNAMIC, PT_LOAD, SHDR_SIZE, SHN_XINDEX, SHT_DYNAMIC, SHT_NOBITS};
 
 /// A section header, as read from the file (names resolved).
 #[derive(Clone, Debug)]
@@ -78,6 +78,7 @@ impl SectionHeader {
 #[derive(Clone, Debug)]
 pub(crate) struct ProgramHeader {
     pub p_type: u32,
+    pub flags: u32,
     pub offset: u64,
     pub vaddr: u64,
     pub filesz: u64,
@@ -262,6 +263,7 @@ impl ElfFile {
                     })?;
                 segments.push(ProgramHeader {
                     p_type: bytes::u32_at(raw, 0).unwrap_or(0),
+                    flags: bytes::u32_at(raw, 4).unwrap_or(0),
                     offset: bytes::u64_at(raw, 8).unwrap_or(0),
                     vaddr: bytes::u64_at(raw, 16).unwrap_or(0),
                     filesz: bytes::u64_at(raw, 32).unwrap_or(0),
@@ -389,6 +391,23 @@ impl ElfFile {
                 } else {
                     None
                 }
+            })
+    }
+
+    /// The file bytes of each executable `PT_LOAD` segment, with their
+    /// offset in the file: what the loader maps as code, whatever the
+    /// process that maps it is doing now. A segment reaching past the end
+    /// of the file is cut at it.
+    pub fn executable_segments(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.segments
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD && p.flags & PF_X != 0)
+            .filter_map(|p| {
+                let start = usize::try_from(p.offset).ok()?;
+                let end = usize::try_from(p.offset.checked_add(p.filesz)?)
+                    .ok()?
+                    .min(self.data.len());
+                Some((p.offset, self.data.get(start..end)?))
             })
     }
 
