@@ -113,6 +113,31 @@ fn main() {
             &out.join(name),
         );
     }
+    // crates/ulp/tests/inject.rs: a program whose library's constructor
+    // waits, so that its preloaded runtime is mapped and not yet started.
+    gcc(
+        &[
+            "-O2",
+            "-fPIC",
+            "-shared",
+            "-Wl,--build-id",
+            "-Wl,-soname,libslowinit.so.1",
+            &s("slow_init_lib.c"),
+        ],
+        &out.join("libslowinit.so.1.0.0"),
+    );
+    soname_link(&out, "libslowinit.so.1.0.0", "libslowinit.so.1");
+    gcc(
+        &[
+            "-O2",
+            &s("slow_init_prog.c"),
+            &ldir,
+            "-l:libulpdemo.so.1",
+            "-l:libslowinit.so.1",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &out.join("slow_init_prog"),
+    );
     // Runs a program under PR_SET_MDWE (W^X locked, as systemd's
     // MemoryDenyWriteExecute=).
     gcc(&["-O2", &s("mdwe_exec.c")], &out.join("mdwe_exec"));

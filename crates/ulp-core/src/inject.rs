@@ -187,12 +187,9 @@ fn load_runtime(
     match Runtime::find(pid) {
         Ok(rt) => return Ok(rt),
         Err(RuntimeError::NotLoaded) => {}
-        Err(e) => {
-            return Err(Outcome::Failed(Reason::new(
-                errors::ENOLIBPULP,
-                e.to_string(),
-            )))
-        }
+        // A runtime that is there but cannot be used now (starting,
+        // another protocol) is never joined by a second one.
+        Err(e) => return Err(Outcome::Failed(Reason::new(e.error(), e.to_string()))),
     }
     let failed = |error| move |e: Error| Outcome::Failed(Reason::new(error, e.to_string()));
     if let Some(why) = opted_out(pid).map_err(failed(errors::ETARGETHOOK))? {

@@ -19,6 +19,14 @@ use crate::objects::{objects_from_maps, MappedObject};
 pub enum RuntimeError {
     /// No mapped object exports the interface symbol.
     NotLoaded,
+    /// One does, but its constructor has not published the block yet: the
+    /// process is still starting (a preloaded runtime's constructor runs
+    /// after those of the libraries the program needs). Busy: loading a
+    /// second runtime beside it would leave two in the process.
+    Starting {
+        pid: Pid,
+        path: String,
+    },
     /// It is there but speaks another protocol version.
     Incompatible {
         path: String,
@@ -33,6 +41,11 @@ impl fmt::Display for RuntimeError {
             RuntimeError::NotLoaded => {
                 f.write_str("the live-patching runtime is not loaded in the target process")
             }
+            RuntimeError::Starting { pid, path } => write!(
+                f,
+                "process {pid} is busy: its runtime '{path}' is loaded but has not started (its \
+                 constructor has not run: the process is still starting); retry later"
+            ),
             RuntimeError::Incompatible { path, version } => write!(
                 f,
                 "the runtime '{path}' speaks protocol version {version}, this ulp speaks {OLDEST_PROTOCOL_READ} to {PROTOCOL_VERSION}: use the ulp that matches it"
@@ -43,6 +56,16 @@ impl fmt::Display for RuntimeError {
 }
 
 impl std::error::Error for RuntimeError {}
+
+impl RuntimeError {
+    /// The libpulp error a report of this one starts with.
+    pub fn error(&self) -> ulp_abi::errors::UlpError {
+        match self {
+            RuntimeError::Starting { .. } => ulp_abi::errors::EHOOKNOTRUN,
+            _ => ulp_abi::errors::ENOLIBPULP,
+        }
+    }
+}
 
 impl From<ulp_process::Error> for RuntimeError {
     fn from(e: ulp_process::Error) -> Self {
@@ -173,7 +196,12 @@ impl Runtime {
                     Some(rt) => return Ok(rt),
                     // The cache's symbols lead to no block: ask the file.
                     None if cached => continue,
-                    None => return Err(RuntimeError::NotLoaded),
+                    None => {
+                        return Err(RuntimeError::Starting {
+                            pid,
+                            path: obj.path.clone(),
+                        })
+                    }
                 }
             }
         }

@@ -687,7 +687,7 @@ fn with_runtime(rt: &Runtime, outcome: Outcome) -> Report {
 fn runtime_outcome(e: RuntimeError) -> Outcome {
     match e {
         RuntimeError::NotLoaded => Outcome::NoRuntime,
-        e => Outcome::Failed(Reason::new(errors::ENOLIBPULP, e.to_string())),
+        e => Outcome::Failed(Reason::new(e.error(), e.to_string())),
     }
 }
 

@@ -154,6 +154,87 @@ fn an_opted_out_process_is_not_loaded_into() {
     assert_eq!(t.ask("answer"), "1");
 }
 
+/// Every runtime file `pid` maps (each path once).
+fn runtimes_mapped(pid: i32) -> Vec<String> {
+    let mut paths: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains("/libpulp.so"))
+        .map(str::to_string)
+        .collect();
+    paths.dedup();
+    paths
+}
+
+/// A process still in a library's constructor has its preloaded runtime
+/// mapped but not started: it is busy (libpulp's "hook routine not run",
+/// exit 21), never given a second runtime by --load-runtime, and patched
+/// normally once it has started.
+#[test]
+fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
+    let demo = Demo::new("inject-starting");
+    copy_files(
+        &fixtures_dir(),
+        demo.dir.path(),
+        &["libslowinit.so.1", "slow_init_prog"],
+    );
+    let other = demo.dir.join("other");
+    std::fs::create_dir(&other).unwrap();
+    let other_runtime = install_runtime(&other);
+    let mut cmd = Command::new(demo.dir.join("slow_init_prog"));
+    cmd.current_dir(demo.dir.path())
+        .env("LD_PRELOAD", &demo.runtime);
+    let mut t = Target::spawn(cmd);
+    assert!(
+        t.ready_line().ends_with(" constructor"),
+        "{}",
+        t.ready_line()
+    );
+    let pid = t.pid.to_string();
+    let preloaded = demo.runtime.to_string_lossy().into_owned();
+    let only_preloaded = vec![preloaded.clone()];
+    assert_eq!(runtimes_mapped(t.pid), only_preloaded);
+
+    let busy = |out: &str| {
+        out.contains("ERROR demo_livepatch.so: libpulp.so hook routine not run: ")
+            && out.contains(&format!("process {pid} is busy: its runtime '{preloaded}'"))
+            && out.contains("retry later")
+    };
+    let (code, out, err) = demo.ulp(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(code, 21, "{out}{err}");
+    assert!(busy(&out), "{out}{err}");
+    let other_path = other_runtime.to_string_lossy().into_owned();
+    for runtime in [other_path.as_str(), preloaded.as_str()] {
+        let (code, out, err) = demo.ulp(&[
+            "trigger",
+            "-p",
+            &pid,
+            "--load-runtime",
+            "--runtime",
+            runtime,
+            "demo_livepatch.so",
+        ]);
+        assert_eq!(code, 21, "{runtime}: {out}{err}");
+        assert!(busy(&out), "{runtime}: {out}{err}");
+        assert_eq!(runtimes_mapped(t.pid), only_preloaded, "{runtime}");
+    }
+    let (code, out, err) = demo.ulp(&["patches", "-p", &pid]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("process {pid} is busy")),
+        "{out}{err}"
+    );
+
+    // The constructor returns, the runtime starts, main runs.
+    t.send("go\n");
+    assert_eq!(t.next_line(), "main 1");
+    assert_eq!(t.ask("answer"), "1");
+    demo.ulp_ok(&["trigger", "-p", &pid, "demo_livepatch.so"]);
+    assert_eq!(t.ask("answer"), "2");
+    assert_eq!(runtimes_mapped(t.pid), only_preloaded);
+}
+
 #[test]
 fn a_process_without_the_library_is_left_alone() {
     let demo = Demo::new("inject-nolib");
