@@ -308,6 +308,9 @@ impl Unwinder {
                         }
                     }
                 }
+                // The loader's entry code has no unwind information: a
+                // return into it ends the first thread's stack.
+                Err(_) if !is_ip && self.starts_stack(at.address_for_lookup()) => break None,
                 Err(e) => match self.frame_pointer_step(is_ip, before, &mut mem) {
                     Some(r) => {
                         uregs = r;
@@ -406,6 +409,35 @@ impl Unwinder {
             }
             None => crate::read_mem(pid, crate::RemoteAddr::new(addr), code).is_ok(),
         })
+    }
+
+    /// Whether a return address (at lookup address `addr`) is in the
+    /// dynamic loader's entry code ([`ObjectUnwind::in_entry_code`]): the
+    /// kernel starts a process's first thread there, and the loader calls
+    /// the constructors of the libraries the program needs from there
+    /// before it jumps to the program's `_start`. Nothing calls that code,
+    /// so the stack is whole. Only the loader's (by its name, as in
+    /// /proc/PID/maps): in other objects, code past the entry point
+    /// without unwind information may be a function that is called.
+    fn starts_stack(&self, addr: u64) -> bool {
+        let Some(i) = self.code_index(addr) else {
+            return false;
+        };
+        let m = &self.code[i];
+        let Source::File { path, .. } = &m.source else {
+            return false;
+        };
+        let base = path.rsplit('/').next().unwrap_or(path);
+        if !(base.starts_with("ld-linux") || base.starts_with("ld64.so")) {
+            return false;
+        }
+        let Some(Ok(object)) = m.file_key().and_then(|k| self.objects.get(&k)) else {
+            return false;
+        };
+        let Ok(bias) = object.bias(m) else {
+            return false;
+        };
+        object.in_entry_code(addr.wrapping_sub(bias)) == Some(true)
     }
 
     /// One step through the frame pointer, for frame 0 (or an ip a signal

@@ -434,3 +434,62 @@ fn unwinds_through_a_replaced_library() {
     );
     check_slots(pid, "thread 1", &stack);
 }
+
+/// The main thread inside a library's constructor, which the dynamic
+/// loader runs before the program's `_start` (ulp-fixtures'
+/// slow_init_prog, waiting in read()): its stack starts in the loader's
+/// entry code, which has no unwind information, and ends there whole.
+#[test]
+fn a_constructor_run_by_the_loader_is_a_whole_stack() {
+    const SYS_READ: i64 = 0;
+    let dir = TempDir::new("unwind-ctor");
+    ulp_fixtures::copy_files(
+        &ulp_fixtures::fixtures_dir(),
+        dir.path(),
+        &["libulpdemo.so.1", "libslowinit.so.1", "slow_init_prog"],
+    );
+    let mut cmd = Command::new(dir.join("slow_init_prog"));
+    cmd.env_remove("LD_PRELOAD");
+    let target = Target::spawn(cmd);
+    assert!(target.ready_line().ends_with(" constructor"));
+    let pid = Pid::new(target.pid);
+    let main = pid.main_thread();
+    wait_in_syscall(target.pid, main.get(), SYS_READ);
+    let lib = std::fs::canonicalize(dir.join("libslowinit.so.1")).unwrap();
+    let syms = Symbols::load(pid, &[&lib]);
+    let stopped = Stopped::seize_threads(pid, &[main], deadline(5000)).unwrap();
+    let mut unwinder = Unwinder::new(pid).unwrap();
+    let stack = unwinder.unwind(StartRegs::from(stopped.regs(main).unwrap()));
+    let shown = syms.show("main thread in a constructor", &stack);
+    eprintln!("{shown}");
+    let names = syms.names(&stack);
+    let ctor = names
+        .iter()
+        .position(|n| *n == Some("slow_init"))
+        .unwrap_or_else(|| panic!("no slow_init frame\n{shown}"));
+    assert!(stack.complete, "{shown}");
+    // Below the constructor only the loader: its _dl_init, and last the
+    // return into its entry code.
+    let loader: Vec<(u64, u64)> = maps(pid)
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m.is_executable()
+                && m.path
+                    .as_deref()
+                    .is_some_and(|p| p.rsplit('/').next().unwrap().starts_with("ld-linux"))
+        })
+        .map(|m| (m.start.get(), m.end.get()))
+        .collect();
+    for f in &stack.frames[ctor + 1..] {
+        assert!(
+            loader
+                .iter()
+                .any(|(s, e)| (*s..*e).contains(&f.lookup_addr())),
+            "{f:?} is not in the loader\n{shown}"
+        );
+    }
+    assert!(stack.frames.len() > ctor + 1, "{shown}");
+    check_slots(pid, "main thread in a constructor", &stack);
+    stopped.release().unwrap();
+}

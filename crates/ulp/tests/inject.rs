@@ -235,6 +235,51 @@ fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
     assert_eq!(runtimes_mapped(t.pid), only_preloaded);
 }
 
+/// A process started without the runtime and caught inside a library's
+/// constructor (the loader runs it before the program's `_start`) gets
+/// the runtime and the patch, and its main thread, whose stack begins in
+/// the loader's entry code, is judged at once: the transition completes
+/// and the thread calls the new code once main runs.
+#[test]
+fn a_process_caught_in_a_constructor_is_patched_with_its_transition_complete() {
+    let demo = Demo::new("inject-ctor");
+    copy_files(
+        &fixtures_dir(),
+        demo.dir.path(),
+        &["libslowinit.so.1", "slow_init_prog"],
+    );
+    let mut cmd = Command::new(demo.dir.join("slow_init_prog"));
+    cmd.current_dir(demo.dir.path()).env_remove("LD_PRELOAD");
+    let mut t = Target::spawn(cmd);
+    assert!(
+        t.ready_line().ends_with(" constructor"),
+        "{}",
+        t.ready_line()
+    );
+    let pid = t.pid.to_string();
+    let runtime = demo.runtime.to_string_lossy().into_owned();
+    let out = demo.ulp_ok(&[
+        "trigger",
+        "-v",
+        "--timeout",
+        "1",
+        "-p",
+        &pid,
+        "--load-runtime",
+        "--runtime",
+        &runtime,
+        "demo_livepatch.so",
+    ]);
+    assert!(out.contains("SUCCESS demo_livepatch.so"), "{out}");
+    assert!(
+        out.contains("transition: ") && !out.contains("pending"),
+        "the main thread was judged: {out}"
+    );
+    t.send("go\n");
+    assert_eq!(t.next_line(), "main 1");
+    assert_eq!(t.ask("answer"), "2");
+}
+
 #[test]
 fn a_process_without_the_library_is_left_alone() {
     let demo = Demo::new("inject-nolib");

@@ -195,6 +195,10 @@ impl CodeMap {
     }
 }
 
+/// How far past an object's entry point [`ObjectUnwind::in_entry_code`]
+/// looks (glibc's loader entry code is about 60 bytes).
+const ENTRY_CODE_MAX: u64 = 4096;
+
 /// What an ELF object gives an unwind: its unwind sections and where its
 /// load segments are in the file.
 #[derive(Clone)]
@@ -202,6 +206,8 @@ pub(super) struct ObjectUnwind {
     pub(super) sections: ExplicitModuleSectionInfo<Bytes>,
     /// (virtual address, file offset, file size) of each load segment.
     segments: Vec<(u64, u64, u64)>,
+    /// The ELF entry point (0: none).
+    entry: u64,
     /// The whole file, as read.
     image: Arc<Image>,
 }
@@ -216,6 +222,7 @@ impl ObjectUnwind {
         let header =
             object::elf::FileHeader64::<object::Endianness>::parse(data).map_err(not_elf)?;
         let endian = header.endian().map_err(not_elf)?;
+        let entry = header.e_entry(endian);
         let segments = header
             .program_headers(endian, data)
             .map_err(not_elf)?
@@ -279,8 +286,56 @@ impl ObjectUnwind {
                 ..Default::default()
             },
             segments,
+            entry,
             image,
         })
+    }
+
+    /// Whether virtual address `svma` is in the object's entry code: at or
+    /// after its entry point, less than [`ENTRY_CODE_MAX`] past it, with
+    /// no unwind information for it or for the entry point, and no
+    /// function with unwind information starting in between. The dynamic
+    /// loader's entry code (glibc's `_start` and `_dl_start_user`, written
+    /// in assembly without CFI) is where its process's first thread starts:
+    /// nothing calls it. `None` when the object's `.eh_frame_hdr` cannot
+    /// answer (then nothing is assumed).
+    pub(super) fn in_entry_code(&self, svma: u64) -> Option<bool> {
+        use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
+        if self.entry == 0 || svma < self.entry || svma - self.entry >= ENTRY_CODE_MAX {
+            return Some(false);
+        }
+        let s = &self.sections;
+        let (hdr, hdr_at) = (s.eh_frame_hdr.as_deref()?, s.eh_frame_hdr_svma.as_ref()?);
+        let (frames, frames_at) = (s.eh_frame.as_deref()?, s.eh_frame_svma.as_ref()?);
+        let mut bases = BaseAddresses::default()
+            .set_eh_frame_hdr(hdr_at.start)
+            .set_eh_frame(frames_at.start);
+        if let Some(text) = &s.text_svma {
+            bases = bases.set_text(text.start);
+        }
+        let parsed = EhFrameHdr::new(hdr, LittleEndian).parse(&bases, 8).ok()?;
+        let table = parsed.table()?;
+        let eh_frame = EhFrame::new(frames, LittleEndian);
+        for at in [self.entry, svma] {
+            match table.fde_for_address(&eh_frame, &bases, at, EhFrame::cie_from_offset) {
+                Ok(_) => return Some(false),
+                Err(gimli::Error::NoUnwindInfoForAddress) => {}
+                Err(_) => return None,
+            }
+        }
+        let mut rows = table.iter(&bases);
+        loop {
+            match rows.next() {
+                Ok(Some((start, _))) => {
+                    let start = start.direct().ok()?;
+                    if self.entry < start && start <= svma {
+                        return Some(false);
+                    }
+                }
+                Ok(None) => return Some(true),
+                Err(_) => return None,
+            }
+        }
     }
 
     /// `len` bytes of the file from `offset`, if it has them.
@@ -365,6 +420,7 @@ mod tests {
                 (0x1000, 0x1000, 0x4000),
                 (0x6000, 0x5000, 0x100),
             ],
+            entry: 0,
             image: Arc::new(Image::Owned(Vec::new())),
         };
         let base = 0x7f00_0000_0000;
@@ -374,6 +430,7 @@ mod tests {
         let pie = ObjectUnwind {
             sections: ExplicitModuleSectionInfo::default(),
             segments: vec![(0, 0, 0x800), (0x201000, 0x1000, 0x2000)],
+            entry: 0,
             image: Arc::new(Image::Owned(Vec::new())),
         };
         let base = 0x5555_0000_0000;
@@ -382,5 +439,43 @@ mod tests {
             Ok(base)
         );
         assert!(pie.bias(&map(base, base + 0x1000, 0x9000)).is_err());
+    }
+
+    /// The loader of this test program: its entry code (no CFI in glibc
+    /// up to now) is entry code; an address of a function with unwind
+    /// information, one before the entry point, or one far past it, is not.
+    #[test]
+    fn the_loaders_entry_code_is_told_from_its_functions() {
+        let maps = crate::maps(crate::Pid::new(std::process::id() as i32)).unwrap();
+        let Some(path) = maps.iter().find_map(|m| {
+            m.path
+                .as_deref()
+                .filter(|p| p.rsplit('/').next().unwrap().starts_with("ld-linux"))
+        }) else {
+            eprintln!("skipped: no ld-linux mapped");
+            return;
+        };
+        let file = File::open(path).unwrap();
+        let o = ObjectUnwind::parse(Arc::new(Image::map(&file).unwrap())).unwrap();
+        assert_ne!(o.entry, 0);
+        assert_eq!(o.in_entry_code(o.entry - 1), Some(false));
+        assert_eq!(o.in_entry_code(o.entry + ENTRY_CODE_MAX), Some(false));
+        let starts_with_cfi = o.in_entry_code(o.entry) == Some(false);
+        if starts_with_cfi {
+            eprintln!("this loader's entry code has unwind information: framehop ends its stacks");
+            return;
+        }
+        assert_eq!(o.in_entry_code(o.entry), Some(true));
+        // Some address past the entry point is in a function with unwind
+        // information: from there on, nothing is entry code.
+        let first_function = (o.entry..o.entry + ENTRY_CODE_MAX)
+            .find(|&a| o.in_entry_code(a) == Some(false))
+            .expect("a function with CFI follows the entry code");
+        assert!(
+            first_function - o.entry < 256,
+            "{:#x}",
+            first_function - o.entry
+        );
+        assert_eq!(o.in_entry_code(first_function + 1), Some(false));
     }
 }
