@@ -406,18 +406,26 @@ fn sigreturn_in(
 mod runtime_location_tests {
     use super::*;
 
+    /// This test program: its pid, its maps and its C library.
+    fn own_libc() -> Option<(Pid, Vec<Mapping>, crate::objects::MappedObject)> {
+        let pid = Pid::new(std::process::id() as i32);
+        let maps = ulp_process::maps(pid).unwrap();
+        let libc = crate::objects::objects_from_maps(&maps)
+            .into_iter()
+            .find(|o| o.basename().starts_with("libc.so"))?;
+        Some((pid, maps, libc))
+    }
+
     /// A kept offset that does not lead to the sequence in the process
     /// (another build of the C library under the same device and inode)
     /// is found again in the file; the address given always holds it.
     #[test]
     fn a_stale_sigreturn_offset_is_found_again_in_the_file() {
-        let pid = Pid::new(std::process::id() as i32);
-        let maps = ulp_process::maps(pid).unwrap();
-        let objects = crate::objects::objects_from_maps(&maps);
-        let Some(libc) = objects.iter().find(|o| o.basename().starts_with("libc.so")) else {
+        let Some((pid, maps, libc)) = own_libc() else {
             eprintln!("skipped: this test program has no libc.so mapped");
             return;
         };
+        let libc = &libc;
         let good = sigreturn_in(pid, &maps, libc).unwrap();
         let offset = SIGRETURN_OFFSETS
             .get(libc.dev, libc.inode)
@@ -441,13 +449,11 @@ mod runtime_location_tests {
     /// the sequence. Once the code is there, the address is found.
     #[test]
     fn a_c_library_whose_code_is_not_mapped_yet_is_busy() {
-        let pid = Pid::new(std::process::id() as i32);
-        let maps = ulp_process::maps(pid).unwrap();
-        let objects = crate::objects::objects_from_maps(&maps);
-        let Some(libc) = objects.iter().find(|o| o.basename().starts_with("libc.so")) else {
+        let Some((pid, maps, libc)) = own_libc() else {
             eprintln!("skipped: this test program has no libc.so mapped");
             return;
         };
+        let libc = &libc;
         let loading: Vec<Mapping> = maps
             .iter()
             .filter(|m| !(m.is_executable() && m.inode == libc.inode && m.dev == libc.dev))

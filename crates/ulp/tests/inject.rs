@@ -167,6 +167,29 @@ fn runtimes_mapped(pid: i32) -> Vec<String> {
     paths
 }
 
+/// slow_init_prog, copied into the demo's directory and started with
+/// the demo's runtime preloaded or not, waiting in its library's
+/// constructor.
+fn in_constructor(demo: &Demo, preloaded: bool) -> Target {
+    copy_files(
+        &fixtures_dir(),
+        demo.dir.path(),
+        &["libslowinit.so.1", "slow_init_prog"],
+    );
+    let mut cmd = Command::new(demo.dir.join("slow_init_prog"));
+    cmd.current_dir(demo.dir.path()).env_remove("LD_PRELOAD");
+    if preloaded {
+        cmd.env("LD_PRELOAD", &demo.runtime);
+    }
+    let t = Target::spawn(cmd);
+    assert!(
+        t.ready_line().ends_with(" constructor"),
+        "{}",
+        t.ready_line()
+    );
+    t
+}
+
 /// A process still in a library's constructor has its preloaded runtime
 /// mapped but not started: it is busy (libpulp's "hook routine not run",
 /// exit 21), never given a second runtime by --load-runtime, and patched
@@ -174,23 +197,10 @@ fn runtimes_mapped(pid: i32) -> Vec<String> {
 #[test]
 fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
     let demo = Demo::new("inject-starting");
-    copy_files(
-        &fixtures_dir(),
-        demo.dir.path(),
-        &["libslowinit.so.1", "slow_init_prog"],
-    );
+    let mut t = in_constructor(&demo, true);
     let other = demo.dir.join("other");
     std::fs::create_dir(&other).unwrap();
     let other_runtime = install_runtime(&other);
-    let mut cmd = Command::new(demo.dir.join("slow_init_prog"));
-    cmd.current_dir(demo.dir.path())
-        .env("LD_PRELOAD", &demo.runtime);
-    let mut t = Target::spawn(cmd);
-    assert!(
-        t.ready_line().ends_with(" constructor"),
-        "{}",
-        t.ready_line()
-    );
     let pid = t.pid.to_string();
     let preloaded = demo.runtime.to_string_lossy().into_owned();
     let only_preloaded = vec![preloaded.clone()];
@@ -206,15 +216,7 @@ fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
     assert!(busy(&out), "{out}{err}");
     let other_path = other_runtime.to_string_lossy().into_owned();
     for runtime in [other_path.as_str(), preloaded.as_str()] {
-        let (code, out, err) = demo.ulp(&[
-            "trigger",
-            "-p",
-            &pid,
-            "--load-runtime",
-            "--runtime",
-            runtime,
-            "demo_livepatch.so",
-        ]);
+        let (code, out, err) = demo.load_and_apply_from(&pid, runtime);
         assert_eq!(code, 21, "{runtime}: {out}{err}");
         assert!(busy(&out), "{runtime}: {out}{err}");
         assert_eq!(runtimes_mapped(t.pid), only_preloaded, "{runtime}");
@@ -243,19 +245,7 @@ fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
 #[test]
 fn a_process_caught_in_a_constructor_is_patched_with_its_transition_complete() {
     let demo = Demo::new("inject-ctor");
-    copy_files(
-        &fixtures_dir(),
-        demo.dir.path(),
-        &["libslowinit.so.1", "slow_init_prog"],
-    );
-    let mut cmd = Command::new(demo.dir.join("slow_init_prog"));
-    cmd.current_dir(demo.dir.path()).env_remove("LD_PRELOAD");
-    let mut t = Target::spawn(cmd);
-    assert!(
-        t.ready_line().ends_with(" constructor"),
-        "{}",
-        t.ready_line()
-    );
+    let mut t = in_constructor(&demo, false);
     let pid = t.pid.to_string();
     let runtime = demo.runtime.to_string_lossy().into_owned();
     let out = demo.ulp_ok(&[
@@ -322,15 +312,7 @@ fn bad_runtime_files_are_refused_before_any_process() {
         ("libulpdemo.so.1", "is not the ulp runtime"),
         ("nothing-here.so", "--runtime 'nothing-here.so'"),
     ] {
-        let (code, out, err) = demo.ulp(&[
-            "trigger",
-            "-p",
-            &pid,
-            "--load-runtime",
-            "--runtime",
-            runtime,
-            "demo_livepatch.so",
-        ]);
+        let (code, out, err) = demo.load_and_apply_from(&pid, runtime);
         assert_ne!(code, 0, "{out}{err}");
         assert!(err.contains(says), "{runtime}: {err}");
         assert!(!maps_runtime(t.pid));

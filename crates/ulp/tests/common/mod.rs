@@ -153,14 +153,18 @@ impl Demo {
     /// `ulp trigger -p PID --load-runtime --runtime RUNTIME
     /// demo_livepatch.so`, with this demo's runtime.
     pub fn load_and_apply(&self, pid: &str) -> (i32, String, String) {
-        let runtime = self.runtime.to_string_lossy().into_owned();
+        self.load_and_apply_from(pid, &self.runtime.to_string_lossy())
+    }
+
+    /// [`Demo::load_and_apply`] with the runtime `runtime`.
+    pub fn load_and_apply_from(&self, pid: &str, runtime: &str) -> (i32, String, String) {
         self.ulp(&[
             "trigger",
             "-p",
             pid,
             "--load-runtime",
             "--runtime",
-            &runtime,
+            runtime,
             "demo_livepatch.so",
         ])
     }
