@@ -348,7 +348,7 @@ fn examine(pid: Pid, explicit: bool, run: &Run) -> ProcessResult {
     // target at all, and serve its first operation's pre-check. Its stat
     // is read only once it is known to be one (`Target::seen_as`).
     let looked = std::time::Instant::now();
-    let (found, maps) = Runtime::find_with_maps(pid);
+    let (found, maps) = Runtime::find_started(pid);
     let find_time = looked.elapsed();
     if let (Some(file), Err(RuntimeError::NotLoaded)) = (run.load_runtime, &found) {
         if matches!(operation, Operation::Revert | Operation::RevertAll(_)) {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ulp_abi::{
     offset, PatchRecord, Write, GOT_MOVED_SINCE, INTERFACE_SYMBOL, MAGIC, OLDEST_PROTOCOL_READ,
@@ -13,6 +14,10 @@ use ulp_abi::{
 use ulp_process::{Mapping, Pid, RemoteAddr};
 
 use crate::objects::{objects_from_maps, MappedObject};
+
+/// How long [`Runtime::find_started`] waits, at most, for a runtime that
+/// is mapped but has not started.
+pub const STARTING_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Why the runtime of a process cannot be used.
 #[derive(Debug)]
@@ -162,12 +167,29 @@ impl Runtime {
         Runtime::find_in(pid, &ulp_process::maps(pid)?)
     }
 
-    /// [`Runtime::find`], and the maps it was found in when they could be
-    /// read (for the caller's next look at the process).
-    pub fn find_with_maps(pid: Pid) -> (Result<Runtime, RuntimeError>, Option<Vec<Mapping>>) {
-        match ulp_process::maps(pid) {
-            Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
-            Err(e) => (Err(RuntimeError::Process(e)), None),
+    /// [`Runtime::find`], looked at again while the runtime is mapped but
+    /// has not started ([`RuntimeError::Starting`]: a process starting,
+    /// whose runtime's constructor runs right after those of the libraries
+    /// it needs), for at most [`STARTING_PATIENCE`]; and the maps it was
+    /// found in when they could be read (for the caller's next look at the
+    /// process). For a command about the process: a trigger over a busy
+    /// host meets processes in that moment, and they are targets like the
+    /// others a millisecond later. Never for a process the tool holds.
+    pub fn find_started(pid: Pid) -> (Result<Runtime, RuntimeError>, Option<Vec<Mapping>>) {
+        let start = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let found = match ulp_process::maps(pid) {
+                Ok(maps) => (Runtime::find_in(pid, &maps), Some(maps)),
+                Err(e) => (Err(RuntimeError::Process(e)), None),
+            };
+            if !matches!(found.0, Err(RuntimeError::Starting { .. }))
+                || start.elapsed() >= STARTING_PATIENCE
+            {
+                return found;
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_millis(1 << attempt.min(4)));
         }
     }
 

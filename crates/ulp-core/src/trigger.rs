@@ -332,7 +332,7 @@ impl Target {
     pub fn find(pid: Pid) -> Target {
         let life = Incarnation::of(pid);
         let start = Instant::now();
-        let (found, maps) = Runtime::find_with_maps(pid);
+        let (found, maps) = Runtime::find_started(pid);
         Target {
             life,
             runtime: found.map_err(runtime_outcome),

@@ -237,6 +237,42 @@ fn a_process_whose_runtime_has_not_started_is_busy_and_gets_no_second_one() {
     assert_eq!(runtimes_mapped(t.pid), only_preloaded);
 }
 
+/// A trigger that finds the runtime mapped but not started waits a
+/// moment for it (a process starting on a busy host gets its runtime
+/// within moments): the constructor ends while ulp waits, and the patch
+/// goes in, with no error.
+#[test]
+fn a_trigger_waits_a_moment_for_a_runtime_that_is_starting() {
+    const SYS_CLOCK_NANOSLEEP: i64 = 230;
+    let demo = Demo::new("inject-waits");
+    let mut t = in_constructor(&demo, true);
+    let pid = t.pid.to_string();
+    let mut ulp = Command::new(ulp_bin())
+        .args(["trigger", "-p", &pid, "demo_livepatch.so"])
+        .current_dir(demo.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // ulp sleeps between its looks at the process: it has seen the
+    // runtime not started.
+    let ulp_pid = ulp.id() as i32;
+    wait_in_syscall(ulp_pid, ulp_pid, SYS_CLOCK_NANOSLEEP);
+    t.send("go\n");
+    assert_eq!(t.next_line(), "main 1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ulp.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ulp did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = ulp.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("SUCCESS demo_livepatch.so"), "{text}");
+    assert_eq!(t.ask("answer"), "2");
+}
+
 /// A process started without the runtime and caught inside a library's
 /// constructor (the loader runs it before the program's `_start`) gets
 /// the runtime and the patch, and its main thread, whose stack begins in

@@ -88,7 +88,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
         }
         Ok(if applied { APPLIED } else { NOT_APPLIED })
     };
-    let rt = match Runtime::find(*pid) {
+    let rt = match Runtime::find_started(*pid).0 {
         Ok(rt) => rt,
         // libpulp cannot look into a process without its runtime: an
         // error (255), in its words.

@@ -56,7 +56,9 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     }
     for pid in pids {
         let name = process_name(pid);
-        let read = Runtime::find(pid).and_then(|rt| rt.messages().map_err(RuntimeError::from));
+        let read = Runtime::find_started(pid)
+            .0
+            .and_then(|rt| rt.messages().map_err(RuntimeError::from));
         match read {
             Ok(lines) => {
                 if !json {

@@ -141,7 +141,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     let (mut reports, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for pid in pids {
         let name = process_name(pid);
-        let rt = match Runtime::find(pid) {
+        let rt = match Runtime::find_started(pid).0 {
             Ok(rt) => rt,
             Err(RuntimeError::NotLoaded) if !all => {
                 // libpulp's words; a process named by -p without the

@@ -128,7 +128,7 @@ pub fn run(p: &Args) -> Result<u8, UsageError> {
     for pid in pids {
         let name = process_name(pid);
         let mut loaded = false;
-        let found = match (Runtime::find(pid), &load) {
+        let found = match (Runtime::find_started(pid).0, &load) {
             (Err(RuntimeError::NotLoaded), Some(file)) => {
                 let opts = ulp_core::trigger::Options::default();
                 match ulp_core::inject::ensure_runtime(pid, file, &opts) {
