@@ -78,7 +78,7 @@ impl Forbidden {
                 continue;
             };
             let base = path.rsplit('/').next().unwrap_or(path);
-            if base.starts_with("ld-linux") || base.starts_with("ld64.so") {
+            if ulp_process::is_loader_name(base) {
                 f.loader.push((m.start.get(), m.end.get()));
             } else if base.starts_with("libc.so")
                 || base.starts_with("libc-")

@@ -389,7 +389,7 @@ fn look(p: &mut Pending, records: &Records, ids: &mut BuildIds, config: &Config)
     let mut has_loader = false;
     for o in &objects {
         let base = o.basename();
-        if base.starts_with("ld-linux") || base.starts_with("ld64.so") {
+        if ulp_process::is_loader_name(base) {
             has_loader = true;
         }
         if base.starts_with("libc.so") && p.libc_at.is_none() {

@@ -71,9 +71,9 @@ pub use proc::{
     name_and_kind, owner_uid, ptrace_scope, root, Credentials, PtraceScope,
 };
 pub use procfs::{
-    all_pids, comm, exe, forget_files, maps, parse_maps_line, process_alive, read_text, stand_in,
-    thread_ended, thread_runs, thread_state, threads, tracer_of, Incarnation, Mapping, MapsField,
-    PerFile,
+    all_pids, comm, exe, forget_files, is_loader_name, maps, parse_maps_line, process_alive,
+    read_text, stand_in, thread_ended, thread_runs, thread_state, threads, tracer_of, Incarnation,
+    Mapping, MapsField, PerFile,
 };
 pub use regs::Regs;
 pub use restart::NR_RESTART_SYSCALL;

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Tracer};
 use crate::{Pid, RemoteAddr, Tid};
 
+/// Whether a mapped file's name (its last path component) is glibc's
+/// dynamic loader's (`ld-linux-x86-64.so.2`, or `ld64.so.*` elsewhere).
+pub fn is_loader_name(name: &str) -> bool {
+    name.starts_with("ld-linux") || name.starts_with("ld64.so")
+}
+
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {

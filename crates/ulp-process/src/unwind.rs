@@ -428,7 +428,7 @@ impl Unwinder {
             return false;
         };
         let base = path.rsplit('/').next().unwrap_or(path);
-        if !(base.starts_with("ld-linux") || base.starts_with("ld64.so")) {
+        if !crate::is_loader_name(base) {
             return false;
         }
         let Some(Ok(object)) = m.file_key().and_then(|k| self.objects.get(&k)) else {
